@@ -1,0 +1,111 @@
+"""The adapter interface every channel implements, and the channel error tree.
+
+Gateway side, a :class:`ChannelAdapter` contributes routes; it verifies, parses and hands an
+``Inbound`` to ingress. Worker side, an :class:`Outbound` sends a reply back out (and may stream
+partial text while the model generates). Outbounds are registered as ``"module:Class"`` strings
+and imported lazily, so a worker only loads the channels it sends to.
+
+Errors::
+
+    ChannelError
+    ├── RequestRejected(status, code, message)   bad input at the edge → that HTTP status
+    └── DeliveryError
+        ├── DeliveryRetryable                     transient (timeout, 5xx, rate limit): retry with backoff
+        └── DeliveryPermanent                     will never succeed (user blocked us, window closed)
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from models.envelope import ConversationKey, Reply
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+    from starlette.routing import BaseRoute
+
+    from models.bus import Bus
+    from models.settings import Settings
+
+
+class ChannelError(Exception):
+    """Base of every channel error."""
+
+
+class RequestRejected(ChannelError):
+    """A request the gateway refuses; ``status`` is the HTTP status, ``code`` a stable identifier."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class DeliveryError(ChannelError):
+    """Sending a reply failed."""
+
+
+class DeliveryRetryable(DeliveryError):
+    """Worth trying again later."""
+
+
+class DeliveryPermanent(DeliveryError):
+    """Will not succeed however often it is tried; recorded as failed."""
+
+
+@dataclass(frozen=True)
+class OutboundDeps:
+    """What a worker gives an outbound sender."""
+
+    settings: Settings
+    bus: Bus
+    sessions: sessionmaker[Session]
+
+
+class Outbound(ABC):
+    """Sends replies out through one channel."""
+
+    streams: bool = False  # True when the channel shows partial text while it is generated
+
+    def __init__(self, deps: OutboundDeps) -> None:
+        self.deps = deps
+
+    def stream(self, key: ConversationKey, inbound_id: int, piece: str) -> None:  # noqa: B027
+        """Partial reply text as the model produces it; best effort, never raises."""
+
+    @abstractmethod
+    def send(self, reply: Reply) -> None:
+        """Send the whole reply; raise DeliveryRetryable or DeliveryPermanent on failure."""
+
+
+class ChannelAdapter(ABC):
+    """Gateway side of a channel."""
+
+    name: str
+
+    @abstractmethod
+    def routes(self) -> list[BaseRoute]:
+        """The HTTP/WebSocket routes this channel mounts on the gateway."""
+
+
+OUTBOUNDS: dict[str, str] = {
+    "web": "channels.web:WebOutbound",
+}
+
+
+def load_outbound(channel: str, deps: OutboundDeps) -> Outbound:
+    try:
+        target = OUTBOUNDS[channel]
+    except KeyError:
+        raise DeliveryPermanent(f"no outbound sender registered for channel {channel!r}") from None
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    outbound: Outbound = cls(deps)
+    return outbound

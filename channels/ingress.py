@@ -1,0 +1,120 @@
+"""accept(): the one way a customer message enters Kefu.
+
+One transaction inserts the conversation (if new), the inbound row and a ``received`` audit row;
+``UNIQUE(channel, account, external_id)`` makes a platform retry a no-op that returns the first
+message's id. Only after the commit is ``handle_inbound(id)`` published, so a worker never sees an
+id that is not in the database. If publishing fails the message is still safe: it stays
+``received`` and the sweeper publishes it again (a retry of the same message also does, at once).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import audit
+from models.db import insert_ignoring_conflict, transaction
+from models.envelope import Inbound, utcnow
+from models.queues import Publisher
+from models.tables import ConversationRecord, InboundRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    inbound_id: int
+    conversation_id: int
+    duplicate: bool
+    queued: bool
+
+
+class Ingress:
+    def __init__(self, sessions: sessionmaker[Session], publisher: Publisher) -> None:
+        self._sessions = sessions
+        self._publisher = publisher
+
+    def accept(self, inbound: Inbound) -> Accepted:
+        key = inbound.key
+        with transaction(self._sessions) as session:
+            conversation_id = insert_ignoring_conflict(
+                session,
+                ConversationRecord,
+                {"channel": key.channel, "account": key.account, "peer": key.peer, "created_at": utcnow()},
+                ["channel", "account", "peer"],
+            )
+            if conversation_id is None:
+                conversation_id = session.scalars(
+                    select(ConversationRecord.id).where(
+                        ConversationRecord.channel == key.channel,
+                        ConversationRecord.account == key.account,
+                        ConversationRecord.peer == key.peer,
+                    )
+                ).one()
+            inbound_id = insert_ignoring_conflict(
+                session,
+                InboundRecord,
+                {
+                    "conversation_id": conversation_id,
+                    "channel": key.channel,
+                    "account": key.account,
+                    "external_id": inbound.external_id,
+                    "kind": inbound.kind,
+                    "text": inbound.text,
+                    "status": "received",
+                    "received_at": inbound.received_at,
+                },
+                ["channel", "account", "external_id"],
+            )
+            duplicate = inbound_id is None
+            if duplicate:
+                inbound_id, conversation_id, status = session.execute(
+                    select(InboundRecord.id, InboundRecord.conversation_id, InboundRecord.status).where(
+                        InboundRecord.channel == key.channel,
+                        InboundRecord.account == key.account,
+                        InboundRecord.external_id == inbound.external_id,
+                    )
+                ).one()
+            else:
+                status = "received"
+            audit.record(
+                session,
+                audit.DUPLICATE if duplicate else audit.RECEIVED,
+                channel=key.channel,
+                conversation_id=conversation_id,
+                inbound_id=inbound_id,
+                message_kind=inbound.kind,
+                chars=len(inbound.text),
+            )
+        assert inbound_id is not None
+        queued = status != "received" or self._publish(inbound_id, conversation_id, key.channel)
+        return Accepted(inbound_id, conversation_id, duplicate, queued)
+
+    def _publish(self, inbound_id: int, conversation_id: int, channel: str) -> bool:
+        try:
+            self._publisher.handle_inbound(inbound_id)
+        except Exception as exc:  # broker down: the row is safe, the sweeper publishes it later
+            log.error("publish of inbound %s failed: %s", inbound_id, type(exc).__name__)
+            with transaction(self._sessions) as session:
+                audit.record(
+                    session,
+                    audit.QUEUE_FAILED,
+                    channel=channel,
+                    conversation_id=conversation_id,
+                    inbound_id=inbound_id,
+                    reason=type(exc).__name__,
+                )
+            return False
+        with transaction(self._sessions) as session:
+            session.execute(
+                update(InboundRecord)
+                .where(InboundRecord.id == inbound_id, InboundRecord.status == "received")
+                .values(status="queued", queued_at=utcnow())
+            )
+            audit.record(
+                session, audit.QUEUED, channel=channel, conversation_id=conversation_id, inbound_id=inbound_id
+            )
+        return True

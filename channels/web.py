@@ -1,0 +1,330 @@
+"""Web chat channel: HTTP API, a WebSocket that streams replies token by token, and its outbound.
+
+Routes (all JSON; errors are ``{"error": {"code", "message"}}``):
+
+- ``POST /v1/web/sessions`` → 201 ``{visitor_id, token, expires_at}``: a new anonymous visitor.
+- ``POST /v1/web/messages`` ``{visitor_id, text, client_msg_id?}`` with ``Authorization: Bearer
+  <token>`` → 202 ``{message_id, duplicate}``. 400 malformed JSON, 401/403 bad token, 413 text or
+  body too long, 415 not JSON, 422 missing/empty fields. A rejected request leaves no row.
+- ``GET /v1/web/conversations/{visitor_id}`` with the token → the history.
+- ``WS /v1/web/ws?token=…`` (Origin checked against the allowlist). Client frames: ``message``
+  ``{text, client_msg_id?}``, ``ack`` ``{reply_id}``, ``ping``. Server frames: ``accepted``,
+  ``token`` ``{message_id, text}``, ``reply`` ``{reply_id, message_id, text}``, ``error``
+  ``{code, message}`` (the connection stays open), ``pong``.
+
+Delivery is at-least-once: a reply is pushed live through the bus, and again from the database on
+(re)connect and every few seconds until the client acks it; clients drop repeated ``reply_id``\\ s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from channels import visitor_token
+from channels.base import ChannelAdapter, Outbound, RequestRejected
+from models import transcript
+from models.db import transaction
+from models.envelope import ConversationKey, Inbound, Reply
+
+if TYPE_CHECKING:
+    from channels.app import Gateway
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "web"
+RESEND_INTERVAL_S = 3.0
+_CLIENT_MSG_ID_MAX = 64
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(RequestRejected(status, code, message).body(), status_code=status)
+
+
+def parse_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(raw) > max_bytes:
+        raise RequestRejected(413, "body_too_large", f"request body is {len(raw)} bytes; the limit is {max_bytes}")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestRejected(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RequestRejected(400, "malformed_json", "request body must be a JSON object")
+    return data
+
+
+def clean_text(value: Any, max_chars: int) -> str:
+    if value is None:
+        raise RequestRejected(422, "missing_text", "field 'text' is required")
+    if not isinstance(value, str):
+        raise RequestRejected(422, "invalid_text", "field 'text' must be a string")
+    text = value.strip()
+    if not text:
+        raise RequestRejected(422, "empty_text", "field 'text' must not be empty")
+    if len(text) > max_chars:
+        raise RequestRejected(
+            413, "text_too_long", f"text is {len(text)} characters; the limit is {max_chars}"
+        )
+    return text
+
+
+def clean_client_msg_id(value: Any) -> str:
+    """The client's idempotency key for a message; generated when the client sends none."""
+    if value is None:
+        return "srv-" + uuid.uuid4().hex
+    if not isinstance(value, str) or not 1 <= len(value) <= _CLIENT_MSG_ID_MAX:
+        raise RequestRejected(
+            422, "invalid_client_msg_id", f"client_msg_id must be a string of 1-{_CLIENT_MSG_ID_MAX} characters"
+        )
+    return "c-" + value
+
+
+class WebAdapter(ChannelAdapter):
+    name = CHANNEL
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self._key = gateway.settings.signing_key()
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v1/web/sessions", self.create_session, methods=["POST"]),
+            Route("/v1/web/messages", self.post_message, methods=["POST"]),
+            Route("/v1/web/conversations/{visitor_id}", self.get_conversation, methods=["GET"]),
+            WebSocketRoute("/v1/web/ws", self.websocket),
+        ]
+
+    # --- identity ------------------------------------------------------------------------------
+
+    def key_for(self, visitor_id: str) -> ConversationKey:
+        return ConversationKey(CHANNEL, self.gw.settings.web_account, visitor_id)
+
+    def _visitor_from_token(self, token: str | None) -> str:
+        if not token:
+            raise RequestRejected(401, "missing_token", "send the visitor token as 'Authorization: Bearer <token>'")
+        try:
+            return visitor_token.verify(self._key, token, int(time.time()))
+        except visitor_token.InvalidToken as exc:
+            raise RequestRejected(401, "invalid_token", str(exc)) from None
+
+    def _authorize(self, request: Request, visitor_id: Any) -> str:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        owner = self._visitor_from_token(token.strip() if scheme.lower() == "bearer" else None)
+        if not isinstance(visitor_id, str) or not visitor_id:
+            raise RequestRejected(422, "missing_visitor_id", "field 'visitor_id' is required")
+        if visitor_id != owner:
+            raise RequestRejected(403, "wrong_visitor", "the token was not issued for this visitor_id")
+        return owner
+
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        if origin is None:
+            return True  # not a browser; the token still has to be valid
+        allowed = self.gw.settings.allowed_origins
+        if "*" in allowed or origin in allowed:
+            return True
+        return host is not None and origin.split("://", 1)[-1] == host  # same origin
+
+    # --- HTTP ------------------------------------------------------------------------------------
+
+    async def create_session(self, request: Request) -> Response:
+        visitor_id = visitor_token.new_visitor_id()
+        expires_at = int(time.time()) + self.gw.settings.visitor_token_ttl_s
+        token = visitor_token.mint(self._key, visitor_id, expires_at)
+        return JSONResponse({"visitor_id": visitor_id, "token": token, "expires_at": expires_at}, status_code=201)
+
+    async def post_message(self, request: Request) -> Response:
+        settings = self.gw.settings
+        try:
+            ctype = request.headers.get("content-type", "")
+            if ctype and not ctype.startswith("application/json"):
+                raise RequestRejected(415, "unsupported_media_type", "send the message as application/json")
+            declared = request.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
+                raise RequestRejected(
+                    413, "body_too_large", f"request body is {declared} bytes; the limit is {settings.max_body_bytes}"
+                )
+            data = parse_json_object(await request.body(), settings.max_body_bytes)
+            visitor_id = self._authorize(request, data.get("visitor_id"))
+            text = clean_text(data.get("text"), settings.max_text_chars)
+            external_id = clean_client_msg_id(data.get("client_msg_id"))
+        except RequestRejected as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        accepted = await run_in_threadpool(
+            self.gw.ingress.accept, Inbound(self.key_for(visitor_id), external_id, text)
+        )
+        return JSONResponse(
+            {"message_id": accepted.inbound_id, "duplicate": accepted.duplicate}, status_code=202
+        )
+
+    async def get_conversation(self, request: Request) -> Response:
+        try:
+            visitor_id = self._authorize(request, request.path_params["visitor_id"])
+        except RequestRejected as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        limit = min(max(int(request.query_params.get("limit", "50") or 50), 1), 200)
+        messages = await run_in_threadpool(self._history, visitor_id, limit)
+        return JSONResponse({"visitor_id": visitor_id, "messages": messages})
+
+    def _history(self, visitor_id: str, limit: int) -> list[dict[str, Any]]:
+        with self.gw.sessions() as session:
+            conv_id = transcript.conversation_id(session, self.key_for(visitor_id))
+            if conv_id is None:
+                return []
+            out: list[dict[str, Any]] = []
+            for ex in transcript.exchanges(session, conv_id, limit=limit):
+                out.append({"id": ex.inbound_id, "role": "user", "text": ex.text,
+                            "at": ex.received_at.isoformat(), "status": ex.status})
+                if ex.reply_id is not None:
+                    out.append({"id": ex.reply_id, "role": "assistant", "text": ex.reply_text,
+                                "at": ex.replied_at.isoformat() if ex.replied_at else None,
+                                "reply_to": ex.inbound_id, "delivery": ex.delivery_status})
+            return out
+
+    # --- WebSocket ---------------------------------------------------------------------------------
+
+    async def websocket(self, ws: WebSocket) -> None:
+        if not self.origin_allowed(ws.headers.get("origin"), ws.headers.get("host")):
+            await ws.close(code=1008, reason="origin not allowed")
+            return
+        try:
+            visitor_id = self._visitor_from_token(ws.query_params.get("token"))
+        except RequestRejected as exc:
+            await ws.close(code=1008, reason=exc.message[:120])
+            return
+        await ws.accept()
+        await _WebSession(self, ws, self.key_for(visitor_id)).run()
+
+    def handle_frame_sync(self, key: ConversationKey, frame: dict[str, Any]) -> dict[str, Any] | None:
+        """Apply one client frame (in a worker thread); return the frame to answer with, if any."""
+        kind = frame.get("type")
+        if kind == "message":
+            text = clean_text(frame.get("text"), self.gw.settings.max_text_chars)
+            external_id = clean_client_msg_id(frame.get("client_msg_id"))
+            accepted = self.gw.ingress.accept(Inbound(key, external_id, text))
+            return {"type": "accepted", "message_id": accepted.inbound_id,
+                    "client_msg_id": frame.get("client_msg_id"), "duplicate": accepted.duplicate}
+        if kind == "ack":
+            reply_id = frame.get("reply_id")
+            if not isinstance(reply_id, int):
+                raise RequestRejected(422, "invalid_reply_id", "ack needs an integer 'reply_id'")
+            with transaction(self.gw.sessions) as session:
+                transcript.mark_delivered(session, key, reply_id)
+            return None
+        raise RequestRejected(400, "unknown_frame_type", f"unknown frame type {kind!r}; use message, ack or ping")
+
+    def undelivered_sync(self, key: ConversationKey) -> list[tuple[int, int, str]]:
+        with self.gw.sessions() as session:
+            return transcript.undelivered_replies(session, key)
+
+
+class _WebSession:
+    """One visitor's socket: client frames in; live tokens, replies and resends out."""
+
+    def __init__(self, adapter: WebAdapter, ws: WebSocket, key: ConversationKey) -> None:
+        self.adapter, self.ws, self.key = adapter, ws, key
+        self._send_lock = asyncio.Lock()
+        self._pushed: dict[int, float] = {}  # reply_id → when this socket last sent it
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(json.dumps(frame, ensure_ascii=False))
+
+    async def run(self) -> None:
+        listener = self.adapter.gw.listener
+        topic = self.key.topic()
+        events = listener.subscribe(topic)  # subscribe before reading the database: no gap
+        tasks: list[asyncio.Task[None]] = [
+            asyncio.create_task(self._read()),
+            asyncio.create_task(self._forward(events)),
+            asyncio.create_task(self._resend()),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                    await task
+            listener.unsubscribe(topic, events)
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                raw = await self.ws.receive_text()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            except KeyError:  # a binary frame
+                await self.send(_error_frame("binary_frame", "send JSON text frames"))
+                continue
+            try:
+                frame = json.loads(raw)
+                if not isinstance(frame, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                await self.send(_error_frame("malformed_frame", 'frames must be JSON objects with a "type"'))
+                continue
+            if frame.get("type") == "ping":
+                await self.send({"type": "pong"})
+                continue
+            try:
+                answer = await run_in_threadpool(self.adapter.handle_frame_sync, self.key, frame)
+            except RequestRejected as exc:
+                await self.send(_error_frame(exc.code, exc.message))
+                continue
+            except Exception:  # database or broker trouble: nothing was accepted, say so
+                log.exception("web frame failed")
+                await self.send(_error_frame("unavailable", "the message was not accepted (server error); send it again"))
+                continue
+            if answer is not None:
+                await self.send(answer)
+
+    async def _forward(self, events: asyncio.Queue[dict[str, Any]]) -> None:
+        while True:
+            event = await events.get()
+            if event.get("type") == "reply":
+                self._pushed[int(event["reply_id"])] = time.monotonic()
+            await self.send(event)
+
+    async def _resend(self) -> None:
+        """Replies not yet acked: on connect at once, then every few seconds (bus events can be lost)."""
+        while True:
+            now = time.monotonic()
+            for reply_id, inbound_id, text in await run_in_threadpool(self.adapter.undelivered_sync, self.key):
+                last = self._pushed.get(reply_id)
+                if last is None or now - last >= RESEND_INTERVAL_S:
+                    self._pushed[reply_id] = now
+                    await self.send({"type": "reply", "reply_id": reply_id, "message_id": inbound_id, "text": text})
+            await asyncio.sleep(RESEND_INTERVAL_S)
+
+
+def _error_frame(code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message}
+
+
+class WebOutbound(Outbound):
+    """Worker side: tokens and the final reply go to the gateways through the bus."""
+
+    streams = True
+
+    def stream(self, key: ConversationKey, inbound_id: int, piece: str) -> None:
+        self.deps.bus.publish(key.topic(), {"type": "token", "message_id": inbound_id, "text": piece})
+
+    def send(self, reply: Reply) -> None:
+        self.deps.bus.publish(
+            reply.key.topic(),
+            {"type": "reply", "reply_id": reply.reply_id, "message_id": reply.inbound_id, "text": reply.text},
+        )
+

@@ -1,0 +1,1 @@
+"""Alembic migrations for Kefu's database (``kefu migrate`` upgrades to head)."""

@@ -1,0 +1,1 @@
+"""Kefu's shared domain layer: settings, envelopes, tables, queues. Imports neither channels nor workers."""

@@ -1,0 +1,49 @@
+"""The audit log's vocabulary and its one writer.
+
+Rows are only ever inserted (the database rejects UPDATE/DELETE on ``audit_event``). Details hold
+ids, sizes, timings and reasons, never message text or customer identifiers in the clear.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from models.tables import AuditEvent
+
+RECEIVED = "received"  # inbound persisted
+DUPLICATE = "duplicate"  # a platform retry of an inbound we already have
+QUEUED = "queued"  # handle_inbound published
+QUEUE_FAILED = "queue_failed"  # publish failed; the sweeper will publish again
+REQUEUED = "requeued"  # the sweeper published a stale inbound or delivery again
+GENERATION_STARTED = "generation_started"
+GENERATION_FINISHED = "generation_finished"  # model, prompt/completion tokens, latency
+GENERATION_FAILED = "generation_failed"  # reason; a fallback reply is stored instead
+REPLY_STORED = "reply_stored"
+DISPATCHED = "dispatched"  # handed to the channel (platform API accepted it / published to gateways)
+DELIVERED = "delivered"  # the customer's client confirmed it
+DELIVERY_RETRY = "delivery_retry"  # a transient failure; retried with backoff
+DELIVERY_FAILED = "delivery_failed"  # a permanent failure, with reason
+
+
+def record(
+    session: Session,
+    kind: str,
+    *,
+    channel: str | None = None,
+    conversation_id: int | None = None,
+    inbound_id: int | None = None,
+    reply_id: int | None = None,
+    **detail: Any,
+) -> None:
+    session.add(
+        AuditEvent(
+            kind=kind,
+            channel=channel,
+            conversation_id=conversation_id,
+            inbound_id=inbound_id,
+            reply_id=reply_id,
+            detail=detail,
+        )
+    )

@@ -1,0 +1,84 @@
+"""Engine and session factory: PostgreSQL through psycopg 3, SQLite for the embedded default.
+
+Every connection carries a statement timeout (PostgreSQL ``statement_timeout``, SQLite
+``busy_timeout``) so no SQL call can hang a gateway or a worker. SQLite runs in WAL mode with
+foreign keys on, so a gateway and workers in separate processes can share the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.settings import Settings
+from models.tables import Base
+
+
+def make_engine(settings: Settings, url: str | None = None) -> Engine:
+    url = url or settings.effective_database_url
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": settings.sql_statement_timeout_ms / 1000}
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute(f"PRAGMA busy_timeout={int(settings.sql_statement_timeout_ms)}")
+            cur.close()
+
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        pool_timeout=10,
+        connect_args={
+            "connect_timeout": 5,
+            "options": f"-c statement_timeout={int(settings.sql_statement_timeout_ms)}",
+        },
+    )
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session that commits on success and rolls back on any error."""
+    with factory() as session, session.begin():
+        yield session
+
+
+def insert_ignoring_conflict(
+    session: Session, table: type[Base], values: Mapping[str, Any], conflict: list[str]
+) -> int | None:
+    """INSERT … ON CONFLICT (conflict) DO NOTHING RETURNING id; None when the row already existed.
+
+    The database decides who wins, so concurrent duplicates cannot both insert.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        stmt: Any = postgresql.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    else:  # pragma: no cover - only the two supported databases
+        raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    row = session.execute(stmt.returning(table.__table__.c.id)).first()  # type: ignore[attr-defined]
+    return None if row is None else int(row[0])
+
+
+def ping(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))

@@ -1,0 +1,60 @@
+"""Value objects that travel between channels and workers. Frozen, no I/O.
+
+An adapter turns a platform callback into an :class:`Inbound`; ingress persists it. A worker
+turns it into a :class:`Reply`. Channels and workers agree on nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationKey:
+    """Who talks to whom: a channel, the business account on it, and the customer (peer)."""
+
+    channel: str
+    account: str
+    peer: str
+
+    def topic(self) -> str:
+        """The bus topic live events for this conversation are published on."""
+        return f"{self.channel}:{self.account}:{self.peer}"
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One customer message, normalized. ``external_id`` is the platform's id (dedup key)."""
+
+    key: ConversationKey
+    external_id: str
+    text: str
+    kind: str = "text"
+    received_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One message in a conversation's context window."""
+
+    role: Role
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to one inbound, as a channel sends it."""
+
+    reply_id: int
+    inbound_id: int
+    conversation_id: int
+    key: ConversationKey
+    text: str

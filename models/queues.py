@@ -1,0 +1,103 @@
+"""Queue names, task names, routing and the Celery configuration shared by every process.
+
+Channels publish by task *name* (:class:`Publisher`), so they never import workers. The same
+:func:`celery_config` is used by publishers and workers, which keeps routing and transport options
+identical on both sides.
+
+Reliability settings: late acks, reject on worker loss, prefetch 1, a per-task hard time limit,
+and for Redis a visibility timeout longer than that limit (checked by ``Settings``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from models.settings import Settings
+
+LLM_QUEUE = "llm"
+IO_QUEUE = "io"
+QUEUES = (LLM_QUEUE, IO_QUEUE)
+
+HANDLE_INBOUND = "kefu.handle_inbound"
+DELIVER = "kefu.deliver"
+SWEEP = "kefu.sweep"
+
+ROUTES = {
+    HANDLE_INBOUND: {"queue": LLM_QUEUE},
+    DELIVER: {"queue": IO_QUEUE},
+    SWEEP: {"queue": IO_QUEUE},
+}
+
+log = logging.getLogger(__name__)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport_options: dict[str, Any]
+    config: dict[str, Any] = {}
+    if settings.embedded_broker:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        import models.embedded_broker  # noqa: F401 - registers the kefu-sqla URL scheme
+        transport_options = {"connect_args": {"timeout": 30}}
+    else:
+        transport_options = {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_timeout": settings.redis_timeout_s,
+            "socket_connect_timeout": settings.redis_timeout_s,
+            "health_check_interval": 30,
+        }
+    config.update(
+        broker_url=settings.effective_broker_url,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=settings.publish_timeout_s,
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue=IO_QUEUE,
+        task_routes=ROUTES,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.generation_hard_limit_s,
+        task_soft_time_limit=settings.generation_soft_limit_s,
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 1},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        enable_utc=True,
+        timezone="UTC",
+        beat_schedule={
+            "kefu-sweep": {"task": SWEEP, "schedule": float(settings.sweep_interval_s), "options": {"queue": IO_QUEUE}}
+        },
+        beat_schedule_filename=str((settings.data_dir / "celerybeat-schedule").resolve()),
+    )
+    return config
+
+
+def make_celery(settings: Settings, main: str = "kefu") -> Celery:
+    app = Celery(main)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+class Publisher:
+    """Publishes tasks by name; the only way channels reach workers."""
+
+    def __init__(self, celery: Celery) -> None:
+        self._celery = celery
+
+    def handle_inbound(self, inbound_id: int) -> None:
+        self._celery.send_task(HANDLE_INBOUND, args=(inbound_id,), **ROUTES[HANDLE_INBOUND])
+
+    def deliver(self, reply_id: int, countdown: float | None = None) -> None:
+        self._celery.send_task(DELIVER, args=(reply_id,), countdown=countdown, **ROUTES[DELIVER])
+
+    def ping(self, timeout: float) -> None:
+        with self._celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)

@@ -1,0 +1,224 @@
+"""One typed Settings object for a Kefu process.
+
+Read once from ``KEFU_*`` environment variables (and an optional ``.env`` file) by
+:func:`load_settings`, then passed down; nothing else in Kefu reads ``os.environ``.
+
+Guarantees:
+- With no broker or database configured, the *embedded* backends are chosen: kombu's SQLAlchemy
+  transport and a SQLite database, both files under ``data_dir``. ``backend_choice()`` says which
+  backends were chosen and why, for the startup log.
+- ``check_reliability()`` raises :class:`ConfigError` for a configuration that could lose or
+  double-run work (e.g. a Redis visibility timeout shorter than the generation hard limit).
+
+Raises :class:`ConfigError` (a ``ValueError``) with a message an operator can act on.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SYSTEM_PROMPT = (
+    "你是一名专业、耐心的在线客服助手。默认使用简体中文回答；如果客户用其他语言提问，就用客户的语言回答。"
+    "回答要简洁、礼貌、准确，先直接回答问题，再给出必要的下一步。"
+    "不知道的事情就如实说明，不要编造订单、价格或政策；需要人工处理时，告诉客户可以回复“转人工”。"
+)
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or unsafe; the message names the variable to fix."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KEFU_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- where things live -------------------------------------------------------------------
+    data_dir: Path = Path("var")
+    database_url: str | None = None
+    broker_url: str | None = None
+    redis_url: str | None = None  # bus, context cache, locks; defaults to broker_url when that is Redis
+    secret_key: SecretStr | None = None  # HMAC key for visitor tokens; generated under data_dir if unset
+
+    # --- gateway -----------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8000
+    allowed_origins: list[str] = Field(default_factory=list)  # same-origin is always allowed
+    web_account: str = "default"  # the web site this gateway serves (one account per deployment)
+    max_text_chars: int = 2000
+    max_body_bytes: int = 64 * 1024
+    visitor_token_ttl_s: int = 30 * 24 * 3600
+    publish_timeout_s: float = 5.0
+
+    # --- model ---------------------------------------------------------------------------------
+    model_path: Path | None = None
+    model_repo: str | None = None  # e.g. "Qwen/Qwen3-4B-GGUF" (needs network and the `hub` extra)
+    model_file: str | None = None  # e.g. "Qwen3-4B-Q4_K_M.gguf"
+    n_ctx: int = 4096
+    n_batch: int = 512
+    n_threads: int | None = None
+    n_gpu_layers: int | None = None  # None: all layers when the CUDA build is present, else 0
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 20
+    min_p: float = 0.0
+    presence_penalty: float = 1.5
+    max_tokens: int = 512
+    seed: int | None = None
+    enable_thinking: bool = False
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    context_turns: int = 5
+    context_ttl_s: int = 24 * 3600
+
+    # --- reliability ----------------------------------------------------------------------------
+    generation_soft_limit_s: int = 90
+    generation_hard_limit_s: int = 120
+    visibility_timeout_s: int = 3600
+    delivery_max_retries: int = 8
+    requeue_after_s: int = 600  # an inbound still unanswered after this is published again
+    redeliver_after_s: int = 60  # a reply still undelivered after this is sent again
+    sweep_interval_s: int = 30
+    redis_timeout_s: float = 5.0
+    sql_statement_timeout_ms: int = 10_000
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    # --- derived -------------------------------------------------------------------------------
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def embedded_database(self) -> bool:
+        return not self.database_url
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'kefu.sqlite').resolve()}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or f"kefu-sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def effective_redis_url(self) -> str | None:
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return None
+
+    @property
+    def broker_is_redis(self) -> bool:
+        return self.effective_broker_url.startswith(("redis://", "rediss://"))
+
+    def backend_choice(self) -> list[str]:
+        """One line per backend: what was chosen and why (for the startup log and `kefu config`)."""
+        lines = []
+        if self.embedded_broker:
+            lines.append(f"broker: embedded SQLite queue at {self.data_dir / 'broker.sqlite'} (KEFU_BROKER_URL unset)")
+        else:
+            lines.append(f"broker: {mask_url(self.effective_broker_url)} (KEFU_BROKER_URL)")
+        if self.embedded_database:
+            lines.append(f"database: embedded SQLite at {self.data_dir / 'kefu.sqlite'} (KEFU_DATABASE_URL unset)")
+        else:
+            lines.append(f"database: {mask_url(self.effective_database_url)} (KEFU_DATABASE_URL)")
+        redis = self.effective_redis_url
+        if redis:
+            lines.append(f"bus/context/locks: Redis {mask_url(redis)}")
+        else:
+            lines.append(
+                f"bus/context/locks: embedded (local sockets under {self.data_dir / 'bus'}, in-process cache "
+                "and locks; no Redis configured)"
+            )
+        return lines
+
+    def check_reliability(self) -> None:
+        if self.generation_soft_limit_s >= self.generation_hard_limit_s:
+            raise ConfigError(
+                "KEFU_GENERATION_SOFT_LIMIT_S must be below KEFU_GENERATION_HARD_LIMIT_S "
+                f"(got {self.generation_soft_limit_s} >= {self.generation_hard_limit_s})"
+            )
+        if self.broker_is_redis and self.visibility_timeout_s <= self.generation_hard_limit_s:
+            raise ConfigError(
+                "KEFU_VISIBILITY_TIMEOUT_S must be longer than KEFU_GENERATION_HARD_LIMIT_S: Redis would "
+                "hand a still-running generation to a second worker "
+                f"(got {self.visibility_timeout_s} <= {self.generation_hard_limit_s})"
+            )
+        if self.requeue_after_s <= self.generation_hard_limit_s:
+            raise ConfigError(
+                "KEFU_REQUEUE_AFTER_S must be longer than KEFU_GENERATION_HARD_LIMIT_S "
+                f"(got {self.requeue_after_s} <= {self.generation_hard_limit_s})"
+            )
+        if self.model_repo and not self.model_file and not self.model_path:
+            raise ConfigError("KEFU_MODEL_REPO needs KEFU_MODEL_FILE (the GGUF file name inside the repo)")
+        if self.max_text_chars < 1 or self.context_turns < 0:
+            raise ConfigError("KEFU_MAX_TEXT_CHARS must be >= 1 and KEFU_CONTEXT_TURNS >= 0")
+
+    def signing_key(self) -> bytes:
+        """The visitor-token HMAC key; generated once into ``data_dir/secret.key`` when not configured."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        path = self.data_dir / "secret.key"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            candidate = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+            candidate.write_text(secrets.token_urlsafe(32))
+            candidate.chmod(0o600)
+            try:
+                path.hardlink_to(candidate)  # atomic: two processes starting together agree on one key
+            except FileExistsError:
+                pass
+            finally:
+                candidate.unlink()
+        return path.read_text().strip().encode()
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings for display: secrets and URL passwords masked."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr) or name == "secret_key":
+                out[name] = "********" if value else None
+            elif isinstance(value, str) and "://" in value:
+                out[name] = mask_url(value)
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        out["effective_database_url"] = mask_url(self.effective_database_url)
+        out["effective_broker_url"] = mask_url(self.effective_broker_url)
+        redis = self.effective_redis_url
+        out["effective_redis_url"] = mask_url(redis) if redis else None
+        return out
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in ``scheme://user:password@host``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:****@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the process's Settings from the environment; raise ConfigError if it is unsafe."""
+    try:
+        settings = Settings(**overrides)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ConfigError(f"invalid KEFU_* setting: {exc}") from exc
+    settings.check_reliability()
+    return settings

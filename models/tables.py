@@ -1,0 +1,153 @@
+"""SQLAlchemy 2.0 typed tables: conversation, inbound, reply, delivery, audit_event.
+
+Idempotency lives in constraints: ``inbound UNIQUE(channel, account, external_id)`` turns a
+platform retry into a no-op, ``reply UNIQUE(inbound_id)`` and ``delivery UNIQUE(reply_id)`` make a
+re-run task harmless. ``audit_event`` is append-only; the migration installs triggers that reject
+UPDATE and DELETE on it (PostgreSQL and SQLite).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from models.envelope import utcnow
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out, on PostgreSQL and SQLite alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class ConversationRecord(Base):
+    __tablename__ = "conversation"
+    __table_args__ = (UniqueConstraint("channel", "account", "peer"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    account: Mapped[str] = mapped_column(String(64))
+    peer: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class InboundRecord(Base):
+    """A customer message. ``status``: received → queued → answered | failed."""
+
+    __tablename__ = "inbound"
+    __table_args__ = (
+        UniqueConstraint("channel", "account", "external_id"),
+        Index("ix_inbound_conversation", "conversation_id", "id"),
+        Index("ix_inbound_status", "status", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"))
+    channel: Mapped[str] = mapped_column(String(32))
+    account: Mapped[str] = mapped_column(String(64))
+    external_id: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16), default="text")
+    text: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="received")
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    queued_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class ReplyRecord(Base):
+    __tablename__ = "reply"
+    __table_args__ = (
+        UniqueConstraint("inbound_id"),
+        Index("ix_reply_conversation", "conversation_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound.id"))
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"))
+    text: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16))  # model | fallback
+    model: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class DeliveryRecord(Base):
+    """Getting one reply to the customer. ``status``: pending → sent → delivered, or failed."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (
+        UniqueConstraint("reply_id"),
+        Index("ix_delivery_status", "status", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    reply_id: Mapped[int] = mapped_column(ForeignKey("reply.id"))
+    channel: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class AuditEvent(Base):
+    """Append-only log of everything that happened to a message."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (
+        Index("ix_audit_inbound", "inbound_id"),
+        Index("ix_audit_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    conversation_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    inbound_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    reply_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

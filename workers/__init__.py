@@ -1,0 +1,1 @@
+"""Celery workers: generation (queue ``llm``), delivery and housekeeping (queue ``io``)."""

@@ -1,0 +1,50 @@
+"""The worker's Celery app: shared configuration (models.queues), tasks, process hooks.
+
+Built by :func:`create_app` from Settings — never at import — so ``kefu worker`` and tests choose
+the configuration. ``Settings.check_reliability`` has already refused unsafe combinations (e.g. a
+Redis visibility timeout shorter than the generation hard limit) before this runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_ready
+
+from models.queues import make_celery
+from models.settings import Settings
+from workers import runtime as runtime_module
+from workers.tasks import register
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, warm: bool = False) -> Celery:
+    settings.check_reliability()
+    app = make_celery(settings, "kefu")
+    register(app)
+    runtime_module.configure(settings)
+
+    def _warm() -> None:
+        try:
+            runtime_module.runtime().llm.load()
+        except Exception:  # a broken model still lets the worker answer with the fallback reply
+            log.exception("model warm-up failed; generations will report the error")
+
+    @worker_process_init.connect(weak=False)
+    def _child_started(**_: Any) -> None:
+        runtime_module.reset_after_fork()
+        if warm:
+            _warm()
+
+    @worker_ready.connect(weak=False)
+    def _ready(sender: Any = None, **_: Any) -> None:
+        for line in settings.backend_choice():
+            log.info("worker %s", line)
+        pool_module = type(getattr(sender, "pool", None)).__module__
+        if warm and "prefork" not in pool_module:
+            _warm()  # threads/solo pools run tasks in this process; prefork children warm themselves
+
+    return app

@@ -1,0 +1,169 @@
+"""``kefu``: the command line, and the one place where gateway and workers are composed.
+
+    kefu config                  effective settings, secrets masked, and the chosen backends
+    kefu migrate [REVISION]      upgrade the database (default: head)
+    kefu downgrade REVISION      downgrade the database (e.g. base)
+    kefu gateway                 serve the HTTP/WebSocket gateway
+    kefu worker --queues llm,io  run a Celery worker for the given queues
+    kefu up                      migrate, then a worker and the gateway together (chat page on /)
+    kefu demo                    send real questions through the whole pipeline and print what happened
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from models.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("kefu")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin chatter is not for operators
+
+
+def cmd_config(settings: Settings, _: argparse.Namespace) -> int:
+    print(json.dumps(settings.masked(), indent=2, ensure_ascii=False, default=str))
+    for line in settings.backend_choice():
+        print("#", line)
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from models.migrate import upgrade
+
+    upgrade(settings, args.revision)
+    print(f"database upgraded to {args.revision}")
+    return 0
+
+
+def cmd_downgrade(settings: Settings, args: argparse.Namespace) -> int:
+    from models.migrate import downgrade
+
+    downgrade(settings, args.revision)
+    print(f"database downgraded to {args.revision}")
+    return 0
+
+
+def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from channels.app import create_app
+
+    for line in settings.backend_choice():
+        log.info("%s", line)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_level=settings.log_level.lower(),
+        ws_max_size=settings.max_body_bytes,
+    )
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.celery_app import create_app
+
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = set(queues) - {"llm", "io"}
+    if unknown:
+        raise ConfigError(f"unknown queue(s) {sorted(unknown)}: use llm, io or llm,io")
+    pool = args.pool or "threads"
+    concurrency = args.concurrency or (1 if queues == ["llm"] else 4)
+    app = create_app(settings, warm=args.warm)
+    argv = [
+        "worker",
+        f"--queues={','.join(queues)}",
+        f"--pool={pool}",
+        f"--concurrency={concurrency}",
+        f"--loglevel={settings.log_level}",
+        f"--hostname=kefu-{'-'.join(queues)}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if args.beat:
+        argv.append("--beat")
+    app.worker_main(argv)
+    return 0
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from models.migrate import upgrade
+
+    upgrade(settings)
+    worker = subprocess.Popen(  # noqa: S603 - our own entry point
+        [sys.executable, "-m", "workers.cli", "worker", "--queues", "llm,io", "--beat", "--warm"],
+        env=os.environ.copy(),
+    )
+    try:
+        print(f"Kefu is up: open http://{args.host or settings.host}:{args.port or settings.port}/ to chat", flush=True)
+        return cmd_gateway(settings, args)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.demo import run_demo
+
+    return run_demo(settings, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kefu", description="Self-hosted AI customer service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("config", help="print the effective settings").set_defaults(func=cmd_config)
+    p = sub.add_parser("migrate", help="upgrade the database")
+    p.add_argument("revision", nargs="?", default="head")
+    p.set_defaults(func=cmd_migrate)
+    p = sub.add_parser("downgrade", help="downgrade the database")
+    p.add_argument("revision")
+    p.set_defaults(func=cmd_downgrade)
+    for name, func in (("gateway", cmd_gateway), ("up", cmd_up)):
+        p = sub.add_parser(name)
+        p.add_argument("--host")
+        p.add_argument("--port", type=int)
+        p.set_defaults(func=func)
+    p = sub.add_parser("worker", help="run a Celery worker")
+    p.add_argument("--queues", default="llm,io")
+    p.add_argument("--pool", choices=["threads", "prefork", "solo"])
+    p.add_argument("--concurrency", type=int)
+    p.add_argument("--beat", action="store_true", help="also run the periodic sweeper (one per deployment)")
+    p.add_argument("--warm", action="store_true", help="load the model when the worker starts")
+    p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("demo", help="run questions through the whole pipeline on embedded defaults")
+    p.add_argument("--keep", action="store_true", help="keep the demo's data directory")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"kefu: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    try:
+        code: int = args.func(settings, args)
+    except ConfigError as exc:
+        print(f"kefu: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Conversation context: the last N turns of a conversation, cached with a TTL.
+
+The database is the source of truth (:func:`models.transcript.context_turns`); this cache saves the
+query on the hot path. Redis when configured (shared by every worker), else an in-process cache.
+A cache miss, an expired entry or a Redis error falls back to the database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+import redis
+
+from models.envelope import Turn
+from models.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ContextStore(Protocol):
+    def load(self, conversation_id: int, upto_inbound_id: int) -> list[Turn] | None: ...
+    def save(self, conversation_id: int, last_inbound_id: int, turns: list[Turn]) -> None: ...
+
+
+def _dump(last_inbound_id: int, turns: list[Turn]) -> str:
+    return json.dumps({"upto": last_inbound_id, "turns": [[t.role, t.text] for t in turns]}, ensure_ascii=False)
+
+
+def _load(raw: str | bytes, upto_inbound_id: int) -> list[Turn] | None:
+    data = json.loads(raw)
+    # A cached window is valid only for the message right after the one it was saved for.
+    if int(data["upto"]) >= upto_inbound_id:
+        return None
+    return [Turn(role, text) for role, text in data["turns"]]
+
+
+class RedisContextStore:
+    def __init__(self, url: str, timeout_s: float, ttl_s: int) -> None:
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._ttl = ttl_s
+
+    def load(self, conversation_id: int, upto_inbound_id: int) -> list[Turn] | None:
+        try:
+            raw = self._client.get(f"kefu:ctx:{conversation_id}")
+        except redis.RedisError as exc:
+            log.warning("context cache unavailable (%s); reading the database", type(exc).__name__)
+            return None
+        return None if raw is None else _load(raw, upto_inbound_id)  # type: ignore[arg-type]
+
+    def save(self, conversation_id: int, last_inbound_id: int, turns: list[Turn]) -> None:
+        try:
+            self._client.set(f"kefu:ctx:{conversation_id}", _dump(last_inbound_id, turns), ex=self._ttl)
+        except redis.RedisError as exc:
+            log.warning("context cache not updated (%s)", type(exc).__name__)
+
+
+class MemoryContextStore:
+    def __init__(self, ttl_s: int, capacity: int = 10_000) -> None:
+        self._ttl, self._capacity = ttl_s, capacity
+        self._items: OrderedDict[int, tuple[float, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def load(self, conversation_id: int, upto_inbound_id: int) -> list[Turn] | None:
+        with self._lock:
+            item = self._items.get(conversation_id)
+            if item is None or item[0] < time.monotonic():
+                return None
+            return _load(item[1], upto_inbound_id)
+
+    def save(self, conversation_id: int, last_inbound_id: int, turns: list[Turn]) -> None:
+        with self._lock:
+            self._items[conversation_id] = (time.monotonic() + self._ttl, _dump(last_inbound_id, turns))
+            self._items.move_to_end(conversation_id)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+
+def make_context_store(settings: Settings) -> ContextStore:
+    url = settings.effective_redis_url
+    if url:
+        return RedisContextStore(url, settings.redis_timeout_s, settings.context_ttl_s)
+    return MemoryContextStore(settings.context_ttl_s)

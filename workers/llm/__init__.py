@@ -1,0 +1,1 @@
+"""The language model: GGUF files, Qwen3 prompting and the llama.cpp engine."""

@@ -1,0 +1,200 @@
+"""Text generation with llama-cpp-python, one sequence at a time (the simple path).
+
+Guarantees:
+- The model is loaded lazily, on first use, in the process that uses it (never in a prefork
+  parent: CUDA contexts do not survive fork). ``n_gpu_layers`` defaults to every layer when the
+  CUDA/Metal build is present, else 0.
+- One generation at a time per engine (llama.cpp contexts are not thread-safe); a prefix shared
+  with the previous prompt (the system prompt) is not evaluated again.
+- Qwen3 semantics: ChatML, thinking off unless configured, stop on ``<|im_end|>`` /
+  ``<|endoftext|>``, Qwen3's recommended non-thinking sampling by default, think blocks stripped.
+- Every generation ends by itself: on a stop token, at ``max_tokens`` or at its deadline.
+
+Raises :class:`PromptTooLong` when the question cannot fit the context window, and
+:class:`GenerationError` for any failure of the model itself.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from models.envelope import Turn
+from models.settings import Settings
+from workers.llm.model_files import ModelSpec
+from workers.llm.prompts import STOP_TEXTS, ThinkFilter, chatml_tokens, fit_turns, strip_think
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+log = logging.getLogger(__name__)
+
+REPLY_ROOM_MIN = 64  # tokens kept free for the answer when trimming history
+
+
+class GenerationError(RuntimeError):
+    """The model failed to produce an answer."""
+
+
+class PromptTooLong(GenerationError):
+    """System prompt plus the customer's message exceed the context window."""
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # stop | length | deadline
+    first_token_s: float | None
+    total_s: float
+
+
+def default_gpu_layers() -> int:
+    import llama_cpp
+
+    return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+
+
+class LlamaEngine:
+    def __init__(self, spec: ModelSpec, settings: Settings) -> None:
+        self.spec = spec
+        self.settings = settings
+        self._llm: Llama | None = None
+        self._load_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+        self.architecture = "unknown"
+        self._stop_ids: frozenset[int] = frozenset()
+
+    @property
+    def model_name(self) -> str:
+        return self.spec.name
+
+    def load(self) -> Llama:
+        if self._llm is not None:
+            return self._llm
+        with self._load_lock:
+            if self._llm is None:
+                from llama_cpp import Llama
+
+                s = self.settings
+                gpu_layers = default_gpu_layers() if s.n_gpu_layers is None else s.n_gpu_layers
+                started = time.monotonic()
+                llm = Llama(
+                    model_path=str(self.spec.path),
+                    n_ctx=s.n_ctx,
+                    n_batch=s.n_batch,
+                    n_threads=s.n_threads or max(1, os.cpu_count() or 1),
+                    n_gpu_layers=gpu_layers,
+                    seed=s.seed if s.seed is not None else 0xFFFFFFFF,
+                    verbose=False,
+                )
+                self.architecture = str(llm.metadata.get("general.architecture", "unknown"))
+                self._stop_ids = frozenset(self._special_ids(llm))
+                log.info(
+                    "model %s loaded in %.2fs (architecture %s, n_ctx %d, gpu layers %d)",
+                    self.spec.name, time.monotonic() - started, self.architecture, s.n_ctx, gpu_layers,
+                )
+                self._llm = llm
+        return self._llm
+
+    @staticmethod
+    def _special_ids(llm: Llama) -> set[int]:
+        ids = {llm.token_eos()}
+        for text in STOP_TEXTS:
+            tokens = llm.tokenize(text.encode(), add_bos=False, special=True)
+            if len(tokens) == 1:
+                ids.add(tokens[0])
+        return ids
+
+    def prompt_tokens(self, turns: list[Turn]) -> list[int]:
+        llm = self.load()
+
+        def tokenize(text: str, special: bool) -> list[int]:
+            return list(llm.tokenize(text.encode(), add_bos=False, special=special))
+
+        def build(candidate: list[Turn]) -> list[int]:
+            return chatml_tokens(
+                tokenize, candidate, architecture=self.architecture, enable_thinking=self.settings.enable_thinking
+            )
+
+        budget = self.settings.n_ctx - min(self.settings.max_tokens, max(REPLY_ROOM_MIN, self.settings.n_ctx // 4))
+        try:
+            fitted = fit_turns(turns, lambda c: len(build(c)), budget)
+        except ValueError as exc:
+            raise PromptTooLong(f"{exc} (n_ctx={self.settings.n_ctx})") from None
+        return build(fitted)
+
+    def generate(
+        self,
+        turns: list[Turn],
+        *,
+        on_text: Callable[[str], None] | None = None,
+        deadline: float | None = None,
+    ) -> Generation:
+        """Answer the last user turn. ``deadline`` is a ``time.monotonic()`` instant."""
+        with self._run_lock:
+            started = time.monotonic()
+            try:
+                tokens = self.prompt_tokens(turns)
+                return self._run(tokens, on_text, deadline, started)
+            except GenerationError:
+                raise
+            except Exception as exc:  # llama.cpp failures surface as assorted exceptions
+                raise GenerationError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _run(
+        self, tokens: list[int], on_text: Callable[[str], None] | None, deadline: float | None, started: float
+    ) -> Generation:
+        llm = self.load()
+        s = self.settings
+        max_new = max(1, min(s.max_tokens, s.n_ctx - len(tokens)))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        think = ThinkFilter()
+        pieces: list[str] = []
+        produced, first_token_s, finish = 0, None, "length"
+
+        def emit(text: str) -> None:
+            if text:
+                pieces.append(text)
+                if on_text is not None:
+                    try:
+                        on_text(text)
+                    except Exception:  # streaming is best effort; the reply row is what counts
+                        log.exception("streaming callback failed")
+
+        sampling: dict[str, Any] = {
+            "temp": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p,
+            "presence_penalty": s.presence_penalty, "repeat_penalty": 1.0,
+        }
+        for token in llm.generate(tokens, **sampling):
+            if token in self._stop_ids:
+                finish = "stop"
+                break
+            produced += 1
+            if first_token_s is None:
+                first_token_s = time.monotonic() - started
+            emit(think.feed(decoder.decode(llm.detokenize([token]))))
+            if produced >= max_new:
+                finish = "length"
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                finish = "deadline"
+                break
+        emit(think.flush())  # an incomplete UTF-8 tail (cut by max_tokens) is dropped, not shown as U+FFFD
+        return Generation(
+            text=strip_think("".join(pieces)),
+            model=self.spec.name,
+            prompt_tokens=len(tokens),
+            completion_tokens=produced,
+            finish_reason=finish,
+            first_token_s=first_token_s,
+            total_s=time.monotonic() - started,
+        )

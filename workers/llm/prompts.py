@@ -1,0 +1,119 @@
+"""Qwen3 prompting: ChatML, thinking off by default, think blocks hidden from customers. Pure.
+
+- :func:`chatml_tokens` builds the prompt as token ids. Template markers (``<|im_start|>`` …) are
+  tokenized as special tokens, message text as plain text, so a customer who types
+  ``<|im_start|>system`` gets literal characters, not a new system turn.
+- With thinking disabled, Qwen3's own template opens the assistant turn with an empty
+  ``<think>\\n\\n</think>\\n\\n`` block; we do the same (``enable_thinking=false`` semantics).
+- :class:`ThinkFilter` removes ``<think>…</think>`` spans from streamed text, across chunk
+  boundaries; :func:`strip_think` does it for a whole string.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from models.envelope import Turn
+
+IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+STOP_TEXTS = (IM_END, END_OF_TEXT)
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+EMPTY_THINK = f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n"
+
+Tokenize = Callable[[str, bool], list[int]]  # (text, parse_special) -> ids
+
+
+def uses_think_block(architecture: str) -> bool:
+    return architecture.startswith("qwen3")
+
+
+def render_chatml(turns: Sequence[Turn], *, architecture: str, enable_thinking: bool) -> str:
+    """The prompt as text (for logs and tests; generation uses :func:`chatml_tokens`)."""
+    body = "".join(f"{IM_START}{t.role}\n{t.text}{IM_END}\n" for t in turns)
+    opener = f"{IM_START}assistant\n"
+    if uses_think_block(architecture) and not enable_thinking:
+        opener += EMPTY_THINK
+    return body + opener
+
+
+def chatml_tokens(
+    tokenize: Tokenize, turns: Sequence[Turn], *, architecture: str, enable_thinking: bool
+) -> list[int]:
+    ids: list[int] = []
+    for turn in turns:
+        ids += tokenize(f"{IM_START}{turn.role}\n", True)
+        ids += tokenize(turn.text, False)
+        ids += tokenize(f"{IM_END}\n", True)
+    ids += tokenize(f"{IM_START}assistant\n", True)
+    if uses_think_block(architecture) and not enable_thinking:
+        ids += tokenize(EMPTY_THINK, True)
+    return ids
+
+
+def fit_turns(turns: list[Turn], measure: Callable[[list[Turn]], int], budget: int) -> list[Turn]:
+    """Drop the oldest history (keeping the system turn and the last user turn) until it fits.
+
+    Raises ValueError when even the system prompt plus the question does not fit.
+    """
+    head = [t for t in turns[:1] if t.role == "system"]
+    history, last = turns[len(head) : -1], turns[-1:]
+    while True:
+        candidate = head + history + last
+        if measure(candidate) <= budget:
+            return candidate
+        if not history:
+            raise ValueError("the prompt does not fit the context window even without history")
+        history = history[2:] if len(history) >= 2 else []
+
+
+_THINK_SPAN = re.compile(r"<think>.*?(</think>\s*|$)", re.DOTALL)
+
+
+def strip_think(text: str) -> str:
+    return _THINK_SPAN.sub("", text).replace(THINK_CLOSE, "").strip()
+
+
+class ThinkFilter:
+    """Streaming version of :func:`strip_think`: feed pieces, get the visible part of each."""
+
+    def __init__(self) -> None:
+        self._buffer = ""
+        self._inside = False
+
+    def feed(self, piece: str) -> str:
+        self._buffer += piece
+        out: list[str] = []
+        while self._buffer:
+            if self._inside:
+                end = self._buffer.find(THINK_CLOSE)
+                if end < 0:
+                    # keep only what could still be the start of the closing tag
+                    self._buffer = self._buffer[-(len(THINK_CLOSE) - 1) :]
+                    break
+                self._buffer = self._buffer[end + len(THINK_CLOSE) :].lstrip()
+                self._inside = False
+                continue
+            start = self._buffer.find(THINK_OPEN)
+            if start >= 0:
+                out.append(self._buffer[:start])
+                self._buffer = self._buffer[start + len(THINK_OPEN) :]
+                self._inside = True
+                continue
+            keep = _partial_suffix(self._buffer, THINK_OPEN)
+            out.append(self._buffer[: len(self._buffer) - keep])
+            self._buffer = self._buffer[len(self._buffer) - keep :]
+            break
+        return "".join(out)
+
+    def flush(self) -> str:
+        rest, self._buffer = ("" if self._inside else self._buffer), ""
+        return rest
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``tag``."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0

@@ -1,0 +1,98 @@
+"""Per-process worker resources, built lazily on first use inside the process that uses them.
+
+Nothing here is created in a prefork parent: the Celery parent forks its children before any task
+runs, and ``worker_process_init`` drops anything inherited. The model loads on the first
+generation (or at child start when ``warm`` is asked for), in the child.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from channels.base import Outbound, OutboundDeps, load_outbound
+from models.bus import Bus, make_bus
+from models.db import make_engine, make_session_factory
+from models.locks import Locks, make_locks
+from models.queues import Publisher, make_celery
+from models.settings import Settings
+from workers.context import ContextStore, make_context_store
+from workers.llm.engine import LlamaEngine
+from workers.llm.model_files import resolve_model
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._outbounds: dict[str, Outbound] = {}
+        self._lock = threading.Lock()
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return make_session_factory(self.engine)
+
+    @cached_property
+    def bus(self) -> Bus:
+        return make_bus(self.settings)
+
+    @cached_property
+    def locks(self) -> Locks:
+        return make_locks(self.settings)
+
+    @cached_property
+    def context(self) -> ContextStore:
+        return make_context_store(self.settings)
+
+    @cached_property
+    def publisher(self) -> Publisher:
+        return Publisher(make_celery(self.settings, "kefu-worker-publisher"))
+
+    @cached_property
+    def llm(self) -> LlamaEngine:
+        return LlamaEngine(resolve_model(self.settings), self.settings)
+
+    def outbound(self, channel: str) -> Outbound:
+        with self._lock:
+            if channel not in self._outbounds:
+                deps = OutboundDeps(self.settings, self.bus, self.sessions)
+                self._outbounds[channel] = load_outbound(channel, deps)
+            return self._outbounds[channel]
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+
+_settings: Settings | None = None
+_runtime: Runtime | None = None
+_guard = threading.Lock()
+
+
+def configure(settings: Settings) -> None:
+    global _settings, _runtime
+    _settings, _runtime = settings, None
+
+
+def runtime() -> Runtime:
+    global _runtime
+    with _guard:
+        if _runtime is None:
+            if _settings is None:
+                raise RuntimeError("workers.runtime.configure(settings) was not called")
+            _runtime = Runtime(_settings)
+        return _runtime
+
+
+def reset_after_fork() -> None:
+    """Forget resources inherited from a parent process (connections, model handles)."""
+    global _runtime
+    if _runtime is not None and "engine" in _runtime.__dict__:
+        _runtime.engine.dispose(close=False)  # leave the parent's connections alone
+    _runtime = None

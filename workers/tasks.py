@@ -1,0 +1,267 @@
+"""The tasks: ``handle_inbound(id)`` (queue llm), ``deliver(id)`` and ``sweep()`` (queue io).
+
+Tasks carry ids, never payloads, and are safe to run twice: ``reply UNIQUE(inbound_id)`` and
+conditional status updates decide who wins, so a redelivered or re-published task does nothing new.
+
+- ``handle_inbound``: per-conversation lock, answered in arrival order; generates (streaming to the
+  channel when it streams), stores the reply, its pending delivery and the audit rows in one
+  transaction, then publishes ``deliver``. Any model failure still stores a fallback reply.
+- ``deliver``: sends through the channel; retries ``DeliveryRetryable`` with exponential backoff,
+  records ``DeliveryPermanent`` (and exhausted retries) as failed.
+- ``sweep``: publishes again any inbound or delivery left unfinished (a lost task, a killed worker,
+  a broker outage at ingress).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import and_, or_, select, update
+
+from channels.base import DeliveryPermanent, DeliveryRetryable
+from models import audit, transcript
+from models.db import insert_ignoring_conflict, transaction
+from models.envelope import ConversationKey, Reply, utcnow
+from models.queues import DELIVER, HANDLE_INBOUND, SWEEP
+from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, ReplyRecord
+from workers import dialogue
+from workers.llm.engine import Generation
+from workers.runtime import Runtime, runtime
+
+log = logging.getLogger(__name__)
+
+LOCK_WAIT_S = 2.0
+ORDER_RETRY_S = 0.2
+SWEEP_BATCH = 500
+
+
+def handle_inbound(task: Task, inbound_id: int) -> str:
+    rt = runtime()
+    with rt.sessions() as session:
+        row = session.get(InboundRecord, inbound_id)
+        if row is None:
+            log.error("inbound %s not found; dropping the task", inbound_id)
+            return "missing"
+        conv = session.get(ConversationRecord, row.conversation_id)
+        assert conv is not None
+    key = ConversationKey(conv.channel, conv.account, conv.peer)
+    hard = rt.settings.generation_hard_limit_s
+    with rt.locks.hold(f"conversation:{conv.id}", ttl_s=hard + 30, wait_s=LOCK_WAIT_S) as acquired:
+        if not acquired:
+            raise task.retry(countdown=ORDER_RETRY_S, max_retries=None)
+        with rt.sessions() as session:
+            existing = session.scalars(select(ReplyRecord.id).where(ReplyRecord.inbound_id == inbound_id)).first()
+            if existing is None and _earlier_pending(session, row, rt):
+                raise task.retry(countdown=ORDER_RETRY_S, max_retries=None)
+        if existing is not None:  # answered already (a redelivered or re-published task)
+            rt.publisher.deliver(existing)
+            return "already-answered"
+        reply_id = _answer(rt, row, key)
+    rt.publisher.deliver(reply_id)
+    return "answered"
+
+
+def _earlier_pending(session: Any, row: InboundRecord, rt: Runtime) -> bool:
+    """True when an older message of the same conversation is still waiting for its answer.
+
+    A stuck older message holds the line only for ``requeue_after_s``; after that we move on.
+    """
+    cutoff = utcnow() - timedelta(seconds=rt.settings.requeue_after_s)
+    earlier = session.scalars(
+        select(InboundRecord.id).where(
+            InboundRecord.conversation_id == row.conversation_id,
+            InboundRecord.id < row.id,
+            InboundRecord.status.in_(("received", "queued")),
+            InboundRecord.received_at > cutoff,
+        ).limit(1)
+    ).first()
+    return earlier is not None
+
+
+def _answer(rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
+    settings = rt.settings
+    history = rt.context.load(row.conversation_id, row.id)
+    if history is None:
+        with rt.sessions() as session:
+            history = transcript.context_turns(session, row.conversation_id, row.id, settings.context_turns)
+    turns = dialogue.compose(settings.system_prompt, history, row.text, settings.context_turns)
+    outbound = rt.outbound(key.channel)
+    with transaction(rt.sessions) as session:
+        audit.record(session, audit.GENERATION_STARTED, channel=key.channel,
+                     conversation_id=row.conversation_id, inbound_id=row.id)
+
+    started = time.monotonic()
+    generation: Generation | None = None
+    failure: str | None = None
+    try:
+        on_text = (lambda piece: outbound.stream(key, row.id, piece)) if outbound.streams else None
+        generation = rt.llm.generate(turns, on_text=on_text, deadline=started + settings.generation_soft_limit_s - 5)
+    except SoftTimeLimitExceeded:
+        failure = "soft time limit exceeded"
+    except Exception as exc:  # any model failure still gets the customer an answer
+        log.exception("generation failed for inbound %s", row.id)
+        failure = f"{type(exc).__name__}: {exc}"[:500]
+    latency_ms = int((time.monotonic() - started) * 1000)
+    text = generation.text if generation is not None and generation.text.strip() else dialogue.FALLBACK_REPLY
+    if generation is not None and not generation.text.strip():
+        failure = f"empty output ({generation.finish_reason})"
+
+    with transaction(rt.sessions) as session:
+        reply_id = insert_ignoring_conflict(
+            session,
+            ReplyRecord,
+            {
+                "inbound_id": row.id,
+                "conversation_id": row.conversation_id,
+                "text": text,
+                "source": "fallback" if failure else "model",
+                "model": generation.model if generation else None,
+                "prompt_tokens": generation.prompt_tokens if generation else 0,
+                "completion_tokens": generation.completion_tokens if generation else 0,
+                "latency_ms": latency_ms,
+                "created_at": utcnow(),
+            },
+            ["inbound_id"],
+        )
+        if reply_id is None:  # another worker stored one first; keep theirs
+            return int(session.scalars(select(ReplyRecord.id).where(ReplyRecord.inbound_id == row.id)).one())
+        session.add(DeliveryRecord(reply_id=reply_id, channel=key.channel, status="pending"))
+        session.execute(update(InboundRecord).where(InboundRecord.id == row.id).values(status="answered"))
+        ids = {"channel": key.channel, "conversation_id": row.conversation_id, "inbound_id": row.id}
+        if generation is not None:
+            audit.record(
+                session, audit.GENERATION_FINISHED, **ids, reply_id=reply_id, model=generation.model,
+                prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
+                latency_ms=latency_ms, first_token_ms=_ms(generation.first_token_s),
+                finish_reason=generation.finish_reason,
+            )
+        if failure is not None:
+            audit.record(session, audit.GENERATION_FAILED, **ids, reply_id=reply_id, reason=failure)
+        audit.record(session, audit.REPLY_STORED, **ids, reply_id=reply_id, chars=len(text),
+                     source="fallback" if failure else "model")
+    rt.context.save(row.conversation_id, row.id, dialogue.extend_history(history, row.text, text, settings.context_turns))
+    return reply_id
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)
+
+
+def deliver(task: Task, reply_id: int) -> str:
+    rt = runtime()
+    with rt.sessions() as session:
+        found = session.execute(
+            select(ReplyRecord, DeliveryRecord, ConversationRecord)
+            .join(DeliveryRecord, DeliveryRecord.reply_id == ReplyRecord.id)
+            .join(ConversationRecord, ConversationRecord.id == ReplyRecord.conversation_id)
+            .where(ReplyRecord.id == reply_id)
+        ).first()
+    if found is None:
+        log.error("reply %s has no delivery row; dropping the task", reply_id)
+        return "missing"
+    reply_row, delivery, conv = found
+    if delivery.status in ("sent", "delivered", "failed"):
+        return delivery.status
+    key = ConversationKey(conv.channel, conv.account, conv.peer)
+    reply = Reply(reply_row.id, reply_row.inbound_id, conv.id, key, reply_row.text)
+    ids = {"channel": key.channel, "conversation_id": conv.id, "inbound_id": reply_row.inbound_id, "reply_id": reply_id}
+    try:
+        rt.outbound(key.channel).send(reply)
+    except DeliveryPermanent as exc:
+        _fail(rt, reply_id, ids, f"permanent: {exc}")
+        return "failed"
+    except DeliveryRetryable as exc:
+        retries = task.request.retries
+        if retries >= rt.settings.delivery_max_retries:
+            _fail(rt, reply_id, ids, f"gave up after {retries + 1} attempts: {exc}")
+            return "failed"
+        with transaction(rt.sessions) as session:
+            session.execute(
+                update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id)
+                .values(attempts=DeliveryRecord.attempts + 1, last_error=str(exc)[:500], updated_at=utcnow())
+            )
+            audit.record(session, audit.DELIVERY_RETRY, **ids, attempt=retries + 1, reason=str(exc)[:200])
+        raise task.retry(countdown=min(2**retries, 300), max_retries=None) from exc
+    with transaction(rt.sessions) as session:
+        session.execute(
+            update(DeliveryRecord)
+            .where(DeliveryRecord.reply_id == reply_id, DeliveryRecord.status == "pending")
+            .values(status="sent", attempts=DeliveryRecord.attempts + 1, updated_at=utcnow())
+        )
+        audit.record(session, audit.DISPATCHED, **ids)
+    return "sent"
+
+
+def _fail(rt: Runtime, reply_id: int, ids: dict[str, Any], reason: str) -> None:
+    with transaction(rt.sessions) as session:
+        session.execute(
+            update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id)
+            .values(status="failed", last_error=reason[:500], attempts=DeliveryRecord.attempts + 1, updated_at=utcnow())
+        )
+        audit.record(session, audit.DELIVERY_FAILED, **ids, reason=reason[:500])
+
+
+def sweep() -> dict[str, int]:
+    """Publish again what was left unfinished. Safe to run anywhere, any number of times."""
+    rt = runtime()
+    s = rt.settings
+    now = utcnow()
+    never_queued = now - timedelta(seconds=30)
+    stale_queue = now - timedelta(seconds=s.requeue_after_s)
+    stale_delivery = now - timedelta(seconds=s.redeliver_after_s)
+    with transaction(rt.sessions) as session:
+        inbound_rows = session.execute(
+            select(InboundRecord.id, InboundRecord.conversation_id, InboundRecord.channel)
+            .where(or_(
+                and_(InboundRecord.status == "received", InboundRecord.received_at < never_queued),
+                and_(InboundRecord.status == "queued", InboundRecord.queued_at < stale_queue),
+            ))
+            .order_by(InboundRecord.id).limit(SWEEP_BATCH)
+        ).all()
+        delivery_rows = session.execute(
+            select(DeliveryRecord.reply_id, DeliveryRecord.channel)
+            .where(DeliveryRecord.status == "pending", DeliveryRecord.updated_at < stale_delivery)
+            .order_by(DeliveryRecord.id).limit(SWEEP_BATCH)
+        ).all()
+    requeued = redelivered = 0
+    for inbound_id, conv_id, channel in inbound_rows:
+        try:
+            rt.publisher.handle_inbound(inbound_id)
+        except Exception as exc:
+            log.warning("sweep could not publish inbound %s: %s", inbound_id, type(exc).__name__)
+            continue
+        with transaction(rt.sessions) as session:
+            session.execute(update(InboundRecord).where(InboundRecord.id == inbound_id)
+                            .where(InboundRecord.status.in_(("received", "queued")))
+                            .values(status="queued", queued_at=utcnow()))
+            audit.record(session, audit.REQUEUED, channel=channel, conversation_id=conv_id, inbound_id=inbound_id)
+        requeued += 1
+    for reply_id, channel in delivery_rows:
+        try:
+            rt.publisher.deliver(reply_id)
+        except Exception as exc:
+            log.warning("sweep could not publish delivery %s: %s", reply_id, type(exc).__name__)
+            continue
+        with transaction(rt.sessions) as session:
+            session.execute(update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id)
+                            .values(updated_at=utcnow()))
+            audit.record(session, audit.REQUEUED, channel=channel, reply_id=reply_id)
+        redelivered += 1
+    if requeued or redelivered:
+        log.info("sweep published %d inbound and %d deliveries again", requeued, redelivered)
+    return {"requeued": requeued, "redelivered": redelivered}
+
+
+def register(app: Celery) -> None:
+    """Bind the task functions to a Celery app under their public names."""
+    app.task(name=HANDLE_INBOUND, bind=True, acks_late=True, reject_on_worker_lost=True)(handle_inbound)
+    app.task(name=DELIVER, bind=True, acks_late=True, reject_on_worker_lost=True)(deliver)
+    app.task(name=SWEEP, acks_late=True)(sweep)
+
+
+__all__ = ["deliver", "handle_inbound", "register", "sweep"]
