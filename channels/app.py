@@ -105,4 +105,5 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     ]
     for adapter in adapters:
         routes += adapter.routes()
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error, Exception: server_error})
+    handlers = {HTTPException: http_error, Exception: server_error}
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

@@ -75,7 +75,7 @@ def insert_ignoring_conflict(
         stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
     else:  # pragma: no cover - only the two supported databases
         raise RuntimeError(f"unsupported database dialect {dialect!r}")
-    row = session.execute(stmt.returning(table.__table__.c.id)).first()  # type: ignore[attr-defined]
+    row = session.execute(stmt.returning(table.__table__.c.id)).first()
     return None if row is None else int(row[0])
 
 

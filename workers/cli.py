@@ -100,7 +100,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from models.migrate import upgrade
 
     upgrade(settings)
-    worker = subprocess.Popen(  # noqa: S603 - our own entry point
+    worker = subprocess.Popen(
         [sys.executable, "-m", "workers.cli", "worker", "--queues", "llm,io", "--beat", "--warm"],
         env=os.environ.copy(),
     )

@@ -50,7 +50,7 @@ class RedisContextStore:
         except redis.RedisError as exc:
             log.warning("context cache unavailable (%s); reading the database", type(exc).__name__)
             return None
-        return None if raw is None else _load(raw, upto_inbound_id)  # type: ignore[arg-type]
+        return None if raw is None else _load(raw, upto_inbound_id)
 
     def save(self, conversation_id: int, last_inbound_id: int, turns: list[Turn]) -> None:
         try:

@@ -12,26 +12,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 import httpx
-import uvicorn
 from sqlalchemy import select
 
-from channels.app import create_app
 from models.db import make_engine, make_session_factory
 from models.migrate import upgrade
 from models.settings import Settings
 from models.tables import AuditEvent, ReplyRecord
 from workers.llm.model_files import SWITCH_HINT, ModelUnavailable, resolve_model
+from workers.stack import GatewayThread, WorkerProcess
 
 QUESTIONS: list[tuple[str, str]] = [
     ("alice", "你好，我昨天下的订单什么时候能发货？"),
@@ -63,72 +57,6 @@ class Exchange:
     first_token_at: float | None = None
     reply_at: float = 0.0
     events: list[str] = field(default_factory=list)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _WorkerProcess:
-    """``kefu worker`` in a child process; waits until it is ready and the model is loaded."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self.ready = threading.Event()
-        self.model_loaded = threading.Event()
-        self.proc = subprocess.Popen(  # noqa: S603 - our own entry point
-            [sys.executable, "-m", "workers.cli", "worker", "--queues", "llm,io", "--warm", "--beat"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        with self.log_path.open("w") as out:
-            for line in self.proc.stdout:
-                out.write(line)
-                out.flush()
-                if " ready." in line:
-                    self.ready.set()
-                if "model " in line and " loaded in " in line:
-                    self.model_loaded.set()
-                if "warm-up failed" in line:
-                    self.model_loaded.set()
-
-    def wait(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        for event in (self.ready, self.model_loaded):
-            if not event.wait(max(0.0, deadline - time.monotonic())):
-                return False
-        return True
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-class _Gateway:
-    def __init__(self, settings: Settings, port: int) -> None:
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("gateway did not start within 30 s")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def _ask(ws_base: str, token: str, exchange: Exchange) -> None:
@@ -233,23 +161,21 @@ def run_demo(settings: Settings, *, keep: bool = False) -> int:
     upgrade(settings)
     env = os.environ.copy()
     env.update({"KEFU_DATA_DIR": str(settings.data_dir), "KEFU_MAX_TOKENS": DEMO_MAX_TOKENS, "KEFU_LOG_LEVEL": "INFO"})
-    worker = _WorkerProcess(env, settings.data_dir / "worker.log")
-    port = _free_port()
-    gateway = _Gateway(settings, port)
+    worker = WorkerProcess(env, settings.data_dir / "worker.log", beat=True)
+    gateway = GatewayThread(settings)
     exchanges: list[Exchange] = []
     try:
         gateway.start()
         if not worker.wait(timeout=180):
             print(f"worker did not become ready; see {worker.log_path}")
             return 1
-        base, ws_base = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
         tokens: dict[str, str] = {}
-        with httpx.Client(base_url=base, timeout=10) as http:
+        with httpx.Client(base_url=gateway.http_url, timeout=10) as http:
             for visitor, question in QUESTIONS:
                 if visitor not in tokens:
                     tokens[visitor] = http.post("/v1/web/sessions").json()["token"]
                 exchange = Exchange(visitor, question)
-                _ask(ws_base, tokens[visitor], exchange)
+                _ask(gateway.ws_url, tokens[visitor], exchange)
                 exchanges.append(exchange)
             time.sleep(0.5)  # the last ack is written by the gateway in the background
         _report(settings, exchanges)

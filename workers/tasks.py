@@ -132,7 +132,7 @@ def _answer(rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
             return int(session.scalars(select(ReplyRecord.id).where(ReplyRecord.inbound_id == row.id)).one())
         session.add(DeliveryRecord(reply_id=reply_id, channel=key.channel, status="pending"))
         session.execute(update(InboundRecord).where(InboundRecord.id == row.id).values(status="answered"))
-        ids = {"channel": key.channel, "conversation_id": row.conversation_id, "inbound_id": row.id}
+        ids: dict[str, Any] = {"channel": key.channel, "conversation_id": row.conversation_id, "inbound_id": row.id}
         if generation is not None:
             audit.record(
                 session, audit.GENERATION_FINISHED, **ids, reply_id=reply_id, model=generation.model,
@@ -169,7 +169,9 @@ def deliver(task: Task, reply_id: int) -> str:
         return delivery.status
     key = ConversationKey(conv.channel, conv.account, conv.peer)
     reply = Reply(reply_row.id, reply_row.inbound_id, conv.id, key, reply_row.text)
-    ids = {"channel": key.channel, "conversation_id": conv.id, "inbound_id": reply_row.inbound_id, "reply_id": reply_id}
+    ids: dict[str, Any] = {
+        "channel": key.channel, "conversation_id": conv.id, "inbound_id": reply_row.inbound_id, "reply_id": reply_id
+    }
     try:
         rt.outbound(key.channel).send(reply)
     except DeliveryPermanent as exc:

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import services
+from workers.llm.synthetic import write_qwen3_gguf
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_qwen3_gguf(tmp_path_factory.mktemp("model") / "tiny-qwen3.gguf")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    services.ensure_postgres()
+    name, url = services.create_database()
+    try:
+        yield url
+    finally:
+        services.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    services.ensure_redis()
+    return services.redis_db_url(1 + os.getpid() % 15)
+
+
+def settings_kwargs(backend: str, data_dir: Path, model: Path, pg: str | None, rds: str | None) -> dict[str, Any]:
+    """Settings for a test stack; the same values go to the worker process as KEFU_* variables."""
+    values: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "model_path": str(model),
+        "temperature": 0.0,
+        "max_tokens": 24,
+        "n_ctx": 1024,
+        "seed": 7,
+        "secret_key": "test-secret",
+        "log_level": "INFO",
+    }
+    if backend == "redis-postgres":
+        values.update(database_url=pg, broker_url=rds)
+    return values
+
+
+def as_env(values: dict[str, Any]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEFU_")}
+    env.update({f"KEFU_{k.upper()}": str(v) for k, v in values.items() if v is not None})
+    env["PYTHONPATH"] = str(REPO)
+    return env

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+from websockets.sync.client import ClientConnection, connect
+
+from models.db import make_engine, make_session_factory
+from models.migrate import upgrade
+from models.settings import Settings
+from tests.conftest import as_env, settings_kwargs
+from workers.stack import GatewayThread, WorkerProcess
+
+BACKENDS = ["embedded", "redis-postgres"]
+
+
+@dataclass
+class Stack:
+    backend: str
+    settings: Settings
+    gateway: GatewayThread
+    worker: WorkerProcess
+    sessions: sessionmaker[Session]
+    env: dict[str, str]
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.gateway.http_url, timeout=10)
+
+    def visitor(self) -> tuple[str, str]:
+        with self.http() as http:
+            body = http.post("/v1/web/sessions").json()
+        return body["visitor_id"], body["token"]
+
+    def ws(self, token: str) -> ClientConnection:
+        return connect(f"{self.gateway.ws_url}/v1/web/ws?token={token}", open_timeout=10)
+
+
+def recv_until(ws: ClientConnection, pred: Any, timeout: float = 60) -> list[dict[str, Any]]:
+    """Frames received until one satisfies ``pred`` (inclusive)."""
+    frames: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no matching frame within {timeout}s; got {frames}")
+        frame = json.loads(ws.recv(timeout=remaining))
+        frames.append(frame)
+        if pred(frame):
+            return frames
+
+
+def wait_for(check: Any, timeout: float = 60, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not met in time")
+
+
+def start_stack(backend: str, data_dir: Path, model: Path, pg: str | None, rds: str | None,
+                **overrides: Any) -> Stack:
+    values = settings_kwargs(backend, data_dir, model, pg, rds) | overrides
+    settings = Settings(**values)
+    upgrade(settings)
+    env = as_env(values)
+    worker = WorkerProcess(env, data_dir / "worker.log")
+    gateway = GatewayThread(settings).start()
+    if not worker.wait(timeout=120):
+        gateway.stop()
+        worker.stop()
+        raise RuntimeError(f"worker did not start; log:\n{(data_dir / 'worker.log').read_text()[-3000:]}")
+    engine = make_engine(settings)
+    return Stack(backend, settings, gateway, worker, make_session_factory(engine), env)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Stack]:
+    backend = request.param
+    pg = request.getfixturevalue("pg_url") if backend == "redis-postgres" else None
+    rds = request.getfixturevalue("redis_url") if backend == "redis-postgres" else None
+    data_dir = tmp_path_factory.mktemp(f"stack-{backend}")
+    s = start_stack(backend, data_dir, tiny_gguf, pg, rds)
+    try:
+        yield s
+    finally:
+        s.gateway.stop()
+        s.worker.stop()
+        s.sessions.kw["bind"].dispose()
