@@ -15,7 +15,7 @@ import hmac
 import re
 import secrets
 
-VISITOR_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+VISITOR_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z: "$" would also accept a trailing newline
 
 
 class InvalidToken(ValueError):
@@ -44,7 +44,7 @@ def verify(key: bytes, token: str, now: int) -> str:
     if len(parts) != 4 or parts[0] != "v1":
         raise InvalidToken("malformed visitor token; get one from POST /v1/web/sessions")
     _, visitor_id, expires, signature = parts
-    if not VISITOR_ID.match(visitor_id) or not expires.isdigit():
+    if not VISITOR_ID.match(visitor_id) or not (expires.isascii() and expires.isdigit()):
         raise InvalidToken("malformed visitor token; get one from POST /v1/web/sessions")
     expected = _sign(key, f"v1.{visitor_id}.{expires}")
     if not hmac.compare_digest(expected.encode(), signature.encode()):

@@ -187,6 +187,9 @@ class SocketBus:
             except OSError as exc:
                 log.warning("bus: send failed (%s)", exc.strerror)
 
+    def close(self) -> None:
+        self._sock.close()
+
 
 class SocketListener(_LocalFanout):
     def __init__(self, directory: Path) -> None:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import configure_mappers
 SCHEME = "kefu-sqla"
 
 
-class Channel(SQLAlchemyChannel):  # type: ignore[misc]
+class Channel(SQLAlchemyChannel):
     def _open(self) -> Any:
         opened = super()._open()
         # kombu maps its queue tables with lazy="noload", deprecated in SQLAlchemy 2.1; configure the
@@ -35,7 +35,7 @@ class Channel(SQLAlchemyChannel):  # type: ignore[misc]
         return opened
 
 
-class Transport(SQLAlchemyTransport):  # type: ignore[misc]
+class Transport(SQLAlchemyTransport):
     Channel = Channel
     polling_interval = 0.02
 

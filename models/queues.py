@@ -45,6 +45,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     else:
         transport_options = {
             "visibility_timeout": settings.visibility_timeout_s,
+            # look for messages of dead workers every few seconds (kombu's default is every ~100 s)
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
             "socket_timeout": settings.redis_timeout_s,
             "socket_connect_timeout": settings.redis_timeout_s,
             "health_check_interval": 30,

@@ -15,12 +15,13 @@ Raises :class:`ConfigError` (a ``ValueError``) with a message an operator can ac
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SYSTEM_PROMPT = (
     "你是一名专业、耐心的在线客服助手。默认使用简体中文回答；如果客户用其他语言提问，就用客户的语言回答。"
@@ -48,7 +49,8 @@ class Settings(BaseSettings):
     # --- gateway -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
-    allowed_origins: list[str] = Field(default_factory=list)  # same-origin is always allowed
+    # same-origin is always allowed; NoDecode: the env value is "a,b" or JSON, parsed by _split_origins
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     web_account: str = "default"  # the web site this gateway serves (one account per deployment)
     max_text_chars: int = 2000
     max_body_bytes: int = 64 * 1024
@@ -91,7 +93,9 @@ class Settings(BaseSettings):
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 

@@ -31,7 +31,7 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     services.ensure_redis()
-    return services.redis_db_url(1 + os.getpid() % 15)
+    return services.redis_db_url(1 + os.getpid() % 13)  # 14 is the unit tests'
 
 
 def settings_kwargs(backend: str, data_dir: Path, model: Path, pg: str | None, rds: str | None) -> dict[str, Any]:

@@ -77,3 +77,9 @@ def redis_db_url(db: int) -> str:
     url = f"{REDIS_BASE}/{db}"
     redis.Redis.from_url(url).flushdb()
     return url
+
+
+if __name__ == "__main__":  # `make services`: start PostgreSQL and Redis if they are not running
+    ensure_postgres()
+    ensure_redis()
+    print("PostgreSQL 127.0.0.1:5432 and Redis 127.0.0.1:6379 are up")

@@ -32,11 +32,15 @@ def _dump(last_inbound_id: int, turns: list[Turn]) -> str:
 
 
 def _load(raw: str | bytes, upto_inbound_id: int) -> list[Turn] | None:
-    data = json.loads(raw)
-    # A cached window is valid only for the message right after the one it was saved for.
-    if int(data["upto"]) >= upto_inbound_id:
+    try:
+        data = json.loads(raw)
+        # A cached window is valid only for messages after the one it was saved for.
+        if int(data["upto"]) >= upto_inbound_id:
+            return None
+        return [Turn(role, text) for role, text in data["turns"]]
+    except (ValueError, KeyError, TypeError):
+        log.warning("context cache entry unreadable; reading the database")
         return None
-    return [Turn(role, text) for role, text in data["turns"]]
 
 
 class RedisContextStore:

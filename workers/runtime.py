@@ -96,3 +96,11 @@ def reset_after_fork() -> None:
     if _runtime is not None and "engine" in _runtime.__dict__:
         _runtime.engine.dispose(close=False)  # leave the parent's connections alone
     _runtime = None
+
+
+def shutdown() -> None:
+    """Close this process's resources (connections) and forget them."""
+    global _runtime
+    if _runtime is not None:
+        _runtime.close()
+    _runtime = None

@@ -51,7 +51,9 @@ def handle_inbound(task: Task, inbound_id: int) -> str:
         assert conv is not None
     key = ConversationKey(conv.channel, conv.account, conv.peer)
     hard = rt.settings.generation_hard_limit_s
-    with rt.locks.hold(f"conversation:{conv.id}", ttl_s=hard + 30, wait_s=LOCK_WAIT_S) as acquired:
+    # The lock outlives the hard limit (after which Celery kills the task) by a little, so a lock left by a
+    # killed worker frees itself soon after its message is redelivered.
+    with rt.locks.hold(f"conversation:{conv.id}", ttl_s=hard + 5, wait_s=LOCK_WAIT_S) as acquired:
         if not acquired:
             raise task.retry(countdown=ORDER_RETRY_S, max_retries=None)
         with rt.sessions() as session:
@@ -100,7 +102,8 @@ def _answer(rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
     failure: str | None = None
     try:
         on_text = (lambda piece: outbound.stream(key, row.id, piece)) if outbound.streams else None
-        generation = rt.llm.generate(turns, on_text=on_text, deadline=started + settings.generation_soft_limit_s - 5)
+        soft = settings.generation_soft_limit_s
+        generation = rt.llm.generate(turns, on_text=on_text, deadline=started + soft - min(5.0, soft * 0.2))
     except SoftTimeLimitExceeded:
         failure = "soft time limit exceeded"
     except Exception as exc:  # any model failure still gets the customer an answer

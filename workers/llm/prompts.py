@@ -80,6 +80,7 @@ class ThinkFilter:
     def __init__(self) -> None:
         self._buffer = ""
         self._inside = False
+        self._after_close = False  # whitespace after </think> is dropped even when it arrives in a later piece
 
     def feed(self, piece: str) -> str:
         self._buffer += piece
@@ -91,9 +92,14 @@ class ThinkFilter:
                     # keep only what could still be the start of the closing tag
                     self._buffer = self._buffer[-(len(THINK_CLOSE) - 1) :]
                     break
-                self._buffer = self._buffer[end + len(THINK_CLOSE) :].lstrip()
-                self._inside = False
+                self._buffer = self._buffer[end + len(THINK_CLOSE) :]
+                self._inside, self._after_close = False, True
                 continue
+            if self._after_close:
+                self._buffer = self._buffer.lstrip()
+                if not self._buffer:
+                    break
+                self._after_close = False
             start = self._buffer.find(THINK_OPEN)
             if start >= 0:
                 out.append(self._buffer[:start])

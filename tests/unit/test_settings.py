@@ -1,0 +1,217 @@
+"""Tests for models.settings: embedded defaults, derived URLs, reliability checks, masking, the signing key."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from models.settings import ConfigError, Settings, load_settings, mask_url
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+
+def test_embedded_backends_are_chosen_without_urls(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path / "var")
+    assert s.embedded_broker and s.embedded_database
+    base = (tmp_path / "var").resolve()
+    assert s.effective_database_url == f"sqlite:///{base / 'kefu.sqlite'}"
+    assert s.effective_broker_url == f"kefu-sqla+sqlite:///{base / 'broker.sqlite'}"
+    assert s.effective_redis_url is None
+    assert not s.broker_is_redis
+    broker, database, bus = s.backend_choice()
+    assert broker.startswith("broker: embedded") and "KEFU_BROKER_URL unset" in broker
+    assert database.startswith("database: embedded") and "KEFU_DATABASE_URL unset" in database
+    assert "embedded" in bus and "no Redis configured" in bus
+
+
+def test_relative_data_dir_resolves_against_cwd(clean_env: Path) -> None:
+    s = Settings()
+    assert s.data_dir == Path("var")
+    assert s.effective_database_url == f"sqlite:///{clean_env.resolve() / 'var' / 'kefu.sqlite'}"
+
+
+@pytest.mark.parametrize("broker", ["redis://:pw@cache:6379/0", "rediss://cache:6380/2"])
+def test_redis_url_is_derived_from_a_redis_broker(tmp_path: Path, broker: str) -> None:
+    s = Settings(data_dir=tmp_path, broker_url=broker)
+    assert s.effective_redis_url == broker
+    assert s.broker_is_redis and not s.embedded_broker
+
+
+def test_explicit_redis_url_wins_over_broker(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path, broker_url="redis://a:6379/0", redis_url="redis://b:6379/3")
+    assert s.effective_redis_url == "redis://b:6379/3"
+
+
+def test_non_redis_broker_gives_no_redis(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path, broker_url="amqp://guest:guest@rabbit//")
+    assert s.effective_redis_url is None
+    assert not s.broker_is_redis
+    assert "no Redis configured" in s.backend_choice()[2]
+
+
+def test_backend_choice_names_the_variables_and_masks_passwords(tmp_path: Path) -> None:
+    s = Settings(
+        data_dir=tmp_path,
+        broker_url="redis://:brokerpw@cache:6379/0",
+        database_url="postgresql+psycopg://kefu:dbpw@db:5432/kefu",
+    )
+    lines = s.backend_choice()
+    text = "\n".join(lines)
+    assert "brokerpw" not in text and "dbpw" not in text
+    assert lines[0] == "broker: redis://:****@cache:6379/0 (KEFU_BROKER_URL)"
+    assert lines[1] == "database: postgresql+psycopg://kefu:****@db:5432/kefu (KEFU_DATABASE_URL)"
+    assert lines[2] == "bus/context/locks: Redis redis://:****@cache:6379/0"
+
+
+def test_defaults_pass_the_reliability_check(tmp_path: Path) -> None:
+    s = load_settings(data_dir=tmp_path)
+    assert isinstance(s, Settings)
+    load_settings(data_dir=tmp_path, broker_url="redis://cache:6379/0")  # default 3600 > 120
+
+
+def test_redis_visibility_timeout_must_exceed_hard_limit(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="KEFU_VISIBILITY_TIMEOUT_S"):
+        load_settings(
+            data_dir=tmp_path, broker_url="redis://cache:6379/0", visibility_timeout_s=120, generation_hard_limit_s=120
+        )
+    load_settings(
+        data_dir=tmp_path, broker_url="redis://cache:6379/0", visibility_timeout_s=121, generation_hard_limit_s=120
+    )
+
+
+def test_visibility_timeout_is_irrelevant_for_the_embedded_broker(tmp_path: Path) -> None:
+    s = load_settings(data_dir=tmp_path, visibility_timeout_s=10, generation_hard_limit_s=120)
+    assert s.visibility_timeout_s == 10
+
+
+def test_soft_limit_must_be_below_hard_limit(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="KEFU_GENERATION_SOFT_LIMIT_S"):
+        load_settings(data_dir=tmp_path, generation_soft_limit_s=120, generation_hard_limit_s=120)
+    with pytest.raises(ConfigError, match="KEFU_GENERATION_SOFT_LIMIT_S"):
+        load_settings(data_dir=tmp_path, generation_soft_limit_s=200, generation_hard_limit_s=120)
+
+
+def test_requeue_after_must_exceed_hard_limit(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="KEFU_REQUEUE_AFTER_S"):
+        load_settings(data_dir=tmp_path, requeue_after_s=120, generation_hard_limit_s=120)
+    load_settings(data_dir=tmp_path, requeue_after_s=121, generation_hard_limit_s=120)
+
+
+def test_model_repo_needs_model_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="KEFU_MODEL_FILE"):
+        load_settings(data_dir=tmp_path, model_repo="Qwen/Qwen3-4B-GGUF")
+    load_settings(data_dir=tmp_path, model_repo="Qwen/Qwen3-4B-GGUF", model_file="Qwen3-4B-Q4_K_M.gguf")
+    load_settings(data_dir=tmp_path, model_repo="Qwen/Qwen3-4B-GGUF", model_path=tmp_path / "m.gguf")
+
+
+def test_config_error_is_a_value_error_and_wraps_validation(tmp_path: Path) -> None:
+    assert issubclass(ConfigError, ValueError)
+    with pytest.raises(ConfigError, match="invalid KEFU_\\* setting"):
+        load_settings(data_dir=tmp_path, port="not-a-port")
+
+
+def test_environment_is_read_with_the_kefu_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KEFU_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("KEFU_BROKER_URL", "redis://cache:6379/5")
+    monkeypatch.setenv("KEFU_CONTEXT_TURNS", "3")
+    s = Settings()
+    assert s.data_dir == tmp_path / "d"
+    assert s.effective_redis_url == "redis://cache:6379/5"
+    assert s.context_turns == 3
+
+
+def test_masked_hides_secret_and_url_passwords(tmp_path: Path) -> None:
+    s = Settings(
+        data_dir=tmp_path,
+        secret_key="top-secret-value",
+        broker_url="redis://:brokerpw@cache:6379/0",
+        database_url="postgresql+psycopg://kefu:dbpw@db/kefu",
+    )
+    m = s.masked()
+    assert m["secret_key"] == "********"
+    assert m["broker_url"] == "redis://:****@cache:6379/0"
+    assert m["database_url"] == "postgresql+psycopg://kefu:****@db/kefu"
+    assert m["effective_database_url"] == "postgresql+psycopg://kefu:****@db/kefu"
+    assert m["effective_broker_url"] == "redis://:****@cache:6379/0"
+    assert m["effective_redis_url"] == "redis://:****@cache:6379/0"
+    assert m["data_dir"] == str(tmp_path)
+    dumped = repr(m)
+    for secret in ("top-secret-value", "brokerpw", "dbpw"):
+        assert secret not in dumped
+
+
+def test_masked_without_secrets(tmp_path: Path) -> None:
+    m = Settings(data_dir=tmp_path).masked()
+    assert m["secret_key"] is None
+    assert m["effective_redis_url"] is None
+    assert m["effective_database_url"].startswith("sqlite:///")
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://user:pw@host:5432/db", "postgresql://user:****@host:5432/db"),
+        ("redis://:pw@host:6379/0", "redis://:****@host:6379/0"),
+        ("postgresql://user:p@ss@host/db", "postgresql://user:****@host/db"),  # '@' inside the password
+        ("redis://user@host/0", "redis://user@host/0"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("sqlite:////var/kefu.sqlite", "sqlite:////var/kefu.sqlite"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+def test_allowed_origins_from_comma_separated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEFU_ALLOWED_ORIGINS", " https://a.example, https://b.example:8443 ,,")
+    assert Settings().allowed_origins == ["https://a.example", "https://b.example:8443"]
+
+
+def test_allowed_origins_single_value_and_json_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEFU_ALLOWED_ORIGINS", "https://only.example")
+    assert Settings().allowed_origins == ["https://only.example"]
+    monkeypatch.setenv("KEFU_ALLOWED_ORIGINS", '["https://a.example", "https://b.example"]')
+    assert Settings().allowed_origins == ["https://a.example", "https://b.example"]
+    monkeypatch.setenv("KEFU_ALLOWED_ORIGINS", "")
+    assert Settings().allowed_origins == []
+
+
+def test_allowed_origins_from_dotenv(clean_env: Path) -> None:
+    (clean_env / ".env").write_text("KEFU_ALLOWED_ORIGINS=https://a.example,https://b.example\n")
+    assert Settings().allowed_origins == ["https://a.example", "https://b.example"]
+
+
+def test_allowed_origins_default_and_list_kwarg() -> None:
+    assert Settings().allowed_origins == []
+    assert Settings(allowed_origins=["https://x.example"]).allowed_origins == ["https://x.example"]
+
+
+def test_signing_key_is_generated_once_with_private_permissions(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    s = Settings(data_dir=data_dir)
+    key = s.signing_key()
+    assert len(key) >= 32
+    assert sorted(p.name for p in data_dir.iterdir()) == ["secret.key"]  # no temp file left behind
+    assert stat.S_IMODE((data_dir / "secret.key").stat().st_mode) == 0o600
+    assert s.signing_key() == key
+    assert Settings(data_dir=data_dir).signing_key() == key
+
+
+def test_signing_keys_differ_between_data_dirs(tmp_path: Path) -> None:
+    assert Settings(data_dir=tmp_path / "a").signing_key() != Settings(data_dir=tmp_path / "b").signing_key()
+
+
+def test_configured_secret_key_wins(tmp_path: Path) -> None:
+    Settings(data_dir=tmp_path).signing_key()  # a generated key file exists
+    s = Settings(data_dir=tmp_path, secret_key="configured")
+    assert s.signing_key() == b"configured"
+
+
+def test_secret_key_from_env_is_not_written_to_disk(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KEFU_SECRET_KEY", "from-env")
+    s = Settings(data_dir=tmp_path / "d")
+    assert s.signing_key() == b"from-env"
+    assert not (tmp_path / "d").exists()
