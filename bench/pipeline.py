@@ -1,7 +1,7 @@
 """Broker and pipeline overhead, with a model that costs almost nothing.
 
 For each backend (Redis + PostgreSQL, and the embedded SQLite queue + SQLite database) this starts
-the real gateway (uvicorn, in this process) and a real `kefu worker` process with a tiny
+a real `kefu gateway` process and a real `kefu worker` process with a tiny
 random-weight Qwen3 GGUF (max 8 tokens), then runs visitors that each keep a WebSocket open and
 send messages with ``POST /v1/web/messages``. It reports p50/p95/p99 of:
 
@@ -35,7 +35,7 @@ from models.settings import Settings
 from models.tables import AuditEvent
 from tests import services
 from workers.llm.synthetic import write_qwen3_gguf
-from workers.stack import GatewayThread, WorkerProcess
+from workers.stack import GatewayProcess, WorkerProcess
 
 
 @dataclass
@@ -60,7 +60,7 @@ def pct(values: list[float], p: float) -> float:
     return ordered[k] * 1000
 
 
-def visitor(gw: GatewayThread, messages: int, run: Run, start: threading.Barrier) -> None:
+def visitor(gw: GatewayProcess, messages: int, run: Run, start: threading.Barrier) -> None:
     try:
         with httpx.Client(base_url=gw.http_url, timeout=30) as http:
             session = http.post("/v1/web/sessions").json()
@@ -105,7 +105,7 @@ def queue_delays(settings: Settings, ids: list[int]) -> list[float]:
 def bench_backend(backend: str, levels: list[int], total: int, model: Path, workdir: Path) -> list[dict[str, Any]]:
     data_dir = workdir / backend
     values: dict[str, Any] = {"data_dir": str(data_dir), "model_path": str(model), "max_tokens": 8, "n_ctx": 1024,
-                              "temperature": 0.0, "secret_key": "bench", "log_level": "WARNING"}
+                              "temperature": 0.0, "secret_key": "bench", "log_level": "INFO"}
     db_name = None
     if backend == "redis":
         services.ensure_postgres()
@@ -117,7 +117,7 @@ def bench_backend(backend: str, levels: list[int], total: int, model: Path, work
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEFU_")}
     env.update({f"KEFU_{k.upper()}": str(v) for k, v in values.items()})
     worker = WorkerProcess(env, data_dir / "worker.log", extra=["--concurrency", "8"])
-    gateway = GatewayThread(settings).start()
+    gateway = GatewayProcess(env, data_dir / "gateway.log").start()
     results = []
     try:
         if not worker.wait(120):

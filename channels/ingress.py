@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import audit
-from models.db import insert_ignoring_conflict, transaction
+from models.db import insert_ignoring_conflict, transaction, upsert_returning_id
 from models.envelope import Inbound, utcnow
 from models.queues import Publisher
 from models.tables import ConversationRecord, InboundRecord
@@ -40,20 +40,12 @@ class Ingress:
     def accept(self, inbound: Inbound) -> Accepted:
         key = inbound.key
         with transaction(self._sessions) as session:
-            conversation_id = insert_ignoring_conflict(
+            conversation_id = upsert_returning_id(
                 session,
                 ConversationRecord,
                 {"channel": key.channel, "account": key.account, "peer": key.peer, "created_at": utcnow()},
                 ["channel", "account", "peer"],
             )
-            if conversation_id is None:
-                conversation_id = session.scalars(
-                    select(ConversationRecord.id).where(
-                        ConversationRecord.channel == key.channel,
-                        ConversationRecord.account == key.account,
-                        ConversationRecord.peer == key.peer,
-                    )
-                ).one()
             inbound_id = insert_ignoring_conflict(
                 session,
                 InboundRecord,

@@ -14,6 +14,7 @@ Routes (all JSON; errors are ``{"error": {"code", "message"}}``):
 
 Delivery is at-least-once: a reply is pushed live through the bus, and again from the database on
 (re)connect and every few seconds until the client acks it; clients drop repeated ``reply_id``\\ s.
+After a socket has sent the ``reply`` for a message it sends no more ``token`` frames for it.
 """
 
 from __future__ import annotations
@@ -236,6 +237,7 @@ class _WebSession:
         self.adapter, self.ws, self.key = adapter, ws, key
         self._send_lock = asyncio.Lock()
         self._pushed: dict[int, float] = {}  # reply_id → when this socket last sent it
+        self._finished: set[int] = set()  # message ids whose final reply this socket has sent
 
     async def send(self, frame: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -294,9 +296,18 @@ class _WebSession:
     async def _forward(self, events: asyncio.Queue[dict[str, Any]]) -> None:
         while True:
             event = await events.get()
-            if event.get("type") == "reply":
-                self._pushed[int(event["reply_id"])] = time.monotonic()
-            await self.send(event)
+            kind = event.get("type")
+            if kind == "token" and event.get("message_id") in self._finished:
+                continue  # the final reply already went out (the resend path can overtake the last tokens)
+            if kind == "reply":
+                await self._send_reply(event)
+            else:
+                await self.send(event)
+
+    async def _send_reply(self, frame: dict[str, Any]) -> None:
+        self._pushed[int(frame["reply_id"])] = time.monotonic()
+        self._finished.add(int(frame["message_id"]))
+        await self.send(frame)
 
     async def _resend(self) -> None:
         """Replies not yet acked: on connect at once, then every few seconds (bus events can be lost)."""
@@ -305,8 +316,7 @@ class _WebSession:
             for reply_id, inbound_id, text in await run_in_threadpool(self.adapter.undelivered_sync, self.key):
                 last = self._pushed.get(reply_id)
                 if last is None or now - last >= RESEND_INTERVAL_S:
-                    self._pushed[reply_id] = now
-                    await self.send({"type": "reply", "reply_id": reply_id, "message_id": inbound_id, "text": text})
+                    await self._send_reply({"type": "reply", "reply_id": reply_id, "message_id": inbound_id, "text": text})
             await asyncio.sleep(RESEND_INTERVAL_S)
 
 

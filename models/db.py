@@ -79,6 +79,18 @@ def insert_ignoring_conflict(
     return None if row is None else int(row[0])
 
 
+def upsert_returning_id(
+    session: Session, table: type[Base], values: Mapping[str, Any], conflict: list[str]
+) -> int:
+    """INSERT … ON CONFLICT (conflict) DO UPDATE (a no-op) RETURNING id: the row's id in one round trip."""
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    stmt = module.insert(table).values(**values)
+    first = conflict[0]
+    stmt = stmt.on_conflict_do_update(index_elements=conflict, set_={first: stmt.excluded[first]})
+    return int(session.execute(stmt.returning(table.__table__.c.id)).scalar_one())
+
+
 def ping(engine: Engine) -> None:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))

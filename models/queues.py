@@ -67,6 +67,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # a prefork child that loads the model (--warm) needs longer than Celery's 4 s to report alive
+        worker_proc_alive_timeout=300,
         task_time_limit=settings.generation_hard_limit_s,
         task_soft_time_limit=settings.generation_soft_limit_s,
         task_publish_retry=True,

@@ -175,6 +175,11 @@ class Settings(BaseSettings):
         """The visitor-token HMAC key; generated once into ``data_dir/secret.key`` when not configured."""
         if self.secret_key is not None:
             return self.secret_key.get_secret_value().encode()
+        if not self.embedded_database:
+            raise ConfigError(
+                "set KEFU_SECRET_KEY (the same value on every gateway): with a shared database, a key generated "
+                "per machine would make gateways reject each other's visitor tokens"
+            )
         path = self.data_dir / "secret.key"
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)

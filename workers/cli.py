@@ -79,6 +79,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown queue(s) {sorted(unknown)}: use llm, io or llm,io")
     pool = args.pool or "threads"
     concurrency = args.concurrency or (1 if queues == ["llm"] else 4)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # beat's schedule file lives there
     app = create_app(settings, warm=args.warm)
     argv = [
         "worker",

@@ -31,6 +31,7 @@ class WorkerProcess:
     def __init__(self, env: dict[str, str], log_path: Path, *, queues: str = "llm,io", beat: bool = False,
                  warm: bool = True, extra: list[str] | None = None) -> None:
         self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         self.ready = threading.Event()
         self.model_loaded = threading.Event()
         argv = [sys.executable, "-m", "workers.cli", "worker", "--queues", queues, *(extra or [])]
@@ -82,6 +83,42 @@ class WorkerProcess:
         self._pump_thread.join(timeout=5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+class GatewayProcess:
+    """``kefu gateway`` in a child process (so a load generator does not share its interpreter)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("a")
+        self.proc = subprocess.Popen(  # noqa: S603 - our own entry point
+            [sys.executable, "-m", "workers.cli", "gateway", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    http_url = property(lambda self: f"http://127.0.0.1:{self.port}")
+    ws_url = property(lambda self: f"ws://127.0.0.1:{self.port}")
+
+    def start(self, timeout: float = 30) -> GatewayProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError("gateway did not start")
+
+    def stop(self, timeout: float = 20) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
 
 
 class GatewayThread:

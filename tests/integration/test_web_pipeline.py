@@ -39,11 +39,13 @@ def test_message_streams_one_reply_and_is_audited(stack: Stack) -> None:
         tokens = [f["text"] for f in frames if f["type"] == "token" and f["message_id"] == message_id]
         reply = frames[-1]
         assert reply["message_id"] == message_id
-        assert tokens, "the reply was not streamed token by token"
-        assert "".join(tokens).strip() == reply["text"]
+        assert len(tokens) >= 2, "the reply was not streamed token by token"
+        # normally equal; the database resend may overtake the last few tokens, never the other way round
+        assert reply["text"].startswith("".join(tokens).strip())
         ws.send(json.dumps({"type": "ack", "reply_id": reply["reply_id"]}))
         ws.send(json.dumps({"type": "ping"}))
-        recv_until(ws, lambda f: f["type"] == "pong")
+        after = recv_until(ws, lambda f: f["type"] == "pong")
+        assert not [f for f in after if f["type"] == "token" and f["message_id"] == message_id]
 
     wait_for(lambda: audit_kinds(stack, message_id)[-1:] == ["delivered"], timeout=10)
     assert audit_kinds(stack, message_id) == FULL_TRAIL

@@ -215,3 +215,10 @@ def test_secret_key_from_env_is_not_written_to_disk(monkeypatch: pytest.MonkeyPa
     s = Settings(data_dir=tmp_path / "d")
     assert s.signing_key() == b"from-env"
     assert not (tmp_path / "d").exists()
+
+
+def test_shared_database_without_a_secret_key_is_refused(tmp_path: Path) -> None:
+    s = Settings(data_dir=tmp_path, database_url="postgresql+psycopg://kefu@db/kefu")
+    with pytest.raises(ConfigError, match="KEFU_SECRET_KEY"):
+        s.signing_key()
+    assert not (tmp_path / "secret.key").exists()

@@ -91,7 +91,7 @@ class LlamaEngine:
                     model_path=str(self.spec.path),
                     n_ctx=s.n_ctx,
                     n_batch=s.n_batch,
-                    n_threads=s.n_threads or max(1, os.cpu_count() or 1),
+                    n_threads=s.n_threads or max(1, len(os.sched_getaffinity(0))),
                     n_gpu_layers=gpu_layers,
                     seed=s.seed if s.seed is not None else 0xFFFFFFFF,
                     verbose=False,
