@@ -8,6 +8,7 @@ WebSocket → ack → audit log in PostgreSQL (or SQLite).
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import json
 import uuid
 
@@ -148,3 +149,26 @@ def test_conversation_context_reaches_the_prompt(stack: Stack) -> None:
                 prompt_tokens.append(session.get(ReplyRecord, reply["reply_id"]).prompt_tokens)  # type: ignore[union-attr]
     # the second prompt carries the first exchange
     assert prompt_tokens[1] > prompt_tokens[0] + 10
+
+
+def test_a_burst_in_one_conversation_is_answered_in_order(stack: Stack) -> None:
+    _, token = stack.visitor()
+    texts = ["一：你好", "二：我想查订单", "三：订单号是12345", "四：谢谢"]
+    with stack.ws(token) as ws:
+        for n, text in enumerate(texts):  # all at once, without waiting for answers
+            ws.send(json.dumps({"type": "message", "text": text, "client_msg_id": f"burst-{n}"}))
+        replies: dict[int, dict[str, object]] = {}
+        message_ids: list[int] = []
+        while len(replies) < len(texts):
+            frame = recv_until(ws, lambda f: f["type"] in ("accepted", "reply"))[-1]
+            if frame["type"] == "accepted":
+                message_ids.append(frame["message_id"])
+            else:
+                replies[frame["message_id"]] = frame
+                ws.send(json.dumps({"type": "ack", "reply_id": frame["reply_id"]}))
+    with stack.sessions() as session:
+        rows = [session.scalars(select(ReplyRecord).where(ReplyRecord.inbound_id == mid)).one() for mid in message_ids]
+    # answered one after another, in the order they were sent, each seeing the exchanges before it
+    assert [r.id for r in rows] == sorted(r.id for r in rows)
+    assert all(a.created_at <= b.created_at for a, b in itertools.pairwise(rows))
+    assert all(a.prompt_tokens < b.prompt_tokens for a, b in itertools.pairwise(rows))
