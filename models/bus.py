@@ -160,10 +160,14 @@ def socket_dir(settings: Settings) -> Path:
 
 
 class SocketBus:
+    # A receiver queues at most net.unix.max_dgram_qlen datagrams (10 by default); a sender waits this
+    # long for room instead of dropping a streamed token the moment a gateway is a little behind.
+    SEND_WAIT_S = 0.05
+
     def __init__(self, directory: Path) -> None:
         self._dir = directory
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
+        self._sock.settimeout(self.SEND_WAIT_S)
 
     def publish(self, topic: str, event: Event) -> None:
         raw = _encode(topic, event)
@@ -182,8 +186,8 @@ class SocketBus:
             except ConnectionRefusedError:  # the gateway that bound it is gone
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
-            except (BlockingIOError, FileNotFoundError):
-                pass  # a full or vanished receiver; the database copy covers it
+            except (TimeoutError, BlockingIOError, FileNotFoundError):
+                pass  # a stuck or vanished receiver; the database copy covers it
             except OSError as exc:
                 log.warning("bus: send failed (%s)", exc.strerror)
 

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from models.queues import make_celery
 from models.settings import Settings
@@ -46,5 +46,10 @@ def create_app(settings: Settings, *, warm: bool = False) -> Celery:
         pool_module = type(getattr(sender, "pool", None)).__module__
         if warm and "prefork" not in pool_module:
             _warm()  # threads/solo pools run tasks in this process; prefork children warm themselves
+
+    @worker_process_shutdown.connect(weak=False)
+    @worker_shutdown.connect(weak=False)
+    def _stopping(**_: Any) -> None:
+        runtime_module.shutdown()  # free the model and connections before the interpreter tears down
 
     return app

@@ -66,6 +66,8 @@ class Runtime:
             return self._outbounds[channel]
 
     def close(self) -> None:
+        if "llm" in self.__dict__:
+            self.llm.close()
         if "engine" in self.__dict__:
             self.engine.dispose()
 

@@ -54,12 +54,12 @@ async def _publish_from_another_process(directory: Path, events: list[tuple[str,
 
 @contextmanager
 def socket_bus(directory: Path) -> Iterator[SocketBus]:
-    """A SocketBus whose socket is closed afterwards (it has no close(); -W error turns the leak into a failure)."""
+    """A SocketBus whose socket is closed afterwards (-W error turns a leaked socket into a failure)."""
     bus = SocketBus(directory)
     try:
         yield bus
     finally:
-        bus._sock.close()
+        bus.close()
 
 
 def _drain(queue: asyncio.Queue[dict[str, object]]) -> list[dict[str, object]]:
@@ -253,6 +253,24 @@ def test_redis_listener_start_returns_when_redis_is_down() -> None:
         await listener.start()  # does not hang or raise; keeps retrying in the background
         try:
             assert not listener.connected.is_set()
+        finally:
+            await listener.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_burst_larger_than_the_kernel_datagram_queue_arrives_whole(bus_dir: Path) -> None:
+    """Linux queues only net.unix.max_dgram_qlen (often 10) datagrams per receiver; a token burst is longer."""
+
+    async def scenario() -> None:
+        listener = SocketListener(bus_dir)
+        await listener.start()
+        try:
+            queue = listener.subscribe("web:burst")
+            events = [("web:burst", {"type": "token", "n": n}) for n in range(300)]
+            await _publish_from_another_process(bus_dir, events)
+            await asyncio.sleep(0.2)
+            assert [e["n"] for e in _drain(queue)] == list(range(300))
         finally:
             await listener.stop()
 

@@ -105,6 +105,13 @@ class LlamaEngine:
                 self._llm = llm
         return self._llm
 
+    def close(self) -> None:
+        """Free the model now (llama-cpp-python's own finalizer fails at interpreter exit)."""
+        with self._load_lock, self._run_lock:
+            if self._llm is not None:
+                self._llm.close()
+                self._llm = None
+
     @staticmethod
     def _special_ids(llm: Llama) -> set[int]:
         ids = {llm.token_eos()}
