@@ -12,11 +12,23 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from channels.app import create_app
 from models.settings import Settings
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM (a graceful Celery/uvicorn shutdown), then SIGKILL if it takes longer than ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def free_port() -> int:
@@ -66,13 +78,7 @@ class WorkerProcess:
         return self.proc.poll() is None
 
     def stop(self, timeout: float = 20) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
         self._pump_thread.join(timeout=5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
@@ -112,12 +118,7 @@ class GatewayProcess:
         raise RuntimeError("gateway did not start")
 
     def stop(self, timeout: float = 20) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, timeout)
         self._log.close()
 
 

@@ -38,6 +38,11 @@ class Stack:
             body = http.post("/v1/web/sessions").json()
         return body["visitor_id"], body["token"]
 
+    def close(self) -> None:
+        self.gateway.stop()
+        self.worker.stop()
+        self.sessions.kw["bind"].dispose()
+
     def ws(self, token: str) -> ClientConnection:
         return connect(f"{self.gateway.ws_url}/v1/web/ws?token={token}", open_timeout=10)
 
@@ -92,6 +97,4 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     try:
         yield s
     finally:
-        s.gateway.stop()
-        s.worker.stop()
-        s.sessions.kw["bind"].dispose()
+        s.close()

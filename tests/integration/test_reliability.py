@@ -52,9 +52,7 @@ def fast_stack(request: pytest.FixtureRequest, tmp_path: Path, slow_gguf: Path) 
     try:
         yield stack
     finally:
-        stack.gateway.stop()
-        stack.worker.stop()
-        stack.sessions.kw["bind"].dispose()
+        stack.close()
         worker_runtime.shutdown()
 
 
@@ -135,6 +133,4 @@ def test_a_broken_model_still_answers_with_the_fallback(tmp_path: Path, tiny_ggu
             assert reason  # the operator sees why
             assert s.scalars(select(ReplyRecord.source).where(ReplyRecord.inbound_id == message_id)).one() == "fallback"
     finally:
-        stack.gateway.stop()
-        stack.worker.stop()
-        stack.sessions.kw["bind"].dispose()
+        stack.close()
