@@ -56,3 +56,14 @@ def as_env(values: dict[str, Any]) -> dict[str, str]:
     env.update({f"KEFU_{k.upper()}": str(v) for k, v in values.items() if v is not None})
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """llama-cpp-python opens two /dev/null files at import and never closes them (a ResourceWarning at exit)."""
+    import sys
+
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        handle = getattr(utils, name, None)
+        if handle is not None:
+            handle.close()
