@@ -11,7 +11,10 @@ Unlike Redis, this transport does not restore a message whose worker was killed;
 
 from __future__ import annotations
 
+import sqlite3
 import warnings
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES
@@ -38,6 +41,29 @@ class Channel(SQLAlchemyChannel):
 class Transport(SQLAlchemyTransport):
     Channel = Channel
     polling_interval = 0.02
+
+
+def purge_consumed(database: Path, older_than_s: float) -> int:
+    """Delete messages consumed longer ago than ``older_than_s``; returns how many.
+
+    kombu's SQLAlchemy transport marks a delivered message invisible and never deletes it, so the
+    queue file grows forever. An invisible message older than the sweeper's requeue window is
+    either acknowledged or lost, and a lost one has already been published again by the sweeper.
+    """
+    if not database.exists():
+        return 0
+    cutoff = datetime.now() - timedelta(seconds=older_than_s)  # kombu stamps rows with naive local time
+    conn = sqlite3.connect(database, timeout=30)
+    try:
+        with conn:
+            cursor = conn.execute(
+                "DELETE FROM kombu_message WHERE visible = 0 AND timestamp < ?", (cutoff.isoformat(sep=" "),)
+            )
+            return cursor.rowcount
+    except sqlite3.OperationalError:  # no table yet: nothing was ever published
+        return 0
+    finally:
+        conn.close()
 
 
 TRANSPORT_ALIASES.setdefault(SCHEME, f"{__name__}:Transport")

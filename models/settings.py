@@ -113,8 +113,12 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{(self.data_dir / 'kefu.sqlite').resolve()}"
 
     @property
+    def embedded_broker_file(self) -> Path:
+        return (self.data_dir / "broker.sqlite").resolve()
+
+    @property
     def effective_broker_url(self) -> str:
-        return self.broker_url or f"kefu-sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+        return self.broker_url or f"kefu-sqla+sqlite:///{self.embedded_broker_file}"
 
     @property
     def effective_redis_url(self) -> str | None:

@@ -9,7 +9,7 @@ conditional status updates decide who wins, so a redelivered or re-published tas
 - ``deliver``: sends through the channel; retries ``DeliveryRetryable`` with exponential backoff,
   records ``DeliveryPermanent`` (and exhausted retries) as failed.
 - ``sweep``: publishes again any inbound or delivery left unfinished (a lost task, a killed worker,
-  a broker outage at ingress).
+  a broker outage at ingress), and on the embedded queue deletes long-consumed messages.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from sqlalchemy import and_, or_, select, update
 from channels.base import DeliveryPermanent, DeliveryRetryable
 from models import audit, transcript
 from models.db import insert_ignoring_conflict, transaction
+from models.embedded_broker import purge_consumed
 from models.envelope import ConversationKey, Reply, utcnow
 from models.queues import DELIVER, HANDLE_INBOUND, SWEEP
 from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, ReplyRecord
@@ -257,9 +258,10 @@ def sweep() -> dict[str, int]:
                             .values(updated_at=utcnow()))
             audit.record(session, audit.REQUEUED, channel=channel, reply_id=reply_id)
         redelivered += 1
+    purged = purge_consumed(s.embedded_broker_file, s.requeue_after_s) if s.embedded_broker else 0
     if requeued or redelivered:
         log.info("sweep published %d inbound and %d deliveries again", requeued, redelivered)
-    return {"requeued": requeued, "redelivered": redelivered}
+    return {"requeued": requeued, "redelivered": redelivered, "purged": purged}
 
 
 def register(app: Celery) -> None:
