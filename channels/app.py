@@ -25,6 +25,7 @@ from starlette.routing import Route
 from channels.ingress import Ingress
 from models.bus import Listener, make_listener
 from models.db import make_engine, make_session_factory, ping
+from models.kv import KV, make_kv
 from models.queues import Publisher, make_celery
 from models.settings import Settings
 
@@ -39,20 +40,23 @@ class Gateway:
     publisher: Publisher
     ingress: Ingress
     listener: Listener
+    kv: KV
 
 
 def build_gateway(settings: Settings) -> Gateway:
     engine = make_engine(settings)
     sessions = make_session_factory(engine)
     publisher = Publisher(make_celery(settings, "kefu-gateway"))
-    return Gateway(settings, engine, sessions, publisher, Ingress(sessions, publisher), make_listener(settings))
+    return Gateway(settings, engine, sessions, publisher, Ingress(sessions, publisher), make_listener(settings),
+                   make_kv(settings))
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     from channels.web import WebAdapter  # adapters are looked up here, the composition point
+    from channels.wechat_mp import WeChatMPAdapter
 
     gw = gateway or build_gateway(settings)
-    adapters = [WebAdapter(gw)]
+    adapters = [WebAdapter(gw), WeChatMPAdapter(gw)]
     chat_page = resources.files("channels").joinpath("static/chat.html").read_text(encoding="utf-8")
 
     async def index(_: Request) -> Response:
@@ -97,6 +101,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         finally:
             await gw.listener.stop()
             gw.engine.dispose()
+            close = getattr(gw.kv, "close", None)
+            if close is not None:
+                close()
 
     routes: list[Any] = [
         Route("/", index),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
     from starlette.routing import BaseRoute
 
+    from channels.wechat_api import PlatformAPI
     from models.bus import Bus
     from models.settings import Settings
 
@@ -67,6 +69,22 @@ class OutboundDeps:
     settings: Settings
     bus: Bus
     sessions: sessionmaker[Session]
+    platform: PlatformAPI | None = None  # WeChat / WeCom server API client, for the channels that use it
+
+
+class DeliveryProgress:
+    """How many parts of a multi-part reply went out already; ``record`` persists a new count.
+
+    A retried delivery resumes after the last part the platform accepted instead of sending it again.
+    """
+
+    def __init__(self, parts_sent: int, record: Callable[[int], None]) -> None:
+        self.parts_sent = parts_sent
+        self._record = record
+
+    def record(self, parts_sent: int) -> None:
+        self.parts_sent = parts_sent
+        self._record(parts_sent)
 
 
 class Outbound(ABC):
@@ -81,7 +99,7 @@ class Outbound(ABC):
         """Partial reply text as the model produces it; best effort, never raises."""
 
     @abstractmethod
-    def send(self, reply: Reply) -> None:
+    def send(self, reply: Reply, progress: DeliveryProgress) -> None:
         """Send the whole reply; raise DeliveryRetryable or DeliveryPermanent on failure."""
 
 
@@ -97,6 +115,7 @@ class ChannelAdapter(ABC):
 
 OUTBOUNDS: dict[str, str] = {
     "web": "channels.web:WebOutbound",
+    "wechat_mp": "channels.wechat_mp:WeChatMPOutbound",
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,7 +20,7 @@ from models import audit
 from models.db import insert_ignoring_conflict, transaction, upsert_returning_id
 from models.envelope import Inbound, utcnow
 from models.queues import Publisher
-from models.tables import ConversationRecord, InboundRecord
+from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, ReplyRecord
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,49 @@ class Ingress:
         assert inbound_id is not None
         queued = status != "received" or self._publish(inbound_id, conversation_id, key.channel)
         return Accepted(inbound_id, conversation_id, duplicate, queued)
+
+    def accept_answered(self, inbound: Inbound, answer: str, source: str) -> tuple[Accepted, str | None]:
+        """Persist a message answered on the spot (FAQ, welcome, unsupported type) with its reply.
+
+        One transaction: inbound, reply, a delivery already ``sent`` (the answer goes back in the
+        callback's own response) and the audit rows. Returns the reply text to send, or for a
+        platform retry of the same message the text first sent (None if it went to the model).
+        """
+        key = inbound.key
+        with transaction(self._sessions) as session:
+            conversation_id = upsert_returning_id(
+                session, ConversationRecord,
+                {"channel": key.channel, "account": key.account, "peer": key.peer, "created_at": utcnow()},
+                ["channel", "account", "peer"],
+            )
+            inbound_id = insert_ignoring_conflict(
+                session, InboundRecord,
+                {"conversation_id": conversation_id, "channel": key.channel, "account": key.account,
+                 "external_id": inbound.external_id, "kind": inbound.kind, "text": inbound.text,
+                 "status": "answered", "received_at": inbound.received_at},
+                ["channel", "account", "external_id"],
+            )
+            ids: dict[str, Any] = {"channel": key.channel, "conversation_id": conversation_id}
+            if inbound_id is None:
+                inbound_id, conversation_id = session.execute(
+                    select(InboundRecord.id, InboundRecord.conversation_id).where(
+                        InboundRecord.channel == key.channel, InboundRecord.account == key.account,
+                        InboundRecord.external_id == inbound.external_id)
+                ).one()
+                earlier = session.scalars(select(ReplyRecord.text).where(ReplyRecord.inbound_id == inbound_id)).first()
+                audit.record(session, audit.DUPLICATE, **ids, inbound_id=inbound_id, message_kind=inbound.kind)
+                return Accepted(inbound_id, conversation_id, True, True), earlier
+            audit.record(session, audit.RECEIVED, **ids, inbound_id=inbound_id, message_kind=inbound.kind,
+                         chars=len(inbound.text))
+            reply = ReplyRecord(inbound_id=inbound_id, conversation_id=conversation_id, text=answer, source=source,
+                                model=None, prompt_tokens=0, completion_tokens=0, latency_ms=0)
+            session.add(reply)
+            session.flush()
+            session.add(DeliveryRecord(reply_id=reply.id, channel=key.channel, status="sent", attempts=1, parts_sent=1))
+            audit.record(session, audit.REPLY_STORED, **ids, inbound_id=inbound_id, reply_id=reply.id,
+                         chars=len(answer), source=source)
+            audit.record(session, audit.DISPATCHED, **ids, inbound_id=inbound_id, reply_id=reply.id, via="passive")
+        return Accepted(inbound_id, conversation_id, False, True), answer
 
     def _publish(self, inbound_id: int, conversation_id: int, channel: str) -> bool:
         try:

@@ -34,7 +34,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from channels import visitor_token
-from channels.base import ChannelAdapter, Outbound, RequestRejected
+from channels.base import ChannelAdapter, DeliveryProgress, Outbound, RequestRejected
 from models import transcript
 from models.db import transaction
 from models.envelope import ConversationKey, Inbound, Reply
@@ -332,7 +332,7 @@ class WebOutbound(Outbound):
     def stream(self, key: ConversationKey, inbound_id: int, piece: str) -> None:
         self.deps.bus.publish(key.topic(), {"type": "token", "message_id": inbound_id, "text": piece})
 
-    def send(self, reply: Reply) -> None:
+    def send(self, reply: Reply, progress: DeliveryProgress) -> None:
         self.deps.bus.publish(
             reply.key.topic(),
             {"type": "reply", "reply_id": reply.reply_id, "message_id": reply.inbound_id, "text": reply.text},

@@ -58,3 +58,4 @@ class Reply:
     conversation_id: int
     key: ConversationKey
     text: str
+    inbound_at: datetime | None = None  # when the customer wrote; platforms limit how late we may answer

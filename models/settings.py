@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -32,6 +32,24 @@ DEFAULT_SYSTEM_PROMPT = (
 
 class ConfigError(ValueError):
     """A setting is missing, malformed or unsafe; the message names the variable to fix."""
+
+
+class WeChatAccount(BaseModel):
+    """One WeChat official account (公众号), as configured in its admin console."""
+
+    name: str  # the {account} in /v1/wechat/{account}
+    appid: str
+    secret: SecretStr
+    token: SecretStr  # the callback token (令牌)
+    aes_key: SecretStr | None = None  # EncodingAESKey, 43 characters; needed for compatible and safe mode
+    welcome: str = "您好，欢迎关注！有什么可以帮您？直接发送文字消息即可。"
+
+
+class FaqEntry(BaseModel):
+    """A question answered instantly, without the model (and passively on WeChat)."""
+
+    keywords: list[str]
+    answer: str
 
 
 class Settings(BaseSettings):
@@ -56,6 +74,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     visitor_token_ttl_s: int = 30 * 24 * 3600
     publish_timeout_s: float = 5.0
+
+    # --- WeChat / WeCom ----------------------------------------------------------------------------
+    wechat_accounts: list[WeChatAccount] = Field(default_factory=list)  # JSON list in KEFU_WECHAT_ACCOUNTS
+    wechat_api_base: str = "https://api.weixin.qq.com"
+    wecom_api_base: str = "https://qyapi.weixin.qq.com"
+    wechat_timestamp_window_s: int = 300
+    wechat_max_body_bytes: int = 64 * 1024
+    wechat_http_timeout_s: float = 5.0
+    faq: list[FaqEntry] = Field(default_factory=list)  # JSON list in KEFU_FAQ
 
     # --- model ---------------------------------------------------------------------------------
     model_path: Path | None = None
@@ -198,12 +225,17 @@ class Settings(BaseSettings):
                 candidate.unlink()
         return path.read_text().strip().encode()
 
+    def wechat_account(self, name: str) -> WeChatAccount | None:
+        return next((a for a in self.wechat_accounts if a.name == name), None)
+
     def masked(self) -> dict[str, Any]:
         """Effective settings for display: secrets and URL passwords masked."""
         out: dict[str, Any] = {}
         for name, value in self.model_dump().items():
             if isinstance(value, SecretStr) or name == "secret_key":
                 out[name] = "********" if value else None
+            elif isinstance(value, list) and value and isinstance(value[0], dict):
+                out[name] = [{k: ("********" if isinstance(v, SecretStr) else v) for k, v in item.items()} for item in value]
             elif isinstance(value, str) and "://" in value:
                 out[name] = mask_url(value)
             elif isinstance(value, Path):

@@ -14,8 +14,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import Outbound, OutboundDeps, load_outbound
+from channels.wechat_api import AccessTokens, PlatformAPI, make_http
 from models.bus import Bus, make_bus
 from models.db import make_engine, make_session_factory
+from models.kv import make_kv
 from models.locks import Locks, make_locks
 from models.queues import Publisher, make_celery
 from models.settings import Settings
@@ -58,10 +60,18 @@ class Runtime:
     def llm(self) -> LlamaEngine:
         return LlamaEngine(resolve_model(self.settings), self.settings)
 
+    @cached_property
+    def platform(self) -> PlatformAPI:
+        s = self.settings
+        http = make_http(s.wechat_http_timeout_s)
+        tokens = AccessTokens(http, make_kv(s), self.locks, mp_base=s.wechat_api_base, corp_base=s.wecom_api_base)
+        return PlatformAPI(http, tokens, mp_base=s.wechat_api_base, corp_base=s.wecom_api_base)
+
     def outbound(self, channel: str) -> Outbound:
         with self._lock:
             if channel not in self._outbounds:
-                deps = OutboundDeps(self.settings, self.bus, self.sessions)
+                platform = self.platform if channel != "web" else None
+                deps = OutboundDeps(self.settings, self.bus, self.sessions, platform)
                 self._outbounds[channel] = load_outbound(channel, deps)
             return self._outbounds[channel]
 

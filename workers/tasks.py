@@ -23,7 +23,7 @@ from celery import Celery, Task
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import and_, or_, select, update
 
-from channels.base import DeliveryPermanent, DeliveryRetryable
+from channels.base import DeliveryPermanent, DeliveryProgress, DeliveryRetryable
 from models import audit, transcript
 from models.db import insert_ignoring_conflict, transaction
 from models.embedded_broker import purge_consumed
@@ -160,24 +160,30 @@ def deliver(task: Task, reply_id: int) -> str:
     rt = runtime()
     with rt.sessions() as session:
         found = session.execute(
-            select(ReplyRecord, DeliveryRecord, ConversationRecord)
+            select(ReplyRecord, DeliveryRecord, ConversationRecord, InboundRecord.received_at)
             .join(DeliveryRecord, DeliveryRecord.reply_id == ReplyRecord.id)
             .join(ConversationRecord, ConversationRecord.id == ReplyRecord.conversation_id)
+            .join(InboundRecord, InboundRecord.id == ReplyRecord.inbound_id)
             .where(ReplyRecord.id == reply_id)
         ).first()
     if found is None:
         log.error("reply %s has no delivery row; dropping the task", reply_id)
         return "missing"
-    reply_row, delivery, conv = found
+    reply_row, delivery, conv, inbound_at = found
     if delivery.status in ("sent", "delivered", "failed"):
         return delivery.status
     key = ConversationKey(conv.channel, conv.account, conv.peer)
-    reply = Reply(reply_row.id, reply_row.inbound_id, conv.id, key, reply_row.text)
+    reply = Reply(reply_row.id, reply_row.inbound_id, conv.id, key, reply_row.text, inbound_at)
     ids: dict[str, Any] = {
         "channel": key.channel, "conversation_id": conv.id, "inbound_id": reply_row.inbound_id, "reply_id": reply_id
     }
+    def record_parts(parts_sent: int) -> None:
+        with transaction(rt.sessions) as session:
+            session.execute(update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id)
+                            .values(parts_sent=parts_sent, updated_at=utcnow()))
+
     try:
-        rt.outbound(key.channel).send(reply)
+        rt.outbound(key.channel).send(reply, DeliveryProgress(delivery.parts_sent, record_parts))
     except DeliveryPermanent as exc:
         _fail(rt, reply_id, ids, f"permanent: {exc}")
         return "failed"

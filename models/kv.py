@@ -1,0 +1,91 @@
+"""A small shared key-value store with expiry: platform access tokens, replay nonces.
+
+Redis when configured; otherwise a SQLite file under ``data_dir`` (``kv.sqlite``), shared by every
+process on the host. ``add`` is set-if-absent, atomic in both, which is what replay protection and
+single-flight refreshes rely on. Redis errors propagate (callers decide what a failure means).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+import redis
+
+from models.settings import Settings
+
+
+class KV(Protocol):
+    def get(self, key: str) -> str | None: ...
+    def set(self, key: str, value: str, ttl_s: float) -> None: ...
+    def add(self, key: str, value: str, ttl_s: float) -> bool: ...
+    def delete(self, key: str) -> None: ...
+
+
+class RedisKV:
+    def __init__(self, url: str, timeout_s: float) -> None:
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+    def get(self, key: str) -> str | None:
+        value = self._client.get(f"kefu:kv:{key}")
+        return None if value is None else bytes(value).decode()  # type: ignore[arg-type]
+
+    def set(self, key: str, value: str, ttl_s: float) -> None:
+        self._client.set(f"kefu:kv:{key}", value, px=max(1, int(ttl_s * 1000)))
+
+    def add(self, key: str, value: str, ttl_s: float) -> bool:
+        return bool(self._client.set(f"kefu:kv:{key}", value, px=max(1, int(ttl_s * 1000)), nx=True))
+
+    def delete(self, key: str) -> None:
+        self._client.delete(f"kefu:kv:{key}")
+
+
+class SQLiteKV:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires REAL NOT NULL)")
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM kv WHERE key = ? AND expires > ?", (key, time.time())).fetchone()
+        return None if row is None else str(row[0])
+
+    def set(self, key: str, value: str, ttl_s: float) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)",
+                             (key, value, time.time() + ttl_s))
+
+    def add(self, key: str, value: str, ttl_s: float) -> bool:
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # other processes wait here: the check and insert are one step
+            try:
+                self._db.execute("DELETE FROM kv WHERE key = ? AND expires <= ?", (key, now))
+                inserted = self._db.execute("INSERT OR IGNORE INTO kv (key, value, expires) VALUES (?, ?, ?)",
+                                            (key, value, now + ttl_s)).rowcount == 1
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return inserted
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM kv WHERE key = ?", (key,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def make_kv(settings: Settings) -> KV:
+    url = settings.effective_redis_url
+    if url:
+        return RedisKV(url, settings.redis_timeout_s)
+    return SQLiteKV(settings.data_dir / "kv.sqlite")

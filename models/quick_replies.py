@@ -1,0 +1,33 @@
+"""Answers that need no model: FAQ hits, welcomes, and what to say about unsupported message types.
+
+Pure functions over Settings. Channels use them to answer at once (on WeChat, passively inside the
+5-second callback); anything without a quick reply goes to the model.
+"""
+
+from __future__ import annotations
+
+from models.settings import Settings
+
+UNSUPPORTED = {
+    "voice": "抱歉，我暂时还听不懂语音消息，请用文字描述您的问题。",
+    "image": "已收到您的图片。抱歉，我暂时还无法识别图片内容，请用文字描述您的问题。",
+    "video": "已收到您的视频。抱歉，我暂时还无法查看视频，请用文字描述您的问题。",
+    "shortvideo": "已收到您的视频。抱歉，我暂时还无法查看视频，请用文字描述您的问题。",
+    "location": "已收到您的位置。请用文字告诉我需要什么帮助。",
+    "link": "已收到您分享的链接。请用文字告诉我需要什么帮助。",
+    "file": "已收到您的文件。抱歉，我暂时还无法读取文件，请用文字描述您的问题。",
+}
+UNSUPPORTED_DEFAULT = "抱歉，我暂时只能处理文字消息，请用文字描述您的问题。"
+
+
+def faq_answer(settings: Settings, text: str) -> str | None:
+    """The answer of the first FAQ entry whose keywords all occur in the text (case-insensitive)."""
+    folded = text.casefold()
+    for entry in settings.faq:
+        if entry.keywords and all(k.casefold() in folded for k in entry.keywords):
+            return entry.answer
+    return None
+
+
+def unsupported_answer(kind: str) -> str:
+    return UNSUPPORTED.get(kind, UNSUPPORTED_DEFAULT)
