@@ -134,6 +134,9 @@ class PlatformAPI:
             raise classify(errcode, str(data.get("errmsg", "")))
         raise AssertionError("unreachable")
 
+    def close(self) -> None:
+        self._http.close()
+
 
 def _json(response: httpx.Response) -> dict[str, Any]:
     if response.status_code >= 500:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,7 +54,8 @@ def settings_kwargs(backend: str, data_dir: Path, model: Path, pg: str | None, r
 
 def as_env(values: dict[str, Any]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEFU_")}
-    env.update({f"KEFU_{k.upper()}": str(v) for k, v in values.items() if v is not None})
+    env.update({f"KEFU_{k.upper()}": json.dumps(v) if isinstance(v, list | dict) else str(v)
+                for k, v in values.items() if v is not None})
     env["PYTHONPATH"] = str(REPO)
     return env
 

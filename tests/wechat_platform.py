@@ -1,0 +1,75 @@
+"""The WeChat side of a callback, for tests: what the platform sends and how it reads our answer.
+
+Built on wechatpy's own crypto (the platform's envelope), independent of Kefu's channel code.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+import xmltodict
+from wechatpy.crypto import WeChatCrypto
+
+TOKEN = "kefu-test-token"
+APPID = "wxkefutest0001"
+SECRET = "kefu-test-secret"
+AES_KEY = base64.b64encode(bytes(range(32))).decode()[:-1]  # 43 characters, as the console shows it
+OFFICIAL_ID = "gh_kefu_test"
+
+
+def account(name: str = "shop", **extra: object) -> dict[str, object]:
+    return {"name": name, "appid": APPID, "secret": SECRET, "token": TOKEN, "aes_key": AES_KEY, **extra}
+
+
+def sign(*parts: str) -> str:
+    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
+
+
+def text_xml(openid: str, content: str, msgid: int, kind: str = "text", extra: str = "") -> str:
+    body = f"<Content><![CDATA[{content}]]></Content>" if kind == "text" else extra
+    return (f"<xml><ToUserName><![CDATA[{OFFICIAL_ID}]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>"
+            f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[{kind}]]></MsgType>{body}"
+            f"<MsgId>{msgid}</MsgId></xml>")
+
+
+def event_xml(openid: str, event: str) -> str:
+    return (f"<xml><ToUserName><![CDATA[{OFFICIAL_ID}]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>"
+            f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
+            f"<Event><![CDATA[{event}]]></Event></xml>")
+
+
+@dataclass
+class Callback:
+    params: dict[str, str]
+    body: bytes
+
+
+def callback(xml: str, *, mode: str = "raw", timestamp: int | None = None, nonce: str | None = None,
+             aes_key: str = AES_KEY, appid: str = APPID, token: str = TOKEN) -> Callback:
+    ts = str(timestamp if timestamp is not None else int(time.time()))
+    nonce = nonce or secrets.token_hex(5)
+    params = {"signature": sign(token, ts, nonce), "timestamp": ts, "nonce": nonce, "openid": "o-any"}
+    if mode == "raw":
+        return Callback(params, xml.encode())
+    envelope = xmltodict.parse(WeChatCrypto(token, aes_key, appid).encrypt_message(xml, nonce, ts))["xml"]
+    params.update(encrypt_type="aes", msg_signature=envelope["MsgSignature"])
+    if mode == "compat":  # compatible mode: plaintext fields next to the ciphertext
+        body = xml.replace("</xml>", f"<Encrypt><![CDATA[{envelope['Encrypt']}]]></Encrypt></xml>")
+    else:
+        body = (f"<xml><ToUserName><![CDATA[{OFFICIAL_ID}]]></ToUserName>"
+                f"<Encrypt><![CDATA[{envelope['Encrypt']}]]></Encrypt></xml>")
+    return Callback(params, body.encode())
+
+
+def read_passive_reply(response_text: str, cb: Callback) -> str:
+    """The Content of our passive reply, decrypting it as WeChat would in safe mode."""
+    xml = response_text
+    if cb.params.get("encrypt_type") == "aes":
+        envelope = xmltodict.parse(response_text)["xml"]
+        xml = WeChatCrypto(TOKEN, AES_KEY, APPID).decrypt_message(
+            response_text, envelope["MsgSignature"], envelope["TimeStamp"], envelope["Nonce"])
+    return str(xmltodict.parse(xml)["xml"]["Content"])
