@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import anyio
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
@@ -44,7 +45,7 @@ class Gateway:
 
 
 def build_gateway(settings: Settings) -> Gateway:
-    engine = make_engine(settings)
+    engine = make_engine(settings, pre_ping=False)
     sessions = make_session_factory(engine)
     publisher = Publisher(make_celery(settings, "kefu-gateway"))
     return Gateway(settings, engine, sessions, publisher, Ingress(sessions, publisher), make_listener(settings),
@@ -95,6 +96,9 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         for line in settings.backend_choice():
             log.info("gateway %s", line)
+        # Blocking database work runs in a thread pool; a small pool keeps GIL contention low, and
+        # callers queue in the event loop instead of in 40 threads fighting over one interpreter.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
         await gw.listener.start()
         try:
             yield

@@ -6,10 +6,12 @@ ids, sizes, timings and reasons, never message text or customer identifiers in t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
+from models.envelope import utcnow
 from models.tables import AuditEvent
 
 RECEIVED = "received"  # inbound persisted
@@ -27,6 +29,9 @@ DELIVERY_RETRY = "delivery_retry"  # a transient failure; retried with backoff
 DELIVERY_FAILED = "delivery_failed"  # a permanent failure, with reason
 
 
+_INSERT = insert(cast(Table, AuditEvent.__table__))
+
+
 def record(
     session: Session,
     kind: str,
@@ -37,13 +42,10 @@ def record(
     reply_id: int | None = None,
     **detail: Any,
 ) -> None:
-    session.add(
-        AuditEvent(
-            kind=kind,
-            channel=channel,
-            conversation_id=conversation_id,
-            inbound_id=inbound_id,
-            reply_id=reply_id,
-            detail=detail,
-        )
+    # One prebuilt Core INSERT, not session.add(): no unit-of-work bookkeeping and no statement to
+    # compile on the hot path, and the row is written where this call stands in the transaction.
+    session.execute(
+        _INSERT,
+        {"at": utcnow(), "kind": kind, "channel": channel, "conversation_id": conversation_id,
+         "inbound_id": inbound_id, "reply_id": reply_id, "detail": detail},
     )

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,7 +20,7 @@ from models.settings import Settings
 from models.tables import Base
 
 
-def make_engine(settings: Settings, url: str | None = None) -> Engine:
+def make_engine(settings: Settings, url: str | None = None, *, pre_ping: bool = True) -> Engine:
     url = url or settings.effective_database_url
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -37,9 +38,12 @@ def make_engine(settings: Settings, url: str | None = None) -> Engine:
             cur.close()
 
         return engine
+    # pre_ping costs a round trip per transaction. The gateway turns it off: a connection broken by a
+    # database restart fails one request (503, the platform retries) and SQLAlchemy refreshes the pool.
     return create_engine(
         url,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
+        pool_recycle=1800,
         pool_size=10,
         max_overflow=20,
         pool_timeout=10,
@@ -61,6 +65,20 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+@lru_cache(maxsize=64)
+def _conflict_insert(dialect: str, table: Table, conflict: tuple[str, ...], on_conflict: str) -> Any:
+    """Built once per table: the statement is compiled and cached, only the parameters change."""
+    module: Any = {"postgresql": postgresql, "sqlite": sqlite}.get(dialect)
+    if module is None:  # pragma: no cover - only the two supported databases
+        raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    stmt = module.insert(table)
+    if on_conflict == "nothing":
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
+    else:  # a no-op update, so that RETURNING yields the existing row's id
+        stmt = stmt.on_conflict_do_update(index_elements=list(conflict), set_={conflict[0]: stmt.excluded[conflict[0]]})
+    return stmt.returning(table.c.id)
+
+
 def insert_ignoring_conflict(
     session: Session, table: type[Base], values: Mapping[str, Any], conflict: list[str]
 ) -> int | None:
@@ -68,14 +86,8 @@ def insert_ignoring_conflict(
 
     The database decides who wins, so concurrent duplicates cannot both insert.
     """
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        stmt: Any = postgresql.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
-    else:  # pragma: no cover - only the two supported databases
-        raise RuntimeError(f"unsupported database dialect {dialect!r}")
-    row = session.execute(stmt.returning(table.__table__.c.id)).first()
+    stmt = _conflict_insert(session.get_bind().dialect.name, table.__table__, tuple(conflict), "nothing")
+    row = session.execute(stmt, dict(values)).first()
     return None if row is None else int(row[0])
 
 
@@ -83,12 +95,8 @@ def upsert_returning_id(
     session: Session, table: type[Base], values: Mapping[str, Any], conflict: list[str]
 ) -> int:
     """INSERT … ON CONFLICT (conflict) DO UPDATE (a no-op) RETURNING id: the row's id in one round trip."""
-    dialect = session.get_bind().dialect.name
-    module: Any = postgresql if dialect == "postgresql" else sqlite
-    stmt = module.insert(table).values(**values)
-    first = conflict[0]
-    stmt = stmt.on_conflict_do_update(index_elements=conflict, set_={first: stmt.excluded[first]})
-    return int(session.execute(stmt.returning(table.__table__.c.id)).scalar_one())
+    stmt = _conflict_insert(session.get_bind().dialect.name, table.__table__, tuple(conflict), "update")
+    return int(session.execute(stmt, dict(values)).scalar_one())
 
 
 def ping(engine: Engine) -> None:

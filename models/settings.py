@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     visitor_token_ttl_s: int = 30 * 24 * 3600
     publish_timeout_s: float = 5.0
+    gateway_threads: int = 4  # threads for blocking database/broker calls in each gateway process
 
     # --- WeChat / WeCom ----------------------------------------------------------------------------
     wechat_accounts: list[WeChatAccount] = Field(default_factory=list)  # JSON list in KEFU_WECHAT_ACCOUNTS

@@ -60,14 +60,30 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
 
     for line in settings.backend_choice():
         log.info("%s", line)
+    workers = getattr(args, "workers", 1) or 1
+    if workers > 1:  # each process builds its own app (connections must not cross a fork)
+        uvicorn.run("workers.cli:gateway_app", factory=True, workers=workers, host=args.host or settings.host,
+                    port=args.port or settings.port, log_level=settings.log_level.lower(),
+                    ws_max_size=settings.max_body_bytes, access_log=False)
+        return 0
     uvicorn.run(
         create_app(settings),
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level=settings.log_level.lower(),
         ws_max_size=settings.max_body_bytes,
+        access_log=False,
     )
     return 0
+
+
+def gateway_app() -> object:
+    """The gateway app, built in each uvicorn worker process (``kefu gateway --workers N``)."""
+    from channels.app import create_app
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    return create_app(settings)
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -136,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name)
         p.add_argument("--host")
         p.add_argument("--port", type=int)
+        if name == "gateway":
+            p.add_argument("--workers", type=int, default=1, help="gateway processes sharing the port")
         p.set_defaults(func=func)
     p = sub.add_parser("worker", help="run a Celery worker")
     p.add_argument("--queues", default="llm,io")

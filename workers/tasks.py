@@ -36,7 +36,7 @@ from workers.runtime import Runtime, runtime
 
 log = logging.getLogger(__name__)
 
-LOCK_WAIT_S = 2.0
+LOCK_WAIT_S = 0.5  # then give the thread back and try again shortly
 ORDER_RETRY_S = 0.2
 SWEEP_BATCH = 500
 
@@ -56,11 +56,11 @@ def handle_inbound(task: Task, inbound_id: int) -> str:
     # killed worker frees itself soon after its message is redelivered.
     with rt.locks.hold(f"conversation:{conv.id}", ttl_s=hard + 5, wait_s=LOCK_WAIT_S) as acquired:
         if not acquired:
-            raise task.retry(countdown=ORDER_RETRY_S, max_retries=None)
+            raise task.retry(countdown=ORDER_RETRY_S)
         with rt.sessions() as session:
             existing = session.scalars(select(ReplyRecord.id).where(ReplyRecord.inbound_id == inbound_id)).first()
             if existing is None and _earlier_pending(session, row, rt):
-                raise task.retry(countdown=ORDER_RETRY_S, max_retries=None)
+                raise task.retry(countdown=ORDER_RETRY_S)
         if existing is not None:  # answered already (a redelivered or re-published task)
             rt.publisher.deliver(existing)
             return "already-answered"
@@ -198,7 +198,7 @@ def deliver(task: Task, reply_id: int) -> str:
                 .values(attempts=DeliveryRecord.attempts + 1, last_error=str(exc)[:500], updated_at=utcnow())
             )
             audit.record(session, audit.DELIVERY_RETRY, **ids, attempt=retries + 1, reason=str(exc)[:200])
-        raise task.retry(countdown=min(2**retries, 300), max_retries=None) from exc
+        raise task.retry(countdown=min(2**retries, 300)) from exc
     with transaction(rt.sessions) as session:
         session.execute(
             update(DeliveryRecord)
@@ -272,8 +272,10 @@ def sweep() -> dict[str, int]:
 
 def register(app: Celery) -> None:
     """Bind the task functions to a Celery app under their public names."""
-    app.task(name=HANDLE_INBOUND, bind=True, acks_late=True, reject_on_worker_lost=True)(handle_inbound)
-    app.task(name=DELIVER, bind=True, acks_late=True, reject_on_worker_lost=True)(deliver)
+    # max_retries=None on the task itself: Celery's retry(max_retries=None) means "the task's default",
+    # which is 3 — a message waiting its turn in a busy conversation would be dropped after three tries.
+    app.task(name=HANDLE_INBOUND, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)(handle_inbound)
+    app.task(name=DELIVER, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)(deliver)
     app.task(name=SWEEP, acks_late=True)(sweep)
 
 

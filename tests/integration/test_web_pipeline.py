@@ -10,9 +10,10 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import json
+import time
 import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from models.tables import AuditEvent, DeliveryRecord, InboundRecord, ReplyRecord
 from tests.integration.conftest import Stack, recv_until, wait_for
@@ -172,3 +173,26 @@ def test_a_burst_in_one_conversation_is_answered_in_order(stack: Stack) -> None:
     assert [r.id for r in rows] == sorted(r.id for r in rows)
     assert all(a.created_at <= b.created_at for a, b in itertools.pairwise(rows))
     assert all(a.prompt_tokens < b.prompt_tokens for a, b in itertools.pairwise(rows))
+
+
+def test_a_message_waits_its_turn_for_as_long_as_it_takes(stack: Stack) -> None:
+    """An older message of the conversation still pending holds the next one back, through many retries."""
+    visitor_id, token = stack.visitor()
+    with stack.http() as http:
+        first = http.post("/v1/web/messages", json={"visitor_id": visitor_id, "text": "一"},
+                          headers={"Authorization": f"Bearer {token}"}).json()["message_id"]
+    wait_for(lambda: "dispatched" in audit_kinds(stack, first))
+    with stack.sessions.begin() as session:  # an older message whose task is nowhere yet
+        conversation_id = session.get(InboundRecord, first).conversation_id  # type: ignore[union-attr]
+        session.add(InboundRecord(conversation_id=conversation_id, channel="web", account="default",
+                                  external_id=f"stuck-{uuid.uuid4().hex}", kind="text", text="卡住", status="queued"))
+    with stack.http() as http:
+        second = http.post("/v1/web/messages", json={"visitor_id": visitor_id, "text": "二"},
+                           headers={"Authorization": f"Bearer {token}"}).json()["message_id"]
+    time.sleep(2.5)  # ~10 retries at 0.2 s; Celery's default limit is 3
+    with stack.sessions() as session:
+        assert session.scalars(select(ReplyRecord).where(ReplyRecord.inbound_id == second)).first() is None
+    with stack.sessions.begin() as session:
+        session.execute(update(InboundRecord).where(InboundRecord.external_id.like("stuck-%"))
+                        .values(status="failed"))
+    wait_for(lambda: "reply_stored" in audit_kinds(stack, second), timeout=30)
