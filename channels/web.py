@@ -37,7 +37,7 @@ from channels import visitor_token
 from channels.base import ChannelAdapter, DeliveryProgress, Outbound, RequestRejected
 from models import transcript
 from models.db import transaction
-from models.envelope import ConversationKey, Inbound, Reply
+from models.envelope import ConversationKey, Inbound, Reply, printable
 
 if TYPE_CHECKING:
     from channels.app import Gateway
@@ -70,7 +70,7 @@ def clean_text(value: Any, max_chars: int) -> str:
         raise RequestRejected(422, "missing_text", "field 'text' is required")
     if not isinstance(value, str):
         raise RequestRejected(422, "invalid_text", "field 'text' must be a string")
-    text = value.strip()
+    text = printable(value).strip()
     if not text:
         raise RequestRejected(422, "empty_text", "field 'text' must not be empty")
     if len(text) > max_chars:

@@ -34,7 +34,7 @@ from channels import wechat_protocol as wx
 from channels.base import ChannelAdapter, DeliveryPermanent, DeliveryProgress, Outbound, RequestRejected
 from channels.wechat_api import AppCredentials
 from models import quick_replies
-from models.envelope import ConversationKey, Inbound, Reply
+from models.envelope import ConversationKey, Inbound, Reply, printable
 from models.settings import WeChatAccount
 
 if TYPE_CHECKING:
@@ -154,9 +154,9 @@ class WeChatMPAdapter(ChannelAdapter):
         external_id = str(getattr(message, "id", None) or f"{message.source}:{message.time}")
         text: str | None = None
         if kind == "text":
-            text = str(message.content or "").strip()
+            text = printable(str(message.content or "")).strip()
         elif kind == "voice" and getattr(message, "recognition", None):
-            text = str(message.recognition).strip()
+            text = printable(str(message.recognition)).strip()
         if not text:
             placeholder = f"[{kind}]"
             return self._answer_now(Inbound(key, external_id, placeholder, kind, stamp),

@@ -6,6 +6,7 @@ turns it into a :class:`Reply`. Channels and workers agree on nothing else.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -15,6 +16,18 @@ Role = Literal["system", "user", "assistant"]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def printable(text: str) -> str:
+    """Text without C0 control characters (newline and tab kept).
+
+    NUL cannot be stored by PostgreSQL, and no customer or platform wants the others; a model with
+    poor weights does produce them.
+    """
+    return _CONTROL.sub("", text)
 
 
 @dataclass(frozen=True, slots=True)

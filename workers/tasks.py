@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery, Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 from sqlalchemy import and_, or_, select, update
 
 from channels.base import DeliveryPermanent, DeliveryProgress, DeliveryRetryable
@@ -41,7 +41,22 @@ ORDER_RETRY_S = 0.2
 SWEEP_BATCH = 500
 
 
+UNEXPECTED_RETRIES = 5
+
+
 def handle_inbound(task: Task, inbound_id: int) -> str:
+    try:
+        return _handle_inbound(task, inbound_id)
+    except (Retry, SoftTimeLimitExceeded):
+        raise
+    except Exception as exc:  # a database hiccup, a bug: try again before the sweeper has to
+        if task.request.retries >= UNEXPECTED_RETRIES:
+            raise
+        log.exception("handle_inbound %s failed; retrying", inbound_id)
+        raise task.retry(countdown=min(2 ** task.request.retries, 30)) from exc
+
+
+def _handle_inbound(task: Task, inbound_id: int) -> str:
     rt = runtime()
     with rt.sessions() as session:
         row = session.get(InboundRecord, inbound_id)
@@ -200,12 +215,13 @@ def deliver(task: Task, reply_id: int) -> str:
             audit.record(session, audit.DELIVERY_RETRY, **ids, attempt=retries + 1, reason=str(exc)[:200])
         raise task.retry(countdown=min(2**retries, 300)) from exc
     with transaction(rt.sessions) as session:
-        session.execute(
+        moved = session.execute(
             update(DeliveryRecord)
             .where(DeliveryRecord.reply_id == reply_id, DeliveryRecord.status == "pending")
             .values(status="sent", attempts=DeliveryRecord.attempts + 1, updated_at=utcnow())
-        )
-        audit.record(session, audit.DISPATCHED, **ids)
+        ).rowcount  # type: ignore[attr-defined]
+        if moved:  # 0 when the customer's client already confirmed it (a gateway re-sent it first)
+            audit.record(session, audit.DISPATCHED, **ids)
     return "sent"
 
 

@@ -110,6 +110,18 @@ def test_body_size_and_media_type(client: httpx.Client) -> None:
     assert r.status_code == 415
 
 
+def test_control_characters_are_dropped_not_fatal(client: httpx.Client, gateway: tuple[GatewayThread, Settings]) -> None:
+    visitor_id, auth = visitor(client)
+    r = client.post("/v1/web/messages", json={"visitor_id": visitor_id, "text": "退\u0000货\u0007"}, headers=auth)
+    assert r.status_code == 202
+    engine = make_engine(gateway[1])
+    with make_session_factory(engine)() as s:
+        assert s.get(InboundRecord, r.json()["message_id"]).text == "退货"  # type: ignore[union-attr]
+    engine.dispose()
+    only_controls = client.post("/v1/web/messages", json={"visitor_id": visitor_id, "text": "\u0000\u0001"}, headers=auth)
+    assert only_controls.status_code == 422
+
+
 def test_accepted_message_is_persisted_and_queued(client: httpx.Client, gateway: tuple[GatewayThread, Settings]) -> None:
     visitor_id, auth = visitor(client)
     before = counts(gateway[1])

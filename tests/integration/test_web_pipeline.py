@@ -50,7 +50,10 @@ def test_message_streams_one_reply_and_is_audited(stack: Stack) -> None:
         assert not [f for f in after if f["type"] == "token" and f["message_id"] == message_id]
 
     wait_for(lambda: audit_kinds(stack, message_id)[-1:] == ["delivered"], timeout=10)
-    assert audit_kinds(stack, message_id) == FULL_TRAIL
+    trail = audit_kinds(stack, message_id)
+    # "dispatched" is missing only when the gateway's database re-send reached the client before the
+    # deliver task ran; the client's ack then settled the delivery first.
+    assert trail in (FULL_TRAIL, [k for k in FULL_TRAIL if k != "dispatched"])
     with stack.sessions() as session:
         replies = session.scalars(select(ReplyRecord).where(ReplyRecord.inbound_id == message_id)).all()
         assert len(replies) == 1

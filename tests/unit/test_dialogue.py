@@ -71,3 +71,10 @@ def test_extend_history_with_max_turns_zero_keeps_nothing() -> None:
 
 def test_fallback_reply_offers_a_human() -> None:
     assert "转人工" in FALLBACK_REPLY
+
+
+def test_printable_drops_control_characters_but_keeps_layout() -> None:
+    from models.envelope import printable
+
+    assert printable("a\x00b\x07c\x1b[31m\x7f") == "abc[31m"
+    assert printable("第一行\n\t第二行\r\n") == "第一行\n\t第二行\r\n"

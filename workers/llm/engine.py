@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from models.envelope import Turn
+from models.envelope import Turn, printable
 from models.settings import Settings
 from workers.llm.model_files import ModelSpec
 from workers.llm.prompts import STOP_TEXTS, ThinkFilter, chatml_tokens, fit_turns, strip_think
@@ -169,6 +169,7 @@ class LlamaEngine:
         produced, first_token_s, finish = 0, None, "length"
 
         def emit(text: str) -> None:
+            text = printable(text)
             if text:
                 pieces.append(text)
                 if on_text is not None:
