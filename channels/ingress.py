@@ -24,6 +24,8 @@ from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, Rep
 
 log = logging.getLogger(__name__)
 
+REPUBLISH_AFTER_S = 10.0
+
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
@@ -64,15 +66,16 @@ class Ingress:
             )
             duplicate = inbound_id is None
             if duplicate:
-                inbound_id, conversation_id, status = session.execute(
-                    select(InboundRecord.id, InboundRecord.conversation_id, InboundRecord.status).where(
+                inbound_id, conversation_id, status, received_at = session.execute(
+                    select(InboundRecord.id, InboundRecord.conversation_id, InboundRecord.status,
+                           InboundRecord.received_at).where(
                         InboundRecord.channel == key.channel,
                         InboundRecord.account == key.account,
                         InboundRecord.external_id == inbound.external_id,
                     )
                 ).one()
             else:
-                status = "received"
+                status, received_at = "received", inbound.received_at
             audit.record(
                 session,
                 audit.DUPLICATE if duplicate else audit.RECEIVED,
@@ -83,7 +86,11 @@ class Ingress:
                 chars=len(inbound.text),
             )
         assert inbound_id is not None
-        queued = status != "received" or self._publish(inbound_id, conversation_id, key.channel)
+        # A retry of a message whose publish failed earlier publishes it now; a retry racing the first
+        # request's own publish (received a moment ago) does not.
+        stale = duplicate and status == "received" and (utcnow() - received_at).total_seconds() > REPUBLISH_AFTER_S
+        queued = status != "received" or (self._publish(inbound_id, conversation_id, key.channel)
+                                          if (stale or not duplicate) else False)
         return Accepted(inbound_id, conversation_id, duplicate, queued)
 
     def accept_answered(self, inbound: Inbound, answer: str, source: str) -> tuple[Accepted, str | None]:

@@ -116,7 +116,11 @@ class ReplyRecord(Base):
 
 
 class DeliveryRecord(Base):
-    """Getting one reply to the customer. ``status``: pending → sent → delivered, or failed."""
+    """Getting one reply to the customer. ``status``: pending → sending → sent → delivered, or failed.
+
+    ``sending`` is the claim of the one deliver task allowed to send; the sweeper returns a claim
+    older than ``redeliver_after_s`` (its worker died) to ``pending``.
+    """
 
     __tablename__ = "delivery"
     __table_args__ = (

@@ -85,7 +85,7 @@ def undelivered_replies(session: Session, key: ConversationKey, limit: int = 50)
     rows = session.execute(
         select(ReplyRecord.id, ReplyRecord.inbound_id, ReplyRecord.text)
         .join(DeliveryRecord, DeliveryRecord.reply_id == ReplyRecord.id)
-        .where(ReplyRecord.conversation_id == conv_id, DeliveryRecord.status.in_(("pending", "sent")))
+        .where(ReplyRecord.conversation_id == conv_id, DeliveryRecord.status.in_(("pending", "sending", "sent")))
         .order_by(ReplyRecord.id)
         .limit(limit)
     ).all()
@@ -107,7 +107,7 @@ def mark_delivered(session: Session, key: ConversationKey, reply_id: int) -> boo
         return False
     result = session.execute(
         update(DeliveryRecord)
-        .where(DeliveryRecord.reply_id == reply_id, DeliveryRecord.status.in_(("pending", "sent")))
+        .where(DeliveryRecord.reply_id == reply_id, DeliveryRecord.status.in_(("pending", "sending", "sent")))
         .values(status="delivered", updated_at=utcnow())
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]

@@ -185,8 +185,16 @@ def deliver(task: Task, reply_id: int) -> str:
         log.error("reply %s has no delivery row; dropping the task", reply_id)
         return "missing"
     reply_row, delivery, conv, inbound_at = found
-    if delivery.status in ("sent", "delivered", "failed"):
-        return delivery.status
+    # Claim the delivery: of two deliver tasks for one reply (a re-published task, the sweeper), only
+    # the one that moves it from pending to sending sends; a platform cannot take a message back.
+    with transaction(rt.sessions) as session:
+        claimed = session.execute(
+            update(DeliveryRecord)
+            .where(DeliveryRecord.reply_id == reply_id, DeliveryRecord.status == "pending")
+            .values(status="sending", updated_at=utcnow())
+        ).rowcount  # type: ignore[attr-defined]
+    if not claimed:
+        return "not-pending"
     key = ConversationKey(conv.channel, conv.account, conv.peer)
     reply = Reply(reply_row.id, reply_row.inbound_id, conv.id, key, reply_row.text, inbound_at)
     ids: dict[str, Any] = {
@@ -209,15 +217,16 @@ def deliver(task: Task, reply_id: int) -> str:
             return "failed"
         with transaction(rt.sessions) as session:
             session.execute(
-                update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id)
-                .values(attempts=DeliveryRecord.attempts + 1, last_error=str(exc)[:500], updated_at=utcnow())
+                update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id, DeliveryRecord.status == "sending")
+                .values(status="pending", attempts=DeliveryRecord.attempts + 1, last_error=str(exc)[:500],
+                        updated_at=utcnow())
             )
             audit.record(session, audit.DELIVERY_RETRY, **ids, attempt=retries + 1, reason=str(exc)[:200])
         raise task.retry(countdown=min(2**retries, 300)) from exc
     with transaction(rt.sessions) as session:
         moved = session.execute(
             update(DeliveryRecord)
-            .where(DeliveryRecord.reply_id == reply_id, DeliveryRecord.status == "pending")
+            .where(DeliveryRecord.reply_id == reply_id, DeliveryRecord.status == "sending")
             .values(status="sent", attempts=DeliveryRecord.attempts + 1, updated_at=utcnow())
         ).rowcount  # type: ignore[attr-defined]
         if moved:  # 0 when the customer's client already confirmed it (a gateway re-sent it first)
@@ -253,7 +262,7 @@ def sweep() -> dict[str, int]:
         ).all()
         delivery_rows = session.execute(
             select(DeliveryRecord.reply_id, DeliveryRecord.channel)
-            .where(DeliveryRecord.status == "pending", DeliveryRecord.updated_at < stale_delivery)
+            .where(DeliveryRecord.status.in_(("pending", "sending")), DeliveryRecord.updated_at < stale_delivery)
             .order_by(DeliveryRecord.id).limit(SWEEP_BATCH)
         ).all()
     requeued = redelivered = 0
@@ -275,9 +284,10 @@ def sweep() -> dict[str, int]:
         except Exception as exc:
             log.warning("sweep could not publish delivery %s: %s", reply_id, type(exc).__name__)
             continue
-        with transaction(rt.sessions) as session:
+        with transaction(rt.sessions) as session:  # a worker that died mid-send left it "sending"
             session.execute(update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id)
-                            .values(updated_at=utcnow()))
+                            .where(DeliveryRecord.status.in_(("pending", "sending")))
+                            .values(status="pending", updated_at=utcnow()))
             audit.record(session, audit.REQUEUED, channel=channel, reply_id=reply_id)
         redelivered += 1
     purged = purge_consumed(s.embedded_broker_file, s.requeue_after_s) if s.embedded_broker else 0
