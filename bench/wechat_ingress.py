@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--drain-timeout", type=float, default=900)
+    parser.add_argument("--gateway-workers", type=int, default=1, help="kefu gateway --workers")
     args = parser.parse_args()
     services.ensure_postgres()
     services.ensure_redis()
@@ -144,7 +145,7 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEFU_")}
         env.update({f"KEFU_{k.upper()}": (json.dumps(v) if isinstance(v, list) else str(v))
                     for k, v in values.items()})
-        gateway = GatewayProcess(env, data_dir / "gateway.log").start()
+        gateway = GatewayProcess(env, data_dir / "gateway.log", workers=args.gateway_workers).start()
         try:
             total = int(args.rate * args.seconds)
             rng = random.Random(7)

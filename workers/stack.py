@@ -94,12 +94,13 @@ class WorkerProcess:
 class GatewayProcess:
     """``kefu gateway`` in a child process (so a load generator does not share its interpreter)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None, workers: int = 1) -> None:
         self.port = port or free_port()
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("a")
         self.proc = subprocess.Popen(  # noqa: S603 - our own entry point
-            [sys.executable, "-m", "workers.cli", "gateway", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "-m", "workers.cli", "gateway", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", str(workers)],
             env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
