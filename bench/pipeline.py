@@ -29,13 +29,14 @@ import httpx
 from sqlalchemy import select
 from websockets.sync.client import connect
 
+from bench.stats import pct
 from models.db import make_engine, make_session_factory
 from models.migrate import upgrade
 from models.settings import Settings
 from models.tables import AuditEvent
 from tests import services
 from workers.llm.synthetic import write_qwen3_gguf
-from workers.stack import GatewayProcess, WorkerProcess
+from workers.stack import GatewayProcess, WorkerProcess, kefu_env
 
 
 @dataclass
@@ -50,14 +51,6 @@ class Run:
     samples: list[Sample] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     errors: list[str] = field(default_factory=list)
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[k] * 1000
 
 
 def visitor(gw: GatewayProcess, messages: int, run: Run, start: threading.Barrier) -> None:
@@ -114,8 +107,7 @@ def bench_backend(backend: str, levels: list[int], total: int, model: Path, work
         values.update(database_url=url, broker_url=services.redis_db_url(15))
     settings = Settings(**values)
     upgrade(settings)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEFU_")}
-    env.update({f"KEFU_{k.upper()}": str(v) for k, v in values.items()})
+    env = kefu_env(values)
     worker = WorkerProcess(env, data_dir / "worker.log", extra=["--concurrency", "8"])
     gateway = GatewayProcess(env, data_dir / "gateway.log").start()
     results = []

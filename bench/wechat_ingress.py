@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import random
@@ -27,6 +26,7 @@ from urllib.parse import urlencode
 
 from sqlalchemy import func, select
 
+from bench.stats import pct
 from models.db import make_engine, make_session_factory
 from models.migrate import upgrade
 from models.settings import Settings
@@ -35,12 +35,7 @@ from tests import services
 from tests import wechat_platform as wp
 from tests.fake_wechat import FakeWeChat
 from workers.llm.synthetic import write_qwen3_gguf
-from workers.stack import GatewayProcess, WorkerProcess
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1000 if ordered else float("nan")
+from workers.stack import GatewayProcess, WorkerProcess, kefu_env
 
 
 class RawHTTP:
@@ -142,9 +137,7 @@ def main() -> None:
         }
         settings = Settings(**values)
         upgrade(settings)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KEFU_")}
-        env.update({f"KEFU_{k.upper()}": (json.dumps(v) if isinstance(v, list) else str(v))
-                    for k, v in values.items()})
+        env = kefu_env(values)
         gateway = GatewayProcess(env, data_dir / "gateway.log", workers=args.gateway_workers).start()
         try:
             total = int(args.rate * args.seconds)

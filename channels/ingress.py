@@ -86,12 +86,13 @@ class Ingress:
                 chars=len(inbound.text),
             )
         assert inbound_id is not None
+        if status != "received":
+            return Accepted(inbound_id, conversation_id, duplicate, True)
         # A retry of a message whose publish failed earlier publishes it now; a retry racing the first
-        # request's own publish (received a moment ago) does not.
-        stale = duplicate and status == "received" and (utcnow() - received_at).total_seconds() > REPUBLISH_AFTER_S
-        queued = status != "received" or (self._publish(inbound_id, conversation_id, key.channel)
-                                          if (stale or not duplicate) else False)
-        return Accepted(inbound_id, conversation_id, duplicate, queued)
+        # request's own publish (received a moment ago) leaves that to the first request.
+        if duplicate and (utcnow() - received_at).total_seconds() <= REPUBLISH_AFTER_S:
+            return Accepted(inbound_id, conversation_id, duplicate, False)
+        return Accepted(inbound_id, conversation_id, duplicate, self._publish(inbound_id, conversation_id, key.channel))
 
     def accept_answered(self, inbound: Inbound, answer: str, source: str) -> tuple[Accepted, str | None]:
         """Persist a message answered on the spot (FAQ, welcome, unsupported type) with its reply.

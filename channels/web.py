@@ -49,10 +49,6 @@ RESEND_INTERVAL_S = 3.0
 _CLIENT_MSG_ID_MAX = 64
 
 
-def error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(RequestRejected(status, code, message).body(), status_code=status)
-
-
 def parse_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
     if len(raw) > max_bytes:
         raise RequestRejected(413, "body_too_large", f"request body is {len(raw)} bytes; the limit is {max_bytes}")

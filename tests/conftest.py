@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +9,7 @@ import pytest
 
 from tests import services
 from workers.llm.synthetic import write_qwen3_gguf
+from workers.stack import kefu_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,9 +53,7 @@ def settings_kwargs(backend: str, data_dir: Path, model: Path, pg: str | None, r
 
 
 def as_env(values: dict[str, Any]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEFU_")}
-    env.update({f"KEFU_{k.upper()}": json.dumps(v) if isinstance(v, list | dict) else str(v)
-                for k, v in values.items() if v is not None})
+    env = kefu_env(values)
     env["PYTHONPATH"] = str(REPO)
     return env
 

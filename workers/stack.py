@@ -6,11 +6,14 @@ real processes an operator runs (``kefu gateway`` / ``kefu worker``) on real soc
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,15 @@ import uvicorn
 
 from channels.app import create_app
 from models.settings import Settings
+
+
+def kefu_env(values: Mapping[str, Any], base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child ``kefu`` process: ``base`` (default: ours) without any KEFU_* variable,
+    plus ``values`` as KEFU_* variables (lists and dicts as JSON, as Settings reads them)."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("KEFU_")}
+    env.update({f"KEFU_{k.upper()}": json.dumps(v) if isinstance(v, list | dict) else str(v)
+                for k, v in values.items() if v is not None})
+    return env
 
 
 def terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
