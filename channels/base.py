@@ -116,6 +116,8 @@ class ChannelAdapter(ABC):
 OUTBOUNDS: dict[str, str] = {
     "web": "channels.web:WebOutbound",
     "wechat_mp": "channels.wechat_mp:WeChatMPOutbound",
+    "wecom": "channels.wecom:WeComOutbound",
+    "wecom_kf": "channels.wecom_kf:WeComKfOutbound",
 }
 
 

@@ -43,27 +43,7 @@ class Ingress:
     def accept(self, inbound: Inbound) -> Accepted:
         key = inbound.key
         with transaction(self._sessions) as session:
-            conversation_id = upsert_returning_id(
-                session,
-                ConversationRecord,
-                {"channel": key.channel, "account": key.account, "peer": key.peer, "created_at": utcnow()},
-                ["channel", "account", "peer"],
-            )
-            inbound_id = insert_ignoring_conflict(
-                session,
-                InboundRecord,
-                {
-                    "conversation_id": conversation_id,
-                    "channel": key.channel,
-                    "account": key.account,
-                    "external_id": inbound.external_id,
-                    "kind": inbound.kind,
-                    "text": inbound.text,
-                    "status": "received",
-                    "received_at": inbound.received_at,
-                },
-                ["channel", "account", "external_id"],
-            )
+            conversation_id, inbound_id = self._insert(session, inbound, "received")
             duplicate = inbound_id is None
             if duplicate:
                 inbound_id, conversation_id, status, received_at = session.execute(
@@ -94,34 +74,22 @@ class Ingress:
             return Accepted(inbound_id, conversation_id, duplicate, False)
         return Accepted(inbound_id, conversation_id, duplicate, self._publish(inbound_id, conversation_id, key.channel))
 
-    def accept_answered(self, inbound: Inbound, answer: str, source: str) -> tuple[Accepted, str | None]:
-        """Persist a message answered on the spot (FAQ, welcome, unsupported type) with its reply.
+    def accept_answered(self, inbound: Inbound, answer: str, source: str, *, passive: bool = True
+                        ) -> tuple[Accepted, str | None]:
+        """Persist a message answered on the spot (FAQ, welcome, unsupported type, hand-off) with its reply.
 
-        One transaction: inbound, reply, a delivery already ``sent`` (the answer goes back in the
-        callback's own response) and the audit rows. Returns the reply text to send, or for a
-        platform retry of the same message the text first sent (None if it went to the model).
+        One transaction: inbound, reply, its delivery and the audit rows. ``passive``: the answer goes
+        back in the callback's own response, so the delivery is already ``sent``; otherwise it is
+        ``pending`` and ``deliver`` is published after the commit (the sweeper covers a failed publish).
+        Returns the reply text to send, or for a platform retry of the same message the text first
+        sent (None if it went to the model).
         """
         key = inbound.key
         with transaction(self._sessions) as session:
-            conversation_id = upsert_returning_id(
-                session, ConversationRecord,
-                {"channel": key.channel, "account": key.account, "peer": key.peer, "created_at": utcnow()},
-                ["channel", "account", "peer"],
-            )
-            inbound_id = insert_ignoring_conflict(
-                session, InboundRecord,
-                {"conversation_id": conversation_id, "channel": key.channel, "account": key.account,
-                 "external_id": inbound.external_id, "kind": inbound.kind, "text": inbound.text,
-                 "status": "answered", "received_at": inbound.received_at},
-                ["channel", "account", "external_id"],
-            )
+            conversation_id, inbound_id = self._insert(session, inbound, "answered")
             ids: dict[str, Any] = {"channel": key.channel, "conversation_id": conversation_id}
             if inbound_id is None:
-                inbound_id, conversation_id = session.execute(
-                    select(InboundRecord.id, InboundRecord.conversation_id).where(
-                        InboundRecord.channel == key.channel, InboundRecord.account == key.account,
-                        InboundRecord.external_id == inbound.external_id)
-                ).one()
+                inbound_id, conversation_id = self._existing(session, inbound)
                 earlier = session.scalars(select(ReplyRecord.text).where(ReplyRecord.inbound_id == inbound_id)).first()
                 audit.record(session, audit.DUPLICATE, **ids, inbound_id=inbound_id, message_kind=inbound.kind)
                 return Accepted(inbound_id, conversation_id, True, True), earlier
@@ -131,11 +99,66 @@ class Ingress:
                                 model=None, prompt_tokens=0, completion_tokens=0, latency_ms=0)
             session.add(reply)
             session.flush()
-            session.add(DeliveryRecord(reply_id=reply.id, channel=key.channel, status="sent", attempts=1, parts_sent=1))
-            audit.record(session, audit.REPLY_STORED, **ids, inbound_id=inbound_id, reply_id=reply.id,
+            reply_id = reply.id
+            if passive:
+                session.add(DeliveryRecord(reply_id=reply_id, channel=key.channel, status="sent", attempts=1,
+                                           parts_sent=1))
+            else:
+                session.add(DeliveryRecord(reply_id=reply_id, channel=key.channel, status="pending"))
+            audit.record(session, audit.REPLY_STORED, **ids, inbound_id=inbound_id, reply_id=reply_id,
                          chars=len(answer), source=source)
-            audit.record(session, audit.DISPATCHED, **ids, inbound_id=inbound_id, reply_id=reply.id, via="passive")
+            if passive:
+                audit.record(session, audit.DISPATCHED, **ids, inbound_id=inbound_id, reply_id=reply_id, via="passive")
+        if not passive:
+            try:
+                self._publisher.deliver(reply_id)
+            except Exception as exc:  # the delivery row is pending: the sweeper publishes it later
+                log.error("publish of delivery %s failed: %s", reply_id, type(exc).__name__)
         return Accepted(inbound_id, conversation_id, False, True), answer
+
+    def accept_for_human(self, inbound: Inbound, **detail: Any) -> Accepted:
+        """Persist a message that a person, not the model, will answer (the conversation is handed off)."""
+        with transaction(self._sessions) as session:
+            conversation_id, inbound_id = self._insert(session, inbound, "human")
+            duplicate = inbound_id is None
+            if inbound_id is None:
+                inbound_id, conversation_id = self._existing(session, inbound)
+            ids: dict[str, Any] = {"channel": inbound.key.channel, "conversation_id": conversation_id,
+                                   "inbound_id": inbound_id}
+            if duplicate:
+                audit.record(session, audit.DUPLICATE, **ids, message_kind=inbound.kind)
+            else:
+                audit.record(session, audit.RECEIVED, **ids, message_kind=inbound.kind, chars=len(inbound.text))
+                audit.record(session, audit.HUMAN_OWNED, **ids, **detail)
+        return Accepted(inbound_id, conversation_id, duplicate, False)
+
+    @staticmethod
+    def _insert(session: Session, inbound: Inbound, status: str) -> tuple[int, int | None]:
+        """(conversation id, new inbound id or None when the platform sent this message before)."""
+        key = inbound.key
+        conversation_id = upsert_returning_id(
+            session, ConversationRecord,
+            {"channel": key.channel, "account": key.account, "peer": key.peer, "created_at": utcnow()},
+            ["channel", "account", "peer"],
+        )
+        inbound_id = insert_ignoring_conflict(
+            session, InboundRecord,
+            {"conversation_id": conversation_id, "channel": key.channel, "account": key.account,
+             "external_id": inbound.external_id, "kind": inbound.kind, "text": inbound.text,
+             "status": status, "received_at": inbound.received_at},
+            ["channel", "account", "external_id"],
+        )
+        return conversation_id, inbound_id
+
+    @staticmethod
+    def _existing(session: Session, inbound: Inbound) -> tuple[int, int]:
+        key = inbound.key
+        inbound_id, conversation_id = session.execute(
+            select(InboundRecord.id, InboundRecord.conversation_id).where(
+                InboundRecord.channel == key.channel, InboundRecord.account == key.account,
+                InboundRecord.external_id == inbound.external_id)
+        ).one()
+        return int(inbound_id), int(conversation_id)
 
     def _publish(self, inbound_id: int, conversation_id: int, channel: str) -> bool:
         try:

@@ -17,19 +17,29 @@ import binascii
 import hashlib
 import hmac
 import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import xmltodict
 from wechatpy.crypto import PrpCrypto as MPCrypto
 from wechatpy.enterprise.crypto import PrpCrypto as CorpCrypto
 
-from channels.base import RequestRejected
+from channels.base import DeliveryPermanent, RequestRejected
 
 TEXT_LIMIT_BYTES = 2048  # custom-service / app / kf text messages
 MAX_PARTS = 5  # official account: at most 5 customer-service messages per customer message
 
 _DTD = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
 DECRYPT_FAILED = RequestRejected(400, "undecryptable", "the message could not be decrypted")
+
+
+SERVICE_WINDOW = timedelta(hours=48)  # official-account custom messages and kf/send_msg
+
+
+def require_service_window(inbound_at: datetime | None) -> None:
+    """Refuse (permanently) to answer a customer message older than the 48-hour service window."""
+    if inbound_at is not None and datetime.now(UTC) - inbound_at > SERVICE_WINDOW:
+        raise DeliveryPermanent("outside the 48-hour customer-service window")
 
 
 def signature(token: str, *parts: str) -> str:

@@ -72,3 +72,4 @@ class Reply:
     key: ConversationKey
     text: str
     inbound_at: datetime | None = None  # when the customer wrote; platforms limit how late we may answer
+    source: str = "model"  # model | fallback | faq | rule | welcome | handoff (see ReplyRecord.source)

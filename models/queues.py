@@ -25,11 +25,13 @@ QUEUES = (LLM_QUEUE, IO_QUEUE)
 HANDLE_INBOUND = "kefu.handle_inbound"
 DELIVER = "kefu.deliver"
 SWEEP = "kefu.sweep"
+KF_SYNC = "kefu.kf_sync"  # pull WeChat Customer Service messages (kf/sync_msg) for one open_kfid
 
 ROUTES = {
     HANDLE_INBOUND: {"queue": LLM_QUEUE},
     DELIVER: {"queue": IO_QUEUE},
     SWEEP: {"queue": IO_QUEUE},
+    KF_SYNC: {"queue": IO_QUEUE},
 }
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,9 @@ class Publisher:
 
     def deliver(self, reply_id: int, countdown: float | None = None) -> None:
         self._celery.send_task(DELIVER, args=(reply_id,), countdown=countdown, **ROUTES[DELIVER])
+
+    def kf_sync(self, account: str, open_kfid: str, countdown: float | None = None) -> None:
+        self._celery.send_task(KF_SYNC, args=(account, open_kfid), countdown=countdown, **ROUTES[KF_SYNC])
 
     def ping(self, timeout: float) -> None:
         with self._celery.connection_for_write() as conn:

@@ -31,3 +31,9 @@ def faq_answer(settings: Settings, text: str) -> str | None:
 
 def unsupported_answer(kind: str) -> str:
     return UNSUPPORTED.get(kind, UNSUPPORTED_DEFAULT)
+
+
+def wants_human(settings: Settings, text: str) -> bool:
+    """True when the customer asks for a person (one of ``handoff_keywords``, or just "人工")."""
+    folded = text.casefold().strip(" 。.!！?？")
+    return folded == "人工" or any(k.casefold() in folded for k in settings.handoff_keywords)

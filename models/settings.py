@@ -15,7 +15,10 @@ Raises :class:`ConfigError` (a ``ValueError``) with a message an operator can ac
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -43,6 +46,31 @@ class WeChatAccount(BaseModel):
     token: SecretStr  # the callback token (令牌)
     aes_key: SecretStr | None = None  # EncodingAESKey, 43 characters; needed for compatible and safe mode
     welcome: str = "您好，欢迎关注！有什么可以帮您？直接发送文字消息即可。"
+
+
+class WeComApp(BaseModel):
+    """One WeCom self-built app (企业微信自建应用): callbacks in, ``message/send`` out."""
+
+    name: str  # the {app} in /v1/wecom/{app}
+    corpid: str
+    agentid: int
+    secret: SecretStr  # the app's Secret
+    token: SecretStr  # 接收消息 → Token
+    aes_key: SecretStr  # 接收消息 → EncodingAESKey (WeCom callbacks are always encrypted)
+    welcome: str = "您好！我是智能客服，有什么可以帮您？"
+
+
+class WeComKfAccount(BaseModel):
+    """WeChat Customer Service (微信客服) of one corp: every 客服账号 (open_kfid) it has is served."""
+
+    name: str  # the {account} in /v1/wecom-kf/{account}
+    corpid: str
+    secret: SecretStr  # the 微信客服 Secret
+    token: SecretStr  # callback Token
+    aes_key: SecretStr  # callback EncodingAESKey
+    # Hand-off: to this servicer (state 3, 由人工接待) when set, otherwise into the queue pool (state 2).
+    servicer_userid: str | None = None
+    handoff_on_fallback: bool = True  # the model could not answer (its fallback reply) → hand off as well
 
 
 class FaqEntry(BaseModel):
@@ -83,7 +111,12 @@ class Settings(BaseSettings):
     wechat_timestamp_window_s: int = 300
     wechat_max_body_bytes: int = 64 * 1024
     wechat_http_timeout_s: float = 5.0
+    wecom_apps: list[WeComApp] = Field(default_factory=list)  # JSON list in KEFU_WECOM_APPS
+    wecom_kf_accounts: list[WeComKfAccount] = Field(default_factory=list)  # JSON list in KEFU_WECOM_KF_ACCOUNTS
     faq: list[FaqEntry] = Field(default_factory=list)  # JSON list in KEFU_FAQ
+    # A customer message containing one of these asks for a person (WeChat Customer Service hands off).
+    handoff_keywords: list[str] = Field(default_factory=lambda: ["转人工", "人工客服", "真人客服", "找人工", "人工服务"])
+    handoff_reply: str = "好的，正在为您转接人工客服，请稍候。"
 
     # --- model ---------------------------------------------------------------------------------
     model_path: Path | None = None
@@ -202,6 +235,27 @@ class Settings(BaseSettings):
             raise ConfigError("KEFU_MODEL_REPO needs KEFU_MODEL_FILE (the GGUF file name inside the repo)")
         if self.max_text_chars < 1 or self.context_turns < 0:
             raise ConfigError("KEFU_MAX_TEXT_CHARS must be >= 1 and KEFU_CONTEXT_TURNS >= 0")
+        self._check_platform_accounts()
+
+    def _check_platform_accounts(self) -> None:
+        groups: list[tuple[str, list[Any]]] = [
+            ("KEFU_WECHAT_ACCOUNTS", list(self.wechat_accounts)),
+            ("KEFU_WECOM_APPS", list(self.wecom_apps)),
+            ("KEFU_WECOM_KF_ACCOUNTS", list(self.wecom_kf_accounts)),
+        ]
+        for variable, entries in groups:
+            names = [entry.name for entry in entries]
+            for name in names:
+                if not _URL_NAME.fullmatch(name):
+                    raise ConfigError(f"{variable}: name {name!r} must be 1-64 letters, digits, '-' or '_' "
+                                      "(it is part of the callback URL)")
+            if len(set(names)) != len(names):
+                raise ConfigError(f"{variable}: every entry needs its own name (got {names})")
+            for entry in entries:
+                key = entry.aes_key.get_secret_value() if entry.aes_key is not None else None
+                if key is not None and not _valid_aes_key(key):
+                    raise ConfigError(f"{variable}: aes_key of {entry.name!r} must be the 43-character EncodingAESKey "
+                                      "from the platform console")
 
     def signing_key(self) -> bytes:
         """The visitor-token HMAC key; generated once into ``data_dir/secret.key`` when not configured."""
@@ -229,6 +283,12 @@ class Settings(BaseSettings):
     def wechat_account(self, name: str) -> WeChatAccount | None:
         return next((a for a in self.wechat_accounts if a.name == name), None)
 
+    def wecom_app(self, name: str) -> WeComApp | None:
+        return next((a for a in self.wecom_apps if a.name == name), None)
+
+    def wecom_kf_account(self, name: str) -> WeComKfAccount | None:
+        return next((a for a in self.wecom_kf_accounts if a.name == name), None)
+
     def masked(self) -> dict[str, Any]:
         """Effective settings for display: secrets and URL passwords masked."""
         out: dict[str, Any] = {}
@@ -248,6 +308,16 @@ class Settings(BaseSettings):
         redis = self.effective_redis_url
         out["effective_redis_url"] = mask_url(redis) if redis else None
         return out
+
+
+_URL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _valid_aes_key(value: str) -> bool:
+    try:
+        return len(value) == 43 and len(base64.b64decode(value + "=", validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
 
 
 def mask_url(url: str) -> str:

@@ -75,7 +75,8 @@ class ConversationRecord(Base):
 
 
 class InboundRecord(Base):
-    """A customer message. ``status``: received → queued → answered | failed."""
+    """A customer message. ``status``: received → queued → answered | failed; or ``human`` when it arrived
+    while a person owns the conversation (WeChat Customer Service hand-off) and the model stays out."""
 
     __tablename__ = "inbound"
     __table_args__ = (
@@ -107,7 +108,7 @@ class ReplyRecord(Base):
     inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound.id"))
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"))
     text: Mapped[str] = mapped_column(Text)
-    source: Mapped[str] = mapped_column(String(16))  # model | fallback
+    source: Mapped[str] = mapped_column(String(16))  # model | fallback | faq | rule | welcome | handoff
     model: Mapped[str | None] = mapped_column(String(128), nullable=True)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
@@ -156,3 +157,25 @@ class AuditEvent(Base):
     inbound_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     reply_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class KfCursorRecord(Base):
+    """Where Kefu stands in one WeChat Customer Service account's message log (``kf/sync_msg``).
+
+    ``cursor`` is the platform's ``next_cursor`` after the last page whose messages were all
+    persisted, so a restart neither loses nor repeats messages. Each callback bumps ``requested``;
+    a sync records the ``requested`` value it started from in ``synced``: ``requested > synced``
+    means news arrived that no finished sync has looked at (no clocks involved).
+    """
+
+    __tablename__ = "kf_cursor"
+    __table_args__ = (UniqueConstraint("account", "open_kfid"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account: Mapped[str] = mapped_column(String(64))
+    open_kfid: Mapped[str] = mapped_column(String(64))
+    cursor: Mapped[str | None] = mapped_column(Text, nullable=True)
+    requested: Mapped[int] = mapped_column(BigInteger, default=0)
+    synced: Mapped[int] = mapped_column(BigInteger, default=0)
+    requested_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    synced_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

@@ -14,10 +14,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import Outbound, OutboundDeps, load_outbound
+from channels.ingress import Ingress
 from channels.wechat_api import AccessTokens, PlatformAPI, make_http
+from channels.wecom_kf import KfSync
 from models.bus import Bus, make_bus
 from models.db import make_engine, make_session_factory
-from models.kv import make_kv
+from models.kv import KV, make_kv
 from models.locks import Locks, make_locks
 from models.queues import Publisher, make_celery
 from models.settings import Settings
@@ -61,11 +63,23 @@ class Runtime:
         return LlamaEngine(resolve_model(self.settings), self.settings)
 
     @cached_property
+    def kv(self) -> KV:
+        return make_kv(self.settings)
+
+    @cached_property
+    def ingress(self) -> Ingress:
+        return Ingress(self.sessions, self.publisher)
+
+    @cached_property
     def platform(self) -> PlatformAPI:
         s = self.settings
         http = make_http(s.wechat_http_timeout_s)
-        tokens = AccessTokens(http, make_kv(s), self.locks, mp_base=s.wechat_api_base, corp_base=s.wecom_api_base)
+        tokens = AccessTokens(http, self.kv, self.locks, mp_base=s.wechat_api_base, corp_base=s.wecom_api_base)
         return PlatformAPI(http, tokens, mp_base=s.wechat_api_base, corp_base=s.wecom_api_base)
+
+    @cached_property
+    def kf_sync(self) -> KfSync:
+        return KfSync(self.settings, self.sessions, self.ingress, self.platform, self.kv, self.locks)
 
     def outbound(self, channel: str) -> Outbound:
         with self._lock:
@@ -78,6 +92,8 @@ class Runtime:
     def close(self) -> None:
         if "llm" in self.__dict__:
             self.llm.close()
+        if "platform" in self.__dict__:
+            self.platform.close()
         if "engine" in self.__dict__:
             self.engine.dispose()
 

@@ -8,8 +8,10 @@ conditional status updates decide who wins, so a redelivered or re-published tas
   transaction, then publishes ``deliver``. Any model failure still stores a fallback reply.
 - ``deliver``: sends through the channel; retries ``DeliveryRetryable`` with exponential backoff,
   records ``DeliveryPermanent`` (and exhausted retries) as failed.
-- ``sweep``: publishes again any inbound or delivery left unfinished (a lost task, a killed worker,
-  a broker outage at ingress), and on the embedded queue deletes long-consumed messages.
+- ``kf_sync``: pulls a WeChat Customer Service account's new messages (``channels.wecom_kf``);
+  waits its turn while another worker pulls the same account; retries platform failures.
+- ``sweep``: publishes again any inbound, delivery or kf pull left unfinished (a lost task, a killed
+  worker, a broker outage at ingress), and on the embedded queue deletes long-consumed messages.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from sqlalchemy import and_, or_, select, update
 
 from channels.base import DeliveryPermanent, DeliveryProgress, DeliveryRetryable
+from channels.wecom_kf import SyncBusy
 from models import audit, transcript
 from models.db import insert_ignoring_conflict, transaction
 from models.embedded_broker import purge_consumed
 from models.envelope import ConversationKey, Reply, utcnow
-from models.queues import DELIVER, HANDLE_INBOUND, SWEEP
-from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, ReplyRecord
+from models.queues import DELIVER, HANDLE_INBOUND, KF_SYNC, SWEEP
+from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, KfCursorRecord, ReplyRecord
 from workers import dialogue
 from workers.llm.engine import Generation
 from workers.runtime import Runtime, runtime
@@ -196,7 +199,7 @@ def deliver(task: Task, reply_id: int) -> str:
     if not claimed:
         return "not-pending"
     key = ConversationKey(conv.channel, conv.account, conv.peer)
-    reply = Reply(reply_row.id, reply_row.inbound_id, conv.id, key, reply_row.text, inbound_at)
+    reply = Reply(reply_row.id, reply_row.inbound_id, conv.id, key, reply_row.text, inbound_at, reply_row.source)
     ids: dict[str, Any] = {
         "channel": key.channel, "conversation_id": conv.id, "inbound_id": reply_row.inbound_id, "reply_id": reply_id
     }
@@ -243,6 +246,23 @@ def _fail(rt: Runtime, reply_id: int, ids: dict[str, Any], reason: str) -> None:
         audit.record(session, audit.DELIVERY_FAILED, **ids, reason=reason[:500])
 
 
+SYNC_BUSY_RETRY_S = 0.5
+
+
+def kf_sync(task: Task, account: str, open_kfid: str) -> str:
+    try:
+        stored = runtime().kf_sync.run(account, open_kfid)
+    except SyncBusy as exc:  # the running pull may already be past the news that published this task
+        raise task.retry(countdown=SYNC_BUSY_RETRY_S) from exc
+    except DeliveryRetryable as exc:
+        log.warning("kf sync %s/%s: %s; retrying", account, open_kfid, exc)
+        raise task.retry(countdown=min(2 ** task.request.retries, 60)) from exc
+    except DeliveryPermanent as exc:  # configuration or permission: the sweeper tries again later
+        log.error("kf sync %s/%s failed: %s", account, open_kfid, exc)
+        return "failed"
+    return f"stored {stored}"
+
+
 def sweep() -> dict[str, int]:
     """Publish again what was left unfinished. Safe to run anywhere, any number of times."""
     rt = runtime()
@@ -265,7 +285,12 @@ def sweep() -> dict[str, int]:
             .where(DeliveryRecord.status.in_(("pending", "sending")), DeliveryRecord.updated_at < stale_delivery)
             .order_by(DeliveryRecord.id).limit(SWEEP_BATCH)
         ).all()
-    requeued = redelivered = 0
+        kf_rows = session.execute(
+            select(KfCursorRecord.account, KfCursorRecord.open_kfid)
+            .where(KfCursorRecord.requested > KfCursorRecord.synced, KfCursorRecord.requested_at < never_queued)
+            .limit(SWEEP_BATCH)
+        ).all()
+    requeued = redelivered = resynced = 0
     for inbound_id, conv_id, channel in inbound_rows:
         try:
             rt.publisher.handle_inbound(inbound_id)
@@ -290,10 +315,16 @@ def sweep() -> dict[str, int]:
                             .values(status="pending", updated_at=utcnow()))
             audit.record(session, audit.REQUEUED, channel=channel, reply_id=reply_id)
         redelivered += 1
+    for account, open_kfid in kf_rows:  # news no finished pull has read: its task was lost or failed
+        try:
+            rt.publisher.kf_sync(account, open_kfid)
+            resynced += 1
+        except Exception as exc:
+            log.warning("sweep could not publish kf sync %s/%s: %s", account, open_kfid, type(exc).__name__)
     purged = purge_consumed(s.embedded_broker_file, s.requeue_after_s) if s.embedded_broker else 0
-    if requeued or redelivered:
-        log.info("sweep published %d inbound and %d deliveries again", requeued, redelivered)
-    return {"requeued": requeued, "redelivered": redelivered, "purged": purged}
+    if requeued or redelivered or resynced:
+        log.info("sweep published %d inbound, %d deliveries and %d kf pulls again", requeued, redelivered, resynced)
+    return {"requeued": requeued, "redelivered": redelivered, "resynced": resynced, "purged": purged}
 
 
 def register(app: Celery) -> None:
@@ -302,7 +333,8 @@ def register(app: Celery) -> None:
     # which is 3 — a message waiting its turn in a busy conversation would be dropped after three tries.
     app.task(name=HANDLE_INBOUND, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)(handle_inbound)
     app.task(name=DELIVER, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)(deliver)
+    app.task(name=KF_SYNC, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)(kf_sync)
     app.task(name=SWEEP, acks_late=True)(sweep)
 
 
-__all__ = ["deliver", "handle_inbound", "register", "sweep"]
+__all__ = ["deliver", "handle_inbound", "kf_sync", "register", "sweep"]

@@ -15,7 +15,7 @@ from models.settings import Settings
 from models.tables import Base
 from tests import services
 
-TABLES = {"conversation", "inbound", "reply", "delivery", "audit_event"}
+TABLES = {"conversation", "inbound", "reply", "delivery", "audit_event", "kf_cursor"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -51,6 +51,7 @@ def test_upgrade_to_head_and_back_to_base(empty_db: Settings) -> None:
         uniques = {tuple(u["column_names"]) for u in inspector.get_unique_constraints("inbound")}
         assert ("channel", "account", "external_id") in uniques
         assert ("inbound_id",) in {tuple(u["column_names"]) for u in inspector.get_unique_constraints("reply")}
+        assert ("account", "open_kfid") in {tuple(u["column_names"]) for u in inspector.get_unique_constraints("kf_cursor")}
     finally:
         engine.dispose()
     downgrade(empty_db, "base")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
@@ -222,3 +223,29 @@ def test_shared_database_without_a_secret_key_is_refused(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="KEFU_SECRET_KEY"):
         s.signing_key()
     assert not (tmp_path / "secret.key").exists()
+
+
+def _wecom(name: str, **extra: object) -> dict[str, object]:
+    return {"name": name, "corpid": "ww1", "agentid": 1000002, "secret": "s", "token": "t",
+            "aes_key": "A" * 43, **extra}
+
+
+def test_platform_accounts_from_json_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KEFU_WECOM_APPS", json.dumps([_wecom("it"), _wecom("hr")]))
+    monkeypatch.setenv("KEFU_WECOM_KF_ACCOUNTS", json.dumps([_wecom("kf", servicer_userid="zhangsan")]))
+    settings = load_settings(data_dir=tmp_path)
+    app = settings.wecom_app("hr")
+    assert app is not None and app.agentid == 1000002 and settings.wecom_app("nobody") is None
+    kf = settings.wecom_kf_account("kf")
+    assert kf is not None and kf.servicer_userid == "zhangsan" and kf.handoff_on_fallback
+    assert settings.masked()["wecom_apps"][0]["secret"] == "********"
+
+
+@pytest.mark.parametrize(("apps", "message"), [
+    ([_wecom("it"), _wecom("it")], "its own name"),
+    ([_wecom("it/../x")], "callback URL"),
+    ([_wecom("it", aes_key="short")], "43-character EncodingAESKey"),
+])
+def test_platform_accounts_are_checked_at_start(tmp_path: Path, apps: list[dict[str, object]], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(data_dir=tmp_path, wecom_apps=apps)

@@ -1,0 +1,110 @@
+"""WeCom self-built app (企业微信自建应用) channel: encrypted callbacks in, ``message/send`` out.
+
+``GET /v1/wecom/{app}`` answers URL verification with the decrypted ``echostr`` (WeCom allows one
+second; this is a signature check and one AES block chain, well under a millisecond). ``POST``
+receives the app's encrypted callbacks. Several apps, of one corp or several, run side by side,
+each configured in ``KEFU_WECOM_APPS`` with its corpid, agentid, secret, token and AES key.
+
+Callbacks are verified by :class:`~channels.wechat_callback.CallbackGuard` like the official
+account's (receive id: the corpid). Quick answers (FAQ, welcome on ``subscribe``/``enter_agent``,
+unsupported types) go back passively, encrypted; the rest is answered by the model through
+``/cgi-bin/message/send`` in parts of at most 2,048 UTF-8 bytes; a retried delivery resumes after
+the last part WeCom accepted. (WeCom's own ``enable_duplicate_check`` is left off: it compares
+content, and would swallow a second, identical answer to a second, identical question.)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+from wechatpy.enterprise import parse_message
+
+from channels import wechat_protocol as wx
+from channels.base import ChannelAdapter, DeliveryPermanent, DeliveryProgress, Outbound, RequestRejected
+from channels.wechat_api import AppCredentials
+from channels.wechat_callback import CallbackGuard, CallbackKeys, answer_or_accept, passive_text, read_limited
+from models.envelope import ConversationKey, Reply
+from models.settings import WeComApp
+
+if TYPE_CHECKING:
+    from channels.app import Gateway
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "wecom"
+WELCOME_EVENTS = frozenset({"subscribe", "enter_agent"})
+
+
+def credentials(app: WeComApp) -> AppCredentials:
+    return AppCredentials("corp", app.corpid, app.secret.get_secret_value())
+
+
+def callback_keys(app: WeComApp) -> CallbackKeys:
+    return CallbackKeys(f"wecom:{app.name}", app.token.get_secret_value(), app.aes_key.get_secret_value(),
+                        app.corpid, corp=True)
+
+
+class WeComAdapter(ChannelAdapter):
+    name = CHANNEL
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.guard = CallbackGuard(gateway.kv, gateway.settings.wechat_timestamp_window_s)
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/v1/wecom/{app}", self.callback, methods=["GET", "POST"])]
+
+    async def callback(self, request: Request) -> Response:
+        settings = self.gw.settings
+        app = settings.wecom_app(request.path_params["app"])
+        try:
+            if app is None:
+                raise RequestRejected(404, "unknown_app", "no WeCom app is configured under this name")
+            params = dict(request.query_params)
+            if request.method == "GET":
+                return PlainTextResponse(self.guard.echo(callback_keys(app), params))
+            body = await read_limited(request, settings.wechat_max_body_bytes)
+            answer = await run_in_threadpool(self.handle, app, params, body)
+        except RequestRejected as exc:
+            if exc.status == 403:
+                log.warning("wecom callback refused for app %s: %s", request.path_params["app"], exc.code)
+            return PlainTextResponse(exc.message, status_code=exc.status)
+        return Response(answer, media_type="application/xml" if answer else "text/plain")
+
+    def handle(self, app: WeComApp, params: dict[str, str], body: bytes) -> str:
+        keys = callback_keys(app)
+        opened = self.guard.open(keys, params, body)
+        message = parse_message(opened.plain)
+        agent = getattr(message, "agent", None)
+        if agent is not None and str(agent) != str(app.agentid):
+            raise RequestRejected(400, "wrong_agent", "the message is addressed to another app of this corp")
+        key = ConversationKey(CHANNEL, app.name, str(message.source))
+        answer = answer_or_accept(self.gw, key, message, app.welcome, WELCOME_EVENTS)
+        if answer is None:
+            return ""  # WeCom: an empty 200 acknowledges without a passive reply
+        return self.guard.seal(keys, opened, passive_text(str(message.source), str(message.target), answer))
+
+
+class WeComOutbound(Outbound):
+    """App messages (应用消息) through ``/cgi-bin/message/send``."""
+
+    def send(self, reply: Reply, progress: DeliveryProgress) -> None:
+        app = self.deps.settings.wecom_app(reply.key.account)
+        if app is None:
+            raise DeliveryPermanent(f"WeCom app {reply.key.account!r} is no longer configured")
+        if self.deps.platform is None:
+            raise DeliveryPermanent("no platform API client in this worker")
+        parts = wx.split_utf8(reply.text, max_parts=None)
+        for index in range(progress.parts_sent, len(parts)):
+            answer = self.deps.platform.post(credentials(app), "/cgi-bin/message/send", {
+                "touser": reply.key.peer, "msgtype": "text", "agentid": app.agentid,
+                "text": {"content": parts[index]},
+            })
+            if answer.get("invaliduser"):
+                raise DeliveryPermanent("the member is not in this app's visible range (invaliduser)")
+            progress.record(index + 1)

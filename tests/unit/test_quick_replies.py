@@ -1,0 +1,23 @@
+"""Tests for models.quick_replies: which customer messages ask for a person."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.quick_replies import wants_human
+from models.settings import Settings
+
+
+@pytest.mark.parametrize("text", ["转人工", "我要转人工！", "人工", "人工。", "请帮我找人工客服", "有真人客服吗？"])
+def test_asking_for_a_person(text: str) -> None:
+    assert wants_human(Settings(), text)
+
+
+@pytest.mark.parametrize("text", ["人工智能是什么？", "你们的人工费怎么算", "退货", ""])
+def test_not_asking_for_a_person(text: str) -> None:
+    assert not wants_human(Settings(), text)
+
+
+def test_keywords_are_configurable() -> None:
+    settings = Settings(handoff_keywords=["找客服"])
+    assert wants_human(settings, "我要找客服") and not wants_human(settings, "转人工") and wants_human(settings, "人工")
