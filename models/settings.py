@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     max_tokens: int = 512
     seed: int | None = None
     enable_thinking: bool = False
+    # "batched": every active conversation of a worker process in each decode step (continuous
+    # batching, shared system-prompt KV); "simple": one generation at a time (the baseline).
+    engine: Literal["batched", "simple"] = "batched"
+    n_slots: int = 4  # conversations decoded together by the batched engine; the llm worker runs this many threads
+    prefill_chunk: int = 256  # prompt tokens evaluated per step while other conversations are generating
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     context_turns: int = 5
     context_ttl_s: int = 24 * 3600
@@ -233,6 +238,8 @@ class Settings(BaseSettings):
             )
         if self.model_repo and not self.model_file and not self.model_path:
             raise ConfigError("KEFU_MODEL_REPO needs KEFU_MODEL_FILE (the GGUF file name inside the repo)")
+        if not 1 <= self.n_slots <= 256 or self.prefill_chunk < 1:
+            raise ConfigError("KEFU_N_SLOTS must be 1-256 and KEFU_PREFILL_CHUNK >= 1")
         if self.max_text_chars < 1 or self.context_turns < 0:
             raise ConfigError("KEFU_MAX_TEXT_CHARS must be >= 1 and KEFU_CONTEXT_TURNS >= 0")
         self._check_platform_accounts()

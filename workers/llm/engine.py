@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from models.envelope import Turn, printable
 from models.settings import Settings
 from workers.llm.model_files import ModelSpec
-from workers.llm.prompts import STOP_TEXTS, ThinkFilter, chatml_tokens, fit_turns, strip_think
+from workers.llm.prompts import STOP_TEXTS, ThinkFilter, Tokenize, chatml_tokens, fit_turns, strip_think
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -55,6 +55,30 @@ class Generation:
     finish_reason: str  # stop | length | deadline
     first_token_s: float | None
     total_s: float
+
+
+def build_prompt(tokenize: Tokenize, turns: list[Turn], settings: Settings, architecture: str) -> list[int]:
+    """The ChatML prompt as token ids, oldest history dropped until it leaves room for the answer."""
+
+    def build(candidate: list[Turn]) -> list[int]:
+        return chatml_tokens(tokenize, candidate, architecture=architecture, enable_thinking=settings.enable_thinking)
+
+    budget = settings.n_ctx - min(settings.max_tokens, max(REPLY_ROOM_MIN, settings.n_ctx // 4))
+    try:
+        fitted = fit_turns(turns, lambda c: len(build(c)), budget)
+    except ValueError as exc:
+        raise PromptTooLong(f"{exc} (n_ctx={settings.n_ctx})") from None
+    return build(fitted)
+
+
+def stop_token_ids(tokenize: Tokenize, eos: int) -> frozenset[int]:
+    """End-of-generation ids: the model's EOS and ChatML's ``<|im_end|>`` / ``<|endoftext|>``."""
+    ids = {eos}
+    for text in STOP_TEXTS:
+        tokens = tokenize(text, True)
+        if len(tokens) == 1:
+            ids.add(tokens[0])
+    return frozenset(ids)
 
 
 def default_gpu_layers() -> int:
@@ -97,7 +121,9 @@ class LlamaEngine:
                     verbose=False,
                 )
                 self.architecture = str(llm.metadata.get("general.architecture", "unknown"))
-                self._stop_ids = frozenset(self._special_ids(llm))
+                self._stop_ids = stop_token_ids(
+                    lambda text, special: list(llm.tokenize(text.encode(), add_bos=False, special=special)),
+                    llm.token_eos())
                 log.info(
                     "model %s loaded in %.2fs (architecture %s, n_ctx %d, gpu layers %d)",
                     self.spec.name, time.monotonic() - started, self.architecture, s.n_ctx, gpu_layers,
@@ -112,32 +138,10 @@ class LlamaEngine:
                 self._llm.close()
                 self._llm = None
 
-    @staticmethod
-    def _special_ids(llm: Llama) -> set[int]:
-        ids = {llm.token_eos()}
-        for text in STOP_TEXTS:
-            tokens = llm.tokenize(text.encode(), add_bos=False, special=True)
-            if len(tokens) == 1:
-                ids.add(tokens[0])
-        return ids
-
     def prompt_tokens(self, turns: list[Turn]) -> list[int]:
         llm = self.load()
-
-        def tokenize(text: str, special: bool) -> list[int]:
-            return list(llm.tokenize(text.encode(), add_bos=False, special=special))
-
-        def build(candidate: list[Turn]) -> list[int]:
-            return chatml_tokens(
-                tokenize, candidate, architecture=self.architecture, enable_thinking=self.settings.enable_thinking
-            )
-
-        budget = self.settings.n_ctx - min(self.settings.max_tokens, max(REPLY_ROOM_MIN, self.settings.n_ctx // 4))
-        try:
-            fitted = fit_turns(turns, lambda c: len(build(c)), budget)
-        except ValueError as exc:
-            raise PromptTooLong(f"{exc} (n_ctx={self.settings.n_ctx})") from None
-        return build(fitted)
+        return build_prompt(lambda text, special: list(llm.tokenize(text.encode(), add_bos=False, special=special)),
+                            turns, self.settings, self.architecture)
 
     def generate(
         self,
