@@ -94,7 +94,12 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"unknown queue(s) {sorted(unknown)}: use llm, io or llm,io")
     pool = args.pool or "threads"
-    concurrency = args.concurrency or (1 if queues == ["llm"] else 4)
+    batched = settings.engine == "batched" and "llm" in queues
+    if batched and pool == "prefork":
+        raise ConfigError("the batched engine serves every conversation of a worker from one process: use --pool "
+                          "threads (the default) for the llm queue, or KEFU_ENGINE=simple with prefork")
+    llm_threads = settings.n_slots if batched else 1  # batched: one thread per slot feeds the engine
+    concurrency = args.concurrency or (llm_threads if queues == ["llm"] else llm_threads + 3 if "llm" in queues else 4)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # beat's schedule file lives there
     app = create_app(settings, warm=args.warm)
     argv = [

@@ -24,7 +24,8 @@ from models.locks import Locks, make_locks
 from models.queues import Publisher, make_celery
 from models.settings import Settings
 from workers.context import ContextStore, make_context_store
-from workers.llm.engine import LlamaEngine
+from workers.llm.batched import BatchedEngine
+from workers.llm.engine import LlamaEngine, TextEngine
 from workers.llm.model_files import resolve_model
 
 
@@ -59,8 +60,11 @@ class Runtime:
         return Publisher(make_celery(self.settings, "kefu-worker-publisher"))
 
     @cached_property
-    def llm(self) -> LlamaEngine:
-        return LlamaEngine(resolve_model(self.settings), self.settings)
+    def llm(self) -> TextEngine:
+        spec = resolve_model(self.settings)
+        if self.settings.engine == "batched":
+            return BatchedEngine(spec, self.settings)
+        return LlamaEngine(spec, self.settings)
 
     @cached_property
     def kv(self) -> KV:

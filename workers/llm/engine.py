@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from models.envelope import Turn, printable
 from models.settings import Settings
@@ -55,6 +55,18 @@ class Generation:
     finish_reason: str  # stop | length | deadline
     first_token_s: float | None
     total_s: float
+
+
+class TextEngine(Protocol):
+    """What a worker needs from an engine: the simple :class:`LlamaEngine` or the batched one."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    def load(self) -> Any: ...
+    def close(self) -> None: ...
+    def generate(self, turns: list[Turn], *, on_text: Callable[[str], None] | None = None,
+                 deadline: float | None = None) -> Generation: ...
 
 
 def build_prompt(tokenize: Tokenize, turns: list[Turn], settings: Settings, architecture: str) -> list[int]:

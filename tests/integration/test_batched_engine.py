@@ -1,0 +1,148 @@
+"""The continuous-batching engine on real llama.cpp with a random-weight Qwen3 GGUF."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from models.envelope import Turn
+from models.settings import Settings
+from workers.llm.batched import PREFIX_SEQ, BatchedEngine, Request
+from workers.llm.engine import GenerationError, PromptTooLong
+from workers.llm.model_files import resolve_model
+
+SYSTEM = "你是一名专业、耐心的在线客服助手。回答要简洁、礼貌、准确。" * 4
+QUESTIONS = ["你好", "我的快递到哪了？", "怎么退货", "能开发票吗", "营业时间是几点", "hello, is anyone there?",
+             "谢谢你的帮助", "订单号 20261121 的状态"]
+
+
+def make_engine(tmp_path: Path, model: Path, **extra: object) -> BatchedEngine:
+    values: dict[str, object] = {"data_dir": tmp_path, "model_path": model, "temperature": 0.0, "max_tokens": 16,
+                                 "n_ctx": 1024, "seed": 7, "n_slots": 4} | extra
+    settings = Settings(**values)  # type: ignore[arg-type]
+    return BatchedEngine(resolve_model(settings), settings)
+
+
+@pytest.fixture
+def engine(tmp_path: Path, tiny_gguf: Path) -> Iterator[BatchedEngine]:
+    eng = make_engine(tmp_path, tiny_gguf)
+    try:
+        yield eng
+    finally:
+        eng.close()
+
+
+def turns(question: str, system: str = SYSTEM) -> list[Turn]:
+    return [Turn("system", system), Turn("user", question)]
+
+
+def kv_positions(engine: BatchedEngine, seq: int) -> int:
+    import llama_cpp
+
+    return int(llama_cpp.llama_memory_seq_pos_max(engine._mem, seq))
+
+
+def test_batched_and_single_runs_produce_identical_tokens(engine: BatchedEngine) -> None:
+    prompts = [engine.prompt_tokens(turns(q)) for q in QUESTIONS]
+    alone = []
+    for tokens in prompts:
+        request = engine.submit(tokens)
+        request.wait(60)
+        alone.append(request.output_ids)
+    together = [engine.submit(tokens) for tokens in prompts]  # 8 requests, 4 slots: batched and queued
+    for request in together:
+        request.wait(60)
+    assert [r.output_ids for r in together] == alone
+    assert all(len(ids) > 0 for ids in alone)
+    assert engine.stats["prefix_tokens_reused"] > 0  # the system block was evaluated once and shared
+
+
+def test_generate_keeps_the_simple_engine_interface(engine: BatchedEngine) -> None:
+    streamed: list[str] = []
+    generation = engine.generate(turns("我的快递到哪了？"), on_text=streamed.append)
+    assert generation.completion_tokens > 0 and generation.finish_reason in {"stop", "length"}
+    assert generation.text == "".join(streamed).strip() or generation.text in "".join(streamed)
+    assert generation.first_token_s is not None and generation.model == engine.model_name
+
+
+def test_a_thousand_short_requests_through_four_slots_leak_no_kv(engine: BatchedEngine) -> None:
+    prompts = [engine.prompt_tokens(turns(f"第{i}个问题")) for i in range(20)]
+    requests: list[Request] = []
+    for i in range(1000):
+        requests.append(engine.submit(prompts[i % 20], max_new=2))
+    for request in requests:
+        request.wait(120)
+    assert engine.stats["completed"] == 1000
+    assert all(r.result is not None and r.result.completion_tokens >= 1 for r in requests)
+    for slot in range(1, 5):  # every slot's sequence is empty again
+        assert kv_positions(engine, slot) == -1
+    prefix = engine.shared_prefix_len(prompts[0])
+    assert kv_positions(engine, PREFIX_SEQ) == prefix - 1  # only the shared prefix stays
+    assert engine.generate(turns("还在吗")).completion_tokens > 0  # and the engine still works
+
+
+def test_cancellation_frees_the_slot_at_once(tmp_path: Path, tiny_gguf: Path) -> None:
+    engine = make_engine(tmp_path, tiny_gguf, n_slots=1, n_ctx=4096)
+    try:
+        tokens = engine.prompt_tokens(turns("请详细介绍一下退货流程"))
+        started = threading.Event()
+        long = engine.submit(tokens, max_new=3500, ignore_eos=True, on_text=lambda _: started.set())
+        waiting = engine.submit(tokens, max_new=4)  # only one slot: queued behind the long one
+        assert started.wait(30)
+        assert engine.wait_estimate_s() >= 0.0 and engine.queue_depth() == 1
+        long.cancel()
+        result = long.wait(30)
+        assert result.finish_reason == "cancelled" and result.completion_tokens < 3500
+        assert waiting.wait(30).completion_tokens == 4  # the freed slot served the next request
+        assert kv_positions(engine, 1) == -1
+    finally:
+        engine.close()
+
+
+def test_a_deadline_ends_a_generation_and_frees_its_slot(engine: BatchedEngine) -> None:
+    import time
+
+    tokens = engine.prompt_tokens(turns("请详细介绍一下退货流程"))
+    request = engine.submit(tokens, max_new=900, ignore_eos=True, deadline=time.monotonic() + 0.3)
+    result = request.wait(30)
+    assert result.finish_reason == "deadline" and result.completion_tokens < 900
+    expired = engine.submit(tokens, deadline=time.monotonic() - 1)  # already past: never admitted
+    assert expired.wait(30).finish_reason == "deadline" and expired.output_ids == []
+    for slot in range(1, 5):
+        assert kv_positions(engine, slot) == -1
+
+
+def test_an_over_long_prompt_is_refused_and_the_engine_keeps_serving(engine: BatchedEngine) -> None:
+    tokens = engine.prompt_tokens(turns("你好"))
+    with pytest.raises(PromptTooLong, match="context holds 1024"):
+        engine.submit(tokens * 200)
+    with pytest.raises(PromptTooLong):
+        engine.generate([Turn("system", "很长的系统提示。" * 2000), Turn("user", "你好")])
+    with pytest.raises(GenerationError):
+        engine.submit([])
+    assert engine.generate(turns("你好")).completion_tokens > 0
+
+
+def test_a_new_system_prompt_replaces_the_shared_prefix(engine: BatchedEngine) -> None:
+    first = engine.generate(turns("你好"))
+    other = engine.prompt_tokens(turns("你好", system="You are a helpful assistant for a bookshop. " * 3))
+    before = engine.stats["prefix_tokens_reused"]
+    request = engine.submit(other)
+    request.wait(60)
+    assert engine.stats["prefix_tokens_reused"] == before + engine.shared_prefix_len(other)
+    assert kv_positions(engine, PREFIX_SEQ) == engine.shared_prefix_len(other) - 1
+    assert engine.generate(turns("你好")).text == first.text  # the old prompt is evaluated again, same answer
+
+
+def test_close_fails_waiting_requests_instead_of_hanging(tmp_path: Path, tiny_gguf: Path) -> None:
+    engine = make_engine(tmp_path, tiny_gguf, n_slots=1, n_ctx=4096)
+    tokens = engine.prompt_tokens(turns("你好"))
+    running = engine.submit(tokens, max_new=3500, ignore_eos=True)
+    queued = engine.submit(tokens)
+    engine.close()
+    for request in (running, queued):
+        with pytest.raises(GenerationError, match="shut down"):
+            request.wait(30)
