@@ -132,6 +132,12 @@ class Ingress:
                 audit.record(session, audit.HUMAN_OWNED, **ids, **detail)
         return Accepted(inbound_id, conversation_id, duplicate, False)
 
+    def note(self, accepted: Accepted, channel: str, kind: str, **detail: Any) -> None:
+        """An audit event about an accepted message (e.g. the customer was told to wait)."""
+        with transaction(self._sessions) as session:
+            audit.record(session, kind, channel=channel, conversation_id=accepted.conversation_id,
+                         inbound_id=accepted.inbound_id, **detail)
+
     @staticmethod
     def _insert(session: Session, inbound: Inbound, status: str) -> tuple[int, int | None]:
         """(conversation id, new inbound id or None when the platform sent this message before)."""

@@ -26,9 +26,10 @@ from starlette.requests import ClientDisconnect, Request
 
 from channels import wechat_protocol as wx
 from channels.base import RequestRejected
-from models import quick_replies
+from models import audit, quick_replies
 from models.envelope import ConversationKey, Inbound, printable
 from models.kv import KV
+from models.load import current_wait
 
 if TYPE_CHECKING:
     from channels.app import Gateway
@@ -137,8 +138,9 @@ def answer_or_accept(gw: Gateway, key: ConversationKey, message: Any, welcome: s
     """Accept a parsed callback message (wechatpy's object); return a passive reply when one is ready now.
 
     Text (and voice with the platform's ``Recognition``) goes to the model unless an FAQ entry
-    answers it; other message types get a polite fallback; welcome events get ``welcome``; every
-    other event is ignored.
+    answers it (and when the LLM workers report a long queue, the customer is told at once to hold
+    on); other message types get a polite fallback; welcome events get ``welcome``; every other
+    event is ignored.
     """
     kind = str(message.type)
     received = datetime.fromtimestamp(int(message.time), UTC) if getattr(message, "time", None) else None
@@ -163,7 +165,13 @@ def answer_or_accept(gw: Gateway, key: ConversationKey, message: Any, welcome: s
     faq = quick_replies.faq_answer(gw.settings, text)
     if faq is not None:
         return _answer_now(gw, inbound, faq, "faq")
-    gw.ingress.accept(inbound)
+    accepted = gw.ingress.accept(inbound)
+    threshold = gw.settings.busy_notice_after_s
+    if threshold > 0 and not accepted.duplicate:
+        wait = current_wait(gw.kv)
+        if wait >= threshold:  # the answer will take a while: say so now rather than nothing
+            gw.ingress.note(accepted, key.channel, audit.BUSY_NOTICE, wait_estimate_s=round(wait, 1))
+            return gw.settings.busy_notice
     return None
 
 

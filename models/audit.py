@@ -27,6 +27,7 @@ DISPATCHED = "dispatched"  # handed to the channel (platform API accepted it / p
 DELIVERED = "delivered"  # the customer's client confirmed it
 DELIVERY_RETRY = "delivery_retry"  # a transient failure; retried with backoff
 DELIVERY_FAILED = "delivery_failed"  # a permanent failure, with reason
+BUSY_NOTICE = "busy_notice"  # the model's queue was long: the customer was told to wait (estimate in seconds)
 HANDED_OFF = "handed_off"  # the conversation was moved to a human (WeChat Customer Service), with the new state
 HUMAN_OWNED = "human_owned"  # a message arrived while a human owns the conversation; the model stays out
 

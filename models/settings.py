@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     wecom_apps: list[WeComApp] = Field(default_factory=list)  # JSON list in KEFU_WECOM_APPS
     wecom_kf_accounts: list[WeComKfAccount] = Field(default_factory=list)  # JSON list in KEFU_WECOM_KF_ACCOUNTS
     faq: list[FaqEntry] = Field(default_factory=list)  # JSON list in KEFU_FAQ
+    # When the model's queue is this long (seconds, as estimated by the LLM workers), a WeChat callback gets
+    # a passive "please wait" at once instead of silence; 0 turns it off.
+    busy_notice_after_s: float = 4.0
+    busy_notice: str = "消息已收到，当前咨询的人较多，客服正在为您处理，请稍候。"
     # A customer message containing one of these asks for a person (WeChat Customer Service hands off).
     handoff_keywords: list[str] = Field(default_factory=lambda: ["转人工", "人工客服", "真人客服", "找人工", "人工服务"])
     handoff_reply: str = "好的，正在为您转接人工客服，请稍候。"

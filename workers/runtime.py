@@ -20,6 +20,7 @@ from channels.wecom_kf import KfSync
 from models.bus import Bus, make_bus
 from models.db import make_engine, make_session_factory
 from models.kv import KV, make_kv
+from models.load import publish_wait
 from models.locks import Locks, make_locks
 from models.queues import Publisher, make_celery
 from models.settings import Settings
@@ -63,7 +64,10 @@ class Runtime:
     def llm(self) -> TextEngine:
         spec = resolve_model(self.settings)
         if self.settings.engine == "batched":
-            return BatchedEngine(spec, self.settings)
+            engine = BatchedEngine(spec, self.settings)
+            kv = self.kv
+            engine.on_wait_estimate = lambda seconds: publish_wait(kv, seconds)
+            return engine
         return LlamaEngine(spec, self.settings)
 
     @cached_property

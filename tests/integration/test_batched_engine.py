@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,8 +104,6 @@ def test_cancellation_frees_the_slot_at_once(tmp_path: Path, tiny_gguf: Path) ->
 
 
 def test_a_deadline_ends_a_generation_and_frees_its_slot(engine: BatchedEngine) -> None:
-    import time
-
     tokens = engine.prompt_tokens(turns("请详细介绍一下退货流程"))
     request = engine.submit(tokens, max_new=900, ignore_eos=True, deadline=time.monotonic() + 0.3)
     result = request.wait(30)
@@ -146,3 +145,24 @@ def test_close_fails_waiting_requests_instead_of_hanging(tmp_path: Path, tiny_gg
     for request in (running, queued):
         with pytest.raises(GenerationError, match="shut down"):
             request.wait(30)
+
+
+def test_the_wait_estimate_is_reported_while_requests_queue(tmp_path: Path, tiny_gguf: Path) -> None:
+    engine = make_engine(tmp_path, tiny_gguf, n_slots=1, n_ctx=4096)
+    reports: list[float] = []
+    engine.on_wait_estimate = reports.append
+    try:
+        tokens = engine.prompt_tokens(turns("你好"))
+        engine.submit(tokens, max_new=200, ignore_eos=True).wait(60)  # teaches the engine a service time
+        long = engine.submit(tokens, max_new=1500, ignore_eos=True)
+        queued = [engine.submit(tokens, max_new=200, ignore_eos=True) for _ in range(2)]
+        assert engine.wait_estimate_s() > 0  # one running, two waiting, one slot
+        for request in (long, *queued):
+            request.wait(120)
+        engine.submit(tokens, max_new=2).wait(60)
+        deadline = time.monotonic() + 10
+        while reports[-1] != 0.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        engine.close()
+    assert max(reports) > 0 and reports[-1] == 0.0  # told while busy, and told when it drained

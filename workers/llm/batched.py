@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 PREFIX_SEQ = 0  # holds the shared prefix's KV; slots use sequence ids 1..n_slots
 MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a copy
 PENALTY_LAST_N = 64
+WAIT_REPORT_S = 5.0  # the wait estimate is reported at least this often while busy, and when it changes
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,11 @@ class BatchedEngine:
         self._batch: Any = None
         self._stop_ids: frozenset[int] = frozenset()
         self._service_ema_s = 0.0
+        # Told the wait estimate (seconds) from the scheduler thread when the queue changes, at most
+        # every WAIT_REPORT_S; must be quick and must not raise.
+        self.on_wait_estimate: Callable[[float], None] | None = None
+        self._reported_at = 0.0
+        self._reported = -1.0
         self._vocab: Any = None
         self._piece_buffer = ctypes.create_string_buffer(256)
         self.stats = {"steps": 0, "prefix_tokens_reused": 0, "prompt_tokens_evaluated": 0, "completed": 0}
@@ -281,6 +287,21 @@ class BatchedEngine:
             return 0.0
         return ahead / self.n_slots * self._service_ema_s
 
+    def _report_wait(self, force: bool = False) -> None:
+        if self.on_wait_estimate is None:
+            return
+        now = time.monotonic()
+        estimate = self.wait_estimate_s()
+        if estimate == self._reported and (force or now - self._reported_at < WAIT_REPORT_S):
+            return
+        if not force and estimate != self._reported and now - self._reported_at < 0.2:
+            return
+        self._reported_at, self._reported = now, estimate
+        try:
+            self.on_wait_estimate(estimate)
+        except Exception:
+            log.exception("wait estimate callback failed")
+
     def queue_depth(self) -> int:
         with self._cv:
             return len(self._queue)
@@ -290,6 +311,8 @@ class BatchedEngine:
     def _loop(self) -> None:
         try:
             while True:
+                if not self._queue and not self._active():
+                    self._report_wait(force=True)  # going idle: say so before sleeping
                 with self._cv:
                     while not self._stopping and not self._queue and not self._active():
                         self._cv.wait()
@@ -299,6 +322,7 @@ class BatchedEngine:
                 for slot, request in admitted:
                     self._admit(slot, request)
                 self._expire()
+                self._report_wait()
                 if self._active():
                     self._step()
         except BaseException as exc:  # a bug here must not leave callers waiting forever
