@@ -150,7 +150,8 @@ class BatchedEngine:
         self._reported = -1.0
         self._vocab: Any = None
         self._piece_buffer = ctypes.create_string_buffer(256)
-        self.stats = {"steps": 0, "prefix_tokens_reused": 0, "prompt_tokens_evaluated": 0, "completed": 0}
+        self.stats: dict[str, float] = {"steps": 0, "prefix_tokens_reused": 0, "prompt_tokens_evaluated": 0,
+                                        "completed": 0, "decode_s": 0.0, "sample_s": 0.0}
 
     @property
     def model_name(self) -> str:
@@ -466,8 +467,11 @@ class BatchedEngine:
         if not entries:
             return
         self._fill_batch(entries)
+        started = time.perf_counter()
         status = llama_cpp.llama_decode(self._ctx, self._batch)
+        decoded = time.perf_counter()
         self.stats["steps"] += 1
+        self.stats["decode_s"] += decoded - started
         if status != 0:
             # 1: no room in the KV cache for this batch; <0: a failure. Fail what was in it, keep serving.
             error = GenerationError(f"llama_decode failed with status {status}")
@@ -483,6 +487,7 @@ class BatchedEngine:
                 slot.pos += 1
             token = int(llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, index))
             self._on_token(slot, token)
+        self.stats["sample_s"] += time.perf_counter() - decoded
 
     def _on_token(self, slot: _Slot, token: int) -> None:
         request = slot.request
