@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: install demo up test lint services bench clean
+.PHONY: install demo up test lint services bench bench-llm clean
 
 # llama-cpp-python builds from source (about 6-9 minutes on 2 cores); pip's cache keeps the wheel.
 $(STAMP):
@@ -36,6 +36,11 @@ test: install services lint
 
 bench: install services
 	$(BIN)/python -m bench.pipeline
+
+# Kefu's batched engine vs naive llama-cpp-python vs llama-server (built once, ~10 min) on a Qwen3-0.6B-shaped model.
+bench-llm: install
+	test -x var/llama.cpp/build/bin/llama-server || bench/build_llama_server.sh
+	$(BIN)/python -m bench.llm_throughput --repeat 3
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
