@@ -17,15 +17,20 @@ and its URL verification sends an encrypted ``echostr`` to be answered in plaint
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+from abc import abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from channels import wechat_protocol as wx
-from channels.base import RequestRejected
+from channels.base import ChannelAdapter, RequestRejected
 from models import audit, quick_replies
 from models.envelope import ConversationKey, Inbound, printable
 from models.kv import KV
@@ -128,6 +133,55 @@ class CallbackGuard:
         slot = f"wxnonce:{scope}:{timestamp}:{nonce}"
         if not self._kv.add(slot, digest, 2 * self._window) and self._kv.get(slot) != digest:
             raise RequestRejected(403, "replayed_nonce", "nonce already used")
+
+
+log = logging.getLogger(__name__)
+
+Account = TypeVar("Account")
+
+
+class CallbackAdapter(ChannelAdapter, Generic[Account]):
+    """The HTTP side every WeChat-family channel shares: ``GET``/``POST {path}`` with ``{name}`` the
+    configured account, 404 for an unknown one, URL verification, the body limit, errors as statuses."""
+
+    path: str  # e.g. "/v1/wechat/{name}"
+    unknown: str  # what a 404 says
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.guard = CallbackGuard(gateway.kv, gateway.settings.wechat_timestamp_window_s)
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route(self.path, self.callback, methods=["GET", "POST"])]
+
+    @abstractmethod
+    def account(self, name: str) -> Account | None:
+        """The configured account called ``name``."""
+
+    @abstractmethod
+    def keys(self, account: Account) -> CallbackKeys:
+        """What its callbacks are verified with."""
+
+    @abstractmethod
+    def handle(self, account: Account, params: dict[str, str], body: bytes) -> str:
+        """Verify, accept and answer one callback (runs in a worker thread); the response body."""
+
+    async def callback(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        account = self.account(name)
+        try:
+            if account is None:
+                raise RequestRejected(404, "unknown_account", self.unknown)
+            params = dict(request.query_params)
+            if request.method == "GET":
+                return PlainTextResponse(self.guard.echo(self.keys(account), params))
+            body = await read_limited(request, self.gw.settings.wechat_max_body_bytes)
+            answer = await run_in_threadpool(self.handle, account, params, body)
+        except RequestRejected as exc:
+            if exc.status == 403:
+                log.warning("%s callback refused for %s: %s", self.name, name, exc.code)
+            return PlainTextResponse(exc.message, status_code=exc.status)
+        return Response(answer, media_type="application/xml" if answer.startswith("<xml>") else "text/plain")
 
 
 WELCOME_EVENTS = frozenset({"subscribe"})

@@ -1,6 +1,6 @@
 """WeChat official account (公众号) channel: callbacks in, customer-service messages out.
 
-``GET /v1/wechat/{account}`` answers the platform's URL verification; ``POST`` receives messages in
+``GET /v1/wechat/{name}`` answers the platform's URL verification; ``POST`` receives messages in
 plaintext, compatible or safe (AES) mode. Several accounts run side by side, each configured in
 ``KEFU_WECHAT_ACCOUNTS`` with its own token, AES key, appid and secret.
 
@@ -15,26 +15,14 @@ most 5 messages of at most 2,048 UTF-8 bytes and never outside the 48-hour windo
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING
-
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
 from wechatpy import parse_message
 
 from channels import wechat_protocol as wx
-from channels.base import ChannelAdapter, DeliveryPermanent, DeliveryProgress, Outbound, RequestRejected
+from channels.base import DeliveryPermanent, DeliveryProgress, Outbound
 from channels.wechat_api import AppCredentials
-from channels.wechat_callback import CallbackGuard, CallbackKeys, answer_or_accept, passive_text, read_limited
+from channels.wechat_callback import CallbackAdapter, CallbackKeys, answer_or_accept, passive_text
 from models.envelope import ConversationKey, Reply
 from models.settings import WeChatAccount
-
-if TYPE_CHECKING:
-    from channels.app import Gateway
-
-log = logging.getLogger(__name__)
 
 CHANNEL = "wechat_mp"
 SUCCESS = "success"
@@ -49,32 +37,16 @@ def callback_keys(account: WeChatAccount) -> CallbackKeys:
     return CallbackKeys(f"mp:{account.name}", account.token.get_secret_value(), aes, account.appid, corp=False)
 
 
-class WeChatMPAdapter(ChannelAdapter):
+class WeChatMPAdapter(CallbackAdapter[WeChatAccount]):
     name = CHANNEL
+    path = "/v1/wechat/{name}"
+    unknown = "no WeChat account is configured under this name"
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        self.guard = CallbackGuard(gateway.kv, gateway.settings.wechat_timestamp_window_s)
+    def account(self, name: str) -> WeChatAccount | None:
+        return self.gw.settings.wechat_account(name)
 
-    def routes(self) -> list[BaseRoute]:
-        return [Route("/v1/wechat/{account}", self.callback, methods=["GET", "POST"])]
-
-    async def callback(self, request: Request) -> Response:
-        settings = self.gw.settings
-        account = settings.wechat_account(request.path_params["account"])
-        try:
-            if account is None:
-                raise RequestRejected(404, "unknown_account", "no WeChat account is configured under this name")
-            params = dict(request.query_params)
-            if request.method == "GET":
-                return PlainTextResponse(self.guard.echo(callback_keys(account), params))
-            body = await read_limited(request, settings.wechat_max_body_bytes)
-            answer = await run_in_threadpool(self.handle, account, params, body)
-        except RequestRejected as exc:
-            if exc.status == 403:
-                log.warning("wechat callback refused for account %s: %s", request.path_params["account"], exc.code)
-            return PlainTextResponse(exc.message, status_code=exc.status)
-        return Response(answer, media_type="application/xml" if answer != SUCCESS else "text/plain")
+    def keys(self, account: WeChatAccount) -> CallbackKeys:
+        return callback_keys(account)
 
     def handle(self, account: WeChatAccount, params: dict[str, str], body: bytes) -> str:
         keys = callback_keys(account)

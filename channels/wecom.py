@@ -1,6 +1,6 @@
 """WeCom self-built app (企业微信自建应用) channel: encrypted callbacks in, ``message/send`` out.
 
-``GET /v1/wecom/{app}`` answers URL verification with the decrypted ``echostr`` (WeCom allows one
+``GET /v1/wecom/{name}`` answers URL verification with the decrypted ``echostr`` (WeCom allows one
 second; this is a signature check and one AES block chain, well under a millisecond). ``POST``
 receives the app's encrypted callbacks. Several apps, of one corp or several, run side by side,
 each configured in ``KEFU_WECOM_APPS`` with its corpid, agentid, secret, token and AES key.
@@ -15,26 +15,14 @@ content, and would swallow a second, identical answer to a second, identical que
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING
-
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
 from wechatpy.enterprise import parse_message
 
 from channels import wechat_protocol as wx
-from channels.base import ChannelAdapter, DeliveryPermanent, DeliveryProgress, Outbound, RequestRejected
+from channels.base import DeliveryPermanent, DeliveryProgress, Outbound, RequestRejected
 from channels.wechat_api import AppCredentials
-from channels.wechat_callback import CallbackGuard, CallbackKeys, answer_or_accept, passive_text, read_limited
+from channels.wechat_callback import CallbackAdapter, CallbackKeys, answer_or_accept, passive_text
 from models.envelope import ConversationKey, Reply
 from models.settings import WeComApp
-
-if TYPE_CHECKING:
-    from channels.app import Gateway
-
-log = logging.getLogger(__name__)
 
 CHANNEL = "wecom"
 WELCOME_EVENTS = frozenset({"subscribe", "enter_agent"})
@@ -49,34 +37,19 @@ def callback_keys(app: WeComApp) -> CallbackKeys:
                         app.corpid, corp=True)
 
 
-class WeComAdapter(ChannelAdapter):
+class WeComAdapter(CallbackAdapter[WeComApp]):
     name = CHANNEL
+    path = "/v1/wecom/{name}"
+    unknown = "no WeCom app is configured under this name"
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        self.guard = CallbackGuard(gateway.kv, gateway.settings.wechat_timestamp_window_s)
+    def account(self, name: str) -> WeComApp | None:
+        return self.gw.settings.wecom_app(name)
 
-    def routes(self) -> list[BaseRoute]:
-        return [Route("/v1/wecom/{app}", self.callback, methods=["GET", "POST"])]
+    def keys(self, account: WeComApp) -> CallbackKeys:
+        return callback_keys(account)
 
-    async def callback(self, request: Request) -> Response:
-        settings = self.gw.settings
-        app = settings.wecom_app(request.path_params["app"])
-        try:
-            if app is None:
-                raise RequestRejected(404, "unknown_app", "no WeCom app is configured under this name")
-            params = dict(request.query_params)
-            if request.method == "GET":
-                return PlainTextResponse(self.guard.echo(callback_keys(app), params))
-            body = await read_limited(request, settings.wechat_max_body_bytes)
-            answer = await run_in_threadpool(self.handle, app, params, body)
-        except RequestRejected as exc:
-            if exc.status == 403:
-                log.warning("wecom callback refused for app %s: %s", request.path_params["app"], exc.code)
-            return PlainTextResponse(exc.message, status_code=exc.status)
-        return Response(answer, media_type="application/xml" if answer else "text/plain")
-
-    def handle(self, app: WeComApp, params: dict[str, str], body: bytes) -> str:
+    def handle(self, account: WeComApp, params: dict[str, str], body: bytes) -> str:
+        app = account
         keys = callback_keys(app)
         opened = self.guard.open(keys, params, body)
         message = parse_message(opened.plain)

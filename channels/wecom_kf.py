@@ -27,20 +27,16 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
 
 from channels import wechat_protocol as wx
-from channels.base import ChannelAdapter, DeliveryPermanent, DeliveryProgress, Outbound, RequestRejected
+from channels.base import DeliveryPermanent, DeliveryProgress, Outbound, RequestRejected
 from channels.ingress import Ingress
 from channels.wechat_api import AppCredentials, PlatformAPI, PlatformPermanent
-from channels.wechat_callback import CallbackGuard, CallbackKeys, read_limited
+from channels.wechat_callback import CallbackAdapter, CallbackKeys
 from models import audit, quick_replies
 from models.db import insert_ignoring_conflict, transaction
 from models.envelope import ConversationKey, Inbound, Reply, printable, utcnow
@@ -49,9 +45,6 @@ from models.locks import Locks
 from models.queues import Publisher
 from models.settings import Settings, WeComKfAccount
 from models.tables import InboundRecord, KfCursorRecord
-
-if TYPE_CHECKING:
-    from channels.app import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -108,44 +101,29 @@ def request_sync(sessions: sessionmaker[Session], publisher: Publisher, kv: KV, 
         log.error("publish of kf sync for %s/%s failed: %s", account, open_kfid, type(exc).__name__)
 
 
-class WeComKfAdapter(ChannelAdapter):
+class WeComKfAdapter(CallbackAdapter[WeComKfAccount]):
     name = CHANNEL
+    path = "/v1/wecom-kf/{name}"
+    unknown = "no WeChat Customer Service account is configured under this name"
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        self.guard = CallbackGuard(gateway.kv, gateway.settings.wechat_timestamp_window_s)
+    def account(self, name: str) -> WeComKfAccount | None:
+        return self.gw.settings.wecom_kf_account(name)
 
-    def routes(self) -> list[BaseRoute]:
-        return [Route("/v1/wecom-kf/{account}", self.callback, methods=["GET", "POST"])]
+    def keys(self, account: WeComKfAccount) -> CallbackKeys:
+        return callback_keys(account)
 
-    async def callback(self, request: Request) -> Response:
-        settings = self.gw.settings
-        account = settings.wecom_kf_account(request.path_params["account"])
-        try:
-            if account is None:
-                raise RequestRejected(404, "unknown_account", "no WeChat Customer Service account is configured "
-                                                              "under this name")
-            params = dict(request.query_params)
-            if request.method == "GET":
-                return PlainTextResponse(self.guard.echo(callback_keys(account), params))
-            body = await read_limited(request, settings.wechat_max_body_bytes)
-            await run_in_threadpool(self.handle, account, params, body)
-        except RequestRejected as exc:
-            if exc.status == 403:
-                log.warning("kf callback refused for account %s: %s", request.path_params["account"], exc.code)
-            return PlainTextResponse(exc.message, status_code=exc.status)
-        return PlainTextResponse("")
-
-    def handle(self, account: WeComKfAccount, params: dict[str, str], body: bytes) -> None:
+    def handle(self, account: WeComKfAccount, params: dict[str, str], body: bytes) -> str:
+        """Record the news and publish the pull; the empty answer acknowledges it."""
         fields = self.guard.open(callback_keys(account), params, body).fields
         if fields.get("MsgType") != "event" or fields.get("Event") != "kf_msg_or_event":
-            return  # other corp events reach this URL too; none of them is a customer message
+            return ""  # other corp events reach this URL too; none of them is a customer message
         open_kfid = fields.get("OpenKfId")
         if not isinstance(open_kfid, str) or not 0 < len(open_kfid) <= 64 or not open_kfid.isprintable():
             raise RequestRejected(400, "missing_open_kfid", "kf_msg_or_event without a valid OpenKfId")
         token = fields.get("Token")
         request_sync(self.gw.sessions, self.gw.publisher, self.gw.kv, account.name, open_kfid,
                      token if isinstance(token, str) else None)
+        return ""
 
 
 class SyncBusy(Exception):

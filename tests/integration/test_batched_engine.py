@@ -89,12 +89,18 @@ def test_cancellation_frees_the_slot_at_once(tmp_path: Path, tiny_gguf: Path) ->
     engine = make_engine(tmp_path, tiny_gguf, n_slots=1, n_ctx=4096)
     try:
         tokens = engine.prompt_tokens(turns("请详细介绍一下退货流程"))
-        started = threading.Event()
-        long = engine.submit(tokens, max_new=3500, ignore_eos=True, on_text=lambda _: started.set())
+        started, cancelled = threading.Event(), threading.Event()
+
+        def on_text(_: str) -> None:  # holds the engine after the first token until the caller has cancelled
+            started.set()
+            cancelled.wait(30)
+
+        long = engine.submit(tokens, max_new=3500, ignore_eos=True, on_text=on_text)
         waiting = engine.submit(tokens, max_new=4)  # only one slot: queued behind the long one
         assert started.wait(30)
-        assert engine.wait_estimate_s() >= 0.0 and engine.queue_depth() == 1
+        assert engine.queue_depth() == 1
         long.cancel()
+        cancelled.set()
         result = long.wait(30)
         assert result.finish_reason == "cancelled" and result.completion_tokens < 3500
         assert waiting.wait(30).completion_tokens == 4  # the freed slot served the next request
@@ -105,7 +111,12 @@ def test_cancellation_frees_the_slot_at_once(tmp_path: Path, tiny_gguf: Path) ->
 
 def test_a_deadline_ends_a_generation_and_frees_its_slot(engine: BatchedEngine) -> None:
     tokens = engine.prompt_tokens(turns("请详细介绍一下退货流程"))
-    request = engine.submit(tokens, max_new=900, ignore_eos=True, deadline=time.monotonic() + 0.3)
+    deadline = time.monotonic() + 0.05
+
+    def slow_client(_: str) -> None:  # the deadline passes while the first piece is being handled
+        time.sleep(max(0.0, deadline - time.monotonic()) + 0.05)
+
+    request = engine.submit(tokens, max_new=900, ignore_eos=True, deadline=deadline, on_text=slow_client)
     result = request.wait(30)
     assert result.finish_reason == "deadline" and result.completion_tokens < 900
     expired = engine.submit(tokens, deadline=time.monotonic() - 1)  # already past: never admitted
