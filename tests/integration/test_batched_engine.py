@@ -177,3 +177,21 @@ def test_the_wait_estimate_is_reported_while_requests_queue(tmp_path: Path, tiny
     finally:
         engine.close()
     assert max(reports) > 0 and reports[-1] == 0.0  # told while busy, and told when it drained
+
+
+def test_a_slow_stream_consumer_does_not_stall_the_other_conversations(engine: BatchedEngine) -> None:
+    tokens = engine.prompt_tokens(turns("你好"))
+    release = threading.Event()
+    received: list[str] = []
+
+    def stuck_socket(piece: str) -> None:  # a client whose socket does not drain
+        release.wait(30)
+        received.append(piece)
+
+    slow = engine.submit(tokens, max_new=20, ignore_eos=True, on_text=stuck_socket)
+    other = engine.submit(tokens, max_new=20, ignore_eos=True)
+    assert other.wait(30).completion_tokens == 20  # decoded while the slow consumer is still blocked
+    assert slow.done.wait(30) and not slow.streamed.is_set()  # generated too; its pieces are still queued
+    release.set()
+    result = slow.wait(30)  # returns only after every piece reached the callback
+    assert slow.streamed.is_set() and "".join(received).strip() == result.text

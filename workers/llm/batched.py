@@ -31,6 +31,7 @@ import codecs
 import ctypes
 import logging
 import os
+import queue
 import threading
 import time
 from collections import deque
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 PREFIX_SEQ = 0  # holds the shared prefix's KV; slots use sequence ids 1..n_slots
 MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a copy
 PENALTY_LAST_N = 64
+STREAM_DRAIN_S = 10.0  # how long a finished request waits for its streamed pieces to be delivered
 WAIT_REPORT_S = 5.0  # the wait estimate is reported at least this often while busy, and when it changes
 
 
@@ -87,6 +89,7 @@ class Request:
     ignore_eos: bool = False  # benchmarks: always generate max_new tokens
     submitted: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
+    streamed: threading.Event = field(default_factory=threading.Event)  # every on_text call has returned
     result: Generation | None = None
     error: BaseException | None = None
     output_ids: list[int] = field(default_factory=list)
@@ -100,8 +103,10 @@ class Request:
         return self._cancelled.is_set()
 
     def wait(self, timeout: float | None = None) -> Generation:
+        """The finished generation, after its last streamed piece was handed to ``on_text``."""
         if not self.done.wait(timeout):
             raise TimeoutError("generation still running")
+        self.streamed.wait(STREAM_DRAIN_S)
         if self.error is not None:
             raise self.error
         assert self.result is not None
@@ -137,6 +142,10 @@ class BatchedEngine:
         self._prefix: list[int] = []  # the tokens whose KV sequence PREFIX_SEQ holds
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # Streamed pieces go through a queue to their own thread, so a slow consumer (a full socket, a
+        # slow Redis) delays only its own text, never the decode steps of the other conversations.
+        self._pieces: queue.SimpleQueue[tuple[Request, str | None] | None] = queue.SimpleQueue()
+        self._streamer: threading.Thread | None = None
         self._model: Any = None
         self._ctx: Any = None
         self._mem: Any = None
@@ -202,6 +211,8 @@ class BatchedEngine:
             self._stopping = False
             self._thread = threading.Thread(target=self._loop, name="kefu-batched-engine", daemon=True)
             self._thread.start()
+            self._streamer = threading.Thread(target=self._stream_loop, name="kefu-engine-stream", daemon=True)
+            self._streamer.start()
             log.info("model %s loaded in %.2fs (architecture %s, %d slots x n_ctx %d, unified KV, gpu layers %d)",
                      self.spec.name, time.monotonic() - started, self.architecture, self.n_slots, s.n_ctx, gpu_layers)
 
@@ -215,6 +226,9 @@ class BatchedEngine:
                 self._cv.notify_all()
             if self._thread is not None:
                 self._thread.join(timeout=30)
+            if self._streamer is not None:
+                self._pieces.put(None)
+                self._streamer.join(timeout=30)
             import llama_cpp
 
             for slot in self._slots:
@@ -354,7 +368,7 @@ class BatchedEngine:
         reason = "cancelled" if request.cancelled else "deadline"
         request.result = Generation("", self.spec.name, len(request.tokens), 0, reason, None,
                                     time.monotonic() - request.submitted)
-        request.done.set()
+        self._release(request)
 
     def _admit(self, slot: _Slot, request: Request) -> None:
         import llama_cpp
@@ -523,10 +537,27 @@ class BatchedEngine:
         slot.pieces.append(text)
         request = slot.request
         if request is not None and request.on_text is not None:
+            self._pieces.put((request, text))
+
+    def _stream_loop(self) -> None:
+        while (item := self._pieces.get()) is not None:
+            request, text = item
+            if text is None:
+                request.streamed.set()
+                continue
+            assert request.on_text is not None
             try:
                 request.on_text(text)
             except Exception:  # streaming is best effort; the reply row is what counts
                 log.exception("streaming callback failed")
+
+    def _release(self, request: Request) -> None:
+        """The request is over: its waiter wakes once the pieces queued before now were delivered."""
+        if request.on_text is not None and self._streamer is not None and self._streamer.is_alive():
+            self._pieces.put((request, None))
+        else:
+            request.streamed.set()
+        request.done.set()
 
     def _finish(self, slot: _Slot, reason: str, error: BaseException | None = None) -> None:
         import llama_cpp
@@ -554,7 +585,7 @@ class BatchedEngine:
         self.stats["completed"] += 1
         slot.request, slot.sampler, slot.next_token, slot.pending, slot.pieces = None, None, None, [], []
         slot.think = slot.decoder = None
-        request.done.set()
+        self._release(request)
 
     def _fail_everything(self, error: GenerationError) -> None:
         for slot in self._slots:
@@ -563,10 +594,10 @@ class BatchedEngine:
                     self._finish(slot, "error", error)
                 except Exception:
                     slot.request.error = error
-                    slot.request.done.set()
+                    self._release(slot.request)
                     slot.request = None
         with self._cv:
             while self._queue:
                 request = self._queue.popleft()
                 request.error = error
-                request.done.set()
+                self._release(request)
