@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: install demo up test lint services bench bench-llm clean
+.PHONY: install system demo up test lint services bench bench-llm clean
 
 # llama-cpp-python builds from source (about 6-9 minutes on 2 cores); pip's cache keeps the wheel.
 $(STAMP):
@@ -16,7 +16,11 @@ $(STAMP):
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-install: $(STAMP)
+install: system $(STAMP)
+
+# Debian packages the voice channel needs: espeak-ng (local text-to-speech).
+system:
+	@command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng; }
 
 demo: install
 	$(BIN)/kefu demo
