@@ -1,0 +1,131 @@
+"""Kefu's side of speaking on a call: reply text cut into sentences, sentences played in real time.
+
+- :class:`SentenceSplitter` turns streamed reply text into sentences as soon as each one ends, so
+  the first sentence is synthesized and playing while the model is still writing the rest.
+- :class:`Player` sends queued audio to the gateway in 20 ms frames at real-time pace (a gateway's
+  jitter buffer is small; sending faster than real time would make a barge-in ``clear`` throw away
+  audio the caller was never going to hear anyway, but lets the buffer overflow on some gateways),
+  and can be cleared at once. It knows which sentences were played to the end: after a barge-in,
+  only those go into the conversation's history — what the caller actually heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from channels.telephony.events import FRAME_MS, frame_bytes
+
+_END = re.compile(r"[。！？!?；;…\n]+|(?<=[A-Za-z0-9\)])[.](?=\s|$)")
+MIN_SENTENCE_CHARS = 4  # "好。" alone is merged with what follows
+
+
+class SentenceSplitter:
+    def __init__(self) -> None:
+        self._buffer = ""
+
+    def feed(self, piece: str) -> list[str]:
+        self._buffer += piece
+        sentences: list[str] = []
+        while True:
+            match = _END.search(self._buffer)
+            if match is None:
+                break
+            candidate = self._buffer[: match.end()].strip()
+            if len(candidate) < MIN_SENTENCE_CHARS and match.end() < len(self._buffer):
+                # too short to be worth its own synthesis: keep it with the next sentence
+                nxt = _END.search(self._buffer, match.end())
+                if nxt is None:
+                    break
+                candidate, end = self._buffer[: nxt.end()].strip(), nxt.end()
+            else:
+                end = match.end()
+            if len(candidate) < MIN_SENTENCE_CHARS and end == len(self._buffer):
+                break
+            self._buffer = self._buffer[end:]
+            if candidate:
+                sentences.append(candidate)
+        return sentences
+
+    def flush(self) -> list[str]:
+        rest, self._buffer = self._buffer.strip(), ""
+        return [rest] if rest else []
+
+
+@dataclass
+class _Utterance:
+    text: str
+    pcm: bytes
+    sent: int = 0  # bytes already sent
+
+
+class Player:
+    """Plays queued sentences through ``send`` (an async frame sender) at real-time pace."""
+
+    def __init__(self, send: Callable[[bytes], Awaitable[None]], sample_rate: int) -> None:
+        self._send = send
+        self._frame = frame_bytes(sample_rate)
+        self._queue: deque[_Utterance] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.heard: list[str] = []  # sentences played to the end, in order
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    @property
+    def playing(self) -> bool:
+        return not self._idle.is_set()
+
+    def say(self, text: str, pcm: bytes) -> None:
+        self._queue.append(_Utterance(text, pcm))
+        self._idle.clear()
+        self._wake.set()
+
+    def clear(self) -> list[str]:
+        """Drop everything not yet sent (barge-in); returns the sentences cut off or never started."""
+        dropped = [u.text for u in self._queue]
+        self._queue.clear()
+        self._idle.set()
+        return dropped
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def _run(self) -> None:
+        next_at = time.monotonic()
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                next_at = time.monotonic()
+                continue
+            current = self._queue[0]
+            chunk = current.pcm[current.sent : current.sent + self._frame]
+            if chunk:
+                await self._send(chunk)
+                current.sent += len(chunk)
+                next_at += FRAME_MS / 1000
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                else:
+                    next_at = time.monotonic()  # fell behind (a slow socket): do not burst to catch up
+            if self._queue and self._queue[0] is current and current.sent >= len(current.pcm):
+                self._queue.popleft()
+                self.heard.append(current.text)
