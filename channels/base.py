@@ -95,8 +95,13 @@ class Outbound(ABC):
     def __init__(self, deps: OutboundDeps) -> None:
         self.deps = deps
 
-    def stream(self, key: ConversationKey, inbound_id: int, piece: str) -> None:  # noqa: B027
-        """Partial reply text as the model produces it; best effort, never raises."""
+    def stream(self, key: ConversationKey, inbound_id: int, piece: str) -> bool | None:
+        """Partial reply text as the model produces it; best effort, never raises.
+
+        Returning False asks the worker to stop generating (nobody is listening any more: a caller
+        who spoke over the answer); None or True carry on.
+        """
+        return None
 
     @abstractmethod
     def send(self, reply: Reply, progress: DeliveryProgress) -> None:

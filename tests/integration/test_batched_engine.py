@@ -195,3 +195,16 @@ def test_a_slow_stream_consumer_does_not_stall_the_other_conversations(engine: B
     release.set()
     result = slow.wait(30)  # returns only after every piece reached the callback
     assert slow.streamed.is_set() and "".join(received).strip() == result.text
+
+
+def test_a_listener_that_goes_away_stops_the_generation(engine: BatchedEngine) -> None:
+    tokens = engine.prompt_tokens(turns("请详细介绍一下退货流程"))
+    pieces: list[str] = []
+
+    def caller_spoke_over_it(piece: str) -> bool:
+        pieces.append(piece)
+        return len(pieces) < 3  # False on the third piece: stop generating
+
+    result = engine.submit(tokens, max_new=900, ignore_eos=True, on_text=caller_spoke_over_it).wait(30)
+    assert result.finish_reason == "cancelled" and result.completion_tokens < 900
+    assert kv_positions(engine, 1) == -1 and kv_positions(engine, 2) == -1

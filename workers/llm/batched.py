@@ -45,6 +45,7 @@ from workers.llm.engine import (
     Generation,
     GenerationError,
     PromptTooLong,
+    TextCallback,
     build_prompt,
     default_gpu_layers,
     stop_token_ids,
@@ -85,7 +86,7 @@ class Request:
     max_new: int
     sampling: Sampling
     deadline: float | None = None
-    on_text: Callable[[str], None] | None = None
+    on_text: TextCallback | None = None
     ignore_eos: bool = False  # benchmarks: always generate max_new tokens
     submitted: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
@@ -258,7 +259,7 @@ class BatchedEngine:
         return 0
 
     def submit(self, tokens: list[int], *, max_new: int | None = None, deadline: float | None = None,
-               on_text: Callable[[str], None] | None = None, sampling: Sampling | None = None,
+               on_text: TextCallback | None = None, sampling: Sampling | None = None,
                ignore_eos: bool = False, shared_prefix: int | None = None) -> Request:
         """Queue a generation; returns at once. Raises PromptTooLong when it cannot fit a sequence."""
         self.load()
@@ -281,7 +282,7 @@ class BatchedEngine:
             self._cv.notify_all()
         return request
 
-    def generate(self, turns: list[Turn], *, on_text: Callable[[str], None] | None = None,
+    def generate(self, turns: list[Turn], *, on_text: TextCallback | None = None,
                  deadline: float | None = None) -> Generation:
         """Answer the last user turn (blocking); the interface of the simple engine."""
         try:
@@ -547,7 +548,8 @@ class BatchedEngine:
                 continue
             assert request.on_text is not None
             try:
-                request.on_text(text)
+                if request.on_text(text) is False:  # the listener went away: stop generating for it
+                    request.cancel()
             except Exception:  # streaming is best effort; the reply row is what counts
                 log.exception("streaming callback failed")
 

@@ -57,6 +57,10 @@ class Generation:
     total_s: float
 
 
+# Streamed reply text; returning False asks the engine to stop generating (the listener went away).
+TextCallback = Callable[[str], "bool | None"]
+
+
 class TextEngine(Protocol):
     """What a worker needs from an engine: the simple :class:`LlamaEngine` or the batched one."""
 
@@ -65,7 +69,7 @@ class TextEngine(Protocol):
 
     def load(self) -> Any: ...
     def close(self) -> None: ...
-    def generate(self, turns: list[Turn], *, on_text: Callable[[str], None] | None = None,
+    def generate(self, turns: list[Turn], *, on_text: TextCallback | None = None,
                  deadline: float | None = None) -> Generation: ...
 
 
@@ -159,7 +163,7 @@ class LlamaEngine:
         self,
         turns: list[Turn],
         *,
-        on_text: Callable[[str], None] | None = None,
+        on_text: TextCallback | None = None,
         deadline: float | None = None,
     ) -> Generation:
         """Answer the last user turn. ``deadline`` is a ``time.monotonic()`` instant."""
@@ -174,7 +178,7 @@ class LlamaEngine:
                 raise GenerationError(f"{type(exc).__name__}: {exc}") from exc
 
     def _run(
-        self, tokens: list[int], on_text: Callable[[str], None] | None, deadline: float | None, started: float
+        self, tokens: list[int], on_text: TextCallback | None, deadline: float | None, started: float
     ) -> Generation:
         llm = self.load()
         s = self.settings
@@ -184,13 +188,16 @@ class LlamaEngine:
         pieces: list[str] = []
         produced, first_token_s, finish = 0, None, "length"
 
+        wants_more = True
+
         def emit(text: str) -> None:
+            nonlocal wants_more
             text = printable(text)
             if text:
                 pieces.append(text)
                 if on_text is not None:
                     try:
-                        on_text(text)
+                        wants_more = on_text(text) is not False and wants_more
                     except Exception:  # streaming is best effort; the reply row is what counts
                         log.exception("streaming callback failed")
 
@@ -211,6 +218,9 @@ class LlamaEngine:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 finish = "deadline"
+                break
+            if not wants_more:  # the listener went away (a caller who spoke over the answer)
+                finish = "cancelled"
                 break
         emit(think.flush())  # an incomplete UTF-8 tail (cut by max_tokens) is dropped, not shown as U+FFFD
         return Generation(
