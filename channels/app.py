@@ -53,13 +53,14 @@ def build_gateway(settings: Settings) -> Gateway:
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
+    from channels.telephony.adapter import TelephonyAdapter
     from channels.web import WebAdapter  # adapters are looked up here, the composition point
     from channels.wechat_mp import WeChatMPAdapter
     from channels.wecom import WeComAdapter
     from channels.wecom_kf import WeComKfAdapter
 
     gw = gateway or build_gateway(settings)
-    adapters = [WebAdapter(gw), WeChatMPAdapter(gw), WeComAdapter(gw), WeComKfAdapter(gw)]
+    adapters = [WebAdapter(gw), WeChatMPAdapter(gw), WeComAdapter(gw), WeComKfAdapter(gw), TelephonyAdapter(gw)]
     chat_page = resources.files("channels").joinpath("static/chat.html").read_text(encoding="utf-8")
 
     async def index(_: Request) -> Response:

@@ -123,6 +123,7 @@ OUTBOUNDS: dict[str, str] = {
     "wechat_mp": "channels.wechat_mp:WeChatMPOutbound",
     "wecom": "channels.wecom:WeComOutbound",
     "wecom_kf": "channels.wecom_kf:WeComKfOutbound",
+    "phone": "channels.telephony.outbound:PhoneOutbound",
 }
 
 

@@ -73,6 +73,21 @@ class WeComKfAccount(BaseModel):
     handoff_on_fallback: bool = True  # the model could not answer (its fallback reply) → hand off as well
 
 
+class VoiceGateway(BaseModel):
+    """A PBX voice gateway allowed to stream calls to Kefu (``Authorization: Bearer <secret>``)."""
+
+    name: str
+    secret: SecretStr
+
+
+class Hotline(BaseModel):
+    """A called number: its greeting and where 转人工 / key 0 transfers the caller."""
+
+    number: str
+    greeting: str | None = None
+    transfer_to: str | None = None
+
+
 class FaqEntry(BaseModel):
     """A question answered instantly, without the model (and passively on WeChat)."""
 
@@ -121,6 +136,18 @@ class Settings(BaseSettings):
     # A customer message containing one of these asks for a person (WeChat Customer Service hands off).
     handoff_keywords: list[str] = Field(default_factory=lambda: ["转人工", "人工客服", "真人客服", "找人工", "人工服务"])
     handoff_reply: str = "好的，正在为您转接人工客服，请稍候。"
+
+    # --- phone ---------------------------------------------------------------------------------
+    voice_gateways: list[VoiceGateway] = Field(default_factory=list)  # JSON list in KEFU_VOICE_GATEWAYS
+    hotlines: list[Hotline] = Field(default_factory=list)  # JSON list in KEFU_HOTLINES
+    phone_greeting: str = "您好，欢迎致电，我是智能客服，请问有什么可以帮您？"
+    phone_transfer_to: str | None = None  # default transfer target when the hotline names none
+    phone_transfer_notice: str = "好的，正在为您转接人工客服，请稍候。"
+    phone_idle_prompt: str = "请问您还在吗？有什么可以帮您？"
+    phone_goodbye: str = "感谢您的来电，再见。"
+    phone_no_agent: str = "抱歉，现在没有人工客服可以接听，请您稍后再拨。"
+    phone_silence_ms: int = 600  # end of an utterance
+    phone_idle_s: float = 10.0  # silence before the prompt, and again before the goodbye
 
     # --- model ---------------------------------------------------------------------------------
     model_path: Path | None = None
@@ -299,6 +326,16 @@ class Settings(BaseSettings):
 
     def wecom_kf_account(self, name: str) -> WeComKfAccount | None:
         return next((a for a in self.wecom_kf_accounts if a.name == name), None)
+
+    def hotline(self, number: str) -> Hotline:
+        configured = next((h for h in self.hotlines if h.number == number), None)
+        return configured or Hotline(number=number)
+
+    def voice_gateway(self, secret: str) -> VoiceGateway | None:
+        import hmac
+
+        return next((g for g in self.voice_gateways
+                     if hmac.compare_digest(g.secret.get_secret_value().encode(), secret.encode())), None)
 
     def masked(self) -> dict[str, Any]:
         """Effective settings for display: secrets and URL passwords masked."""

@@ -92,7 +92,7 @@ class Runtime:
     def outbound(self, channel: str) -> Outbound:
         with self._lock:
             if channel not in self._outbounds:
-                platform = self.platform if channel != "web" else None
+                platform = self.platform if channel not in ("web", "phone") else None
                 deps = OutboundDeps(self.settings, self.bus, self.sessions, platform)
                 self._outbounds[channel] = load_outbound(channel, deps)
             return self._outbounds[channel]

@@ -27,6 +27,7 @@ MIN_SENTENCE_CHARS = 4  # "好。" alone is merged with what follows
 class SentenceSplitter:
     def __init__(self) -> None:
         self._buffer = ""
+        self.spoke = False  # at least one sentence was released
 
     def feed(self, piece: str) -> list[str]:
         self._buffer += piece
@@ -49,10 +50,12 @@ class SentenceSplitter:
             self._buffer = self._buffer[end:]
             if candidate:
                 sentences.append(candidate)
+        self.spoke = self.spoke or bool(sentences)
         return sentences
 
     def flush(self) -> list[str]:
         rest, self._buffer = self._buffer.strip(), ""
+        self.spoke = self.spoke or bool(rest)
         return [rest] if rest else []
 
 

@@ -1,0 +1,214 @@
+"""One phone call, on the gateway: listen, hand each utterance to the pipeline, speak the answer.
+
+The call sees only :mod:`~channels.telephony.events` (any wire codec feeds it) and acts through
+``act`` (the codec sends the action). Flow:
+
+1. ``CallStarted`` → the hotline's greeting is synthesized and played.
+2. Caller audio → :class:`~channels.telephony.vad.Endpointer`; each finished utterance is
+   transcribed (in a thread) and becomes an inbound message of the call's conversation
+   (``ConversationKey("phone", <hotline number>, <caller number>)``), audited like every channel.
+   "转人工" (the hand-off keywords) or key 0 → the transfer notice, then ``Transfer`` to the hotline's
+   agent number (audited); with no agent number configured, an apology instead.
+3. The LLM worker streams the answer to this gateway over the bus (``channels.telephony.outbound``);
+   it is cut into sentences, each synthesized and played as soon as it is complete, in real time.
+4. Silence for ``phone_idle_s`` → a prompt; as long again → the goodbye and ``HangupOut``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+
+from channels.speech.base import Recognizer, SpeechError, Synthesizer
+from channels.telephony.events import (
+    AudioIn,
+    AudioOut,
+    CallAction,
+    CallEvent,
+    CallStarted,
+    DtmfIn,
+    HangupIn,
+    HangupOut,
+    Transfer,
+    mask_number,
+)
+from channels.telephony.speaking import Player, SentenceSplitter
+from channels.telephony.vad import Endpointer, UtteranceEnded
+from models import quick_replies
+from models.envelope import ConversationKey, Inbound, printable
+
+if TYPE_CHECKING:
+    from channels.app import Gateway
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "phone"
+
+Act = Callable[[CallAction], Awaitable[None]]
+
+
+class Call:
+    def __init__(self, gw: Gateway, started: CallStarted, act: Act, asr: Recognizer, tts: Synthesizer) -> None:
+        settings = gw.settings
+        self.gw, self.started, self._act, self._asr, self._tts = gw, started, act, asr, tts
+        self.hotline = settings.hotline(started.callee)
+        self.key = ConversationKey(CHANNEL, started.callee or "default", started.caller or f"call:{started.call_id}")
+        self.rate = started.sample_rate
+        self.endpointer = Endpointer(self.rate, silence_ms=settings.phone_silence_ms)
+        self.player = Player(self._send_audio, self.rate)
+        self._utterances = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._splitters: dict[int, SentenceSplitter] = {}
+        self._answered: set[int] = set()
+        self._last_activity = time.monotonic()
+        self._prompted = False
+        self.ended = False
+        self._speech_lock = asyncio.Lock()  # sentences are synthesized and queued in order
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+
+    async def begin(self) -> None:
+        log.info("call %s from %s to %s (%d Hz)", self.started.call_id, mask_number(self.started.caller),
+                 self.started.callee, self.rate)
+        self.player.start()
+        self._events = self.gw.listener.subscribe(self.key.topic())
+        self._spawn(self._follow_answers())
+        self._spawn(self._watch_silence())
+        await self.say(self.hotline.greeting or self.gw.settings.phone_greeting)
+
+    async def end(self) -> None:
+        self.ended = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.player.stop()
+        self.gw.listener.unsubscribe(self.key.topic(), self._events)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("call %s: %s", self.started.call_id, type(task.exception()).__name__, exc_info=task.exception())
+
+    # ---- from the gateway -------------------------------------------------------------------------
+
+    async def on_event(self, event: CallEvent) -> None:
+        if isinstance(event, AudioIn):
+            for found in self.endpointer.feed(event.pcm):
+                self._last_activity = time.monotonic()
+                if isinstance(found, UtteranceEnded):
+                    self._prompted = False
+                    self._spawn(self._utterance(found.pcm))
+        elif isinstance(event, DtmfIn):
+            self._last_activity = time.monotonic()
+            if event.digit == "0":
+                await self._transfer(Inbound(self.key, f"{self.started.call_id}:dtmf:{self._next()}", "[dtmf 0]",
+                                             "dtmf"))
+        elif isinstance(event, HangupIn):
+            self.ended = True
+
+    def _next(self) -> int:
+        self._utterances += 1
+        return self._utterances
+
+    async def _utterance(self, pcm: bytes) -> None:
+        try:
+            text = printable(await run_in_threadpool(self._asr.transcribe, pcm, self.rate)).strip()
+        except SpeechError as exc:
+            log.error("speech recognition failed on call %s: %s", self.started.call_id, exc)
+            return
+        if not text:
+            return
+        inbound = Inbound(self.key, f"{self.started.call_id}:{self._next()}", text[: self.gw.settings.max_text_chars],
+                          "voice")
+        if quick_replies.wants_human(self.gw.settings, text):
+            await self._transfer(inbound)
+            return
+        accepted = await run_in_threadpool(self.gw.ingress.accept, inbound)
+        self._splitters[accepted.inbound_id] = SentenceSplitter()
+
+    async def _transfer(self, inbound: Inbound) -> None:
+        settings = self.gw.settings
+        target = self.hotline.transfer_to or settings.phone_transfer_to
+        notice = settings.phone_transfer_notice if target else settings.phone_no_agent
+        await run_in_threadpool(self.gw.ingress.accept_answered, inbound, notice, "handoff")
+        await self.say(notice)
+        await self.player.wait_idle()
+        if target:
+            await self._act(Transfer(target))
+        else:
+            await self._act(HangupOut("no agent available"))
+        self.ended = True
+
+    # ---- answers from the worker ------------------------------------------------------------------
+
+    async def _follow_answers(self) -> None:
+        while True:
+            event = await self._events.get()
+            message_id = int(event.get("message_id", 0))
+            splitter = self._splitters.get(message_id)
+            if splitter is None or message_id in self._answered:
+                continue
+            if event.get("type") == "token":
+                for sentence in splitter.feed(str(event.get("text", ""))):
+                    await self.say(sentence)
+            elif event.get("type") == "reply":
+                self._answered.add(message_id)
+                rest = splitter.flush()
+                if not rest and not self._spoken_any(message_id):  # no tokens were streamed to us: speak it all
+                    rest = [str(event.get("text", ""))]
+                for sentence in rest:
+                    await self.say(sentence)
+
+    def _spoken_any(self, message_id: int) -> bool:
+        splitter = self._splitters.get(message_id)
+        return splitter is not None and splitter.spoke
+
+    # ---- speaking -----------------------------------------------------------------------------------
+
+    async def say(self, text: str) -> None:
+        text = text.strip()
+        if not text:
+            return
+        async with self._speech_lock:
+            try:
+                pcm = await run_in_threadpool(self._tts.synthesize, text, self.rate)
+            except SpeechError as exc:
+                log.error("speech synthesis failed on call %s: %s", self.started.call_id, exc)
+                return
+            self.player.say(text, pcm)
+        self._last_activity = time.monotonic()
+
+    async def _send_audio(self, frame: bytes) -> None:
+        await self._act(AudioOut(frame))
+
+    async def _watch_silence(self) -> None:
+        idle = self.gw.settings.phone_idle_s
+        while True:
+            await asyncio.sleep(min(1.0, idle / 4))
+            if self.player.playing or self.endpointer.in_speech or self._waiting_for_answer():
+                self._last_activity = time.monotonic()
+                continue
+            if time.monotonic() - self._last_activity < idle:
+                continue
+            if not self._prompted:
+                self._prompted = True
+                await self.say(self.gw.settings.phone_idle_prompt)
+                continue
+            await self.say(self.gw.settings.phone_goodbye)
+            await self.player.wait_idle()
+            await self._act(HangupOut("silence"))
+            self.ended = True
+            return
+
+    def _waiting_for_answer(self) -> bool:
+        return any(message_id not in self._answered for message_id in self._splitters)

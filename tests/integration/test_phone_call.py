@@ -1,0 +1,95 @@
+"""Phone calls end to end: a fake voice gateway dials the real gateway with espeak-ng audio, a real worker
+answers with the random-weight Qwen3, and Kefu speaks the answer back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from websockets.exceptions import InvalidStatus
+
+from channels.speech.espeak import EspeakSynthesizer
+from models.tables import AuditEvent, InboundRecord, ReplyRecord
+from tests.integration.conftest import Stack, start_stack, wait_for
+from tests.voice_gateway import FakeGateway
+
+SECRET = "pbx-secret"
+
+
+@pytest.fixture(scope="module")
+def phone(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Stack]:
+    stack = start_stack("embedded", tmp_path_factory.mktemp("phone"), tiny_gguf, None, None,
+                        voice_gateways=[{"name": "pbx", "secret": SECRET}],
+                        hotlines=[{"number": "4008001234", "transfer_to": "8001", "greeting": "您好，这里是优选商城。"}],
+                        phone_idle_s=2.0, max_tokens=12)
+    try:
+        yield stack
+    finally:
+        stack.close()
+
+
+@pytest.fixture(scope="module")
+def voice() -> EspeakSynthesizer:
+    return EspeakSynthesizer()
+
+
+def inbound_rows(stack: Stack, call_id: str) -> list[InboundRecord]:
+    with stack.sessions() as s:
+        return list(s.scalars(select(InboundRecord).where(InboundRecord.external_id.like(f"{call_id}:%"))
+                              .order_by(InboundRecord.id)))
+
+
+def kinds(stack: Stack, inbound_id: int) -> list[str]:
+    with stack.sessions() as s:
+        return list(s.scalars(select(AuditEvent.kind).where(AuditEvent.inbound_id == inbound_id).order_by(AuditEvent.id)))
+
+
+def test_a_gateway_without_the_secret_is_refused(phone: Stack) -> None:
+    with pytest.raises(InvalidStatus):
+        FakeGateway.dial(phone.gateway.ws_url, "wrong-secret")
+
+
+def test_a_full_call_greeting_two_questions_answers_heard_and_hang_up(phone: Stack, voice: EspeakSynthesizer) -> None:
+    call = FakeGateway.dial(phone.gateway.ws_url, SECRET, call_id="full-1")
+    wait_for(lambda: call.audio_ms() >= 1000, timeout=30)  # the greeting is playing
+    for question in ("hello, where is my order", "thank you, when will it arrive"):
+        asked = time.monotonic()
+        call.send_audio(voice.synthesize(question, 8000))
+        call.silence(1000)
+        wait_for(lambda asked=asked: call.audio_ms(since=asked + 0.05) >= 300, timeout=60)  # an answer is heard
+        call.silence(200)
+    rows = wait_for(lambda: (r := inbound_rows(phone, "full-1")) and len(r) == 2 and r, timeout=30)
+    assert all(row.channel == "phone" and row.kind == "voice" and row.text for row in rows)
+    for row in rows:
+        wait_for(lambda row=row: "dispatched" in kinds(phone, row.id), timeout=30)
+        assert kinds(phone, row.id) == ["received", "queued", "generation_started", "generation_finished",
+                                        "reply_stored", "dispatched"]
+    with phone.sessions() as s:
+        replies = list(s.scalars(select(ReplyRecord).where(ReplyRecord.inbound_id.in_([r.id for r in rows]))))
+    assert len(replies) == 2 and all(r.text for r in replies)
+    call.hang_up()
+
+
+def test_key_zero_transfers_to_the_hotline_agent(phone: Stack) -> None:
+    call = FakeGateway.dial(phone.gateway.ws_url, SECRET, call_id="dtmf-1", caller="+8613900001111")
+    wait_for(lambda: call.audio_ms() >= 500, timeout=30)
+    call.press("0")
+    wait_for(lambda: any(a.get("type") == "transfer" for a in call.actions()), timeout=30)
+    assert {"type": "transfer", "to": "8001"} in call.actions()
+    row = inbound_rows(phone, "dtmf-1")[0]
+    assert (row.kind, row.text) == ("dtmf", "[dtmf 0]")
+    assert kinds(phone, row.id) == ["received", "reply_stored", "dispatched"]
+
+
+def test_silence_gets_a_prompt_then_a_goodbye_and_a_hang_up(phone: Stack) -> None:
+    call = FakeGateway.dial(phone.gateway.ws_url, SECRET, call_id="quiet-1", caller="+8613700002222")
+    deadline = time.monotonic() + 60
+    while not call.closed.is_set() and time.monotonic() < deadline:
+        call.silence(100, realtime=True)  # a live line: silence keeps coming
+        if any(a.get("type") == "hangup" for a in call.actions()):
+            break
+    assert {"type": "hangup", "reason": "silence"} in call.actions()
+    assert call.audio_ms() >= 3000  # greeting, prompt and goodbye were spoken

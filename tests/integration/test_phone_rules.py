@@ -1,0 +1,89 @@
+"""Call rules that need a recognizer the local English model cannot be: a scripted one stands in for ASR.
+
+The call runs in-process against a real gateway (embedded database and bus), real espeak-ng speech and
+real VAD; only the recognizer's answer is fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from array import array
+from pathlib import Path
+
+from sqlalchemy import select
+
+from channels.app import build_gateway
+from channels.speech.espeak import EspeakSynthesizer
+from channels.telephony.call import Call
+from channels.telephony.events import AudioIn, CallAction, CallStarted, HangupOut, Transfer, frame_bytes
+from models.migrate import upgrade
+from models.settings import Settings
+from models.tables import InboundRecord, ReplyRecord
+
+
+class ScriptedRecognizer:
+    def __init__(self, *texts: str) -> None:
+        self.texts = list(texts)
+        self.heard: list[int] = []
+
+    def transcribe(self, pcm: bytes, sample_rate: int) -> str:
+        self.heard.append(len(pcm))
+        return self.texts.pop(0) if self.texts else ""
+
+
+def speech_like(ms: int, rate: int = 8000) -> bytes:
+    n = rate * ms // 1000
+    return array("h", (int(8000 * math.sin(2 * math.pi * 220 * i / rate)) for i in range(n))).tobytes()
+
+
+def run_call(tmp_path: Path, said: str, **settings_extra: object) -> tuple[list[CallAction], Settings]:
+    settings = Settings(data_dir=tmp_path, **settings_extra)  # type: ignore[arg-type]
+    upgrade(settings)
+
+    async def scenario() -> list[CallAction]:
+        gw = build_gateway(settings)
+        await gw.listener.start()
+        actions: list[CallAction] = []
+
+        async def act(action: CallAction) -> None:
+            actions.append(action)
+
+        call = Call(gw, CallStarted("rules-1", "+8613600003333", "4008001234", 8000), act,
+                    ScriptedRecognizer(said), EspeakSynthesizer())
+        await call.begin()
+        size = frame_bytes(8000)
+        audio = bytes(size * 10) + speech_like(800) + bytes(size * 50)
+        for i in range(0, len(audio), size):
+            await call.on_event(AudioIn(audio[i : i + size]))
+        for _ in range(800):  # the greeting and the notice are spoken in real time first
+            if call.ended:
+                break
+            await asyncio.sleep(0.05)
+        await call.end()
+        await gw.listener.stop()
+        gw.engine.dispose()
+        return actions
+
+    return asyncio.run(scenario()), settings
+
+
+def test_asking_for_a_person_says_so_and_transfers(tmp_path: Path) -> None:
+    actions, settings = run_call(tmp_path, "我要转人工",
+                                 hotlines=[{"number": "4008001234", "transfer_to": "8001", "greeting": "您好。"}])
+    assert Transfer("8001") in actions
+    assert sum(1 for a in actions if not isinstance(a, (Transfer, HangupOut))) > 50  # greeting + notice spoken first
+    from models.db import make_engine, make_session_factory
+
+    sessions = make_session_factory(make_engine(settings))
+    with sessions() as s:
+        row = s.scalars(select(InboundRecord)).one()
+        reply = s.scalars(select(ReplyRecord)).one()
+    assert (row.channel, row.kind, row.text) == ("phone", "voice", "我要转人工")
+    assert (reply.source, reply.text) == ("handoff", settings.phone_transfer_notice)
+
+
+def test_without_an_agent_number_the_caller_gets_an_apology_not_silence(tmp_path: Path) -> None:
+    actions, _ = run_call(tmp_path, "转人工", hotlines=[{"number": "4008001234", "greeting": "您好。"}])
+    assert not any(isinstance(a, Transfer) for a in actions)
+    assert HangupOut("no agent available") in actions
