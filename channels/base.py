@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from channels.wechat_api import PlatformAPI
     from models.bus import Bus
+    from models.kv import KV
     from models.settings import Settings
 
 
@@ -70,6 +71,7 @@ class OutboundDeps:
     bus: Bus
     sessions: sessionmaker[Session]
     platform: PlatformAPI | None = None  # WeChat / WeCom server API client, for the channels that use it
+    kv: KV | None = None  # the shared key-value store (e.g. what a caller heard before interrupting)
 
 
 class DeliveryProgress:
@@ -91,6 +93,9 @@ class Outbound(ABC):
     """Sends replies out through one channel."""
 
     streams: bool = False  # True when the channel shows partial text while it is generated
+    # False when the channel may change a stored answer afterwards (the phone keeps only what the caller
+    # heard), so the worker reads the history from the database instead of its cache
+    cache_context: bool = True
 
     def __init__(self, deps: OutboundDeps) -> None:
         self.deps = deps
@@ -102,6 +107,13 @@ class Outbound(ABC):
         who spoke over the answer); None or True carry on.
         """
         return None
+
+    def reply_text(self, inbound_id: int, generated: str) -> str:
+        """The text to store as the answer (and to keep in the history); the generated text by default.
+
+        The phone keeps only what the caller heard when they spoke over the answer.
+        """
+        return generated
 
     @abstractmethod
     def send(self, reply: Reply, progress: DeliveryProgress) -> None:

@@ -28,6 +28,7 @@ DELIVERED = "delivered"  # the customer's client confirmed it
 DELIVERY_RETRY = "delivery_retry"  # a transient failure; retried with backoff
 DELIVERY_FAILED = "delivery_failed"  # a permanent failure, with reason
 BUSY_NOTICE = "busy_notice"  # the model's queue was long: the customer was told to wait (estimate in seconds)
+BARGE_IN = "barge_in"  # a caller spoke over the spoken answer: audio cleared, generation stopped, heard_chars kept
 HANDED_OFF = "handed_off"  # the conversation was moved to a human (WeChat Customer Service), with the new state
 HUMAN_OWNED = "human_owned"  # a message arrived while a human owns the conversation; the model stays out
 

@@ -75,5 +75,15 @@ class FakeGateway:
     def audio_ms(self, since: float = 0.0) -> int:
         return sum(len(h.audio) for h in list(self.heard) if h.audio and h.at >= since) * 1000 // (2 * self.sample_rate)
 
+    def wait_quiet(self, ms: int, timeout: float = 60) -> None:
+        """Until Kefu has sent no audio for ``ms`` (it finished talking)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            last = max((h.at for h in list(self.heard) if h.audio), default=0.0)
+            if time.monotonic() - last >= ms / 1000:
+                return
+            time.sleep(0.05)
+        raise TimeoutError("Kefu kept talking")
+
     def actions(self) -> list[dict[str, Any]]:
         return [h.action for h in list(self.heard) if h.action is not None]

@@ -93,7 +93,7 @@ class Runtime:
         with self._lock:
             if channel not in self._outbounds:
                 platform = self.platform if channel not in ("web", "phone") else None
-                deps = OutboundDeps(self.settings, self.bus, self.sessions, platform)
+                deps = OutboundDeps(self.settings, self.bus, self.sessions, platform, self.kv)
                 self._outbounds[channel] = load_outbound(channel, deps)
             return self._outbounds[channel]
 

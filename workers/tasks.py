@@ -106,12 +106,12 @@ def _earlier_pending(session: Any, row: InboundRecord, rt: Runtime) -> bool:
 
 def _answer(rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
     settings = rt.settings
-    history = rt.context.load(row.conversation_id, row.id)
+    outbound = rt.outbound(key.channel)
+    history = rt.context.load(row.conversation_id, row.id) if outbound.cache_context else None
     if history is None:
         with rt.sessions() as session:
             history = transcript.context_turns(session, row.conversation_id, row.id, settings.context_turns)
     turns = dialogue.compose(settings.system_prompt, history, row.text, settings.context_turns)
-    outbound = rt.outbound(key.channel)
     with transaction(rt.sessions) as session:
         audit.record(session, audit.GENERATION_STARTED, channel=key.channel,
                      conversation_id=row.conversation_id, inbound_id=row.id)
@@ -132,7 +132,9 @@ def _answer(rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
     text = generation.text if generation is not None and generation.text.strip() else dialogue.FALLBACK_REPLY
     if generation is not None and not generation.text.strip():
         failure = f"empty output ({generation.finish_reason})"
-
+    if generation is not None and generation.finish_reason == "cancelled":
+        failure = None  # the listener stopped it (a caller who spoke over it): not a model failure
+        text = outbound.reply_text(row.id, generation.text)
     with transaction(rt.sessions) as session:
         reply_id = insert_ignoring_conflict(
             session,

@@ -11,7 +11,10 @@ The call sees only :mod:`~channels.telephony.events` (any wire codec feeds it) a
    agent number (audited); with no agent number configured, an apology instead.
 3. The LLM worker streams the answer to this gateway over the bus (``channels.telephony.outbound``);
    it is cut into sentences, each synthesized and played as soon as it is complete, in real time.
-4. Silence for ``phone_idle_s`` → a prompt; as long again → the goodbye and ``HangupOut``.
+4. Barge-in: speech detected while Kefu is talking → ``ClearAudio`` at once, the rest of the answer
+   dropped, the generation cancelled (a flag the worker's stream callback checks), and the stored
+   answer shortened to what the caller heard (audited as ``barge_in``).
+5. Silence for ``phone_idle_s`` → a prompt; as long again → the goodbye and ``HangupOut``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import update
 from starlette.concurrency import run_in_threadpool
 
+from channels.ingress import Accepted
 from channels.speech.base import Recognizer, SpeechError, Synthesizer
 from channels.telephony.events import (
     AudioIn,
@@ -31,16 +36,20 @@ from channels.telephony.events import (
     CallAction,
     CallEvent,
     CallStarted,
+    ClearAudio,
     DtmfIn,
     HangupIn,
     HangupOut,
     Transfer,
     mask_number,
 )
+from channels.telephony.outbound import CANCEL_KEY, HEARD_KEY, INTERRUPTED_MARK
 from channels.telephony.speaking import Player, SentenceSplitter
-from channels.telephony.vad import Endpointer, UtteranceEnded
-from models import quick_replies
+from channels.telephony.vad import Endpointer, SpeechStarted, UtteranceEnded
+from models import audit, quick_replies
+from models.db import transaction
 from models.envelope import ConversationKey, Inbound, printable
+from models.tables import ReplyRecord
 
 if TYPE_CHECKING:
     from channels.app import Gateway
@@ -48,6 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHANNEL = "phone"
+INTERRUPT_TTL_S = 600
 
 Act = Callable[[CallAction], Awaitable[None]]
 
@@ -64,7 +74,9 @@ class Call:
         self._utterances = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._splitters: dict[int, SentenceSplitter] = {}
-        self._answered: set[int] = set()
+        self._accepted: dict[int, Accepted] = {}
+        self._answered: set[int] = set()  # its reply arrived (or it was interrupted): nothing more to speak
+        self._interrupted: set[int] = set()
         self._last_activity = time.monotonic()
         self._prompted = False
         self.ended = False
@@ -105,7 +117,9 @@ class Call:
         if isinstance(event, AudioIn):
             for found in self.endpointer.feed(event.pcm):
                 self._last_activity = time.monotonic()
-                if isinstance(found, UtteranceEnded):
+                if isinstance(found, SpeechStarted) and self.player.playing:
+                    await self._barge_in()
+                elif isinstance(found, UtteranceEnded):
                     self._prompted = False
                     self._spawn(self._utterance(found.pcm))
         elif isinstance(event, DtmfIn):
@@ -134,6 +148,7 @@ class Call:
             await self._transfer(inbound)
             return
         accepted = await run_in_threadpool(self.gw.ingress.accept, inbound)
+        self._accepted[accepted.inbound_id] = accepted
         self._splitters[accepted.inbound_id] = SentenceSplitter()
 
     async def _transfer(self, inbound: Inbound) -> None:
@@ -149,6 +164,29 @@ class Call:
             await self._act(HangupOut("no agent available"))
         self.ended = True
 
+    async def _barge_in(self) -> None:
+        """The caller speaks over Kefu: stop the audio now, stop the generation, remember what was heard."""
+        dropped = self.player.clear()
+        await self._act(ClearAudio())
+        cut = {tag for tag, _ in dropped if tag} | {m for m in self._splitters if m not in self._answered}
+        for message_id in cut - self._interrupted:
+            self._interrupted.add(message_id)
+            self._answered.add(message_id)
+            heard = self.player.heard_for(message_id)
+            await run_in_threadpool(self._record_interruption, message_id, heard, len(dropped))
+
+    def _record_interruption(self, message_id: int, heard: str, dropped: int) -> None:
+        kv = self.gw.kv
+        kv.set(HEARD_KEY.format(message_id), heard, INTERRUPT_TTL_S)  # before the flag: the worker reads it after
+        kv.set(CANCEL_KEY.format(message_id), "1", INTERRUPT_TTL_S)
+        # An answer already stored is shortened to what was heard: the history must not claim more.
+        with transaction(self.gw.sessions) as session:
+            session.execute(update(ReplyRecord).where(ReplyRecord.inbound_id == message_id)
+                            .values(text=heard + INTERRUPTED_MARK))
+        accepted = self._accepted.get(message_id)
+        if accepted is not None:
+            self.gw.ingress.note(accepted, CHANNEL, audit.BARGE_IN, heard_chars=len(heard), dropped_sentences=dropped)
+
     # ---- answers from the worker ------------------------------------------------------------------
 
     async def _follow_answers(self) -> None:
@@ -160,14 +198,14 @@ class Call:
                 continue
             if event.get("type") == "token":
                 for sentence in splitter.feed(str(event.get("text", ""))):
-                    await self.say(sentence)
+                    await self.say(sentence, message_id)
             elif event.get("type") == "reply":
                 self._answered.add(message_id)
                 rest = splitter.flush()
                 if not rest and not self._spoken_any(message_id):  # no tokens were streamed to us: speak it all
                     rest = [str(event.get("text", ""))]
                 for sentence in rest:
-                    await self.say(sentence)
+                    await self.say(sentence, message_id)
 
     def _spoken_any(self, message_id: int) -> bool:
         splitter = self._splitters.get(message_id)
@@ -175,9 +213,9 @@ class Call:
 
     # ---- speaking -----------------------------------------------------------------------------------
 
-    async def say(self, text: str) -> None:
+    async def say(self, text: str, tag: int = 0) -> None:
         text = text.strip()
-        if not text:
+        if not text or tag in self._interrupted:
             return
         async with self._speech_lock:
             try:
@@ -185,7 +223,9 @@ class Call:
             except SpeechError as exc:
                 log.error("speech synthesis failed on call %s: %s", self.started.call_id, exc)
                 return
-            self.player.say(text, pcm)
+            if tag in self._interrupted:  # the caller spoke over it while it was being synthesized
+                return
+            self.player.say(text, pcm, tag)
         self._last_activity = time.monotonic()
 
     async def _send_audio(self, frame: bytes) -> None:

@@ -63,6 +63,7 @@ class SentenceSplitter:
 class _Utterance:
     text: str
     pcm: bytes
+    tag: int = 0  # whose sentence (the inbound message it answers; 0 for Kefu's own prompts)
     sent: int = 0  # bytes already sent
 
 
@@ -77,6 +78,7 @@ class Player:
         self._idle = asyncio.Event()
         self._idle.set()
         self.heard: list[str] = []  # sentences played to the end, in order
+        self._heard_tags: list[tuple[int, str]] = []
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -94,17 +96,21 @@ class Player:
     def playing(self) -> bool:
         return not self._idle.is_set()
 
-    def say(self, text: str, pcm: bytes) -> None:
-        self._queue.append(_Utterance(text, pcm))
+    def say(self, text: str, pcm: bytes, tag: int = 0) -> None:
+        self._queue.append(_Utterance(text, pcm, tag))
         self._idle.clear()
         self._wake.set()
 
-    def clear(self) -> list[str]:
-        """Drop everything not yet sent (barge-in); returns the sentences cut off or never started."""
-        dropped = [u.text for u in self._queue]
+    def clear(self) -> list[tuple[int, str]]:
+        """Drop everything not yet sent (barge-in); returns (tag, sentence) cut off or never started."""
+        dropped = [(u.tag, u.text) for u in self._queue]
         self._queue.clear()
         self._idle.set()
         return dropped
+
+    def heard_for(self, tag: int) -> str:
+        """The sentences of ``tag`` played to the end."""
+        return "".join(text for t, text in self._heard_tags if t == tag)
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -132,3 +138,4 @@ class Player:
             if self._queue and self._queue[0] is current and current.sent >= len(current.pcm):
                 self._queue.popleft()
                 self.heard.append(current.text)
+                self._heard_tags.append((current.tag, current.text))

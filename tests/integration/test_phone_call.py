@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from channels.speech.espeak import EspeakSynthesizer
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
@@ -55,12 +55,13 @@ def test_a_gateway_without_the_secret_is_refused(phone: Stack) -> None:
 def test_a_full_call_greeting_two_questions_answers_heard_and_hang_up(phone: Stack, voice: EspeakSynthesizer) -> None:
     call = FakeGateway.dial(phone.gateway.ws_url, SECRET, call_id="full-1")
     wait_for(lambda: call.audio_ms() >= 1000, timeout=30)  # the greeting is playing
+    call.wait_quiet(600)
     for question in ("hello, where is my order", "thank you, when will it arrive"):
         asked = time.monotonic()
         call.send_audio(voice.synthesize(question, 8000))
         call.silence(1000)
         wait_for(lambda asked=asked: call.audio_ms(since=asked + 0.05) >= 300, timeout=60)  # an answer is heard
-        call.silence(200)
+        call.wait_quiet(600)  # to the end: a question asked over the answer would be a barge-in
     rows = wait_for(lambda: (r := inbound_rows(phone, "full-1")) and len(r) == 2 and r, timeout=30)
     assert all(row.channel == "phone" and row.kind == "voice" and row.text for row in rows)
     for row in rows:
@@ -88,8 +89,35 @@ def test_silence_gets_a_prompt_then_a_goodbye_and_a_hang_up(phone: Stack) -> Non
     call = FakeGateway.dial(phone.gateway.ws_url, SECRET, call_id="quiet-1", caller="+8613700002222")
     deadline = time.monotonic() + 60
     while not call.closed.is_set() and time.monotonic() < deadline:
-        call.silence(100, realtime=True)  # a live line: silence keeps coming
-        if any(a.get("type") == "hangup" for a in call.actions()):
+        try:
+            call.silence(100, realtime=True)  # a live line: silence keeps coming
+        except ConnectionClosed:  # Kefu hung up
             break
     assert {"type": "hangup", "reason": "silence"} in call.actions()
     assert call.audio_ms() >= 3000  # greeting, prompt and goodbye were spoken
+
+
+def test_speaking_over_the_answer_clears_the_audio_and_keeps_only_what_was_heard(
+        phone: Stack, voice: EspeakSynthesizer) -> None:
+    call = FakeGateway.dial(phone.gateway.ws_url, SECRET, call_id="barge-1", caller="+8613500004444")
+    wait_for(lambda: call.audio_ms() >= 500, timeout=30)
+    call.wait_quiet(600)
+    asked = time.monotonic()
+    call.send_audio(voice.synthesize("please tell me everything about your return policy", 8000))
+    call.silence(1000)
+    wait_for(lambda: call.audio_ms(since=asked + 0.05) >= 200, timeout=60)  # Kefu is answering
+    call.send_audio(voice.synthesize("stop, wait", 8000), realtime=True)  # the caller talks over it
+    wait_for(lambda: {"type": "clear"} in call.actions(), timeout=10)
+    clear_at = next(h.at for h in call.heard if h.action == {"type": "clear"})
+    call.silence(300, realtime=True)
+    after = [h for h in list(call.heard) if h.audio and h.at > clear_at]
+    assert len(after) <= 10  # at most 200 ms of audio after the clear: playback stopped at once
+    row = inbound_rows(phone, "barge-1")[0]
+    wait_for(lambda: "barge_in" in kinds(phone, row.id), timeout=10)
+    with phone.sessions() as s:
+        reply = wait_for(lambda: s.scalars(select(ReplyRecord).where(ReplyRecord.inbound_id == row.id)).first(),
+                         timeout=30)
+        s.expire_all()
+        text = s.scalars(select(ReplyRecord.text).where(ReplyRecord.inbound_id == row.id)).one()
+    assert reply is not None and text.endswith("…")  # the history keeps what was heard, marked as cut off
+    call.hang_up()

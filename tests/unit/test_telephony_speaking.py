@@ -32,7 +32,7 @@ def test_audio_is_paced_in_real_time_and_a_clear_keeps_only_what_was_heard() -> 
     async def send(frame: bytes) -> None:
         sent.append((time.monotonic(), frame))
 
-    async def call() -> tuple[list[str], list[str]]:
+    async def call() -> tuple[list[str], list[tuple[int, str]]]:
         player = Player(send, rate)
         player.start()
         player.say("第一句。", bytes(frame_bytes(rate) * 5))  # 100 ms
@@ -45,7 +45,7 @@ def test_audio_is_paced_in_real_time_and_a_clear_keeps_only_what_was_heard() -> 
         return player.heard, dropped
 
     heard, dropped = asyncio.run(call())
-    assert heard == ["第一句。"] and dropped == ["第二句。"]
+    assert heard == ["第一句。"] and dropped == [(0, "第二句。")]
     frames_sent = len(sent)
     assert 5 < frames_sent < 55  # stopped mid-way: not all 55 frames went out
     span = sent[-1][0] - sent[0][0]
