@@ -54,13 +54,16 @@ def build_gateway(settings: Settings) -> Gateway:
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     from channels.telephony.adapter import TelephonyAdapter
+    from channels.telephony.audiosocket_server import AudioSocketServer
     from channels.web import WebAdapter  # adapters are looked up here, the composition point
     from channels.wechat_mp import WeChatMPAdapter
     from channels.wecom import WeComAdapter
     from channels.wecom_kf import WeComKfAdapter
 
     gw = gateway or build_gateway(settings)
-    adapters = [WebAdapter(gw), WeChatMPAdapter(gw), WeComAdapter(gw), WeComKfAdapter(gw), TelephonyAdapter(gw)]
+    telephony = TelephonyAdapter(gw)
+    adapters = [WebAdapter(gw), WeChatMPAdapter(gw), WeComAdapter(gw), WeComKfAdapter(gw), telephony]
+    audiosocket = AudioSocketServer(gw, telephony) if settings.audiosocket_port is not None else None
     chat_page = resources.files("channels").joinpath("static/chat.html").read_text(encoding="utf-8")
 
     async def index(_: Request) -> Response:
@@ -103,9 +106,14 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         # callers queue in the event loop instead of in 40 threads fighting over one interpreter.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
         await gw.listener.start()
+        if audiosocket is not None:
+            assert settings.audiosocket_port is not None
+            await audiosocket.start(settings.host, settings.audiosocket_port)
         try:
             yield
         finally:
+            if audiosocket is not None:
+                await audiosocket.stop()
             await gw.listener.stop()
             gw.engine.dispose()
             close = getattr(gw.kv, "close", None)

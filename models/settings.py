@@ -147,6 +147,8 @@ class Settings(BaseSettings):
     phone_goodbye: str = "感谢您的来电，再见。"
     phone_no_agent: str = "抱歉，现在没有人工客服可以接听，请您稍后再拨。"
     phone_silence_ms: int = 600  # end of an utterance
+    audiosocket_port: int | None = None  # Asterisk AudioSocket over TCP (off unless set)
+    audiosocket_allowed_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     phone_idle_s: float = 10.0  # silence before the prompt, and again before the goodbye
 
     # --- model ---------------------------------------------------------------------------------

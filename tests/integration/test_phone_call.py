@@ -121,3 +121,39 @@ def test_speaking_over_the_answer_clears_the_audio_and_keeps_only_what_was_heard
         text = s.scalars(select(ReplyRecord.text).where(ReplyRecord.inbound_id == row.id)).one()
     assert reply is not None and text.endswith("…")  # the history keeps what was heard, marked as cut off
     call.hang_up()
+
+
+def test_asterisk_audiosocket_gets_the_same_call(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> None:
+    import socket
+    import uuid
+
+    from channels.telephony import audiosocket as asock
+    from workers.stack import free_port
+
+    port = free_port()
+    stack = start_stack("embedded", tmp_path_factory.mktemp("audiosocket"), tiny_gguf, None, None,
+                        audiosocket_port=port, hotlines=[{"number": "", "greeting": "您好。"}], phone_idle_s=1.0)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(asock.encode_message(asock.KIND_UUID, uuid.uuid4().bytes))
+            decoder = asock.AudioSocketDecoder()
+            decoder.feed(asock.encode_message(asock.KIND_UUID, bytes(16)))  # our side of the parse: Kefu sends no UUID
+            deadline = time.monotonic() + 60
+            events = []
+            while time.monotonic() < deadline:
+                conn.settimeout(0.02)
+                try:
+                    conn.sendall(asock.encode_message(asock.KIND_AUDIO, bytes(320)))  # the line's silence
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except (ConnectionResetError, BrokenPipeError):  # Kefu hung up and closed the socket
+                    break
+                if not chunk:
+                    break
+                events += decoder.feed(chunk)
+        audio = [e for e in events if type(e).__name__ == "AudioIn"]
+        assert len(audio) > 20  # greeting, idle prompt and goodbye came back as slin frames
+        assert type(events[-1]).__name__ == "HangupIn"  # then Kefu hung up (silence)
+    finally:
+        stack.close()

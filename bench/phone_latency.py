@@ -1,0 +1,143 @@
+"""Phone latency: from the end of the caller's speech to the first audio frame of Kefu's answer.
+
+A real ``kefu gateway`` and ``kefu worker`` process (embedded backends), local speech providers
+(pocketsphinx ASR, espeak-ng TTS), and a fake voice gateway (``tests/voice_gateway.py``) that keeps
+the line open like a PBX: 20 ms frames in real time, silence unless the caller speaks. The caller
+asks ``--utterances`` English questions (espeak-ng audio), one at a time, each after Kefu finished
+talking. Measured per utterance: last speech frame sent → first answer frame received. It includes
+the endpointer's ``--silence-ms`` (the end of speech is only known after that much silence), speech
+recognition, the queue, the model's first sentence and its synthesis.
+
+Usage: python -m bench.phone_latency [--utterances 50] [--model tiny|demo] [--silence-ms 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.stats import pct
+from channels.speech.espeak import EspeakSynthesizer
+from channels.telephony.events import frame_bytes
+from models.migrate import upgrade
+from models.settings import Settings
+from tests.voice_gateway import FakeGateway
+from workers.llm.synthetic import write_qwen3_gguf
+from workers.stack import GatewayProcess, WorkerProcess, kefu_env
+
+SECRET = "bench-pbx"
+RATE = 8000
+QUESTIONS = ["where is my order", "how do I return these shoes", "when do you open tomorrow",
+             "can I change my address", "is the blue one in stock", "how much is shipping"]
+
+
+class Line:
+    """The caller's side of the line: silence in real time, or speech when told."""
+
+    def __init__(self, call: FakeGateway) -> None:
+        self.call = call
+        self.frames: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self.speech_ended = threading.Event()
+        self.ended_at = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def say(self, pcm: bytes) -> None:
+        self.speech_ended.clear()
+        size = frame_bytes(RATE)
+        for i in range(0, len(pcm), size):
+            self.frames.put(pcm[i : i + size])
+        self.frames.put(b"")  # marker: the speech ends here
+
+    def _run(self) -> None:
+        silence = bytes(frame_bytes(RATE))
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                frame = self.frames.get_nowait()
+            except queue.Empty:
+                frame = silence
+            if frame == b"":
+                self.ended_at = time.monotonic()
+                self.speech_ended.set()
+                continue
+            try:
+                self.call.ws.send(frame)
+            except Exception:
+                return
+            next_at += 0.02
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--utterances", type=int, default=50)
+    parser.add_argument("--model", choices=["tiny", "demo"], default="tiny")
+    parser.add_argument("--silence-ms", type=int, default=600)
+    args = parser.parse_args()
+    tts = EspeakSynthesizer()
+    with tempfile.TemporaryDirectory(prefix="kefu-phone-") as tmp:
+        data_dir = Path(tmp)
+        values: dict[str, Any] = {
+            "data_dir": str(data_dir), "secret_key": "bench", "max_tokens": 48, "phone_idle_s": 600,
+            "phone_silence_ms": args.silence_ms, "voice_gateways": [{"name": "pbx", "secret": SECRET}],
+            "hotlines": [{"number": "4008001234", "greeting": "您好。"}],
+        }
+        if args.model == "tiny":
+            values["model_path"] = str(write_qwen3_gguf(data_dir / "tiny-qwen3.gguf"))
+        settings = Settings(**values)
+        upgrade(settings)
+        env = kefu_env(values)
+        worker = WorkerProcess(env, data_dir / "worker.log")
+        gateway = GatewayProcess(env, data_dir / "gateway.log").start()
+        if not worker.wait(timeout=300):
+            raise SystemExit(f"worker did not start:\n{(data_dir / 'worker.log').read_text()[-2000:]}")
+        latencies: list[float] = []
+        missed = 0
+        try:
+            call = FakeGateway.dial(gateway.ws_url, SECRET, call_id="bench-1")
+            line = Line(call)
+            prompts = [tts.synthesize(QUESTIONS[i % len(QUESTIONS)], RATE) for i in range(args.utterances)]
+            call.wait_quiet(800)
+            for pcm in prompts:
+                line.say(pcm)
+                line.speech_ended.wait(60)
+                ended = line.ended_at
+                deadline = time.monotonic() + 60
+                first = None
+                while first is None and time.monotonic() < deadline:
+                    first = next((h.at for h in list(call.heard) if h.audio and h.at > ended), None)
+                    time.sleep(0.005)
+                if first is None:
+                    missed += 1
+                    continue
+                latencies.append(first - ended)
+                call.wait_quiet(800)
+            line.stop()
+            call.hang_up()
+        finally:
+            gateway.stop()
+            worker.stop()
+        result = {
+            "model": args.model, "utterances": args.utterances, "answered": len(latencies), "missed": missed,
+            "silence_ms": args.silence_ms, "p50_ms": round(pct(latencies, 50)), "p95_ms": round(pct(latencies, 95)),
+            "min_ms": round(min(latencies) * 1000) if latencies else None,
+            "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        }
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

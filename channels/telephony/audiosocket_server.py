@@ -1,0 +1,87 @@
+"""Asterisk AudioSocket over TCP: the same :class:`~channels.telephony.call.Call`, another wire.
+
+Started with the gateway when ``KEFU_AUDIOSOCKET_PORT`` is set. AudioSocket carries no credentials,
+so a connection is accepted only from the addresses in ``KEFU_AUDIOSOCKET_ALLOWED_IPS`` (default:
+loopback); anything else is closed unread. It has no "clear" (Kefu simply stops sending audio) and
+no "transfer": Kefu hangs up and the dialplan goes on to the agent (docs/telephony.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from channels.telephony import audiosocket
+from channels.telephony.call import Call
+from channels.telephony.events import CallAction, CallStarted, HangupOut, Transfer
+
+if TYPE_CHECKING:
+    from channels.app import Gateway
+    from channels.telephony.adapter import TelephonyAdapter
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 4096
+
+
+class AudioSocketServer:
+    def __init__(self, gw: Gateway, adapter: TelephonyAdapter) -> None:
+        self.gw, self.adapter = gw, adapter
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._serve, host, port)
+        bound = int(self._server.sockets[0].getsockname()[1])
+        log.info("AudioSocket listening on %s:%d", host, bound)
+        return bound
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if not peer or peer[0] not in self.gw.settings.audiosocket_allowed_ips:
+            log.warning("AudioSocket connection from %s refused (not in KEFU_AUDIOSOCKET_ALLOWED_IPS)", peer and peer[0])
+            writer.close()
+            return
+        decoder = audiosocket.AudioSocketDecoder()
+        lock = asyncio.Lock()
+
+        async def act(action: CallAction) -> None:
+            if isinstance(action, Transfer):
+                log.info("AudioSocket call: transfer to %s is left to the dialplan; hanging up", action.to)
+                action = HangupOut("transfer")
+            wire = audiosocket.encode_action(action)
+            if wire is None:
+                return  # clear: nothing to send, the player already stopped
+            async with lock:
+                writer.write(wire)
+                await writer.drain()
+                if isinstance(action, HangupOut):
+                    writer.close()
+
+        call: Call | None = None
+        try:
+            while call is None or not call.ended:
+                data = await reader.read(READ_CHUNK)
+                if not data:
+                    break
+                for event in decoder.feed(data):
+                    if isinstance(event, CallStarted):
+                        asr, tts = await asyncio.to_thread(self.adapter.speech)
+                        call = Call(self.gw, event, act, asr, tts)
+                        await call.begin()
+                    elif call is not None:
+                        await call.on_event(event)
+        except audiosocket.AudioSocketError as exc:
+            log.warning("AudioSocket protocol error: %s", exc)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if call is not None:
+                await call.end()
+            if not writer.is_closing():
+                writer.close()
