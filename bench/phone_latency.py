@@ -8,7 +8,7 @@ talking. Measured per utterance: last speech frame sent → first answer frame r
 the endpointer's ``--silence-ms`` (the end of speech is only known after that much silence), speech
 recognition, the queue, the model's first sentence and its synthesis.
 
-Usage: python -m bench.phone_latency [--utterances 50] [--model tiny|demo] [--silence-ms 600]
+Usage: python -m bench.phone_latency [--utterances 50] [--model tiny|demo] [--silence-ms 600] [--max-tokens 16]
 """
 
 from __future__ import annotations
@@ -86,12 +86,13 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=50)
     parser.add_argument("--model", choices=["tiny", "demo"], default="tiny")
     parser.add_argument("--silence-ms", type=int, default=600)
+    parser.add_argument("--max-tokens", type=int, default=16, help="answer length (the caller hears it all)")
     args = parser.parse_args()
     tts = EspeakSynthesizer()
     with tempfile.TemporaryDirectory(prefix="kefu-phone-") as tmp:
         data_dir = Path(tmp)
         values: dict[str, Any] = {
-            "data_dir": str(data_dir), "secret_key": "bench", "max_tokens": 48, "phone_idle_s": 600,
+            "data_dir": str(data_dir), "secret_key": "bench", "max_tokens": args.max_tokens, "phone_idle_s": 600,
             "phone_silence_ms": args.silence_ms, "voice_gateways": [{"name": "pbx", "secret": SECRET}],
             "hotlines": [{"number": "4008001234", "greeting": "您好。"}],
         }

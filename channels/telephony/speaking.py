@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from channels.telephony.events import FRAME_MS, frame_bytes
 
 _END = re.compile(r"[。！？!?；;…\n]+|(?<=[A-Za-z0-9\)])[.](?=\s|$)")
+_CLAUSE = re.compile(r"[，,、：:]\s*|\s+")
 MIN_SENTENCE_CHARS = 4  # "好。" alone is merged with what follows
+MAX_SENTENCE_CHARS = 40  # a sentence that runs on is spoken from its last clause break (or cut) at this length
 
 
 class SentenceSplitter:
@@ -50,6 +52,11 @@ class SentenceSplitter:
             self._buffer = self._buffer[end:]
             if candidate:
                 sentences.append(candidate)
+        while len(self._buffer) > MAX_SENTENCE_CHARS:  # no sentence end in sight: do not keep the caller waiting
+            breaks = [m.end() for m in _CLAUSE.finditer(self._buffer, 0, MAX_SENTENCE_CHARS)]
+            cut = breaks[-1] if breaks and breaks[-1] >= MIN_SENTENCE_CHARS else MAX_SENTENCE_CHARS
+            sentences.append(self._buffer[:cut].strip())
+            self._buffer = self._buffer[cut:]
         self.spoke = self.spoke or bool(sentences)
         return sentences
 

@@ -25,6 +25,16 @@ def test_tiny_sentences_are_merged_and_english_periods_split() -> None:
     assert splitter.flush() == ["Version 2.5 is"]
 
 
+def test_a_run_on_sentence_is_spoken_from_a_clause_break() -> None:
+    splitter = SentenceSplitter()
+    text = "您好您的订单已经从上海仓库发出，预计明天下午由顺丰快递送到您填写的收货地址请注意查收"
+    out = splitter.feed(text)
+    assert out == ["您好您的订单已经从上海仓库发出，"]  # not held back until the very end
+    assert "".join(out + splitter.flush()) == text
+    words = SentenceSplitter().feed("word " * 20)  # no punctuation at all: cut at a space
+    assert words and all(len(w) <= 40 for w in words)
+
+
 def test_audio_is_paced_in_real_time_and_a_clear_keeps_only_what_was_heard() -> None:
     rate = 8000
     sent: list[tuple[float, bytes]] = []
