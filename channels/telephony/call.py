@@ -95,6 +95,11 @@ class Call:
 
     async def end(self) -> None:
         self.ended = True
+        unfinished = [m for m in self._splitters if m not in self._answered or self._unheard(m)]
+        for message_id in unfinished:  # hung up mid-answer: stop generating, keep what was heard
+            self._interrupted.add(message_id)
+            await run_in_threadpool(self._record_interruption, message_id, self.player.heard_for(message_id), 0,
+                                    "hangup")
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -173,9 +178,13 @@ class Call:
             self._interrupted.add(message_id)
             self._answered.add(message_id)
             heard = self.player.heard_for(message_id)
-            await run_in_threadpool(self._record_interruption, message_id, heard, len(dropped))
+            await run_in_threadpool(self._record_interruption, message_id, heard, len(dropped), "barge_in")
 
-    def _record_interruption(self, message_id: int, heard: str, dropped: int) -> None:
+    def _unheard(self, message_id: int) -> bool:
+        """Some of its sentences are still queued (the caller will not hear them now)."""
+        return message_id in self.player.queued_tags()
+
+    def _record_interruption(self, message_id: int, heard: str, dropped: int, reason: str) -> None:
         kv = self.gw.kv
         kv.set(HEARD_KEY.format(message_id), heard, INTERRUPT_TTL_S)  # before the flag: the worker reads it after
         kv.set(CANCEL_KEY.format(message_id), "1", INTERRUPT_TTL_S)
@@ -185,7 +194,8 @@ class Call:
                             .values(text=heard + INTERRUPTED_MARK))
         accepted = self._accepted.get(message_id)
         if accepted is not None:
-            self.gw.ingress.note(accepted, CHANNEL, audit.BARGE_IN, heard_chars=len(heard), dropped_sentences=dropped)
+            self.gw.ingress.note(accepted, CHANNEL, audit.BARGE_IN, heard_chars=len(heard), dropped_sentences=dropped,
+                                 reason=reason)
 
     # ---- answers from the worker ------------------------------------------------------------------
 

@@ -115,6 +115,10 @@ class Player:
         self._idle.set()
         return dropped
 
+    def queued_tags(self) -> set[int]:
+        """Whose sentences are still waiting or playing."""
+        return {u.tag for u in self._queue}
+
     def heard_for(self, tag: int) -> str:
         """The sentences of ``tag`` played to the end."""
         return "".join(text for t, text in self._heard_tags if t == tag)

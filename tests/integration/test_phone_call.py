@@ -123,6 +123,25 @@ def test_speaking_over_the_answer_clears_the_audio_and_keeps_only_what_was_heard
     call.hang_up()
 
 
+def test_hanging_up_mid_answer_keeps_only_what_was_heard(phone: Stack, voice: EspeakSynthesizer) -> None:
+    call = FakeGateway.dial(phone.gateway.ws_url, SECRET, call_id="gone-1", caller="+8613400005555")
+    wait_for(lambda: call.audio_ms() >= 500, timeout=30)
+    call.wait_quiet(600)
+    asked = time.monotonic()
+    call.send_audio(voice.synthesize("tell me about your delivery options", 8000))
+    call.silence(1000)
+    wait_for(lambda: call.audio_ms(since=asked + 0.05) >= 100, timeout=60)  # the answer has started
+    call.hang_up()
+    row = inbound_rows(phone, "gone-1")[0]
+    wait_for(lambda: "barge_in" in kinds(phone, row.id), timeout=10)
+    with phone.sessions() as s:
+        event = s.scalars(select(AuditEvent).where(AuditEvent.inbound_id == row.id, AuditEvent.kind == "barge_in")).one()
+        assert event.detail["reason"] == "hangup"
+        text = wait_for(lambda: s.scalars(select(ReplyRecord.text).where(ReplyRecord.inbound_id == row.id)).first(),
+                        timeout=30)
+    assert text.endswith("…")
+
+
 def test_asterisk_audiosocket_gets_the_same_call(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> None:
     import socket
     import uuid
