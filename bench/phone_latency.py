@@ -81,6 +81,37 @@ class Line:
         self._stop.set()
 
 
+def breakdown(settings: Settings, ends: list[float]) -> dict[str, int]:
+    """p50 of each stage, from the audit log: speech end → received (endpointing + ASR), → generation
+    started (queue), → generation finished (model), → dispatched (reply stored and published)."""
+    from sqlalchemy import select
+
+    from models.db import make_engine, make_session_factory
+    from models.tables import AuditEvent, InboundRecord
+
+    engine = make_engine(settings)
+    stages: dict[str, list[float]] = {"asr": [], "queue": [], "model": [], "dispatch": []}
+    try:
+        with make_session_factory(engine)() as session:
+            rows = session.scalars(select(InboundRecord).where(InboundRecord.kind == "voice")
+                                   .order_by(InboundRecord.id)).all()
+            for ended in ends:  # the first utterance recognized after this question's end
+                row = next((r for r in rows if r.received_at.timestamp() >= ended), None)
+                if row is None:
+                    continue
+                at = {e.kind: e.at.timestamp() for e in session.scalars(
+                    select(AuditEvent).where(AuditEvent.inbound_id == row.id))}
+                if not {"received", "generation_started", "generation_finished", "dispatched"} <= at.keys():
+                    continue
+                stages["asr"].append(at["received"] - ended)
+                stages["queue"].append(at["generation_started"] - at["received"])
+                stages["model"].append(at["generation_finished"] - at["generation_started"])
+                stages["dispatch"].append(at["dispatched"] - at["generation_finished"])
+    finally:
+        engine.dispose()
+    return {name: round(pct(values, 50)) for name, values in stages.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--utterances", type=int, default=50)
@@ -106,7 +137,9 @@ def main() -> None:
         if not worker.wait(timeout=300):
             raise SystemExit(f"worker did not start:\n{(data_dir / 'worker.log').read_text()[-2000:]}")
         latencies: list[float] = []
+        ends: list[float] = []  # wall-clock end of each answered question, to place the audit events
         missed = 0
+        offset = time.time() - time.monotonic()
         try:
             call = FakeGateway.dial(gateway.ws_url, SECRET, call_id="bench-1")
             line = Line(call)
@@ -125,17 +158,20 @@ def main() -> None:
                     missed += 1
                     continue
                 latencies.append(first - ended)
+                ends.append(ended + offset)
                 call.wait_quiet(800)
             line.stop()
             call.hang_up()
         finally:
             gateway.stop()
             worker.stop()
+        stages = breakdown(settings, ends)
         result = {
             "model": args.model, "utterances": args.utterances, "answered": len(latencies), "missed": missed,
             "silence_ms": args.silence_ms, "p50_ms": round(pct(latencies, 50)), "p95_ms": round(pct(latencies, 95)),
             "min_ms": round(min(latencies) * 1000) if latencies else None,
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+            "stages_p50_ms": stages,
         }
         print(json.dumps(result))
 
