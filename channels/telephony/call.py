@@ -81,6 +81,7 @@ class Call:
         self._prompted = False
         self.ended = False
         self._speech_lock = asyncio.Lock()  # sentences are synthesized and queued in order
+        self._stream: Any = None  # the streaming transcription of the utterance in progress
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -95,6 +96,9 @@ class Call:
 
     async def end(self) -> None:
         self.ended = True
+        if self._stream is not None:  # an utterance cut off by the hang-up: free its recognizer
+            stream, self._stream = self._stream, None
+            await run_in_threadpool(stream.finish)
         unfinished = [m for m in self._splitters if m not in self._answered or self._unheard(m)]
         for message_id in unfinished:  # hung up mid-answer: stop generating, keep what was heard
             self._interrupted.add(message_id)
@@ -120,13 +124,23 @@ class Call:
 
     async def on_event(self, event: CallEvent) -> None:
         if isinstance(event, AudioIn):
-            for found in self.endpointer.feed(event.pcm):
+            was_in_speech = self.endpointer.in_speech
+            found_events = self.endpointer.feed(event.pcm)
+            if was_in_speech and self.endpointer.in_speech and self._stream is not None:
+                self._stream.feed(event.pcm)  # recognized while the caller speaks
+            for found in found_events:
                 self._last_activity = time.monotonic()
-                if isinstance(found, SpeechStarted) and self.player.playing:
-                    await self._barge_in()
+                if isinstance(found, SpeechStarted):
+                    begin = getattr(self._asr, "begin", None)
+                    if begin is not None:
+                        self._stream = begin(self.rate)
+                        self._stream.feed(self.endpointer.utterance_so_far())
+                    if self.player.playing:
+                        await self._barge_in()
                 elif isinstance(found, UtteranceEnded):
                     self._prompted = False
-                    self._spawn(self._utterance(found.pcm))
+                    stream, self._stream = self._stream, None
+                    self._spawn(self._utterance(found.pcm, stream))
         elif isinstance(event, DtmfIn):
             self._last_activity = time.monotonic()
             if event.digit == "0":
@@ -139,9 +153,13 @@ class Call:
         self._utterances += 1
         return self._utterances
 
-    async def _utterance(self, pcm: bytes) -> None:
+    async def _utterance(self, pcm: bytes, stream: Any = None) -> None:
         try:
-            text = printable(await run_in_threadpool(self._asr.transcribe, pcm, self.rate)).strip()
+            if stream is not None:  # every frame was fed while the caller spoke: only the end is left
+                recognized = await run_in_threadpool(stream.finish)
+            else:
+                recognized = await run_in_threadpool(self._asr.transcribe, pcm, self.rate)
+            text = printable(recognized).strip()
         except SpeechError as exc:
             log.error("speech recognition failed on call %s: %s", self.started.call_id, exc)
             return

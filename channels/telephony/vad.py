@@ -62,6 +62,10 @@ class Endpointer:
     def in_speech(self) -> bool:
         return self._in_speech
 
+    def utterance_so_far(self) -> bytes:
+        """The audio of the utterance in progress (pre-roll included), for a streaming recognizer."""
+        return bytes(self._utterance)
+
     def feed(self, pcm: bytes) -> list[SpeechStarted | UtteranceEnded]:
         """One frame (any length; 20 ms expected). Returns what happened at its end."""
         duration_ms = len(pcm) * 1000 // (2 * self.sample_rate)

@@ -58,3 +58,16 @@ def test_wav_round_trip_and_resampling() -> None:
     assert (again, rate) == (pcm, 16000)
     with pytest.raises(SpeechError, match="not a WAV"):
         read_wav(b"RIFF garbage")
+
+
+def test_streaming_recognition_hears_the_utterance_frame_by_frame(tts: EspeakSynthesizer) -> None:
+    asr = PocketSphinxRecognizer()
+    speech = tts.synthesize("hello, I would like to speak to an agent", 8000)
+    stream = asr.begin(8000)
+    for i in range(0, len(speech), 320):
+        stream.feed(speech[i : i + 320])
+    text = stream.finish()
+    assert text and text.isascii()
+    again = asr.begin(8000)  # the decoder went back to the pool and serves the next utterance
+    again.feed(speech)
+    assert again.finish() == text
