@@ -4,7 +4,8 @@ A real ``kefu gateway`` and ``kefu worker`` process (embedded backends), local s
 (pocketsphinx ASR, espeak-ng TTS), and a fake voice gateway (``tests/voice_gateway.py``) that keeps
 the line open like a PBX: 20 ms frames in real time, silence unless the caller speaks. The caller
 asks ``--utterances`` English questions (espeak-ng audio), one at a time, each after Kefu finished
-talking. Measured per utterance: last speech frame sent → first answer frame received. It includes
+talking. Measured per utterance: last voiced frame sent (espeak-ng's trailing silence is trimmed)
+→ first answer frame received. It includes
 the endpointer's ``--silence-ms`` (the end of speech is only known after that much silence), speech
 recognition, the queue, the model's first sentence and its synthesis.
 
@@ -27,6 +28,7 @@ from typing import Any
 from bench.stats import pct
 from channels.speech.espeak import EspeakSynthesizer
 from channels.telephony.events import frame_bytes
+from channels.telephony.vad import level_dbfs
 from models.migrate import upgrade
 from models.settings import Settings
 from tests.voice_gateway import FakeGateway
@@ -79,6 +81,15 @@ class Line:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def trim_silence(pcm: bytes) -> bytes:
+    """The clip without espeak-ng's trailing silence: the clock starts when the voice stops."""
+    size = frame_bytes(RATE)
+    frames = [pcm[i : i + size] for i in range(0, len(pcm), size)]
+    while frames and level_dbfs(frames[-1]) < -50:
+        frames.pop()
+    return b"".join(frames)
 
 
 def breakdown(settings: Settings, ends: list[float]) -> dict[str, int]:
@@ -143,7 +154,8 @@ def main() -> None:
         try:
             call = FakeGateway.dial(gateway.ws_url, SECRET, call_id="bench-1")
             line = Line(call)
-            prompts = [tts.synthesize(QUESTIONS[i % len(QUESTIONS)], RATE) for i in range(args.utterances)]
+            prompts = [trim_silence(tts.synthesize(QUESTIONS[i % len(QUESTIONS)], RATE))
+                       for i in range(args.utterances)]
             call.wait_quiet(800)
             for pcm in prompts:
                 line.say(pcm)
