@@ -4,6 +4,7 @@ answers with the random-weight Qwen3, and Kefu speaks the answer back."""
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,15 +98,22 @@ def test_silence_gets_a_prompt_then_a_goodbye_and_a_hang_up(phone: Stack) -> Non
     assert call.audio_ms() >= 3000  # greeting, prompt and goodbye were spoken
 
 
-def test_speaking_over_the_answer_clears_the_audio_and_keeps_only_what_was_heard(
-        phone: Stack, voice: EspeakSynthesizer) -> None:
-    call = FakeGateway.dial(phone.gateway.ws_url, SECRET, call_id="barge-1", caller="+8613500004444")
+def ask_until_answer_starts(phone: Stack, voice: EspeakSynthesizer, call_id: str, question: str) -> FakeGateway:
+    """Dial, let the greeting finish, ask, and return once Kefu has started to answer."""
+    caller = f"+86135{zlib.crc32(call_id.encode()) % 10**8:08d}"  # one caller (conversation) per call
+    call = FakeGateway.dial(phone.gateway.ws_url, SECRET, call_id=call_id, caller=caller)
     wait_for(lambda: call.audio_ms() >= 500, timeout=30)
     call.wait_quiet(600)
     asked = time.monotonic()
-    call.send_audio(voice.synthesize("please tell me everything about your return policy", 8000))
+    call.send_audio(voice.synthesize(question, 8000))
     call.silence(1000)
-    wait_for(lambda: call.audio_ms(since=asked + 0.05) >= 200, timeout=60)  # Kefu is answering
+    wait_for(lambda: call.audio_ms(since=asked + 0.05) >= 100, timeout=60)
+    return call
+
+
+def test_speaking_over_the_answer_clears_the_audio_and_keeps_only_what_was_heard(
+        phone: Stack, voice: EspeakSynthesizer) -> None:
+    call = ask_until_answer_starts(phone, voice, "barge-1", "please tell me everything about your return policy")
     call.send_audio(voice.synthesize("stop, wait", 8000), realtime=True)  # the caller talks over it
     wait_for(lambda: {"type": "clear"} in call.actions(), timeout=10)
     clear_at = next(h.at for h in call.heard if h.action == {"type": "clear"})
@@ -124,13 +132,7 @@ def test_speaking_over_the_answer_clears_the_audio_and_keeps_only_what_was_heard
 
 
 def test_hanging_up_mid_answer_keeps_only_what_was_heard(phone: Stack, voice: EspeakSynthesizer) -> None:
-    call = FakeGateway.dial(phone.gateway.ws_url, SECRET, call_id="gone-1", caller="+8613400005555")
-    wait_for(lambda: call.audio_ms() >= 500, timeout=30)
-    call.wait_quiet(600)
-    asked = time.monotonic()
-    call.send_audio(voice.synthesize("tell me about your delivery options", 8000))
-    call.silence(1000)
-    wait_for(lambda: call.audio_ms(since=asked + 0.05) >= 100, timeout=60)  # the answer has started
+    call = ask_until_answer_starts(phone, voice, "gone-1", "tell me about your delivery options")
     call.hang_up()
     row = inbound_rows(phone, "gone-1")[0]
     wait_for(lambda: "barge_in" in kinds(phone, row.id), timeout=10)
