@@ -96,3 +96,86 @@ class FakeNlsMeta:
             self.issued.append(token)
         return 200, {"Token": {"Id": token, "ExpireTime": int(time.time() + self.token_ttl), "UserId": "1"},
                      "RequestId": request_id, "NlsRequestId": request_id}
+
+
+class FakeNlsGateway:
+    """The REST speech gateway: ``/stream/v1/asr`` and ``/stream/v1/tts``, tokens checked against ``meta``.
+
+    Recognition answers ``recognized`` (what a real engine would hear) when the body is whole 16 kHz
+    PCM; synthesis answers ``tone_ms`` of a 16-bit tone per character at the requested rate.
+    ``down`` makes every request a 503; :meth:`revoke_tokens` makes issued tokens answer 40000001.
+    """
+
+    def __init__(self, meta: FakeNlsMeta, appkey: str, recognized: str = "我要转人工") -> None:
+        self.meta, self.appkey, self.recognized = meta, appkey, recognized
+        self.down = False
+        self.revoked: set[str] = set()
+        self.requests: list[str] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                parts = urlsplit(self.path)
+                status, ctype, data = fake._answer(parts.path, dict(parse_qsl(parts.query)), dict(self.headers), body)
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> FakeNlsGateway:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def revoke_tokens(self) -> None:
+        self.revoked.update(self.meta.issued)
+
+    def _error(self, status: int, code: int, message: str) -> tuple[int, str, bytes]:
+        return status, "application/json", json.dumps({"task_id": "t", "status": code, "message": message}).encode()
+
+    def _answer(self, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+        self.requests.append(path)
+        if self.down:
+            return 503, "text/html", b"<html>503 Service Unavailable</html>"
+        if path == "/stream/v1/asr":
+            token = headers.get("X-NLS-Token", "")
+            appkey, rate = query.get("appkey"), query.get("sample_rate")
+        elif path == "/stream/v1/tts":
+            request = json.loads(body or b"{}")
+            token, appkey, rate = request.get("token", ""), request.get("appkey"), str(request.get("sample_rate"))
+        else:
+            return 404, "text/plain", b"not found"
+        if token not in self.meta.issued or token in self.revoked:
+            return self._error(403, 40000001, "The token is invalid!")
+        if appkey != self.appkey:
+            return self._error(400, 40000003, "The appkey is invalid!")
+        if path == "/stream/v1/asr":
+            if rate != "16000" or len(body) % 2:
+                return self._error(400, 40000002, "Invalid audio")
+            return 200, "application/json", json.dumps({"task_id": "t", "result": self.recognized,
+                                                        "status": 20000000, "message": "SUCCESS"}).encode()
+        text = str(request.get("text", ""))
+        sample_rate = int(rate)
+        samples = sample_rate * 150 // 1000 * max(1, len(text))
+        import math
+
+        tone = bytearray()
+        for i in range(samples):
+            tone += int(6000 * math.sin(2 * math.pi * 300 * i / sample_rate)).to_bytes(2, "little", signed=True)
+        return 200, "audio/pcm", bytes(tone)

@@ -1,0 +1,90 @@
+"""Aliyun NLS over its REST gateway: one-sentence recognition and speech synthesis (the simpler mode).
+
+- Recognition: ``POST {gateway}/stream/v1/asr?appkey=…&format=pcm&sample_rate=16000`` with the raw
+  16 kHz PCM and ``X-NLS-Token``; the answer is JSON with ``status`` 20000000 and ``result``.
+- Synthesis: ``POST {gateway}/stream/v1/tts`` with a JSON request (appkey, token, text, format
+  ``pcm``, sample_rate, voice); the answer is the audio, or JSON with an error ``status``.
+
+A token the gateway rejects (status 40000001) is refreshed once (:class:`~channels.speech.nls_token.NlsTokens`)
+and the request repeated; any other failure raises :class:`~channels.speech.base.SpeechError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from channels.speech.audio import resample
+from channels.speech.base import SpeechError
+from channels.speech.nls_token import NlsTokens
+
+SUCCESS = 20000000
+TOKEN_INVALID = 40000001
+ASR_RATE = 16000
+
+
+class _NlsRest:
+    def __init__(self, tokens: NlsTokens, *, gateway: str, appkey: str, timeout_s: float = 10.0) -> None:
+        self._tokens, self._gateway, self._appkey = tokens, gateway.rstrip("/"), appkey
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 3.0)), trust_env=False)
+
+    def _with_token(self, call: Any) -> httpx.Response:
+        token = self._tokens.get()
+        for attempt in (1, 2):
+            try:
+                response: httpx.Response = call(token)
+            except httpx.HTTPError as exc:
+                raise SpeechError(f"NLS unreachable: {type(exc).__name__}") from None
+            if response.headers.get("content-type", "").startswith("application/json"):
+                status = _json(response).get("status")
+                if status == TOKEN_INVALID and attempt == 1:
+                    token = self._tokens.refresh(stale=token)
+                    continue
+            if response.status_code >= 500:
+                raise SpeechError(f"NLS answered HTTP {response.status_code}")
+            return response
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class NlsRestRecognizer(_NlsRest):
+    def transcribe(self, pcm: bytes, sample_rate: int) -> str:
+        audio = resample(pcm, sample_rate, ASR_RATE)
+        response = self._with_token(lambda token: self._http.post(
+            f"{self._gateway}/stream/v1/asr",
+            params={"appkey": self._appkey, "format": "pcm", "sample_rate": ASR_RATE},
+            headers={"X-NLS-Token": token, "Content-Type": "application/octet-stream"}, content=audio))
+        answer = _json(response)
+        if answer.get("status") != SUCCESS:
+            raise SpeechError(f"NLS recognition failed: {answer.get('status')} {answer.get('message', '')}")
+        return str(answer.get("result") or "")
+
+
+class NlsRestSynthesizer(_NlsRest):
+    def __init__(self, tokens: NlsTokens, *, gateway: str, appkey: str, voice: str = "xiaoyun",
+                 timeout_s: float = 10.0) -> None:
+        super().__init__(tokens, gateway=gateway, appkey=appkey, timeout_s=timeout_s)
+        self._voice = voice
+
+    def synthesize(self, text: str, sample_rate: int) -> bytes:
+        if not text.strip():
+            return b""
+        response = self._with_token(lambda token: self._http.post(
+            f"{self._gateway}/stream/v1/tts",
+            json={"appkey": self._appkey, "token": token, "text": text, "format": "pcm",
+                  "sample_rate": sample_rate, "voice": self._voice}))
+        if response.headers.get("content-type", "").startswith("application/json"):
+            answer = _json(response)
+            raise SpeechError(f"NLS synthesis failed: {answer.get('status')} {answer.get('message', '')}")
+        return response.content[: len(response.content) - len(response.content) % 2]
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        raise SpeechError(f"NLS answered HTTP {response.status_code} without JSON") from None
+    return data if isinstance(data, dict) else {}

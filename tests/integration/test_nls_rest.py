@@ -1,0 +1,60 @@
+"""Aliyun NLS REST recognition and synthesis against loopback nls-meta and speech-gateway servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from channels.speech.base import SpeechError
+from channels.speech.nls_rest import NlsRestRecognizer, NlsRestSynthesizer
+from channels.speech.nls_token import NlsTokens
+from models.kv import make_kv
+from models.locks import make_locks
+from models.settings import Settings
+from tests.fake_nls import FakeNlsGateway, FakeNlsMeta
+
+KEY_ID, SECRET, APPKEY = "LTAI-test-key", "test-secret-value", "kefu-appkey"
+
+
+@pytest.fixture
+def nls(tmp_path: Path) -> Iterator[tuple[FakeNlsGateway, NlsTokens]]:
+    with FakeNlsMeta(KEY_ID, SECRET) as meta, FakeNlsGateway(meta, APPKEY) as gateway:
+        settings = Settings(data_dir=tmp_path)
+        tokens = NlsTokens(make_kv(settings), make_locks(settings), access_key_id=KEY_ID, access_key_secret=SECRET,
+                           region="cn-shanghai", endpoint=meta.endpoint, protocol="http")
+        yield gateway, tokens
+
+
+def test_recognition_and_synthesis(nls: tuple[FakeNlsGateway, NlsTokens]) -> None:
+    gateway, tokens = nls
+    asr = NlsRestRecognizer(tokens, gateway=gateway.url, appkey=APPKEY)
+    tts = NlsRestSynthesizer(tokens, gateway=gateway.url, appkey=APPKEY)
+    assert asr.transcribe(bytes(8000), 8000) == "我要转人工"  # 8 kHz call audio is sent as 16 kHz
+    audio = tts.synthesize("您好", 8000)
+    assert len(audio) == 2 * 8000 * 150 // 1000 * 2  # two characters of the fake's tone at 8 kHz
+    asr.close()
+    tts.close()
+
+
+def test_a_token_expiring_mid_call_is_refreshed_and_the_call_goes_on(nls: tuple[FakeNlsGateway, NlsTokens]) -> None:
+    gateway, tokens = nls
+    asr = NlsRestRecognizer(tokens, gateway=gateway.url, appkey=APPKEY)
+    assert asr.transcribe(bytes(3200), 8000)
+    gateway.revoke_tokens()  # the platform no longer accepts the cached token
+    assert asr.transcribe(bytes(3200), 8000) == "我要转人工"
+    assert gateway.meta.issued == ["nls-token-0001", "nls-token-0002"]
+    asr.close()
+
+
+def test_nls_down_is_a_speech_error(nls: tuple[FakeNlsGateway, NlsTokens]) -> None:
+    gateway, tokens = nls
+    gateway.down = True
+    tts = NlsRestSynthesizer(tokens, gateway=gateway.url, appkey=APPKEY)
+    with pytest.raises(SpeechError, match="503"):
+        tts.synthesize("您好", 8000)
+    with pytest.raises(SpeechError, match="appkey"):
+        gateway.down = False
+        NlsRestRecognizer(tokens, gateway=gateway.url, appkey="wrong").transcribe(bytes(320), 8000)
+    tts.close()
