@@ -146,6 +146,7 @@ class Settings(BaseSettings):
     phone_idle_prompt: str = "请问您还在吗？有什么可以帮您？"
     phone_goodbye: str = "感谢您的来电，再见。"
     phone_no_agent: str = "抱歉，现在没有人工客服可以接听，请您稍后再拨。"
+    phone_speech_failed: str = "抱歉，语音识别暂时出现故障。"  # said before the transfer when recognition is down
     phone_silence_ms: int = 600  # end of an utterance
     audiosocket_port: int | None = None  # Asterisk AudioSocket over TCP (off unless set)
     audiosocket_allowed_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])

@@ -160,8 +160,10 @@ class Call:
             else:
                 recognized = await run_in_threadpool(self._asr.transcribe, pcm, self.rate)
             text = printable(recognized).strip()
-        except SpeechError as exc:
+        except SpeechError as exc:  # the recognizer is down: say so and hand the caller to a person
             log.error("speech recognition failed on call %s: %s", self.started.call_id, exc)
+            await self._transfer(Inbound(self.key, f"{self.started.call_id}:{self._next()}", "[not recognized]",
+                                         "voice"), self.gw.settings.phone_speech_failed)
             return
         if not text:
             return
@@ -174,10 +176,10 @@ class Call:
         self._accepted[accepted.inbound_id] = accepted
         self._splitters[accepted.inbound_id] = SentenceSplitter()
 
-    async def _transfer(self, inbound: Inbound) -> None:
+    async def _transfer(self, inbound: Inbound, reason: str = "") -> None:
         settings = self.gw.settings
         target = self.hotline.transfer_to or settings.phone_transfer_to
-        notice = settings.phone_transfer_notice if target else settings.phone_no_agent
+        notice = reason + (settings.phone_transfer_notice if target else settings.phone_no_agent)
         await run_in_threadpool(self.gw.ingress.accept_answered, inbound, notice, "handoff")
         await self.say(notice)
         await self.player.wait_idle()

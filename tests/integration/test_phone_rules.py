@@ -10,16 +10,29 @@ import asyncio
 import math
 from array import array
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
 from channels.app import build_gateway
+from channels.speech.base import SpeechError
 from channels.speech.espeak import EspeakSynthesizer
+from channels.speech.fallback import FallbackSynthesizer
 from channels.telephony.call import Call
 from channels.telephony.events import AudioIn, CallAction, CallStarted, HangupOut, Transfer, frame_bytes
 from models.migrate import upgrade
 from models.settings import Settings
 from models.tables import InboundRecord, ReplyRecord
+
+
+class BrokenRecognizer:
+    def transcribe(self, pcm: bytes, sample_rate: int) -> str:
+        raise SpeechError("NLS answered HTTP 503")
+
+
+class DownSynthesizer:
+    def synthesize(self, text: str, sample_rate: int) -> bytes:
+        raise SpeechError("NLS answered HTTP 503")
 
 
 class ScriptedRecognizer:
@@ -37,7 +50,8 @@ def speech_like(ms: int, rate: int = 8000) -> bytes:
     return array("h", (int(8000 * math.sin(2 * math.pi * 220 * i / rate)) for i in range(n))).tobytes()
 
 
-def run_call(tmp_path: Path, said: str, **settings_extra: object) -> tuple[list[CallAction], Settings]:
+def run_call(tmp_path: Path, said: str, asr: Any = None, tts: Any = None,
+             **settings_extra: object) -> tuple[list[CallAction], Settings]:
     settings = Settings(data_dir=tmp_path, **settings_extra)  # type: ignore[arg-type]
     upgrade(settings)
 
@@ -50,7 +64,7 @@ def run_call(tmp_path: Path, said: str, **settings_extra: object) -> tuple[list[
             actions.append(action)
 
         call = Call(gw, CallStarted("rules-1", "+8613600003333", "4008001234", 8000), act,
-                    ScriptedRecognizer(said), EspeakSynthesizer())
+                    asr or ScriptedRecognizer(said), tts or EspeakSynthesizer())
         await call.begin()
         size = frame_bytes(8000)
         audio = bytes(size * 10) + speech_like(800) + bytes(size * 50)
@@ -87,3 +101,16 @@ def test_without_an_agent_number_the_caller_gets_an_apology_not_silence(tmp_path
     actions, _ = run_call(tmp_path, "转人工", hotlines=[{"number": "4008001234", "greeting": "您好。"}])
     assert not any(isinstance(a, Transfer) for a in actions)
     assert HangupOut("no agent available") in actions
+
+
+def test_speech_services_down_get_a_spoken_apology_and_a_transfer_not_silence(tmp_path: Path) -> None:
+    tts = FallbackSynthesizer(DownSynthesizer(), EspeakSynthesizer())  # cloud TTS down too: the local voice speaks
+    actions, settings = run_call(tmp_path, "", asr=BrokenRecognizer(), tts=tts,
+                                 hotlines=[{"number": "4008001234", "transfer_to": "8001", "greeting": "您好。"}])
+    spoken = sum(1 for a in actions if not isinstance(a, (Transfer, HangupOut)))
+    assert Transfer("8001") in actions and spoken > 50  # the apology was heard before the transfer
+    from models.db import make_engine, make_session_factory
+
+    with make_session_factory(make_engine(settings))() as s:
+        reply = s.scalars(select(ReplyRecord)).one()
+    assert reply.source == "handoff" and reply.text.startswith(settings.phone_speech_failed)
