@@ -148,6 +148,17 @@ class Settings(BaseSettings):
     phone_no_agent: str = "抱歉，现在没有人工客服可以接听，请您稍后再拨。"
     phone_speech_failed: str = "抱歉，语音识别暂时出现故障。"  # said before the transfer when recognition is down
     phone_silence_ms: int = 600  # end of an utterance
+    # "local": espeak-ng + pocketsphinx (English only); "nls": Aliyun NLS REST recognition and synthesis,
+    # with the local voice as the fallback when NLS synthesis fails
+    phone_speech: Literal["local", "nls"] = "local"
+    nls_access_key_id: str | None = None
+    nls_access_key_secret: SecretStr | None = None
+    nls_appkey: str | None = None
+    nls_region: str = "cn-shanghai"
+    nls_meta_endpoint: str = "nls-meta.cn-shanghai.aliyuncs.com"
+    nls_meta_protocol: Literal["https", "http"] = "https"
+    nls_gateway: str = "https://nls-gateway-cn-shanghai.aliyuncs.com"
+    nls_voice: str = "xiaoyun"
     audiosocket_port: int | None = None  # Asterisk AudioSocket over TCP (off unless set)
     audiosocket_allowed_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     phone_idle_s: float = 10.0  # silence before the prompt, and again before the goodbye
@@ -277,6 +288,9 @@ class Settings(BaseSettings):
         if self.max_text_chars < 1 or self.context_turns < 0:
             raise ConfigError("KEFU_MAX_TEXT_CHARS must be >= 1 and KEFU_CONTEXT_TURNS >= 0")
         self._check_platform_accounts()
+        if self.phone_speech == "nls" and not (self.nls_access_key_id and self.nls_access_key_secret and self.nls_appkey):
+            raise ConfigError("KEFU_PHONE_SPEECH=nls needs KEFU_NLS_ACCESS_KEY_ID, KEFU_NLS_ACCESS_KEY_SECRET and "
+                              "KEFU_NLS_APPKEY (the project's appkey in the NLS console)")
 
     def _check_platform_accounts(self) -> None:
         groups: list[tuple[str, list[Any]]] = [

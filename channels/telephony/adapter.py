@@ -40,13 +40,29 @@ class TelephonyAdapter(ChannelAdapter):
         return [WebSocketRoute("/v1/voice/ws", self.connect)]
 
     def speech(self) -> tuple[Recognizer, Synthesizer]:
-        """The local providers, built on the first call (the recognizer loads a model)."""
+        """The configured providers, built on the first call (a local recognizer loads a model)."""
         with self._speech_lock:
             if self._speech is None:
                 from channels.speech.espeak import EspeakSynthesizer
-                from channels.speech.pocketsphinx_asr import PocketSphinxRecognizer
 
-                self._speech = (PocketSphinxRecognizer(), EspeakSynthesizer())
+                s = self.gw.settings
+                if s.phone_speech == "nls":
+                    from channels.speech.fallback import FallbackSynthesizer
+                    from channels.speech.nls_rest import NlsRestRecognizer, NlsRestSynthesizer
+                    from channels.speech.nls_token import NlsTokens
+                    from models.locks import make_locks
+
+                    assert s.nls_access_key_id and s.nls_access_key_secret and s.nls_appkey  # checked at start
+                    tokens = NlsTokens(self.gw.kv, make_locks(s), access_key_id=s.nls_access_key_id,
+                                       access_key_secret=s.nls_access_key_secret.get_secret_value(),
+                                       region=s.nls_region, endpoint=s.nls_meta_endpoint, protocol=s.nls_meta_protocol)
+                    synthesizer = NlsRestSynthesizer(tokens, gateway=s.nls_gateway, appkey=s.nls_appkey, voice=s.nls_voice)
+                    self._speech = (NlsRestRecognizer(tokens, gateway=s.nls_gateway, appkey=s.nls_appkey),
+                                    FallbackSynthesizer(synthesizer, EspeakSynthesizer()))
+                else:
+                    from channels.speech.pocketsphinx_asr import PocketSphinxRecognizer
+
+                    self._speech = (PocketSphinxRecognizer(), EspeakSynthesizer())
             return self._speech
 
     async def connect(self, ws: WebSocket) -> None:

@@ -58,3 +58,27 @@ def test_nls_down_is_a_speech_error(nls: tuple[FakeNlsGateway, NlsTokens]) -> No
         gateway.down = False
         NlsRestRecognizer(tokens, gateway=gateway.url, appkey="wrong").transcribe(bytes(320), 8000)
     tts.close()
+
+
+def test_a_call_on_nls_hears_the_caller_and_transfers(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> None:
+    from channels.speech.espeak import EspeakSynthesizer
+    from tests.integration.conftest import start_stack, wait_for
+    from tests.voice_gateway import FakeGateway
+
+    with FakeNlsMeta(KEY_ID, SECRET) as meta, FakeNlsGateway(meta, APPKEY, recognized="我要转人工") as gateway:
+        stack = start_stack("embedded", tmp_path_factory.mktemp("nls-call"), tiny_gguf, None, None,
+                            voice_gateways=[{"name": "pbx", "secret": "s"}], phone_speech="nls",
+                            nls_access_key_id=KEY_ID, nls_access_key_secret=SECRET, nls_appkey=APPKEY,
+                            nls_meta_endpoint=meta.endpoint, nls_meta_protocol="http", nls_gateway=gateway.url,
+                            hotlines=[{"number": "4008001234", "transfer_to": "8001", "greeting": "您好。"}])
+        try:
+            call = FakeGateway.dial(stack.gateway.ws_url, "s", call_id="nls-1")
+            wait_for(lambda: call.audio_ms() >= 100, timeout=30)  # the greeting, synthesized by NLS
+            call.wait_quiet(600)
+            call.send_audio(EspeakSynthesizer().synthesize("请帮我转人工", 8000))
+            call.silence(1000)
+            wait_for(lambda: {"type": "transfer", "to": "8001"} in call.actions(), timeout=60)
+            assert "/stream/v1/asr" in gateway.requests and "/stream/v1/tts" in gateway.requests
+            assert meta.issued == ["nls-token-0001"]  # one token for the whole call
+        finally:
+            stack.close()
