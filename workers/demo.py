@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import time
 import uuid
@@ -18,12 +19,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import httpx
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from models.db import make_engine, make_session_factory
 from models.migrate import upgrade
-from models.settings import Settings
+from models.settings import Settings, VoiceGateway
 from models.tables import AuditEvent, ReplyRecord
+from workers.demo_call import place_call
 from workers.llm.model_files import SWITCH_HINT, ModelUnavailable, resolve_model
 from workers.stack import GatewayThread, WorkerProcess
 
@@ -142,6 +145,9 @@ def run_demo(settings: Settings, *, keep: bool = False) -> int:
         settings = settings.model_copy(update={"data_dir": data_dir, "max_tokens": int(DEMO_MAX_TOKENS)})
     else:
         settings = settings.model_copy(update={"max_tokens": int(DEMO_MAX_TOKENS)})
+    call_secret = secrets.token_urlsafe(16)  # the demo's own voice gateway
+    settings = settings.model_copy(update={"voice_gateways": [
+        *settings.voice_gateways, VoiceGateway(name="demo", secret=SecretStr(call_secret))]})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
     print("Kefu demo")
@@ -164,6 +170,7 @@ def run_demo(settings: Settings, *, keep: bool = False) -> int:
     worker = WorkerProcess(env, settings.data_dir / "worker.log", beat=True)
     gateway = GatewayThread(settings)
     exchanges: list[Exchange] = []
+    answer_s = 0.0
     try:
         gateway.start()
         if not worker.wait(timeout=180):
@@ -179,6 +186,13 @@ def run_demo(settings: Settings, *, keep: bool = False) -> int:
                 exchanges.append(exchange)
             time.sleep(0.5)  # the last ack is written by the gateway in the background
         _report(settings, exchanges)
+        wav = settings.data_dir / "phone-call.wav"
+        print("\n=== A phone call (the voice-gateway protocol, local speech: espeak-ng and pocketsphinx) ===")
+        try:
+            answer_s = place_call(gateway.ws_url, call_secret, wav)
+            print(f"greeting heard, question asked, {answer_s:.1f} s of answer heard; both sides written to {wav}")
+        except Exception as exc:  # reported, and the demo fails below
+            print(f"the phone call failed: {type(exc).__name__}: {exc}")
     finally:
         gateway.stop()
         worker.stop()
@@ -186,5 +200,6 @@ def run_demo(settings: Settings, *, keep: bool = False) -> int:
             print(f"\n(worker log: {worker.log_path}; data in {settings.data_dir}, removed on the next demo)")
     answered = sum(1 for ex in exchanges if ex.reply)
     print(f"\n{answered} of {len(QUESTIONS)} questions answered through gateway → queue → worker → model → reply → audit.")
-    return 0 if answered == len(QUESTIONS) else 1
+    print(f"phone call: {'answered' if answer_s > 0 else 'NOT answered'}")
+    return 0 if answered == len(QUESTIONS) and answer_s > 0 else 1
 
