@@ -30,13 +30,11 @@ def pop_signature(method: str, params: dict[str, str], secret: str) -> str:
     return base64.b64encode(digest).decode()
 
 
-class FakeNlsMeta:
-    def __init__(self, access_key_id: str, access_key_secret: str, token_ttl: float = 24 * 3600) -> None:
-        self.key_id, self.secret, self.token_ttl = access_key_id, access_key_secret, token_ttl
-        self.issued: list[str] = []
-        self._failures: list[tuple[int, str]] = []
-        self._lock = threading.Lock()
-        fake = self
+class _LoopbackServer:
+    """A threading HTTP server on 127.0.0.1 whose POSTs go to ``respond(path, query, headers, body)``."""
+
+    def __init__(self) -> None:
+        owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
@@ -44,13 +42,12 @@ class FakeNlsMeta:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length).decode() if length else ""
-                params = dict(parse_qsl(urlsplit(self.path).query, keep_blank_values=True))
-                params.update(dict(parse_qsl(body, keep_blank_values=True)))
-                status, answer = fake._answer(params)
-                data = json.dumps(answer).encode()
+                body = self.rfile.read(length) if length else b""
+                parts = urlsplit(self.path)
+                query = dict(parse_qsl(parts.query, keep_blank_values=True))
+                status, ctype, data = owner.respond(parts.path, query, dict(self.headers), body)
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -59,16 +56,41 @@ class FakeNlsMeta:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self._server.server_address[1]}"
+    def port(self) -> int:
+        return int(self._server.server_address[1])
 
-    def __enter__(self) -> FakeNlsMeta:
+    def respond(self, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+        raise NotImplementedError
+
+    def start(self) -> None:
         self._thread.start()
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class FakeNlsMeta(_LoopbackServer):
+    def __init__(self, access_key_id: str, access_key_secret: str, token_ttl: float = 24 * 3600) -> None:
+        self.key_id, self.secret, self.token_ttl = access_key_id, access_key_secret, token_ttl
+        self.issued: list[str] = []
+        self._failures: list[tuple[int, str]] = []
+        self._lock = threading.Lock()
+        super().__init__()
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> FakeNlsMeta:
+        self.start()
+        return self
+
+    def respond(self, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+        params = dict(query)
+        params.update(dict(parse_qsl(body.decode(), keep_blank_values=True)))
+        status, answer = self._answer(params)
+        return status, "application/json", json.dumps(answer).encode()
 
     def fail_next(self, status: int, code: str) -> None:
         with self._lock:
@@ -98,7 +120,7 @@ class FakeNlsMeta:
                      "RequestId": request_id, "NlsRequestId": request_id}
 
 
-class FakeNlsGateway:
+class FakeNlsGateway(_LoopbackServer):
     """The REST speech gateway: ``/stream/v1/asr`` and ``/stream/v1/tts``, tokens checked against ``meta``.
 
     Recognition answers ``recognized`` (what a real engine would hear) when the body is whole 16 kHz
@@ -111,37 +133,18 @@ class FakeNlsGateway:
         self.down = False
         self.revoked: set[str] = set()
         self.requests: list[str] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                parts = urlsplit(self.path)
-                status, ctype, data = fake._answer(parts.path, dict(parse_qsl(parts.query)), dict(self.headers), body)
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> FakeNlsGateway:
-        self._thread.start()
+        self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    def respond(self, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+        return self._answer(path, query, headers, body)
 
     def revoke_tokens(self) -> None:
         self.revoked.update(self.meta.issued)
