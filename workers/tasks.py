@@ -134,7 +134,7 @@ def _answer(rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
         failure = f"empty output ({generation.finish_reason})"
     if generation is not None and generation.finish_reason == "cancelled":
         failure = None  # the listener stopped it (a caller who spoke over it): not a model failure
-        text = outbound.reply_text(row.id, generation.text)
+        text = outbound.reply_text(row.id, generation.text) or text
     with transaction(rt.sessions) as session:
         reply_id = insert_ignoring_conflict(
             session,

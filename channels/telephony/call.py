@@ -192,11 +192,12 @@ class Call:
     async def _barge_in(self) -> None:
         """The caller speaks over Kefu: stop the audio now, stop the generation, remember what was heard."""
         dropped = self.player.clear()
+        cut = ({tag for tag, _ in dropped if tag} | {m for m in self._splitters if m not in self._answered}) \
+            - self._interrupted
+        self._interrupted |= cut  # before any await: a sentence synthesized meanwhile must not be queued
+        self._answered |= cut
         await self._act(ClearAudio())
-        cut = {tag for tag, _ in dropped if tag} | {m for m in self._splitters if m not in self._answered}
-        for message_id in cut - self._interrupted:
-            self._interrupted.add(message_id)
-            self._answered.add(message_id)
+        for message_id in cut:
             heard = self.player.heard_for(message_id)
             await run_in_threadpool(self._record_interruption, message_id, heard, len(dropped), "barge_in")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from channels.telephony.events import FRAME_MS, frame_bytes
 
-_END = re.compile(r"[。！？!?；;…\n]+|(?<=[A-Za-z0-9\)])[.](?=\s|$)")
+_END = re.compile(r"[。！？!?；;…\n]+|(?<=[A-Za-z0-9\)])[.](?=\s)")  # "2." then "5" in a stream is not an end
 _CLAUSE = re.compile(r"[，,、：:]\s*|\s+")
 MIN_SENTENCE_CHARS = 4  # "好。" alone is merged with what follows
 MAX_SENTENCE_CHARS = 40  # a sentence that runs on is spoken from its last clause break (or cut) at this length
@@ -138,7 +138,12 @@ class Player:
             current = self._queue[0]
             chunk = current.pcm[current.sent : current.sent + self._frame]
             if chunk:
-                await self._send(chunk)
+                try:
+                    await self._send(chunk)
+                except Exception:  # the line is gone (hang-up, closed socket): stop playing, stay idle
+                    self._queue.clear()
+                    self._idle.set()
+                    return
                 current.sent += len(chunk)
                 next_at += FRAME_MS / 1000
                 delay = next_at - time.monotonic()

@@ -65,7 +65,7 @@ def test_generate_keeps_the_simple_engine_interface(engine: BatchedEngine) -> No
     streamed: list[str] = []
     generation = engine.generate(turns("我的快递到哪了？"), on_text=streamed.append)
     assert generation.completion_tokens > 0 and generation.finish_reason in {"stop", "length"}
-    assert generation.text == "".join(streamed).strip() or generation.text in "".join(streamed)
+    assert generation.text == "".join(streamed).strip()
     assert generation.first_token_s is not None and generation.model == engine.model_name
 
 
@@ -89,18 +89,10 @@ def test_cancellation_frees_the_slot_at_once(tmp_path: Path, tiny_gguf: Path) ->
     engine = make_engine(tmp_path, tiny_gguf, n_slots=1, n_ctx=4096)
     try:
         tokens = engine.prompt_tokens(turns("请详细介绍一下退货流程"))
-        started, cancelled = threading.Event(), threading.Event()
-
-        def on_text(_: str) -> None:  # holds the engine after the first token until the caller has cancelled
-            started.set()
-            cancelled.wait(30)
-
-        long = engine.submit(tokens, max_new=3500, ignore_eos=True, on_text=on_text)
+        long = engine.submit(tokens, max_new=3500, ignore_eos=True, on_text=lambda _: True)
         waiting = engine.submit(tokens, max_new=4)  # only one slot: queued behind the long one
-        assert started.wait(30)
-        assert engine.queue_depth() == 1
+        assert engine.queue_depth() >= 1
         long.cancel()
-        cancelled.set()
         result = long.wait(30)
         assert result.finish_reason == "cancelled" and result.completion_tokens < 3500
         assert waiting.wait(30).completion_tokens == 4  # the freed slot served the next request
@@ -111,12 +103,7 @@ def test_cancellation_frees_the_slot_at_once(tmp_path: Path, tiny_gguf: Path) ->
 
 def test_a_deadline_ends_a_generation_and_frees_its_slot(engine: BatchedEngine) -> None:
     tokens = engine.prompt_tokens(turns("请详细介绍一下退货流程"))
-    deadline = time.monotonic() + 0.05
-
-    def slow_client(_: str) -> None:  # the deadline passes while the first piece is being handled
-        time.sleep(max(0.0, deadline - time.monotonic()) + 0.05)
-
-    request = engine.submit(tokens, max_new=900, ignore_eos=True, deadline=deadline, on_text=slow_client)
+    request = engine.submit(tokens, max_new=900, ignore_eos=True, deadline=time.monotonic() + 0.02)
     result = request.wait(30)
     assert result.finish_reason == "deadline" and result.completion_tokens < 900
     expired = engine.submit(tokens, deadline=time.monotonic() - 1)  # already past: never admitted
@@ -183,18 +170,23 @@ def test_a_slow_stream_consumer_does_not_stall_the_other_conversations(engine: B
     tokens = engine.prompt_tokens(turns("你好"))
     release = threading.Event()
     received: list[str] = []
+    fast: list[str] = []
+    results = []
 
     def stuck_socket(piece: str) -> None:  # a client whose socket does not drain
         release.wait(30)
         received.append(piece)
 
     slow = engine.submit(tokens, max_new=20, ignore_eos=True, on_text=stuck_socket)
-    other = engine.submit(tokens, max_new=20, ignore_eos=True)
-    assert other.wait(30).completion_tokens == 20  # decoded while the slow consumer is still blocked
-    assert slow.done.wait(30) and not slow.streamed.is_set()  # generated too; its pieces are still queued
+    other = engine.submit(tokens, max_new=20, ignore_eos=True, on_text=fast.append)
+    waiter = threading.Thread(target=lambda: results.append(slow.wait(30)))
+    waiter.start()  # the slow conversation's own thread is stuck in its callback
+    streamed = other.wait(30)  # the other conversation streams and finishes meanwhile
+    assert streamed.completion_tokens == 20 and "".join(fast).strip() == streamed.text
+    assert slow.done.wait(30) and not received  # generated too, while its consumer is still stuck
     release.set()
-    result = slow.wait(30)  # returns only after every piece reached the callback
-    assert slow.streamed.is_set() and "".join(received).strip() == result.text
+    waiter.join(30)
+    assert "".join(received).strip() == results[0].text  # and every piece reached it afterwards
 
 
 def test_a_listener_that_goes_away_stops_the_generation(engine: BatchedEngine) -> None:

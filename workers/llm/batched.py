@@ -12,7 +12,8 @@ Each step of the scheduler:
    ``prefill_chunk`` prompt tokens of sequences still prefilling (so a long new prompt never
    stalls running answers for more than a chunk), within ``n_batch``;
 3. decodes it once and samples each sequence that produced logits with its own sampler chain;
-4. streams the new text to the request's callback, and releases a slot (``llama_memory_seq_rm``,
+4. queues the new text for the request (its waiting caller thread hands it to ``on_text``, so a
+   slow consumer never delays a decode step), and releases a slot (``llama_memory_seq_rm``,
    its sampler freed) on end of generation, ``max_tokens``, deadline or cancellation.
 
 Qwen3 semantics and output are those of the simple engine (ChatML prompt ids, thinking off, both
@@ -58,7 +59,6 @@ log = logging.getLogger(__name__)
 PREFIX_SEQ = 0  # holds the shared prefix's KV; slots use sequence ids 1..n_slots
 MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a copy
 PENALTY_LAST_N = 64
-STREAM_DRAIN_S = 10.0  # how long a finished request waits for its streamed pieces to be delivered
 WAIT_REPORT_S = 5.0  # the wait estimate is reported at least this often while busy, and when it changes
 
 
@@ -90,7 +90,9 @@ class Request:
     ignore_eos: bool = False  # benchmarks: always generate max_new tokens
     submitted: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
-    streamed: threading.Event = field(default_factory=threading.Event)  # every on_text call has returned
+    # streamed text, then None at the end: handed to on_text by the thread that waits, never by the engine
+    pieces: queue.SimpleQueue[str | None] = field(default_factory=queue.SimpleQueue)
+    _drained: bool = False
     result: Generation | None = None
     error: BaseException | None = None
     output_ids: list[int] = field(default_factory=list)
@@ -104,10 +106,26 @@ class Request:
         return self._cancelled.is_set()
 
     def wait(self, timeout: float | None = None) -> Generation:
-        """The finished generation, after its last streamed piece was handed to ``on_text``."""
-        if not self.done.wait(timeout):
-            raise TimeoutError("generation still running")
-        self.streamed.wait(STREAM_DRAIN_S)
+        """Deliver the streamed pieces to ``on_text`` in this (the caller's) thread, then the result.
+
+        A slow ``on_text`` therefore delays only its own caller, never the engine or other requests;
+        ``on_text`` returning False cancels the generation.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._drained:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                piece = self.pieces.get(timeout=remaining)
+            except queue.Empty:
+                raise TimeoutError("generation still running") from None
+            if piece is None:
+                self._drained = True
+            elif self.on_text is not None:
+                try:
+                    if self.on_text(piece) is False:  # the listener went away: stop generating for it
+                        self.cancel()
+                except Exception:  # streaming is best effort; the reply row is what counts
+                    log.exception("streaming callback failed")
         if self.error is not None:
             raise self.error
         assert self.result is not None
@@ -143,10 +161,6 @@ class BatchedEngine:
         self._prefix: list[int] = []  # the tokens whose KV sequence PREFIX_SEQ holds
         self._stopping = False
         self._thread: threading.Thread | None = None
-        # Streamed pieces go through a queue to their own thread, so a slow consumer (a full socket, a
-        # slow Redis) delays only its own text, never the decode steps of the other conversations.
-        self._pieces: queue.SimpleQueue[tuple[Request, str | None] | None] = queue.SimpleQueue()
-        self._streamer: threading.Thread | None = None
         self._model: Any = None
         self._ctx: Any = None
         self._mem: Any = None
@@ -200,7 +214,7 @@ class BatchedEngine:
             if ctx is None:
                 model.close()
                 raise GenerationError("llama.cpp could not create a context (out of memory?)")
-            self._model, self._ctx = model, ctx
+            self._model = model
             self._mem = llama_cpp.llama_get_memory(ctx)
             self._batch = llama_cpp.llama_batch_init(params.n_batch, 0, 1)
             self._n_batch = int(params.n_batch)
@@ -212,8 +226,8 @@ class BatchedEngine:
             self._stopping = False
             self._thread = threading.Thread(target=self._loop, name="kefu-batched-engine", daemon=True)
             self._thread.start()
-            self._streamer = threading.Thread(target=self._stream_loop, name="kefu-engine-stream", daemon=True)
-            self._streamer.start()
+            self._ctx = ctx  # last: a concurrent load() returns early only once everything above is set
+            self._prefix = []
             log.info("model %s loaded in %.2fs (architecture %s, %d slots x n_ctx %d, unified KV, gpu layers %d)",
                      self.spec.name, time.monotonic() - started, self.architecture, self.n_slots, s.n_ctx, gpu_layers)
 
@@ -227,9 +241,6 @@ class BatchedEngine:
                 self._cv.notify_all()
             if self._thread is not None:
                 self._thread.join(timeout=30)
-            if self._streamer is not None:
-                self._pieces.put(None)
-                self._streamer.join(timeout=30)
             import llama_cpp
 
             for slot in self._slots:
@@ -276,7 +287,7 @@ class BatchedEngine:
             deadline=deadline, on_text=on_text, ignore_eos=ignore_eos,
         )
         with self._cv:
-            if self._stopping or self._thread is None:
+            if self._stopping or self._thread is None or not self._thread.is_alive():
                 raise GenerationError("the engine is shut down")
             self._queue.append(request)
             self._cv.notify_all()
@@ -343,6 +354,8 @@ class BatchedEngine:
                     self._step()
         except BaseException as exc:  # a bug here must not leave callers waiting forever
             log.exception("batched engine scheduler crashed")
+            with self._cv:
+                self._stopping = True  # refuse new requests instead of queueing them for nobody
             self._fail_everything(GenerationError(f"engine failure: {type(exc).__name__}: {exc}"))
             return
         self._fail_everything(GenerationError("the engine is shut down"))
@@ -538,27 +551,12 @@ class BatchedEngine:
         slot.pieces.append(text)
         request = slot.request
         if request is not None and request.on_text is not None:
-            self._pieces.put((request, text))
+            request.pieces.put(text)
 
-    def _stream_loop(self) -> None:
-        while (item := self._pieces.get()) is not None:
-            request, text = item
-            if text is None:
-                request.streamed.set()
-                continue
-            assert request.on_text is not None
-            try:
-                if request.on_text(text) is False:  # the listener went away: stop generating for it
-                    request.cancel()
-            except Exception:  # streaming is best effort; the reply row is what counts
-                log.exception("streaming callback failed")
-
-    def _release(self, request: Request) -> None:
-        """The request is over: its waiter wakes once the pieces queued before now were delivered."""
-        if request.on_text is not None and self._streamer is not None and self._streamer.is_alive():
-            self._pieces.put((request, None))
-        else:
-            request.streamed.set()
+    @staticmethod
+    def _release(request: Request) -> None:
+        """The request is over: its waiter delivers the pieces queued so far, then gets the result."""
+        request.pieces.put(None)
         request.done.set()
 
     def _finish(self, slot: _Slot, reason: str, error: BaseException | None = None) -> None:
