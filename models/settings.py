@@ -148,9 +148,16 @@ class Settings(BaseSettings):
     phone_no_agent: str = "抱歉，现在没有人工客服可以接听，请您稍后再拨。"
     phone_speech_failed: str = "抱歉，语音识别暂时出现故障。"  # said before the transfer when recognition is down
     phone_silence_ms: int = 600  # end of an utterance
-    # "local": espeak-ng + pocketsphinx (English only); "nls": Aliyun NLS REST recognition and synthesis,
-    # with the local voice as the fallback when NLS synthesis fails
-    phone_speech: Literal["local", "nls"] = "local"
+    # --- speech (the phone, and WeChat voice messages the platform did not transcribe) ----------
+    # "local": espeak-ng, and sherpa-onnx when KEFU_LOCAL_ASR_MODEL_DIR is set, else pocketsphinx (English only);
+    # "nls": Aliyun NLS recognition and synthesis, with the local voice as the fallback when NLS synthesis fails
+    speech_provider: Literal["local", "nls"] = "local"
+    # a sherpa-onnx model directory (e.g. a Mandarin paraformer or SenseVoice export); unset: pocketsphinx
+    local_asr_model_dir: Path | None = None
+    # "realtime": the NLS WebSocket protocol (SpeechTranscriber streams while the caller speaks);
+    # "rest": one-sentence recognition and REST synthesis, one HTTP request each
+    nls_mode: Literal["realtime", "rest"] = "realtime"
+    nls_ws_url: str = "wss://nls-gateway-cn-shanghai.aliyuncs.com/ws/v1"
     nls_access_key_id: str | None = None
     nls_access_key_secret: SecretStr | None = None
     nls_appkey: str | None = None
@@ -288,8 +295,8 @@ class Settings(BaseSettings):
         if self.max_text_chars < 1 or self.context_turns < 0:
             raise ConfigError("KEFU_MAX_TEXT_CHARS must be >= 1 and KEFU_CONTEXT_TURNS >= 0")
         self._check_platform_accounts()
-        if self.phone_speech == "nls" and not (self.nls_access_key_id and self.nls_access_key_secret and self.nls_appkey):
-            raise ConfigError("KEFU_PHONE_SPEECH=nls needs KEFU_NLS_ACCESS_KEY_ID, KEFU_NLS_ACCESS_KEY_SECRET and "
+        if self.speech_provider == "nls" and not (self.nls_access_key_id and self.nls_access_key_secret and self.nls_appkey):
+            raise ConfigError("KEFU_SPEECH_PROVIDER=nls needs KEFU_NLS_ACCESS_KEY_ID, KEFU_NLS_ACCESS_KEY_SECRET and "
                               "KEFU_NLS_APPKEY (the project's appkey in the NLS console)")
 
     def _check_platform_accounts(self) -> None:

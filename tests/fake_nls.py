@@ -174,11 +174,166 @@ class FakeNlsGateway(_LoopbackServer):
             return 200, "application/json", json.dumps({"task_id": "t", "result": self.recognized,
                                                         "status": 20000000, "message": "SUCCESS"}).encode()
         text = str(request.get("text", ""))
-        sample_rate = int(rate)
-        samples = sample_rate * 150 // 1000 * max(1, len(text))
-        import math
+        return 200, "audio/pcm", tone(int(rate or 0), 150 * max(1, len(text)))
 
-        tone = bytearray()
-        for i in range(samples):
-            tone += int(6000 * math.sin(2 * math.pi * 300 * i / sample_rate)).to_bytes(2, "little", signed=True)
-        return 200, "audio/pcm", bytes(tone)
+
+def tone(sample_rate: int, ms: int) -> bytes:
+    """A 300 Hz 16-bit tone: what the fakes 'speak'."""
+    import math
+
+    samples = sample_rate * ms // 1000
+    return b"".join(int(6000 * math.sin(2 * math.pi * 300 * i / sample_rate)).to_bytes(2, "little", signed=True)
+                    for i in range(samples))
+
+
+class FakeNlsRealtime:
+    """The real-time WebSocket gateway (``/ws/v1``): SpeechTranscriber and SpeechSynthesizer.
+
+    Real message shapes: commands need 32-hex ``message_id``/``task_id``, the namespace, the name and
+    the appkey; answers carry ``status`` 20000000 and ``status_text``; every failure is a
+    ``TaskFailed`` frame (40000001 bad token, 40000003 wrong appkey, 40000002 bad parameters such as a
+    sample rate other than 16 kHz for recognition, 40000000 for :meth:`fail_next`). Recognition sends
+    ``SentenceBegin`` on the first audio, a ``TranscriptionResultChanged`` per 200 ms when
+    intermediate results were asked for, and one ``SentenceEnd`` with ``recognized`` at
+    ``StopTranscription``. Synthesis streams 150 ms of tone per character in 100 ms frames.
+    ``down`` refuses the handshake with HTTP 503; :attr:`audio_bytes` records each recognition
+    task's audio length (16 kHz: 32,000 bytes a second).
+    """
+
+    def __init__(self, meta: FakeNlsMeta, appkey: str, recognized: str = "我要转人工") -> None:
+        from websockets.sync.server import serve
+
+        self.meta, self.appkey, self.recognized = meta, appkey, recognized
+        self.down = False
+        self.revoked: set[str] = set()
+        self.tasks: list[str] = []  # "SpeechTranscriber" / "SpeechSynthesizer", one per started task
+        self.audio_bytes: list[int] = []
+        self._failures: list[str] = []
+        self._lock = threading.Lock()
+        self._server = serve(self._session, "127.0.0.1", 0, process_request=self._handshake, compression=None)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self._server.socket.getsockname()[1]}/ws/v1"
+
+    def __enter__(self) -> FakeNlsRealtime:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+
+    def revoke_tokens(self) -> None:
+        self.revoked.update(self.meta.issued)
+
+    def fail_next(self, name: str) -> None:
+        """The next command called ``name`` (e.g. "StartSynthesis", "StopTranscription") gets a TaskFailed."""
+        with self._lock:
+            self._failures.append(name)
+
+    def _handshake(self, connection: Any, request: Any) -> Any:
+        if self.down:
+            return connection.respond(503, "Service Unavailable\n")
+        if urlsplit(request.path).path != "/ws/v1":
+            return connection.respond(404, "Not Found\n")
+        return None
+
+    @staticmethod
+    def _answer(namespace: str, name: str, task_id: str, payload: dict[str, Any] | None = None,
+                status: int = 20000000, text: str = "Gateway:SUCCESS:Success.") -> str:
+        header = {"namespace": namespace, "name": name, "status": status, "message_id": uuid4_hex(),
+                  "task_id": task_id, "status_text": text}
+        return json.dumps({"header": header, "payload": payload or {}}, ensure_ascii=False)
+
+    def _failed(self, task_id: str, status: int, text: str) -> str:
+        return self._answer("Default", "TaskFailed", task_id, status=status, text=text)
+
+    def _session(self, ws: Any) -> None:
+        import re
+
+        from websockets.exceptions import ConnectionClosed
+
+        token = ws.request.headers.get("X-NLS-Token") or dict(parse_qsl(urlsplit(ws.request.path).query)).get("token")
+        task_id, namespace, rate, audio, started, intermediate = "", "", 0, 0, False, False
+        try:
+            for frame in ws:
+                if isinstance(frame, bytes):
+                    if namespace != "SpeechTranscriber" or not started:
+                        ws.send(self._failed(task_id, 40000002, "Gateway:CLIENT_ERROR:audio before start"))
+                        return
+                    if len(frame) % 2:
+                        ws.send(self._failed(task_id, 40000002, "Gateway:CLIENT_ERROR:odd number of PCM bytes"))
+                        return
+                    before, audio = audio, audio + len(frame)
+                    if before == 0:
+                        ws.send(self._answer(namespace, "SentenceBegin", task_id, {"index": 1, "time": 0}))
+                    if intermediate and audio // 6400 > before // 6400:
+                        partial = self.recognized[: max(1, len(self.recognized) * audio // 64000)]
+                        ws.send(self._answer(namespace, "TranscriptionResultChanged", task_id,
+                                             {"index": 1, "time": audio // 32, "result": partial}))
+                    continue
+                message = json.loads(frame)
+                header, payload = message.get("header", {}), message.get("payload") or {}
+                name = str(header.get("name", ""))
+                ids_ok = all(re.fullmatch(r"[0-9a-f]{32}", str(header.get(k, ""))) for k in ("message_id", "task_id"))
+                if not ids_ok:
+                    ws.send(self._failed(task_id, 40000002, "Gateway:CLIENT_ERROR:message_id and task_id must be "
+                                                            "32 hex characters"))
+                    return
+                if token not in self.meta.issued or token in self.revoked:
+                    ws.send(self._failed(header["task_id"], 40000001, f"Gateway:ACCESS_DENIED:The token '{token}' "
+                                                                      "is invalid!"))
+                    return
+                if header.get("appkey") != self.appkey:
+                    ws.send(self._failed(header["task_id"], 40000003, "Gateway:ACCESS_DENIED:The appkey is invalid!"))
+                    return
+                with self._lock:
+                    injected = name in self._failures
+                    if injected:
+                        self._failures.remove(name)
+                if injected:
+                    ws.send(self._failed(header["task_id"], 40000000, "Gateway:SERVER_ERROR:injected failure"))
+                    return
+                if name == "StartTranscription" and header.get("namespace") == "SpeechTranscriber" and not started:
+                    task_id, namespace, rate = header["task_id"], "SpeechTranscriber", int(payload.get("sample_rate", 0))
+                    if payload.get("format") != "pcm" or rate != 16000:
+                        ws.send(self._failed(task_id, 40000002, "Gateway:CLIENT_ERROR:this appkey's model needs "
+                                                                "16000 Hz pcm"))
+                        return
+                    started, intermediate = True, bool(payload.get("enable_intermediate_result"))
+                    self.tasks.append(namespace)
+                    ws.send(self._answer(namespace, "TranscriptionStarted", task_id, {"session_id": uuid4_hex()}))
+                elif name == "StopTranscription" and started and header["task_id"] == task_id:
+                    self.audio_bytes.append(audio)
+                    if audio:
+                        ws.send(self._answer(namespace, "SentenceEnd", task_id, {
+                            "index": 1, "time": audio // 32, "begin_time": 0, "result": self.recognized,
+                            "confidence": 0.9}))
+                    ws.send(self._answer(namespace, "TranscriptionCompleted", task_id))
+                    return
+                elif name == "StartSynthesis" and header.get("namespace") == "SpeechSynthesizer":
+                    task_id, text = header["task_id"], str(payload.get("text", ""))
+                    sample_rate = int(payload.get("sample_rate", 16000))
+                    if not text or sample_rate not in (8000, 16000, 24000) or payload.get("format") != "pcm":
+                        ws.send(self._failed(task_id, 40000002, "Gateway:CLIENT_ERROR:bad text, format or "
+                                                                "sample_rate"))
+                        return
+                    self.tasks.append("SpeechSynthesizer")
+                    audio_out = tone(sample_rate, 150 * len(text))
+                    step = sample_rate * 2 // 10
+                    for i in range(0, len(audio_out), step):
+                        ws.send(audio_out[i:i + step])
+                    ws.send(self._answer("SpeechSynthesizer", "SynthesisCompleted", task_id))
+                    return
+                else:
+                    ws.send(self._failed(header["task_id"], 40000002, f"Gateway:CLIENT_ERROR:unexpected {name}"))
+                    return
+        except ConnectionClosed:
+            return
+
+
+def uuid4_hex() -> str:
+    import uuid
+
+    return uuid.uuid4().hex

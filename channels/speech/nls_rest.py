@@ -5,22 +5,22 @@
 - Synthesis: ``POST {gateway}/stream/v1/tts`` with a JSON request (appkey, token, text, format
   ``pcm``, sample_rate, voice); the answer is the audio, or JSON with an error ``status``.
 
-A token the gateway rejects (status 40000001) is refreshed once (:class:`~channels.speech.nls_token.NlsTokens`)
+A token the gateway rejects (status 40000001) is refreshed once (:meth:`~channels.speech.nls_token.NlsTokens.use`)
 and the request repeated; any other failure raises :class:`~channels.speech.base.SpeechError`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from channels.speech.audio import resample
 from channels.speech.base import SpeechError
-from channels.speech.nls_token import NlsTokens
+from channels.speech.nls_token import TOKEN_INVALID, NlsTokens, TokenRejected
 
 SUCCESS = 20000000
-TOKEN_INVALID = 40000001
 ASR_RATE = 16000
 
 
@@ -29,22 +29,20 @@ class _NlsRest:
         self._tokens, self._gateway, self._appkey = tokens, gateway.rstrip("/"), appkey
         self._http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 3.0)), trust_env=False)
 
-    def _with_token(self, call: Any) -> httpx.Response:
-        token = self._tokens.get()
-        for attempt in (1, 2):
-            try:
-                response: httpx.Response = call(token)
-            except httpx.HTTPError as exc:
-                raise SpeechError(f"NLS unreachable: {type(exc).__name__}") from None
-            if response.headers.get("content-type", "").startswith("application/json"):
-                status = _json(response).get("status")
-                if status == TOKEN_INVALID and attempt == 1:
-                    token = self._tokens.refresh(stale=token)
-                    continue
-            if response.status_code >= 500:
-                raise SpeechError(f"NLS answered HTTP {response.status_code}")
-            return response
-        raise AssertionError("unreachable")
+    def _with_token(self, call: Callable[[str], httpx.Response]) -> httpx.Response:
+        return self._tokens.use(lambda token: self._checked(call, token))
+
+    def _checked(self, call: Callable[[str], httpx.Response], token: str) -> httpx.Response:
+        try:
+            response = call(token)
+        except httpx.HTTPError as exc:
+            raise SpeechError(f"NLS unreachable: {type(exc).__name__}") from None
+        if response.headers.get("content-type", "").startswith("application/json"):
+            if _json(response).get("status") == TOKEN_INVALID:
+                raise TokenRejected("NLS rejected the token")
+        if response.status_code >= 500:
+            raise SpeechError(f"NLS answered HTTP {response.status_code}")
+        return response
 
     def close(self) -> None:
         self._http.close()

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from channels.speech.base import SpeechError
 from models.kv import KV
@@ -22,6 +23,13 @@ from models.locks import Locks
 API_VERSION = "2019-02-28"
 REFRESH_BEFORE_S = 600  # refresh ten minutes before the token expires
 MIN_TTL_S = 30
+TOKEN_INVALID = 40000001  # NLS status for a token it no longer accepts (REST and WebSocket alike)
+
+T = TypeVar("T")
+
+
+class TokenRejected(SpeechError):
+    """NLS refused the token (status 40000001, or HTTP 401/403 on the WebSocket handshake)."""
 
 
 class NlsTokens:
@@ -36,6 +44,18 @@ class NlsTokens:
 
     def get(self) -> str:
         return self._kv.get(self._key) or self.refresh(stale=None)
+
+    def use(self, attempt: Callable[[str], T]) -> T:
+        """``attempt(token)``; when NLS rejects the token (expired, revoked), once more with a fresh one."""
+        token = self.get()
+        try:
+            return attempt(token)
+        except TokenRejected:
+            fresh = self.refresh(stale=token)
+        try:
+            return attempt(fresh)
+        except TokenRejected as exc:
+            raise SpeechError(f"NLS rejected a freshly issued token: {exc}") from None
 
     def refresh(self, stale: str | None) -> str:
         """A valid token; fetched only when the cached one is missing or is ``stale``."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from typing import TYPE_CHECKING
 
 from starlette.routing import BaseRoute, WebSocketRoute
@@ -18,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from channels.base import ChannelAdapter
 from channels.speech.base import Recognizer, Synthesizer
+from channels.speech.providers import SpeechProviders
 from channels.telephony.call import CHANNEL, Call
 from channels.telephony.events import CallAction, CallEvent, CallStarted, HangupOut
 from channels.telephony.gateway_ws import GatewayDecoder, ProtocolError, encode
@@ -33,37 +33,14 @@ class TelephonyAdapter(ChannelAdapter):
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
-        self._speech: tuple[Recognizer, Synthesizer] | None = None
-        self._speech_lock = threading.Lock()
+        self._speech = SpeechProviders(gateway.settings, gateway.kv)
 
     def routes(self) -> list[BaseRoute]:
         return [WebSocketRoute("/v1/voice/ws", self.connect)]
 
     def speech(self) -> tuple[Recognizer, Synthesizer]:
         """The configured providers, built on the first call (a local recognizer loads a model)."""
-        with self._speech_lock:
-            if self._speech is None:
-                from channels.speech.espeak import EspeakSynthesizer
-
-                s = self.gw.settings
-                if s.phone_speech == "nls":
-                    from channels.speech.fallback import FallbackSynthesizer
-                    from channels.speech.nls_rest import NlsRestRecognizer, NlsRestSynthesizer
-                    from channels.speech.nls_token import NlsTokens
-                    from models.locks import make_locks
-
-                    assert s.nls_access_key_id and s.nls_access_key_secret and s.nls_appkey  # checked at start
-                    tokens = NlsTokens(self.gw.kv, make_locks(s), access_key_id=s.nls_access_key_id,
-                                       access_key_secret=s.nls_access_key_secret.get_secret_value(),
-                                       region=s.nls_region, endpoint=s.nls_meta_endpoint, protocol=s.nls_meta_protocol)
-                    synthesizer = NlsRestSynthesizer(tokens, gateway=s.nls_gateway, appkey=s.nls_appkey, voice=s.nls_voice)
-                    self._speech = (NlsRestRecognizer(tokens, gateway=s.nls_gateway, appkey=s.nls_appkey),
-                                    FallbackSynthesizer(synthesizer, EspeakSynthesizer()))
-                else:
-                    from channels.speech.pocketsphinx_asr import PocketSphinxRecognizer
-
-                    self._speech = (PocketSphinxRecognizer(), EspeakSynthesizer())
-            return self._speech
+        return self._speech.get()
 
     async def connect(self, ws: WebSocket) -> None:
         header = ws.headers.get("authorization", "")

@@ -67,7 +67,7 @@ def test_a_call_on_nls_hears_the_caller_and_transfers(tmp_path_factory: pytest.T
 
     with FakeNlsMeta(KEY_ID, SECRET) as meta, FakeNlsGateway(meta, APPKEY, recognized="我要转人工") as gateway:
         stack = start_stack("embedded", tmp_path_factory.mktemp("nls-call"), tiny_gguf, None, None,
-                            voice_gateways=[{"name": "pbx", "secret": "s"}], phone_speech="nls",
+                            voice_gateways=[{"name": "pbx", "secret": "s"}], speech_provider="nls", nls_mode="rest",
                             nls_access_key_id=KEY_ID, nls_access_key_secret=SECRET, nls_appkey=APPKEY,
                             nls_meta_endpoint=meta.endpoint, nls_meta_protocol="http", nls_gateway=gateway.url,
                             hotlines=[{"number": "4008001234", "transfer_to": "8001", "greeting": "您好。"}])
