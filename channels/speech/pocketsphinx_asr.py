@@ -3,19 +3,23 @@ acoustic and language model only. There is no Mandarin model in any registry pac
 who need Mandarin offline point Kefu at a vosk or sherpa-onnx model directory, or use Aliyun NLS.
 
 Accuracy is modest (it is a 2010s HMM recognizer): good for "yes", "agent", digits and short
-phrases, poor for free speech. Audio is resampled to the model's 16 kHz.
+phrases, poor for free speech. Audio is resampled to the model's 16 kHz. The second, flat-lexicon
+search pass is off: it made ``end_utt`` take ~90 ms instead of ~10 ms after the caller stopped,
+for no better text on our phone questions (measured in ``docs/BENCHMARKS.md``).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from channels.speech.audio import resample
 from channels.speech.base import SpeechError
 
 MODEL_RATE = 16000
+DECODER_OPTIONS: dict[str, Any] = {"samprate": MODEL_RATE, "loglevel": "FATAL", "fwdflat": False}
 
 
 class PocketSphinxRecognizer:
@@ -25,18 +29,28 @@ class PocketSphinxRecognizer:
         except ImportError as exc:  # pragma: no cover - a declared dependency
             raise SpeechError("pocketsphinx is not installed") from exc
         self._decoder_class = Decoder
-        self._decoder: Any = Decoder(samprate=MODEL_RATE, loglevel="FATAL")
+        self._decoder: Any = Decoder(**DECODER_OPTIONS)
         self._lock = threading.Lock()  # one decoder, one utterance at a time
         self._idle: list[Any] = []  # decoders for streaming transcriptions, one per concurrent utterance
         self._idle_lock = threading.Lock()
 
     def begin(self, sample_rate: int) -> StreamingTranscription:
-        """Recognize while the caller is still speaking: feed frames as they come, ``finish()`` at the end."""
+        """Recognize while the caller is still speaking: feed frames as they come, ``finish()`` at the end.
+
+        Returns at once (it runs on the call's event loop): a decoder is taken from the pool, or
+        built (~0.1 s of model loading), on the transcription's own thread.
+        """
+        return StreamingTranscription(self._acquire, sample_rate, self._release)
+
+    def _acquire(self) -> Any:
         with self._idle_lock:
-            decoder = self._idle.pop() if self._idle else None
-        if decoder is None:
-            decoder = self._decoder_class(samprate=MODEL_RATE, loglevel="FATAL")
-        return StreamingTranscription(decoder, sample_rate, self._release)
+            if self._idle:
+                return self._idle.pop()
+        return self._decoder_class(**DECODER_OPTIONS)
+
+    @property
+    def idle_decoders(self) -> int:
+        return len(self._idle)
 
     def _release(self, decoder: Any) -> None:
         with self._idle_lock:
@@ -58,8 +72,8 @@ class PocketSphinxRecognizer:
 class StreamingTranscription:
     """One utterance decoded on its own thread as the audio arrives; ``finish()`` has little left to do."""
 
-    def __init__(self, decoder: Any, sample_rate: int, release: Any) -> None:
-        self._decoder, self._rate, self._release = decoder, sample_rate, release
+    def __init__(self, acquire: Callable[[], Any], sample_rate: int, release: Callable[[Any], None]) -> None:
+        self._acquire, self._rate, self._release = acquire, sample_rate, release
         self._frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self._text = ""
         self._error: str | None = None
@@ -78,13 +92,14 @@ class StreamingTranscription:
 
     def _run(self) -> None:
         try:
-            self._decoder.start_utt()
+            decoder = self._acquire()
+            decoder.start_utt()
             while (pcm := self._frames.get()) is not None:
-                self._decoder.process_raw(resample(pcm, self._rate, MODEL_RATE), full_utt=False)
-            self._decoder.end_utt()
-            hypothesis = self._decoder.hyp()
+                decoder.process_raw(resample(pcm, self._rate, MODEL_RATE), full_utt=False)
+            decoder.end_utt()
+            hypothesis = decoder.hyp()
             self._text = str(hypothesis.hypstr).strip() if hypothesis is not None else ""
-        except RuntimeError as exc:
+        except RuntimeError as exc:  # a decoder left mid-utterance is not reused
             self._error = f"pocketsphinx failed: {exc}"
-        finally:
-            self._release(self._decoder)
+        else:
+            self._release(decoder)

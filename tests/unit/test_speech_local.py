@@ -68,6 +68,8 @@ def test_streaming_recognition_hears_the_utterance_frame_by_frame(tts: EspeakSyn
         stream.feed(speech[i : i + 320])
     text = stream.finish()
     assert text and text.isascii()
+    assert asr.idle_decoders == 1
     again = asr.begin(8000)  # the decoder went back to the pool and serves the next utterance
     again.feed(speech)
     assert again.finish() == text
+    assert asr.idle_decoders == 1  # reused, not a second one built
