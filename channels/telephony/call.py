@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,10 @@ class Call:
         self.endpointer = Endpointer(self.rate, silence_ms=settings.phone_silence_ms)
         self.player = Player(self._send_audio, self.rate)
         self._utterances = 0
+        # external ids are "<call id>:<leg>:<n>": a gateway that reconnects with the same call id starts a new leg,
+        # whose utterances must not be taken for platform retries of the first leg's
+        self._leg = uuid.uuid4().hex[:8]
+        self._previous_utterance: asyncio.Task[Any] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._splitters: dict[int, SentenceSplitter] = {}
         self._accepted: dict[int, Accepted] = {}
@@ -140,20 +145,25 @@ class Call:
                 elif isinstance(found, UtteranceEnded):
                     self._prompted = False
                     stream, self._stream = self._stream, None
-                    self._spawn(self._utterance(found.pcm, stream))
+                    task = asyncio.ensure_future(self._utterance(found.pcm, stream, self._external_id(),
+                                                                 self._previous_utterance))
+                    self._previous_utterance = task
+                    self._tasks.add(task)
+                    task.add_done_callback(self._task_done)
         elif isinstance(event, DtmfIn):
             self._last_activity = time.monotonic()
-            if event.digit == "0":
-                await self._transfer(Inbound(self.key, f"{self.started.call_id}:dtmf:{self._next()}", "[dtmf 0]",
-                                             "dtmf"))
+            if event.digit == "0":  # on its own task: the frame reader must keep reading (hang-up, audio)
+                self._spawn(self._transfer(Inbound(self.key, self._external_id(), "[dtmf 0]", "dtmf")))
         elif isinstance(event, HangupIn):
             self.ended = True
 
-    def _next(self) -> int:
+    def _external_id(self) -> str:
+        """Numbered when the caller stops speaking, so the ids follow the order things were said."""
         self._utterances += 1
-        return self._utterances
+        return f"{self.started.call_id}:{self._leg}:{self._utterances}"
 
-    async def _utterance(self, pcm: bytes, stream: Any = None) -> None:
+    async def _utterance(self, pcm: bytes, stream: Any, external_id: str,
+                         previous: asyncio.Task[Any] | None) -> None:
         try:
             if stream is not None:  # every frame was fed while the caller spoke: only the end is left
                 recognized = await run_in_threadpool(stream.finish)
@@ -162,13 +172,14 @@ class Call:
             text = printable(recognized).strip()
         except SpeechError as exc:  # the recognizer is down: say so and hand the caller to a person
             log.error("speech recognition failed on call %s: %s", self.started.call_id, exc)
-            await self._transfer(Inbound(self.key, f"{self.started.call_id}:{self._next()}", "[not recognized]",
-                                         "voice"), self.gw.settings.phone_speech_failed)
+            await self._transfer(Inbound(self.key, external_id, "[not recognized]", "voice"),
+                                 self.gw.settings.phone_speech_failed)
             return
+        if previous is not None:  # recognized concurrently; accepted in the order they were said
+            await asyncio.wait([previous])
         if not text:
             return
-        inbound = Inbound(self.key, f"{self.started.call_id}:{self._next()}", text[: self.gw.settings.max_text_chars],
-                          "voice")
+        inbound = Inbound(self.key, external_id, text[: self.gw.settings.max_text_chars], "voice")
         if quick_replies.wants_human(self.gw.settings, text):
             await self._transfer(inbound)
             return
@@ -180,6 +191,8 @@ class Call:
         settings = self.gw.settings
         target = self.hotline.transfer_to or settings.phone_transfer_to
         notice = reason + (settings.phone_transfer_notice if target else settings.phone_no_agent)
+        if self.player.playing or self._waiting_for_answer():  # the notice must not wait behind the answer
+            await self._barge_in("transfer")
         await run_in_threadpool(self.gw.ingress.accept_answered, inbound, notice, "handoff")
         await self.say(notice)
         await self.player.wait_idle()
@@ -189,8 +202,9 @@ class Call:
             await self._act(HangupOut("no agent available"))
         self.ended = True
 
-    async def _barge_in(self) -> None:
-        """The caller speaks over Kefu: stop the audio now, stop the generation, remember what was heard."""
+    async def _barge_in(self, reason: str = "barge_in") -> None:
+        """The caller speaks over Kefu (or asks for a person): stop the audio now, stop the generation,
+        remember what was heard."""
         dropped = self.player.clear()
         cut = ({tag for tag, _ in dropped if tag} | {m for m in self._splitters if m not in self._answered}) \
             - self._interrupted
@@ -199,7 +213,7 @@ class Call:
         await self._act(ClearAudio())
         for message_id in cut:
             heard = self.player.heard_for(message_id)
-            await run_in_threadpool(self._record_interruption, message_id, heard, len(dropped), "barge_in")
+            await run_in_threadpool(self._record_interruption, message_id, heard, len(dropped), reason)
 
     def _unheard(self, message_id: int) -> bool:
         """Some of its sentences are still queued (the caller will not hear them now)."""

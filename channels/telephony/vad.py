@@ -3,7 +3,10 @@
 An energy detector with an adaptive noise floor: a 20 ms frame is speech when its level is at
 least ``margin_db`` above the floor (and above ``min_level_dbfs``). The floor starts at the first
 frame's level (a call opens on line noise) and then follows the quiet frames: quickly down,
-slowly up. The :class:`Endpointer` turns that into utterances:
+slowly up. When even the quietest frame of the last ``floor_window_ms`` counts as speech, the line
+got noisier (speech always has dips between words): the floor jumps to that level, so a call that
+opened on digital silence and then picked up hiss does not stay "in speech" for ever. The
+:class:`Endpointer` turns that into utterances:
 
 - speech starts after ``start_ms`` of consecutive speech frames (a click or a cough shorter than
   that is ignored); :class:`SpeechStarted` is emitted then — the moment barge-in is detected;
@@ -44,11 +47,13 @@ def level_dbfs(pcm: bytes) -> float:
 
 class Endpointer:
     def __init__(self, sample_rate: int, *, silence_ms: int = 600, start_ms: int = 60, max_ms: int = 15_000,
-                 pre_roll_ms: int = 200, margin_db: float = 12.0, min_level_dbfs: float = -45.0) -> None:
+                 pre_roll_ms: int = 200, margin_db: float = 12.0, min_level_dbfs: float = -45.0,
+                 floor_window_ms: int = 3000) -> None:
         self.sample_rate = sample_rate
         self.silence_ms, self.start_ms, self.max_ms = silence_ms, start_ms, max_ms
         self.margin_db, self.min_level_dbfs = margin_db, min_level_dbfs
         self.floor_dbfs: float | None = None  # the line's noise level, learned from the first frame on
+        self._recent_levels: deque[float] = deque(maxlen=max(1, floor_window_ms // 20))
         self._clock_ms = 0
         self._pre: deque[tuple[bytes, bool]] = deque(maxlen=max(1, pre_roll_ms // 20 + start_ms // 20))
         self._speech_run_ms = 0
@@ -72,6 +77,10 @@ class Endpointer:
         level = level_dbfs(pcm)
         if self.floor_dbfs is None:  # a call opens on line noise, not on speech
             self.floor_dbfs = min(level, self.min_level_dbfs)
+        self._recent_levels.append(level)
+        quietest = min(self._recent_levels)
+        if len(self._recent_levels) == self._recent_levels.maxlen and quietest >= self.floor_dbfs + self.margin_db:
+            self.floor_dbfs = quietest  # steady noise, not speech: no dip in the whole window
         speech = level >= max(self.floor_dbfs + self.margin_db, self.min_level_dbfs)
         if not speech:  # the floor follows the noise, quickly down and slowly up
             rate = 0.3 if level < self.floor_dbfs else 0.02

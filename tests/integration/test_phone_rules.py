@@ -114,3 +114,42 @@ def test_speech_services_down_get_a_spoken_apology_and_a_transfer_not_silence(tm
     with make_session_factory(make_engine(settings))() as s:
         reply = s.scalars(select(ReplyRecord)).one()
     assert reply.source == "handoff" and reply.text.startswith(settings.phone_speech_failed)
+
+
+def test_key_0_during_the_greeting_cuts_it_and_transfers_without_holding_up_the_line(tmp_path: Path) -> None:
+    from channels.telephony.events import ClearAudio, DtmfIn
+
+    greeting = "您好，欢迎致电优选商城，我们的营业时间是每天早上九点到晚上九点。"
+    settings = Settings(data_dir=tmp_path,
+                        hotlines=[{"number": "4008001234", "transfer_to": "8001", "greeting": greeting}])
+    upgrade(settings)
+
+    async def scenario() -> tuple[list[CallAction], list[CallAction]]:
+        gw = build_gateway(settings)
+        await gw.listener.start()
+        actions: list[CallAction] = []
+
+        async def act(action: CallAction) -> None:
+            actions.append(action)
+
+        call = Call(gw, CallStarted("rules-2", "+8613600003333", "4008001234", 8000), act,
+                    ScriptedRecognizer(), EspeakSynthesizer())
+        await call.begin()
+        while not call.player.playing:
+            await asyncio.sleep(0.01)
+        await call.on_event(DtmfIn("0"))
+        right_after = list(actions)  # the key press returned before the transfer was carried out
+        for _ in range(400):
+            if call.ended:
+                break
+            await asyncio.sleep(0.05)
+        await call.end()
+        await gw.listener.stop()
+        gw.engine.dispose()
+        return right_after, actions
+
+    right_after, actions = asyncio.run(scenario())
+    assert Transfer("8001") not in right_after
+    clear, transfer = actions.index(ClearAudio()), actions.index(Transfer("8001"))
+    assert clear < transfer  # the greeting was cut, then the notice played, then the transfer
+    assert sum(1 for a in actions[clear:transfer] if not isinstance(a, (ClearAudio, Transfer))) > 50  # the notice

@@ -165,3 +165,22 @@ def test_speech_over_steady_noise_is_found() -> None:
     for frame in frames(noise + tone(600, amplitude=0.2) + noise[: 8000 * 2]):
         events += ep.feed(frame)
     assert [type(e) for e in events] == [SpeechStarted, UtteranceEnded]
+
+
+def test_noise_rising_after_a_silent_start_is_learned_not_taken_for_endless_speech() -> None:
+    import random
+
+    rng = random.Random(2)
+    hiss = array("h", (int(rng.gauss(0, 400)) for _ in range(8000 * 6))).tobytes()  # 6 s at ~ -38 dBFS
+    ep = Endpointer(8000, max_ms=15_000)
+    events: list[object] = []
+    for frame in frames(silence(500) + hiss):  # digital silence first: the floor starts at the bottom
+        events += ep.feed(frame)
+    # the hiss looked like speech until a whole window passed without a dip; then it ended as one utterance
+    assert [type(e) for e in events] == [SpeechStarted, UtteranceEnded] and not ep.in_speech
+    ended = events[1]
+    assert isinstance(ended, UtteranceEnded) and ended.ended_ms - ended.started_ms < 4000
+    later: list[object] = []
+    for frame in frames(hiss[:16000] + tone(600, amplitude=0.2) + hiss[:16000]):
+        later += ep.feed(frame)
+    assert [type(e) for e in later] == [SpeechStarted, UtteranceEnded]  # speech over the noise is still heard
