@@ -12,7 +12,11 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, QueryParams
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from channels.base import ChannelAdapter
@@ -36,16 +40,31 @@ class TelephonyAdapter(ChannelAdapter):
         self._speech = SpeechProviders(gateway.settings, gateway.kv)
 
     def routes(self) -> list[BaseRoute]:
-        return [WebSocketRoute("/v1/voice/ws", self.connect)]
+        return [WebSocketRoute("/v1/voice/ws", self.connect),
+                Route("/v1/voice/outcome/{call_id}", self.outcome, methods=["GET"])]
+
+    def _authorized(self, headers: Headers, query: QueryParams) -> bool:
+        header = headers.get("authorization", "")
+        secret = header[7:] if header.lower().startswith("bearer ") else query.get("token", "")
+        return bool(secret) and self.gw.settings.voice_gateway(secret) is not None
+
+    async def outcome(self, request: Request) -> Response:
+        """How an AudioSocket call ended, for the dialplan: ``transfer:<number>`` or ``hangup:<reason>``."""
+        if not self._authorized(request.headers, request.query_params):
+            return PlainTextResponse("a valid voice-gateway secret is required", status_code=401)
+        from channels.telephony.audiosocket_server import OUTCOME_KEY
+
+        value = await run_in_threadpool(self.gw.kv.get, OUTCOME_KEY.format(request.path_params["call_id"]))
+        if value is None:
+            return PlainTextResponse("unknown call, or it has not ended", status_code=404)
+        return PlainTextResponse(value)
 
     def speech(self) -> tuple[Recognizer, Synthesizer]:
         """The configured providers, built on the first call (a local recognizer loads a model)."""
         return self._speech.get()
 
     async def connect(self, ws: WebSocket) -> None:
-        header = ws.headers.get("authorization", "")
-        secret = header[7:] if header.lower().startswith("bearer ") else ws.query_params.get("token", "")
-        if not secret or self.gw.settings.voice_gateway(secret) is None:
+        if not self._authorized(ws.headers, ws.query_params):
             log.warning("voice gateway refused: missing or wrong secret")
             await ws.close(code=1008, reason="a valid voice-gateway secret is required")
             return

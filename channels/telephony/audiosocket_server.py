@@ -3,7 +3,9 @@
 Started with the gateway when ``KEFU_AUDIOSOCKET_PORT`` is set. AudioSocket carries no credentials,
 so a connection is accepted only from the addresses in ``KEFU_AUDIOSOCKET_ALLOWED_IPS`` (default:
 loopback); anything else is closed unread. It has no "clear" (Kefu simply stops sending audio) and
-no "transfer": Kefu hangs up and the dialplan goes on to the agent (docs/telephony.md).
+no "transfer": Kefu hangs up, and records how the call ended (``transfer:<number>`` or
+``hangup:<reason>``) for the dialplan to read from ``GET /v1/voice/outcome/<uuid>`` before it decides
+whether to dial the agent (docs/telephony.md).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 4096
+OUTCOME_KEY = "phone:outcome:{}"
+OUTCOME_TTL_S = 600
 
 
 class AudioSocketServer:
@@ -51,6 +55,10 @@ class AudioSocketServer:
         lock = asyncio.Lock()
 
         async def act(action: CallAction) -> None:
+            if isinstance(action, (Transfer, HangupOut)) and call is not None:
+                outcome = f"transfer:{action.to}" if isinstance(action, Transfer) else f"hangup:{action.reason}"
+                await asyncio.to_thread(self.gw.kv.set, OUTCOME_KEY.format(call.started.call_id), outcome,
+                                        OUTCOME_TTL_S)
             if isinstance(action, Transfer):
                 log.info("AudioSocket call: transfer to %s is left to the dialplan; hanging up", action.to)
                 action = HangupOut("transfer")

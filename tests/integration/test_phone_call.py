@@ -153,10 +153,14 @@ def test_asterisk_audiosocket_gets_the_same_call(tmp_path_factory: pytest.TempPa
 
     port = free_port()
     stack = start_stack("embedded", tmp_path_factory.mktemp("audiosocket"), tiny_gguf, None, None,
-                        audiosocket_port=port, hotlines=[{"number": "", "greeting": "您好。"}], phone_idle_s=1.0)
+                        audiosocket_port=port, hotlines=[{"number": "", "greeting": "您好。"}], phone_idle_s=1.0,
+                        voice_gateways=[{"name": "asterisk", "secret": "s"}])
+    call_id = uuid.uuid4()
     try:
+        with stack.http() as http:
+            assert http.get(f"/v1/voice/outcome/{call_id}", params={"token": "s"}).status_code == 404  # not yet
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-            conn.sendall(asock.encode_message(asock.KIND_UUID, uuid.uuid4().bytes))
+            conn.sendall(asock.encode_message(asock.KIND_UUID, call_id.bytes))
             decoder = asock.AudioSocketDecoder()
             decoder.feed(asock.encode_message(asock.KIND_UUID, bytes(16)))  # our side of the parse: Kefu sends no UUID
             deadline = time.monotonic() + 60
@@ -176,5 +180,9 @@ def test_asterisk_audiosocket_gets_the_same_call(tmp_path_factory: pytest.TempPa
         audio = [e for e in events if type(e).__name__ == "AudioIn"]
         assert len(audio) > 20  # greeting, idle prompt and goodbye came back as slin frames
         assert type(events[-1]).__name__ == "HangupIn"  # then Kefu hung up (silence)
+        with stack.http() as http:  # what the dialplan asks before deciding whether to dial an agent
+            outcome = http.get(f"/v1/voice/outcome/{call_id}", params={"token": "s"})
+            assert (outcome.status_code, outcome.text) == (200, "hangup:silence")
+            assert http.get(f"/v1/voice/outcome/{call_id}").status_code == 401
     finally:
         stack.close()

@@ -73,3 +73,25 @@ def test_streaming_recognition_hears_the_utterance_frame_by_frame(tts: EspeakSyn
     again.feed(speech)
     assert again.finish() == text
     assert asr.idle_decoders == 1  # reused, not a second one built
+
+
+def test_a_failed_primary_voice_is_skipped_for_the_cooldown_then_tried_again() -> None:
+    from channels.speech.fallback import FallbackSynthesizer
+
+    class Voice:
+        def __init__(self, audio: bytes, fail: bool = False) -> None:
+            self.audio, self.fail, self.calls = audio, fail, 0
+
+        def synthesize(self, text: str, sample_rate: int) -> bytes:
+            self.calls += 1
+            if self.fail:
+                raise SpeechError("NLS unreachable: ConnectError")
+            return self.audio
+
+    primary, backup = Voice(b"cloud", fail=True), Voice(b"local")
+    voice = FallbackSynthesizer(primary, backup, cooldown_s=3600)
+    assert [voice.synthesize("您好", 8000) for _ in range(3)] == [b"local"] * 3
+    assert (primary.calls, backup.calls) == (1, 3)  # one failed try, not one per sentence
+    primary.fail, voice.cooldown_s = False, 0
+    voice._skip_until = 0.0  # the cooldown is over
+    assert voice.synthesize("您好", 8000) == b"cloud"
