@@ -1,7 +1,10 @@
-"""The two speech provider interfaces and their errors."""
+"""The speech provider interfaces, their errors, and the base of a streaming transcription."""
 
 from __future__ import annotations
 
+import queue
+import threading
+from abc import ABC, abstractmethod
 from typing import Protocol
 
 
@@ -19,3 +22,51 @@ class Synthesizer(Protocol):
     def synthesize(self, text: str, sample_rate: int) -> bytes:
         """16-bit mono PCM at ``sample_rate`` speaking ``text``."""
         ...
+
+
+class Transcription(ABC):
+    """One utterance recognized on its own thread while the audio arrives (a recognizer's ``begin()``).
+
+    ``feed`` never blocks (the call's event loop calls it for every frame); ``finish`` marks the end of
+    the utterance and waits for the text, raising :class:`SpeechError` when recognition failed or did
+    not complete within ``timeout``.
+    """
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self._frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._ended = False
+        self._text = ""
+        self._error: SpeechError | None = None
+        self._thread = threading.Thread(target=self._run, name=f"{type(self).__name__}", daemon=True)
+        self._thread.start()
+
+    def feed(self, pcm: bytes) -> None:
+        self._frames.put(pcm)
+
+    def finish(self, timeout: float = 30.0) -> str:
+        self._frames.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise SpeechError(f"recognition did not complete within {timeout:.0f} s")
+        if self._error is not None:
+            raise self._error
+        return self._text
+
+    def _next_frame(self) -> bytes | None:
+        """The next frame the caller fed, or None once the utterance has ended."""
+        if self._ended:
+            return None
+        pcm = self._frames.get()
+        self._ended = pcm is None
+        return pcm
+
+    def _run(self) -> None:
+        try:
+            self._text = self._recognize()
+        except SpeechError as exc:
+            self._error = exc
+
+    @abstractmethod
+    def _recognize(self) -> str:
+        """Consume frames with :meth:`_next_frame` until it returns None; the utterance's text."""

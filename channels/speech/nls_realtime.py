@@ -21,8 +21,6 @@ API on a thread per transcription, so ``feed`` never blocks the call's event loo
 from __future__ import annotations
 
 import json
-import queue
-import threading
 import uuid
 from functools import partial
 from typing import Any
@@ -31,7 +29,7 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from channels.speech.audio import resample
-from channels.speech.base import SpeechError
+from channels.speech.base import SpeechError, Transcription
 from channels.speech.nls_token import TOKEN_INVALID, NlsTokens, TokenRejected
 
 ASR_RATE = 16000
@@ -106,37 +104,18 @@ class NlsRealtimeRecognizer(_NlsSocket):
         return transcription.finish()
 
 
-class NlsTranscription:
-    """One utterance streamed to SpeechTranscriber on its own thread as the audio arrives."""
+class NlsTranscription(Transcription):
+    """One utterance streamed to SpeechTranscriber as the audio arrives."""
 
     def __init__(self, recognizer: NlsRealtimeRecognizer, sample_rate: int) -> None:
-        self._nls, self._rate = recognizer, sample_rate
-        self._frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._nls = recognizer
         self._sent: list[bytes] = []  # 16 kHz audio already sent: replayed on a new connection after a refresh
-        self._ended = False
         self._sentences: dict[int, str] = {}
-        self._text = ""
-        self._error: SpeechError | None = None
-        self._thread = threading.Thread(target=self._run, name="nls-transcription", daemon=True)
-        self._thread.start()
+        super().__init__(sample_rate)
 
-    def feed(self, pcm: bytes) -> None:
-        self._frames.put(pcm)
-
-    def finish(self, timeout: float = 30.0) -> str:
-        self._frames.put(None)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise SpeechError(f"NLS did not complete the transcription within {timeout:.0f} s")
-        if self._error is not None:
-            raise self._error
-        return self._text
-
-    def _run(self) -> None:
-        try:
-            self._nls._tokens.use(self._session)
-        except SpeechError as exc:
-            self._error = exc
+    def _recognize(self) -> str:
+        self._nls._tokens.use(self._session)
+        return "".join(text for _, text in sorted(self._sentences.items()))
 
     def _session(self, token: str) -> None:
         nls, task_id = self._nls, uuid.uuid4().hex
@@ -148,18 +127,13 @@ class NlsTranscription:
             self._until(ws, "TranscriptionStarted")
             for audio in self._sent:
                 nls._send(ws, audio)
-            while not self._ended:
-                pcm = self._frames.get()
-                if pcm is None:
-                    self._ended = True
-                    break
-                audio = resample(pcm, self._rate, ASR_RATE)
+            while (pcm := self._next_frame()) is not None:
+                audio = resample(pcm, self.sample_rate, ASR_RATE)
                 self._sent.append(audio)
                 nls._send(ws, audio)
                 self._drain(ws)  # a TaskFailed mid-utterance surfaces now, not at the end
             nls._send(ws, _command(TRANSCRIBER, "StopTranscription", task_id, nls._appkey))
             self._until(ws, "TranscriptionCompleted")
-        self._text = "".join(text for _, text in sorted(self._sentences.items()))
 
     def _drain(self, ws: ClientConnection) -> None:
         while True:

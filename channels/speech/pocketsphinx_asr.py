@@ -10,13 +10,12 @@ for no better text on our phone questions (measured in ``docs/BENCHMARKS.md``).
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from channels.speech.audio import resample
-from channels.speech.base import SpeechError
+from channels.speech.base import SpeechError, Transcription
 
 MODEL_RATE = 16000
 DECODER_OPTIONS: dict[str, Any] = {"samprate": MODEL_RATE, "loglevel": "FATAL", "fwdflat": False}
@@ -69,37 +68,22 @@ class PocketSphinxRecognizer:
         return str(hypothesis.hypstr).strip() if hypothesis is not None else ""
 
 
-class StreamingTranscription:
-    """One utterance decoded on its own thread as the audio arrives; ``finish()`` has little left to do."""
+class StreamingTranscription(Transcription):
+    """One utterance decoded as the audio arrives; ``finish()`` has little left to do."""
 
     def __init__(self, acquire: Callable[[], Any], sample_rate: int, release: Callable[[Any], None]) -> None:
-        self._acquire, self._rate, self._release = acquire, sample_rate, release
-        self._frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._text = ""
-        self._error: str | None = None
-        self._thread = threading.Thread(target=self._run, name="asr-stream", daemon=True)
-        self._thread.start()
+        self._acquire, self._release = acquire, release
+        super().__init__(sample_rate)
 
-    def feed(self, pcm: bytes) -> None:
-        self._frames.put(pcm)
-
-    def finish(self, timeout: float = 30.0) -> str:
-        self._frames.put(None)
-        self._thread.join(timeout)
-        if self._error is not None:
-            raise SpeechError(self._error)
-        return self._text
-
-    def _run(self) -> None:
+    def _recognize(self) -> str:
         try:
             decoder = self._acquire()
             decoder.start_utt()
-            while (pcm := self._frames.get()) is not None:
-                decoder.process_raw(resample(pcm, self._rate, MODEL_RATE), full_utt=False)
+            while (pcm := self._next_frame()) is not None:
+                decoder.process_raw(resample(pcm, self.sample_rate, MODEL_RATE), full_utt=False)
             decoder.end_utt()
             hypothesis = decoder.hyp()
-            self._text = str(hypothesis.hypstr).strip() if hypothesis is not None else ""
         except RuntimeError as exc:  # a decoder left mid-utterance is not reused
-            self._error = f"pocketsphinx failed: {exc}"
-        else:
-            self._release(decoder)
+            raise SpeechError(f"pocketsphinx failed: {exc}") from None
+        self._release(decoder)
+        return str(hypothesis.hypstr).strip() if hypothesis is not None else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 from array import array
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,12 @@ def speech_like(ms: int, rate: int = 8000) -> bytes:
     return array("h", (int(8000 * math.sin(2 * math.pi * 220 * i / rate)) for i in range(n))).tobytes()
 
 
-def run_call(tmp_path: Path, said: str, asr: Any = None, tts: Any = None,
-             **settings_extra: object) -> tuple[list[CallAction], Settings]:
-    settings = Settings(data_dir=tmp_path, **settings_extra)  # type: ignore[arg-type]
+Script = Callable[[Call, list[CallAction]], Awaitable[None]]  # the call, and the actions it took so far
+
+
+def in_process_call(settings: Settings, script: Script, asr: Any = None, tts: Any = None,
+                    call_id: str = "rules-1") -> list[CallAction]:
+    """A call on a real in-process gateway: ``script`` plays the caller, then the call runs until it ends."""
     upgrade(settings)
 
     async def scenario() -> list[CallAction]:
@@ -63,13 +67,10 @@ def run_call(tmp_path: Path, said: str, asr: Any = None, tts: Any = None,
         async def act(action: CallAction) -> None:
             actions.append(action)
 
-        call = Call(gw, CallStarted("rules-1", "+8613600003333", "4008001234", 8000), act,
-                    asr or ScriptedRecognizer(said), tts or EspeakSynthesizer())
+        call = Call(gw, CallStarted(call_id, "+8613600003333", "4008001234", 8000), act,
+                    asr or ScriptedRecognizer(), tts or EspeakSynthesizer())
         await call.begin()
-        size = frame_bytes(8000)
-        audio = bytes(size * 10) + speech_like(800) + bytes(size * 50)
-        for i in range(0, len(audio), size):
-            await call.on_event(AudioIn(audio[i : i + size]))
+        await script(call, actions)
         for _ in range(800):  # the greeting and the notice are spoken in real time first
             if call.ended:
                 break
@@ -79,7 +80,20 @@ def run_call(tmp_path: Path, said: str, asr: Any = None, tts: Any = None,
         gw.engine.dispose()
         return actions
 
-    return asyncio.run(scenario()), settings
+    return asyncio.run(scenario())
+
+
+def run_call(tmp_path: Path, said: str, asr: Any = None, tts: Any = None,
+             **settings_extra: object) -> tuple[list[CallAction], Settings]:
+    settings = Settings(data_dir=tmp_path, **settings_extra)  # type: ignore[arg-type]
+
+    async def speak(call: Call, actions: list[CallAction]) -> None:
+        size = frame_bytes(8000)
+        audio = bytes(size * 10) + speech_like(800) + bytes(size * 50)
+        for i in range(0, len(audio), size):
+            await call.on_event(AudioIn(audio[i : i + size]))
+
+    return in_process_call(settings, speak, asr or ScriptedRecognizer(said), tts), settings
 
 
 def test_asking_for_a_person_says_so_and_transfers(tmp_path: Path) -> None:
@@ -122,33 +136,15 @@ def test_key_0_during_the_greeting_cuts_it_and_transfers_without_holding_up_the_
     greeting = "您好，欢迎致电优选商城，我们的营业时间是每天早上九点到晚上九点。"
     settings = Settings(data_dir=tmp_path,
                         hotlines=[{"number": "4008001234", "transfer_to": "8001", "greeting": greeting}])
-    upgrade(settings)
+    right_after: list[CallAction] = []
 
-    async def scenario() -> tuple[list[CallAction], list[CallAction]]:
-        gw = build_gateway(settings)
-        await gw.listener.start()
-        actions: list[CallAction] = []
-
-        async def act(action: CallAction) -> None:
-            actions.append(action)
-
-        call = Call(gw, CallStarted("rules-2", "+8613600003333", "4008001234", 8000), act,
-                    ScriptedRecognizer(), EspeakSynthesizer())
-        await call.begin()
+    async def press_0_during_the_greeting(call: Call, actions: list[CallAction]) -> None:
         while not call.player.playing:
             await asyncio.sleep(0.01)
         await call.on_event(DtmfIn("0"))
-        right_after = list(actions)  # the key press returned before the transfer was carried out
-        for _ in range(400):
-            if call.ended:
-                break
-            await asyncio.sleep(0.05)
-        await call.end()
-        await gw.listener.stop()
-        gw.engine.dispose()
-        return right_after, actions
+        right_after.extend(actions)  # the key press returned before the transfer was carried out
 
-    right_after, actions = asyncio.run(scenario())
+    actions = in_process_call(settings, press_0_during_the_greeting, call_id="rules-2")
     assert Transfer("8001") not in right_after
     clear, transfer = actions.index(ClearAudio()), actions.index(Transfer("8001"))
     assert clear < transfer  # the greeting was cut, then the notice played, then the transfer
