@@ -22,7 +22,7 @@ from channels.speech.fallback import FallbackSynthesizer
 from channels.telephony.call import Call
 from channels.telephony.events import AudioIn, CallAction, CallStarted, HangupOut, Transfer, frame_bytes
 from models.migrate import upgrade
-from models.settings import Settings
+from models.settings import Hotline, Settings
 from models.tables import InboundRecord, ReplyRecord
 
 
@@ -134,8 +134,7 @@ def test_key_0_during_the_greeting_cuts_it_and_transfers_without_holding_up_the_
     from channels.telephony.events import ClearAudio, DtmfIn
 
     greeting = "您好，欢迎致电优选商城，我们的营业时间是每天早上九点到晚上九点。"
-    settings = Settings(data_dir=tmp_path,
-                        hotlines=[{"number": "4008001234", "transfer_to": "8001", "greeting": greeting}])
+    settings = Settings(data_dir=tmp_path, hotlines=[Hotline(number="4008001234", transfer_to="8001", greeting=greeting)])
     right_after: list[CallAction] = []
 
     async def press_0_during_the_greeting(call: Call, actions: list[CallAction]) -> None:
