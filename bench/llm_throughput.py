@@ -34,7 +34,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -50,8 +49,11 @@ from bench.stats import pct
 from models.envelope import Turn
 from models.settings import Settings
 from workers.llm.batched import BatchedEngine, Sampling
+from workers.llm.engine import stop_token_ids
 from workers.llm.model_files import ModelSpec
+from workers.llm.prompts import chatml_tokens
 from workers.llm.synthetic import QWEN3_0_6B, QWEN3_4B, QWEN3_REAL_VOCAB_SIZE, write_qwen3_gguf
+from workers.stack import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "var" / "bench"
@@ -136,7 +138,7 @@ def bench_model(shape_name: str) -> Path:
 def settings_for(model: Path, slots: int, threads: int) -> Settings:
     return Settings(data_dir=CACHE / "runtime", model_path=model, n_ctx=N_CTX, n_batch=512, n_threads=threads,
                     n_slots=slots, max_tokens=64, enable_thinking=False, presence_penalty=0.0, seed=1234,
-                    temperature=SAMPLING["temperature"], top_p=SAMPLING["top_p"], top_k=SAMPLING["top_k"],
+                    temperature=SAMPLING["temperature"], top_p=SAMPLING["top_p"], top_k=int(SAMPLING["top_k"]),
                     min_p=SAMPLING["min_p"])
 
 
@@ -233,8 +235,7 @@ def bench_naive(model: Path, clients: int, rounds: int, threads: int, out_tokens
         return list(llm.tokenize(text.encode(), add_bos=False, special=special))
 
     system, plan = workload(tokenize, clients, rounds)
-    stops = [t for t in (llm.token_eos(), *(tokenize(s, True)[0] for s in ("<|im_end|>", "<|endoftext|>")))]
-    no_stop = {t: -1e9 for t in stops}  # generate exactly out_tokens, like the others
+    no_stop = {t: -1e9 for t in stop_token_ids(tokenize, llm.token_eos())}  # exactly out_tokens, like the others
 
     def chat(question: str) -> tuple[int, float]:
         submitted = time.monotonic()
@@ -262,14 +263,8 @@ def bench_naive(model: Path, clients: int, rounds: int, threads: int, out_tokens
     return Result("naive", clients, clients * rounds, tokens, wall, ttfts, errors)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def bench_server(model: Path, clients: int, rounds: int, threads: int, out_tokens: int, binary: Path) -> Result:
-    port = _free_port()
+    port = free_port()
     argv = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-np", str(clients),
             "-c", str(N_CTX * clients), "-b", "512", "-ub", "512", "-t", str(threads), "-tb", str(threads),
             "--no-webui", "--cont-batching", "--kv-unified"]
@@ -297,13 +292,10 @@ def bench_server(model: Path, clients: int, rounds: int, threads: int, out_token
                 return list(answer.json()["tokens"])
 
             system, plan = workload(tokenize, clients, rounds)
-            opener = tokenize("<|im_start|>assistant\n<think>\n\n</think>\n\n", True)
 
             def prompt(question: str) -> list[int]:  # the same ids Kefu's ChatML builder produces
-                ids: list[int] = []
-                for role, text in (("system", system), ("user", question)):
-                    ids += tokenize(f"<|im_start|>{role}\n", True) + tokenize(text, False) + tokenize("<|im_end|>\n", True)
-                return ids + opener
+                return chatml_tokens(tokenize, [Turn("system", system), Turn("user", question)], architecture="qwen3",
+                                     enable_thinking=False)
 
             def complete(question: str) -> tuple[int, float]:
                 body = {"prompt": prompt(question), "n_predict": out_tokens, "ignore_eos": True, "stream": True,
