@@ -1,8 +1,8 @@
 """Phone latency: from the end of the caller's speech to the first audio frame of Kefu's answer.
 
 A real ``kefu gateway`` and ``kefu worker`` process (embedded backends), local speech providers
-(pocketsphinx ASR, espeak-ng TTS), and a fake voice gateway (``tests/voice_gateway.py``) that keeps
-the line open like a PBX: 20 ms frames in real time, silence unless the caller speaks. The caller
+(pocketsphinx ASR, espeak-ng TTS), and the caller's end of a line (``workers/phone_line.py``) kept
+open like a PBX: 20 ms frames in real time, silence unless the caller speaks. The caller
 asks ``--utterances`` English questions (espeak-ng audio), one at a time, each after Kefu finished
 talking. Measured per utterance: last voiced frame sent (espeak-ng's trailing silence is trimmed)
 → first answer frame received. It includes
@@ -18,9 +18,7 @@ import argparse
 import json
 import os
 import platform
-import queue
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,56 +29,14 @@ from channels.telephony.events import frame_bytes
 from channels.telephony.vad import level_dbfs
 from models.migrate import upgrade
 from models.settings import Settings
-from tests.voice_gateway import FakeGateway
 from workers.llm.synthetic import write_qwen3_gguf
+from workers.phone_line import PhoneLine
 from workers.stack import GatewayProcess, WorkerProcess, kefu_env
 
 SECRET = "bench-pbx"
 RATE = 8000
 QUESTIONS = ["where is my order", "how do I return these shoes", "when do you open tomorrow",
              "can I change my address", "is the blue one in stock", "how much is shipping"]
-
-
-class Line:
-    """The caller's side of the line: silence in real time, or speech when told."""
-
-    def __init__(self, call: FakeGateway) -> None:
-        self.call = call
-        self.frames: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        self.speech_ended = threading.Event()
-        self.ended_at = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def say(self, pcm: bytes) -> None:
-        self.speech_ended.clear()
-        size = frame_bytes(RATE)
-        for i in range(0, len(pcm), size):
-            self.frames.put(pcm[i : i + size])
-        self.frames.put(b"")  # marker: the speech ends here
-
-    def _run(self) -> None:
-        silence = bytes(frame_bytes(RATE))
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                frame = self.frames.get_nowait()
-            except queue.Empty:
-                frame = silence
-            if frame == b"":
-                self.ended_at = time.monotonic()
-                self.speech_ended.set()
-                continue
-            try:
-                self.call.ws.send(frame)
-            except Exception:
-                return
-            next_at += 0.02
-            time.sleep(max(0.0, next_at - time.monotonic()))
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 def trim_silence(pcm: bytes) -> bytes:
@@ -152,19 +108,19 @@ def main() -> None:
         missed = 0
         offset = time.time() - time.monotonic()
         try:
-            call = FakeGateway.dial(gateway.ws_url, SECRET, call_id="bench-1")
-            line = Line(call)
+            call = PhoneLine.dial(gateway.ws_url, SECRET, call_id="bench-1", sample_rate=RATE)
+            call.open_line()
             prompts = [trim_silence(tts.synthesize(QUESTIONS[i % len(QUESTIONS)], RATE))
                        for i in range(args.utterances)]
             call.wait_quiet(800)
             for pcm in prompts:
-                line.say(pcm)
-                line.speech_ended.wait(60)
-                ended = line.ended_at
+                call.say(pcm)
+                call.speech_ended.wait(60)
+                ended = call.ended_at
                 deadline = time.monotonic() + 60
                 first = None
                 while first is None and time.monotonic() < deadline:
-                    first = next((h.at for h in list(call.heard) if h.audio and h.at > ended), None)
+                    first = call.first_audio_after(ended)
                     time.sleep(0.005)
                 if first is None:
                     missed += 1
@@ -172,7 +128,6 @@ def main() -> None:
                 latencies.append(first - ended)
                 ends.append(ended + offset)
                 call.wait_quiet(800)
-            line.stop()
             call.hang_up()
         finally:
             gateway.stop()

@@ -7,18 +7,14 @@ it was heard on the line, to a WAV file a person can play.
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
 
 from channels.speech.audio import write_wav
 from channels.speech.espeak import EspeakSynthesizer
-from channels.telephony.events import frame_bytes
+from workers.phone_line import FRAME_S, PhoneLine
 
 RATE = 8000
 QUESTION = "hello, where is my order?"
@@ -26,51 +22,28 @@ QUESTION = "hello, where is my order?"
 
 def place_call(ws_base: str, secret: str, wav_path: Path, timeout_s: float = 60.0) -> float:
     """Seconds of Kefu's voice heard after the question (0.0 if it never answered)."""
-    voice = EspeakSynthesizer()
-    frame = frame_bytes(RATE)
+    question = EspeakSynthesizer().synthesize(QUESTION, RATE)
     started = time.monotonic()
-    timeline: list[tuple[float, bytes]] = []  # (seconds since start, audio) for both sides
-    heard: list[float] = []
-    with connect(f"{ws_base}/v1/voice/ws", additional_headers={"Authorization": f"Bearer {secret}"},
-                 open_timeout=10, max_size=None) as ws:
-        ws.send(json.dumps({"type": "start", "call_id": "demo-call", "caller": "+8613800138000",
-                            "callee": "4008001234", "sample_rate": RATE, "encoding": "pcm_s16le"}))
+    deadline = started + timeout_s
+    line = PhoneLine.dial(ws_base, secret, call_id="demo-call", sample_rate=RATE)
+    line.open_line()
 
-        def listen() -> None:
-            try:
-                for message in ws:
-                    if isinstance(message, bytes):
-                        at = time.monotonic() - started
-                        timeline.append((at, message))
-                        heard.append(at)
-            except ConnectionClosed:  # the call is over
-                return
+    def quiet_for(seconds: float) -> bool:
+        return time.monotonic() - line.last_audio_at() >= seconds
 
-        threading.Thread(target=listen, daemon=True).start()
-
-        def line(pcm: bytes) -> None:  # the caller's side, in real time
-            for i in range(0, len(pcm), frame):
-                timeline.append((time.monotonic() - started, pcm[i : i + frame]))
-                ws.send(pcm[i : i + frame])
-                time.sleep(0.02)
-
-        def quiet_for(seconds: float) -> bool:
-            return not heard or time.monotonic() - started - heard[-1] >= seconds
-
-        deadline = time.monotonic() + timeout_s
-        while (not heard or not quiet_for(0.6)) and time.monotonic() < deadline:
-            line(bytes(frame))  # silence on the line while the greeting plays
-        asked_at = time.monotonic() - started
-        line(voice.synthesize(QUESTION, RATE))
-        while time.monotonic() < deadline:
-            line(bytes(frame))
-            answered = [t for t in heard if t > asked_at]
-            if answered and quiet_for(1.0):
-                break
-        ws.send(json.dumps({"type": "hangup"}))
-    _write(timeline, wav_path)
-    answer = [t for t in heard if t > asked_at]
-    return len(answer) * 0.02
+    try:
+        while (not line.heard or not quiet_for(0.6)) and time.monotonic() < deadline:
+            time.sleep(FRAME_S)  # silence on the line while the greeting plays
+        line.say(question)
+        line.speech_ended.wait(max(0.0, deadline - time.monotonic()))
+        asked_at = line.ended_at
+        while time.monotonic() < deadline and not (line.first_audio_after(asked_at) and quiet_for(1.0)):
+            time.sleep(FRAME_S)
+    finally:
+        line.hang_up()
+    heard = [(h.at, h.audio) for h in list(line.heard) if h.audio]
+    _write([(at - started, pcm) for at, pcm in heard + list(line.sent)], wav_path)
+    return sum(len(pcm) for at, pcm in heard if at > asked_at) / (2 * RATE)
 
 
 def _write(timeline: list[tuple[float, bytes]], path: Path) -> None:

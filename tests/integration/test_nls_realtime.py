@@ -93,7 +93,7 @@ def test_a_call_on_realtime_nls_hears_the_caller_then_nls_goes_down(tmp_path_fac
 
         with stack.sessions() as s:
             return list(s.scalars(select(AuditEvent.kind)))
-    from tests.voice_gateway import FakeGateway
+    from workers.phone_line import PhoneLine
 
     with FakeNlsMeta(KEY_ID, SECRET) as meta, FakeNlsRealtime(meta, APPKEY, recognized="营业时间是几点") as gateway:
         stack = start_stack("embedded", tmp_path_factory.mktemp("nls-rt-call"), tiny_gguf, None, None,
@@ -102,7 +102,7 @@ def test_a_call_on_realtime_nls_hears_the_caller_then_nls_goes_down(tmp_path_fac
                             nls_meta_endpoint=meta.endpoint, nls_meta_protocol="http", nls_ws_url=gateway.url,
                             hotlines=[{"number": "4008001234", "transfer_to": "8001", "greeting": "您好。"}])
         try:
-            call = FakeGateway.dial(stack.gateway.ws_url, "s", call_id="nls-rt-1")
+            call = PhoneLine.dial(stack.gateway.ws_url, "s", call_id="nls-rt-1")
             wait_for(lambda: call.audio_ms() >= 300, timeout=30)  # the greeting: 2 characters of the fake's tone
             call.wait_quiet(600)
             speech = EspeakSynthesizer().synthesize("请问营业时间", 8000)

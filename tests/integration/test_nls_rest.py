@@ -63,7 +63,7 @@ def test_nls_down_is_a_speech_error(nls: tuple[FakeNlsGateway, NlsTokens]) -> No
 def test_a_call_on_nls_hears_the_caller_and_transfers(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> None:
     from channels.speech.espeak import EspeakSynthesizer
     from tests.integration.conftest import start_stack, wait_for
-    from tests.voice_gateway import FakeGateway
+    from workers.phone_line import PhoneLine
 
     with FakeNlsMeta(KEY_ID, SECRET) as meta, FakeNlsGateway(meta, APPKEY, recognized="我要转人工") as gateway:
         stack = start_stack("embedded", tmp_path_factory.mktemp("nls-call"), tiny_gguf, None, None,
@@ -72,7 +72,7 @@ def test_a_call_on_nls_hears_the_caller_and_transfers(tmp_path_factory: pytest.T
                             nls_meta_endpoint=meta.endpoint, nls_meta_protocol="http", nls_gateway=gateway.url,
                             hotlines=[{"number": "4008001234", "transfer_to": "8001", "greeting": "您好。"}])
         try:
-            call = FakeGateway.dial(stack.gateway.ws_url, "s", call_id="nls-1")
+            call = PhoneLine.dial(stack.gateway.ws_url, "s", call_id="nls-1")
             wait_for(lambda: call.audio_ms() >= 100, timeout=30)  # the greeting, synthesized by NLS
             call.wait_quiet(600)
             call.send_audio(EspeakSynthesizer().synthesize("请帮我转人工", 8000))

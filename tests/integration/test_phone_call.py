@@ -1,5 +1,5 @@
-"""Phone calls end to end: a fake voice gateway dials the real gateway with espeak-ng audio, a real worker
-answers with the random-weight Qwen3, and Kefu speaks the answer back."""
+"""Phone calls end to end: the caller's end of a line (workers/phone_line.py) dials the real gateway with
+espeak-ng audio, a real worker answers with the random-weight Qwen3, and Kefu speaks the answer back."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from channels.speech.espeak import EspeakSynthesizer
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from tests.integration.conftest import Stack, start_stack, wait_for
-from tests.voice_gateway import FakeGateway
+from workers.phone_line import PhoneLine
 
 SECRET = "pbx-secret"
 
@@ -50,11 +50,11 @@ def kinds(stack: Stack, inbound_id: int) -> list[str]:
 
 def test_a_gateway_without_the_secret_is_refused(phone: Stack) -> None:
     with pytest.raises(InvalidStatus):
-        FakeGateway.dial(phone.gateway.ws_url, "wrong-secret")
+        PhoneLine.dial(phone.gateway.ws_url, "wrong-secret")
 
 
 def test_a_full_call_greeting_two_questions_answers_heard_and_hang_up(phone: Stack, voice: EspeakSynthesizer) -> None:
-    call = FakeGateway.dial(phone.gateway.ws_url, SECRET, call_id="full-1")
+    call = PhoneLine.dial(phone.gateway.ws_url, SECRET, call_id="full-1")
     wait_for(lambda: call.audio_ms() >= 1000, timeout=30)  # the greeting is playing
     call.wait_quiet(600)
     for question in ("hello, where is my order", "thank you, when will it arrive"):
@@ -76,7 +76,7 @@ def test_a_full_call_greeting_two_questions_answers_heard_and_hang_up(phone: Sta
 
 
 def test_key_zero_transfers_to_the_hotline_agent(phone: Stack) -> None:
-    call = FakeGateway.dial(phone.gateway.ws_url, SECRET, call_id="dtmf-1", caller="+8613900001111")
+    call = PhoneLine.dial(phone.gateway.ws_url, SECRET, call_id="dtmf-1", caller="+8613900001111")
     wait_for(lambda: call.audio_ms() >= 500, timeout=30)
     call.press("0")
     wait_for(lambda: any(a.get("type") == "transfer" for a in call.actions()), timeout=30)
@@ -87,7 +87,7 @@ def test_key_zero_transfers_to_the_hotline_agent(phone: Stack) -> None:
 
 
 def test_silence_gets_a_prompt_then_a_goodbye_and_a_hang_up(phone: Stack) -> None:
-    call = FakeGateway.dial(phone.gateway.ws_url, SECRET, call_id="quiet-1", caller="+8613700002222")
+    call = PhoneLine.dial(phone.gateway.ws_url, SECRET, call_id="quiet-1", caller="+8613700002222")
     deadline = time.monotonic() + 60
     while not call.closed.is_set() and time.monotonic() < deadline:
         try:
@@ -98,10 +98,10 @@ def test_silence_gets_a_prompt_then_a_goodbye_and_a_hang_up(phone: Stack) -> Non
     assert call.audio_ms() >= 3000  # greeting, prompt and goodbye were spoken
 
 
-def ask_until_answer_starts(phone: Stack, voice: EspeakSynthesizer, call_id: str, question: str) -> FakeGateway:
+def ask_until_answer_starts(phone: Stack, voice: EspeakSynthesizer, call_id: str, question: str) -> PhoneLine:
     """Dial, let the greeting finish, ask, and return once Kefu has started to answer."""
     caller = f"+86135{zlib.crc32(call_id.encode()) % 10**8:08d}"  # one caller (conversation) per call
-    call = FakeGateway.dial(phone.gateway.ws_url, SECRET, call_id=call_id, caller=caller)
+    call = PhoneLine.dial(phone.gateway.ws_url, SECRET, call_id=call_id, caller=caller)
     wait_for(lambda: call.audio_ms() >= 500, timeout=30)
     call.wait_quiet(600)
     asked = time.monotonic()
