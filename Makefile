@@ -18,9 +18,11 @@ $(STAMP):
 
 install: system $(STAMP)
 
-# Debian packages the voice channel needs: espeak-ng (local text-to-speech).
+# Debian packages the voice channels need: espeak-ng (local text-to-speech), ffmpeg (decodes WeChat's AMR
+# voice messages); the tests encode AMR-NB/AMR-WB with the codec libraries opencore-amrnb and vo-amrwbenc.
+SYSTEM_PACKAGES := espeak-ng ffmpeg libopencore-amrnb0 libvo-amrwbenc0
 system:
-	@command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng; }
+	@dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES); }
 
 demo: install
 	$(BIN)/kefu demo

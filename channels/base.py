@@ -96,6 +96,9 @@ class Outbound(ABC):
     # False when the channel may change a stored answer afterwards (the phone keeps only what the caller
     # heard), so the worker reads the history from the database instead of its cache
     cache_context: bool = True
+    # True when a reply with source "handoff" moves the conversation to a person (WeChat Customer Service),
+    # so a worker applies the hand-off keywords to text it produced itself (a transcribed voice message)
+    hands_off: bool = False
 
     def __init__(self, deps: OutboundDeps) -> None:
         self.deps = deps

@@ -151,7 +151,7 @@ class Ingress:
             session, InboundRecord,
             {"conversation_id": conversation_id, "channel": key.channel, "account": key.account,
              "external_id": inbound.external_id, "kind": inbound.kind, "text": inbound.text,
-             "status": status, "received_at": inbound.received_at},
+             "status": status, "received_at": inbound.received_at, "media_id": inbound.media_id},
             ["channel", "account", "external_id"],
         )
         return conversation_id, inbound_id

@@ -8,6 +8,9 @@
   revoking the previous one); WeCom uses ``gettoken`` per (corpid, app secret).
 - A call that fails with 40001/40014/42001 is retried once with a refreshed token — bounded,
   unlike wechatpy's recursive ``auto_retry``. Every HTTP call has an explicit timeout.
+- Temporary media (``GET /cgi-bin/media/get``, the same path on both platforms) come back as the raw
+  file on success and as errcode JSON on failure (e.g. 40007: the media id is unknown or expired —
+  media live three days); a file is read only up to a size limit.
 
 Errors: :class:`~channels.base.DeliveryPermanent` for errcodes that will not change on retry
 (45015 outside the 48-hour window, 45047 quota, 43004 unsubscribed, 95018 session state …),
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 TOKEN_ERRORS = frozenset({40001, 40014, 42001})
 RETRYABLE = frozenset({-1, 45009, 45011, 44002})
 REFRESH_MARGIN_S = 300
+MEDIA_PATH = "/cgi-bin/media/get"
 
 
 class PlatformPermanent(DeliveryPermanent):
@@ -134,8 +138,69 @@ class PlatformAPI:
             raise classify(errcode, str(data.get("errmsg", "")))
         raise AssertionError("unreachable")
 
+    def media(self, app: AppCredentials, media_id: str, *, max_bytes: int) -> Media:
+        """The temporary media file ``media_id``.
+
+        PlatformPermanent for an unknown or expired id (40007) or a file over ``max_bytes``; PlatformRetryable
+        for what may pass (timeouts, 5xx, -1, a token refresh under way).
+        """
+        token = self._tokens.get(app)
+        for attempt in (1, 2):
+            try:
+                with self._http.stream("GET", f"{self._bases[app.kind]}{MEDIA_PATH}",
+                                       params={"access_token": token, "media_id": media_id}) as response:
+                    content_type = response.headers.get("content-type", "")
+                    body = _read_limited(response, max_bytes)
+            except httpx.HTTPError as exc:
+                raise PlatformRetryable(0, f"{MEDIA_PATH} failed: {type(exc).__name__}") from exc
+            if response.status_code >= 500:
+                raise PlatformRetryable(0, f"HTTP {response.status_code} from the platform")
+            if _is_json_answer(content_type, body):  # an error: the file itself is never JSON or text
+                try:
+                    data = json.loads(body)
+                except ValueError:
+                    raise PlatformRetryable(0, f"HTTP {response.status_code}: {content_type or 'no type'}, "
+                                               "neither the file nor JSON") from None
+                if not isinstance(data, dict):
+                    raise PlatformRetryable(0, "unexpected answer from the platform")
+                errcode = int(data.get("errcode", 0))
+                if errcode in TOKEN_ERRORS and attempt == 1:
+                    token = self._tokens.refresh(app, stale=token)
+                    continue
+                if errcode == 0:
+                    raise PlatformPermanent(0, "media/get answered JSON without the file")
+                raise classify(errcode, str(data.get("errmsg", "")))
+            if response.status_code != 200 or not body:
+                raise PlatformRetryable(0, f"HTTP {response.status_code} with {len(body)} bytes from {MEDIA_PATH}")
+            return Media(body, content_type)
+        raise AssertionError("unreachable")
+
     def close(self) -> None:
         self._http.close()
+
+
+@dataclass(frozen=True)
+class Media:
+    """A file downloaded with ``media/get``."""
+
+    content: bytes
+    content_type: str  # as the platform labelled it, e.g. audio/amr
+
+
+def _read_limited(response: httpx.Response, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise PlatformPermanent(0, f"media file larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_json_answer(content_type: str, body: bytes) -> bool:
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime.endswith("json") or mime.startswith("text/") or (not mime and body.lstrip().startswith(b"{"))
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

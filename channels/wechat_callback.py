@@ -193,8 +193,9 @@ def answer_or_accept(gw: Gateway, key: ConversationKey, message: Any, welcome: s
 
     Text (and voice with the platform's ``Recognition``) goes to the model unless an FAQ entry
     answers it (and when the LLM workers report a long queue, the customer is told at once to hold
-    on); other message types get a polite fallback; welcome events get ``welcome``; every other
-    event is ignored.
+    on); a voice message without ``Recognition`` is stored with its ``MediaId`` for a worker to
+    download and transcribe (nothing slow happens inside the platform's 5 seconds); other message
+    types get a polite fallback; welcome events get ``welcome``; every other event is ignored.
     """
     kind = str(message.type)
     received = datetime.fromtimestamp(int(message.time), UTC) if getattr(message, "time", None) else None
@@ -206,17 +207,19 @@ def answer_or_accept(gw: Gateway, key: ConversationKey, message: Any, welcome: s
         event_id = f"{message.source}:{message.time}:{event}"
         return _answer_now(gw, Inbound(key, event_id, f"[{event}]", "event", stamp), welcome, "welcome")
     external_id = str(getattr(message, "id", None) or f"{message.source}:{message.time}")
-    text: str | None = None
+    text = ""
+    media_id: str | None = None
     if kind == "text":
         text = printable(str(message.content or "")).strip()
-    elif kind == "voice" and getattr(message, "recognition", None):
-        text = printable(str(message.recognition)).strip()
-    if not text:
+    elif kind == "voice":
+        text = printable(str(getattr(message, "recognition", None) or "")).strip()
+        media_id = None if text else media_id_of(getattr(message, "media_id", None))
+    if not text and media_id is None:
         return _answer_now(gw, Inbound(key, external_id, f"[{kind}]", kind, stamp),
                            quick_replies.unsupported_answer(kind), "rule")
     text = text[: gw.settings.max_text_chars]
-    inbound = Inbound(key, external_id, text, kind, stamp)
-    faq = quick_replies.faq_answer(gw.settings, text)
+    inbound = Inbound(key, external_id, text, kind, stamp, media_id=media_id)
+    faq = quick_replies.faq_answer(gw.settings, text) if text else None
     if faq is not None:
         return _answer_now(gw, inbound, faq, "faq")
     accepted = gw.ingress.accept(inbound)
@@ -227,6 +230,18 @@ def answer_or_accept(gw: Gateway, key: ConversationKey, message: Any, welcome: s
             gw.ingress.note(accepted, key.channel, audit.BUSY_NOTICE, wait_estimate_s=round(wait, 1))
             return gw.settings.busy_notice
     return None
+
+
+MEDIA_ID_MAX = 256  # inbound.media_id
+
+
+def media_id_of(value: object) -> str | None:
+    """A platform media id fit to store and to send back in a query string, or None."""
+    media_id = str(value or "").strip()
+    if not media_id or len(media_id) > MEDIA_ID_MAX or not (media_id.isascii() and media_id.isprintable()) \
+            or " " in media_id:
+        return None
+    return media_id
 
 
 def _answer_now(gw: Gateway, inbound: Inbound, answer: str, source: str) -> str | None:

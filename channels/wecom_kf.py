@@ -18,7 +18,9 @@ for the human and the model stays out; a customer asking for a person (``handoff
 ``handoff_reply`` and the session is moved to the queue pool (state 2) or to the configured servicer
 (state 3) with ``kf/service_state/trans``; so is a conversation the model could not answer (its
 fallback reply) unless ``handoff_on_fallback`` is off. FAQ hits and unsupported message types are
-answered at once without the model. Replies go through ``kf/send_msg`` with our own ``msgid``,
+answered at once without the model. A voice message (``voice.media_id``) is queued as it is: the
+worker downloads it (WeCom ``media/get``), transcribes it and applies the same rules to the text
+(:mod:`workers.voice`). Replies go through ``kf/send_msg`` with our own ``msgid``,
 at most 5 messages of 2,048 UTF-8 bytes within 48 hours of the customer's message; 95018 (the
 session state no longer allows it: a human took over) is a permanent, recorded failure.
 """
@@ -36,7 +38,7 @@ from channels import wechat_protocol as wx
 from channels.base import DeliveryPermanent, DeliveryProgress, Outbound, RequestRejected
 from channels.ingress import Ingress
 from channels.wechat_api import AppCredentials, PlatformAPI, PlatformPermanent
-from channels.wechat_callback import CallbackAdapter, CallbackKeys
+from channels.wechat_callback import CallbackAdapter, CallbackKeys, media_id_of
 from models import audit, quick_replies
 from models.db import insert_ignoring_conflict, transaction
 from models.envelope import ConversationKey, Inbound, Reply, printable, utcnow
@@ -224,15 +226,22 @@ class KfSync:
         settings = self._settings
         key = ConversationKey(CHANNEL, account.name, peer(open_kfid, str(message["external_userid"])))
         kind = str(message.get("msgtype") or "text")
-        body = message.get("text")
+        body = message.get(kind)
         text = printable(str(body.get("content", ""))).strip() if kind == "text" and isinstance(body, dict) else ""
+        media_id = media_id_of(body.get("media_id")) if kind == "voice" and isinstance(body, dict) else None
         sent = message.get("send_time")
         received = datetime.fromtimestamp(int(sent), UTC) if isinstance(sent, int) else utcnow()
-        inbound = Inbound(key, str(message["msgid"]), text[: settings.max_text_chars] or f"[{kind}]", kind, received)
-        if state in HUMAN_STATES:
-            self._ingress.accept_for_human(inbound, service_state=state)
+        text = text[: settings.max_text_chars]
+        if state in HUMAN_STATES:  # the person serving the customer hears a voice in their own client
+            self._ingress.accept_for_human(Inbound(key, str(message["msgid"]), text or f"[{kind}]", kind, received,
+                                                   media_id=media_id), service_state=state)
             return state
-        if not text:
+        # a voice's text comes later, from the worker's transcription
+        inbound = Inbound(key, str(message["msgid"]), text or ("" if media_id else f"[{kind}]"), kind, received,
+                          media_id=media_id)
+        if media_id:
+            self._ingress.accept(inbound)  # downloaded, transcribed and put through these rules by the worker
+        elif not text:
             self._ingress.accept_answered(inbound, quick_replies.unsupported_answer(kind), "rule", passive=False)
         elif quick_replies.wants_human(settings, text):
             self._ingress.accept_answered(inbound, settings.handoff_reply, "handoff", passive=False)
@@ -246,6 +255,8 @@ class KfSync:
 
 class WeComKfOutbound(Outbound):
     """Replies through ``/cgi-bin/kf/send_msg``; hand-off through ``kf/service_state/trans``."""
+
+    hands_off = True
 
     def send(self, reply: Reply, progress: DeliveryProgress) -> None:
         account = self.deps.settings.wecom_kf_account(reply.key.account)

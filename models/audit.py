@@ -31,6 +31,9 @@ BUSY_NOTICE = "busy_notice"  # the model's queue was long: the customer was told
 BARGE_IN = "barge_in"  # a caller spoke over the spoken answer: audio cleared, generation stopped, heard_chars kept
 HANDED_OFF = "handed_off"  # the conversation was moved to a human (WeChat Customer Service), with the new state
 HUMAN_OWNED = "human_owned"  # a message arrived while a human owns the conversation; the model stays out
+TRANSCRIBED = "transcribed"  # a voice message became text: format, duration_ms, chars, latency_ms (never the text)
+TRANSCRIPTION_RETRY = "transcription_retry"  # downloading the voice failed transiently; retried with backoff
+TRANSCRIPTION_FAILED = "transcription_failed"  # no text from a voice message (reason); the customer is asked to repeat
 
 
 _INSERT = insert(cast(Table, AuditEvent.__table__))

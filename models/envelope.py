@@ -45,13 +45,18 @@ class ConversationKey:
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """One customer message, normalized. ``external_id`` is the platform's id (dedup key)."""
+    """One customer message, normalized. ``external_id`` is the platform's id (dedup key).
+
+    A voice message the platform did not transcribe carries its ``media_id`` (the platform's
+    temporary file) and an empty ``text`` until a worker transcribes it.
+    """
 
     key: ConversationKey
     external_id: str
     text: str
     kind: str = "text"
     received_at: datetime = field(default_factory=utcnow)
+    media_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,6 +136,13 @@ class Settings(BaseSettings):
     # A customer message containing one of these asks for a person (WeChat Customer Service hands off).
     handoff_keywords: list[str] = Field(default_factory=lambda: ["转人工", "人工客服", "真人客服", "找人工", "人工服务"])
     handoff_reply: str = "好的，正在为您转接人工客服，请稍候。"
+    # Voice messages without the platform's Recognition: a worker downloads (media/get), decodes and transcribes
+    # them with the configured recognizer (KEFU_SPEECH_PROVIDER). When that fails, the customer gets this reply.
+    voice_unclear_reply: str = "抱歉，我没有听清您的语音。请您再说一遍，或者直接打字告诉我您的问题。"
+    voice_max_bytes: int = 2 * 1024 * 1024  # a 60-second WeChat voice is about 100 KB of AMR
+    voice_max_seconds: float = 120.0  # WeChat voices last at most 60 s; anything longer is cut here
+    voice_decode_timeout_s: float = 15.0
+    voice_download_retries: int = 4  # transient media/get failures, retried after 1, 2, 4, 8 s; then the reply above
 
     # --- phone ---------------------------------------------------------------------------------
     voice_gateways: list[VoiceGateway] = Field(default_factory=list)  # JSON list in KEFU_VOICE_GATEWAYS

@@ -76,7 +76,11 @@ class ConversationRecord(Base):
 
 class InboundRecord(Base):
     """A customer message. ``status``: received → queued → answered | failed; or ``human`` when it arrived
-    while a person owns the conversation (WeChat Customer Service hand-off) and the model stays out."""
+    while a person owns the conversation (WeChat Customer Service hand-off) and the model stays out.
+
+    ``media_id``: a voice message's file on the platform, for a worker to download and transcribe;
+    its ``text`` is empty until then (and the transcription, or ``[voice]`` if none came out, after).
+    """
 
     __tablename__ = "inbound"
     __table_args__ = (
@@ -95,6 +99,7 @@ class InboundRecord(Base):
     status: Mapped[str] = mapped_column(String(16), default="received")
     received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     queued_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    media_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
 
 
 class ReplyRecord(Base):

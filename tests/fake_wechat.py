@@ -14,10 +14,16 @@ Guarantees (the real behaviour the app has to survive):
 * Text over 2048 UTF-8 bytes → 45002 (MP custom send, kf send_msg); WeCom ``message/send``
   truncates to 2048 bytes as its documentation says.
 * kf ``send_msg`` is refused with 95018 unless the conversation's service_state is 0 or 1.
+* ``GET /cgi-bin/media/get`` (the same path on both platforms) answers a registered file as the raw
+  bytes with its ``Content-Type`` and a ``Content-disposition: attachment; filename=…`` header;
+  an unknown media id, or one registered for another app, → 40007 (as JSON, like every error). The
+  fake serves both hosts on one port, so a token it never issued cannot tell which platform it was
+  meant for: that answers the official account's 40001.
 * Ids are deterministic counters; every request is recorded in :attr:`FakeWeChat.calls`.
 
 Test controls are thread-safe: :meth:`fail_next`, :meth:`http_error_next`, :meth:`set_latency`,
-:meth:`expire_tokens`, :meth:`advance_clock`, :meth:`queue_kf_messages`, :meth:`wait_for_sent`.
+:meth:`expire_tokens`, :meth:`advance_clock`, :meth:`queue_kf_messages`, :meth:`wait_for_sent`,
+:meth:`add_media`.
 Raises nothing into the client: unknown paths get HTTP 404, an unknown endpoint key in a control
 method raises ``ValueError``.
 """
@@ -46,6 +52,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/cgi-bin/kf/send_msg"): "kf_send_msg",
     ("POST", "/cgi-bin/kf/service_state/get"): "service_state_get",
     ("POST", "/cgi-bin/kf/service_state/trans"): "service_state_trans",
+    ("GET", "/cgi-bin/media/get"): "media_get",
 }
 ENDPOINTS: frozenset[str] = frozenset(ROUTES.values())
 MP_ENDPOINTS = frozenset({"token", "stable_token", "custom_send"})
@@ -55,6 +62,7 @@ ERRMSG: dict[int, str] = {
     40001: "invalid credential, access_token is invalid or not latest",
     40002: "invalid grant_type",
     40003: "invalid openid",
+    40007: "invalid media_id",
     40008: "invalid message type",
     40013: "invalid appid",
     40014: "invalid access_token",
@@ -86,6 +94,14 @@ class _Token:
     expires_at: float
     revoked_at: float | None = None
     expired: bool = False
+
+
+@dataclass
+class _Media:
+    app: str  # the appid or corpid whose tokens may download it
+    data: bytes
+    content_type: str
+    filename: str
 
 
 class _Server(ThreadingHTTPServer):
@@ -140,9 +156,11 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         parts = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        status, body, ctype = self.server.fake._dispatch(method, parts.path, query, raw)
+        status, body, ctype, headers = self.server.fake._dispatch(method, parts.path, query, raw)
         self.send_response(status)
         self.send_header("Content-Type", ctype)
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -174,6 +192,7 @@ class FakeWeChat:
         self._clock_offset = 0.0
         self._seqs: dict[str, int] = {}
         self._kf_log: list[dict[str, Any]] = []
+        self._media: dict[str, _Media] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -284,6 +303,13 @@ class FakeWeChat:
                 done.append(json.loads(json.dumps(msg)))
         return done
 
+    def add_media(self, media_id: str, data: bytes, *, app: str, content_type: str = "audio/amr",
+                  filename: str | None = None) -> None:
+        """A temporary media file that tokens of ``app`` (an appid or a corpid) can download with ``media/get``."""
+        extension = content_type.rsplit("/", 1)[-1]
+        with self._lock:
+            self._media[media_id] = _Media(app, bytes(data), content_type, filename or f"{media_id}.{extension}")
+
     def wait_for_sent(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Block until at least ``count`` messages were delivered; returns a copy of :attr:`sent`."""
         with self._changed:
@@ -301,7 +327,8 @@ class FakeWeChat:
         self._seqs[kind] = self._seqs.get(kind, 0) + 1
         return f"{kind}-{self._seqs[kind]:06d}"
 
-    def _dispatch(self, method: str, path: str, query: dict[str, str], raw: bytes) -> tuple[int, bytes, str]:
+    def _dispatch(self, method: str, path: str, query: dict[str, str], raw: bytes
+                  ) -> tuple[int, bytes, str, dict[str, str]]:
         try:
             body: Any = json.loads(raw.decode("utf-8")) if raw else None
         except (UnicodeDecodeError, ValueError):
@@ -324,13 +351,19 @@ class FakeWeChat:
             self._stopping.wait(latency)
         if status != 200:
             page = f"<html><body><h1>{status}</h1>fake gateway error</body></html>".encode()
-            return status, page, "text/html"
+            return status, page, "text/html", {}
         if endpoint is None:
-            return 404, b"not found", "text/plain"
+            return 404, b"not found", "text/plain", {}
         with self._lock:
-            answer = self._answer(endpoint, query, body)
+            if endpoint == "media_get":
+                media, answer = self._media_get(query)
+                if media is not None:
+                    disposition = f'attachment; filename="{media.filename}"'
+                    return 200, media.data, media.content_type, {"Content-disposition": disposition}
+            else:
+                answer = self._answer(endpoint, query, body)
             self._changed.notify_all()
-        return 200, json.dumps(answer, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8"
+        return 200, json.dumps(answer, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8", {}
 
     def _error(self, code: int) -> dict[str, Any]:
         return {"errcode": code, "errmsg": f"{errmsg(code)} rid: {self._id('rid')}"}
@@ -353,6 +386,21 @@ class FakeWeChat:
         handler = getattr(self, f"_{endpoint}")
         result: dict[str, Any] = handler(body, token)
         return result
+
+    def _media_get(self, query: dict[str, str]) -> tuple[_Media | None, dict[str, Any]]:
+        """(the file, {}) or (None, the errcode answer)."""
+        injected = self._failures.get("media_get")
+        if injected:
+            return None, self._error(injected.pop(0))
+        value = query.get("access_token", "")
+        token = self._tokens.get(value)
+        bad = self._check_token(token.platform if token is not None else "mp", value)
+        if bad or token is None:
+            return None, self._error(bad)
+        media = self._media.get(query.get("media_id", ""))
+        if media is None or media.app != token.app:
+            return None, self._error(40007)
+        return media, {}
 
     def _issue(self, kind: str, query: dict[str, str], body: Any) -> dict[str, Any]:
         if kind == "gettoken":

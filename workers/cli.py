@@ -28,6 +28,8 @@ log = logging.getLogger("kefu")
 def setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin chatter is not for operators
+    # httpx logs every request's URL at INFO: WeChat's carry access_token and media_id in the query string
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def cmd_config(settings: Settings, _: argparse.Namespace) -> int:

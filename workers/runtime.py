@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import Outbound, OutboundDeps, load_outbound
 from channels.ingress import Ingress
+from channels.speech.providers import SpeechProviders
 from channels.wechat_api import AccessTokens, PlatformAPI, make_http
 from channels.wecom_kf import KfSync
 from models.bus import Bus, make_bus
@@ -84,6 +85,11 @@ class Runtime:
         http = make_http(s.wechat_http_timeout_s)
         tokens = AccessTokens(http, self.kv, self.locks, mp_base=s.wechat_api_base, corp_base=s.wecom_api_base)
         return PlatformAPI(http, tokens, mp_base=s.wechat_api_base, corp_base=s.wecom_api_base)
+
+    @cached_property
+    def speech(self) -> SpeechProviders:
+        """The configured recognizer and voice, built on first use (WeChat voice messages)."""
+        return SpeechProviders(self.settings, self.kv)
 
     @cached_property
     def kf_sync(self) -> KfSync:

@@ -3,9 +3,12 @@
 Tasks carry ids, never payloads, and are safe to run twice: ``reply UNIQUE(inbound_id)`` and
 conditional status updates decide who wins, so a redelivered or re-published task does nothing new.
 
-- ``handle_inbound``: per-conversation lock, answered in arrival order; generates (streaming to the
-  channel when it streams), stores the reply, its pending delivery and the audit rows in one
-  transaction, then publishes ``deliver``. Any model failure still stores a fallback reply.
+- ``handle_inbound``: per-conversation lock, answered in arrival order; a voice message the platform
+  did not transcribe is transcribed first (:mod:`workers.voice`) and put through the quick rules
+  (hand-off keywords, FAQ), or answered with ``voice_unclear_reply`` when no text comes out;
+  generates (streaming to the channel when it streams), stores the reply, its pending delivery and
+  the audit rows in one transaction, then publishes ``deliver``. Any model failure still stores a
+  fallback reply.
 - ``deliver``: sends through the channel; retries ``DeliveryRetryable`` with exponential backoff,
   records ``DeliveryPermanent`` (and exhausted retries) as failed.
 - ``kf_sync``: pulls a WeChat Customer Service account's new messages (``channels.wecom_kf``);
@@ -33,7 +36,7 @@ from models.embedded_broker import purge_consumed
 from models.envelope import ConversationKey, Reply, utcnow
 from models.queues import DELIVER, HANDLE_INBOUND, KF_SYNC, SWEEP
 from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, KfCursorRecord, ReplyRecord
-from workers import dialogue
+from workers import dialogue, voice
 from workers.llm.engine import Generation
 from workers.runtime import Runtime, runtime
 
@@ -82,9 +85,47 @@ def _handle_inbound(task: Task, inbound_id: int) -> str:
         if existing is not None:  # answered already (a redelivered or re-published task)
             rt.publisher.deliver(existing)
             return "already-answered"
-        reply_id = _answer(rt, row, key)
+        reply_id = _answer_voice(task, rt, row, key) if row.media_id is not None else _answer(rt, row, key)
     rt.publisher.deliver(reply_id)
     return "answered"
+
+
+def _answer_voice(task: Task, rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
+    """A voice message: transcribed (once), then the quick rules or the model; the unclear reply without text."""
+    begun = time.monotonic()
+    if voice.pending(row):
+        try:
+            row = voice.transcribe(rt, row, key)
+        except voice.TryAgain as exc:
+            raise task.retry(countdown=exc.countdown) from exc
+        except voice.Unclear:
+            return _store_reply(rt, row, key, rt.settings.voice_unclear_reply, "rule", inbound_text=voice.UNRECOGNIZED)
+    quick = dialogue.quick_answer(rt.settings, row.text, hands_off=rt.outbound(key.channel).hands_off)
+    if quick is not None:
+        return _store_reply(rt, row, key, *quick)
+    return _answer(rt, row, key, begun=begun)
+
+
+def _store_reply(rt: Runtime, row: InboundRecord, key: ConversationKey, text: str, source: str, *,
+                 inbound_text: str | None = None) -> int:
+    """Store an answer that needed no model (a rule), with its pending delivery; the reply id."""
+    with transaction(rt.sessions) as session:
+        reply_id = insert_ignoring_conflict(
+            session, ReplyRecord,
+            {"inbound_id": row.id, "conversation_id": row.conversation_id, "text": text, "source": source,
+             "model": None, "prompt_tokens": 0, "completion_tokens": 0, "latency_ms": 0, "created_at": utcnow()},
+            ["inbound_id"],
+        )
+        if reply_id is None:  # another worker stored one first; keep theirs
+            return int(session.scalars(select(ReplyRecord.id).where(ReplyRecord.inbound_id == row.id)).one())
+        session.add(DeliveryRecord(reply_id=reply_id, channel=key.channel, status="pending"))
+        values: dict[str, Any] = {"status": "answered"}
+        if inbound_text is not None:
+            values["text"] = inbound_text
+        session.execute(update(InboundRecord).where(InboundRecord.id == row.id).values(**values))
+        audit.record(session, audit.REPLY_STORED, channel=key.channel, conversation_id=row.conversation_id,
+                     inbound_id=row.id, reply_id=reply_id, chars=len(text), source=source)
+    return reply_id
 
 
 def _earlier_pending(session: Any, row: InboundRecord, rt: Runtime) -> bool:
@@ -104,7 +145,8 @@ def _earlier_pending(session: Any, row: InboundRecord, rt: Runtime) -> bool:
     return earlier is not None
 
 
-def _answer(rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
+def _answer(rt: Runtime, row: InboundRecord, key: ConversationKey, *, begun: float | None = None) -> int:
+    """The model's answer; ``begun`` (monotonic): when the task's work on it began, which the deadline counts from."""
     settings = rt.settings
     outbound = rt.outbound(key.channel)
     history = rt.context.load(row.conversation_id, row.id) if outbound.cache_context else None
@@ -122,7 +164,8 @@ def _answer(rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
     try:
         on_text = (lambda piece: outbound.stream(key, row.id, piece)) if outbound.streams else None
         soft = settings.generation_soft_limit_s
-        generation = rt.llm.generate(turns, on_text=on_text, deadline=started + soft - min(5.0, soft * 0.2))
+        deadline = (begun if begun is not None else started) + soft - min(5.0, soft * 0.2)
+        generation = rt.llm.generate(turns, on_text=on_text, deadline=deadline)
     except SoftTimeLimitExceeded:
         failure = "soft time limit exceeded"
     except Exception as exc:  # any model failure still gets the customer an answer

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from channels.base import DeliveryPermanent, DeliveryProgress, OutboundDeps
-from channels.wechat_api import AccessTokens, AppCredentials, PlatformAPI, PlatformRetryable, make_http
+from channels.wechat_api import AccessTokens, AppCredentials, PlatformAPI, PlatformPermanent, PlatformRetryable, make_http
 from channels.wechat_mp import WeChatMPOutbound
 from models.bus import SocketBus
 from models.envelope import ConversationKey, Reply
@@ -155,3 +155,27 @@ def test_nothing_is_sent_outside_the_48_hour_window(settings: Settings, fake: Fa
         out.send(reply("迟到的回复", hours_ago=49), DeliveryProgress(0, lambda n: None))
     assert fake.sent == []
     bus.close()
+
+
+def test_media_is_downloaded_raw_and_its_errors_are_classified(settings: Settings, fake: FakeWeChat) -> None:
+    api, _ = client(settings)
+    request_close(api)
+    voice = b"#!AMR\n" + bytes(range(200))
+    fake.add_media("VOICE-1", voice, app=wp.APPID)
+    media = api.media(APP, "VOICE-1", max_bytes=1024)
+    assert (media.content, media.content_type) == (voice, "audio/amr")
+    with pytest.raises(PlatformPermanent) as expired:
+        api.media(APP, "VOICE-GONE", max_bytes=1024)
+    assert expired.value.errcode == 40007
+    with pytest.raises(PlatformPermanent, match="larger than 100 bytes"):
+        api.media(APP, "VOICE-1", max_bytes=100)
+    fake.fail_next("media_get", -1)
+    with pytest.raises(PlatformRetryable):
+        api.media(APP, "VOICE-1", max_bytes=1024)
+    fake.http_error_next(502, endpoint="media_get")
+    with pytest.raises(PlatformRetryable, match="HTTP 502"):
+        api.media(APP, "VOICE-1", max_bytes=1024)
+    issued = len(fake.token_requests)
+    fake.expire_tokens()  # 42001: refreshed once, then the file
+    assert api.media(APP, "VOICE-1", max_bytes=1024).content == voice
+    assert len(fake.token_requests) == issued + 1

@@ -275,3 +275,23 @@ def test_latency_and_wait_for_sent(fake: FakeWeChat, http: httpx.Client) -> None
     assert sent[-1]["content"] in {"later", "hello"}
     with pytest.raises(TimeoutError):
         fake.wait_for_sent(10, timeout=0.05)
+
+
+def test_media_get_serves_the_raw_file_to_its_own_app_and_errcode_json_otherwise(
+        fake: FakeWeChat, http: httpx.Client) -> None:
+    fake.add_media("MEDIA-MP-1", b"#!AMR\n\x3c" + bytes(31), app=APPID)
+    fake.add_media("MEDIA-WW-1", b"#!AMR\n\x3c" + bytes(31), app=CORPID)
+    mp, corp = mp_token(http), corp_token(http)
+    ok = http.get("media/get", params={"access_token": mp, "media_id": "MEDIA-MP-1"})
+    assert (ok.status_code, ok.headers["content-type"], ok.content[:6]) == (200, "audio/amr", b"#!AMR\n")
+    assert ok.headers["content-disposition"] == 'attachment; filename="MEDIA-MP-1.amr"'
+    assert http.get("media/get", params={"access_token": corp, "media_id": "MEDIA-WW-1"}).content.startswith(b"#!AMR")
+    for token, media_id, errcode in [(mp, "MEDIA-WW-1", 40007), (corp, "nope", 40007), ("forged", "MEDIA-MP-1", 40001),
+                                     ("", "MEDIA-MP-1", 41001)]:
+        answer = http.get("media/get", params={"access_token": token, "media_id": media_id})
+        assert answer.headers["content-type"].startswith("application/json") and answer.json()["errcode"] == errcode
+    fake.expire_tokens()
+    assert http.get("media/get", params={"access_token": corp, "media_id": "MEDIA-WW-1"}).json()["errcode"] == 42001
+    fake.fail_next("media_get", -1)
+    assert http.get("media/get", params={"access_token": "x", "media_id": "y"}).json()["errcode"] == -1
+    assert [c["endpoint"] for c in fake.calls].count("media_get") == 8

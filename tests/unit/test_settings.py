@@ -249,3 +249,20 @@ def test_platform_accounts_from_json_env(monkeypatch: pytest.MonkeyPatch, tmp_pa
 def test_platform_accounts_are_checked_at_start(tmp_path: Path, apps: list[dict[str, object]], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(data_dir=tmp_path, wecom_apps=apps)
+
+
+def test_request_urls_with_access_tokens_stay_out_of_info_logs(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import httpx
+
+    from workers.cli import setup_logging
+
+    setup_logging("INFO")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"errcode": 0})
+
+    with caplog.at_level(logging.INFO), httpx.Client(transport=httpx.MockTransport(answer)) as http:
+        http.get("https://api.weixin.qq.com/cgi-bin/media/get?access_token=SECRET-TOKEN&media_id=m1")
+    assert "SECRET-TOKEN" not in caplog.text
