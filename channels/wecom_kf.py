@@ -54,6 +54,7 @@ CHANNEL = "wecom_kf"
 PAGE_LIMIT = 1000  # the most kf/sync_msg returns in one page
 SYNC_TOKEN_TTL_S = 600  # the callback's Token is valid for 10 minutes
 SYNC_LOCK_TTL_S = 300
+HANDOFF_PENDING_TTL_S = 120  # the notice's delivery (with its retries) and the transfer happen well within this
 ORIGIN_CUSTOMER = 3  # msg_list origin: 3 customer, 4 system event, 5 a servicer in the WeCom client
 HUMAN_STATES = frozenset({2, 3})  # 2 waiting in the pool for a person, 3 served by a person
 POOL, SERVICER = 2, 3
@@ -78,6 +79,11 @@ def peer(open_kfid: str, external_userid: str) -> str:
 def split_peer(value: str) -> tuple[str, str]:
     open_kfid, _, external_userid = value.partition("/")
     return open_kfid, external_userid
+
+
+def handoff_key(account: str, open_kfid: str, user: str) -> str:
+    """Set while a hand-off is decided but ``trans`` has not happened yet (see ``KfSync._service_state``)."""
+    return f"kf:handoff:{account}:{open_kfid}:{user}"
 
 
 def _sync_token_key(account: str, open_kfid: str) -> str:
@@ -143,8 +149,12 @@ class KfSync:
     def run(self, name: str, open_kfid: str) -> int:
         """Read everything new; the number of new customer messages stored. Raises SyncBusy."""
         account = self._settings.wecom_kf_account(name)
-        if account is None:
+        if account is None:  # marked done, or the sweeper would publish it again for ever
             log.error("kf sync for unknown account %r dropped (no longer configured?)", name)
+            with transaction(self._sessions) as session:
+                session.execute(update(KfCursorRecord)
+                                .where(KfCursorRecord.account == name, KfCursorRecord.open_kfid == open_kfid)
+                                .values(synced=KfCursorRecord.requested, synced_at=utcnow()))
             return 0
         with self._locks.hold(f"kfsync:{name}:{open_kfid}", ttl_s=SYNC_LOCK_TTL_S, wait_s=0) as acquired:
             if not acquired:
@@ -217,8 +227,17 @@ class KfSync:
         return stored
 
     def _service_state(self, account: WeComKfAccount, open_kfid: str, user: str) -> int:
-        answer = self._platform.post(credentials(account), "/cgi-bin/kf/service_state/get",
-                                     {"open_kfid": open_kfid, "external_userid": user})
+        """Who serves the customer now. A hand-off Kefu decided but has not carried out yet (the notice is
+        still on its way, ``trans`` comes after it) counts as done: the next message is for the person."""
+        if self._kv.get(handoff_key(account.name, open_kfid, user)):
+            return POOL
+        try:
+            answer = self._platform.post(credentials(account), "/cgi-bin/kf/service_state/get",
+                                         {"open_kfid": open_kfid, "external_userid": user})
+        except PlatformPermanent as exc:  # one customer's broken state must not stop the account's sync
+            log.error("kf service_state/get failed for a customer of %s (errcode %s); the model answers",
+                      account.name, exc.errcode)
+            return 0
         return int(answer.get("service_state", 0))
 
     def _accept(self, account: WeComKfAccount, open_kfid: str, message: dict[str, Any], state: int) -> int:
@@ -244,6 +263,8 @@ class KfSync:
         elif not text:
             self._ingress.accept_answered(inbound, quick_replies.unsupported_answer(kind), "rule", passive=False)
         elif quick_replies.wants_human(settings, text):
+            self._kv.set(handoff_key(account.name, open_kfid, str(message["external_userid"])), "1",
+                         HANDOFF_PENDING_TTL_S)  # before the notice is stored: the next sync must see it
             self._ingress.accept_answered(inbound, settings.handoff_reply, "handoff", passive=False)
             return POOL  # what follows in this page is for the person taking over
         elif (faq := quick_replies.faq_answer(settings, text)) is not None:
@@ -296,6 +317,8 @@ class WeComKfOutbound(Outbound):
                 payload["servicer_userid"] = account.servicer_userid
             platform.post(app, "/cgi-bin/kf/service_state/trans", payload)
             state = target
+        if self.deps.kv is not None:  # the platform says who serves the customer from now on
+            self.deps.kv.delete(handoff_key(account.name, open_kfid, user))
         with transaction(self.deps.sessions) as session:
             audit.record(session, audit.HANDED_OFF, channel=CHANNEL, conversation_id=reply.conversation_id,
                          inbound_id=reply.inbound_id, reply_id=reply.reply_id, service_state=state,

@@ -298,7 +298,7 @@ def kf_sync(task: Task, account: str, open_kfid: str) -> str:
     try:
         stored = runtime().kf_sync.run(account, open_kfid)
     except SyncBusy as exc:  # the running pull may already be past the news that published this task
-        raise task.retry(countdown=SYNC_BUSY_RETRY_S) from exc
+        raise task.retry(countdown=min(SYNC_BUSY_RETRY_S * 2 ** task.request.retries, 5.0)) from exc
     except DeliveryRetryable as exc:
         log.warning("kf sync %s/%s: %s; retrying", account, open_kfid, exc)
         raise task.retry(countdown=min(2 ** task.request.retries, 60)) from exc

@@ -37,6 +37,10 @@ class WeComStack:
         with httpx.Client(base_url=self.stack.gateway.http_url, timeout=10) as http:
             return http.post(path, params=cb.params, content=cb.body, headers={"Content-Type": "text/xml"})
 
+    def sent_count(self, endpoint: str) -> int:
+        """Calls of ``endpoint``, failed ones included."""
+        return len([c for c in list(self.fake.calls) if c["endpoint"] == endpoint])
+
     def sent(self, endpoint: str, touser: str | None = None) -> list[dict[str, object]]:
         return [m for m in list(self.fake.sent) if m["endpoint"] == endpoint and touser in (None, m["touser"])]
 
@@ -159,9 +163,10 @@ def test_app_ten_concurrent_retries_give_one_reply(wc: WeComStack) -> None:
 
 # ---- WeChat Customer Service ----------------------------------------------------------------------
 
-def _cursor(wc: WeComStack, open_kfid: str) -> KfCursorRecord:
+def _cursor(wc: WeComStack, open_kfid: str, account: str = "kf") -> KfCursorRecord:
     with wc.stack.sessions() as s:
-        return s.scalars(select(KfCursorRecord).where(KfCursorRecord.open_kfid == open_kfid)).one()
+        return s.scalars(select(KfCursorRecord).where(KfCursorRecord.open_kfid == open_kfid,
+                                                      KfCursorRecord.account == account)).one()
 
 
 def test_kf_burst_across_two_pages_is_answered_once_each_and_survives_a_restart(wc: WeComStack) -> None:
@@ -218,6 +223,35 @@ def test_kf_customer_asking_for_a_person_is_handed_off_and_the_model_stays_out(w
     assert len(wc.sent("kf_send_msg", user)) == 1  # nothing more from the model
 
 
+def test_kf_message_right_after_asking_for_a_person_is_for_the_person_even_before_the_transfer(
+        wc: WeComStack) -> None:
+    kfid, user = "wkHandoff02", "wm-handoff-2"
+    wc.fake.fail_next("kf_send_msg", -1, times=2)  # the notice (and so the transfer after it) takes ~3 s of retries
+    sent_before = wc.sent_count("kf_send_msg")
+    first = wc.fake.queue_kf_messages(kfid, [{"external_userid": user, "content": "转人工"}])[0]
+    wc.kf_notify(kfid)
+    wait_for(lambda: wc.sent_count("kf_send_msg") > sent_before, timeout=30)  # its first (failed) attempt
+    assert "reply_stored" in wc.kinds(wc.inbound("wecom_kf", str(first["msgid"])).id)
+    assert wc.fake.kf_service_state.get((kfid, user), 0) == 0  # not transferred yet
+    later = wc.fake.queue_kf_messages(kfid, [{"external_userid": user, "content": "在吗？"}])[0]
+    wc.kf_notify(kfid)
+    wait_for(lambda: _cursor(wc, kfid).synced == _cursor(wc, kfid).requested)
+    row = wc.inbound("wecom_kf", str(later["msgid"]))
+    assert row.status == "human" and wc.kinds(row.id) == ["received", "human_owned"]
+    wait_for(lambda: wc.fake.kf_service_state.get((kfid, user)) == 2, timeout=30)  # then the transfer happened
+    assert [m["content"] for m in wc.sent("kf_send_msg", user)] == ["好的，正在为您转接人工客服，请稍候。"]
+
+
+def test_kf_a_customer_whose_session_state_cannot_be_read_does_not_stop_the_account(wc: WeComStack) -> None:
+    kfid, user = "wkState0001", "wm-state"
+    wc.fake.fail_next("service_state_get", 40003)  # permanent: "invalid openid"
+    message = wc.fake.queue_kf_messages(kfid, [{"external_userid": user, "content": "怎么退货？"}])[0]
+    wc.kf_notify(kfid)
+    wait_for(lambda: wc.sent("kf_send_msg", user), timeout=60)  # the model answered it anyway
+    assert wc.inbound("wecom_kf", str(message["msgid"])).status == "answered"
+    wait_for(lambda: _cursor(wc, kfid).synced == _cursor(wc, kfid).requested)
+
+
 def test_kf_faq_and_images_are_answered_without_the_model(wc: WeComStack) -> None:
     kfid, user = "wkQuick0001", "wm-quick"
     faq, image = wc.fake.queue_kf_messages(kfid, [
@@ -248,6 +282,14 @@ def test_kf_news_whose_pull_was_never_published_is_pulled_by_the_sweeper(wc: WeC
         assert tasks.sweep()["resynced"] == 1
         wait_for(lambda: wc.sent("kf_send_msg", user), timeout=30)
         wait_for(lambda: _cursor(wc, kfid).synced == _cursor(wc, kfid).requested)
+        assert tasks.sweep()["resynced"] == 0
+        # an account that is no longer configured is dropped once, not published again by every sweep
+        request_sync(wc.stack.sessions, Publisher(make_celery(dead, "dead-broker")), kv, "gone", kfid, None)
+        with wc.stack.sessions.begin() as s:
+            s.execute(update(KfCursorRecord).where(KfCursorRecord.account == "gone")
+                      .values(requested_at=utcnow() - timedelta(seconds=60)))
+        assert tasks.sweep()["resynced"] == 1
+        wait_for(lambda: _cursor(wc, kfid, "gone").synced == _cursor(wc, kfid, "gone").requested)
         assert tasks.sweep()["resynced"] == 0
     finally:
         worker_runtime.shutdown()
