@@ -185,10 +185,24 @@ class CallbackAdapter(ChannelAdapter, Generic[Account]):
 
 
 WELCOME_EVENTS = frozenset({"subscribe"})
+CLOSED_BY_PERSON = frozenset({"kf_close_session"})  # the official account's staff ended the conversation
+
+
+class ToPerson:
+    """The passive answer "pass this message to the account's customer-service staff"."""
+
+
+TO_PERSON = ToPerson()
+
+
+def human_key(key: ConversationKey) -> str:
+    """Set (with a TTL renewed by each message) while the account's staff own the conversation."""
+    return f"wechat:human:{key.channel}:{key.account}:{key.peer}"
 
 
 def answer_or_accept(gw: Gateway, key: ConversationKey, message: Any, welcome: str,
-                     welcome_events: frozenset[str] = WELCOME_EVENTS) -> str | None:
+                     welcome_events: frozenset[str] = WELCOME_EVENTS,
+                     human_service: bool = False) -> str | ToPerson | None:
     """Accept a parsed callback message (wechatpy's object); return a passive reply when one is ready now.
 
     Text (and voice with the platform's ``Recognition``) goes to the model unless an FAQ entry
@@ -196,12 +210,21 @@ def answer_or_accept(gw: Gateway, key: ConversationKey, message: Any, welcome: s
     on); a voice message without ``Recognition`` is stored with its ``MediaId`` for a worker to
     download and transcribe (nothing slow happens inside the platform's 5 seconds); other message
     types get a polite fallback; welcome events get ``welcome``; every other event is ignored.
+
+    A customer asking for a person (转人工) gets ``handoff_reply`` and, with ``human_service``, the
+    message and the rest of the conversation go to the account's staff (:data:`TO_PERSON`) until
+    they close it or ``human_session_ttl_s`` passes without a message; without it, the customer is
+    told no person is available here (``handoff_unavailable_reply``) instead of an empty promise.
     """
     kind = str(message.type)
     received = datetime.fromtimestamp(int(message.time), UTC) if getattr(message, "time", None) else None
     stamp = received or datetime.now(UTC)
+    settings = gw.settings
     if kind == "event":
         event = str(getattr(message, "event", ""))
+        if event in CLOSED_BY_PERSON:
+            gw.kv.delete(human_key(key))
+            return None
         if event not in welcome_events:
             return None  # unsubscribe, menu clicks…: nothing to answer
         event_id = f"{message.source}:{message.time}:{event}"
@@ -217,9 +240,19 @@ def answer_or_accept(gw: Gateway, key: ConversationKey, message: Any, welcome: s
     if not text and media_id is None:
         return _answer_now(gw, Inbound(key, external_id, f"[{kind}]", kind, stamp),
                            quick_replies.unsupported_answer(kind), "rule")
-    text = text[: gw.settings.max_text_chars]
+    text = text[: settings.max_text_chars]
     inbound = Inbound(key, external_id, text, kind, stamp, media_id=media_id)
-    faq = quick_replies.faq_answer(gw.settings, text) if text else None
+    if human_service and gw.kv.get(human_key(key)):  # a person owns the conversation: the model stays out
+        gw.kv.set(human_key(key), "1", settings.human_session_ttl_s)
+        gw.ingress.accept_for_human(Inbound(key, external_id, text or f"[{kind}]", kind, stamp), via="transfer")
+        return TO_PERSON
+    if text and quick_replies.wants_human(settings, text):
+        if not human_service:
+            return _answer_now(gw, inbound, settings.handoff_unavailable_reply, "rule")
+        gw.kv.set(human_key(key), "1", settings.human_session_ttl_s)
+        gw.ingress.accept_answered(inbound, settings.handoff_reply, "handoff", passive=False)
+        return TO_PERSON
+    faq = quick_replies.faq_answer(settings, text) if text else None
     if faq is not None:
         return _answer_now(gw, inbound, faq, "faq")
     accepted = gw.ingress.accept(inbound)

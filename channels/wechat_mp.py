@@ -15,12 +15,14 @@ most 5 messages of at most 2,048 UTF-8 bytes and never outside the 48-hour windo
 
 from __future__ import annotations
 
+import time
+
 from wechatpy import parse_message
 
 from channels import wechat_protocol as wx
 from channels.base import DeliveryPermanent, DeliveryProgress, Outbound
 from channels.wechat_api import AppCredentials
-from channels.wechat_callback import CallbackAdapter, CallbackKeys, answer_or_accept, passive_text
+from channels.wechat_callback import CallbackAdapter, CallbackKeys, ToPerson, answer_or_accept, passive_text
 from models.envelope import ConversationKey, Reply
 from models.settings import WeChatAccount
 
@@ -53,9 +55,12 @@ class WeChatMPAdapter(CallbackAdapter[WeChatAccount]):
         opened = self.guard.open(keys, params, body)
         message = parse_message(opened.plain)
         key = ConversationKey(CHANNEL, account.name, str(message.source))
-        answer = answer_or_accept(self.gw, key, message, account.welcome)
+        answer = answer_or_accept(self.gw, key, message, account.welcome, human_service=account.human_service)
         if answer is None:
             return SUCCESS
+        if isinstance(answer, ToPerson):
+            xml = wx.transfer_reply_xml(str(message.source), str(message.target), int(time.time()))
+            return self.guard.seal(keys, opened, xml)
         return self.guard.seal(keys, opened, passive_text(str(message.source), str(message.target), answer))
 
 

@@ -127,6 +127,13 @@ def text_reply_xml(to_user: str, from_user: str, content: str, now: int) -> str:
             f"<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{_cdata(content)}]]></Content></xml>")
 
 
+def transfer_reply_xml(to_user: str, from_user: str, now: int) -> str:
+    """The passive reply that passes the message to the official account's customer-service staff."""
+    return (f"<xml><ToUserName><![CDATA[{_cdata(to_user)}]]></ToUserName>"
+            f"<FromUserName><![CDATA[{_cdata(from_user)}]]></FromUserName><CreateTime>{now}</CreateTime>"
+            f"<MsgType><![CDATA[transfer_customer_service]]></MsgType></xml>")
+
+
 def _cdata(text: str) -> str:
     return text.replace("]]>", "]]]]><![CDATA[>")
 

@@ -57,8 +57,8 @@ class WeComAdapter(CallbackAdapter[WeComApp]):
         if agent is not None and str(agent) != str(app.agentid):
             raise RequestRejected(400, "wrong_agent", "the message is addressed to another app of this corp")
         key = ConversationKey(CHANNEL, app.name, str(message.source))
-        answer = answer_or_accept(self.gw, key, message, app.welcome, WELCOME_EVENTS)
-        if answer is None:
+        answer = answer_or_accept(self.gw, key, message, app.welcome, WELCOME_EVENTS)  # no staff to pass it to
+        if answer is None or not isinstance(answer, str):
             return ""  # WeCom: an empty 200 acknowledges without a passive reply
         return self.guard.seal(keys, opened, passive_text(str(message.source), str(message.target), answer))
 

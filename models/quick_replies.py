@@ -33,7 +33,18 @@ def unsupported_answer(kind: str) -> str:
     return UNSUPPORTED.get(kind, UNSUPPORTED_DEFAULT)
 
 
+NEGATIONS = ("不用", "不要", "不需要", "无需", "别", "不必", "没必要")
+
+
 def wants_human(settings: Settings, text: str) -> bool:
     """True when the customer asks for a person (one of ``handoff_keywords``, or just "人工")."""
     folded = text.casefold().strip(" 。.!！?？")
-    return folded == "人工" or any(k.casefold() in folded for k in settings.handoff_keywords)
+    if folded == "人工":
+        return True
+    for keyword in settings.handoff_keywords:
+        at = folded.find(keyword.casefold())
+        while at >= 0:
+            if not any(negation in folded[max(0, at - 4):at] for negation in NEGATIONS):  # "不用转人工了"
+                return True
+            at = folded.find(keyword.casefold(), at + 1)
+    return False

@@ -46,6 +46,9 @@ class WeChatAccount(BaseModel):
     token: SecretStr  # the callback token (令牌)
     aes_key: SecretStr | None = None  # EncodingAESKey, 43 characters; needed for compatible and safe mode
     welcome: str = "您好，欢迎关注！有什么可以帮您？直接发送文字消息即可。"
+    # True when the account's own customer-service staff (公众号客服) answer conversations passed to them with a
+    # transfer_customer_service reply; False: 转人工 is answered with handoff_unavailable_reply
+    human_service: bool = False
 
 
 class WeComApp(BaseModel):
@@ -136,6 +139,10 @@ class Settings(BaseSettings):
     # A customer message containing one of these asks for a person (WeChat Customer Service hands off).
     handoff_keywords: list[str] = Field(default_factory=lambda: ["转人工", "人工客服", "真人客服", "找人工", "人工服务"])
     handoff_reply: str = "好的，正在为您转接人工客服，请稍候。"
+    # where no person can take over (an official account without human_service, a WeCom app)
+    handoff_unavailable_reply: str = "抱歉，这里暂时没有人工客服。您可以继续向我提问，我会尽力为您解答。"
+    human_session_ttl_s: float = 1800.0  # official account: a conversation stays with its person this long after
+                                         # the customer's last message, unless the platform reports it closed
     # Voice messages without the platform's Recognition: a worker downloads (media/get), decodes and transcribes
     # them with the configured recognizer (KEFU_SPEECH_PROVIDER). When that fails, the customer gets this reply.
     voice_unclear_reply: str = "抱歉，我没有听清您的语音。请您再说一遍，或者直接打字告诉我您的问题。"
@@ -196,6 +203,9 @@ class Settings(BaseSettings):
     # "batched": every active conversation of a worker process in each decode step (continuous
     # batching, shared system-prompt KV); "simple": one generation at a time (the baseline).
     engine: Literal["batched", "simple"] = "batched"
+    # llama.cpp's extra CPU buffer types (AMX, repacked weights); "auto": off on AMX CPUs, where they crash
+    # the process with llama-cpp-python 0.3.36 (workers/llm/cpu_buffers.py)
+    llama_extra_buffers: Literal["auto", "on", "off"] = "auto"
     n_slots: int = 4  # conversations decoded together by the batched engine; the llm worker runs this many threads
     prefill_chunk: int = 256  # prompt tokens evaluated per step while other conversations are generating
     system_prompt: str = DEFAULT_SYSTEM_PROMPT

@@ -90,3 +90,32 @@ def test_a_listener_that_goes_away_stops_the_generation(tiny_gguf: Path, tmp_pat
 
     result = eng.generate(turns("请详细介绍一下退货流程"), on_text=caller_spoke_over_it)
     assert result.finish_reason == "cancelled" and len(pieces) == 3 and result.completion_tokens < 400
+
+
+DEMO_SCRIPT = """
+import sys
+from models.envelope import Turn
+from models.settings import Settings
+from workers.runtime import Runtime
+
+settings = Settings(data_dir=sys.argv[1], engine=sys.argv[2], max_tokens=8, temperature=0.0, seed=1)
+engine = Runtime(settings).llm
+result = engine.generate([Turn("system", "You are a helpful shop assistant."), Turn("user", "Where is my order?")])
+print("ANSWER", result.completion_tokens, repr(result.text))
+"""
+
+
+@pytest.mark.parametrize("engine_kind", ["batched", "simple"])
+def test_the_demo_model_answers_on_this_cpu(engine_kind: str, tmp_path: Path) -> None:
+    # In a child process: llama.cpp crashing natively (as its AMX buffers did on Q4_1 here) must fail this
+    # test, not end the test run.
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    done = subprocess.run([sys.executable, "-c", DEMO_SCRIPT, str(tmp_path), engine_kind], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"the demo model crashed (exit {done.returncode}): {done.stderr[-800:]}"
+    answer = next(line for line in done.stdout.splitlines() if line.startswith("ANSWER"))
+    assert int(answer.split()[1]) > 0

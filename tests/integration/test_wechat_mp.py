@@ -56,7 +56,8 @@ def wx(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
     with FakeWeChat() as fake:
         fake.add_mp_app(wp.APPID, wp.SECRET)
         stack = start_stack(backend, tmp_path_factory.mktemp(f"wx-{backend}"), tiny_gguf, pg, rds,
-                            wechat_accounts=[wp.account()], wechat_api_base=fake.base_url, faq=FAQ,
+                            wechat_accounts=[wp.account(), wp.account("staffed", human_service=True)],
+                            wechat_api_base=fake.base_url, faq=FAQ,
                             delivery_max_retries=2)
         try:
             yield WeChatStack(stack, fake)
@@ -228,3 +229,41 @@ def test_an_expired_token_is_refreshed_once_and_the_send_goes_through(wx: WeChat
     assert wx.post(wp.callback(wp.text_xml("o-tok", "第二条", msgid=8201))).text == "success"
     wait_for(lambda: len(wx.sends_to("o-tok")) == 2, timeout=30)
     assert len(wx.fake.token_requests) == issued + 1
+
+
+def _msg_type(response_text: str, cb: wp.Callback) -> str:
+    import xmltodict
+    from wechatpy.crypto import WeChatCrypto
+
+    xml = response_text
+    if cb.params.get("encrypt_type") == "aes":
+        envelope = xmltodict.parse(response_text)["xml"]
+        xml = WeChatCrypto(wp.TOKEN, wp.AES_KEY, wp.APPID).decrypt_message(
+            response_text, envelope["MsgSignature"], envelope["TimeStamp"], envelope["Nonce"])
+    return str(xmltodict.parse(xml)["xml"]["MsgType"])
+
+
+def test_asking_for_a_person_passes_the_conversation_to_the_accounts_staff_until_they_close_it(
+        wx: WeChatStack) -> None:
+    openid = "o-staffed"
+    cb = wp.callback(wp.text_xml(openid, "我要转人工", msgid=5101), mode="aes")
+    r = wx.post(cb, account="staffed")
+    assert _msg_type(r.text, cb) == "transfer_customer_service"  # the platform hands the message to the staff
+    wait_for(lambda: wx.sends_to(openid), timeout=30)
+    assert [m["content"] for m in wx.sends_to(openid)] == ["好的，正在为您转接人工客服，请稍候。"]
+    cb = wp.callback(wp.text_xml(openid, "你好，在吗？", msgid=5102), mode="aes")
+    assert _msg_type(wx.post(cb, account="staffed").text, cb) == "transfer_customer_service"
+    later = wx.inbound_id("5102")
+    assert wx.kinds(later) == ["received", "human_owned"]  # the model stays out
+    assert wx.post(wp.callback(wp.event_xml(openid, "kf_close_session")), account="staffed").text == "success"
+    back = wx.post(wp.callback(wp.text_xml(openid, "快递到哪了？", msgid=5103)), account="staffed")
+    assert back.text == "success"  # the conversation is the model's again
+    wait_for(lambda: len(wx.sends_to(openid)) == 2, timeout=30)
+    assert "generation_started" in wx.kinds(wx.inbound_id("5103"))
+
+
+def test_without_staff_asking_for_a_person_gets_an_honest_answer_not_an_empty_promise(wx: WeChatStack) -> None:
+    cb = wp.callback(wp.text_xml("o-unstaffed", "转人工", msgid=5201))
+    r = wx.post(cb)
+    assert wp.read_passive_reply(r.text, cb) == wx.stack.settings.handoff_unavailable_reply
+    assert wx.kinds(wx.inbound_id("5201")) == ["received", "reply_stored", "dispatched"]

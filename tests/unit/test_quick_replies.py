@@ -21,3 +21,12 @@ def test_not_asking_for_a_person(text: str) -> None:
 def test_keywords_are_configurable() -> None:
     settings = Settings(handoff_keywords=["找客服"])
     assert wants_human(settings, "我要找客服") and not wants_human(settings, "转人工") and wants_human(settings, "人工")
+
+
+def test_declining_a_person_is_not_asking_for_one() -> None:
+    settings = Settings()
+    assert wants_human(settings, "我要转人工") and wants_human(settings, "人工") and wants_human(settings, "人工客服！")
+    assert not wants_human(settings, "不用转人工了，谢谢")
+    assert not wants_human(settings, "别转人工")
+    assert not wants_human(settings, "不需要人工客服")
+    assert wants_human(settings, "不用了，还是转人工吧")  # the negation belongs to something else

@@ -42,6 +42,7 @@ from typing import Any
 
 from models.envelope import Turn, printable
 from models.settings import Settings
+from workers.llm.cpu_buffers import use_extra_buffers
 from workers.llm.engine import (
     Generation,
     GenerationError,
@@ -199,6 +200,7 @@ class BatchedEngine:
             model_params = llama_cpp.llama_model_default_params()
             gpu_layers = default_gpu_layers() if s.n_gpu_layers is None else s.n_gpu_layers
             model_params.n_gpu_layers = 0x7FFFFFFF if gpu_layers < 0 else gpu_layers
+            model_params.use_extra_bufts = use_extra_buffers(s.llama_extra_buffers)
             model = LlamaModel(path_model=str(self.spec.path), params=model_params, verbose=False)
             params = llama_cpp.llama_context_default_params()
             threads = s.n_threads or max(1, len(os.sched_getaffinity(0)))

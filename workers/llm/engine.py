@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from models.envelope import Turn, printable
 from models.settings import Settings
+from workers.llm.cpu_buffers import model_defaults, use_extra_buffers
 from workers.llm.model_files import ModelSpec
 from workers.llm.prompts import STOP_TEXTS, ThinkFilter, Tokenize, chatml_tokens, fit_turns, strip_think
 
@@ -127,15 +128,16 @@ class LlamaEngine:
                 s = self.settings
                 gpu_layers = default_gpu_layers() if s.n_gpu_layers is None else s.n_gpu_layers
                 started = time.monotonic()
-                llm = Llama(
-                    model_path=str(self.spec.path),
-                    n_ctx=s.n_ctx,
-                    n_batch=s.n_batch,
-                    n_threads=s.n_threads or max(1, len(os.sched_getaffinity(0))),
-                    n_gpu_layers=gpu_layers,
-                    seed=s.seed if s.seed is not None else 0xFFFFFFFF,
-                    verbose=False,
-                )
+                with model_defaults(use_extra_buffers(s.llama_extra_buffers)):
+                    llm = Llama(
+                        model_path=str(self.spec.path),
+                        n_ctx=s.n_ctx,
+                        n_batch=s.n_batch,
+                        n_threads=s.n_threads or max(1, len(os.sched_getaffinity(0))),
+                        n_gpu_layers=gpu_layers,
+                        seed=s.seed if s.seed is not None else 0xFFFFFFFF,
+                        verbose=False,
+                    )
                 self.architecture = str(llm.metadata.get("general.architecture", "unknown"))
                 self._stop_ids = stop_token_ids(
                     lambda text, special: list(llm.tokenize(text.encode(), add_bos=False, special=special)),
