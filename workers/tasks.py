@@ -50,16 +50,19 @@ SWEEP_BATCH = 500
 UNEXPECTED_RETRIES = 5
 
 
-def handle_inbound(task: Task, inbound_id: int) -> str:
+def handle_inbound(task: Task, inbound_id: int, failures: int = 0) -> str:
+    """``failures``: unexpected errors so far. Counted apart from Celery's ``retries``, which waiting for an
+    earlier message of the conversation also uses up (many short retries behind a long answer)."""
     try:
         return _handle_inbound(task, inbound_id)
     except (Retry, SoftTimeLimitExceeded):
         raise
     except Exception as exc:  # a database hiccup, a bug: try again before the sweeper has to
-        if task.request.retries >= UNEXPECTED_RETRIES:
+        if failures >= UNEXPECTED_RETRIES:
             raise
         log.exception("handle_inbound %s failed; retrying", inbound_id)
-        raise task.retry(countdown=min(2 ** task.request.retries, 30)) from exc
+        raise task.retry(countdown=min(2**failures, 30), args=(inbound_id,),
+                         kwargs={"failures": failures + 1}) from exc
 
 
 def _handle_inbound(task: Task, inbound_id: int) -> str:
