@@ -312,6 +312,9 @@ class Settings(BaseSettings):
         if self.max_text_chars < 1 or self.context_turns < 0:
             raise ConfigError("KEFU_MAX_TEXT_CHARS must be >= 1 and KEFU_CONTEXT_TURNS >= 0")
         self._check_platform_accounts()
+        if self.local_asr_model_dir is not None and not (self.local_asr_model_dir / "tokens.txt").is_file():
+            raise ConfigError(f"KEFU_LOCAL_ASR_MODEL_DIR={self.local_asr_model_dir} holds no tokens.txt: point it at an "
+                              "unpacked sherpa-onnx model directory (docs/telephony.md)")
         if self.speech_provider == "nls" and not (self.nls_access_key_id and self.nls_access_key_secret and self.nls_appkey):
             raise ConfigError("KEFU_SPEECH_PROVIDER=nls needs KEFU_NLS_ACCESS_KEY_ID, KEFU_NLS_ACCESS_KEY_SECRET and "
                               "KEFU_NLS_APPKEY (the project's appkey in the NLS console)")

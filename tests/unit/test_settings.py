@@ -266,3 +266,10 @@ def test_request_urls_with_access_tokens_stay_out_of_info_logs(caplog: pytest.Lo
     with caplog.at_level(logging.INFO), httpx.Client(transport=httpx.MockTransport(answer)) as http:
         http.get("https://api.weixin.qq.com/cgi-bin/media/get?access_token=SECRET-TOKEN&media_id=m1")
     assert "SECRET-TOKEN" not in caplog.text
+
+
+def test_a_local_asr_model_directory_without_tokens_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="KEFU_LOCAL_ASR_MODEL_DIR=.*no tokens.txt"):
+        load_settings(data_dir=tmp_path, local_asr_model_dir=tmp_path / "not-unpacked")
+    (tmp_path / "tokens.txt").write_text("<blk> 0\n")
+    load_settings(data_dir=tmp_path, local_asr_model_dir=tmp_path)
