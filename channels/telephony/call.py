@@ -45,7 +45,7 @@ from channels.telephony.events import (
     mask_number,
 )
 from channels.telephony.outbound import CANCEL_KEY, HEARD_KEY, INTERRUPTED_MARK
-from channels.telephony.speaking import Player, SentenceSplitter
+from channels.telephony.speaking import PROMPTS, Player, SentenceSplitter
 from channels.telephony.vad import Endpointer, SpeechStarted, UtteranceEnded
 from models import audit, quick_replies
 from models.db import transaction
@@ -263,8 +263,12 @@ class Call:
         if not text or tag in self._interrupted:
             return
         async with self._speech_lock:
+            pcm = PROMPTS.get(self._tts, text, self.rate) if tag == 0 else None  # a fixed prompt said before
             try:
-                pcm = await run_in_threadpool(self._tts.synthesize, text, self.rate)
+                if pcm is None:
+                    pcm = await run_in_threadpool(self._tts.synthesize, text, self.rate)
+                    if tag == 0:
+                        PROMPTS.put(self._tts, text, self.rate, pcm)
             except SpeechError as exc:
                 log.error("speech synthesis failed on call %s: %s", self.started.call_id, exc)
                 return

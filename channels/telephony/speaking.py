@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -155,3 +156,35 @@ class Player:
                 self._queue.popleft()
                 self.heard.append(current.text)
                 self._heard_tags.append((current.tag, current.text))
+
+
+class PromptAudio:
+    """Synthesized fixed prompts (greetings, notices), shared by the calls of one gateway process.
+
+    Kept per synthesizer (weakly: a synthesizer that goes away takes its prompts with it), text and
+    rate; an entry lives ``ttl_s`` (a prompt spoken by the fallback voice while the cloud one was down
+    is not kept for ever) and the least recently used goes first beyond ``size`` entries. Answers are
+    never cached: they are not said twice.
+    """
+
+    def __init__(self, size: int = 64, ttl_s: float = 600.0) -> None:
+        self.size, self.ttl_s = size, ttl_s
+        self._by_voice: weakref.WeakKeyDictionary[object, dict[tuple[str, int], tuple[float, bytes]]] = \
+            weakref.WeakKeyDictionary()
+
+    def get(self, synthesizer: object, text: str, rate: int) -> bytes | None:
+        entries = self._by_voice.get(synthesizer)
+        entry = entries.pop((text, rate), None) if entries is not None else None
+        if entries is None or entry is None or time.monotonic() - entry[0] > self.ttl_s:
+            return None
+        entries[(text, rate)] = entry  # most recently used last
+        return entry[1]
+
+    def put(self, synthesizer: object, text: str, rate: int, pcm: bytes) -> None:
+        entries = self._by_voice.setdefault(synthesizer, {})
+        entries[(text, rate)] = (time.monotonic(), pcm)
+        while len(entries) > self.size:
+            del entries[next(iter(entries))]
+
+
+PROMPTS = PromptAudio()  # used from the gateway's event loop only

@@ -60,3 +60,21 @@ def test_audio_is_paced_in_real_time_and_a_clear_keeps_only_what_was_heard() -> 
     assert 5 < frames_sent < 55  # stopped mid-way: not all 55 frames went out
     span = sent[-1][0] - sent[0][0]
     assert span >= (frames_sent - 1) * 0.02 * 0.8  # paced, not burst
+
+
+def test_fixed_prompts_are_synthesized_once_per_voice() -> None:
+    from channels.telephony.speaking import PromptAudio
+
+    class Voice:
+        pass
+
+    prompts, voice, other = PromptAudio(size=2), Voice(), Voice()
+    assert prompts.get(voice, "您好。", 8000) is None
+    prompts.put(voice, "您好。", 8000, b"hello")
+    assert prompts.get(voice, "您好。", 8000) == b"hello"
+    assert prompts.get(voice, "您好。", 16000) is None and prompts.get(other, "您好。", 8000) is None
+    prompts.put(voice, "再见。", 8000, b"bye")
+    prompts.put(voice, "请稍候。", 8000, b"wait")  # over the size: the least recently used goes
+    assert prompts.get(voice, "您好。", 8000) is None and prompts.get(voice, "再见。", 8000) == b"bye"
+    prompts.ttl_s = -1.0
+    assert prompts.get(voice, "再见。", 8000) is None  # too old
