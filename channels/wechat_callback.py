@@ -246,15 +246,13 @@ def answer_or_accept(gw: Gateway, key: ConversationKey, message: Any, welcome: s
         gw.kv.set(human_key(key), "1", settings.human_session_ttl_s)
         gw.ingress.accept_for_human(Inbound(key, external_id, text or f"[{kind}]", kind, stamp), via="transfer")
         return TO_PERSON
-    if text and quick_replies.wants_human(settings, text):
-        if not human_service:
-            return _answer_now(gw, inbound, settings.handoff_unavailable_reply, "rule")
+    rule = quick_replies.rule_for(settings, text, hands_off=human_service) if text else None
+    if rule is not None and rule.to_person:
         gw.kv.set(human_key(key), "1", settings.human_session_ttl_s)
-        gw.ingress.accept_answered(inbound, settings.handoff_reply, "handoff", passive=False)
+        gw.ingress.accept_answered(inbound, rule.answer, rule.source, passive=False)
         return TO_PERSON
-    faq = quick_replies.faq_answer(settings, text) if text else None
-    if faq is not None:
-        return _answer_now(gw, inbound, faq, "faq")
+    if rule is not None:
+        return _answer_now(gw, inbound, rule.answer, rule.source)
     accepted = gw.ingress.accept(inbound)
     threshold = gw.settings.busy_notice_after_s
     if threshold > 0 and not accepted.duplicate:

@@ -262,13 +262,13 @@ class KfSync:
             self._ingress.accept(inbound)  # downloaded, transcribed and put through these rules by the worker
         elif not text:
             self._ingress.accept_answered(inbound, quick_replies.unsupported_answer(kind), "rule", passive=False)
-        elif quick_replies.wants_human(settings, text):
+        elif (rule := quick_replies.rule_for(settings, text, hands_off=True)) is not None and rule.to_person:
             self._kv.set(handoff_key(account.name, open_kfid, str(message["external_userid"])), "1",
                          HANDOFF_PENDING_TTL_S)  # before the notice is stored: the next sync must see it
-            self._ingress.accept_answered(inbound, settings.handoff_reply, "handoff", passive=False)
+            self._ingress.accept_answered(inbound, rule.answer, rule.source, passive=False)
             return POOL  # what follows in this page is for the person taking over
-        elif (faq := quick_replies.faq_answer(settings, text)) is not None:
-            self._ingress.accept_answered(inbound, faq, "faq", passive=False)
+        elif rule is not None:
+            self._ingress.accept_answered(inbound, rule.answer, rule.source, passive=False)
         else:
             self._ingress.accept(inbound)
         return state

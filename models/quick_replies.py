@@ -6,6 +6,8 @@ Pure functions over Settings. Channels use them to answer at once (on WeChat, pa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from models.settings import Settings
 
 UNSUPPORTED = {
@@ -48,3 +50,29 @@ def wants_human(settings: Settings, text: str) -> bool:
                 return True
             at = folded.find(keyword.casefold(), at + 1)
     return False
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """An answer that needs no model. ``to_person``: the customer asked for a person and the channel hands off."""
+
+    answer: str
+    source: str  # the reply's source: "handoff", "faq" or "rule"
+    to_person: bool = False
+
+
+def rule_for(settings: Settings, text: str, *, hands_off: bool | None) -> Rule | None:
+    """The dialogue rules every channel applies to a customer's text, in order; None: the model answers.
+
+    1. Asking for a person (:func:`wants_human`). ``hands_off``: True where the channel can pass the
+       customer to a person (``handoff_reply``, then the channel's own hand-off); False where it cannot
+       (an honest ``handoff_unavailable_reply``, never an empty promise); None where the caller does not
+       decide this (the model answers).
+    2. An FAQ entry (:func:`faq_answer`).
+    """
+    if hands_off is not None and wants_human(settings, text):
+        if hands_off:
+            return Rule(settings.handoff_reply, "handoff", to_person=True)
+        return Rule(settings.handoff_unavailable_reply, "rule")
+    faq = faq_answer(settings, text)
+    return Rule(faq, "faq") if faq is not None else None

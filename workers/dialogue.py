@@ -5,9 +5,7 @@ Pure functions. Later issues add FAQ answers, intents and hand-off rules here.
 
 from __future__ import annotations
 
-from models import quick_replies
 from models.envelope import Turn
-from models.settings import Settings
 
 # Sent when the model cannot answer (failure, deadline, empty output): nothing goes unanswered.
 FALLBACK_REPLY = "抱歉，我暂时无法回答这个问题。您的留言已记录，稍后会有客服人员跟进；如需人工服务，请回复“转人工”。"
@@ -24,13 +22,3 @@ def extend_history(history: list[Turn], text: str, reply: str, max_turns: int) -
     return turns[-2 * max_turns :] if max_turns > 0 else []
 
 
-def quick_answer(settings: Settings, text: str, *, hands_off: bool) -> tuple[str, str] | None:
-    """(answer, reply source) when a rule answers ``text`` without the model; None otherwise.
-
-    The rules a channel applies to a text message at ingress, for text a worker produced itself (a
-    transcribed voice message): asking for a person where the channel hands off, then the FAQ.
-    """
-    if hands_off and quick_replies.wants_human(settings, text):
-        return settings.handoff_reply, "handoff"
-    faq = quick_replies.faq_answer(settings, text)
-    return (faq, "faq") if faq is not None else None

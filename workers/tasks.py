@@ -30,7 +30,7 @@ from sqlalchemy import and_, or_, select, update
 
 from channels.base import DeliveryPermanent, DeliveryProgress, DeliveryRetryable
 from channels.wecom_kf import SyncBusy
-from models import audit, transcript
+from models import audit, quick_replies, transcript
 from models.db import insert_ignoring_conflict, transaction
 from models.embedded_broker import purge_consumed
 from models.envelope import ConversationKey, Reply, utcnow
@@ -103,9 +103,10 @@ def _answer_voice(task: Task, rt: Runtime, row: InboundRecord, key: Conversation
             raise task.retry(countdown=exc.countdown) from exc
         except voice.Unclear:
             return _store_reply(rt, row, key, rt.settings.voice_unclear_reply, "rule", inbound_text=voice.UNRECOGNIZED)
-    quick = dialogue.quick_answer(rt.settings, row.text, hands_off=rt.outbound(key.channel).hands_off)
-    if quick is not None:
-        return _store_reply(rt, row, key, *quick)
+    # a channel that cannot hand off from here lets the model answer a request for a person
+    rule = quick_replies.rule_for(rt.settings, row.text, hands_off=True if rt.outbound(key.channel).hands_off else None)
+    if rule is not None:
+        return _store_reply(rt, row, key, rule.answer, rule.source)
     return _answer(rt, row, key, begun=begun)
 
 

@@ -8,7 +8,8 @@ The call sees only :mod:`~channels.telephony.events` (any wire codec feeds it) a
    transcribed (in a thread) and becomes an inbound message of the call's conversation
    (``ConversationKey("phone", <hotline number>, <caller number>)``), audited like every channel.
    "转人工" (the hand-off keywords) or key 0 → the transfer notice, then ``Transfer`` to the hotline's
-   agent number (audited); with no agent number configured, an apology instead.
+   agent number (audited); with no agent number configured, an apology instead. An FAQ hit is spoken
+   at once without the model (the same rules as every channel: ``quick_replies.rule_for``).
 3. The LLM worker streams the answer to this gateway over the bus (``channels.telephony.outbound``);
    it is cut into sentences, each synthesized and played as soon as it is complete, in real time.
 4. Barge-in: speech detected while Kefu is talking → ``ClearAudio`` at once, the rest of the answer
@@ -180,8 +181,13 @@ class Call:
         if not text:
             return
         inbound = Inbound(self.key, external_id, text[: self.gw.settings.max_text_chars], "voice")
-        if quick_replies.wants_human(self.gw.settings, text):
+        rule = quick_replies.rule_for(self.gw.settings, text, hands_off=True)
+        if rule is not None and rule.to_person:
             await self._transfer(inbound)
+            return
+        if rule is not None:  # an FAQ answer: spoken at once, no model (the reply is stored as delivered)
+            await run_in_threadpool(self.gw.ingress.accept_answered, inbound, rule.answer, rule.source)
+            await self.say(rule.answer)
             return
         accepted = await run_in_threadpool(self.gw.ingress.accept, inbound)
         self._accepted[accepted.inbound_id] = accepted

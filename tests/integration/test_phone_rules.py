@@ -148,3 +148,22 @@ def test_key_0_during_the_greeting_cuts_it_and_transfers_without_holding_up_the_
     clear, transfer = actions.index(ClearAudio()), actions.index(Transfer("8001"))
     assert clear < transfer  # the greeting was cut, then the notice played, then the transfer
     assert sum(1 for a in actions[clear:transfer] if not isinstance(a, (ClearAudio, Transfer))) > 50  # the notice
+
+
+def test_an_faq_question_on_the_phone_is_answered_at_once_without_the_model(tmp_path: Path) -> None:
+    from models.settings import FaqEntry
+
+    faq = FaqEntry(keywords=["营业时间"], answer="我们每天早上九点到晚上九点营业。")
+    actions, settings = run_call(tmp_path, "请问营业时间是几点", faq=[faq], phone_idle_s=1.0,
+                                 hotlines=[{"number": "4008001234", "greeting": "您好。"}])
+    from models.db import make_engine, make_session_factory
+    from models.tables import AuditEvent
+
+    with make_session_factory(make_engine(settings))() as s:
+        row = s.scalars(select(InboundRecord)).one()
+        reply = s.scalars(select(ReplyRecord)).one()
+        kinds = list(s.scalars(select(AuditEvent.kind).where(AuditEvent.inbound_id == row.id)))
+    assert (row.text, row.status) == ("请问营业时间是几点", "answered")
+    assert (reply.source, reply.text) == ("faq", faq.answer)
+    assert "queued" not in kinds  # the model never saw it
+    assert HangupOut("silence") in actions  # and the call went on as usual

@@ -30,3 +30,14 @@ def test_declining_a_person_is_not_asking_for_one() -> None:
     assert not wants_human(settings, "别转人工")
     assert not wants_human(settings, "不需要人工客服")
     assert wants_human(settings, "不用了，还是转人工吧")  # the negation belongs to something else
+
+
+def test_one_set_of_rules_for_every_channel() -> None:
+    from models.quick_replies import Rule, rule_for
+
+    settings = Settings(faq=[{"keywords": ["发票"], "answer": "电子发票24小时内发送。"}])  # type: ignore[list-item]
+    assert rule_for(settings, "转人工", hands_off=True) == Rule(settings.handoff_reply, "handoff", to_person=True)
+    assert rule_for(settings, "转人工", hands_off=False) == Rule(settings.handoff_unavailable_reply, "rule")
+    assert rule_for(settings, "转人工", hands_off=None) is None  # not this caller's to decide: the model answers
+    assert rule_for(settings, "可以开发票吗", hands_off=True) == Rule("电子发票24小时内发送。", "faq")
+    assert rule_for(settings, "快递到哪了", hands_off=True) is None

@@ -269,7 +269,7 @@ def test_request_urls_with_access_tokens_stay_out_of_info_logs(caplog: pytest.Lo
 
 
 def test_a_local_asr_model_directory_without_tokens_is_refused_at_start(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="KEFU_LOCAL_ASR_MODEL_DIR=.*no tokens.txt"):
+    with pytest.raises(ConfigError, match=r"KEFU_LOCAL_ASR_MODEL_DIR=.*no tokens\.txt"):
         load_settings(data_dir=tmp_path, local_asr_model_dir=tmp_path / "not-unpacked")
     (tmp_path / "tokens.txt").write_text("<blk> 0\n")
     load_settings(data_dir=tmp_path, local_asr_model_dir=tmp_path)
