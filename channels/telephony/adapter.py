@@ -9,7 +9,9 @@ before anything is read. Then :mod:`~channels.telephony.gateway_ws` frames drive
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
@@ -22,7 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from channels.base import ChannelAdapter
 from channels.speech.base import Recognizer, Synthesizer
 from channels.speech.providers import SpeechProviders
-from channels.telephony.call import CHANNEL, Call
+from channels.telephony.call import CHANNEL, Act, Call
 from channels.telephony.events import CallAction, CallEvent, CallStarted, HangupOut
 from channels.telephony.gateway_ws import GatewayDecoder, ProtocolError, encode
 
@@ -82,27 +84,39 @@ class TelephonyAdapter(ChannelAdapter):
                 if isinstance(action, HangupOut):
                     await ws.close(code=1000, reason=action.reason)
 
-        call: Call | None = None
-        try:
-            while call is None or not call.ended:
+        async def frames() -> AsyncGenerator[CallEvent, None]:
+            while True:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
-                    break
-                event: CallEvent
+                    return
                 if message.get("bytes") is not None:
-                    event = decoder.binary(message["bytes"])
+                    yield decoder.binary(message["bytes"])
                 else:
-                    event = decoder.text(message.get("text") or "")
-                if isinstance(event, CallStarted):
-                    asr, tts = await asyncio.to_thread(self.speech)
-                    call = Call(self.gw, event, act, asr, tts)
-                    await call.begin()
-                elif call is not None:
-                    await call.on_event(event)
+                    yield decoder.text(message.get("text") or "")
+
+        try:
+            await self.drive(frames(), act)
         except ProtocolError as exc:
             await ws.close(code=1003, reason=str(exc)[:120])
         except WebSocketDisconnect:
             pass
+
+    async def drive(self, events: AsyncGenerator[CallEvent, None], act: Act) -> None:
+        """One call from any wire's events: ``CallStarted`` begins it; it runs until the caller or Kefu hangs
+        up or the events stop, and is always ended (the wire's own errors propagate after that)."""
+        call: Call | None = None
+        try:
+            async with contextlib.aclosing(events):  # a call ended by Kefu leaves the wire's reader closed
+                async for event in events:
+                    if isinstance(event, CallStarted):
+                        if call is None:
+                            asr, tts = await asyncio.to_thread(self.speech)
+                            call = Call(self.gw, event, act, asr, tts)
+                            await call.begin()
+                    elif call is not None:
+                        await call.on_event(event)
+                    if call is not None and call.ended:
+                        return
         finally:
             if call is not None:
                 await call.end()

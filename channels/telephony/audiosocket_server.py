@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from channels.telephony import audiosocket
-from channels.telephony.call import Call
-from channels.telephony.events import CallAction, CallStarted, HangupOut, Transfer
+from channels.telephony.events import CallAction, CallEvent, CallStarted, HangupOut, Transfer
 
 if TYPE_CHECKING:
     from channels.app import Gateway
@@ -54,11 +54,12 @@ class AudioSocketServer:
         decoder = audiosocket.AudioSocketDecoder()
         lock = asyncio.Lock()
 
+        call_id = ""
+
         async def act(action: CallAction) -> None:
-            if isinstance(action, (Transfer, HangupOut)) and call is not None:
+            if isinstance(action, (Transfer, HangupOut)) and call_id:
                 outcome = f"transfer:{action.to}" if isinstance(action, Transfer) else f"hangup:{action.reason}"
-                await asyncio.to_thread(self.gw.kv.set, OUTCOME_KEY.format(call.started.call_id), outcome,
-                                        OUTCOME_TTL_S)
+                await asyncio.to_thread(self.gw.kv.set, OUTCOME_KEY.format(call_id), outcome, OUTCOME_TTL_S)
             if isinstance(action, Transfer):
                 log.info("AudioSocket call: transfer to %s is left to the dialplan; hanging up", action.to)
                 action = HangupOut("transfer")
@@ -71,25 +72,20 @@ class AudioSocketServer:
                 if isinstance(action, HangupOut):
                     writer.close()
 
-        call: Call | None = None
-        try:
-            while call is None or not call.ended:
-                data = await reader.read(READ_CHUNK)
-                if not data:
-                    break
+        async def events() -> AsyncGenerator[CallEvent, None]:
+            nonlocal call_id
+            while data := await reader.read(READ_CHUNK):
                 for event in decoder.feed(data):
                     if isinstance(event, CallStarted):
-                        asr, tts = await asyncio.to_thread(self.adapter.speech)
-                        call = Call(self.gw, event, act, asr, tts)
-                        await call.begin()
-                    elif call is not None:
-                        await call.on_event(event)
+                        call_id = event.call_id
+                    yield event
+
+        try:
+            await self.adapter.drive(events(), act)
         except audiosocket.AudioSocketError as exc:
             log.warning("AudioSocket protocol error: %s", exc)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            if call is not None:
-                await call.end()
             if not writer.is_closing():
                 writer.close()
