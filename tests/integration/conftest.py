@@ -71,6 +71,21 @@ def wait_for(check: Any, timeout: float = 60, interval: float = 0.1) -> Any:
     raise TimeoutError("condition not met in time")
 
 
+def settled(value: Any, quiet_s: float = 2.0, timeout: float = 60) -> Any:
+    """``value()`` once it has not changed for ``quiet_s``: for "exactly N" checks, which right after
+    waiting for ">= N" could not see a duplicate that arrives a moment later."""
+    deadline = time.monotonic() + timeout
+    last, since = value(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = value()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return now
+    raise TimeoutError("the value kept changing")
+
+
 def start_stack(backend: str, data_dir: Path, model: Path, pg: str | None, rds: str | None,
                 **overrides: Any) -> Stack:
     values = settings_kwargs(backend, data_dir, model, pg, rds) | overrides
