@@ -110,6 +110,8 @@ class Runtime:
             self.platform.close()
         if "engine" in self.__dict__:
             self.engine.dispose()
+        if "bus" in self.__dict__:
+            getattr(self.bus, "close", lambda: None)()  # the socket bus holds a socket; Redis's has a pool
 
 
 _settings: Settings | None = None

@@ -11,19 +11,15 @@ import pytest
 from sqlalchemy import select
 
 from channels.base import DeliveryPermanent, DeliveryProgress, OutboundDeps
-from channels.wechat_api import AccessTokens, PlatformAPI, make_http
 from channels.wecom import WeComOutbound
-from channels.wecom_kf import WeComKfOutbound, peer
-from models.bus import SocketBus
-from models.db import make_engine, make_session_factory
+from channels.wecom_kf import WeComKfOutbound, handoff_key, peer
 from models.envelope import ConversationKey, Reply
-from models.kv import make_kv
-from models.locks import make_locks
 from models.migrate import upgrade
 from models.settings import Settings
 from models.tables import AuditEvent
 from tests import wechat_platform as wp
 from tests.fake_wechat import FakeWeChat
+from workers.runtime import Runtime
 
 USER = "wm-customer-1"
 
@@ -38,21 +34,15 @@ def fake() -> Iterator[FakeWeChat]:
 
 @pytest.fixture
 def deps(tmp_path: Path, fake: FakeWeChat) -> Iterator[OutboundDeps]:
+    """What the worker's own wiring (``Runtime``) gives the WeChat Customer Service sender."""
     settings = Settings(data_dir=tmp_path, wecom_api_base=fake.base_url, wecom_apps=[wp.wecom_app()],
                         wecom_kf_accounts=[wp.kf_account(servicer_userid="zhangsan")])
     upgrade(settings)
-    engine = make_engine(settings)
-    http = make_http(5)
-    tokens = AccessTokens(http, make_kv(settings), make_locks(settings), mp_base=settings.wechat_api_base,
-                          corp_base=settings.wecom_api_base)
-    api = PlatformAPI(http, tokens, mp_base=settings.wechat_api_base, corp_base=settings.wecom_api_base)
-    bus = SocketBus(settings.data_dir / "bus")
+    rt = Runtime(settings)
     try:
-        yield OutboundDeps(settings, bus, make_session_factory(engine), api)
+        yield rt.outbound("wecom_kf").deps
     finally:
-        api.close()
-        bus.close()
-        engine.dispose()
+        rt.close()
 
 
 def kf_reply(text: str, source: str = "model", hours_ago: float = 0) -> Reply:
@@ -98,7 +88,11 @@ def test_kf_95018_is_a_permanent_failure(deps: OutboundDeps, fake: FakeWeChat) -
 @pytest.mark.parametrize("source", ["handoff", "fallback"])
 def test_kf_hand_off_sends_the_notice_then_moves_the_session(deps: OutboundDeps, fake: FakeWeChat,
                                                              source: str) -> None:
+    assert deps.kv is not None
+    marker = handoff_key("kf", wp.OPEN_KFID, USER)
+    deps.kv.set(marker, "1", 60)  # set by the sync that stored the notice
     WeComKfOutbound(deps).send(kf_reply("正在为您转接人工客服", source), DeliveryProgress(0, lambda n: None))
+    assert deps.kv.get(marker) is None  # the platform says who serves the customer from now on
     assert [m["content"] for m in fake.sent] == ["正在为您转接人工客服"]
     assert fake.kf_service_state[(wp.OPEN_KFID, USER)] == 3
     assert fake.kf_servicers[(wp.OPEN_KFID, USER)] == "zhangsan"
