@@ -11,6 +11,7 @@ import pytest
 
 from models.envelope import Turn
 from models.settings import Settings
+from tests.integration.conftest import wait_for
 from workers.llm.batched import PREFIX_SEQ, BatchedEngine, Request
 from workers.llm.engine import GenerationError, PromptTooLong
 from workers.llm.model_files import resolve_model
@@ -91,25 +92,30 @@ def test_cancellation_frees_the_slot_at_once(tmp_path: Path, tiny_gguf: Path) ->
         tokens = engine.prompt_tokens(turns("请详细介绍一下退货流程"))
         long = engine.submit(tokens, max_new=3500, ignore_eos=True, on_text=lambda _: True)
         waiting = engine.submit(tokens, max_new=4)  # only one slot: queued behind the long one
-        assert engine.queue_depth() >= 1
+        wait_for(lambda: kv_positions(engine, 1) >= 0, timeout=30)  # the long one is being generated
+        assert engine.queue_depth() == 1
         long.cancel()
         result = long.wait(30)
-        assert result.finish_reason == "cancelled" and result.completion_tokens < 3500
+        assert result.finish_reason == "cancelled" and 0 < result.completion_tokens < 3500
         assert waiting.wait(30).completion_tokens == 4  # the freed slot served the next request
         assert kv_positions(engine, 1) == -1
     finally:
         engine.close()
 
 
-def test_a_deadline_ends_a_generation_and_frees_its_slot(engine: BatchedEngine) -> None:
-    tokens = engine.prompt_tokens(turns("请详细介绍一下退货流程"))
-    request = engine.submit(tokens, max_new=900, ignore_eos=True, deadline=time.monotonic() + 0.02)
-    result = request.wait(30)
-    assert result.finish_reason == "deadline" and result.completion_tokens < 900
-    expired = engine.submit(tokens, deadline=time.monotonic() - 1)  # already past: never admitted
-    assert expired.wait(30).finish_reason == "deadline" and expired.output_ids == []
-    for slot in range(1, 5):
-        assert kv_positions(engine, slot) == -1
+def test_a_deadline_ends_a_generation_and_frees_its_slot(tmp_path: Path, tiny_gguf: Path) -> None:
+    engine = make_engine(tmp_path, tiny_gguf, n_slots=1, n_ctx=4096)
+    try:
+        tokens = engine.prompt_tokens(turns("请详细介绍一下退货流程"))
+        request = engine.submit(tokens, max_new=3500, ignore_eos=True, deadline=time.monotonic() + 0.5)
+        wait_for(lambda: kv_positions(engine, 1) >= 0, timeout=30)  # admitted and generating when time runs out
+        result = request.wait(30)
+        assert result.finish_reason == "deadline" and 0 < result.completion_tokens < 3500
+        expired = engine.submit(tokens, deadline=time.monotonic() - 1)  # already past: never admitted
+        assert expired.wait(30).finish_reason == "deadline" and expired.output_ids == []
+        assert kv_positions(engine, 1) == -1
+    finally:
+        engine.close()
 
 
 def test_an_over_long_prompt_is_refused_and_the_engine_keeps_serving(engine: BatchedEngine) -> None:

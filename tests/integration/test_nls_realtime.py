@@ -82,13 +82,16 @@ def test_task_failures_and_an_unreachable_gateway_are_speech_errors(nls: Nls) ->
 
 def test_a_call_on_realtime_nls_hears_the_caller_then_nls_goes_down(tmp_path_factory: pytest.TempPathFactory,
                                                                        tiny_gguf: Path) -> None:
+    import time
+
+    from sqlalchemy import select
+
     from channels.speech.espeak import EspeakSynthesizer
     from models import audit
+    from models.tables import ReplyRecord
     from tests.integration.conftest import Stack, start_stack, wait_for
 
     def audit_kinds(stack: Stack) -> list[str]:
-        from sqlalchemy import select
-
         from models.tables import AuditEvent
 
         with stack.sessions() as s:
@@ -114,10 +117,15 @@ def test_a_call_on_realtime_nls_hears_the_caller_then_nls_goes_down(tmp_path_fac
             assert len(speech) <= gateway.audio_bytes[0] <= 2 * (len(speech) + 16000)
             call.wait_quiet(600)
             gateway.down = True  # NLS fails mid-call: the caller hears an apology (local voice) and a person
+            before = time.monotonic()
             call.send_audio(speech)
             call.silence(1000)
             wait_for(lambda: {"type": "transfer", "to": "8001"} in call.actions(), timeout=60)
-            assert audit.RECEIVED in audit_kinds(stack)
+            assert call.audio_ms(since=before) >= 1000  # the apology was spoken before the transfer
+            with stack.sessions() as s:
+                handoff = s.scalars(select(ReplyRecord).where(ReplyRecord.source == "handoff")).one()
+            assert handoff.text.startswith(stack.settings.phone_speech_failed)
+            assert audit_kinds(stack).count(audit.RECEIVED) == 2
             assert meta.issued == ["nls-token-0001"]  # one token for the whole call
         finally:
             stack.close()

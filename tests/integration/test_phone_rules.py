@@ -138,8 +138,11 @@ def test_key_0_during_the_greeting_cuts_it_and_transfers_without_holding_up_the_
     right_after: list[CallAction] = []
 
     async def press_0_during_the_greeting(call: Call, actions: list[CallAction]) -> None:
-        while not call.player.playing:
+        for _ in range(1000):
+            if call.player.playing:
+                break
             await asyncio.sleep(0.01)
+        assert call.player.playing, "the greeting never started"
         await call.on_event(DtmfIn("0"))
         right_after.extend(actions)  # the key press returned before the transfer was carried out
 

@@ -250,7 +250,7 @@ def test_asking_for_a_person_passes_the_conversation_to_the_accounts_staff_until
     r = wx.post(cb, account="staffed")
     assert _msg_type(r.text, cb) == "transfer_customer_service"  # the platform hands the message to the staff
     wait_for(lambda: wx.sends_to(openid), timeout=30)
-    assert [m["content"] for m in wx.sends_to(openid)] == ["好的，正在为您转接人工客服，请稍候。"]
+    assert settled(lambda: [m["content"] for m in wx.sends_to(openid)]) == ["好的，正在为您转接人工客服，请稍候。"]
     cb = wp.callback(wp.text_xml(openid, "你好，在吗？", msgid=5102), mode="aes")
     assert _msg_type(wx.post(cb, account="staffed").text, cb) == "transfer_customer_service"
     later = wx.inbound_id("5102")

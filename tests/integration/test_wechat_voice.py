@@ -25,7 +25,7 @@ from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from tests import voice_files
 from tests import wechat_platform as wp
 from tests.fake_wechat import FakeWeChat
-from tests.integration.conftest import BACKENDS, Stack, start_stack, wait_for
+from tests.integration.conftest import BACKENDS, Stack, settled, start_stack, wait_for
 
 FAQ = [{"keywords": ["yes"], "answer": "好的，已为您登记。"}]
 HANDOFF_KEYWORDS = ["hello"]  # only WeChat Customer Service hands off; the official account's "hello" goes to the model
@@ -143,7 +143,7 @@ def test_voice_that_cannot_be_had_gets_the_unclear_reply(vs: VoiceStack, media: 
         vs.fake.add_media(media_id, media, app=wp.APPID)
     assert vs.post(wp.callback(voice_xml(openid, media_id, msgid)), "/v1/wechat/shop").text == "success"
     wait_for(lambda: vs.sent("custom_send", openid), timeout=60)
-    assert [m["content"] for m in vs.sent("custom_send", openid)] == [UNCLEAR]
+    assert settled(lambda: [m["content"] for m in vs.sent("custom_send", openid)]) == [UNCLEAR]
     row = vs.inbound("wechat_mp", str(msgid))
     assert (row.text, row.status) == ("[voice]", "answered")
     wait_for(lambda: "dispatched" in vs.kinds(row.id))
@@ -172,7 +172,7 @@ def test_a_download_that_keeps_failing_is_given_up_with_the_unclear_reply(vs: Vo
     vs.fake.fail_next("media_get", -1, times=2)  # system busy, twice: more than voice_download_retries=1
     assert vs.post(wp.callback(voice_xml(openid, "MP-BUSY", 9210)), "/v1/wechat/shop").text == "success"
     wait_for(lambda: vs.sent("custom_send", openid), timeout=60)
-    assert [m["content"] for m in vs.sent("custom_send", openid)] == [UNCLEAR]
+    assert settled(lambda: [m["content"] for m in vs.sent("custom_send", openid)]) == [UNCLEAR]
     row = vs.inbound("wechat_mp", "9210")
     wait_for(lambda: "dispatched" in vs.kinds(row.id))
     assert vs.kinds(row.id) == ["received", "queued", "transcription_retry", "transcription_failed", "reply_stored",
@@ -183,10 +183,15 @@ def test_a_download_that_keeps_failing_is_given_up_with_the_unclear_reply(vs: Vo
 
 def test_a_text_after_a_voice_waits_for_the_voice_to_be_answered(vs: VoiceStack) -> None:
     openid = "o-voice-order"
-    assert vs.post(wp.callback(voice_xml(openid, "MP-NEVER-UPLOADED", 9300)), "/v1/wechat/shop").text == "success"
+    vs.fake.add_media("MP-SLOW", vs.amr("hello"), app=wp.APPID)
+    vs.fake.http_error_next(502, endpoint="media_get")  # the voice's download is retried a second later
+    assert vs.post(wp.callback(voice_xml(openid, "MP-SLOW", 9300)), "/v1/wechat/shop").text == "success"
     assert vs.post(wp.callback(wp.text_xml(openid, "你好", msgid=9301)), "/v1/wechat/shop").text == "success"
     wait_for(lambda: len(vs.sent("custom_send", openid)) >= 2, timeout=60)
-    assert vs.sent("custom_send", openid)[0]["content"] == UNCLEAR
+    voice = vs.inbound("wechat_mp", "9300")
+    assert "transcription_retry" in vs.kinds(voice.id)  # the voice really was the slow one
+    sent = settled(lambda: [m["content"] for m in vs.sent("custom_send", openid)])
+    assert len(sent) == 2 and vs.reply(voice.id).text.startswith(str(sent[0]))  # answered first, as it came first
 
 
 def test_voice_with_recognition_is_not_downloaded(vs: VoiceStack) -> None:
@@ -209,7 +214,7 @@ def test_wecom_app_voice_is_transcribed_and_answered_by_the_faq(vs: VoiceStack) 
     r = vs.post(wp.corp_callback(xml), "/v1/wecom/it")
     assert (r.status_code, r.text) == (200, "")
     wait_for(lambda: vs.sent("message_send", "zhangsan"), timeout=60)
-    assert [m["content"] for m in vs.sent("message_send", "zhangsan")] == [FAQ[0]["answer"]]
+    assert settled(lambda: [m["content"] for m in vs.sent("message_send", "zhangsan")]) == [FAQ[0]["answer"]]
     row = vs.inbound("wecom", "9500")
     assert row.text == "yes" and vs.reply(row.id).source == "faq"
     wait_for(lambda: "dispatched" in vs.kinds(row.id))
@@ -225,7 +230,7 @@ def test_kf_voice_asking_for_a_person_is_handed_off(vs: VoiceStack) -> None:
     r = vs.post(wp.corp_callback(wp.kf_event_xml(kfid)), "/v1/wecom-kf/kf")
     assert (r.status_code, r.text) == (200, "")
     wait_for(lambda: vs.fake.kf_service_state.get((kfid, user)) == 2, timeout=60)
-    assert [m["content"] for m in vs.sent("kf_send_msg", user)] == ["好的，正在为您转接人工客服，请稍候。"]
+    assert settled(lambda: [m["content"] for m in vs.sent("kf_send_msg", user)]) == ["好的，正在为您转接人工客服，请稍候。"]
     row = vs.inbound("wecom_kf", str(message["msgid"]))
     assert (row.kind, row.text) == ("voice", "hello")
     wait_for(lambda: "dispatched" in vs.kinds(row.id))
@@ -235,10 +240,12 @@ def test_kf_voice_asking_for_a_person_is_handed_off(vs: VoiceStack) -> None:
                     if c["endpoint"] == "media_get" and c["query"]["media_id"] == "KF-HELLO"]
     assert media_tokens and all(t.startswith("WECOM_ACCESS_TOKEN") for t in media_tokens)  # the kf app's token
 
+    downloads = len([c for c in vs.fake.calls if c["endpoint"] == "media_get"])
     later = vs.fake.queue_kf_messages(kfid, [{"msgid": "kfvoice-2", "external_userid": user, "msgtype": "voice",
                                               "voice": {"media_id": "KF-HELLO"}}])[0]
     vs.post(wp.corp_callback(wp.kf_event_xml(kfid)), "/v1/wecom-kf/kf")
     wait_for(lambda: vs.find("wecom_kf", str(later["msgid"])), timeout=60)
     held = vs.inbound("wecom_kf", str(later["msgid"]))
-    assert (held.status, held.text) == ("human", "[voice]")  # for the person serving them, not downloaded
-    assert len(vs.sent("kf_send_msg", user)) == 1
+    assert (held.status, held.text) == ("human", "[voice]")  # for the person serving them
+    assert settled(lambda: len(vs.sent("kf_send_msg", user))) == 1
+    assert len([c for c in vs.fake.calls if c["endpoint"] == "media_get"]) == downloads  # not downloaded

@@ -239,7 +239,7 @@ def test_kf_message_right_after_asking_for_a_person_is_for_the_person_even_befor
     row = wc.inbound("wecom_kf", str(later["msgid"]))
     assert row.status == "human" and wc.kinds(row.id) == ["received", "human_owned"]
     wait_for(lambda: wc.fake.kf_service_state.get((kfid, user)) == 2, timeout=30)  # then the transfer happened
-    assert [m["content"] for m in wc.sent("kf_send_msg", user)] == ["好的，正在为您转接人工客服，请稍候。"]
+    assert settled(lambda: [m["content"] for m in wc.sent("kf_send_msg", user)]) == ["好的，正在为您转接人工客服，请稍候。"]
 
 
 def test_kf_a_customer_whose_session_state_cannot_be_read_does_not_stop_the_account(wc: WeComStack) -> None:

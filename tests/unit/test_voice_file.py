@@ -12,7 +12,6 @@ from channels.speech.voice_file import DecoderUnavailable, VoiceFileError, check
 from tests import voice_files
 
 PHRASE = "hello, I would like to speak to an agent"
-# One 162-byte frame of random bits, framed correctly: the SILK SDK's decoder dies of SIGSEGV on it.
 
 
 @pytest.fixture(scope="module")
