@@ -237,15 +237,16 @@ def answer_or_accept(gw: Gateway, key: ConversationKey, message: Any, welcome: s
     elif kind == "voice":
         text = printable(str(getattr(message, "recognition", None) or "")).strip()
         media_id = None if text else media_id_of(getattr(message, "media_id", None))
+    if human_service and gw.kv.get(human_key(key)):  # a person owns the conversation: the model stays out
+        gw.kv.set(human_key(key), "1", settings.human_session_ttl_s)
+        gw.ingress.accept_for_human(Inbound(key, external_id, text[: settings.max_text_chars] or f"[{kind}]", kind,
+                                            stamp), via="transfer")
+        return TO_PERSON
     if not text and media_id is None:
         return _answer_now(gw, Inbound(key, external_id, f"[{kind}]", kind, stamp),
                            quick_replies.unsupported_answer(kind), "rule")
     text = text[: settings.max_text_chars]
     inbound = Inbound(key, external_id, text, kind, stamp, media_id=media_id)
-    if human_service and gw.kv.get(human_key(key)):  # a person owns the conversation: the model stays out
-        gw.kv.set(human_key(key), "1", settings.human_session_ttl_s)
-        gw.ingress.accept_for_human(Inbound(key, external_id, text or f"[{kind}]", kind, stamp), via="transfer")
-        return TO_PERSON
     rule = quick_replies.rule_for(settings, text, hands_off=human_service) if text else None
     if rule is not None and rule.to_person:
         gw.kv.set(human_key(key), "1", settings.human_session_ttl_s)

@@ -51,7 +51,7 @@ class WeChatMPAdapter(CallbackAdapter[WeChatAccount]):
         return callback_keys(account)
 
     def handle(self, account: WeChatAccount, params: dict[str, str], body: bytes) -> str:
-        keys = callback_keys(account)
+        keys = self.keys(account)
         opened = self.guard.open(keys, params, body)
         message = parse_message(opened.plain)
         key = ConversationKey(CHANNEL, account.name, str(message.source))

@@ -48,9 +48,8 @@ class WeComAdapter(CallbackAdapter[WeComApp]):
     def keys(self, account: WeComApp) -> CallbackKeys:
         return callback_keys(account)
 
-    def handle(self, account: WeComApp, params: dict[str, str], body: bytes) -> str:
-        app = account
-        keys = callback_keys(app)
+    def handle(self, app: WeComApp, params: dict[str, str], body: bytes) -> str:
+        keys = self.keys(app)
         opened = self.guard.open(keys, params, body)
         message = parse_message(opened.plain)
         agent = getattr(message, "agent", None)
@@ -58,7 +57,7 @@ class WeComAdapter(CallbackAdapter[WeComApp]):
             raise RequestRejected(400, "wrong_agent", "the message is addressed to another app of this corp")
         key = ConversationKey(CHANNEL, app.name, str(message.source))
         answer = answer_or_accept(self.gw, key, message, app.welcome, WELCOME_EVENTS)  # no staff to pass it to
-        if answer is None or not isinstance(answer, str):
+        if not isinstance(answer, str):  # None (ToPerson needs staff, which an app has not)
             return ""  # WeCom: an empty 200 acknowledges without a passive reply
         return self.guard.seal(keys, opened, passive_text(str(message.source), str(message.target), answer))
 

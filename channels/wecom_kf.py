@@ -122,7 +122,7 @@ class WeComKfAdapter(CallbackAdapter[WeComKfAccount]):
 
     def handle(self, account: WeComKfAccount, params: dict[str, str], body: bytes) -> str:
         """Record the news and publish the pull; the empty answer acknowledges it."""
-        fields = self.guard.open(callback_keys(account), params, body).fields
+        fields = self.guard.open(self.keys(account), params, body).fields
         if fields.get("MsgType") != "event" or fields.get("Event") != "kf_msg_or_event":
             return ""  # other corp events reach this URL too; none of them is a customer message
         open_kfid = fields.get("OpenKfId")
@@ -286,21 +286,26 @@ class WeComKfOutbound(Outbound):
         platform = self.deps.platform
         if platform is None:
             raise DeliveryPermanent("no platform API client in this worker")
-        wx.require_service_window(reply.inbound_at)
         open_kfid, user = split_peer(reply.key.peer)
         parts = wx.split_utf8(reply.text)
-        for index in range(progress.parts_sent, len(parts)):
-            try:
-                platform.post(credentials(account), "/cgi-bin/kf/send_msg", {
-                    "touser": user, "open_kfid": open_kfid, "msgid": f"kefu-{reply.reply_id}-{index}",
-                    "msgtype": "text", "text": {"content": parts[index]},
-                })
-            except PlatformPermanent as exc:
-                if exc.errcode == STATE_FORBIDS_SENDING:
-                    raise DeliveryPermanent("errcode 95018: the session state no longer allows sending "
-                                            "(a person has taken over); not sent") from exc
-                raise
-            progress.record(index + 1)
+        try:
+            wx.require_service_window(reply.inbound_at)
+            for index in range(progress.parts_sent, len(parts)):
+                try:
+                    platform.post(credentials(account), "/cgi-bin/kf/send_msg", {
+                        "touser": user, "open_kfid": open_kfid, "msgid": f"kefu-{reply.reply_id}-{index}",
+                        "msgtype": "text", "text": {"content": parts[index]},
+                    })
+                except PlatformPermanent as exc:
+                    if exc.errcode == STATE_FORBIDS_SENDING:
+                        raise DeliveryPermanent("errcode 95018: the session state no longer allows sending "
+                                                "(a person has taken over); not sent") from exc
+                    raise
+                progress.record(index + 1)
+        except DeliveryPermanent:
+            if reply.source == "handoff" and self.deps.kv is not None:  # no notice, no transfer: no person is
+                self.deps.kv.delete(handoff_key(account.name, open_kfid, user))  # coming, so the model answers again
+            raise
         if reply.source == "handoff" or (reply.source == "fallback" and account.handoff_on_fallback):
             self._hand_off(account, open_kfid, user, reply)
 

@@ -6,6 +6,7 @@ Pure functions over Settings. Channels use them to answer at once (on WeChat, pa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from models.settings import Settings
@@ -35,7 +36,15 @@ def unsupported_answer(kind: str) -> str:
     return UNSUPPORTED.get(kind, UNSUPPORTED_DEFAULT)
 
 
-NEGATIONS = ("不用", "不要", "不需要", "无需", "别", "不必", "没必要")
+NEGATIONS = ("不用", "不要", "不需要", "无需", "不必", "没必要")
+_CLAUSE_BREAK = re.compile(r"[，,。.!！?？;；、\s]")
+
+
+def _declined(before: str) -> bool:
+    """True when the words right before a hand-off keyword, in the same clause, decline it ("不用转人工了",
+    "别转人工"); "特别想找人工" or "别的都不要，转人工" still ask for a person."""
+    clause = _CLAUSE_BREAK.split(before)[-1]
+    return clause.endswith("别") or any(negation in clause for negation in NEGATIONS)
 
 
 def wants_human(settings: Settings, text: str) -> bool:
@@ -46,7 +55,7 @@ def wants_human(settings: Settings, text: str) -> bool:
     for keyword in settings.handoff_keywords:
         at = folded.find(keyword.casefold())
         while at >= 0:
-            if not any(negation in folded[max(0, at - 4):at] for negation in NEGATIONS):  # "不用转人工了"
+            if not _declined(folded[max(0, at - 4):at]):
                 return True
             at = folded.find(keyword.casefold(), at + 1)
     return False

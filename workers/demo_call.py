@@ -35,7 +35,8 @@ def place_call(ws_base: str, secret: str, wav_path: Path, timeout_s: float = 60.
         while (not line.heard or not quiet_for(0.6)) and time.monotonic() < deadline:
             time.sleep(FRAME_S)  # silence on the line while the greeting plays
         line.say(question)
-        line.speech_ended.wait(max(0.0, deadline - time.monotonic()))
+        if not line.speech_ended.wait(max(0.0, deadline - time.monotonic())):
+            return 0.0  # the question was never asked: nothing heard after it counts
         asked_at = line.ended_at
         while time.monotonic() < deadline and not (line.first_audio_after(asked_at) and quiet_for(1.0)):
             time.sleep(FRAME_S)
@@ -43,7 +44,7 @@ def place_call(ws_base: str, secret: str, wav_path: Path, timeout_s: float = 60.
         line.hang_up()
     heard = [(h.at, h.audio) for h in list(line.heard) if h.audio]
     _write([(at - started, pcm) for at, pcm in heard + list(line.sent)], wav_path)
-    return sum(len(pcm) for at, pcm in heard if at > asked_at) / (2 * RATE)
+    return line.audio_ms(since=asked_at) / 1000
 
 
 def _write(timeline: list[tuple[float, bytes]], path: Path) -> None:

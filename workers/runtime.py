@@ -88,8 +88,8 @@ class Runtime:
 
     @cached_property
     def speech(self) -> SpeechProviders:
-        """The configured recognizer and voice, built on first use (WeChat voice messages)."""
-        return SpeechProviders(self.settings, self.kv)
+        """The configured speech providers (a worker uses the recognizer, for WeChat voice messages)."""
+        return SpeechProviders(self.settings, self.kv, self.locks)
 
     @cached_property
     def kf_sync(self) -> KfSync:

@@ -103,11 +103,23 @@ def _answer_voice(task: Task, rt: Runtime, row: InboundRecord, key: Conversation
             raise task.retry(countdown=exc.countdown) from exc
         except voice.Unclear:
             return _store_reply(rt, row, key, rt.settings.voice_unclear_reply, "rule", inbound_text=voice.UNRECOGNIZED)
-    # a channel that cannot hand off from here lets the model answer a request for a person
-    rule = quick_replies.rule_for(rt.settings, row.text, hands_off=True if rt.outbound(key.channel).hands_off else None)
+    rule = quick_replies.rule_for(rt.settings, row.text, hands_off=_hands_off(rt, key))
     if rule is not None:
         return _store_reply(rt, row, key, rule.answer, rule.source)
     return _answer(rt, row, key, begun=begun)
+
+
+def _hands_off(rt: Runtime, key: ConversationKey) -> bool | None:
+    """Whether a request for a person, found in a transcribed voice, can be carried out from the worker.
+
+    kf hands off when the notice is sent; an official account with staff passes conversations only in a
+    callback's reply, which is long gone (None: the model answers; the customer's next text is passed on);
+    elsewhere no person is available, and the customer is told so, as for a typed request.
+    """
+    if rt.outbound(key.channel).hands_off:
+        return True
+    account = rt.settings.wechat_account(key.account) if key.channel == "wechat_mp" else None
+    return None if account is not None and account.human_service else False
 
 
 def _store_reply(rt: Runtime, row: InboundRecord, key: ConversationKey, text: str, source: str, *,

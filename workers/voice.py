@@ -117,7 +117,7 @@ def transcribe(rt: Runtime, row: InboundRecord, key: ConversationKey) -> Inbound
         _failed(rt, ids, f"undecodable: {exc}", media_bytes=len(media.content))
     decoded = time.monotonic()
     try:
-        recognizer, _ = rt.speech.get()
+        recognizer = rt.speech.recognizer()
         text = printable(recognizer.transcribe(voice.pcm, voice.sample_rate)).strip()[: s.max_text_chars]
     except Exception as exc:  # the recognizer down, a model that failed to load: the customer still gets an answer
         log.exception("recognizing voice message %s failed", row.id)

@@ -44,8 +44,12 @@ class Transcription(ABC):
     def feed(self, pcm: bytes) -> None:
         self._frames.put(pcm)
 
-    def finish(self, timeout: float = 30.0) -> str:
+    def close(self) -> None:
+        """No more audio: the end of the utterance (or of the call). Never blocks; safe to call twice."""
         self._frames.put(None)
+
+    def finish(self, timeout: float = 30.0) -> str:
+        self.close()
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise SpeechError(f"recognition did not complete within {timeout:.0f} s")
@@ -66,6 +70,8 @@ class Transcription(ABC):
             self._text = self._recognize()
         except SpeechError as exc:
             self._error = exc
+        except Exception as exc:  # a KV or lock error under the token, a malformed answer: still a failure
+            self._error = SpeechError(f"recognition failed: {type(exc).__name__}: {exc}")
 
     @abstractmethod
     def _recognize(self) -> str:

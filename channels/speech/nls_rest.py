@@ -19,6 +19,7 @@ import httpx
 from channels.speech.audio import resample
 from channels.speech.base import SpeechError
 from channels.speech.nls_token import TOKEN_INVALID, NlsTokens, TokenRejected
+from channels.wechat_api import make_http
 
 SUCCESS = 20000000
 ASR_RATE = 16000
@@ -27,7 +28,7 @@ ASR_RATE = 16000
 class _NlsRest:
     def __init__(self, tokens: NlsTokens, *, gateway: str, appkey: str, timeout_s: float = 10.0) -> None:
         self._tokens, self._gateway, self._appkey = tokens, gateway.rstrip("/"), appkey
-        self._http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 3.0)), trust_env=False)
+        self._http = make_http(timeout_s)
 
     def _with_token(self, call: Callable[[str], httpx.Response]) -> httpx.Response:
         return self._tokens.use(lambda token: self._checked(call, token))

@@ -27,6 +27,7 @@ from channels.speech.providers import SpeechProviders
 from channels.telephony.call import CHANNEL, Act, Call
 from channels.telephony.events import CallAction, CallEvent, CallStarted, HangupOut
 from channels.telephony.gateway_ws import GatewayDecoder, ProtocolError, encode
+from models.locks import make_locks
 
 if TYPE_CHECKING:
     from channels.app import Gateway
@@ -39,7 +40,7 @@ class TelephonyAdapter(ChannelAdapter):
 
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
-        self._speech = SpeechProviders(gateway.settings, gateway.kv)
+        self._speech = SpeechProviders(gateway.settings, gateway.kv, make_locks(gateway.settings))
 
     def routes(self) -> list[BaseRoute]:
         return [WebSocketRoute("/v1/voice/ws", self.connect),

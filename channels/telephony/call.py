@@ -40,6 +40,7 @@ from channels.telephony.events import (
     CallStarted,
     ClearAudio,
     DtmfIn,
+    GatewayError,
     HangupIn,
     HangupOut,
     Transfer,
@@ -102,19 +103,21 @@ class Call:
 
     async def end(self) -> None:
         self.ended = True
-        if self._stream is not None:  # an utterance cut off by the hang-up: free its recognizer
-            stream, self._stream = self._stream, None
-            await run_in_threadpool(stream.finish)
-        unfinished = [m for m in self._splitters if m not in self._answered or self._unheard(m)]
-        for message_id in unfinished:  # hung up mid-answer: stop generating, keep what was heard
-            self._interrupted.add(message_id)
-            await run_in_threadpool(self._record_interruption, message_id, self.player.heard_for(message_id), 0,
-                                    "hangup")
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.player.stop()
-        self.gw.listener.unsubscribe(self.key.topic(), self._events)
+        if self._stream is not None:  # an utterance cut off by the hang-up: its recognizer is told, not awaited
+            self._stream.close()
+            self._stream = None
+        try:
+            unfinished = [m for m in self._splitters if m not in self._answered or self._unheard(m)]
+            for message_id in unfinished:  # hung up mid-answer: stop generating, keep what was heard
+                self._interrupted.add(message_id)
+                await run_in_threadpool(self._record_interruption, message_id, self.player.heard_for(message_id),
+                                        0, "hangup")
+        finally:  # whatever failed above, the call's tasks, player and subscription go
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.player.stop()
+            self.gw.listener.unsubscribe(self.key.topic(), self._events)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -146,6 +149,8 @@ class Call:
                 elif isinstance(found, UtteranceEnded):
                     self._prompted = False
                     stream, self._stream = self._stream, None
+                    if stream is not None:
+                        stream.close()  # ended now, even if its task is cancelled before it runs
                     task = asyncio.ensure_future(self._utterance(found.pcm, stream, self._external_id(),
                                                                  self._previous_utterance))
                     self._previous_utterance = task
@@ -156,6 +161,9 @@ class Call:
             if event.digit == "0":  # on its own task: the frame reader must keep reading (hang-up, audio)
                 self._spawn(self._transfer(Inbound(self.key, self._external_id(), "[dtmf 0]", "dtmf")))
         elif isinstance(event, HangupIn):
+            self.ended = True
+        elif isinstance(event, GatewayError):  # the PBX's side of the call broke (AudioSocket 0xff)
+            log.warning("call %s: the gateway reported error %s: %s", self.started.call_id, event.code, event.message)
             self.ended = True
 
     def _external_id(self) -> str:
@@ -253,14 +261,10 @@ class Call:
             elif event.get("type") == "reply":
                 self._answered.add(message_id)
                 rest = splitter.flush()
-                if not rest and not self._spoken_any(message_id):  # no tokens were streamed to us: speak it all
+                if not rest and not splitter.spoke:  # no tokens were streamed to us: speak it all
                     rest = [str(event.get("text", ""))]
                 for sentence in rest:
                     await self.say(sentence, message_id)
-
-    def _spoken_any(self, message_id: int) -> bool:
-        splitter = self._splitters.get(message_id)
-        return splitter is not None and splitter.spoke
 
     # ---- speaking -----------------------------------------------------------------------------------
 
@@ -275,8 +279,8 @@ class Call:
                     pcm = await run_in_threadpool(self._tts.synthesize, text, self.rate)
                     if tag == 0:
                         PROMPTS.put(self._tts, text, self.rate, pcm)
-            except SpeechError as exc:
-                log.error("speech synthesis failed on call %s: %s", self.started.call_id, exc)
+            except Exception as exc:  # nothing to say this time; the call itself goes on
+                log.error("speech synthesis failed on call %s: %s: %s", self.started.call_id, type(exc).__name__, exc)
                 return
             if tag in self._interrupted:  # the caller spoke over it while it was being synthesized
                 return

@@ -112,10 +112,3 @@ class Endpointer:
             self._speech_run_ms = 0
             self._utterance = bytearray()
         return events
-
-    def reset(self) -> None:
-        """Forget a started utterance (e.g. while Kefu's own prompt plays without barge-in)."""
-        self._in_speech = False
-        self._speech_run_ms = 0
-        self._utterance = bytearray()
-        self._pre.clear()

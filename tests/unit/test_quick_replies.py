@@ -30,6 +30,8 @@ def test_declining_a_person_is_not_asking_for_one() -> None:
     assert not wants_human(settings, "别转人工")
     assert not wants_human(settings, "不需要人工客服")
     assert wants_human(settings, "不用了，还是转人工吧")  # the negation belongs to something else
+    assert wants_human(settings, "我特别想找人工") and wants_human(settings, "特别需要人工服务")
+    assert wants_human(settings, "别的都不要，转人工")
 
 
 def test_one_set_of_rules_for_every_channel() -> None:

@@ -95,3 +95,19 @@ def test_a_failed_primary_voice_is_skipped_for_the_cooldown_then_tried_again() -
     primary.fail, voice.cooldown_s = False, 0
     voice._skip_until = 0.0  # the cooldown is over
     assert voice.synthesize("您好", 8000) == b"cloud"
+
+
+def test_any_failure_inside_a_streaming_recognizer_is_a_speech_error_not_silence() -> None:
+    from channels.speech.base import Transcription
+
+    class Broken(Transcription):
+        def _recognize(self) -> str:
+            while self._next_frame() is not None:
+                pass
+            raise ConnectionError("the KV store under the token went away")
+
+    stream = Broken(8000)
+    stream.feed(bytes(320))
+    stream.close()  # the end of the utterance, announced without waiting
+    with pytest.raises(SpeechError, match="ConnectionError: the KV store"):
+        stream.finish()

@@ -226,10 +226,10 @@ class BatchedEngine:
             self._stop_ids = stop_token_ids(self._tokenize, model.token_eos())
             self._im_end = self._tokenize(IM_END, True)
             self._stopping = False
+            self._prefix = []
             self._thread = threading.Thread(target=self._loop, name="kefu-batched-engine", daemon=True)
             self._thread.start()
             self._ctx = ctx  # last: a concurrent load() returns early only once everything above is set
-            self._prefix = []
             log.info("model %s loaded in %.2fs (architecture %s, %d slots x n_ctx %d, unified KV, gpu layers %d)",
                      self.spec.name, time.monotonic() - started, self.architecture, self.n_slots, s.n_ctx, gpu_layers)
 
