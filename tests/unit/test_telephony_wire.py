@@ -99,8 +99,8 @@ def test_audiosocket_round_trip_in_arbitrary_tcp_chunks() -> None:
     events = []
     for i in range(0, len(wire), 7):  # TCP may split anywhere
         events += decoder.feed(wire[i : i + 7])
-    assert events == [CallStarted(str(call), "", "", 8000), AudioIn(audio), DtmfIn("0"), GatewayError(2, "error reported by Asterisk"),
-                      HangupIn("caller")]
+    assert events == [CallStarted(str(call), "", "", 8000), AudioIn(audio), DtmfIn("0"),
+                      GatewayError(2, "error reported by Asterisk"), HangupIn("caller")]
 
 
 def test_audiosocket_encodes_audio_in_frames_and_hangup() -> None:
