@@ -2,7 +2,7 @@
 
 Model: a Qwen3-0.6B-shaped GGUF with random weights (28 layers, hidden 1024, 16 heads / 8 KV heads,
 head dim 128, FFN 3072, vocab 151,936; ``--shape 4b`` for Qwen3-4B), written by
-``workers.llm.synthetic`` and quantized to Q4_K_M with llama.cpp's own quantizer
+``tests.synthetic_gguf`` and quantized to Q4_K_M with llama.cpp's own quantizer
 (``llama_model_quantize`` in the llama-cpp-python library). A token costs the same whatever the
 weight values, so the figures hold for the real checkpoint of that shape. Cached under
 ``var/bench/``.
@@ -48,11 +48,11 @@ import httpx
 from bench.stats import pct
 from models.envelope import Turn
 from models.settings import Settings
+from tests.synthetic_gguf import QWEN3_0_6B, QWEN3_4B, QWEN3_REAL_VOCAB_SIZE, write_qwen3_gguf
 from workers.llm.batched import BatchedEngine, Sampling
 from workers.llm.engine import stop_token_ids
 from workers.llm.model_files import ModelSpec
 from workers.llm.prompts import chatml_tokens
-from workers.llm.synthetic import QWEN3_0_6B, QWEN3_4B, QWEN3_REAL_VOCAB_SIZE, write_qwen3_gguf
 from workers.stack import free_port
 
 REPO = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ from channels.telephony.events import frame_bytes
 from channels.telephony.vad import level_dbfs
 from models.migrate import upgrade
 from models.settings import Settings
-from workers.llm.synthetic import write_qwen3_gguf
+from tests.synthetic_gguf import write_qwen3_gguf
 from workers.phone_line import PhoneLine
 from workers.stack import GatewayProcess, WorkerProcess, kefu_env
 

@@ -35,7 +35,7 @@ from models.migrate import upgrade
 from models.settings import Settings
 from models.tables import AuditEvent
 from tests import services
-from workers.llm.synthetic import write_qwen3_gguf
+from tests.synthetic_gguf import write_qwen3_gguf
 from workers.stack import GatewayProcess, WorkerProcess, kefu_env
 
 

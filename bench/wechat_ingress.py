@@ -34,7 +34,7 @@ from models.tables import DeliveryRecord, InboundRecord, ReplyRecord
 from tests import services
 from tests import wechat_platform as wp
 from tests.fake_wechat import FakeWeChat
-from workers.llm.synthetic import write_qwen3_gguf
+from tests.synthetic_gguf import write_qwen3_gguf
 from workers.stack import GatewayProcess, WorkerProcess, kefu_env
 
 

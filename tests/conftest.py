@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests import services
-from workers.llm.synthetic import write_qwen3_gguf
+from tests.synthetic_gguf import write_qwen3_gguf
 from workers.stack import kefu_env
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,10 +18,10 @@ from models.envelope import ConversationKey, Inbound, utcnow
 from models.queues import Publisher, make_celery
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from tests.integration.conftest import BACKENDS, Stack, recv_until, start_stack, wait_for
+from tests.synthetic_gguf import Qwen3Shape, write_qwen3_gguf
 from workers import runtime as worker_runtime
 from workers import tasks
 from workers.dialogue import FALLBACK_REPLY
-from workers.llm.synthetic import Qwen3Shape, write_qwen3_gguf
 from workers.stack import WorkerProcess
 
 # Short limits so a lost task is recovered within seconds instead of minutes.

@@ -1,4 +1,4 @@
-"""Tests for workers.llm.synthetic: random-weight qwen3 GGUF files that llama.cpp runs."""
+"""Tests for tests.synthetic_gguf: random-weight qwen3 GGUF files that llama.cpp runs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from workers.llm.synthetic import (
+from tests.synthetic_gguf import (
     CHAT_TEMPLATE,
     QWEN3_0_6B,
     QWEN3_4B,
