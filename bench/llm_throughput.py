@@ -49,11 +49,11 @@ from bench.stats import pct
 from models.envelope import Turn
 from models.settings import Settings
 from tests.synthetic_gguf import QWEN3_0_6B, QWEN3_4B, QWEN3_REAL_VOCAB_SIZE, write_qwen3_gguf
+from workers.demo.processes import free_port
 from workers.llm.batched import BatchedEngine, Sampling
 from workers.llm.engine import stop_token_ids
 from workers.llm.model_files import ModelSpec
 from workers.llm.prompts import chatml_tokens
-from workers.stack import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "var" / "bench"

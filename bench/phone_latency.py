@@ -29,9 +29,10 @@ from channels.telephony.events import frame_bytes
 from channels.telephony.vad import level_dbfs
 from models.migrate import upgrade
 from models.settings import Settings
+from tests.stack import GatewayProcess, kefu_env
 from tests.synthetic_gguf import write_qwen3_gguf
+from workers.demo.processes import WorkerProcess
 from workers.phone_line import PhoneLine
-from workers.stack import GatewayProcess, WorkerProcess, kefu_env
 
 SECRET = "bench-pbx"
 RATE = 8000

@@ -35,8 +35,9 @@ from models.migrate import upgrade
 from models.settings import Settings
 from models.tables import AuditEvent
 from tests import services
+from tests.stack import GatewayProcess, kefu_env
 from tests.synthetic_gguf import write_qwen3_gguf
-from workers.stack import GatewayProcess, WorkerProcess, kefu_env
+from workers.demo.processes import WorkerProcess
 
 
 @dataclass

@@ -34,8 +34,9 @@ from models.tables import DeliveryRecord, InboundRecord, ReplyRecord
 from tests import services
 from tests import wechat_platform as wp
 from tests.fake_wechat import FakeWeChat
+from tests.stack import GatewayProcess, kefu_env
 from tests.synthetic_gguf import write_qwen3_gguf
-from workers.stack import GatewayProcess, WorkerProcess, kefu_env
+from workers.demo.processes import WorkerProcess
 
 
 class RawHTTP:

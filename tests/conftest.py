@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from tests import services
+from tests.stack import kefu_env
 from tests.synthetic_gguf import write_qwen3_gguf
-from workers.stack import kefu_env
 
 REPO = Path(__file__).resolve().parent.parent
 

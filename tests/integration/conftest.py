@@ -16,7 +16,7 @@ from models.db import make_engine, make_session_factory
 from models.migrate import upgrade
 from models.settings import Settings
 from tests.conftest import as_env, settings_kwargs
-from workers.stack import GatewayThread, WorkerProcess
+from workers.demo.processes import GatewayThread, WorkerProcess
 
 BACKENDS = ["embedded", "redis-postgres"]
 

@@ -19,7 +19,7 @@ from models.db import make_engine, make_session_factory
 from models.migrate import upgrade
 from models.settings import Settings
 from models.tables import AuditEvent, InboundRecord
-from workers.stack import GatewayThread
+from workers.demo.processes import GatewayThread
 
 
 @pytest.fixture(scope="module")

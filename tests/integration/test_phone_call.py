@@ -149,7 +149,7 @@ def test_asterisk_audiosocket_gets_the_same_call(tmp_path_factory: pytest.TempPa
     import uuid
 
     from channels.telephony import audiosocket as asock
-    from workers.stack import free_port
+    from workers.demo.processes import free_port
 
     port = free_port()
     stack = start_stack("embedded", tmp_path_factory.mktemp("audiosocket"), tiny_gguf, None, None,

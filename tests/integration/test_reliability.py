@@ -21,8 +21,8 @@ from tests.integration.conftest import BACKENDS, Stack, recv_until, start_stack,
 from tests.synthetic_gguf import Qwen3Shape, write_qwen3_gguf
 from workers import runtime as worker_runtime
 from workers import tasks
+from workers.demo.processes import WorkerProcess
 from workers.dialogue import FALLBACK_REPLY
-from workers.stack import WorkerProcess
 
 # Short limits so a lost task is recovered within seconds instead of minutes.
 FAST_RECOVERY = {

@@ -23,7 +23,7 @@ from tests.fake_wechat import FakeWeChat
 from tests.integration.conftest import BACKENDS, Stack, settled, start_stack, wait_for
 from workers import runtime as worker_runtime
 from workers import tasks
-from workers.stack import WorkerProcess
+from workers.demo.processes import WorkerProcess
 
 FAQ = [{"keywords": ["发票"], "answer": "电子发票会在订单完成后 24 小时内发到您的邮箱。"}]
 

@@ -26,9 +26,9 @@ from models.db import make_engine, make_session_factory
 from models.migrate import upgrade
 from models.settings import Settings, VoiceGateway
 from models.tables import AuditEvent, ReplyRecord
-from workers.demo_call import place_call
+from workers.demo.call import place_call
+from workers.demo.processes import GatewayThread, WorkerProcess
 from workers.llm.model_files import SWITCH_HINT, ModelUnavailable, resolve_model
-from workers.stack import GatewayThread, WorkerProcess
 
 QUESTIONS: list[tuple[str, str]] = [
     ("alice", "你好，我昨天下的订单什么时候能发货？"),
