@@ -1,7 +1,7 @@
 """Phone latency: from the end of the caller's speech to the first audio frame of Kefu's answer.
 
 A real ``kefu gateway`` and ``kefu worker`` process (embedded backends), local speech providers
-(pocketsphinx ASR, espeak-ng TTS), and the caller's end of a line (``workers/phone_line.py``) kept
+(pocketsphinx ASR, espeak-ng TTS), and the PBX fake (``channels/telephony/fake_pbx.py``) kept
 open like a PBX: 20 ms frames in real time, silence unless the caller speaks. The caller
 asks ``--utterances`` English questions (espeak-ng audio), one at a time, each after Kefu finished
 talking. Measured per utterance: last voiced frame sent (espeak-ng's trailing silence is trimmed)
@@ -26,13 +26,13 @@ from typing import Any
 from bench.stats import pct
 from channels.speech.espeak import EspeakSynthesizer
 from channels.telephony.events import frame_bytes
+from channels.telephony.fake_pbx import PhoneLine
 from channels.telephony.vad import level_dbfs
 from models.migrate import upgrade
 from models.settings import Settings
 from tests.stack import GatewayProcess, kefu_env
 from tests.synthetic_gguf import write_qwen3_gguf
 from workers.demo.processes import WorkerProcess
-from workers.phone_line import PhoneLine
 
 SECRET = "bench-pbx"
 RATE = 8000

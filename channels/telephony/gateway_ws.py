@@ -13,6 +13,9 @@ From Kefu: binary PCM frames in the same format, paced in real time, and text fr
 ``{"type": "hangup", "reason": "..."}``.
 
 Every malformed frame raises :class:`ProtocolError` with a message the gateway's operator can act on.
+
+Kefu's side is :class:`GatewayDecoder` and :func:`encode`; the gateway's side, the exact inverse, is
+:func:`encode_event` and :func:`decode_action` (used by the PBX fake, ``channels/telephony/fake_pbx.py``).
 """
 
 from __future__ import annotations
@@ -110,3 +113,39 @@ def encode(action: CallAction) -> str | bytes:
     if isinstance(action, HangupOut):
         return json.dumps({"type": "hangup", "reason": action.reason})
     raise TypeError(f"not a call action: {action!r}")
+
+
+# ---- the gateway's side: the inverse of the two above ----------------------------------------------
+
+def encode_event(event: CallEvent) -> str | bytes:
+    """The frame a voice gateway sends for ``event``; :class:`GatewayDecoder` reads it back unchanged."""
+    if isinstance(event, AudioIn):
+        return event.pcm
+    if isinstance(event, CallStarted):
+        return json.dumps({"type": "start", "call_id": event.call_id, "caller": event.caller, "callee": event.callee,
+                           "sample_rate": event.sample_rate, "encoding": ENCODING})
+    if isinstance(event, DtmfIn):
+        return json.dumps({"type": "dtmf", "digit": event.digit})
+    if isinstance(event, HangupIn):
+        return json.dumps({"type": "hangup", "reason": event.reason})
+    raise TypeError(f"not an event of this wire: {event!r}")
+
+
+def decode_action(frame: str | bytes) -> CallAction:
+    """What Kefu asked for in ``frame`` (the inverse of :func:`encode`); :class:`ProtocolError` if malformed."""
+    if isinstance(frame, bytes):
+        if len(frame) % 2:
+            raise ProtocolError("audio frames must hold whole 16-bit samples")
+        return AudioOut(frame)
+    try:
+        message: Any = json.loads(frame)
+    except ValueError:
+        raise ProtocolError("text frames must be JSON objects") from None
+    kind = message.get("type") if isinstance(message, dict) else None
+    if kind == "clear":
+        return ClearAudio()
+    if kind == "transfer" and isinstance(message.get("to"), str):
+        return Transfer(message["to"])
+    if kind == "hangup":
+        return HangupOut(str(message.get("reason") or "completed"))
+    raise ProtocolError(f"not an action: {frame[:80]!r}; expected clear, transfer (with \"to\") or hangup")

@@ -96,7 +96,8 @@ def test_a_call_on_realtime_nls_hears_the_caller_then_nls_goes_down(tmp_path_fac
 
         with stack.sessions() as s:
             return list(s.scalars(select(AuditEvent.kind)))
-    from workers.phone_line import PhoneLine
+    from channels.telephony.events import Transfer
+    from channels.telephony.fake_pbx import PhoneLine
 
     with FakeNlsMeta(KEY_ID, SECRET) as meta, FakeNlsRealtime(meta, APPKEY, recognized="营业时间是几点") as gateway:
         stack = start_stack("embedded", tmp_path_factory.mktemp("nls-rt-call"), tiny_gguf, None, None,
@@ -120,7 +121,7 @@ def test_a_call_on_realtime_nls_hears_the_caller_then_nls_goes_down(tmp_path_fac
             before = time.monotonic()
             call.send_audio(speech)
             call.silence(1000)
-            wait_for(lambda: {"type": "transfer", "to": "8001"} in call.actions(), timeout=60)
+            wait_for(lambda: Transfer("8001") in call.actions(), timeout=60)
             assert call.audio_ms(since=before) >= 1000  # the apology was spoken before the transfer
             with stack.sessions() as s:
                 handoff = s.scalars(select(ReplyRecord).where(ReplyRecord.source == "handoff")).one()

@@ -62,8 +62,9 @@ def test_nls_down_is_a_speech_error(nls: tuple[FakeNlsGateway, NlsTokens]) -> No
 
 def test_a_call_on_nls_hears_the_caller_and_transfers(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> None:
     from channels.speech.espeak import EspeakSynthesizer
+    from channels.telephony.events import Transfer
+    from channels.telephony.fake_pbx import PhoneLine
     from tests.integration.conftest import start_stack, wait_for
-    from workers.phone_line import PhoneLine
 
     with FakeNlsMeta(KEY_ID, SECRET) as meta, FakeNlsGateway(meta, APPKEY, recognized="我要转人工") as gateway:
         stack = start_stack("embedded", tmp_path_factory.mktemp("nls-call"), tiny_gguf, None, None,
@@ -77,7 +78,7 @@ def test_a_call_on_nls_hears_the_caller_and_transfers(tmp_path_factory: pytest.T
             call.wait_quiet(600)
             call.send_audio(EspeakSynthesizer().synthesize("请帮我转人工", 8000))
             call.silence(1000)
-            wait_for(lambda: {"type": "transfer", "to": "8001"} in call.actions(), timeout=60)
+            wait_for(lambda: Transfer("8001") in call.actions(), timeout=60)
             assert "/stream/v1/asr" in gateway.requests and "/stream/v1/tts" in gateway.requests
             assert meta.issued == ["nls-token-0001"]  # one token for the whole call
         finally:

@@ -1,4 +1,4 @@
-"""Phone calls end to end: the caller's end of a line (workers/phone_line.py) dials the real gateway with
+"""Phone calls end to end: the PBX fake (channels/telephony/fake_pbx.py) dials the real gateway with
 espeak-ng audio, a real worker answers with the random-weight Qwen3, and Kefu speaks the answer back."""
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from sqlalchemy import select
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from channels.speech.espeak import EspeakSynthesizer
+from channels.telephony.events import ClearAudio, HangupOut, Transfer
+from channels.telephony.fake_pbx import PhoneLine
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from tests.integration.conftest import Stack, start_stack, wait_for
-from workers.phone_line import PhoneLine
 
 SECRET = "pbx-secret"
 
@@ -80,8 +81,8 @@ def test_key_zero_transfers_to_the_hotline_agent(phone: Stack) -> None:
     call = PhoneLine.dial(phone.gateway.ws_url, SECRET, call_id="dtmf-1", caller="+8613900001111")
     wait_for(lambda: call.audio_ms() >= 500, timeout=30)
     call.press("0")
-    wait_for(lambda: any(a.get("type") == "transfer" for a in call.actions()), timeout=30)
-    assert {"type": "transfer", "to": "8001"} in call.actions()
+    wait_for(lambda: any(isinstance(a, Transfer) for a in call.actions()), timeout=30)
+    assert Transfer("8001") in call.actions()
     row = inbound_rows(phone, "dtmf-1")[0]
     assert (row.kind, row.text) == ("dtmf", "[dtmf 0]")
     assert kinds(phone, row.id) == ["received", "reply_stored", "dispatched"]
@@ -95,7 +96,7 @@ def test_silence_gets_a_prompt_then_a_goodbye_and_a_hang_up(phone: Stack) -> Non
             call.silence(100, realtime=True)  # a live line: silence keeps coming
         except ConnectionClosed:  # Kefu hung up
             break
-    assert {"type": "hangup", "reason": "silence"} in call.actions()
+    assert HangupOut("silence") in call.actions()
     assert call.audio_ms() >= 3000  # greeting, prompt and goodbye were spoken
 
 
@@ -116,8 +117,8 @@ def test_speaking_over_the_answer_clears_the_audio_and_keeps_only_what_was_heard
         phone: Stack, voice: EspeakSynthesizer) -> None:
     call = ask_until_answer_starts(phone, voice, "barge-1", "please tell me everything about your return policy")
     call.send_audio(voice.synthesize("stop, wait", 8000), realtime=True)  # the caller talks over it
-    wait_for(lambda: {"type": "clear"} in call.actions(), timeout=10)
-    clear_at = next(h.at for h in call.heard if h.action == {"type": "clear"})
+    wait_for(lambda: ClearAudio() in call.actions(), timeout=10)
+    clear_at = next(h.at for h in call.heard if h.action == ClearAudio())
     call.silence(300, realtime=True)
     after = [h for h in list(call.heard) if h.audio and h.at > clear_at]
     assert len(after) <= 10  # at most 200 ms of audio after the clear: playback stopped at once

@@ -24,7 +24,7 @@ from channels.telephony.events import (
     frame_bytes,
     mask_number,
 )
-from channels.telephony.gateway_ws import GatewayDecoder, ProtocolError, encode
+from channels.telephony.gateway_ws import GatewayDecoder, ProtocolError, decode_action, encode, encode_event
 from channels.telephony.vad import Endpointer, SpeechStarted, UtteranceEnded, level_dbfs
 
 START = {"type": "start", "call_id": "c-1", "caller": "+8613800138000", "callee": "4008001234",
@@ -80,6 +80,50 @@ def test_actions_encode_to_frames() -> None:
     assert json.loads(str(encode(ClearAudio()))) == {"type": "clear"}
     assert json.loads(str(encode(Transfer("8001")))) == {"type": "transfer", "to": "8001"}
     assert json.loads(str(encode(HangupOut("silence")))) == {"type": "hangup", "reason": "silence"}
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_the_gateways_events_round_trip_through_kefus_decoder(rate: int) -> None:
+    events = [CallStarted("c-9", "+8613800138000", "4008001234", rate), AudioIn(tone(20, rate)), DtmfIn("#"),
+              AudioIn(silence(20, rate)), HangupIn("caller")]
+    decoder = GatewayDecoder()
+    decoded = []
+    for event in events:
+        frame = encode_event(event)
+        decoded.append(decoder.binary(frame) if isinstance(frame, bytes) else decoder.text(frame))
+    assert decoded == events
+    assert GatewayDecoder().text(str(encode_event(events[0]))) == events[0]
+    assert json.loads(str(encode_event(events[0]))) == START | {"call_id": "c-9", "sample_rate": rate}
+
+
+def test_a_hangup_with_its_reason_round_trips() -> None:
+    decoder = GatewayDecoder()
+    decoder.text(str(encode_event(CallStarted("c-1", "", "", 8000))))
+    assert decoder.text(str(encode_event(HangupIn("pbx-shutdown")))) == HangupIn("pbx-shutdown")
+
+
+def test_gateway_errors_are_not_frames_of_this_wire() -> None:
+    with pytest.raises(TypeError, match="not an event"):
+        encode_event(GatewayError(2))
+
+
+@pytest.mark.parametrize("action", [AudioOut(tone(20)), ClearAudio(), Transfer("8001"), HangupOut("silence"),
+                                    HangupOut("completed")])
+def test_kefus_actions_round_trip_through_the_gateways_decoder(action: AudioOut | ClearAudio | Transfer | HangupOut
+                                                                ) -> None:
+    assert decode_action(encode(action)) == action
+
+
+@pytest.mark.parametrize(("frame", "message"), [
+    ("not json", "JSON objects"),
+    ('{"type": "play"}', "not an action"),
+    ('{"type": "transfer"}', "not an action"),
+    ("[1]", "not an action"),
+    (b"\x00\x00\x00", "whole 16-bit samples"),
+])
+def test_malformed_actions_say_what_is_wrong(frame: str | bytes, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        decode_action(frame)
 
 
 def test_caller_numbers_are_masked() -> None:
