@@ -1,7 +1,9 @@
-"""The ASGI gateway: mounts each channel adapter's routes, health checks and the chat page.
+"""The ASGI gateway: mounts every registered channel's routes, health checks and the chat page.
 
 The gateway only accepts, persists and publishes; it never generates. It is stateless apart from
-open sockets, so any number of gateway processes can run behind a load balancer.
+open sockets, so any number of gateway processes can run behind a load balancer. This module is the
+gateway's composition root: it builds the shared :class:`Services` once and gives each channel
+adapter a narrow :class:`~channels.base.ChannelContext` (with that channel's own hand-off port).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from channels import registry
+from channels.base import ChannelAdapter, ChannelContext
 from channels.ingress import Ingress
 from models.bus import Listener, make_listener
 from models.db import make_engine, make_session_factory, ping
@@ -34,36 +38,36 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Gateway:
+class Services:
+    """What one gateway process shares between its channels."""
+
     settings: Settings
-    engine: Engine
+    db: Engine
     sessions: sessionmaker[Session]
     publisher: Publisher
     ingress: Ingress
     listener: Listener
     kv: KV
 
+    def context(self, channel: str) -> ChannelContext:
+        """The context one channel's adapter gets: these services and the channel's own hand-off port."""
+        handoff = registry.channel(channel).handoff(self.settings, self.kv)
+        return ChannelContext(self.settings, self.ingress, self.kv, self.listener, self.sessions, self.publisher,
+                              handoff)
 
-def build_gateway(settings: Settings) -> Gateway:
-    engine = make_engine(settings, pre_ping=False)
-    sessions = make_session_factory(engine)
+
+def build_services(settings: Settings) -> Services:
+    db = make_engine(settings, pre_ping=False)
+    sessions = make_session_factory(db)
     publisher = Publisher(make_celery(settings, "kefu-gateway"))
-    return Gateway(settings, engine, sessions, publisher, Ingress(sessions, publisher), make_listener(settings),
-                   make_kv(settings))
+    return Services(settings, db, sessions, publisher, Ingress(sessions, publisher), make_listener(settings),
+                    make_kv(settings))
 
 
-def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
-    from channels.telephony.adapter import TelephonyAdapter
-    from channels.telephony.audiosocket_server import AudioSocketServer
-    from channels.web import WebAdapter  # adapters are looked up here, the composition point
-    from channels.wechat_mp import WeChatMPAdapter
-    from channels.wecom import WeComAdapter
-    from channels.wecom_kf import WeComKfAdapter
-
-    gw = gateway or build_gateway(settings)
-    telephony = TelephonyAdapter(gw)
-    adapters = [WebAdapter(gw), WeChatMPAdapter(gw), WeComAdapter(gw), WeComKfAdapter(gw), telephony]
-    audiosocket = AudioSocketServer(gw, telephony) if settings.audiosocket_port is not None else None
+def create_app(settings: Settings, services: Services | None = None) -> Starlette:
+    registry.check(settings)  # a bad channel setting stops the gateway now, not on its first callback
+    gw = services or build_services(settings)
+    adapters: list[ChannelAdapter] = [found.adapter(gw.context(found.name)) for found in registry.channels()]
     chat_page = resources.files("channels").joinpath("static/chat.html").read_text(encoding="utf-8")
 
     async def index(_: Request) -> Response:
@@ -75,7 +79,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
     async def readyz(_: Request) -> Response:
         checks: dict[str, Any] = {}
         for name, probe in (
-            ("database", lambda: ping(gw.engine)),
+            ("database", lambda: ping(gw.db)),
             ("broker", lambda: gw.publisher.ping(settings.publish_timeout_s)),
         ):
             try:
@@ -106,16 +110,17 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Starlette:
         # callers queue in the event loop instead of in 40 threads fighting over one interpreter.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
         await gw.listener.start()
-        if audiosocket is not None:
-            assert settings.audiosocket_port is not None
-            await audiosocket.start(settings.host, settings.audiosocket_port)
+        started: list[ChannelAdapter] = []
         try:
+            for adapter in adapters:  # e.g. the phone's AudioSocket listener
+                await adapter.start()
+                started.append(adapter)
             yield
         finally:
-            if audiosocket is not None:
-                await audiosocket.stop()
+            for adapter in reversed(started):
+                await adapter.stop()
             await gw.listener.stop()
-            gw.engine.dispose()
+            gw.db.dispose()
             close = getattr(gw.kv, "close", None)
             if close is not None:
                 close()

@@ -1,66 +1,129 @@
-"""The adapter interface every channel implements, and the channel error tree.
+"""What a channel is: one :class:`Channel` descriptor per channel module, and the small interfaces it fills.
 
-Gateway side, a :class:`ChannelAdapter` contributes routes; it verifies, parses and hands an
-``Inbound`` to ingress. Worker side, an :class:`Outbound` sends a reply back out (and may stream
-partial text while the model generates). Outbounds are registered as ``"module:Class"`` strings
-and imported lazily, so a worker only loads the channels it sends to.
+A channel module (``channels/web.py``, ``channels/wecom_kf/``…) declares ``descriptor = Channel(...)``:
+its name, its gateway side (:class:`ChannelAdapter`, built from a :class:`ChannelContext`), its worker
+side (:class:`Outbound`, built from :class:`OutboundDeps`), its settings (a
+:class:`~models.settings.Section`), how a person takes over its conversations (:class:`HandOffPort`)
+and what it can do (streams, voice files, the WeChat/WeCom platform API). ``channels.registry`` lists
+the descriptors as ``"module:attribute"`` strings and imports them lazily; the gateway and the workers
+read them from there and never branch on a channel's name.
 
-Errors::
-
-    ChannelError
-    ├── RequestRejected(status, code, message)   bad input at the edge → that HTTP status
-    └── DeliveryError
-        ├── DeliveryRetryable                     transient (timeout, 5xx, rate limit): retry with backoff
-        └── DeliveryPermanent                     will never succeed (user blocked us, window closed)
+Errors live in :mod:`channels.errors` (re-exported here).
 """
 
 from __future__ import annotations
 
-import importlib
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
+from pydantic import BaseModel, field_validator
+
+from channels.errors import ChannelError, DeliveryError, DeliveryPermanent, DeliveryRetryable, RequestRejected
+from models.dialogue import HandOff
 from models.envelope import ConversationKey, Reply
+from models.settings import Section, Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
     from starlette.routing import BaseRoute
 
-    from channels.wechat_api import PlatformAPI
-    from models.bus import Bus
+    from channels.ingress import Ingress
+    from channels.wechat_api import AppCredentials, PlatformAPI
+    from models.bus import Bus, Listener
     from models.kv import KV
-    from models.settings import Settings
+    from models.queues import Publisher
+
+__all__ = [
+    "Account", "Channel", "ChannelAdapter", "ChannelContext", "ChannelError", "DeliveryError", "DeliveryPermanent",
+    "DeliveryProgress", "DeliveryRetryable", "HandOffPort", "Outbound", "OutboundDeps", "RequestRejected",
+    "unique_names",
+]
+
+_URL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-class ChannelError(Exception):
-    """Base of every channel error."""
+class Account(BaseModel):
+    """One configured business account of a channel; ``name`` is part of its URL (``/v1/<channel>/{name}``)."""
+
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _url_safe(cls, value: str) -> str:
+        if not _URL_NAME.fullmatch(value):
+            raise ValueError(f"name {value!r} must be 1-64 letters, digits, '-' or '_' (it is part of the URL)")
+        return value
 
 
-class RequestRejected(ChannelError):
-    """A request the gateway refuses; ``status`` is the HTTP status, ``code`` a stable identifier."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message}}
+AccountT = TypeVar("AccountT", bound=Account)
 
 
-class DeliveryError(ChannelError):
-    """Sending a reply failed."""
+def unique_names(variable: str, accounts: Sequence[AccountT]) -> list[AccountT]:
+    """``accounts`` when every entry has its own name; a ValueError naming ``variable`` otherwise."""
+    names = [a.name for a in accounts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{variable}: every entry needs its own name (got {names})")
+    return list(accounts)
 
 
-class DeliveryRetryable(DeliveryError):
-    """Worth trying again later."""
+class HandOffPort:
+    """How one channel passes a conversation to a person. This base: there is nobody to pass it to.
+
+    ``begin`` runs before the notice is stored, so the customer's next message already goes to the
+    person; ``with_person`` tells a channel to keep the model out; ``release`` undoes ``begin`` when
+    the hand-off could not happen (the notice was never delivered) or the person closed the conversation.
+    """
+
+    def __init__(self, settings: Settings, kv: KV) -> None:
+        self.settings = settings
+        self.kv = kv
+
+    def availability(self, account: str) -> HandOff:
+        return HandOff.NOBODY
+
+    def begin(self, key: ConversationKey) -> None:
+        return None
+
+    def with_person(self, key: ConversationKey) -> bool:
+        return False
+
+    def release(self, key: ConversationKey) -> None:
+        return None
 
 
-class DeliveryPermanent(DeliveryError):
-    """Will not succeed however often it is tried; recorded as failed."""
+@dataclass(frozen=True)
+class ChannelContext:
+    """What the gateway gives a channel adapter: narrow on purpose (no composition root, no engines)."""
+
+    settings: Settings
+    ingress: Ingress
+    kv: KV
+    listener: Listener  # live events for the conversations this gateway holds sockets for
+    sessions: sessionmaker[Session]  # reads (history) and channel-owned rows (a pull cursor)
+    publisher: Publisher
+    handoff: HandOffPort
+
+
+class ChannelAdapter(ABC):
+    """Gateway side of a channel."""
+
+    def __init__(self, context: ChannelContext) -> None:
+        self.ctx = context
+
+    @abstractmethod
+    def routes(self) -> list[BaseRoute]:
+        """The HTTP/WebSocket routes this channel mounts on the gateway."""
+
+    async def start(self) -> None:
+        """Start what the channel serves besides its routes (a TCP listener); the gateway's lifespan calls it."""
+        return None
+
+    async def stop(self) -> None:
+        """Stop what :meth:`start` started."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -70,8 +133,9 @@ class OutboundDeps:
     settings: Settings
     bus: Bus
     sessions: sessionmaker[Session]
-    platform: PlatformAPI | None = None  # WeChat / WeCom server API client, for the channels that use it
-    kv: KV | None = None  # the shared key-value store (e.g. what a caller heard before interrupting)
+    kv: KV
+    handoff: HandOffPort
+    platform: PlatformAPI | None = None  # the WeChat / WeCom server API client, for channels with platform_api
 
 
 class DeliveryProgress:
@@ -92,19 +156,11 @@ class DeliveryProgress:
 class Outbound(ABC):
     """Sends replies out through one channel."""
 
-    streams: bool = False  # True when the channel shows partial text while it is generated
-    # False when the channel may change a stored answer afterwards (the phone keeps only what the caller
-    # heard), so the worker reads the history from the database instead of its cache
-    cache_context: bool = True
-    # True when a reply with source "handoff" moves the conversation to a person (WeChat Customer Service),
-    # so a worker applies the hand-off keywords to text it produced itself (a transcribed voice message)
-    hands_off: bool = False
-
     def __init__(self, deps: OutboundDeps) -> None:
         self.deps = deps
 
     def stream(self, key: ConversationKey, inbound_id: int, piece: str) -> bool | None:
-        """Partial reply text as the model produces it; best effort, never raises.
+        """Partial reply text as the model produces it (channels that stream); best effort, never raises.
 
         Returning False asks the worker to stop generating (nobody is listening any more: a caller
         who spoke over the answer); None or True carry on.
@@ -123,31 +179,30 @@ class Outbound(ABC):
         """Send the whole reply; raise DeliveryRetryable or DeliveryPermanent on failure."""
 
 
-class ChannelAdapter(ABC):
-    """Gateway side of a channel."""
+@dataclass(frozen=True)
+class Channel:
+    """One channel, as the gateway and the workers see it."""
 
-    name: str
+    name: str  # ConversationKey.channel, stored on every row
+    adapter: Callable[[ChannelContext], ChannelAdapter]
+    outbound: Callable[[OutboundDeps], Outbound]
+    section: type[Section] | None = None  # its settings (accounts), read by Settings.section
+    handoff: Callable[[Settings, KV], HandOffPort] = HandOffPort
+    streams: bool = False  # shows partial text while the model generates (Outbound.stream)
+    # False when the channel may change a stored answer afterwards (the phone keeps only what the caller
+    # heard), so a worker reads the history from the database instead of its cache
+    cache_context: bool = True
+    platform_api: bool = False  # its outbound needs the WeChat / WeCom server API client
+    # voice messages the platform did not transcribe: the app whose media/get serves this account's files
+    # (None when the account is gone); None: the channel has no voice files
+    media_app: Callable[[Settings, str], AppCredentials | None] | None = None
 
-    @abstractmethod
-    def routes(self) -> list[BaseRoute]:
-        """The HTTP/WebSocket routes this channel mounts on the gateway."""
+    @property
+    def voice_files(self) -> bool:
+        return self.media_app is not None
 
-
-OUTBOUNDS: dict[str, str] = {
-    "web": "channels.web:WebOutbound",
-    "wechat_mp": "channels.wechat_mp:WeChatMPOutbound",
-    "wecom": "channels.wecom:WeComOutbound",
-    "wecom_kf": "channels.wecom_kf:WeComKfOutbound",
-    "phone": "channels.telephony.outbound:PhoneOutbound",
-}
-
-
-def load_outbound(channel: str, deps: OutboundDeps) -> Outbound:
-    try:
-        target = OUTBOUNDS[channel]
-    except KeyError:
-        raise DeliveryPermanent(f"no outbound sender registered for channel {channel!r}") from None
-    module_name, _, class_name = target.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    outbound: Outbound = cls(deps)
-    return outbound
+    def settings(self, settings: Settings) -> Section:
+        """This channel's section of ``settings``."""
+        if self.section is None:
+            raise LookupError(f"channel {self.name!r} has no settings section")
+        return settings.section(self.section)

@@ -20,7 +20,9 @@ from models import audit
 from models.db import insert_ignoring_conflict, transaction, upsert_returning_id
 from models.envelope import Inbound, utcnow
 from models.queues import Publisher
-from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, ReplyRecord
+from models.replies import Answer, store_reply
+from models.states import InboundStatus
+from models.tables import ConversationRecord, InboundRecord, ReplyRecord
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ class Ingress:
     def accept(self, inbound: Inbound) -> Accepted:
         key = inbound.key
         with transaction(self._sessions) as session:
-            conversation_id, inbound_id = self._insert(session, inbound, "received")
+            conversation_id, inbound_id = self._insert(session, inbound, InboundStatus.RECEIVED)
             duplicate = inbound_id is None
             if duplicate:
                 inbound_id, conversation_id, status, received_at = session.execute(
@@ -55,7 +57,7 @@ class Ingress:
                     )
                 ).one()
             else:
-                status, received_at = "received", inbound.received_at
+                status, received_at = InboundStatus.RECEIVED, inbound.received_at
             audit.record(
                 session,
                 audit.DUPLICATE if duplicate else audit.RECEIVED,
@@ -66,7 +68,7 @@ class Ingress:
                 chars=len(inbound.text),
             )
         assert inbound_id is not None
-        if status != "received":
+        if status != InboundStatus.RECEIVED:
             return Accepted(inbound_id, conversation_id, duplicate, True)
         # A retry of a message whose publish failed earlier publishes it now; a retry racing the first
         # request's own publish (received a moment ago) leaves that to the first request.
@@ -74,52 +76,44 @@ class Ingress:
             return Accepted(inbound_id, conversation_id, duplicate, False)
         return Accepted(inbound_id, conversation_id, duplicate, self._publish(inbound_id, conversation_id, key.channel))
 
-    def accept_answered(self, inbound: Inbound, answer: str, source: str, *, passive: bool = True
+    def accept_answered(self, inbound: Inbound, answer: Answer, *, passive: bool = True
                         ) -> tuple[Accepted, str | None]:
-        """Persist a message answered on the spot (FAQ, welcome, unsupported type, hand-off) with its reply.
+        """Persist a message answered on the spot (FAQ, welcome, unsupported type, hand-off notice) with its reply.
 
-        One transaction: inbound, reply, its delivery and the audit rows. ``passive``: the answer goes
-        back in the callback's own response, so the delivery is already ``sent``; otherwise it is
-        ``pending`` and ``deliver`` is published after the commit (the sweeper covers a failed publish).
-        Returns the reply text to send, or for a platform retry of the same message the text first
-        sent (None if it went to the model).
+        One transaction: inbound, then :func:`~models.replies.store_reply`. ``passive``: the answer goes back in
+        the callback's own response, so the delivery is already ``sent``; otherwise it is ``pending`` and
+        ``deliver`` is published after the commit (the sweeper covers a failed publish). Returns the reply text
+        to send, or for a platform retry of the same message the text first sent (None if it went to the model).
         """
         key = inbound.key
         with transaction(self._sessions) as session:
-            conversation_id, inbound_id = self._insert(session, inbound, "answered")
-            ids: dict[str, Any] = {"channel": key.channel, "conversation_id": conversation_id}
+            conversation_id, inbound_id = self._insert(session, inbound, InboundStatus.ANSWERED)
             if inbound_id is None:
                 inbound_id, conversation_id = self._existing(session, inbound)
                 earlier = session.scalars(select(ReplyRecord.text).where(ReplyRecord.inbound_id == inbound_id)).first()
-                audit.record(session, audit.DUPLICATE, **ids, inbound_id=inbound_id, message_kind=inbound.kind)
+                audit.record(session, audit.DUPLICATE, channel=key.channel, conversation_id=conversation_id,
+                             inbound_id=inbound_id, message_kind=inbound.kind)
                 return Accepted(inbound_id, conversation_id, True, True), earlier
-            audit.record(session, audit.RECEIVED, **ids, inbound_id=inbound_id, message_kind=inbound.kind,
-                         chars=len(inbound.text))
-            reply = ReplyRecord(inbound_id=inbound_id, conversation_id=conversation_id, text=answer, source=source,
-                                model=None, prompt_tokens=0, completion_tokens=0, latency_ms=0)
-            session.add(reply)
-            session.flush()
-            reply_id = reply.id
-            if passive:
-                session.add(DeliveryRecord(reply_id=reply_id, channel=key.channel, status="sent", attempts=1,
-                                           parts_sent=1))
-            else:
-                session.add(DeliveryRecord(reply_id=reply_id, channel=key.channel, status="pending"))
-            audit.record(session, audit.REPLY_STORED, **ids, inbound_id=inbound_id, reply_id=reply_id,
-                         chars=len(answer), source=source)
-            if passive:
-                audit.record(session, audit.DISPATCHED, **ids, inbound_id=inbound_id, reply_id=reply_id, via="passive")
+            audit.record(session, audit.RECEIVED, channel=key.channel, conversation_id=conversation_id,
+                         inbound_id=inbound_id, message_kind=inbound.kind, chars=len(inbound.text))
+            reply_id = store_reply(session, inbound_id=inbound_id, conversation_id=conversation_id, channel=key.channel,
+                                   answer=answer, passive=passive)
+            assert reply_id is not None  # the inbound is new, so is its reply
         if not passive:
-            try:
-                self._publisher.deliver(reply_id)
-            except Exception as exc:  # the delivery row is pending: the sweeper publishes it later
-                log.error("publish of delivery %s failed: %s", reply_id, type(exc).__name__)
-        return Accepted(inbound_id, conversation_id, False, True), answer
+            self.deliver(reply_id)
+        return Accepted(inbound_id, conversation_id, False, True), answer.text
+
+    def deliver(self, reply_id: int) -> None:
+        """Publish ``deliver`` for a stored reply; a failed publish is left to the sweeper (the row is pending)."""
+        try:
+            self._publisher.deliver(reply_id)
+        except Exception as exc:
+            log.error("publish of delivery %s failed: %s", reply_id, type(exc).__name__)
 
     def accept_for_human(self, inbound: Inbound, **detail: Any) -> Accepted:
         """Persist a message that a person, not the model, will answer (the conversation is handed off)."""
         with transaction(self._sessions) as session:
-            conversation_id, inbound_id = self._insert(session, inbound, "human")
+            conversation_id, inbound_id = self._insert(session, inbound, InboundStatus.HUMAN)
             duplicate = inbound_id is None
             if inbound_id is None:
                 inbound_id, conversation_id = self._existing(session, inbound)
@@ -139,7 +133,7 @@ class Ingress:
                          inbound_id=accepted.inbound_id, **detail)
 
     @staticmethod
-    def _insert(session: Session, inbound: Inbound, status: str) -> tuple[int, int | None]:
+    def _insert(session: Session, inbound: Inbound, status: InboundStatus) -> tuple[int, int | None]:
         """(conversation id, new inbound id or None when the platform sent this message before)."""
         key = inbound.key
         conversation_id = upsert_returning_id(
@@ -184,8 +178,8 @@ class Ingress:
         with transaction(self._sessions) as session:
             session.execute(
                 update(InboundRecord)
-                .where(InboundRecord.id == inbound_id, InboundRecord.status == "received")
-                .values(status="queued", queued_at=utcnow())
+                .where(InboundRecord.id == inbound_id, InboundRecord.status == InboundStatus.RECEIVED)
+                .values(status=InboundStatus.QUEUED, queued_at=utcnow())
             )
             audit.record(
                 session, audit.QUEUED, channel=channel, conversation_id=conversation_id, inbound_id=inbound_id

@@ -34,13 +34,15 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from channels import visitor_token
-from channels.base import ChannelAdapter, DeliveryProgress, Outbound, RequestRejected
+from channels.base import Channel, ChannelAdapter, DeliveryProgress, Outbound, RequestRejected
+from channels.ingress import Accepted
 from models import transcript
 from models.db import transaction
+from models.dialogue import Action, Message, decide
 from models.envelope import ConversationKey, Inbound, Reply, printable
 
 if TYPE_CHECKING:
-    from channels.app import Gateway
+    from channels.base import ChannelContext
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +90,10 @@ def clean_client_msg_id(value: Any) -> str:
 
 
 class WebAdapter(ChannelAdapter):
-    name = CHANNEL
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        self._key = gateway.settings.signing_key()
+    def __init__(self, context: ChannelContext) -> None:
+        super().__init__(context)
+        self._key = context.settings.signing_key()
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -105,7 +106,7 @@ class WebAdapter(ChannelAdapter):
     # --- identity ------------------------------------------------------------------------------
 
     def key_for(self, visitor_id: str) -> ConversationKey:
-        return ConversationKey(CHANNEL, self.gw.settings.web_account, visitor_id)
+        return ConversationKey(CHANNEL, self.ctx.settings.web_account, visitor_id)
 
     def _visitor_from_token(self, token: str | None) -> str:
         if not token:
@@ -128,7 +129,7 @@ class WebAdapter(ChannelAdapter):
     def origin_allowed(self, origin: str | None, host: str | None) -> bool:
         if origin is None:
             return True  # not a browser; the token still has to be valid
-        allowed = self.gw.settings.allowed_origins
+        allowed = self.ctx.settings.allowed_origins
         if "*" in allowed or origin in allowed:
             return True
         return host is not None and origin.split("://", 1)[-1] == host  # same origin
@@ -137,12 +138,12 @@ class WebAdapter(ChannelAdapter):
 
     async def create_session(self, request: Request) -> Response:
         visitor_id = visitor_token.new_visitor_id()
-        expires_at = int(time.time()) + self.gw.settings.visitor_token_ttl_s
+        expires_at = int(time.time()) + self.ctx.settings.visitor_token_ttl_s
         token = visitor_token.mint(self._key, visitor_id, expires_at)
         return JSONResponse({"visitor_id": visitor_id, "token": token, "expires_at": expires_at}, status_code=201)
 
     async def post_message(self, request: Request) -> Response:
-        settings = self.gw.settings
+        settings = self.ctx.settings
         try:
             ctype = request.headers.get("content-type", "")
             if ctype and not ctype.startswith("application/json"):
@@ -158,9 +159,7 @@ class WebAdapter(ChannelAdapter):
             external_id = clean_client_msg_id(data.get("client_msg_id"))
         except RequestRejected as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
-        accepted = await run_in_threadpool(
-            self.gw.ingress.accept, Inbound(self.key_for(visitor_id), external_id, text)
-        )
+        accepted = await run_in_threadpool(self.take, Inbound(self.key_for(visitor_id), external_id, text))
         return JSONResponse(
             {"message_id": accepted.inbound_id, "duplicate": accepted.duplicate}, status_code=202
         )
@@ -175,7 +174,7 @@ class WebAdapter(ChannelAdapter):
         return JSONResponse({"visitor_id": visitor_id, "messages": messages})
 
     def _history(self, visitor_id: str, limit: int) -> list[dict[str, Any]]:
-        with self.gw.sessions() as session:
+        with self.ctx.sessions() as session:
             conv_id = transcript.conversation_id(session, self.key_for(visitor_id))
             if conv_id is None:
                 return []
@@ -203,26 +202,36 @@ class WebAdapter(ChannelAdapter):
         await ws.accept()
         await _WebSession(self, ws, self.key_for(visitor_id)).run()
 
+    def take(self, inbound: Inbound) -> Accepted:
+        """Carry out the dialogue decision for a visitor's message: queued for the model, or answered now (FAQ,
+        no person to hand over to) with a reply that reaches the socket like any other."""
+        decision = decide(self.ctx.settings, Message(inbound.text), self.ctx.handoff.availability(inbound.key.account))
+        if decision.action is Action.GENERATE:
+            return self.ctx.ingress.accept(inbound)
+        if decision.action is Action.HAND_OFF:
+            self.ctx.handoff.begin(inbound.key)
+        return self.ctx.ingress.accept_answered(inbound, decision.answer(), passive=False)[0]
+
     def handle_frame_sync(self, key: ConversationKey, frame: dict[str, Any]) -> dict[str, Any] | None:
         """Apply one client frame (in a worker thread); return the frame to answer with, if any."""
         kind = frame.get("type")
         if kind == "message":
-            text = clean_text(frame.get("text"), self.gw.settings.max_text_chars)
+            text = clean_text(frame.get("text"), self.ctx.settings.max_text_chars)
             external_id = clean_client_msg_id(frame.get("client_msg_id"))
-            accepted = self.gw.ingress.accept(Inbound(key, external_id, text))
+            accepted = self.take(Inbound(key, external_id, text))
             return {"type": "accepted", "message_id": accepted.inbound_id,
                     "client_msg_id": frame.get("client_msg_id"), "duplicate": accepted.duplicate}
         if kind == "ack":
             reply_id = frame.get("reply_id")
             if not isinstance(reply_id, int):
                 raise RequestRejected(422, "invalid_reply_id", "ack needs an integer 'reply_id'")
-            with transaction(self.gw.sessions) as session:
+            with transaction(self.ctx.sessions) as session:
                 transcript.mark_delivered(session, key, reply_id)
             return None
         raise RequestRejected(400, "unknown_frame_type", f"unknown frame type {kind!r}; use message, ack or ping")
 
     def undelivered_sync(self, key: ConversationKey) -> list[tuple[int, int, str]]:
-        with self.gw.sessions() as session:
+        with self.ctx.sessions() as session:
             return transcript.undelivered_replies(session, key)
 
 
@@ -240,7 +249,7 @@ class _WebSession:
             await self.ws.send_text(json.dumps(frame, ensure_ascii=False))
 
     async def run(self) -> None:
-        listener = self.adapter.gw.listener
+        listener = self.adapter.ctx.listener
         topic = self.key.topic()
         events = listener.subscribe(topic)  # subscribe before reading the database: no gap
         tasks: list[asyncio.Task[None]] = [
@@ -323,8 +332,6 @@ def _error_frame(code: str, message: str) -> dict[str, Any]:
 class WebOutbound(Outbound):
     """Worker side: tokens and the final reply go to the gateways through the bus."""
 
-    streams = True
-
     def stream(self, key: ConversationKey, inbound_id: int, piece: str) -> None:
         self.deps.bus.publish(key.topic(), {"type": "token", "message_id": inbound_id, "text": piece})
 
@@ -334,3 +341,6 @@ class WebOutbound(Outbound):
             {"type": "reply", "reply_id": reply.reply_id, "message_id": reply.inbound_id, "text": reply.text},
         )
 
+
+# No person can take a web conversation yet (the base hand-off port): 转人工 gets an honest answer.
+descriptor = Channel(name=CHANNEL, adapter=WebAdapter, outbound=WebOutbound, streams=True)

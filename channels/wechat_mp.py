@@ -5,38 +5,114 @@ plaintext, compatible or safe (AES) mode. Several accounts run side by side, eac
 ``KEFU_WECHAT_ACCOUNTS`` with its own token, AES key, appid and secret.
 
 Every callback is verified (size, timestamp, signature, decryption, XML guard, nonce replay) by
-:class:`~channels.wechat_callback.CallbackGuard` before anything is parsed or stored.
+:class:`~channels.wechat_guard.CallbackGuard` before anything is parsed or stored, then put through
+the dialogue (:class:`~channels.wechat_callback.CallbackDialogue`).
 
 The callback is acknowledged at once: a quick reply (FAQ hit, welcome, unsupported message type)
 goes back passively in the response; everything else is persisted, queued for the model and
 answered through the customer-service message API (:class:`WeChatMPOutbound`), split into at
 most 5 messages of at most 2,048 UTF-8 bytes and never outside the 48-hour window.
+
+Hand-off (:class:`StaffHandOff`): an account with ``human_service`` passes a conversation to its
+own customer-service staff with a ``transfer_customer_service`` passive reply, for every message
+until the staff close it (``kf_close_session``) or ``human_session_ttl_s`` passes without a message.
+A request for a person decided in a worker (a transcribed voice message) marks the conversation the
+same way: its notice goes out as a customer-service message and the customer's next message is
+passed to the staff.
 """
 
 from __future__ import annotations
 
 import time
 
+from pydantic import Field, SecretStr, field_validator
 from wechatpy import parse_message
 
 from channels import wechat_protocol as wx
-from channels.base import DeliveryPermanent, DeliveryProgress, Outbound
+from channels.base import Account, Channel, DeliveryPermanent, DeliveryProgress, HandOffPort, Outbound, unique_names
 from channels.wechat_api import AppCredentials
-from channels.wechat_callback import CallbackAdapter, CallbackKeys, ToPerson, answer_or_accept, passive_text
+from channels.wechat_callback import CallbackAdapter, ToPerson, passive_text
+from channels.wechat_guard import CallbackKeys, valid_aes_key
+from models.dialogue import HandOff
 from models.envelope import ConversationKey, Reply
-from models.settings import WeChatAccount
+from models.settings import Section, Settings
 
 CHANNEL = "wechat_mp"
 SUCCESS = "success"
+
+
+class WeChatAccount(Account):
+    """One WeChat official account (公众号), as configured in its admin console; ``name``: /v1/wechat/{name}."""
+
+    appid: str
+    secret: SecretStr
+    token: SecretStr  # the callback token (令牌)
+    aes_key: SecretStr | None = None  # EncodingAESKey, 43 characters; needed for compatible and safe mode
+    welcome: str = "您好，欢迎关注！有什么可以帮您？直接发送文字消息即可。"
+    # True when the account's own customer-service staff (公众号客服) answer conversations passed to them with a
+    # transfer_customer_service reply; False: 转人工 is answered with handoff_unavailable_reply
+    human_service: bool = False
+
+    @field_validator("aes_key")
+    @classmethod
+    def _aes(cls, value: SecretStr | None) -> SecretStr | None:
+        valid_aes_key(value.get_secret_value() if value is not None else None)
+        return value
+
+
+class WeChatMPSettings(Section):
+    wechat_accounts: list[WeChatAccount] = Field(default_factory=list)  # JSON list in KEFU_WECHAT_ACCOUNTS
+
+    @field_validator("wechat_accounts")
+    @classmethod
+    def _unique(cls, value: list[WeChatAccount]) -> list[WeChatAccount]:
+        return unique_names("KEFU_WECHAT_ACCOUNTS", value)
+
+    def account(self, name: str) -> WeChatAccount | None:
+        return next((a for a in self.wechat_accounts if a.name == name), None)
+
+
+def account(settings: Settings, name: str) -> WeChatAccount | None:
+    return settings.section(WeChatMPSettings).account(name)
 
 
 def credentials(account: WeChatAccount) -> AppCredentials:
     return AppCredentials("mp", account.appid, account.secret.get_secret_value())
 
 
+def media_app(settings: Settings, name: str) -> AppCredentials | None:
+    found = account(settings, name)
+    return credentials(found) if found is not None else None
+
+
 def callback_keys(account: WeChatAccount) -> CallbackKeys:
     aes = account.aes_key.get_secret_value() if account.aes_key is not None else None
     return CallbackKeys(f"mp:{account.name}", account.token.get_secret_value(), aes, account.appid, corp=False)
+
+
+def human_key(key: ConversationKey) -> str:
+    """Set (with a TTL renewed by each message) while the account's staff own the conversation."""
+    return f"wechat:human:{key.channel}:{key.account}:{key.peer}"
+
+
+class StaffHandOff(HandOffPort):
+    """The account's own customer-service staff (``human_service``) take over; the marker lives in the KV store."""
+
+    def availability(self, account_name: str) -> HandOff:
+        found = account(self.settings, account_name)
+        return HandOff.PERSON if found is not None and found.human_service else HandOff.NOBODY
+
+    def begin(self, key: ConversationKey) -> None:
+        self.kv.set(human_key(key), "1", self.settings.human_session_ttl_s)
+
+    def with_person(self, key: ConversationKey) -> bool:
+        if self.availability(key.account) is HandOff.NOBODY or not self.kv.get(human_key(key)):
+            return False
+        self.begin(key)  # each message keeps the conversation with its person a while longer
+        return True
+
+    def release(self, key: ConversationKey) -> None:
+        self.kv.delete(human_key(key))
 
 
 class WeChatMPAdapter(CallbackAdapter[WeChatAccount]):
@@ -45,7 +121,7 @@ class WeChatMPAdapter(CallbackAdapter[WeChatAccount]):
     unknown = "no WeChat account is configured under this name"
 
     def account(self, name: str) -> WeChatAccount | None:
-        return self.gw.settings.wechat_account(name)
+        return account(self.ctx.settings, name)
 
     def keys(self, account: WeChatAccount) -> CallbackKeys:
         return callback_keys(account)
@@ -55,7 +131,7 @@ class WeChatMPAdapter(CallbackAdapter[WeChatAccount]):
         opened = self.guard.open(keys, params, body)
         message = parse_message(opened.plain)
         key = ConversationKey(CHANNEL, account.name, str(message.source))
-        answer = answer_or_accept(self.gw, key, message, account.welcome, human_service=account.human_service)
+        answer = self.dialogue.answer(key, message, account.welcome)
         if answer is None:
             return SUCCESS
         if isinstance(answer, ToPerson):
@@ -68,16 +144,21 @@ class WeChatMPOutbound(Outbound):
     """Customer-service messages (客服消息) through ``/cgi-bin/message/custom/send``."""
 
     def send(self, reply: Reply, progress: DeliveryProgress) -> None:
-        settings = self.deps.settings
-        account = settings.wechat_account(reply.key.account)
-        if account is None:
+        found = account(self.deps.settings, reply.key.account)
+        if found is None:
             raise DeliveryPermanent(f"WeChat account {reply.key.account!r} is no longer configured")
         wx.require_service_window(reply.inbound_at)
         if self.deps.platform is None:
             raise DeliveryPermanent("no platform API client in this worker")
-        app = credentials(account)
+        app = credentials(found)
         parts = wx.split_utf8(reply.text)
         for index in range(progress.parts_sent, len(parts)):
             self.deps.platform.post(app, "/cgi-bin/message/custom/send",
                                     {"touser": reply.key.peer, "msgtype": "text", "text": {"content": parts[index]}})
             progress.record(index + 1)
+
+
+descriptor = Channel(
+    name=CHANNEL, adapter=WeChatMPAdapter, outbound=WeChatMPOutbound, section=WeChatMPSettings,
+    handoff=StaffHandOff, platform_api=True, media_app=media_app,
+)

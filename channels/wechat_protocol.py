@@ -174,3 +174,15 @@ def _fit(text: str, limit: int) -> int:
     """The longest prefix (in characters) whose UTF-8 encoding fits in ``limit`` bytes."""
     encoded = text.encode()[:limit]
     return len(encoded.decode("utf-8", errors="ignore"))
+
+
+MEDIA_ID_MAX = 256  # inbound.media_id
+
+
+def media_id_of(value: object) -> str | None:
+    """A platform media id fit to store and to send back in a query string, or None."""
+    media_id = str(value or "").strip()
+    if not media_id or len(media_id) > MEDIA_ID_MAX or not (media_id.isascii() and media_id.isprintable()) \
+            or " " in media_id:
+        return None
+    return media_id

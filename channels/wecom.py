@@ -5,7 +5,7 @@ second; this is a signature check and one AES block chain, well under a millisec
 receives the app's encrypted callbacks. Several apps, of one corp or several, run side by side,
 each configured in ``KEFU_WECOM_APPS`` with its corpid, agentid, secret, token and AES key.
 
-Callbacks are verified by :class:`~channels.wechat_callback.CallbackGuard` like the official
+Callbacks are verified by :class:`~channels.wechat_guard.CallbackGuard` like the official
 account's (receive id: the corpid). Quick answers (FAQ, welcome on ``subscribe``/``enter_agent``,
 unsupported types) go back passively, encrypted; the rest is answered by the model through
 ``/cgi-bin/message/send`` in parts of at most 2,048 UTF-8 bytes; a retried delivery resumes after
@@ -15,21 +15,61 @@ content, and would swallow a second, identical answer to a second, identical que
 
 from __future__ import annotations
 
+from pydantic import Field, SecretStr, field_validator
 from wechatpy.enterprise import parse_message
 
 from channels import wechat_protocol as wx
-from channels.base import DeliveryPermanent, DeliveryProgress, Outbound, RequestRejected
+from channels.base import Account, Channel, DeliveryPermanent, DeliveryProgress, Outbound, RequestRejected, unique_names
 from channels.wechat_api import AppCredentials
-from channels.wechat_callback import CallbackAdapter, CallbackKeys, answer_or_accept, passive_text
+from channels.wechat_callback import CallbackAdapter, passive_text
+from channels.wechat_guard import CallbackKeys, valid_aes_key
 from models.envelope import ConversationKey, Reply
-from models.settings import WeComApp
+from models.settings import Section, Settings
 
 CHANNEL = "wecom"
 WELCOME_EVENTS = frozenset({"subscribe", "enter_agent"})
 
 
+class WeComApp(Account):
+    """One WeCom self-built app (企业微信自建应用); ``name``: /v1/wecom/{name}."""
+
+    corpid: str
+    agentid: int
+    secret: SecretStr  # the app's Secret
+    token: SecretStr  # 接收消息 → Token
+    aes_key: SecretStr  # 接收消息 → EncodingAESKey (WeCom callbacks are always encrypted)
+    welcome: str = "您好！我是智能客服，有什么可以帮您？"
+
+    @field_validator("aes_key")
+    @classmethod
+    def _aes(cls, value: SecretStr) -> SecretStr:
+        valid_aes_key(value.get_secret_value())
+        return value
+
+
+class WeComSettings(Section):
+    wecom_apps: list[WeComApp] = Field(default_factory=list)  # JSON list in KEFU_WECOM_APPS
+
+    @field_validator("wecom_apps")
+    @classmethod
+    def _unique(cls, value: list[WeComApp]) -> list[WeComApp]:
+        return unique_names("KEFU_WECOM_APPS", value)
+
+    def app(self, name: str) -> WeComApp | None:
+        return next((a for a in self.wecom_apps if a.name == name), None)
+
+
+def app(settings: Settings, name: str) -> WeComApp | None:
+    return settings.section(WeComSettings).app(name)
+
+
 def credentials(app: WeComApp) -> AppCredentials:
     return AppCredentials("corp", app.corpid, app.secret.get_secret_value())
+
+
+def media_app(settings: Settings, name: str) -> AppCredentials | None:
+    found = app(settings, name)
+    return credentials(found) if found is not None else None
 
 
 def callback_keys(app: WeComApp) -> CallbackKeys:
@@ -43,7 +83,7 @@ class WeComAdapter(CallbackAdapter[WeComApp]):
     unknown = "no WeCom app is configured under this name"
 
     def account(self, name: str) -> WeComApp | None:
-        return self.gw.settings.wecom_app(name)
+        return app(self.ctx.settings, name)
 
     def keys(self, account: WeComApp) -> CallbackKeys:
         return callback_keys(account)
@@ -56,8 +96,8 @@ class WeComAdapter(CallbackAdapter[WeComApp]):
         if agent is not None and str(agent) != str(app.agentid):
             raise RequestRejected(400, "wrong_agent", "the message is addressed to another app of this corp")
         key = ConversationKey(CHANNEL, app.name, str(message.source))
-        answer = answer_or_accept(self.gw, key, message, app.welcome, WELCOME_EVENTS)  # no staff to pass it to
-        if not isinstance(answer, str):  # None (ToPerson needs staff, which an app has not)
+        answer = self.dialogue.answer(key, message, app.welcome, WELCOME_EVENTS)
+        if not isinstance(answer, str):  # None (an app has no staff to pass a conversation to)
             return ""  # WeCom: an empty 200 acknowledges without a passive reply
         return self.guard.seal(keys, opened, passive_text(str(message.source), str(message.target), answer))
 
@@ -66,17 +106,21 @@ class WeComOutbound(Outbound):
     """App messages (应用消息) through ``/cgi-bin/message/send``."""
 
     def send(self, reply: Reply, progress: DeliveryProgress) -> None:
-        app = self.deps.settings.wecom_app(reply.key.account)
-        if app is None:
+        found = app(self.deps.settings, reply.key.account)
+        if found is None:
             raise DeliveryPermanent(f"WeCom app {reply.key.account!r} is no longer configured")
         if self.deps.platform is None:
             raise DeliveryPermanent("no platform API client in this worker")
         parts = wx.split_utf8(reply.text, max_parts=None)
         for index in range(progress.parts_sent, len(parts)):
-            answer = self.deps.platform.post(credentials(app), "/cgi-bin/message/send", {
-                "touser": reply.key.peer, "msgtype": "text", "agentid": app.agentid,
+            answer = self.deps.platform.post(credentials(found), "/cgi-bin/message/send", {
+                "touser": reply.key.peer, "msgtype": "text", "agentid": found.agentid,
                 "text": {"content": parts[index]},
             })
             if answer.get("invaliduser"):
                 raise DeliveryPermanent("the member is not in this app's visible range (invaliduser)")
             progress.record(index + 1)
+
+
+descriptor = Channel(name=CHANNEL, adapter=WeComAdapter, outbound=WeComOutbound, section=WeComSettings,
+                     platform_api=True, media_app=media_app)

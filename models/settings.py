@@ -15,65 +15,25 @@ Raises :class:`ConfigError` (a ``ValueError``) with a message an operator can ac
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import re
 import secrets
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SYSTEM_PROMPT = (
     "你是一名专业、耐心的在线客服助手。默认使用简体中文回答；如果客户用其他语言提问，就用客户的语言回答。"
     "回答要简洁、礼貌、准确，先直接回答问题，再给出必要的下一步。"
-    "不知道的事情就如实说明，不要编造订单、价格或政策；需要人工处理时，告诉客户可以回复“转人工”。"
+    "不知道的事情就如实说明，不要编造订单、价格或政策。"
 )
+# Told to the model (as a second system block) only where a person can take over (models.dialogue.prompt_hint).
+DEFAULT_PROMPT_HANDOFF_HINT = "需要人工处理时，告诉客户可以回复“转人工”。"
 
 
 class ConfigError(ValueError):
     """A setting is missing, malformed or unsafe; the message names the variable to fix."""
-
-
-class WeChatAccount(BaseModel):
-    """One WeChat official account (公众号), as configured in its admin console."""
-
-    name: str  # the {account} in /v1/wechat/{account}
-    appid: str
-    secret: SecretStr
-    token: SecretStr  # the callback token (令牌)
-    aes_key: SecretStr | None = None  # EncodingAESKey, 43 characters; needed for compatible and safe mode
-    welcome: str = "您好，欢迎关注！有什么可以帮您？直接发送文字消息即可。"
-    # True when the account's own customer-service staff (公众号客服) answer conversations passed to them with a
-    # transfer_customer_service reply; False: 转人工 is answered with handoff_unavailable_reply
-    human_service: bool = False
-
-
-class WeComApp(BaseModel):
-    """One WeCom self-built app (企业微信自建应用): callbacks in, ``message/send`` out."""
-
-    name: str  # the {app} in /v1/wecom/{app}
-    corpid: str
-    agentid: int
-    secret: SecretStr  # the app's Secret
-    token: SecretStr  # 接收消息 → Token
-    aes_key: SecretStr  # 接收消息 → EncodingAESKey (WeCom callbacks are always encrypted)
-    welcome: str = "您好！我是智能客服，有什么可以帮您？"
-
-
-class WeComKfAccount(BaseModel):
-    """WeChat Customer Service (微信客服) of one corp: every 客服账号 (open_kfid) it has is served."""
-
-    name: str  # the {account} in /v1/wecom-kf/{account}
-    corpid: str
-    secret: SecretStr  # the 微信客服 Secret
-    token: SecretStr  # callback Token
-    aes_key: SecretStr  # callback EncodingAESKey
-    # Hand-off: to this servicer (state 3, 由人工接待) when set, otherwise into the queue pool (state 2).
-    servicer_userid: str | None = None
-    handoff_on_fallback: bool = True  # the model could not answer (its fallback reply) → hand off as well
 
 
 class VoiceGateway(BaseModel):
@@ -98,10 +58,24 @@ class FaqEntry(BaseModel):
     answer: str
 
 
+class Section(BaseSettings):
+    """Settings that one part of Kefu owns (a channel's accounts), read from the same ``KEFU_*`` variables and
+    ``.env`` file as :class:`Settings`, through :meth:`Settings.section`. A new channel declares its own section
+    in its own module instead of adding fields here."""
+
+    model_config = SettingsConfigDict(env_prefix="KEFU_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+
+SectionT = TypeVar("SectionT", bound=Section)
+
+
 class Settings(BaseSettings):
+    # extra="allow": values of a Section's fields given in-process (Settings(wechat_accounts=[...])) are kept and
+    # handed to that section
     model_config = SettingsConfigDict(
-        env_prefix="KEFU_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="KEFU_", env_file=".env", env_file_encoding="utf-8", extra="allow"
     )
+    _sections: dict[type[Section], Section] = PrivateAttr(default_factory=dict)
 
     # --- where things live -------------------------------------------------------------------
     data_dir: Path = Path("var")
@@ -123,14 +97,11 @@ class Settings(BaseSettings):
     gateway_threads: int = 4  # threads for blocking database/broker calls in each gateway process
 
     # --- WeChat / WeCom ----------------------------------------------------------------------------
-    wechat_accounts: list[WeChatAccount] = Field(default_factory=list)  # JSON list in KEFU_WECHAT_ACCOUNTS
     wechat_api_base: str = "https://api.weixin.qq.com"
     wecom_api_base: str = "https://qyapi.weixin.qq.com"
     wechat_timestamp_window_s: int = 300
     wechat_max_body_bytes: int = 64 * 1024
     wechat_http_timeout_s: float = 5.0
-    wecom_apps: list[WeComApp] = Field(default_factory=list)  # JSON list in KEFU_WECOM_APPS
-    wecom_kf_accounts: list[WeComKfAccount] = Field(default_factory=list)  # JSON list in KEFU_WECOM_KF_ACCOUNTS
     faq: list[FaqEntry] = Field(default_factory=list)  # JSON list in KEFU_FAQ
     # When the model's queue is this long (seconds, as estimated by the LLM workers), a WeChat callback gets
     # a passive "please wait" at once instead of silence; 0 turns it off.
@@ -141,6 +112,11 @@ class Settings(BaseSettings):
     handoff_reply: str = "好的，正在为您转接人工客服，请稍候。"
     # where no person can take over (an official account without human_service, a WeCom app)
     handoff_unavailable_reply: str = "抱歉，这里暂时没有人工客服。您可以继续向我提问，我会尽力为您解答。"
+    # Sent when the model cannot answer (failure, deadline, empty output): nothing goes unanswered. The hint is
+    # added only where a person can take over (models.dialogue.fallback_reply).
+    fallback_reply: str = "抱歉，我暂时无法回答这个问题，请换个说法再问一次，或稍后再试。"
+    fallback_handoff_hint: str = "如需人工服务，请回复“转人工”。"
+    prompt_handoff_hint: str = DEFAULT_PROMPT_HANDOFF_HINT  # "" never mentions a person to the model
     human_session_ttl_s: float = 1800.0  # official account: a conversation stays with its person this long after
                                          # the customer's last message, unless the platform reports it closed
     # Voice messages without the platform's Recognition: a worker downloads (media/get), decodes and transcribes
@@ -311,7 +287,6 @@ class Settings(BaseSettings):
             raise ConfigError("KEFU_N_SLOTS must be 1-256 and KEFU_PREFILL_CHUNK >= 1")
         if self.max_text_chars < 1 or self.context_turns < 0:
             raise ConfigError("KEFU_MAX_TEXT_CHARS must be >= 1 and KEFU_CONTEXT_TURNS >= 0")
-        self._check_platform_accounts()
         if self.local_asr_model_dir is not None and not (self.local_asr_model_dir / "tokens.txt").is_file():
             raise ConfigError(f"KEFU_LOCAL_ASR_MODEL_DIR={self.local_asr_model_dir} holds no tokens.txt: point it at an "
                               "unpacked sherpa-onnx model directory (docs/telephony.md)")
@@ -319,25 +294,19 @@ class Settings(BaseSettings):
             raise ConfigError("KEFU_SPEECH_PROVIDER=nls needs KEFU_NLS_ACCESS_KEY_ID, KEFU_NLS_ACCESS_KEY_SECRET and "
                               "KEFU_NLS_APPKEY (the project's appkey in the NLS console)")
 
-    def _check_platform_accounts(self) -> None:
-        groups: list[tuple[str, list[Any]]] = [
-            ("KEFU_WECHAT_ACCOUNTS", list(self.wechat_accounts)),
-            ("KEFU_WECOM_APPS", list(self.wecom_apps)),
-            ("KEFU_WECOM_KF_ACCOUNTS", list(self.wecom_kf_accounts)),
-        ]
-        for variable, entries in groups:
-            names = [entry.name for entry in entries]
-            for name in names:
-                if not _URL_NAME.fullmatch(name):
-                    raise ConfigError(f"{variable}: name {name!r} must be 1-64 letters, digits, '-' or '_' "
-                                      "(it is part of the callback URL)")
-            if len(set(names)) != len(names):
-                raise ConfigError(f"{variable}: every entry needs its own name (got {names})")
-            for entry in entries:
-                key = entry.aes_key.get_secret_value() if entry.aes_key is not None else None
-                if key is not None and not _valid_aes_key(key):
-                    raise ConfigError(f"{variable}: aes_key of {entry.name!r} must be the 43-character EncodingAESKey "
-                                      "from the platform console")
+    def section(self, model: type[SectionT]) -> SectionT:
+        """The section ``model`` of this process's settings: read once from the environment, with the values
+        given to this Settings in-process taking precedence. Raises ConfigError naming what to fix."""
+        found = self._sections.get(model)
+        if found is None:
+            given = {k: v for k, v in (self.model_extra or {}).items() if k in model.model_fields}
+            try:
+                found = model(**given)
+            except ValueError as exc:  # pydantic's ValidationError, or a section's own check
+                raise ConfigError(f"invalid KEFU_* setting: {exc}") from exc
+            self._sections[model] = found
+        assert isinstance(found, model)
+        return found
 
     def signing_key(self) -> bytes:
         """The visitor-token HMAC key; generated once into ``data_dir/secret.key`` when not configured."""
@@ -362,15 +331,6 @@ class Settings(BaseSettings):
                 candidate.unlink()
         return path.read_text().strip().encode()
 
-    def wechat_account(self, name: str) -> WeChatAccount | None:
-        return next((a for a in self.wechat_accounts if a.name == name), None)
-
-    def wecom_app(self, name: str) -> WeComApp | None:
-        return next((a for a in self.wecom_apps if a.name == name), None)
-
-    def wecom_kf_account(self, name: str) -> WeComKfAccount | None:
-        return next((a for a in self.wecom_kf_accounts if a.name == name), None)
-
     def hotline(self, number: str) -> Hotline:
         configured = next((h for h in self.hotlines if h.number == number), None)
         return configured or Hotline(number=number)
@@ -382,13 +342,17 @@ class Settings(BaseSettings):
                      if hmac.compare_digest(g.secret.get_secret_value().encode(), secret.encode())), None)
 
     def masked(self) -> dict[str, Any]:
-        """Effective settings for display: secrets and URL passwords masked."""
+        """Effective settings for display, with every section read so far: secrets and URL passwords masked."""
+        dump = {k: v for k, v in self.model_dump().items() if k not in (self.model_extra or {})}
+        for section in self._sections.values():
+            dump.update(section.model_dump())
         out: dict[str, Any] = {}
-        for name, value in self.model_dump().items():
+        for name, value in dump.items():
             if isinstance(value, SecretStr) or name == "secret_key":
                 out[name] = "********" if value else None
             elif isinstance(value, list) and value and isinstance(value[0], dict):
-                out[name] = [{k: ("********" if isinstance(v, SecretStr) else v) for k, v in item.items()} for item in value]
+                out[name] = [{k: ("********" if isinstance(v, SecretStr) else v) for k, v in item.items()}
+                             for item in value]
             elif isinstance(value, str) and "://" in value:
                 out[name] = mask_url(value)
             elif isinstance(value, Path):
@@ -400,16 +364,6 @@ class Settings(BaseSettings):
         redis = self.effective_redis_url
         out["effective_redis_url"] = mask_url(redis) if redis else None
         return out
-
-
-_URL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def _valid_aes_key(value: str) -> bool:
-    try:
-        return len(value) == 43 and len(base64.b64decode(value + "=", validate=True)) == 32
-    except (binascii.Error, ValueError):
-        return False
 
 
 def mask_url(url: str) -> str:

@@ -1,4 +1,5 @@
-"""Conversation context: the last N turns of a conversation, cached with a TTL.
+"""Conversation context: what the model is asked (:func:`compose`), and the last N turns of a conversation,
+cached with a TTL.
 
 The database is the source of truth (:func:`models.transcript.context_turns`); this cache saves the
 query on the hot path. Redis when configured (shared by every worker), else an in-process cache.
@@ -20,6 +21,20 @@ from models.envelope import Turn
 from models.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def compose(system_prompt: str, history: list[Turn], text: str, max_turns: int, *, hint: str | None = None
+            ) -> list[Turn]:
+    """System prompt, the channel's hint (a second system block, so the first is the same for every channel and
+    its KV is shared), the last ``max_turns`` exchanges, then the customer's message."""
+    recent = history[-2 * max_turns :] if max_turns > 0 else []
+    head = [Turn("system", system_prompt), *([Turn("system", hint)] if hint else [])]
+    return [*head, *recent, Turn("user", text)]
+
+
+def extend_history(history: list[Turn], text: str, reply: str, max_turns: int) -> list[Turn]:
+    turns = [*history, Turn("user", text), Turn("assistant", reply)]
+    return turns[-2 * max_turns :] if max_turns > 0 else []
 
 
 class ContextStore(Protocol):

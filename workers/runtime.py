@@ -13,11 +13,12 @@ from functools import cached_property
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from channels.base import Outbound, OutboundDeps, load_outbound
+from channels import registry
+from channels.base import Channel, HandOffPort, Outbound, OutboundDeps
 from channels.ingress import Ingress
 from channels.speech.providers import SpeechProviders
 from channels.wechat_api import AccessTokens, PlatformAPI, make_http
-from channels.wecom_kf import KfSync
+from channels.wecom_kf.sync import KfSync
 from models.bus import Bus, make_bus
 from models.db import make_engine, make_session_factory
 from models.kv import KV, make_kv
@@ -35,15 +36,16 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._outbounds: dict[str, Outbound] = {}
+        self._handoffs: dict[str, HandOffPort] = {}
         self._lock = threading.Lock()
 
     @cached_property
-    def engine(self) -> Engine:
+    def db(self) -> Engine:
         return make_engine(self.settings)
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
-        return make_session_factory(self.engine)
+        return make_session_factory(self.db)
 
     @cached_property
     def bus(self) -> Bus:
@@ -93,14 +95,28 @@ class Runtime:
 
     @cached_property
     def kf_sync(self) -> KfSync:
-        return KfSync(self.settings, self.sessions, self.ingress, self.platform, self.kv, self.locks)
+        return KfSync(self.settings, self.sessions, self.ingress, self.platform, self.kv, self.locks,
+                      self.handoff("wecom_kf"))
+
+    def channel(self, name: str) -> Channel:
+        """The registered channel (raises registry.UnknownChannel, a permanent delivery error)."""
+        return registry.channel(name)
+
+    def handoff(self, channel: str) -> HandOffPort:
+        """The channel's hand-off port, built once per process."""
+        with self._lock:
+            if channel not in self._handoffs:
+                self._handoffs[channel] = self.channel(channel).handoff(self.settings, self.kv)
+            return self._handoffs[channel]
 
     def outbound(self, channel: str) -> Outbound:
+        found = self.channel(channel)
+        handoff = self.handoff(channel)
         with self._lock:
             if channel not in self._outbounds:
-                platform = self.platform if channel not in ("web", "phone") else None
-                deps = OutboundDeps(self.settings, self.bus, self.sessions, platform, self.kv)
-                self._outbounds[channel] = load_outbound(channel, deps)
+                platform = self.platform if found.platform_api else None
+                deps = OutboundDeps(self.settings, self.bus, self.sessions, self.kv, handoff, platform)
+                self._outbounds[channel] = found.outbound(deps)
             return self._outbounds[channel]
 
     def close(self) -> None:
@@ -108,8 +124,8 @@ class Runtime:
             self.llm.close()
         if "platform" in self.__dict__:
             self.platform.close()
-        if "engine" in self.__dict__:
-            self.engine.dispose()
+        if "db" in self.__dict__:
+            self.db.dispose()
         if "bus" in self.__dict__:
             getattr(self.bus, "close", lambda: None)()  # the socket bus holds a socket; Redis's has a pool
 
@@ -137,8 +153,8 @@ def runtime() -> Runtime:
 def reset_after_fork() -> None:
     """Forget resources inherited from a parent process (connections, model handles)."""
     global _runtime
-    if _runtime is not None and "engine" in _runtime.__dict__:
-        _runtime.engine.dispose(close=False)  # leave the parent's connections alone
+    if _runtime is not None and "db" in _runtime.__dict__:
+        _runtime.db.dispose(close=False)  # leave the parent's connections alone
     _runtime = None
 
 

@@ -3,14 +3,10 @@
 Tasks carry ids, never payloads, and are safe to run twice: ``reply UNIQUE(inbound_id)`` and
 conditional status updates decide who wins, so a redelivered or re-published task does nothing new.
 
-- ``handle_inbound``: per-conversation lock, answered in arrival order; a voice message the platform
-  did not transcribe is transcribed first (:mod:`workers.voice`) and put through the quick rules
-  (hand-off keywords, FAQ), or answered with ``voice_unclear_reply`` when no text comes out;
-  generates (streaming to the channel when it streams), stores the reply, its pending delivery and
-  the audit rows in one transaction, then publishes ``deliver``. Any model failure still stores a
-  fallback reply.
-- ``deliver``: sends through the channel; retries ``DeliveryRetryable`` with exponential backoff,
-  records ``DeliveryPermanent`` (and exhausted retries) as failed.
+- ``handle_inbound``: per-conversation lock, answered in arrival order (:mod:`workers.answering`
+  decides, generates and stores), then publishes ``deliver``.
+- ``deliver``: sends through the channel; retries a ``Retryable`` failure with exponential backoff,
+  records a ``Permanent`` one (and exhausted retries) as failed.
 - ``kf_sync``: pulls a WeChat Customer Service account's new messages (``channels.wecom_kf``);
   waits its turn while another worker pulls the same account; retries platform failures.
 - ``sweep``: publishes again any inbound, delivery or kf pull left unfinished (a lost task, a killed
@@ -20,7 +16,6 @@ conditional status updates decide who wins, so a redelivered or re-published tas
 from __future__ import annotations
 
 import logging
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -28,16 +23,18 @@ from celery import Celery, Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from sqlalchemy import and_, or_, select, update
 
-from channels.base import DeliveryPermanent, DeliveryProgress, DeliveryRetryable
-from channels.wecom_kf import SyncBusy
-from models import audit, quick_replies, transcript
-from models.db import insert_ignoring_conflict, transaction
+from channels.base import DeliveryProgress
+from channels.wecom_kf.sync import SyncBusy
+from models import audit
+from models.db import transaction
 from models.embedded_broker import purge_consumed
 from models.envelope import ConversationKey, Reply, utcnow
+from models.errors import Permanent, Retryable
 from models.queues import DELIVER, HANDLE_INBOUND, KF_SYNC, SWEEP
+from models.replies import reply_id_of
+from models.states import UNFINISHED, WAITING, DeliveryStatus, InboundStatus, ReplySource
 from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, KfCursorRecord, ReplyRecord
-from workers import dialogue, voice
-from workers.llm.engine import Generation
+from workers import answering, voice
 from workers.runtime import Runtime, runtime
 
 log = logging.getLogger(__name__)
@@ -82,66 +79,18 @@ def _handle_inbound(task: Task, inbound_id: int) -> str:
         if not acquired:
             raise task.retry(countdown=ORDER_RETRY_S)
         with rt.sessions() as session:
-            existing = session.scalars(select(ReplyRecord.id).where(ReplyRecord.inbound_id == inbound_id)).first()
+            existing = reply_id_of(session, inbound_id)
             if existing is None and _earlier_pending(session, row, rt):
                 raise task.retry(countdown=ORDER_RETRY_S)
         if existing is not None:  # answered already (a redelivered or re-published task)
             rt.publisher.deliver(existing)
             return "already-answered"
-        reply_id = _answer_voice(task, rt, row, key) if row.media_id is not None else _answer(rt, row, key)
-    rt.publisher.deliver(reply_id)
-    return "answered"
-
-
-def _answer_voice(task: Task, rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
-    """A voice message: transcribed (once), then the quick rules or the model; the unclear reply without text."""
-    begun = time.monotonic()
-    if voice.pending(row):
         try:
-            row = voice.transcribe(rt, row, key)
+            reply_id = answering.answer(rt, row, key)
         except voice.TryAgain as exc:
             raise task.retry(countdown=exc.countdown) from exc
-        except voice.Unclear:
-            return _store_reply(rt, row, key, rt.settings.voice_unclear_reply, "rule", inbound_text=voice.UNRECOGNIZED)
-    rule = quick_replies.rule_for(rt.settings, row.text, hands_off=_hands_off(rt, key))
-    if rule is not None:
-        return _store_reply(rt, row, key, rule.answer, rule.source)
-    return _answer(rt, row, key, begun=begun)
-
-
-def _hands_off(rt: Runtime, key: ConversationKey) -> bool | None:
-    """Whether a request for a person, found in a transcribed voice, can be carried out from the worker.
-
-    kf hands off when the notice is sent; an official account with staff passes conversations only in a
-    callback's reply, which is long gone (None: the model answers; the customer's next text is passed on);
-    elsewhere no person is available, and the customer is told so, as for a typed request.
-    """
-    if rt.outbound(key.channel).hands_off:
-        return True
-    account = rt.settings.wechat_account(key.account) if key.channel == "wechat_mp" else None
-    return None if account is not None and account.human_service else False
-
-
-def _store_reply(rt: Runtime, row: InboundRecord, key: ConversationKey, text: str, source: str, *,
-                 inbound_text: str | None = None) -> int:
-    """Store an answer that needed no model (a rule), with its pending delivery; the reply id."""
-    with transaction(rt.sessions) as session:
-        reply_id = insert_ignoring_conflict(
-            session, ReplyRecord,
-            {"inbound_id": row.id, "conversation_id": row.conversation_id, "text": text, "source": source,
-             "model": None, "prompt_tokens": 0, "completion_tokens": 0, "latency_ms": 0, "created_at": utcnow()},
-            ["inbound_id"],
-        )
-        if reply_id is None:  # another worker stored one first; keep theirs
-            return int(session.scalars(select(ReplyRecord.id).where(ReplyRecord.inbound_id == row.id)).one())
-        session.add(DeliveryRecord(reply_id=reply_id, channel=key.channel, status="pending"))
-        values: dict[str, Any] = {"status": "answered"}
-        if inbound_text is not None:
-            values["text"] = inbound_text
-        session.execute(update(InboundRecord).where(InboundRecord.id == row.id).values(**values))
-        audit.record(session, audit.REPLY_STORED, channel=key.channel, conversation_id=row.conversation_id,
-                     inbound_id=row.id, reply_id=reply_id, chars=len(text), source=source)
-    return reply_id
+    rt.publisher.deliver(reply_id)
+    return "answered"
 
 
 def _earlier_pending(session: Any, row: InboundRecord, rt: Runtime) -> bool:
@@ -154,85 +103,11 @@ def _earlier_pending(session: Any, row: InboundRecord, rt: Runtime) -> bool:
         select(InboundRecord.id).where(
             InboundRecord.conversation_id == row.conversation_id,
             InboundRecord.id < row.id,
-            InboundRecord.status.in_(("received", "queued")),
+            InboundRecord.status.in_(WAITING),
             InboundRecord.received_at > cutoff,
         ).limit(1)
     ).first()
     return earlier is not None
-
-
-def _answer(rt: Runtime, row: InboundRecord, key: ConversationKey, *, begun: float | None = None) -> int:
-    """The model's answer; ``begun`` (monotonic): when the task's work on it began, which the deadline counts from."""
-    settings = rt.settings
-    outbound = rt.outbound(key.channel)
-    history = rt.context.load(row.conversation_id, row.id) if outbound.cache_context else None
-    if history is None:
-        with rt.sessions() as session:
-            history = transcript.context_turns(session, row.conversation_id, row.id, settings.context_turns)
-    turns = dialogue.compose(settings.system_prompt, history, row.text, settings.context_turns)
-    with transaction(rt.sessions) as session:
-        audit.record(session, audit.GENERATION_STARTED, channel=key.channel,
-                     conversation_id=row.conversation_id, inbound_id=row.id)
-
-    started = time.monotonic()
-    generation: Generation | None = None
-    failure: str | None = None
-    try:
-        on_text = (lambda piece: outbound.stream(key, row.id, piece)) if outbound.streams else None
-        soft = settings.generation_soft_limit_s
-        deadline = (begun if begun is not None else started) + soft - min(5.0, soft * 0.2)
-        generation = rt.llm.generate(turns, on_text=on_text, deadline=deadline)
-    except SoftTimeLimitExceeded:
-        failure = "soft time limit exceeded"
-    except Exception as exc:  # any model failure still gets the customer an answer
-        log.exception("generation failed for inbound %s", row.id)
-        failure = f"{type(exc).__name__}: {exc}"[:500]
-    latency_ms = int((time.monotonic() - started) * 1000)
-    text = generation.text if generation is not None and generation.text.strip() else dialogue.FALLBACK_REPLY
-    if generation is not None and not generation.text.strip():
-        failure = f"empty output ({generation.finish_reason})"
-    if generation is not None and generation.finish_reason == "cancelled":
-        failure = None  # the listener stopped it (a caller who spoke over it): not a model failure
-        text = outbound.reply_text(row.id, generation.text) or text
-    with transaction(rt.sessions) as session:
-        reply_id = insert_ignoring_conflict(
-            session,
-            ReplyRecord,
-            {
-                "inbound_id": row.id,
-                "conversation_id": row.conversation_id,
-                "text": text,
-                "source": "fallback" if failure else "model",
-                "model": generation.model if generation else None,
-                "prompt_tokens": generation.prompt_tokens if generation else 0,
-                "completion_tokens": generation.completion_tokens if generation else 0,
-                "latency_ms": latency_ms,
-                "created_at": utcnow(),
-            },
-            ["inbound_id"],
-        )
-        if reply_id is None:  # another worker stored one first; keep theirs
-            return int(session.scalars(select(ReplyRecord.id).where(ReplyRecord.inbound_id == row.id)).one())
-        session.add(DeliveryRecord(reply_id=reply_id, channel=key.channel, status="pending"))
-        session.execute(update(InboundRecord).where(InboundRecord.id == row.id).values(status="answered"))
-        ids: dict[str, Any] = {"channel": key.channel, "conversation_id": row.conversation_id, "inbound_id": row.id}
-        if generation is not None:
-            audit.record(
-                session, audit.GENERATION_FINISHED, **ids, reply_id=reply_id, model=generation.model,
-                prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
-                latency_ms=latency_ms, first_token_ms=_ms(generation.first_token_s),
-                finish_reason=generation.finish_reason,
-            )
-        if failure is not None:
-            audit.record(session, audit.GENERATION_FAILED, **ids, reply_id=reply_id, reason=failure)
-        audit.record(session, audit.REPLY_STORED, **ids, reply_id=reply_id, chars=len(text),
-                     source="fallback" if failure else "model")
-    rt.context.save(row.conversation_id, row.id, dialogue.extend_history(history, row.text, text, settings.context_turns))
-    return reply_id
-
-
-def _ms(seconds: float | None) -> int | None:
-    return None if seconds is None else int(seconds * 1000)
 
 
 def deliver(task: Task, reply_id: int) -> str:
@@ -254,13 +129,14 @@ def deliver(task: Task, reply_id: int) -> str:
     with transaction(rt.sessions) as session:
         claimed = session.execute(
             update(DeliveryRecord)
-            .where(DeliveryRecord.reply_id == reply_id, DeliveryRecord.status == "pending")
-            .values(status="sending", updated_at=utcnow())
+            .where(DeliveryRecord.reply_id == reply_id, DeliveryRecord.status == DeliveryStatus.PENDING)
+            .values(status=DeliveryStatus.SENDING, updated_at=utcnow())
         ).rowcount  # type: ignore[attr-defined]
     if not claimed:
         return "not-pending"
     key = ConversationKey(conv.channel, conv.account, conv.peer)
-    reply = Reply(reply_row.id, reply_row.inbound_id, conv.id, key, reply_row.text, inbound_at, reply_row.source)
+    reply = Reply(reply_row.id, reply_row.inbound_id, conv.id, key, reply_row.text, inbound_at,
+                  ReplySource(reply_row.source))
     ids: dict[str, Any] = {
         "channel": key.channel, "conversation_id": conv.id, "inbound_id": reply_row.inbound_id, "reply_id": reply_id
     }
@@ -271,18 +147,19 @@ def deliver(task: Task, reply_id: int) -> str:
 
     try:
         rt.outbound(key.channel).send(reply, DeliveryProgress(delivery.parts_sent, record_parts))
-    except DeliveryPermanent as exc:
+    except Permanent as exc:
         _fail(rt, reply_id, ids, f"permanent: {exc}")
         return "failed"
-    except DeliveryRetryable as exc:
+    except Retryable as exc:
         retries = task.request.retries
         if retries >= rt.settings.delivery_max_retries:
             _fail(rt, reply_id, ids, f"gave up after {retries + 1} attempts: {exc}")
             return "failed"
         with transaction(rt.sessions) as session:
             session.execute(
-                update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id, DeliveryRecord.status == "sending")
-                .values(status="pending", attempts=DeliveryRecord.attempts + 1, last_error=str(exc)[:500],
+                update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id,
+                                             DeliveryRecord.status == DeliveryStatus.SENDING)
+                .values(status=DeliveryStatus.PENDING, attempts=DeliveryRecord.attempts + 1, last_error=str(exc)[:500],
                         updated_at=utcnow())
             )
             audit.record(session, audit.DELIVERY_RETRY, **ids, attempt=retries + 1, reason=str(exc)[:200])
@@ -290,8 +167,8 @@ def deliver(task: Task, reply_id: int) -> str:
     with transaction(rt.sessions) as session:
         moved = session.execute(
             update(DeliveryRecord)
-            .where(DeliveryRecord.reply_id == reply_id, DeliveryRecord.status == "sending")
-            .values(status="sent", attempts=DeliveryRecord.attempts + 1, updated_at=utcnow())
+            .where(DeliveryRecord.reply_id == reply_id, DeliveryRecord.status == DeliveryStatus.SENDING)
+            .values(status=DeliveryStatus.SENT, attempts=DeliveryRecord.attempts + 1, updated_at=utcnow())
         ).rowcount  # type: ignore[attr-defined]
         if moved:  # 0 when the customer's client already confirmed it (a gateway re-sent it first)
             audit.record(session, audit.DISPATCHED, **ids)
@@ -302,7 +179,8 @@ def _fail(rt: Runtime, reply_id: int, ids: dict[str, Any], reason: str) -> None:
     with transaction(rt.sessions) as session:
         session.execute(
             update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id)
-            .values(status="failed", last_error=reason[:500], attempts=DeliveryRecord.attempts + 1, updated_at=utcnow())
+            .values(status=DeliveryStatus.FAILED, last_error=reason[:500], attempts=DeliveryRecord.attempts + 1,
+                    updated_at=utcnow())
         )
         audit.record(session, audit.DELIVERY_FAILED, **ids, reason=reason[:500])
 
@@ -315,10 +193,10 @@ def kf_sync(task: Task, account: str, open_kfid: str) -> str:
         stored = runtime().kf_sync.run(account, open_kfid)
     except SyncBusy as exc:  # the running pull may already be past the news that published this task
         raise task.retry(countdown=min(SYNC_BUSY_RETRY_S * 2 ** task.request.retries, 5.0)) from exc
-    except DeliveryRetryable as exc:
+    except Retryable as exc:
         log.warning("kf sync %s/%s: %s; retrying", account, open_kfid, exc)
         raise task.retry(countdown=min(2 ** task.request.retries, 60)) from exc
-    except DeliveryPermanent as exc:  # configuration or permission: the sweeper tries again later
+    except Permanent as exc:  # configuration or permission: the sweeper tries again later
         log.error("kf sync %s/%s failed: %s", account, open_kfid, exc)
         return "failed"
     return f"stored {stored}"
@@ -336,14 +214,14 @@ def sweep() -> dict[str, int]:
         inbound_rows = session.execute(
             select(InboundRecord.id, InboundRecord.conversation_id, InboundRecord.channel)
             .where(or_(
-                and_(InboundRecord.status == "received", InboundRecord.received_at < never_queued),
-                and_(InboundRecord.status == "queued", InboundRecord.queued_at < stale_queue),
+                and_(InboundRecord.status == InboundStatus.RECEIVED, InboundRecord.received_at < never_queued),
+                and_(InboundRecord.status == InboundStatus.QUEUED, InboundRecord.queued_at < stale_queue),
             ))
             .order_by(InboundRecord.id).limit(SWEEP_BATCH)
         ).all()
         delivery_rows = session.execute(
             select(DeliveryRecord.reply_id, DeliveryRecord.channel)
-            .where(DeliveryRecord.status.in_(("pending", "sending")), DeliveryRecord.updated_at < stale_delivery)
+            .where(DeliveryRecord.status.in_(UNFINISHED), DeliveryRecord.updated_at < stale_delivery)
             .order_by(DeliveryRecord.id).limit(SWEEP_BATCH)
         ).all()
         kf_rows = session.execute(
@@ -360,8 +238,8 @@ def sweep() -> dict[str, int]:
             continue
         with transaction(rt.sessions) as session:
             session.execute(update(InboundRecord).where(InboundRecord.id == inbound_id)
-                            .where(InboundRecord.status.in_(("received", "queued")))
-                            .values(status="queued", queued_at=utcnow()))
+                            .where(InboundRecord.status.in_(WAITING))
+                            .values(status=InboundStatus.QUEUED, queued_at=utcnow()))
             audit.record(session, audit.REQUEUED, channel=channel, conversation_id=conv_id, inbound_id=inbound_id)
         requeued += 1
     for reply_id, channel in delivery_rows:
@@ -372,8 +250,8 @@ def sweep() -> dict[str, int]:
             continue
         with transaction(rt.sessions) as session:  # a worker that died mid-send left it "sending"
             session.execute(update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id)
-                            .where(DeliveryRecord.status.in_(("pending", "sending")))
-                            .values(status="pending", updated_at=utcnow()))
+                            .where(DeliveryRecord.status.in_(UNFINISHED))
+                            .values(status=DeliveryStatus.PENDING, updated_at=utcnow()))
             audit.record(session, audit.REQUEUED, channel=channel, reply_id=reply_id)
         redelivered += 1
     for account, open_kfid in kf_rows:  # news no finished pull has read: its task was lost or failed

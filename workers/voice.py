@@ -33,14 +33,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy import func, select, update
 
-from channels import wechat_mp, wecom, wecom_kf
-from channels.base import DeliveryPermanent, DeliveryRetryable
+from channels.base import DeliveryPermanent
 from channels.speech.voice_file import DecoderUnavailable, VoiceFileError, decode
 from channels.wechat_api import AppCredentials
 from models import audit
 from models.db import transaction
 from models.envelope import ConversationKey, printable
-from models.settings import Settings
+from models.errors import Permanent, Retryable
 from models.tables import AuditEvent, InboundRecord
 
 if TYPE_CHECKING:
@@ -73,18 +72,11 @@ def pending(row: InboundRecord) -> bool:
     return row.media_id is not None and row.text == ""
 
 
-def media_credentials(settings: Settings, key: ConversationKey) -> AppCredentials | None:
-    """The app whose ``media/get`` serves this conversation's files (None: the account is gone)."""
-    if key.channel == wechat_mp.CHANNEL:
-        account = settings.wechat_account(key.account)
-        return wechat_mp.credentials(account) if account else None
-    if key.channel == wecom.CHANNEL:
-        app = settings.wecom_app(key.account)
-        return wecom.credentials(app) if app else None
-    if key.channel == wecom_kf.CHANNEL:
-        kf = settings.wecom_kf_account(key.account)
-        return wecom_kf.credentials(kf) if kf else None
-    return None
+def media_credentials(rt: Runtime, key: ConversationKey) -> AppCredentials | None:
+    """The app whose ``media/get`` serves this conversation's files (None: the account is gone, or the channel
+    has no voice files)."""
+    media_app = rt.channel(key.channel).media_app
+    return media_app(rt.settings, key.account) if media_app is not None else None
 
 
 def transcribe(rt: Runtime, row: InboundRecord, key: ConversationKey) -> InboundRecord:
@@ -94,18 +86,18 @@ def transcribe(rt: Runtime, row: InboundRecord, key: ConversationKey) -> Inbound
     ids: dict[str, Any] = {"channel": key.channel, "conversation_id": row.conversation_id, "inbound_id": row.id}
     started = time.monotonic()
     try:
-        app = media_credentials(s, key)
+        app = media_credentials(rt, key)
         if app is None:
             raise DeliveryPermanent(f"{key.channel} account {key.account!r} is no longer configured")
         media = rt.platform.media(app, row.media_id, max_bytes=s.voice_max_bytes)
-    except DeliveryRetryable as exc:
+    except Retryable as exc:
         attempt = _retries(rt, row.id) + 1
         if attempt > s.voice_download_retries:
             _failed(rt, ids, f"download failed {attempt} times: {exc}")
         with transaction(rt.sessions) as session:
             audit.record(session, audit.TRANSCRIPTION_RETRY, **ids, attempt=attempt, reason=str(exc)[:200])
         raise TryAgain(str(exc), min(2 ** (attempt - 1), MAX_BACKOFF_S)) from exc
-    except DeliveryPermanent as exc:  # 40007: expired or unknown media id; too large; account removed
+    except Permanent as exc:  # 40007: expired or unknown media id; too large; account removed
         _failed(rt, ids, f"download: {exc}")
     downloaded = time.monotonic()
     try:

@@ -21,16 +21,18 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from channels.base import ChannelAdapter
+from channels.base import ChannelAdapter, HandOffPort
 from channels.speech.base import Recognizer, Synthesizer
 from channels.speech.providers import SpeechProviders
 from channels.telephony.call import CHANNEL, Act, Call
 from channels.telephony.events import CallAction, CallEvent, CallStarted, HangupOut
 from channels.telephony.gateway_ws import GatewayDecoder, ProtocolError, encode
+from models.dialogue import HandOff
 from models.locks import make_locks
 
 if TYPE_CHECKING:
-    from channels.app import Gateway
+    from channels.base import ChannelContext
+    from channels.telephony.audiosocket_server import AudioSocketServer
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,23 @@ log = logging.getLogger(__name__)
 class TelephonyAdapter(ChannelAdapter):
     name = CHANNEL
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        self._speech = SpeechProviders(gateway.settings, gateway.kv, make_locks(gateway.settings))
+    def __init__(self, context: ChannelContext) -> None:
+        super().__init__(context)
+        self._speech = SpeechProviders(context.settings, context.kv, make_locks(context.settings))
+        self._audiosocket: AudioSocketServer | None = None
+
+    async def start(self) -> None:
+        """The Asterisk AudioSocket listener, when ``KEFU_AUDIOSOCKET_PORT`` is set."""
+        port = self.ctx.settings.audiosocket_port
+        if port is not None:
+            from channels.telephony.audiosocket_server import AudioSocketServer
+
+            self._audiosocket = AudioSocketServer(self.ctx, self)
+            await self._audiosocket.start(self.ctx.settings.host, port)
+
+    async def stop(self) -> None:
+        if self._audiosocket is not None:
+            await self._audiosocket.stop()
 
     def routes(self) -> list[BaseRoute]:
         return [WebSocketRoute("/v1/voice/ws", self.connect),
@@ -49,7 +65,7 @@ class TelephonyAdapter(ChannelAdapter):
     def _authorized(self, headers: Headers, query: QueryParams) -> bool:
         header = headers.get("authorization", "")
         secret = header[7:] if header.lower().startswith("bearer ") else query.get("token", "")
-        return bool(secret) and self.gw.settings.voice_gateway(secret) is not None
+        return bool(secret) and self.ctx.settings.voice_gateway(secret) is not None
 
     async def outcome(self, request: Request) -> Response:
         """How an AudioSocket call ended, for the dialplan: ``transfer:<number>`` or ``hangup:<reason>``."""
@@ -57,7 +73,7 @@ class TelephonyAdapter(ChannelAdapter):
             return PlainTextResponse("a valid voice-gateway secret is required", status_code=401)
         from channels.telephony.audiosocket_server import OUTCOME_KEY
 
-        value = await run_in_threadpool(self.gw.kv.get, OUTCOME_KEY.format(request.path_params["call_id"]))
+        value = await run_in_threadpool(self.ctx.kv.get, OUTCOME_KEY.format(request.path_params["call_id"]))
         if value is None:
             return PlainTextResponse("unknown call, or it has not ended", status_code=404)
         return PlainTextResponse(value)
@@ -112,7 +128,7 @@ class TelephonyAdapter(ChannelAdapter):
                     if isinstance(event, CallStarted):
                         if call is None:
                             asr, tts = await asyncio.to_thread(self.speech)
-                            call = Call(self.gw, event, act, asr, tts)
+                            call = Call(self.ctx, event, act, asr, tts)
                             await call.begin()
                     elif call is not None:
                         await call.on_event(event)
@@ -121,3 +137,11 @@ class TelephonyAdapter(ChannelAdapter):
         finally:
             if call is not None:
                 await call.end()
+
+
+class PhoneHandOff(HandOffPort):
+    """A caller who asks for a person is transferred to the hotline's agent number, or told honestly that no
+    agent can take the call (``phone_no_agent``) and hung up on: either way the call itself carries it out."""
+
+    def availability(self, account_name: str) -> HandOff:
+        return HandOff.PERSON

@@ -19,7 +19,7 @@ from channels.telephony import audiosocket
 from channels.telephony.events import CallAction, CallEvent, CallStarted, HangupOut, Transfer
 
 if TYPE_CHECKING:
-    from channels.app import Gateway
+    from channels.base import ChannelContext
     from channels.telephony.adapter import TelephonyAdapter
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,8 @@ OUTCOME_TTL_S = 600
 
 
 class AudioSocketServer:
-    def __init__(self, gw: Gateway, adapter: TelephonyAdapter) -> None:
-        self.gw, self.adapter = gw, adapter
+    def __init__(self, ctx: ChannelContext, adapter: TelephonyAdapter) -> None:
+        self.ctx, self.adapter = ctx, adapter
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -47,7 +47,7 @@ class AudioSocketServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        if not peer or peer[0] not in self.gw.settings.audiosocket_allowed_ips:
+        if not peer or peer[0] not in self.ctx.settings.audiosocket_allowed_ips:
             log.warning("AudioSocket connection from %s refused (not in KEFU_AUDIOSOCKET_ALLOWED_IPS)", peer and peer[0])
             writer.close()
             return
@@ -59,7 +59,7 @@ class AudioSocketServer:
         async def act(action: CallAction) -> None:
             if isinstance(action, (Transfer, HangupOut)) and call_id:
                 outcome = f"transfer:{action.to}" if isinstance(action, Transfer) else f"hangup:{action.reason}"
-                await asyncio.to_thread(self.gw.kv.set, OUTCOME_KEY.format(call_id), outcome, OUTCOME_TTL_S)
+                await asyncio.to_thread(self.ctx.kv.set, OUTCOME_KEY.format(call_id), outcome, OUTCOME_TTL_S)
             if isinstance(action, Transfer):
                 log.info("AudioSocket call: transfer to %s is left to the dialplan; hanging up", action.to)
                 action = HangupOut("transfer")

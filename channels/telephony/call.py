@@ -9,7 +9,7 @@ The call sees only :mod:`~channels.telephony.events` (any wire codec feeds it) a
    (``ConversationKey("phone", <hotline number>, <caller number>)``), audited like every channel.
    "转人工" (the hand-off keywords) or key 0 → the transfer notice, then ``Transfer`` to the hotline's
    agent number (audited); with no agent number configured, an apology instead. An FAQ hit is spoken
-   at once without the model (the same rules as every channel: ``quick_replies.rule_for``).
+   at once without the model (the same decision as every channel: ``models.dialogue.decide``).
 3. The LLM worker streams the answer to this gateway over the bus (``channels.telephony.outbound``);
    it is cut into sentences, each synthesized and played as soon as it is complete, in real time.
 4. Barge-in: speech detected while Kefu is talking → ``ClearAudio`` at once, the rest of the answer
@@ -49,13 +49,16 @@ from channels.telephony.events import (
 from channels.telephony.outbound import CANCEL_KEY, HEARD_KEY, INTERRUPTED_MARK
 from channels.telephony.speaking import PROMPTS, Player, SentenceSplitter
 from channels.telephony.vad import Endpointer, SpeechStarted, UtteranceEnded
-from models import audit, quick_replies
+from models import audit
 from models.db import transaction
+from models.dialogue import Action, Message, decide
 from models.envelope import ConversationKey, Inbound, printable
+from models.replies import Answer
+from models.states import ReplySource
 from models.tables import ReplyRecord
 
 if TYPE_CHECKING:
-    from channels.app import Gateway
+    from channels.base import ChannelContext
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +69,9 @@ Act = Callable[[CallAction], Awaitable[None]]
 
 
 class Call:
-    def __init__(self, gw: Gateway, started: CallStarted, act: Act, asr: Recognizer, tts: Synthesizer) -> None:
-        settings = gw.settings
-        self.gw, self.started, self._act, self._asr, self._tts = gw, started, act, asr, tts
+    def __init__(self, ctx: ChannelContext, started: CallStarted, act: Act, asr: Recognizer, tts: Synthesizer) -> None:
+        settings = ctx.settings
+        self.ctx, self.started, self._act, self._asr, self._tts = ctx, started, act, asr, tts
         self.hotline = settings.hotline(started.callee)
         self.key = ConversationKey(CHANNEL, started.callee or "default", started.caller or f"call:{started.call_id}")
         self.rate = started.sample_rate
@@ -96,10 +99,10 @@ class Call:
         log.info("call %s from %s to %s (%d Hz)", self.started.call_id, mask_number(self.started.caller),
                  self.started.callee, self.rate)
         self.player.start()
-        self._events = self.gw.listener.subscribe(self.key.topic())
+        self._events = self.ctx.listener.subscribe(self.key.topic())
         self._spawn(self._follow_answers())
         self._spawn(self._watch_silence())
-        await self.say(self.hotline.greeting or self.gw.settings.phone_greeting)
+        await self.say(self.hotline.greeting or self.ctx.settings.phone_greeting)
 
     async def end(self) -> None:
         self.ended = True
@@ -117,7 +120,7 @@ class Call:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.player.stop()
-            self.gw.listener.unsubscribe(self.key.topic(), self._events)
+            self.ctx.listener.unsubscribe(self.key.topic(), self._events)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -182,32 +185,33 @@ class Call:
         except SpeechError as exc:  # the recognizer is down: say so and hand the caller to a person
             log.error("speech recognition failed on call %s: %s", self.started.call_id, exc)
             await self._transfer(Inbound(self.key, external_id, "[not recognized]", "voice"),
-                                 self.gw.settings.phone_speech_failed)
+                                 self.ctx.settings.phone_speech_failed)
             return
         if previous is not None:  # recognized concurrently; accepted in the order they were said
             await asyncio.wait([previous])
         if not text:
             return
-        inbound = Inbound(self.key, external_id, text[: self.gw.settings.max_text_chars], "voice")
-        rule = quick_replies.rule_for(self.gw.settings, text, hands_off=True)
-        if rule is not None and rule.to_person:
+        inbound = Inbound(self.key, external_id, text[: self.ctx.settings.max_text_chars], "voice")
+        decision = decide(self.ctx.settings, Message(inbound.text, "voice"), self.ctx.handoff.availability(self.key.account))
+        if decision.action is Action.HAND_OFF:
             await self._transfer(inbound)
             return
-        if rule is not None:  # an FAQ answer: spoken at once, no model (the reply is stored as delivered)
-            await run_in_threadpool(self.gw.ingress.accept_answered, inbound, rule.answer, rule.source)
-            await self.say(rule.answer)
+        if decision.action is Action.ANSWER:  # e.g. an FAQ answer: spoken at once, no model (stored as delivered)
+            await run_in_threadpool(self.ctx.ingress.accept_answered, inbound, decision.answer())
+            await self.say(decision.text)
             return
-        accepted = await run_in_threadpool(self.gw.ingress.accept, inbound)
+        accepted = await run_in_threadpool(self.ctx.ingress.accept, inbound)
         self._accepted[accepted.inbound_id] = accepted
         self._splitters[accepted.inbound_id] = SentenceSplitter()
 
     async def _transfer(self, inbound: Inbound, reason: str = "") -> None:
-        settings = self.gw.settings
+        settings = self.ctx.settings
         target = self.hotline.transfer_to or settings.phone_transfer_to
         notice = reason + (settings.phone_transfer_notice if target else settings.phone_no_agent)
         if self.player.playing or self._waiting_for_answer():  # the notice must not wait behind the answer
             await self._barge_in("transfer")
-        await run_in_threadpool(self.gw.ingress.accept_answered, inbound, notice, "handoff")
+        await run_in_threadpool(self.ctx.ingress.accept_answered, inbound,
+                                Answer(notice, ReplySource.HANDOFF, why="transfer" if target else "no_agent"))
         await self.say(notice)
         await self.player.wait_idle()
         if target:
@@ -234,16 +238,16 @@ class Call:
         return message_id in self.player.queued_tags()
 
     def _record_interruption(self, message_id: int, heard: str, dropped: int, reason: str) -> None:
-        kv = self.gw.kv
+        kv = self.ctx.kv
         kv.set(HEARD_KEY.format(message_id), heard, INTERRUPT_TTL_S)  # before the flag: the worker reads it after
         kv.set(CANCEL_KEY.format(message_id), "1", INTERRUPT_TTL_S)
         # An answer already stored is shortened to what was heard: the history must not claim more.
-        with transaction(self.gw.sessions) as session:
+        with transaction(self.ctx.sessions) as session:
             session.execute(update(ReplyRecord).where(ReplyRecord.inbound_id == message_id)
                             .values(text=heard + INTERRUPTED_MARK))
         accepted = self._accepted.get(message_id)
         if accepted is not None:
-            self.gw.ingress.note(accepted, CHANNEL, audit.BARGE_IN, heard_chars=len(heard), dropped_sentences=dropped,
+            self.ctx.ingress.note(accepted, CHANNEL, audit.BARGE_IN, heard_chars=len(heard), dropped_sentences=dropped,
                                  reason=reason)
 
     # ---- answers from the worker ------------------------------------------------------------------
@@ -291,7 +295,7 @@ class Call:
         await self._act(AudioOut(frame))
 
     async def _watch_silence(self) -> None:
-        idle = self.gw.settings.phone_idle_s
+        idle = self.ctx.settings.phone_idle_s
         while True:
             await asyncio.sleep(min(1.0, idle / 4))
             if self.player.playing or self.endpointer.in_speech or self._waiting_for_answer():
@@ -301,9 +305,9 @@ class Call:
                 continue
             if not self._prompted:
                 self._prompted = True
-                await self.say(self.gw.settings.phone_idle_prompt)
+                await self.say(self.ctx.settings.phone_idle_prompt)
                 continue
-            await self.say(self.gw.settings.phone_goodbye)
+            await self.say(self.ctx.settings.phone_goodbye)
             await self.player.wait_idle()
             await self._act(HangupOut("silence"))
             self.ended = True

@@ -18,18 +18,14 @@ INTERRUPTED_MARK = "…"
 
 
 class PhoneOutbound(Outbound):
-    streams = True
-    cache_context = False  # a barge-in shortens a stored answer to what was heard
-
     def stream(self, key: ConversationKey, inbound_id: int, piece: str) -> bool | None:
-        kv = self.deps.kv
-        if kv is not None and kv.get(CANCEL_KEY.format(inbound_id)):
+        if self.deps.kv.get(CANCEL_KEY.format(inbound_id)):
             return False  # the caller interrupted: stop generating
         self.deps.bus.publish(key.topic(), {"type": "token", "message_id": inbound_id, "text": piece})
         return None
 
     def reply_text(self, inbound_id: int, generated: str) -> str:
-        heard = self.deps.kv.get(HEARD_KEY.format(inbound_id)) if self.deps.kv is not None else None
+        heard = self.deps.kv.get(HEARD_KEY.format(inbound_id))
         return generated if heard is None else heard + INTERRUPTED_MARK
 
     def send(self, reply: Reply, progress: DeliveryProgress) -> None:

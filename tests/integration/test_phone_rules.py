@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from channels.app import build_gateway
+from channels.app import build_services
 from channels.speech.base import SpeechError
 from channels.speech.espeak import EspeakSynthesizer
 from channels.speech.fallback import FallbackSynthesizer
@@ -60,14 +60,14 @@ def in_process_call(settings: Settings, script: Script, asr: Any = None, tts: An
     upgrade(settings)
 
     async def scenario() -> list[CallAction]:
-        gw = build_gateway(settings)
+        gw = build_services(settings)
         await gw.listener.start()
         actions: list[CallAction] = []
 
         async def act(action: CallAction) -> None:
             actions.append(action)
 
-        call = Call(gw, CallStarted(call_id, "+8613600003333", "4008001234", 8000), act,
+        call = Call(gw.context("phone"), CallStarted(call_id, "+8613600003333", "4008001234", 8000), act,
                     asr or ScriptedRecognizer(), tts or EspeakSynthesizer())
         await call.begin()
         await script(call, actions)
@@ -77,7 +77,7 @@ def in_process_call(settings: Settings, script: Script, asr: Any = None, tts: An
             await asyncio.sleep(0.05)
         await call.end()
         await gw.listener.stop()
-        gw.engine.dispose()
+        gw.db.dispose()
         return actions
 
     return asyncio.run(scenario())

@@ -14,15 +14,16 @@ import pytest
 from sqlalchemy import func, select, update
 
 from channels.ingress import Ingress
+from models.dialogue import HandOff, fallback_reply
 from models.envelope import ConversationKey, Inbound, utcnow
 from models.queues import Publisher, make_celery
+from models.settings import Settings
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from tests.integration.conftest import BACKENDS, Stack, recv_until, start_stack, wait_for
 from tests.synthetic_gguf import Qwen3Shape, write_qwen3_gguf
 from workers import runtime as worker_runtime
 from workers import tasks
 from workers.demo.processes import WorkerProcess
-from workers.dialogue import FALLBACK_REPLY
 
 # Short limits so a lost task is recovered within seconds instead of minutes.
 FAST_RECOVERY = {
@@ -124,7 +125,7 @@ def test_a_broken_model_still_answers_with_the_fallback(tmp_path: Path, tiny_ggu
             ws.send(json.dumps({"type": "message", "text": "在吗？"}))
             frames = recv_until(ws, lambda f: f["type"] == "reply")
         message_id = frames[0]["message_id"]
-        assert frames[-1]["text"] == FALLBACK_REPLY
+        assert frames[-1]["text"] == fallback_reply(Settings(), HandOff.NOBODY)  # the web has no person
         trail = kinds(stack, message_id)
         assert "generation_failed" in trail and "generation_finished" not in trail
         with stack.sessions() as s:

@@ -13,13 +13,13 @@ import httpx
 import pytest
 from sqlalchemy import func, select, update
 
-from channels.wecom_kf import request_sync
+from channels.wechat_fake import FakeWeChat
+from channels.wecom_kf.adapter import request_sync
 from models.envelope import utcnow
 from models.kv import make_kv
 from models.queues import Publisher, make_celery
 from models.tables import AuditEvent, InboundRecord, KfCursorRecord, ReplyRecord
 from tests import wechat_platform as wp
-from tests.fake_wechat import FakeWeChat
 from tests.integration.conftest import BACKENDS, Stack, settled, start_stack, wait_for
 from workers import runtime as worker_runtime
 from workers import tasks

@@ -11,14 +11,16 @@ import pytest
 from sqlalchemy import select
 
 from channels.base import DeliveryPermanent, DeliveryProgress, OutboundDeps
+from channels.wechat_fake import FakeWeChat
 from channels.wecom import WeComOutbound
-from channels.wecom_kf import WeComKfOutbound, handoff_key, peer
+from channels.wecom_kf.config import peer
+from channels.wecom_kf.handoff import handoff_key
+from channels.wecom_kf.outbound import WeComKfOutbound
 from models.envelope import ConversationKey, Reply
 from models.migrate import upgrade
 from models.settings import Settings
 from models.tables import AuditEvent
 from tests import wechat_platform as wp
-from tests.fake_wechat import FakeWeChat
 from workers.runtime import Runtime
 
 USER = "wm-customer-1"
@@ -89,7 +91,7 @@ def test_kf_95018_is_a_permanent_failure(deps: OutboundDeps, fake: FakeWeChat) -
 def test_kf_hand_off_sends_the_notice_then_moves_the_session(deps: OutboundDeps, fake: FakeWeChat,
                                                              source: str) -> None:
     assert deps.kv is not None
-    marker = handoff_key("kf", wp.OPEN_KFID, USER)
+    marker = handoff_key(ConversationKey("wecom_kf", "kf", peer(wp.OPEN_KFID, USER)))
     deps.kv.set(marker, "1", 60)  # set by the sync that stored the notice
     WeComKfOutbound(deps).send(kf_reply("正在为您转接人工客服", source), DeliveryProgress(0, lambda n: None))
     assert deps.kv.get(marker) is None  # the platform says who serves the customer from now on

@@ -1,9 +1,9 @@
-"""Tests for workers.dialogue: the context window sent to the model and kept for the next message."""
+"""Tests for workers.context: the context window sent to the model and kept for the next message."""
 
 from __future__ import annotations
 
 from models.envelope import Turn
-from workers.dialogue import FALLBACK_REPLY, compose, extend_history
+from workers.context import compose, extend_history
 
 
 def _exchanges(n: int) -> list[Turn]:
@@ -69,8 +69,18 @@ def test_extend_history_with_max_turns_zero_keeps_nothing() -> None:
     assert extend_history(_exchanges(2), "q", "a", max_turns=0) == []
 
 
-def test_fallback_reply_offers_a_human() -> None:
-    assert "转人工" in FALLBACK_REPLY
+def test_the_channel_hint_is_a_second_system_block() -> None:
+    turns = compose("sys", _exchanges(1), "q", max_turns=1, hint="hint")
+    assert [(t.role, t.text) for t in turns[:2]] == [("system", "sys"), ("system", "hint")]
+    assert compose("sys", [], "q", max_turns=1, hint=None) == [Turn("system", "sys"), Turn("user", "q")]
+
+
+def test_fit_turns_keeps_every_leading_system_block() -> None:
+    from workers.llm.prompts import fit_turns
+
+    turns = compose("sys", _exchanges(3), "q", max_turns=3, hint="hint")
+    fitted = fit_turns(turns, len, 5)  # room for the two system blocks, one exchange and the question
+    assert [t.text for t in fitted] == ["sys", "hint", "q3", "a3", "q"]
 
 
 def test_printable_drops_control_characters_but_keeps_layout() -> None:

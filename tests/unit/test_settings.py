@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from channels import registry, wecom, wecom_kf
 from models.settings import ConfigError, Settings, load_settings, mask_url
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -234,21 +235,22 @@ def test_platform_accounts_from_json_env(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("KEFU_WECOM_APPS", json.dumps([_wecom("it"), _wecom("hr")]))
     monkeypatch.setenv("KEFU_WECOM_KF_ACCOUNTS", json.dumps([_wecom("kf", servicer_userid="zhangsan")]))
     settings = load_settings(data_dir=tmp_path)
-    app = settings.wecom_app("hr")
-    assert app is not None and app.agentid == 1000002 and settings.wecom_app("nobody") is None
-    kf = settings.wecom_kf_account("kf")
+    registry.check(settings)
+    app = wecom.app(settings, "hr")
+    assert app is not None and app.agentid == 1000002 and wecom.app(settings, "nobody") is None
+    kf = wecom_kf.account(settings, "kf")
     assert kf is not None and kf.servicer_userid == "zhangsan" and kf.handoff_on_fallback
     assert settings.masked()["wecom_apps"][0]["secret"] == "********"
 
 
 @pytest.mark.parametrize(("apps", "message"), [
     ([_wecom("it"), _wecom("it")], "its own name"),
-    ([_wecom("it/../x")], "callback URL"),
+    ([_wecom("it/../x")], "part of the URL"),
     ([_wecom("it", aes_key="short")], "43-character EncodingAESKey"),
 ])
 def test_platform_accounts_are_checked_at_start(tmp_path: Path, apps: list[dict[str, object]], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        load_settings(data_dir=tmp_path, wecom_apps=apps)
+        registry.check(load_settings(data_dir=tmp_path, wecom_apps=apps))
 
 
 def test_request_urls_with_access_tokens_stay_out_of_info_logs(caplog: pytest.LogCaptureFixture) -> None:

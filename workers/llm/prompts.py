@@ -52,11 +52,12 @@ def chatml_tokens(
 
 
 def fit_turns(turns: list[Turn], measure: Callable[[list[Turn]], int], budget: int) -> list[Turn]:
-    """Drop the oldest history (keeping the system turn and the last user turn) until it fits.
+    """Drop the oldest history (keeping the leading system turns and the last user turn) until it fits.
 
     Raises ValueError when even the system prompt plus the question does not fit.
     """
-    head = [t for t in turns[:1] if t.role == "system"]
+    leading = next((i for i, t in enumerate(turns[:-1]) if t.role != "system"), max(len(turns) - 1, 0))
+    head = turns[:leading]
     history, last = turns[len(head) : -1], turns[-1:]
     while True:
         candidate = head + history + last

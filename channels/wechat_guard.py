@@ -1,0 +1,137 @@
+"""Opening a WeChat / WeCom callback (the guard): every check, in order, before anything is parsed or stored.
+
+Shared by the official account (``wechat_mp``), the WeCom app (``wecom``) and WeChat Customer
+Service (``wecom_kf``). Order, so that nothing unauthenticated is parsed or stored: body size (413,
+before reading it all) → timestamp window → signature (constant time) → [encrypted: message
+signature, then decryption] → XML (DTDs refused) → nonce replay.
+
+The platforms retry a callback with the very same query string and body, so a nonce seen before
+with the *same* body is a platform retry (the message id deduplicates it further on); the same
+nonce with a different body is a replay attack (403).
+
+The official account signs plaintext callbacks with ``signature`` and encrypted ones additionally
+with ``msg_signature``; WeCom (app and kf) always encrypts and signs only with ``msg_signature``,
+and its URL verification sends an encrypted ``echostr`` to be answered in plaintext.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+
+from channels import wechat_protocol as wx
+from channels.errors import RequestRejected
+from models.kv import KV
+
+
+@dataclass(frozen=True)
+class CallbackKeys:
+    """What one configured account verifies its callbacks with."""
+
+    scope: str  # replay-nonce namespace, e.g. "mp:shop"
+    token: str
+    aes_key: str | None  # EncodingAESKey; None: plaintext only (official account)
+    receive_id: str  # appid (official account) or corpid (WeCom)
+    corp: bool  # WeCom: always encrypted, signed with msg_signature only
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A verified, decrypted callback."""
+
+    plain: bytes  # the message XML
+    fields: dict[str, Any]  # its parsed <xml> element
+    encrypted: bool
+    timestamp: str
+    nonce: str
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it is larger than ``limit`` — never buffered whole."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestRejected(413, "body_too_large", f"body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestRejected(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise RequestRejected(400, "client_disconnected", "the request body was not received") from None
+    return b"".join(chunks)
+
+
+class CallbackGuard:
+    def __init__(self, kv: KV, window_s: int) -> None:
+        self._kv = kv
+        self._window = window_s
+
+    def echo(self, keys: CallbackKeys, params: dict[str, str]) -> str:
+        """The answer to the platform's URL verification (GET)."""
+        timestamp, nonce = params.get("timestamp", ""), params.get("nonce", "")
+        wx.require_fresh(timestamp, time.time(), self._window)
+        echostr = params.get("echostr", "")
+        if not keys.corp:
+            wx.require_signature(wx.signature(keys.token, timestamp, nonce), params.get("signature"))
+            return echostr
+        wx.require_signature(wx.signature(keys.token, timestamp, nonce, echostr), params.get("msg_signature"))
+        return wx.decrypt(self._key(keys), keys.receive_id, echostr, corp=True).decode()
+
+    def open(self, keys: CallbackKeys, params: dict[str, str], body: bytes) -> Opened:
+        timestamp, nonce = params.get("timestamp", ""), params.get("nonce", "")
+        wx.require_fresh(timestamp, time.time(), self._window)
+        if not keys.corp:
+            wx.require_signature(wx.signature(keys.token, timestamp, nonce), params.get("signature"))
+        encrypted = keys.corp or params.get("encrypt_type", "raw").lower() == "aes"
+        if encrypted:
+            envelope = wx.parse_xml(body)
+            cipher_text = envelope.get("Encrypt")
+            if not isinstance(cipher_text, str):
+                raise RequestRejected(400, "malformed_xml", "encrypted message without Encrypt")
+            wx.require_signature(wx.signature(keys.token, timestamp, nonce, cipher_text), params.get("msg_signature"))
+            plain = wx.decrypt(self._key(keys), keys.receive_id, cipher_text, corp=keys.corp)
+        else:
+            plain = body
+        fields = wx.parse_xml(plain)  # refuses DTDs and malformed XML before anything else reads it
+        self._check_replay(keys.scope, timestamp, nonce, body)
+        return Opened(plain, fields, encrypted, timestamp, nonce)
+
+    def seal(self, keys: CallbackKeys, opened: Opened, xml: str) -> str:
+        """A passive reply, encrypted when the callback was."""
+        if not opened.encrypted:
+            return xml
+        return wx.encrypt_envelope(keys.token, self._key(keys), keys.receive_id, xml, opened.nonce, opened.timestamp,
+                                   corp=keys.corp)
+
+    @staticmethod
+    def _key(keys: CallbackKeys) -> bytes:
+        if keys.aes_key is None:
+            raise RequestRejected(400, "aes_not_configured", "this account has no EncodingAESKey configured")
+        return wx.aes_key(keys.aes_key)
+
+    def _check_replay(self, scope: str, timestamp: str, nonce: str, body: bytes) -> None:
+        digest = hashlib.sha256(body).hexdigest()
+        slot = f"wxnonce:{scope}:{timestamp}:{nonce}"
+        if not self._kv.add(slot, digest, 2 * self._window) and self._kv.get(slot) != digest:
+            raise RequestRejected(403, "replayed_nonce", "nonce already used")
+
+
+def valid_aes_key(value: str | None) -> str | None:
+    """``value`` when it is a 43-character EncodingAESKey (or None); a ValueError otherwise (settings check)."""
+    if value is None:
+        return None
+    try:
+        if len(value) == 43 and len(base64.b64decode(value + "=", validate=True)) == 32:
+            return value
+    except (binascii.Error, ValueError):
+        pass
+    raise ValueError("aes_key must be the 43-character EncodingAESKey from the platform console")

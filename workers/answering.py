@@ -1,0 +1,154 @@
+"""Answering one customer message in the worker, under its conversation's lock (``tasks.handle_inbound``).
+
+- A voice message the platform did not transcribe is transcribed first (:mod:`workers.voice`) and
+  then decided like typed text (:func:`models.dialogue.decide`): a rule's answer, a hand-off through
+  the channel's port, or the model; ``voice_unclear_reply`` when no text comes out.
+- The model's answer: the conversation's recent turns (cache, or the database for channels that may
+  change a stored answer), the system prompt and — where the channel can hand off — the hand-off
+  hint; streamed to channels that stream; any failure still stores the channel's fallback reply.
+- Every answer is written by :func:`models.replies.store_reply` in one transaction with its
+  generation audit rows; a second worker that answered first wins and its reply is kept.
+
+Returns the reply id; the task publishes ``deliver`` for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from models import audit, transcript
+from models.db import transaction
+from models.dialogue import Action, HandOff, Message, decide, fallback_reply, prompt_hint
+from models.envelope import ConversationKey, Turn
+from models.replies import Answer, reply_id_of, store_reply
+from models.states import ReplySource
+from models.tables import InboundRecord
+from workers import voice
+from workers.context import compose, extend_history
+from workers.llm.engine import Generation
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def answer(rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
+    """Answer the message; the reply id. Raises voice.TryAgain while a voice download should be retried."""
+    if row.media_id is None:
+        return generate(rt, row, key)
+    begun = time.monotonic()
+    if voice.pending(row):
+        try:
+            row = voice.transcribe(rt, row, key)
+        except voice.Unclear:
+            return store(rt, row, key, Answer(rt.settings.voice_unclear_reply, ReplySource.RULE, why="voice_unclear"),
+                         inbound_text=voice.UNRECOGNIZED)
+    handoff = rt.handoff(key.channel)
+    decision = decide(rt.settings, Message(row.text, "voice"), handoff.availability(key.account))
+    if decision.action is Action.GENERATE:
+        return generate(rt, row, key, begun=begun)
+    if decision.action is Action.HAND_OFF:
+        handoff.begin(key)  # the notice is delivered next; the channel carries the hand-off out
+    return store(rt, row, key, decision.answer())
+
+
+@dataclass
+class _Run:
+    """One generation attempt: what came out, and why it failed if it did."""
+
+    generation: Generation | None = None
+    failure: str | None = None
+    latency_ms: int = 0
+
+
+def store(rt: Runtime, row: InboundRecord, key: ConversationKey, answer: Answer, *,
+          inbound_text: str | None = None, run: _Run | None = None) -> int:
+    """Store an answer with its pending delivery (and the generation's audit rows); the reply id that won."""
+    with transaction(rt.sessions) as session:
+        before = (lambda reply_id: _record_generation(session, row, key, reply_id, run)) if run is not None else None
+        reply_id = store_reply(session, inbound_id=row.id, conversation_id=row.conversation_id, channel=key.channel,
+                               answer=answer, inbound_text=inbound_text, before_audit=before)
+        if reply_id is None:  # another worker stored one first; keep theirs
+            existing = reply_id_of(session, row.id)
+            assert existing is not None
+            return existing
+    return reply_id
+
+
+def generate(rt: Runtime, row: InboundRecord, key: ConversationKey, *, begun: float | None = None) -> int:
+    """The model's answer; ``begun`` (monotonic): when the task's work on it began, which the deadline counts from."""
+    settings = rt.settings
+    channel = rt.channel(key.channel)
+    handoff = rt.handoff(key.channel).availability(key.account)
+    history = rt.context.load(row.conversation_id, row.id) if channel.cache_context else None
+    if history is None:
+        with rt.sessions() as session:
+            history = transcript.context_turns(session, row.conversation_id, row.id, settings.context_turns)
+    turns = compose(settings.system_prompt, history, row.text, settings.context_turns,
+                    hint=prompt_hint(settings, handoff))
+    with transaction(rt.sessions) as session:
+        audit.record(session, audit.GENERATION_STARTED, channel=key.channel,
+                     conversation_id=row.conversation_id, inbound_id=row.id)
+    run = _run_model(rt, row, key, turns, begun)
+    text, source = _outcome(rt, row, key, run, handoff)
+    answer = Answer(text, source, model=run.generation.model if run.generation else None,
+                    prompt_tokens=run.generation.prompt_tokens if run.generation else 0,
+                    completion_tokens=run.generation.completion_tokens if run.generation else 0,
+                    latency_ms=run.latency_ms)
+    reply_id = store(rt, row, key, answer, run=run)
+    rt.context.save(row.conversation_id, row.id, extend_history(history, row.text, text, settings.context_turns))
+    return reply_id
+
+
+def _run_model(rt: Runtime, row: InboundRecord, key: ConversationKey, turns: list[Turn], begun: float | None) -> _Run:
+    outbound = rt.outbound(key.channel)
+    on_text = (lambda piece: outbound.stream(key, row.id, piece)) if rt.channel(key.channel).streams else None
+    soft = rt.settings.generation_soft_limit_s
+    started = time.monotonic()
+    deadline = (begun if begun is not None else started) + soft - min(5.0, soft * 0.2)
+    run = _Run()
+    try:
+        run.generation = rt.llm.generate(turns, on_text=on_text, deadline=deadline)
+    except SoftTimeLimitExceeded:
+        run.failure = "soft time limit exceeded"
+    except Exception as exc:  # any model failure still gets the customer an answer
+        log.exception("generation failed for inbound %s", row.id)
+        run.failure = f"{type(exc).__name__}: {exc}"[:500]
+    run.latency_ms = int((time.monotonic() - started) * 1000)
+    return run
+
+
+def _outcome(rt: Runtime, row: InboundRecord, key: ConversationKey, run: _Run, handoff: HandOff
+             ) -> tuple[str, ReplySource]:
+    """The text to store and its source; records in ``run`` why the fallback was needed."""
+    fallback = fallback_reply(rt.settings, handoff)
+    generation = run.generation
+    if generation is None:
+        return fallback, ReplySource.FALLBACK
+    if generation.finish_reason == "cancelled":  # the listener stopped it (a caller who spoke over it): no failure
+        return rt.outbound(key.channel).reply_text(row.id, generation.text) or fallback, ReplySource.MODEL
+    if not generation.text.strip():
+        run.failure = f"empty output ({generation.finish_reason})"
+        return fallback, ReplySource.FALLBACK
+    return generation.text, ReplySource.MODEL
+
+
+def _record_generation(session: Any, row: InboundRecord, key: ConversationKey, reply_id: int, run: _Run) -> None:
+    ids: dict[str, Any] = {"channel": key.channel, "conversation_id": row.conversation_id, "inbound_id": row.id,
+                           "reply_id": reply_id}
+    generation = run.generation
+    if generation is not None:
+        audit.record(session, audit.GENERATION_FINISHED, **ids, model=generation.model,
+                     prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
+                     latency_ms=run.latency_ms, first_token_ms=_ms(generation.first_token_s),
+                     finish_reason=generation.finish_reason)
+    if run.failure is not None:
+        audit.record(session, audit.GENERATION_FAILED, **ids, reason=run.failure)
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)
