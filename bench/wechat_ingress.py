@@ -27,13 +27,13 @@ from urllib.parse import urlencode
 from sqlalchemy import func, select
 
 from bench.stats import pct
+from channels.wechat_fake import FakeWeChat
 from models.db import make_engine, make_session_factory
 from models.migrate import upgrade
 from models.settings import Settings
 from models.tables import DeliveryRecord, InboundRecord, ReplyRecord
 from tests import services
 from tests import wechat_platform as wp
-from tests.fake_wechat import FakeWeChat
 from tests.stack import GatewayProcess, kefu_env
 from tests.synthetic_gguf import write_qwen3_gguf
 from workers.demo.processes import WorkerProcess

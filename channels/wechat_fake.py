@@ -1,8 +1,14 @@
-"""A loopback WeChat Official Account + WeCom (企业微信, incl. Customer Service "kf") API server for tests.
+"""A fake WeChat Official Account + WeCom (企业微信, incl. Customer Service "kf") API server.
 
-A real ``ThreadingHTTPServer`` on 127.0.0.1 (free port) speaks the platforms' JSON protocol under
-``/cgi-bin/``; point a client's API base URL at :attr:`FakeWeChat.api_base` — no patching. Like the
-real APIs it answers HTTP 200 with ``errcode``/``errmsg`` for every API-level error.
+Kefu's own stand-in for the platforms, beside the client it fakes (``channels/wechat_api.py``), the
+way httpx ships ``MockTransport``: the tests run against it, and an operator can try a channel
+without a platform account (``kefu fake wechat``). A real ``ThreadingHTTPServer`` (127.0.0.1 and a
+free port unless told otherwise) speaks the platforms' JSON protocol under ``/cgi-bin/``; point
+``KEFU_WECHAT_API_BASE`` / ``KEFU_WECOM_API_BASE`` (or a client's API base) at
+:attr:`FakeWeChat.base_url` — no patching. Like the real APIs it answers HTTP 200 with
+``errcode``/``errmsg`` for every API-level error. The platform's other half, the callbacks it pushes
+to Kefu, is ``channels/wechat_fake_platform.py``; both use the sample accounts defined here
+(:meth:`FakeWeChat.add_sample_accounts`) unless given others.
 
 Guarantees (the real behaviour the app has to survive):
 
@@ -21,10 +27,11 @@ Guarantees (the real behaviour the app has to survive):
   meant for: that answers the official account's 40001.
 * Ids are deterministic counters; every request is recorded in :attr:`FakeWeChat.calls`.
 
-Test controls are thread-safe: :meth:`fail_next`, :meth:`http_error_next`, :meth:`set_latency`,
+Controls are thread-safe: :meth:`fail_next`, :meth:`http_error_next`, :meth:`set_latency`,
 :meth:`expire_tokens`, :meth:`advance_clock`, :meth:`queue_kf_messages`, :meth:`wait_for_sent`,
 :meth:`add_media`.
-Raises nothing into the client: unknown paths get HTTP 404, an unknown endpoint key in a control
+Every message Kefu sends is passed to ``on_sent`` as it is recorded (``kefu fake wechat`` prints
+it). Raises nothing into the client: unknown paths get HTTP 404, an unknown endpoint key in a control
 method raises ``ValueError``.
 """
 
@@ -36,6 +43,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -81,6 +89,34 @@ ERRMSG: dict[int, str] = {
 }
 TEXT_LIMIT = 2048  # bytes of UTF-8, the documented limit of a text message
 
+# The sample accounts (fake credentials): what ``kefu fake wechat`` serves and the tests configure.
+TOKEN = "kefu-test-token"  # noqa: S105 - the callback token of every sample account
+AES_KEY = base64.b64encode(bytes(range(32))).decode()[:-1]  # 43 characters, as the console shows it
+APPID = "wxkefutest0001"  # the official account
+SECRET = "kefu-test-secret"  # noqa: S105 - a sample credential
+OFFICIAL_ID = "gh_kefu_test"
+CORPID = "wwkefutest0001"  # the WeCom corp: one self-built app and Customer Service (kf)
+APP_SECRET = "kefu-app-secret"  # noqa: S105 - a sample credential
+AGENTID = 1000002
+KF_SECRET = "kefu-kf-secret"  # noqa: S105 - a sample credential
+OPEN_KFID = "wkKefuTest0001"
+
+
+def sample_account(name: str = "shop", **extra: object) -> dict[str, object]:
+    """The sample official account as a ``KEFU_WECHAT_ACCOUNTS`` entry."""
+    return {"name": name, "appid": APPID, "secret": SECRET, "token": TOKEN, "aes_key": AES_KEY, **extra}
+
+
+def sample_wecom_app(name: str = "it", **extra: object) -> dict[str, object]:
+    """The sample WeCom self-built app as a ``KEFU_WECOM_APPS`` entry."""
+    return {"name": name, "corpid": CORPID, "agentid": AGENTID, "secret": APP_SECRET, "token": TOKEN,
+            "aes_key": AES_KEY, **extra}
+
+
+def sample_kf_account(name: str = "kf", **extra: object) -> dict[str, object]:
+    """The sample WeChat Customer Service (kf) as a ``KEFU_WECOM_KF_ACCOUNTS`` entry."""
+    return {"name": name, "corpid": CORPID, "secret": KF_SECRET, "token": TOKEN, "aes_key": AES_KEY, **extra}
+
 
 def errmsg(code: int) -> str:
     return ERRMSG.get(code, "unknown error")
@@ -108,11 +144,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     fake: FakeWeChat
 
-    def __init__(self, fake: FakeWeChat) -> None:
+    def __init__(self, fake: FakeWeChat, address: tuple[str, int]) -> None:
         self.fake = fake
         self.live: set[socket.socket] = set()
         self.live_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.live_lock:
@@ -134,7 +170,7 @@ class _Server(ThreadingHTTPServer):
                     pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that timed out and hung up is expected in tests, not an error
+        pass  # a client that timed out and hung up is expected, not an error
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -169,7 +205,10 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeWeChat:
     """The fake platform. Use as a context manager, or call :meth:`start` / :meth:`stop`."""
 
-    def __init__(self, token_ttl: float = 7200.0, token_overlap: float = 0.0) -> None:
+    def __init__(self, token_ttl: float = 7200.0, token_overlap: float = 0.0, *, host: str = "127.0.0.1",
+                 port: int = 0, on_sent: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.address = (host, port)
+        self.on_sent = on_sent
         self.token_ttl = token_ttl
         self.token_overlap = token_overlap
         self.kf_page_size: int | None = None
@@ -202,7 +241,7 @@ class FakeWeChat:
         if self._server is not None:
             return self
         self._stopping.clear()
-        self._server = _Server(self)
+        self._server = _Server(self, self.address)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-wechat", daemon=True)
         self._thread.start()
         return self
@@ -232,7 +271,8 @@ class FakeWeChat:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = self.address[0] if self.address[0] not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+        return f"http://{host}:{self.port}"
 
     @property
     def api_base(self) -> str:
@@ -240,6 +280,13 @@ class FakeWeChat:
         return f"{self.base_url}/cgi-bin/"
 
     # ---- accounts and controls -------------------------------------------------------------
+
+    def add_sample_accounts(self) -> FakeWeChat:
+        """The official account (:data:`APPID`), the WeCom app (:data:`CORPID`, :data:`AGENTID`) and kf."""
+        self.add_mp_app(APPID, SECRET)
+        self.add_corp_app(CORPID, APP_SECRET, agentid=AGENTID)
+        self.add_corp_app(CORPID, KF_SECRET)
+        return self
 
     def add_mp_app(self, appid: str, secret: str) -> None:
         with self._lock:
@@ -455,17 +502,18 @@ class FakeWeChat:
         return str(text.get("content", "")) if body.get("msgtype") == "text" and isinstance(text, dict) else None
 
     def _record(self, endpoint: str, body: dict[str, Any], content: str | None, **extra: Any) -> None:
-        self.sent.append(
-            {
-                "endpoint": endpoint,
-                "touser": body.get("touser"),
-                "content": content,
-                "msgtype": body.get("msgtype"),
-                "open_kfid": body.get("open_kfid"),
-                "agentid": body.get("agentid"),
-                **extra,
-            }
-        )
+        message = {
+            "endpoint": endpoint,
+            "touser": body.get("touser"),
+            "content": content,
+            "msgtype": body.get("msgtype"),
+            "open_kfid": body.get("open_kfid"),
+            "agentid": body.get("agentid"),
+            **extra,
+        }
+        self.sent.append(message)
+        if self.on_sent is not None:
+            self.on_sent(dict(message))
 
     def _custom_send(self, body: dict[str, Any], token: _Token) -> dict[str, Any]:
         if not body.get("touser"):

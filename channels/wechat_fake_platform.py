@@ -1,6 +1,12 @@
-"""The WeChat side of a callback, for tests: what the platform sends and how it reads our answer.
+"""The fake platform's other half: the callbacks WeChat and WeCom push to Kefu, and how they read its answer.
 
-Built on wechatpy's own crypto (the platform's envelope), independent of Kefu's channel code.
+Pure functions that build what the platform POSTs (signed, and encrypted in safe mode or always for
+WeCom) to an account's callback URL, and read Kefu's passive reply back. With the API server in
+``channels/wechat_fake.py`` they let the tests and an operator (``kefu fake wechat --push URL``) play
+the platform. Built on wechatpy's own crypto (the platform's envelope), independent of Kefu's channel
+code, so a mistake there cannot cancel itself out here. The defaults are the sample accounts of
+``channels/wechat_fake.py``. Raises wechatpy's ``InvalidSignatureException`` when an encrypted
+answer does not verify.
 """
 
 from __future__ import annotations
@@ -16,22 +22,15 @@ from wechatpy.crypto import WeChatCrypto
 from wechatpy.enterprise.crypto import PrpCrypto as WeComPrpCrypto
 from wechatpy.enterprise.crypto import WeChatCrypto as WeComCrypto
 
-TOKEN = "kefu-test-token"
-APPID = "wxkefutest0001"
-SECRET = "kefu-test-secret"
-AES_KEY = base64.b64encode(bytes(range(32))).decode()[:-1]  # 43 characters, as the console shows it
-OFFICIAL_ID = "gh_kefu_test"
-
-
-def account(name: str = "shop", **extra: object) -> dict[str, object]:
-    return {"name": name, "appid": APPID, "secret": SECRET, "token": TOKEN, "aes_key": AES_KEY, **extra}
+from channels.wechat_fake import AES_KEY, AGENTID, APPID, CORPID, OFFICIAL_ID, OPEN_KFID, TOKEN
 
 
 def sign(*parts: str) -> str:
-    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
+    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()  # noqa: S324 - the platform signs with SHA-1
 
 
 def text_xml(openid: str, content: str, msgid: int, kind: str = "text", extra: str = "") -> str:
+    """A customer's message to the official account (``kind`` other than text: ``extra`` holds its fields)."""
     body = f"<Content><![CDATA[{content}]]></Content>" if kind == "text" else extra
     return (f"<xml><ToUserName><![CDATA[{OFFICIAL_ID}]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>"
             f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[{kind}]]></MsgType>{body}"
@@ -67,33 +66,18 @@ def callback(xml: str, *, mode: str = "raw", timestamp: int | None = None, nonce
     return Callback(params, body.encode())
 
 
-def read_passive_reply(response_text: str, cb: Callback) -> str:
-    """The Content of our passive reply, decrypting it as WeChat would in safe mode."""
+def read_passive_reply(response_text: str, cb: Callback, *, aes_key: str = AES_KEY, appid: str = APPID,
+                       token: str = TOKEN) -> str:
+    """The Content of Kefu's passive reply, decrypting it as WeChat would in safe mode."""
     xml = response_text
     if cb.params.get("encrypt_type") == "aes":
         envelope = xmltodict.parse(response_text)["xml"]
-        xml = WeChatCrypto(TOKEN, AES_KEY, APPID).decrypt_message(
+        xml = WeChatCrypto(token, aes_key, appid).decrypt_message(
             response_text, envelope["MsgSignature"], envelope["TimeStamp"], envelope["Nonce"])
     return str(xmltodict.parse(xml)["xml"]["Content"])
 
 
 # ---- WeCom (企业微信): self-built app and WeChat Customer Service -------------------------------
-
-CORPID = "wwkefutest0001"
-APP_SECRET = "kefu-app-secret"
-KF_SECRET = "kefu-kf-secret"
-AGENTID = 1000002
-OPEN_KFID = "wkKefuTest0001"
-
-
-def wecom_app(name: str = "it", **extra: object) -> dict[str, object]:
-    return {"name": name, "corpid": CORPID, "agentid": AGENTID, "secret": APP_SECRET, "token": TOKEN,
-            "aes_key": AES_KEY, **extra}
-
-
-def kf_account(name: str = "kf", **extra: object) -> dict[str, object]:
-    return {"name": name, "corpid": CORPID, "secret": KF_SECRET, "token": TOKEN, "aes_key": AES_KEY, **extra}
-
 
 def wecom_text_xml(userid: str, content: str, msgid: int, agentid: int = AGENTID, kind: str = "text",
                    extra: str = "") -> str:
@@ -103,7 +87,8 @@ def wecom_text_xml(userid: str, content: str, msgid: int, agentid: int = AGENTID
             f"<MsgId>{msgid}</MsgId><AgentID>{agentid}</AgentID></xml>")
 
 
-def kf_event_xml(open_kfid: str = OPEN_KFID, sync_token: str = "ENCsynctoken") -> str:
+def kf_event_xml(open_kfid: str = OPEN_KFID, sync_token: str = "ENCsynctoken") -> str:  # noqa: S107 - a sample
+    """WeChat Customer Service's nudge: new messages wait in ``open_kfid``'s log (``kf/sync_msg`` reads them)."""
     return (f"<xml><ToUserName><![CDATA[{CORPID}]]></ToUserName><CreateTime>{int(time.time())}</CreateTime>"
             f"<MsgType><![CDATA[event]]></MsgType><Event><![CDATA[kf_msg_or_event]]></Event>"
             f"<Token><![CDATA[{sync_token}]]></Token><OpenKfId><![CDATA[{open_kfid}]]></OpenKfId></xml>")

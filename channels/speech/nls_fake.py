@@ -1,9 +1,21 @@
-"""A loopback Aliyun NLS meta server for tests: the POP RPC ``CreateToken`` action, signature checked.
+"""A fake Aliyun NLS: the token service, the REST speech gateway and the real-time WebSocket gateway.
 
-Real protocol: requests are signed with HMAC-SHA1 over the canonicalized query (``POST&%2F&…``,
-key = AccessKeySecret + "&"); a wrong key id or signature gets the real error shapes (HTTP 404
-``InvalidAccessKeyId.NotFound``, HTTP 400 ``SignatureDoesNotMatch``). Tokens live ``token_ttl``
-seconds; :meth:`FakeNlsMeta.fail_next` injects errors.
+Kefu's own stand-in for Aliyun Intelligent Speech Interaction, beside the clients it fakes
+(``nls_token.py``, ``nls_rest.py``, ``nls_realtime.py``): the tests run against it, and an operator
+can try ``KEFU_SPEECH_PROVIDER=nls`` without an Aliyun account (``kefu fake nls``). Each server is
+real (HTTP or WebSocket on 127.0.0.1 and a free port unless told otherwise) and speaks the real
+protocol; it "recognizes" a fixed text and "speaks" a tone.
+
+- :class:`FakeNlsMeta`: the nls-meta POP RPC ``CreateToken`` action, signature checked. Requests are
+  signed with HMAC-SHA1 over the canonicalized query (``POST&%2F&…``, key = AccessKeySecret + "&");
+  a wrong key id or signature gets the real error shapes (HTTP 404 ``InvalidAccessKeyId.NotFound``,
+  HTTP 400 ``SignatureDoesNotMatch``). Tokens live ``token_ttl`` seconds; :meth:`FakeNlsMeta.fail_next`
+  injects errors.
+- :class:`FakeNlsGateway`: the REST gateway (``/stream/v1/asr``, ``/stream/v1/tts``).
+- :class:`FakeNlsRealtime`: the WebSocket gateway (``/ws/v1``): SpeechTranscriber, SpeechSynthesizer.
+
+Each passes a one-line account of every request it served to ``on_heard`` (``kefu fake nls`` prints
+them). Nothing is raised into a client: every failure is the platform's own error answer.
 """
 
 from __future__ import annotations
@@ -12,11 +24,20 @@ import base64
 import hashlib
 import hmac
 import json
+import math
+import re
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.server import serve
+
+Listener = Callable[[str], None]
 
 
 def _encode(value: str) -> str:
@@ -30,11 +51,20 @@ def pop_signature(method: str, params: dict[str, str], secret: str) -> str:
     return base64.b64encode(digest).decode()
 
 
-class _LoopbackServer:
-    """A threading HTTP server on 127.0.0.1 whose POSTs go to ``respond(path, query, headers, body)``."""
+class _Fake:
+    on_heard: Listener | None = None
 
-    def __init__(self) -> None:
+    def _heard(self, line: str) -> None:
+        if self.on_heard is not None:
+            self.on_heard(line)
+
+
+class _LoopbackServer(_Fake):
+    """A threading HTTP server (127.0.0.1 by default) whose POSTs go to ``respond(path, query, headers, body)``."""
+
+    def __init__(self, host: str, port: int, on_heard: Listener | None) -> None:
         owner = self
+        self.on_heard = on_heard
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
@@ -52,7 +82,7 @@ class _LoopbackServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((host, port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -71,12 +101,13 @@ class _LoopbackServer:
 
 
 class FakeNlsMeta(_LoopbackServer):
-    def __init__(self, access_key_id: str, access_key_secret: str, token_ttl: float = 24 * 3600) -> None:
+    def __init__(self, access_key_id: str, access_key_secret: str, token_ttl: float = 24 * 3600, *,
+                 host: str = "127.0.0.1", port: int = 0, on_heard: Listener | None = None) -> None:
         self.key_id, self.secret, self.token_ttl = access_key_id, access_key_secret, token_ttl
         self.issued: list[str] = []
         self._failures: list[tuple[int, str]] = []
         self._lock = threading.Lock()
-        super().__init__()
+        super().__init__(host, port, on_heard)
 
     @property
     def endpoint(self) -> str:
@@ -90,6 +121,7 @@ class FakeNlsMeta(_LoopbackServer):
         params = dict(query)
         params.update(dict(parse_qsl(body.decode(), keep_blank_values=True)))
         status, answer = self._answer(params)
+        self._heard(f"nls-meta {params.get('Action')}: {answer.get('Code') or answer.get('Token', {}).get('Id')}")
         return status, "application/json", json.dumps(answer).encode()
 
     def fail_next(self, status: int, code: str) -> None:
@@ -128,12 +160,13 @@ class FakeNlsGateway(_LoopbackServer):
     ``down`` makes every request a 503; :meth:`revoke_tokens` makes issued tokens answer 40000001.
     """
 
-    def __init__(self, meta: FakeNlsMeta, appkey: str, recognized: str = "我要转人工") -> None:
+    def __init__(self, meta: FakeNlsMeta, appkey: str, recognized: str = "我要转人工", *, host: str = "127.0.0.1",
+                 port: int = 0, on_heard: Listener | None = None) -> None:
         self.meta, self.appkey, self.recognized = meta, appkey, recognized
         self.down = False
         self.revoked: set[str] = set()
         self.requests: list[str] = []
-        super().__init__()
+        super().__init__(host, port, on_heard)
 
     @property
     def url(self) -> str:
@@ -144,7 +177,9 @@ class FakeNlsGateway(_LoopbackServer):
         return self
 
     def respond(self, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
-        return self._answer(path, query, headers, body)
+        status, ctype, data = self._answer(path, query, headers, body)
+        self._heard(f"nls-gateway {path}: {len(body)} bytes in, HTTP {status}, {len(data)} bytes out ({ctype})")
+        return status, ctype, data
 
     def revoke_tokens(self) -> None:
         self.revoked.update(self.meta.issued)
@@ -179,14 +214,12 @@ class FakeNlsGateway(_LoopbackServer):
 
 def tone(sample_rate: int, ms: int) -> bytes:
     """A 300 Hz 16-bit tone: what the fakes 'speak'."""
-    import math
-
     samples = sample_rate * ms // 1000
     return b"".join(int(6000 * math.sin(2 * math.pi * 300 * i / sample_rate)).to_bytes(2, "little", signed=True)
                     for i in range(samples))
 
 
-class FakeNlsRealtime:
+class FakeNlsRealtime(_Fake):
     """The real-time WebSocket gateway (``/ws/v1``): SpeechTranscriber and SpeechSynthesizer.
 
     Real message shapes: commands need 32-hex ``message_id``/``task_id``, the namespace, the name and
@@ -200,22 +233,25 @@ class FakeNlsRealtime:
     task's audio length (16 kHz: 32,000 bytes a second).
     """
 
-    def __init__(self, meta: FakeNlsMeta, appkey: str, recognized: str = "我要转人工") -> None:
-        from websockets.sync.server import serve
-
-        self.meta, self.appkey, self.recognized = meta, appkey, recognized
+    def __init__(self, meta: FakeNlsMeta, appkey: str, recognized: str = "我要转人工", *, host: str = "127.0.0.1",
+                 port: int = 0, on_heard: Listener | None = None) -> None:
+        self.meta, self.appkey, self.recognized, self.on_heard = meta, appkey, recognized, on_heard
         self.down = False
         self.revoked: set[str] = set()
         self.tasks: list[str] = []  # "SpeechTranscriber" / "SpeechSynthesizer", one per started task
         self.audio_bytes: list[int] = []
         self._failures: list[str] = []
         self._lock = threading.Lock()
-        self._server = serve(self._session, "127.0.0.1", 0, process_request=self._handshake, compression=None)
+        self._server = serve(self._session, host, port, process_request=self._handshake, compression=None)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
+    def port(self) -> int:
+        return int(self._server.socket.getsockname()[1])
+
+    @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self._server.socket.getsockname()[1]}/ws/v1"
+        return f"ws://127.0.0.1:{self.port}/ws/v1"
 
     def __enter__(self) -> FakeNlsRealtime:
         self._thread.start()
@@ -247,13 +283,10 @@ class FakeNlsRealtime:
         return json.dumps({"header": header, "payload": payload or {}}, ensure_ascii=False)
 
     def _failed(self, task_id: str, status: int, text: str) -> str:
+        self._heard(f"nls-realtime TaskFailed {status}: {text}")
         return self._answer("Default", "TaskFailed", task_id, status=status, text=text)
 
     def _session(self, ws: Any) -> None:
-        import re
-
-        from websockets.exceptions import ConnectionClosed
-
         token = ws.request.headers.get("X-NLS-Token") or dict(parse_qsl(urlsplit(ws.request.path).query)).get("token")
         task_id, namespace, rate, audio, started, intermediate = "", "", 0, 0, False, False
         try:
@@ -306,6 +339,7 @@ class FakeNlsRealtime:
                     ws.send(self._answer(namespace, "TranscriptionStarted", task_id, {"session_id": uuid4_hex()}))
                 elif name == "StopTranscription" and started and header["task_id"] == task_id:
                     self.audio_bytes.append(audio)
+                    self._heard(f"nls-realtime SpeechTranscriber: {audio} bytes of 16 kHz audio, heard {self.recognized!r}")
                     if audio:
                         ws.send(self._answer(namespace, "SentenceEnd", task_id, {
                             "index": 1, "time": audio // 32, "begin_time": 0, "result": self.recognized,
@@ -320,6 +354,7 @@ class FakeNlsRealtime:
                                                                 "sample_rate"))
                         return
                     self.tasks.append("SpeechSynthesizer")
+                    self._heard(f"nls-realtime SpeechSynthesizer: {len(text)} characters, {150 * len(text)} ms of tone")
                     audio_out = tone(sample_rate, 150 * len(text))
                     step = sample_rate * 2 // 10
                     for i in range(0, len(audio_out), step):
@@ -334,6 +369,4 @@ class FakeNlsRealtime:
 
 
 def uuid4_hex() -> str:
-    import uuid
-
     return uuid.uuid4().hex

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from channels.speech.base import SpeechError
+from channels.speech.nls_fake import FakeNlsMeta
 from channels.speech.nls_token import NlsTokens
 from models.kv import make_kv
 from models.locks import make_locks
 from models.settings import Settings
-from tests.fake_nls import FakeNlsMeta
 
 KEY_ID, SECRET = "LTAI-test-key", "test-secret-value"
 

@@ -15,6 +15,7 @@ import redis
 
 from channels.base import DeliveryPermanent, DeliveryProgress, OutboundDeps
 from channels.wechat_api import AccessTokens, AppCredentials, PlatformAPI, PlatformPermanent, PlatformRetryable, make_http
+from channels.wechat_fake import FakeWeChat
 from channels.wechat_mp import WeChatMPOutbound
 from models.bus import SocketBus
 from models.envelope import ConversationKey, Reply
@@ -23,7 +24,6 @@ from models.locks import make_locks
 from models.settings import Settings
 from tests import wechat_platform as wp
 from tests.conftest import REPO
-from tests.fake_wechat import FakeWeChat
 
 APP = AppCredentials("mp", wp.APPID, wp.SECRET)
 

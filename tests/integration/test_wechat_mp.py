@@ -12,9 +12,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from channels.wechat_fake import FakeWeChat
 from models.tables import AuditEvent, DeliveryRecord, InboundRecord, ReplyRecord
 from tests import wechat_platform as wp
-from tests.fake_wechat import FakeWeChat
 from tests.integration.conftest import BACKENDS, Stack, settled, start_stack, wait_for
 
 FAQ = [{"keywords": ["营业时间"], "answer": "我们的营业时间是每天 9:00–21:00。"}]

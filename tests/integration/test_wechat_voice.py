@@ -21,10 +21,10 @@ import redis
 from sqlalchemy import select
 
 from channels.speech.espeak import EspeakSynthesizer
+from channels.wechat_fake import FakeWeChat
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from tests import voice_files
 from tests import wechat_platform as wp
-from tests.fake_wechat import FakeWeChat
 from tests.integration.conftest import BACKENDS, Stack, settled, start_stack, wait_for
 
 FAQ = [{"keywords": ["yes"], "answer": "好的，已为您登记。"}]

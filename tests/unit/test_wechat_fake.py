@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fake_wechat import ENDPOINTS, FakeWeChat
+from channels.wechat_fake import ENDPOINTS, FakeWeChat
 
 APPID, SECRET = "wx-app", "mp-secret"
 CORPID, CORPSECRET, AGENTID = "ww-corp", "corp-secret", 1000002
