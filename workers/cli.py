@@ -7,6 +7,7 @@
     kefu worker --queues llm,io  run a Celery worker for the given queues
     kefu up                      migrate, then a worker and the gateway together (chat page on /)
     kefu demo                    send real questions through the whole pipeline and print what happened
+    kefu fake wechat|nls|pbx     run a platform's fake locally, to try a channel without an account
 """
 
 from __future__ import annotations
@@ -145,6 +146,43 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings, keep=args.keep)
 
 
+def cmd_fake(settings: Settings, args: argparse.Namespace) -> int:
+    from workers import fakes
+
+    run = {"wechat": fakes.run_wechat, "nls": fakes.run_nls, "pbx": fakes.run_pbx}[args.platform]
+    return run(args)
+
+
+def add_fake_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    kinds = sub.add_parser("fake", help="run a platform's fake locally (WeChat, Aliyun NLS, a PBX)").add_subparsers(
+        dest="platform", required=True)
+    p = kinds.add_parser("wechat", help="the WeChat / WeCom / kf API with sample accounts")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="default: a free port")
+    p.add_argument("--push", metavar="URL", help="push each stdin line to this official-account callback")
+    p = kinds.add_parser("nls", help="Aliyun NLS: token service (PORT), REST (PORT+1) and real-time (PORT+2) gateways")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="default: free ports")
+    p.add_argument("--access-key-id", default="fake-access-key-id")
+    p.add_argument("--access-key-secret", default="fake-access-key-secret")
+    p.add_argument("--appkey", default="fake-appkey")
+    p.add_argument("--recognized", default="请问你们几点营业？", help="what the fake hears in any speech")
+    p = kinds.add_parser("pbx", help="call Kefu's voice gateway, say something, hang up")
+    p.add_argument("--url", required=True, help="Kefu's gateway, ws://HOST:PORT")
+    p.add_argument("--secret", required=True, help="a KEFU_VOICE_GATEWAYS secret")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--say-file", metavar="WAV", help="a 16-bit WAV file to say")
+    what.add_argument("--text", default="hello, where is my order?", help="words to say (espeak-ng)")
+    p.add_argument("--caller", default="+8613800138000")
+    p.add_argument("--callee", default="4008001234", help="the hotline number dialed")
+    p.add_argument("--call-id", help="default: a new one for every call")
+    p.add_argument("--sample-rate", type=int, choices=[8000, 16000], default=8000)
+    p.add_argument("--timeout", type=float, default=60, help="seconds for the whole call")
+    p.add_argument("--record", metavar="WAV", help="write both sides of the call to this file")
+    for kind in kinds.choices.values():
+        kind.set_defaults(func=cmd_fake)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kefu", description="Self-hosted AI customer service.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run questions through the whole pipeline on embedded defaults")
     p.add_argument("--keep", action="store_true", help="keep the demo's data directory")
     p.set_defaults(func=cmd_demo)
+    add_fake_parser(sub)
     return parser
 
 

@@ -3,7 +3,10 @@ espeak-ng audio, a real worker answers with the random-weight Qwen3, and Kefu sp
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ from channels.speech.espeak import EspeakSynthesizer
 from channels.telephony.events import ClearAudio, HangupOut, Transfer
 from channels.telephony.fake_pbx import PhoneLine
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
+from tests.conftest import as_env
 from tests.integration.conftest import Stack, start_stack, wait_for
 
 SECRET = "pbx-secret"
@@ -144,6 +148,23 @@ def test_hanging_up_mid_answer_keeps_only_what_was_heard(phone: Stack, voice: Es
         text = wait_for(lambda: s.scalars(select(ReplyRecord.text).where(ReplyRecord.inbound_id == row.id)).first(),
                         timeout=30)
     assert text.endswith("…")
+
+
+def test_kefu_fake_pbx_dials_asks_and_hangs_up(phone: Stack, tmp_path: Path) -> None:
+    """What an operator runs to try the phone channel: the PBX fake's command line, in a child process."""
+    wav = tmp_path / "call.wav"
+    done = subprocess.run(
+        [sys.executable, "-m", "workers.cli", "fake", "pbx", "--url", f"{phone.gateway.ws_url}/v1/voice/ws",
+         "--secret", SECRET, "--text", "hello, where is my order", "--caller", "+8613600003333", "--call-id", "cli-1",
+         "--record", str(wav)],
+        env=as_env({}), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"dialing {phone.gateway.ws_url}/v1/voice/ws" in done.stdout
+    assert re.search(r"heard [1-9]\d* ms of greeting, said [1-9]\d* ms, heard [1-9]\d* ms of answer; hung up",
+                     done.stdout), done.stdout
+    assert wav.read_bytes()[:4] == b"RIFF"
+    rows = inbound_rows(phone, "cli-1")
+    assert rows and all(row.channel == "phone" and row.kind == "voice" and row.text for row in rows)
 
 
 def test_asterisk_audiosocket_gets_the_same_call(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> None:

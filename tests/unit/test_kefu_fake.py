@@ -1,0 +1,103 @@
+"""``kefu fake wechat`` / ``kefu fake nls`` as an operator runs them: a child process, printed settings, real sockets."""
+
+from __future__ import annotations
+
+import queue
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from channels.speech.nls_rest import NlsRestRecognizer
+from channels.speech.nls_token import NlsTokens
+from channels.wechat_fake import APPID, SECRET
+from models.kv import make_kv
+from models.locks import make_locks
+from models.settings import Settings
+from tests.conftest import as_env
+from workers.demo.processes import free_port, terminate
+
+
+class Fake:
+    """``kefu fake …`` in a child process; :meth:`line` reads what it prints, with a timeout."""
+
+    def __init__(self, *argv: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "fake", *argv], env=as_env({}),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def line(self, timeout: float = 20) -> str:
+        return self.lines.get(timeout=timeout)
+
+    def exports(self, count: int) -> dict[str, str]:
+        """The next ``count`` lines, ``export KEFU_…=…`` each, parsed as a shell would."""
+        values = {}
+        for _ in range(count):
+            words = shlex.split(self.line())
+            assert words[0] == "export", words
+            name, value = words[1].split("=", 1)
+            values[name] = value
+        return values
+
+    def interrupt(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def fakes() -> Iterator[list[Fake]]:
+    started: list[Fake] = []
+    yield started
+    for fake in started:
+        terminate(fake.proc, 5)
+        assert fake.proc.stdout is not None
+        fake.proc.stdout.close()
+
+
+def test_kefu_fake_wechat_serves_the_sample_accounts_and_prints_what_kefu_sends(fakes: list[Fake]) -> None:
+    port = free_port()
+    fake = Fake("wechat", "--port", str(port))
+    fakes.append(fake)
+    assert f"listening on http://127.0.0.1:{port}" in fake.line()
+    settings = fake.exports(5)
+    assert settings["KEFU_WECHAT_API_BASE"] == f"http://127.0.0.1:{port}"
+    assert '"appid": "wxkefutest0001"' in settings["KEFU_WECHAT_ACCOUNTS"]
+    with httpx.Client(base_url=f"{settings['KEFU_WECHAT_API_BASE']}/cgi-bin/", timeout=5) as http:
+        token = http.get("token", params={"grant_type": "client_credential", "appid": APPID, "secret": SECRET}).json()
+        assert token["expires_in"] == 7200
+        body = {"touser": "o-customer", "msgtype": "text", "text": {"content": "您好，订单已发货"}}
+        sent = http.post("message/custom/send", params={"access_token": token["access_token"]}, json=body).json()
+        assert sent["errcode"] == 0
+    assert fake.line() == "heard custom_send to o-customer: 您好，订单已发货"
+    assert fake.interrupt() == 0
+
+
+def test_kefu_fake_nls_gives_tokens_and_hears_its_text(fakes: list[Fake], tmp_path: Path) -> None:
+    port = free_port()  # and the two after it, most likely free as well
+    fake = Fake("nls", "--port", str(port), "--recognized", "几点营业")
+    fakes.append(fake)
+    assert f"token service on 127.0.0.1:{port}" in fake.line()
+    nls = fake.exports(8)
+    assert nls["KEFU_SPEECH_PROVIDER"] == "nls"
+    settings = Settings(data_dir=tmp_path)
+    tokens = NlsTokens(make_kv(settings), make_locks(settings), access_key_id=nls["KEFU_NLS_ACCESS_KEY_ID"],
+                       access_key_secret=nls["KEFU_NLS_ACCESS_KEY_SECRET"], region="cn-shanghai",
+                       endpoint=nls["KEFU_NLS_META_ENDPOINT"], protocol=nls["KEFU_NLS_META_PROTOCOL"])
+    asr = NlsRestRecognizer(tokens, gateway=nls["KEFU_NLS_GATEWAY"], appkey=nls["KEFU_NLS_APPKEY"])
+    assert asr.transcribe(bytes(16000), 16000) == "几点营业"
+    assert fake.line() == "nls-meta CreateToken: nls-token-0001"
+    assert fake.line().startswith("nls-gateway /stream/v1/asr: 16000 bytes in, HTTP 200")
+    assert fake.interrupt() == 0
