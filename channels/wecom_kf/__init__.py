@@ -31,8 +31,8 @@ session state no longer allows it: a human took over) is a permanent, recorded f
 from __future__ import annotations
 
 from channels.base import Channel
-from channels.wecom_kf.config import CHANNEL, WeComKfAccount, WeComKfSettings, account, media_app
 from channels.wecom_kf.adapter import WeComKfAdapter
+from channels.wecom_kf.config import CHANNEL, WeComKfAccount, WeComKfSettings, account, media_app
 from channels.wecom_kf.handoff import KfHandOff
 from channels.wecom_kf.outbound import WeComKfOutbound
 

@@ -20,8 +20,8 @@ from channels import wechat_protocol as wx
 from channels.base import HandOffPort
 from channels.ingress import Ingress
 from channels.wechat_api import PlatformAPI, PlatformPermanent
-from channels.wecom_kf.config import CHANNEL, WeComKfAccount, account, credentials, peer, split_peer
 from channels.wecom_kf.adapter import sync_token_key
+from channels.wecom_kf.config import CHANNEL, WeComKfAccount, account, credentials, peer, split_peer
 from channels.wecom_kf.handoff import HUMAN_STATES, POOL
 from models.db import transaction
 from models.dialogue import Action, Message, decide

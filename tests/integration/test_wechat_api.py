@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from channels.base import DeliveryPermanent, DeliveryProgress, OutboundDeps
+from channels.base import DeliveryPermanent, DeliveryProgress, HandOffPort, OutboundDeps
 from channels.wechat_api import AccessTokens, AppCredentials, PlatformAPI, PlatformPermanent, PlatformRetryable, make_http
 from channels.wechat_fake import FakeWeChat
 from channels.wechat_mp import WeChatMPOutbound
@@ -127,7 +127,9 @@ def outbound(settings: Settings) -> tuple[WeChatMPOutbound, SocketBus]:
     api, _ = client(settings)
     request_close(api)
     bus = SocketBus(settings.data_dir / "bus")
-    return WeChatMPOutbound(OutboundDeps(settings, bus, None, api)), bus  # type: ignore[arg-type]
+    kv = make_kv(settings)
+    deps = OutboundDeps(settings, bus, None, kv, HandOffPort(settings, kv), api)  # type: ignore[arg-type]
+    return WeChatMPOutbound(deps), bus
 
 
 def reply(text: str, hours_ago: float = 0) -> Reply:

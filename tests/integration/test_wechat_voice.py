@@ -112,17 +112,17 @@ def voice_xml(openid: str, media_id: str, msgid: int) -> str:
 # ---- official account --------------------------------------------------------------------------
 
 def test_official_account_voice_is_downloaded_transcribed_and_answered_by_the_model(vs: VoiceStack) -> None:
-    openid = "o-voice-hello"
-    vs.fake.add_media("MP-HELLO", vs.amr("hello"), app=wp.APPID)
-    cb = wp.callback(voice_xml(openid, "MP-HELLO", 9001), mode="aes")
+    openid = "o-voice-okay"
+    vs.fake.add_media("MP-OKAY", vs.amr("okay"), app=wp.APPID)
+    cb = wp.callback(voice_xml(openid, "MP-OKAY", 9001), mode="aes")
     started = time.monotonic()
     r = vs.post(cb, "/v1/wechat/shop")
     assert (r.status_code, r.text) == (200, "success")  # acknowledged at once, nothing downloaded yet
     assert time.monotonic() - started < 2.0
     wait_for(lambda: vs.sent("custom_send", openid), timeout=60)
     row = vs.inbound("wechat_mp", "9001")
-    assert (row.kind, row.media_id, row.status) == ("voice", "MP-HELLO", "answered")
-    assert row.text == "hello"  # pocketsphinx's transcription of espeak-ng's "hello", through AMR-NB
+    assert (row.kind, row.media_id, row.status) == ("voice", "MP-OKAY", "answered")
+    assert row.text == "okay"  # pocketsphinx's transcription of espeak-ng's "okay", through AMR-NB
     wait_for(lambda: "dispatched" in vs.kinds(row.id))
     assert vs.kinds(row.id) == ["received", "queued", "transcribed", "generation_started", "generation_finished",
                                 "reply_stored", "dispatched"]
@@ -130,10 +130,27 @@ def test_official_account_voice_is_downloaded_transcribed_and_answered_by_the_mo
     detail = transcribed.detail
     assert detail["format"] == "amr-nb" and detail["chars"] == len(row.text) and 500 < detail["duration_ms"] < 1500
     assert all(isinstance(detail[k], int) for k in ("download_ms", "decode_ms", "recognize_ms", "media_bytes"))
-    assert all("hello" not in json.dumps(e.detail) for e in vs.audit(row.id))  # the audit log holds no text
+    assert all("okay" not in json.dumps(e.detail) for e in vs.audit(row.id))  # the audit log holds no text
     assert vs.reply(row.id).source in ("model", "fallback")
     downloads = [c for c in vs.fake.calls if c["endpoint"] == "media_get"]
-    assert [c["query"]["media_id"] for c in downloads] == ["MP-HELLO"]
+    assert [c["query"]["media_id"] for c in downloads] == ["MP-OKAY"]
+
+
+def test_official_account_voice_asking_for_a_person_is_passed_to_its_staff(vs: VoiceStack) -> None:
+    """Decided in the worker, after the callback's passive reply is long gone: the notice goes out as a
+    customer-service message and the customer's next message is passed to the account's staff."""
+    openid = "o-voice-hello"
+    vs.fake.add_media("MP-HELLO", vs.amr("hello"), app=wp.APPID)  # "hello" is a hand-off keyword in this stack
+    assert vs.post(wp.callback(voice_xml(openid, "MP-HELLO", 9050)), "/v1/wechat/shop").text == "success"
+    wait_for(lambda: vs.sent("custom_send", openid), timeout=60)
+    assert settled(lambda: [m["content"] for m in vs.sent("custom_send", openid)]) == ["好的，正在为您转接人工客服，请稍候。"]
+    row = vs.inbound("wechat_mp", "9050")
+    assert (row.text, vs.reply(row.id).source) == ("hello", "handoff")
+    wait_for(lambda: "dispatched" in vs.kinds(row.id))
+    assert vs.kinds(row.id) == ["received", "queued", "transcribed", "reply_stored", "dispatched"]
+    later = vs.post(wp.callback(wp.text_xml(openid, "我的订单呢", msgid=9051), mode="raw"), "/v1/wechat/shop")
+    assert "transfer_customer_service" in later.text  # the staff take it from here
+    assert vs.inbound("wechat_mp", "9051").status == "human"
 
 
 @pytest.mark.parametrize(("media", "reason"), [(None, "40007"), (b"<html>not a voice</html>", "undecodable")],
@@ -185,7 +202,7 @@ def test_a_download_that_keeps_failing_is_given_up_with_the_unclear_reply(vs: Vo
 
 def test_a_text_after_a_voice_waits_for_the_voice_to_be_answered(vs: VoiceStack) -> None:
     openid = "o-voice-order"
-    vs.fake.add_media("MP-SLOW", vs.amr("hello"), app=wp.APPID)
+    vs.fake.add_media("MP-SLOW", vs.amr("okay"), app=wp.APPID)
     vs.fake.http_error_next(502, endpoint="media_get")  # the voice's download is retried a second later
     assert vs.post(wp.callback(voice_xml(openid, "MP-SLOW", 9300)), "/v1/wechat/shop").text == "success"
     assert vs.post(wp.callback(wp.text_xml(openid, "你好", msgid=9301)), "/v1/wechat/shop").text == "success"
