@@ -19,7 +19,7 @@ CHANNELS: dict[str, str] = {
     "wecom": "channels.wecom:descriptor",
     "wecom_kf": "channels.wecom_kf:descriptor",
     "phone": "channels.telephony:descriptor",
-    # "webhook": "channels.webhook:descriptor",
+    "webhook": "channels.webhook:descriptor",
 }
 
 
