@@ -2,8 +2,8 @@
 
 Kefu's own stand-in for the platforms, beside the client it fakes (``channels/wechat_api.py``), the
 way httpx ships ``MockTransport``: the tests run against it, and an operator can try a channel
-without a platform account (``kefu fake wechat``). A real ``ThreadingHTTPServer`` (127.0.0.1 and a
-free port unless told otherwise) speaks the platforms' JSON protocol under ``/cgi-bin/``; point
+without a platform account (``kefu fake wechat``). A real HTTP server (``channels/fake_http.py``;
+127.0.0.1 and a free port unless told otherwise) speaks the platforms' JSON protocol under ``/cgi-bin/``; point
 ``KEFU_WECHAT_API_BASE`` / ``KEFU_WECOM_API_BASE`` (or a client's API base) at
 :attr:`FakeWeChat.base_url` — no patching. Like the real APIs it answers HTTP 200 with
 ``errcode``/``errmsg`` for every API-level error. The platform's other half, the callbacks it pushes
@@ -40,15 +40,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from channels.fake_http import Answer, FakeHTTPServer, Request
 
 ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/cgi-bin/token"): "token",
@@ -140,74 +139,11 @@ class _Media:
     filename: str
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeWeChat
-
-    def __init__(self, fake: FakeWeChat, address: tuple[str, int]) -> None:
-        self.fake = fake
-        self.live: set[socket.socket] = set()
-        self.live_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.live_lock:
-            self.live.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.live_lock:
-            self.live.discard(request)
-        super().shutdown_request(request)
-
-    def drop_connections(self) -> None:
-        """Wake handler threads parked on idle keep-alive connections so server_close() can join them."""
-        with self.live_lock:
-            for sock in self.live:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that timed out and hung up is expected, not an error
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out as two writes; no 40 ms delayed-ACK stall
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def _serve(self, method: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        parts = urlsplit(self.path)
-        query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        status, body, ctype, headers = self.server.fake._dispatch(method, parts.path, query, raw)
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 class FakeWeChat:
     """The fake platform. Use as a context manager, or call :meth:`start` / :meth:`stop`."""
 
     def __init__(self, token_ttl: float = 7200.0, token_overlap: float = 0.0, *, host: str = "127.0.0.1",
                  port: int = 0, on_sent: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.address = (host, port)
         self.on_sent = on_sent
         self.token_ttl = token_ttl
         self.token_overlap = token_overlap
@@ -232,30 +168,18 @@ class FakeWeChat:
         self._seqs: dict[str, int] = {}
         self._kf_log: list[dict[str, Any]] = []
         self._media: dict[str, _Media] = {}
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._http = FakeHTTPServer(self._respond, host=host, port=port, name="fake-wechat")
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> FakeWeChat:
-        if self._server is not None:
-            return self
         self._stopping.clear()
-        self._server = _Server(self, self.address)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-wechat", daemon=True)
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
-        self._stopping.set()
-        server.shutdown()
-        server.drop_connections()
-        server.server_close()
-        thread.join(timeout=5)
-        self._server = self._thread = None
+        self._stopping.set()  # wakes a request waiting out set_latency()
+        self._http.stop()
 
     def __enter__(self) -> FakeWeChat:
         return self.start()
@@ -265,14 +189,11 @@ class FakeWeChat:
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("FakeWeChat is not started")
-        return int(self._server.server_address[1])
+        return self._http.port
 
     @property
     def base_url(self) -> str:
-        host = self.address[0] if self.address[0] not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
-        return f"http://{host}:{self.port}"
+        return self._http.base_url
 
     @property
     def api_base(self) -> str:
@@ -374,8 +295,8 @@ class FakeWeChat:
         self._seqs[kind] = self._seqs.get(kind, 0) + 1
         return f"{kind}-{self._seqs[kind]:06d}"
 
-    def _dispatch(self, method: str, path: str, query: dict[str, str], raw: bytes
-                  ) -> tuple[int, bytes, str, dict[str, str]]:
+    def _respond(self, request: Request) -> Answer:
+        method, path, query, raw = request.method, request.path, request.query, request.body
         try:
             body: Any = json.loads(raw.decode("utf-8")) if raw else None
         except (UnicodeDecodeError, ValueError):
@@ -397,20 +318,19 @@ class FakeWeChat:
         if latency:
             self._stopping.wait(latency)
         if status != 200:
-            page = f"<html><body><h1>{status}</h1>fake gateway error</body></html>".encode()
-            return status, page, "text/html", {}
+            return Answer(status, f"<html><body><h1>{status}</h1>fake gateway error</body></html>".encode(), "text/html")
         if endpoint is None:
-            return 404, b"not found", "text/plain", {}
+            return Answer(404, b"not found", "text/plain")
         with self._lock:
             if endpoint == "media_get":
                 media, answer = self._media_get(query)
                 if media is not None:
                     disposition = f'attachment; filename="{media.filename}"'
-                    return 200, media.data, media.content_type, {"Content-disposition": disposition}
+                    return Answer(200, media.data, media.content_type, {"Content-disposition": disposition})
             else:
                 answer = self._answer(endpoint, query, body)
             self._changed.notify_all()
-        return 200, json.dumps(answer, ensure_ascii=False).encode("utf-8"), "application/json; charset=utf-8", {}
+        return Answer.json(200, answer)
 
     def _error(self, code: int) -> dict[str, Any]:
         return {"errcode": code, "errmsg": f"{errmsg(code)} rid: {self._id('rid')}"}

@@ -30,12 +30,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
+
+from channels.fake_http import Answer, FakeHTTPServer, Request
 
 Listener = Callable[[str], None]
 
@@ -59,48 +60,32 @@ class _Fake:
             self.on_heard(line)
 
 
-class _LoopbackServer(_Fake):
-    """A threading HTTP server (127.0.0.1 by default) whose POSTs go to ``respond(path, query, headers, body)``."""
+class _HttpFake(_Fake):
+    """One NLS HTTP service on a :class:`~channels.fake_http.FakeHTTPServer`: :meth:`respond` answers each request.
+
+    One request per connection, so a client that never closes its connection pool leaves nothing open.
+    """
 
     def __init__(self, host: str, port: int, on_heard: Listener | None) -> None:
-        owner = self
         self.on_heard = on_heard
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                parts = urlsplit(self.path)
-                query = dict(parse_qsl(parts.query, keep_blank_values=True))
-                status, ctype, data = owner.respond(parts.path, query, dict(self.headers), body)
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._http = FakeHTTPServer(self.respond, host=host, port=port, name=type(self).__name__, keep_alive=False)
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return self._http.port
 
-    def respond(self, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+    def respond(self, request: Request) -> Answer:
         raise NotImplementedError
 
-    def start(self) -> None:
-        self._thread.start()
+    def __enter__(self) -> Self:
+        self._http.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._http.stop()
 
 
-class FakeNlsMeta(_LoopbackServer):
+class FakeNlsMeta(_HttpFake):
     def __init__(self, access_key_id: str, access_key_secret: str, token_ttl: float = 24 * 3600, *,
                  host: str = "127.0.0.1", port: int = 0, on_heard: Listener | None = None) -> None:
         self.key_id, self.secret, self.token_ttl = access_key_id, access_key_secret, token_ttl
@@ -113,16 +98,12 @@ class FakeNlsMeta(_LoopbackServer):
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def __enter__(self) -> FakeNlsMeta:
-        self.start()
-        return self
-
-    def respond(self, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
-        params = dict(query)
-        params.update(dict(parse_qsl(body.decode(), keep_blank_values=True)))
+    def respond(self, request: Request) -> Answer:
+        params = dict(request.query)
+        params.update(dict(parse_qsl(request.body.decode(), keep_blank_values=True)))
         status, answer = self._answer(params)
         self._heard(f"nls-meta {params.get('Action')}: {answer.get('Code') or answer.get('Token', {}).get('Id')}")
-        return status, "application/json", json.dumps(answer).encode()
+        return Answer.json(status, answer)
 
     def fail_next(self, status: int, code: str) -> None:
         with self._lock:
@@ -152,7 +133,7 @@ class FakeNlsMeta(_LoopbackServer):
                      "RequestId": request_id, "NlsRequestId": request_id}
 
 
-class FakeNlsGateway(_LoopbackServer):
+class FakeNlsGateway(_HttpFake):
     """The REST speech gateway: ``/stream/v1/asr`` and ``/stream/v1/tts``, tokens checked against ``meta``.
 
     Recognition answers ``recognized`` (what a real engine would hear) when the body is whole 16 kHz
@@ -172,33 +153,30 @@ class FakeNlsGateway(_LoopbackServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> FakeNlsGateway:
-        self.start()
-        return self
-
-    def respond(self, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
-        status, ctype, data = self._answer(path, query, headers, body)
-        self._heard(f"nls-gateway {path}: {len(body)} bytes in, HTTP {status}, {len(data)} bytes out ({ctype})")
-        return status, ctype, data
+    def respond(self, request: Request) -> Answer:
+        answer = self._answer(request.path, request.query, request.headers, request.body)
+        self._heard(f"nls-gateway {request.path}: {len(request.body)} bytes in, HTTP {answer.status}, "
+                    f"{len(answer.body)} bytes out ({answer.content_type})")
+        return answer
 
     def revoke_tokens(self) -> None:
         self.revoked.update(self.meta.issued)
 
-    def _error(self, status: int, code: int, message: str) -> tuple[int, str, bytes]:
-        return status, "application/json", json.dumps({"task_id": "t", "status": code, "message": message}).encode()
+    def _error(self, status: int, code: int, message: str) -> Answer:
+        return Answer.json(status, {"task_id": "t", "status": code, "message": message})
 
-    def _answer(self, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+    def _answer(self, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> Answer:
         self.requests.append(path)
         if self.down:
-            return 503, "text/html", b"<html>503 Service Unavailable</html>"
+            return Answer(503, b"<html>503 Service Unavailable</html>", "text/html")
         if path == "/stream/v1/asr":
-            token = headers.get("X-NLS-Token", "")
+            token = headers.get("x-nls-token", "")
             appkey, rate = query.get("appkey"), query.get("sample_rate")
         elif path == "/stream/v1/tts":
             request = json.loads(body or b"{}")
             token, appkey, rate = request.get("token", ""), request.get("appkey"), str(request.get("sample_rate"))
         else:
-            return 404, "text/plain", b"not found"
+            return Answer(404, b"not found", "text/plain")
         if token not in self.meta.issued or token in self.revoked:
             return self._error(403, 40000001, "The token is invalid!")
         if appkey != self.appkey:
@@ -206,10 +184,9 @@ class FakeNlsGateway(_LoopbackServer):
         if path == "/stream/v1/asr":
             if rate != "16000" or len(body) % 2:
                 return self._error(400, 40000002, "Invalid audio")
-            return 200, "application/json", json.dumps({"task_id": "t", "result": self.recognized,
-                                                        "status": 20000000, "message": "SUCCESS"}).encode()
+            return Answer.json(200, {"task_id": "t", "result": self.recognized, "status": 20000000, "message": "SUCCESS"})
         text = str(request.get("text", ""))
-        return 200, "audio/pcm", tone(int(rate or 0), 150 * max(1, len(text)))
+        return Answer(200, tone(int(rate or 0), 150 * max(1, len(text))), "audio/pcm")
 
 
 def tone(sample_rate: int, ms: int) -> bytes:
