@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, TypeVar
 from pydantic import BaseModel, field_validator
 
 from channels.errors import ChannelError, DeliveryError, DeliveryPermanent, DeliveryRetryable, RequestRejected
-from models.dialogue import HandOff
-from models.envelope import ConversationKey, Reply
+from models.dialogue import Action, HandOff, Message, decide
+from models.envelope import ConversationKey, Inbound, Reply
 from models.settings import Section, Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
     from starlette.routing import BaseRoute
 
-    from channels.ingress import Ingress
+    from channels.ingress import Accepted, Ingress
     from channels.wechat_api import AppCredentials, PlatformAPI
     from models.bus import Bus, Listener
     from models.kv import KV
@@ -61,11 +61,12 @@ class Account(BaseModel):
 AccountT = TypeVar("AccountT", bound=Account)
 
 
-def unique_names(variable: str, accounts: Sequence[AccountT]) -> list[AccountT]:
-    """``accounts`` when every entry has its own name; a ValueError naming ``variable`` otherwise."""
+def unique_names(accounts: Sequence[AccountT]) -> list[AccountT]:
+    """``accounts`` when every entry has its own name; a ValueError otherwise (a field validator: the error names
+    the variable)."""
     names = [a.name for a in accounts]
     if len(set(names)) != len(names):
-        raise ValueError(f"{variable}: every entry needs its own name (got {names})")
+        raise ValueError(f"every entry needs its own name (got {names})")
     return list(accounts)
 
 
@@ -116,6 +117,18 @@ class ChannelAdapter(ABC):
     @abstractmethod
     def routes(self) -> list[BaseRoute]:
         """The HTTP/WebSocket routes this channel mounts on the gateway."""
+
+    def take(self, inbound: Inbound) -> Accepted:
+        """Carry out the dialogue decision for a customer's text (channels without a platform reply of their own):
+        queued for the model, or answered now (FAQ, no person available, a hand-off notice) with a reply that
+        is delivered like any other."""
+        decision = decide(self.ctx.settings, Message(inbound.text, inbound.kind),
+                          self.ctx.handoff.availability(inbound.key.account))
+        if decision.action is Action.GENERATE:
+            return self.ctx.ingress.accept(inbound)
+        if decision.action is Action.HAND_OFF:
+            self.ctx.handoff.begin(inbound.key)  # before the notice is stored: the next message goes to the person
+        return self.ctx.ingress.accept_answered(inbound, decision.answer(), passive=False)[0]
 
     async def start(self) -> None:
         """Start what the channel serves besides its routes (a TCP listener); the gateway's lifespan calls it."""

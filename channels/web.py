@@ -35,11 +35,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from channels import visitor_token
 from channels.base import Channel, ChannelAdapter, DeliveryProgress, Outbound, RequestRejected
-from channels.ingress import Accepted
+from channels.http import clean_text, parse_json_object
 from models import transcript
 from models.db import transaction
-from models.dialogue import Action, Message, decide
-from models.envelope import ConversationKey, Inbound, Reply, printable
+from models.envelope import ConversationKey, Inbound, Reply
 
 if TYPE_CHECKING:
     from channels.base import ChannelContext
@@ -49,33 +48,6 @@ log = logging.getLogger(__name__)
 CHANNEL = "web"
 RESEND_INTERVAL_S = 3.0
 _CLIENT_MSG_ID_MAX = 64
-
-
-def parse_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
-    if len(raw) > max_bytes:
-        raise RequestRejected(413, "body_too_large", f"request body is {len(raw)} bytes; the limit is {max_bytes}")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestRejected(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise RequestRejected(400, "malformed_json", "request body must be a JSON object")
-    return data
-
-
-def clean_text(value: Any, max_chars: int) -> str:
-    if value is None:
-        raise RequestRejected(422, "missing_text", "field 'text' is required")
-    if not isinstance(value, str):
-        raise RequestRejected(422, "invalid_text", "field 'text' must be a string")
-    text = printable(value).strip()
-    if not text:
-        raise RequestRejected(422, "empty_text", "field 'text' must not be empty")
-    if len(text) > max_chars:
-        raise RequestRejected(
-            413, "text_too_long", f"text is {len(text)} characters; the limit is {max_chars}"
-        )
-    return text
 
 
 def clean_client_msg_id(value: Any) -> str:
@@ -201,16 +173,6 @@ class WebAdapter(ChannelAdapter):
             return
         await ws.accept()
         await _WebSession(self, ws, self.key_for(visitor_id)).run()
-
-    def take(self, inbound: Inbound) -> Accepted:
-        """Carry out the dialogue decision for a visitor's message: queued for the model, or answered now (FAQ,
-        no person to hand over to) with a reply that reaches the socket like any other."""
-        decision = decide(self.ctx.settings, Message(inbound.text), self.ctx.handoff.availability(inbound.key.account))
-        if decision.action is Action.GENERATE:
-            return self.ctx.ingress.accept(inbound)
-        if decision.action is Action.HAND_OFF:
-            self.ctx.handoff.begin(inbound.key)
-        return self.ctx.ingress.accept_answered(inbound, decision.answer(), passive=False)[0]
 
     def handle_frame_sync(self, key: ConversationKey, frame: dict[str, Any]) -> dict[str, Any] | None:
         """Apply one client frame (in a worker thread); return the frame to answer with, if any."""

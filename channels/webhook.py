@@ -59,10 +59,7 @@ from channels.base import (
     RequestRejected,
     unique_names,
 )
-from channels.ingress import Accepted
-from channels.web import clean_text, parse_json_object
-from channels.wechat_guard import read_limited
-from models.dialogue import Action, Message, decide
+from channels.http import clean_text, parse_json_object, read_limited
 from models.envelope import ConversationKey, Inbound, Reply
 from models.settings import Section, Settings
 from models.tables import InboundRecord
@@ -120,7 +117,7 @@ class WebhookSettings(Section):
     @field_validator("webhooks")
     @classmethod
     def _unique(cls, value: list[WebhookEndpoint]) -> list[WebhookEndpoint]:
-        return unique_names("KEFU_WEBHOOKS", value)
+        return unique_names(value)
 
     def endpoint(self, name: str) -> WebhookEndpoint | None:
         return next((e for e in self.webhooks if e.name == name), None)
@@ -230,15 +227,6 @@ class WebhookAdapter(ChannelAdapter):
             return JSONResponse(exc.body(), status_code=exc.status)
         accepted = await run_in_threadpool(self.take, inbound)
         return JSONResponse({"message_id": accepted.inbound_id, "duplicate": accepted.duplicate}, status_code=202)
-
-    def take(self, inbound: Inbound) -> Accepted:
-        """Carry out the dialogue decision: queued for the model, or answered now by a rule (delivered like any reply)."""
-        decision = decide(self.ctx.settings, Message(inbound.text), self.ctx.handoff.availability(inbound.key.account))
-        if decision.action is Action.GENERATE:
-            return self.ctx.ingress.accept(inbound)
-        if decision.action is Action.HAND_OFF:
-            self.ctx.handoff.begin(inbound.key)
-        return self.ctx.ingress.accept_answered(inbound, decision.answer(), passive=False)[0]
 
 
 # ---- worker side -----------------------------------------------------------------------------------------

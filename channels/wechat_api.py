@@ -12,9 +12,9 @@
   file on success and as errcode JSON on failure (e.g. 40007: the media id is unknown or expired —
   media live three days); a file is read only up to a size limit.
 
-Errors: :class:`~channels.base.DeliveryPermanent` for errcodes that will not change on retry
+Errors: :class:`~channels.errors.DeliveryPermanent` for errcodes that will not change on retry
 (45015 outside the 48-hour window, 45047 quota, 43004 unsubscribed, 95018 session state …),
-:class:`~channels.base.DeliveryRetryable` for timeouts, 5xx, -1 (busy) and 45009 (rate limit).
+:class:`~channels.errors.DeliveryRetryable` for timeouts, 5xx, -1 (busy) and 45009 (rate limit).
 Both carry ``errcode`` (0 for transport failures).
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from channels.base import DeliveryPermanent, DeliveryRetryable
+from channels.errors import DeliveryPermanent, DeliveryRetryable
 from models.kv import KV
 from models.locks import Locks
 

@@ -35,7 +35,8 @@ from starlette.routing import BaseRoute, Route
 from channels import wechat_protocol as wx
 from channels.base import ChannelAdapter, ChannelContext
 from channels.errors import RequestRejected
-from channels.wechat_guard import CallbackGuard, CallbackKeys, read_limited
+from channels.http import read_limited
+from channels.wechat_guard import CallbackGuard, CallbackKeys
 from models import audit
 from models.dialogue import Action, Message, decide
 from models.envelope import ConversationKey, Inbound, printable

@@ -23,8 +23,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
-
 from channels import wechat_protocol as wx
 from channels.errors import RequestRejected
 from models.kv import KV
@@ -50,24 +48,6 @@ class Opened:
     encrypted: bool
     timestamp: str
     nonce: str
-
-
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it is larger than ``limit`` — never buffered whole."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise RequestRejected(413, "body_too_large", f"body is {declared} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestRejected(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise RequestRejected(400, "client_disconnected", "the request body was not received") from None
-    return b"".join(chunks)
 
 
 class CallbackGuard:

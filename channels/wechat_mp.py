@@ -66,7 +66,7 @@ class WeChatMPSettings(Section):
     @field_validator("wechat_accounts")
     @classmethod
     def _unique(cls, value: list[WeChatAccount]) -> list[WeChatAccount]:
-        return unique_names("KEFU_WECHAT_ACCOUNTS", value)
+        return unique_names(value)
 
     def account(self, name: str) -> WeChatAccount | None:
         return next((a for a in self.wechat_accounts if a.name == name), None)

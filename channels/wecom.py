@@ -53,7 +53,7 @@ class WeComSettings(Section):
     @field_validator("wecom_apps")
     @classmethod
     def _unique(cls, value: list[WeComApp]) -> list[WeComApp]:
-        return unique_names("KEFU_WECOM_APPS", value)
+        return unique_names(value)
 
     def app(self, name: str) -> WeComApp | None:
         return next((a for a in self.wecom_apps if a.name == name), None)

@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -302,8 +302,8 @@ class Settings(BaseSettings):
             given = {k: v for k, v in (self.model_extra or {}).items() if k in model.model_fields}
             try:
                 found = model(**given)
-            except ValueError as exc:  # pydantic's ValidationError, or a section's own check
-                raise ConfigError(f"invalid KEFU_* setting: {exc}") from exc
+            except ValidationError as exc:
+                raise ConfigError("; ".join(_named(error) for error in exc.errors())) from exc
             self._sections[model] = found
         assert isinstance(found, model)
         return found
@@ -364,6 +364,15 @@ class Settings(BaseSettings):
         redis = self.effective_redis_url
         out["effective_redis_url"] = mask_url(redis) if redis else None
         return out
+
+
+def _named(error: Any) -> str:
+    """One validation error, naming the variable to fix: ``KEFU_WECOM_APPS[0].aes_key: …``."""
+    location = list(error.get("loc", ()))
+    where = f"KEFU_{str(location[0]).upper()}" if location else "KEFU_*"
+    for part in location[1:]:
+        where += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return f"{where}: {str(error.get('msg', 'invalid')).removeprefix('Value error, ')}"
 
 
 def mask_url(url: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
+from channels import registry
 from models.queues import make_celery
 from models.settings import Settings
 from workers import runtime as runtime_module
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, *, warm: bool = False) -> Celery:
     settings.check_reliability()
+    registry.check(settings)  # every channel's settings section: a bad one stops the worker now
     app = make_celery(settings, "kefu")
     register(app)
     runtime_module.configure(settings)

@@ -34,6 +34,9 @@ def setup_logging(level: str) -> None:
 
 
 def cmd_config(settings: Settings, _: argparse.Namespace) -> int:
+    from channels import registry
+
+    registry.check(settings)  # reads every channel's section, so they are shown (and checked) too
     print(json.dumps(settings.masked(), indent=2, ensure_ascii=False, default=str))
     for line in settings.backend_choice():
         print("#", line)

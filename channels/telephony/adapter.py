@@ -51,7 +51,7 @@ class TelephonyAdapter(ChannelAdapter):
         if port is not None:
             from channels.telephony.audiosocket_server import AudioSocketServer
 
-            self._audiosocket = AudioSocketServer(self.ctx, self)
+            self._audiosocket = AudioSocketServer(self.ctx, self.drive)
             await self._audiosocket.start(self.ctx.settings.host, port)
 
     async def stop(self) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from channels.telephony import audiosocket
@@ -20,18 +20,18 @@ from channels.telephony.events import CallAction, CallEvent, CallStarted, Hangup
 
 if TYPE_CHECKING:
     from channels.base import ChannelContext
-    from channels.telephony.adapter import TelephonyAdapter
 
 log = logging.getLogger(__name__)
 
+Drive = Callable[[AsyncGenerator[CallEvent, None], Callable[[CallAction], Awaitable[None]]], Awaitable[None]]
 READ_CHUNK = 4096
 OUTCOME_KEY = "phone:outcome:{}"
 OUTCOME_TTL_S = 600
 
 
 class AudioSocketServer:
-    def __init__(self, ctx: ChannelContext, adapter: TelephonyAdapter) -> None:
-        self.ctx, self.adapter = ctx, adapter
+    def __init__(self, ctx: ChannelContext, drive: Drive) -> None:
+        self.ctx, self.drive = ctx, drive  # the call driver (TelephonyAdapter.drive), wire-independent
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -81,7 +81,7 @@ class AudioSocketServer:
                     yield event
 
         try:
-            await self.adapter.drive(events(), act)
+            await self.drive(events(), act)
         except audiosocket.AudioSocketError as exc:
             log.warning("AudioSocket protocol error: %s", exc)
         except (ConnectionError, asyncio.IncompleteReadError):

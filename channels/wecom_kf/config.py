@@ -37,7 +37,7 @@ class WeComKfSettings(Section):
     @field_validator("wecom_kf_accounts")
     @classmethod
     def _unique(cls, value: list[WeComKfAccount]) -> list[WeComKfAccount]:
-        return unique_names("KEFU_WECOM_KF_ACCOUNTS", value)
+        return unique_names(value)
 
     def account(self, name: str) -> WeComKfAccount | None:
         return next((a for a in self.wecom_kf_accounts if a.name == name), None)

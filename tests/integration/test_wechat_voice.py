@@ -143,7 +143,8 @@ def test_official_account_voice_asking_for_a_person_is_passed_to_its_staff(vs: V
     vs.fake.add_media("MP-HELLO", vs.amr("hello"), app=wp.APPID)  # "hello" is a hand-off keyword in this stack
     assert vs.post(wp.callback(voice_xml(openid, "MP-HELLO", 9050)), "/v1/wechat/shop").text == "success"
     wait_for(lambda: vs.sent("custom_send", openid), timeout=60)
-    assert settled(lambda: [m["content"] for m in vs.sent("custom_send", openid)]) == ["好的，正在为您转接人工客服，请稍候。"]
+    notices = settled(lambda: [m["content"] for m in vs.sent("custom_send", openid)])
+    assert notices == ["好的，正在为您转接人工客服，请稍候。"]
     row = vs.inbound("wechat_mp", "9050")
     assert (row.text, vs.reply(row.id).source) == ("hello", "handoff")
     wait_for(lambda: "dispatched" in vs.kinds(row.id))

@@ -116,7 +116,7 @@ def test_endpoints_given_in_process_are_kept() -> None:
 ])
 def test_bad_endpoints_stop_the_process_with_a_message_naming_the_fix(entries: list[dict[str, Any]],
                                                                       fragment: str) -> None:
-    with pytest.raises(ConfigError, match="invalid KEFU_\\* setting") as refused:
+    with pytest.raises(ConfigError, match=r"^KEFU_WEBHOOKS") as refused:
         registry.check(Settings(webhooks=entries))
     assert fragment in str(refused.value)
     assert SECRET not in str(refused.value)

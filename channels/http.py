@@ -1,0 +1,60 @@
+"""What every HTTP channel checks in a request before it trusts it: size, JSON shape, the text field.
+
+Pure or nearly so; each refusal is a :class:`~channels.errors.RequestRejected` with the status and a
+message the sender can act on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+
+from channels.errors import RequestRejected
+from models.envelope import printable
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) as soon as it is larger than ``limit`` — never buffered whole."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestRejected(413, "body_too_large", f"body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestRejected(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise RequestRejected(400, "client_disconnected", "the request body was not received") from None
+    return b"".join(chunks)
+
+
+def parse_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(raw) > max_bytes:
+        raise RequestRejected(413, "body_too_large", f"request body is {len(raw)} bytes; the limit is {max_bytes}")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestRejected(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RequestRejected(400, "malformed_json", "request body must be a JSON object")
+    return data
+
+
+def clean_text(value: Any, max_chars: int) -> str:
+    if value is None:
+        raise RequestRejected(422, "missing_text", "field 'text' is required")
+    if not isinstance(value, str):
+        raise RequestRejected(422, "invalid_text", "field 'text' must be a string")
+    text = printable(value).strip()
+    if not text:
+        raise RequestRejected(422, "empty_text", "field 'text' must not be empty")
+    if len(text) > max_chars:
+        raise RequestRejected(
+            413, "text_too_long", f"text is {len(text)} characters; the limit is {max_chars}"
+        )
+    return text
