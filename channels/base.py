@@ -17,9 +17,9 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
-from pydantic import BaseModel, field_validator
+from pydantic import AfterValidator, BaseModel, field_validator
 
 from channels.errors import ChannelError, DeliveryError, DeliveryPermanent, DeliveryRetryable, RequestRejected
 from models.dialogue import Action, HandOff, Message, decide
@@ -37,8 +37,21 @@ if TYPE_CHECKING:
     from models.queues import Publisher
 
 __all__ = [
-    "Account", "Channel", "ChannelAdapter", "ChannelContext", "ChannelError", "DeliveryError", "DeliveryPermanent",
-    "DeliveryProgress", "DeliveryRetryable", "HandOffPort", "Outbound", "OutboundDeps", "RequestRejected",
+    "Account",
+    "Accounts",
+    "Channel",
+    "ChannelAdapter",
+    "ChannelContext",
+    "ChannelError",
+    "DeliveryError",
+    "DeliveryPermanent",
+    "DeliveryProgress",
+    "DeliveryRetryable",
+    "HandOffPort",
+    "Outbound",
+    "OutboundDeps",
+    "RequestRejected",
+    "find",
     "unique_names",
 ]
 
@@ -68,6 +81,16 @@ def unique_names(accounts: Sequence[AccountT]) -> list[AccountT]:
     if len(set(names)) != len(names):
         raise ValueError(f"every entry needs its own name (got {names})")
     return list(accounts)
+
+
+# A section's list of accounts (a JSON list in its KEFU_* variable), every one with its own name:
+# ``wecom_apps: Accounts[WeComApp] = Field(default_factory=list)``
+Accounts = Annotated[list[AccountT], AfterValidator(unique_names)]
+
+
+def find(accounts: Sequence[AccountT], name: str) -> AccountT | None:
+    """The account called ``name``, or None."""
+    return next((a for a in accounts if a.name == name), None)
 
 
 class HandOffPort:

@@ -50,6 +50,7 @@ from starlette.routing import BaseRoute, Route
 
 from channels.base import (
     Account,
+    Accounts,
     Channel,
     ChannelAdapter,
     DeliveryPermanent,
@@ -57,7 +58,7 @@ from channels.base import (
     DeliveryRetryable,
     Outbound,
     RequestRejected,
-    unique_names,
+    find,
 )
 from channels.http import clean_text, parse_json_object, read_limited
 from models.envelope import ConversationKey, Inbound, Reply
@@ -110,21 +111,13 @@ class WebhookEndpoint(Account):
 
 
 class WebhookSettings(Section):
-    webhooks: list[WebhookEndpoint] = Field(default_factory=list)  # JSON list in KEFU_WEBHOOKS
+    webhooks: Accounts[WebhookEndpoint] = Field(default_factory=list)  # JSON list in KEFU_WEBHOOKS
     # how far X-Kefu-Timestamp may be from this gateway's clock, either way (KEFU_WEBHOOK_TIMESTAMP_WINDOW_S)
     webhook_timestamp_window_s: int = Field(300, ge=1)
 
-    @field_validator("webhooks")
-    @classmethod
-    def _unique(cls, value: list[WebhookEndpoint]) -> list[WebhookEndpoint]:
-        return unique_names(value)
-
-    def endpoint(self, name: str) -> WebhookEndpoint | None:
-        return next((e for e in self.webhooks if e.name == name), None)
-
 
 def endpoint(settings: Settings, name: str) -> WebhookEndpoint | None:
-    return settings.section(WebhookSettings).endpoint(name)
+    return find(settings.section(WebhookSettings).webhooks, name)
 
 
 # ---- the signature (pure) ----------------------------------------------------------------------------

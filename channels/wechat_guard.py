@@ -21,7 +21,9 @@ import binascii
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, SecretStr
 
 from channels import wechat_protocol as wx
 from channels.errors import RequestRejected
@@ -105,13 +107,15 @@ class CallbackGuard:
             raise RequestRejected(403, "replayed_nonce", "nonce already used")
 
 
-def valid_aes_key(value: str | None) -> str | None:
-    """``value`` when it is a 43-character EncodingAESKey (or None); a ValueError otherwise (settings check)."""
-    if value is None:
-        return None
+def _valid_aes_key(value: SecretStr) -> SecretStr:
+    """``value`` when it is a 43-character EncodingAESKey; a ValueError otherwise (a settings check)."""
     try:
-        if len(value) == 43 and len(base64.b64decode(value + "=", validate=True)) == 32:
+        key = value.get_secret_value()
+        if len(key) == 43 and len(base64.b64decode(key + "=", validate=True)) == 32:
             return value
     except (binascii.Error, ValueError):
         pass
     raise ValueError("aes_key must be the 43-character EncodingAESKey from the platform console")
+
+
+AesKey = Annotated[SecretStr, AfterValidator(_valid_aes_key)]  # an account's EncodingAESKey, checked at start-up

@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import time
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from wechatpy import parse_message
 
 from channels import wechat_protocol as wx
-from channels.base import Account, Channel, DeliveryPermanent, DeliveryProgress, HandOffPort, Outbound, unique_names
+from channels.base import Account, Accounts, Channel, DeliveryPermanent, DeliveryProgress, HandOffPort, Outbound, find
 from channels.wechat_api import AppCredentials
 from channels.wechat_callback import CallbackAdapter, ToPerson, passive_text
-from channels.wechat_guard import CallbackKeys, valid_aes_key
+from channels.wechat_guard import AesKey, CallbackKeys
 from models.dialogue import HandOff
 from models.envelope import ConversationKey, Reply
 from models.settings import Section, Settings
@@ -47,33 +47,19 @@ class WeChatAccount(Account):
     appid: str
     secret: SecretStr
     token: SecretStr  # the callback token (令牌)
-    aes_key: SecretStr | None = None  # EncodingAESKey, 43 characters; needed for compatible and safe mode
+    aes_key: AesKey | None = None  # EncodingAESKey, 43 characters; needed for compatible and safe mode
     welcome: str = "您好，欢迎关注！有什么可以帮您？直接发送文字消息即可。"
     # True when the account's own customer-service staff (公众号客服) answer conversations passed to them with a
     # transfer_customer_service reply; False: 转人工 is answered with handoff_unavailable_reply
     human_service: bool = False
 
-    @field_validator("aes_key")
-    @classmethod
-    def _aes(cls, value: SecretStr | None) -> SecretStr | None:
-        valid_aes_key(value.get_secret_value() if value is not None else None)
-        return value
-
 
 class WeChatMPSettings(Section):
-    wechat_accounts: list[WeChatAccount] = Field(default_factory=list)  # JSON list in KEFU_WECHAT_ACCOUNTS
-
-    @field_validator("wechat_accounts")
-    @classmethod
-    def _unique(cls, value: list[WeChatAccount]) -> list[WeChatAccount]:
-        return unique_names(value)
-
-    def account(self, name: str) -> WeChatAccount | None:
-        return next((a for a in self.wechat_accounts if a.name == name), None)
+    wechat_accounts: Accounts[WeChatAccount] = Field(default_factory=list)  # JSON list in KEFU_WECHAT_ACCOUNTS
 
 
 def account(settings: Settings, name: str) -> WeChatAccount | None:
-    return settings.section(WeChatMPSettings).account(name)
+    return find(settings.section(WeChatMPSettings).wechat_accounts, name)
 
 
 def credentials(account: WeChatAccount) -> AppCredentials:

@@ -15,14 +15,14 @@ content, and would swallow a second, identical answer to a second, identical que
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from wechatpy.enterprise import parse_message
 
 from channels import wechat_protocol as wx
-from channels.base import Account, Channel, DeliveryPermanent, DeliveryProgress, Outbound, RequestRejected, unique_names
+from channels.base import Account, Accounts, Channel, DeliveryPermanent, DeliveryProgress, Outbound, RequestRejected, find
 from channels.wechat_api import AppCredentials
 from channels.wechat_callback import CallbackAdapter, passive_text
-from channels.wechat_guard import CallbackKeys, valid_aes_key
+from channels.wechat_guard import AesKey, CallbackKeys
 from models.envelope import ConversationKey, Reply
 from models.settings import Section, Settings
 
@@ -37,30 +37,16 @@ class WeComApp(Account):
     agentid: int
     secret: SecretStr  # the app's Secret
     token: SecretStr  # 接收消息 → Token
-    aes_key: SecretStr  # 接收消息 → EncodingAESKey (WeCom callbacks are always encrypted)
+    aes_key: AesKey  # 接收消息 → EncodingAESKey (WeCom callbacks are always encrypted)
     welcome: str = "您好！我是智能客服，有什么可以帮您？"
-
-    @field_validator("aes_key")
-    @classmethod
-    def _aes(cls, value: SecretStr) -> SecretStr:
-        valid_aes_key(value.get_secret_value())
-        return value
 
 
 class WeComSettings(Section):
-    wecom_apps: list[WeComApp] = Field(default_factory=list)  # JSON list in KEFU_WECOM_APPS
-
-    @field_validator("wecom_apps")
-    @classmethod
-    def _unique(cls, value: list[WeComApp]) -> list[WeComApp]:
-        return unique_names(value)
-
-    def app(self, name: str) -> WeComApp | None:
-        return next((a for a in self.wecom_apps if a.name == name), None)
+    wecom_apps: Accounts[WeComApp] = Field(default_factory=list)  # JSON list in KEFU_WECOM_APPS
 
 
 def app(settings: Settings, name: str) -> WeComApp | None:
-    return settings.section(WeComSettings).app(name)
+    return find(settings.section(WeComSettings).wecom_apps, name)
 
 
 def credentials(app: WeComApp) -> AppCredentials:

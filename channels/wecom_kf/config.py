@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 
-from channels.base import Account, unique_names
+from channels.base import Account, Accounts, find
 from channels.wechat_api import AppCredentials
-from channels.wechat_guard import CallbackKeys, valid_aes_key
+from channels.wechat_guard import AesKey, CallbackKeys
 from models.settings import Section, Settings
 
 CHANNEL = "wecom_kf"
@@ -19,32 +19,18 @@ class WeComKfAccount(Account):
     corpid: str
     secret: SecretStr  # the 微信客服 Secret
     token: SecretStr  # callback Token
-    aes_key: SecretStr  # callback EncodingAESKey
+    aes_key: AesKey  # callback EncodingAESKey
     # Hand-off: to this servicer (state 3, 由人工接待) when set, otherwise into the queue pool (state 2).
     servicer_userid: str | None = None
     handoff_on_fallback: bool = True  # the model could not answer (its fallback reply) → hand off as well
 
-    @field_validator("aes_key")
-    @classmethod
-    def _aes(cls, value: SecretStr) -> SecretStr:
-        valid_aes_key(value.get_secret_value())
-        return value
-
 
 class WeComKfSettings(Section):
-    wecom_kf_accounts: list[WeComKfAccount] = Field(default_factory=list)  # JSON list in KEFU_WECOM_KF_ACCOUNTS
-
-    @field_validator("wecom_kf_accounts")
-    @classmethod
-    def _unique(cls, value: list[WeComKfAccount]) -> list[WeComKfAccount]:
-        return unique_names(value)
-
-    def account(self, name: str) -> WeComKfAccount | None:
-        return next((a for a in self.wecom_kf_accounts if a.name == name), None)
+    wecom_kf_accounts: Accounts[WeComKfAccount] = Field(default_factory=list)  # JSON list in KEFU_WECOM_KF_ACCOUNTS
 
 
 def account(settings: Settings, name: str) -> WeComKfAccount | None:
-    return settings.section(WeComKfSettings).account(name)
+    return find(settings.section(WeComKfSettings).wecom_kf_accounts, name)
 
 
 def credentials(account: WeComKfAccount) -> AppCredentials:

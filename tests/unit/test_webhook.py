@@ -15,7 +15,15 @@ import uvicorn
 from starlette.applications import Starlette
 
 from channels import registry, webhook, webhook_fake
-from channels.base import ChannelContext, DeliveryPermanent, DeliveryProgress, DeliveryRetryable, HandOffPort, OutboundDeps
+from channels.base import (
+    ChannelContext,
+    DeliveryPermanent,
+    DeliveryProgress,
+    DeliveryRetryable,
+    HandOffPort,
+    OutboundDeps,
+    find,
+)
 from channels.ingress import Accepted
 from models.envelope import ConversationKey, Inbound, Reply
 from models.replies import Answer
@@ -88,10 +96,10 @@ def test_endpoints_are_read_from_kefu_webhooks(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("KEFU_WEBHOOK_TIMESTAMP_WINDOW_S", "60")
     section = Settings().section(webhook.WebhookSettings)
     assert [e.name for e in section.webhooks] == ["crm", "erp"]
-    found = section.endpoint("crm")
+    found = find(section.webhooks, "crm")
     assert found is not None and found.timeout_s == 3 and found.secret.get_secret_value() == SECRET
-    assert section.endpoint("erp") is not None and section.endpoint("erp").timeout_s == 10  # type: ignore[union-attr]
-    assert section.endpoint("nobody") is None and section.webhook_timestamp_window_s == 60
+    assert find(section.webhooks, "erp") is not None and find(section.webhooks, "erp").timeout_s == 10  # type: ignore[union-attr]
+    assert find(section.webhooks, "nobody") is None and section.webhook_timestamp_window_s == 60
 
 
 def test_endpoints_given_in_process_are_kept() -> None:
