@@ -28,7 +28,7 @@ from channels.speech.espeak import EspeakSynthesizer
 from channels.telephony.events import frame_bytes
 from channels.telephony.fake_pbx import PhoneLine
 from channels.telephony.vad import level_dbfs
-from models.migrate import upgrade
+from models.infra.migrate import upgrade
 from models.settings import Settings
 from tests.stack import GatewayProcess, kefu_env
 from tests.synthetic_gguf import write_qwen3_gguf
@@ -54,7 +54,7 @@ def breakdown(settings: Settings, ends: list[float]) -> dict[str, int]:
     started (queue), → generation finished (model), → dispatched (reply stored and published)."""
     from sqlalchemy import select
 
-    from models.db import make_engine, make_session_factory
+    from models.infra.db import make_engine, make_session_factory
     from models.tables import AuditEvent, InboundRecord
 
     engine = make_engine(settings)

@@ -30,8 +30,8 @@ from sqlalchemy import select
 from websockets.sync.client import connect
 
 from bench.stats import pct
-from models.db import make_engine, make_session_factory
-from models.migrate import upgrade
+from models.infra.db import make_engine, make_session_factory
+from models.infra.migrate import upgrade
 from models.settings import Settings
 from models.tables import AuditEvent
 from tests import services

@@ -15,7 +15,7 @@ import time
 
 from channels.app import build_gateway
 from channels.wechat_mp import WeChatMPAdapter
-from models.migrate import upgrade
+from models.infra.migrate import upgrade
 from models.settings import Settings
 from tests import services
 from tests import wechat_platform as wp

@@ -28,8 +28,8 @@ from sqlalchemy import func, select
 
 from bench.stats import pct
 from channels.wechat_fake import FakeWeChat
-from models.db import make_engine, make_session_factory
-from models.migrate import upgrade
+from models.infra.db import make_engine, make_session_factory
+from models.infra.migrate import upgrade
 from models.settings import Settings
 from models.tables import DeliveryRecord, InboundRecord, ReplyRecord
 from tests import services

@@ -28,10 +28,10 @@ from starlette.routing import Route
 from channels import registry
 from channels.base import ChannelAdapter, ChannelContext
 from channels.ingress import Ingress
-from models.bus import Listener, make_listener
-from models.db import make_engine, make_session_factory, ping
-from models.kv import KV, make_kv
-from models.queues import Publisher, make_celery
+from models.infra.bus import Listener, make_listener
+from models.infra.db import make_engine, make_session_factory, ping
+from models.infra.kv import KV, make_kv
+from models.infra.queues import Publisher, make_celery
 from models.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 
     from channels.ingress import Accepted, Ingress
     from channels.wechat_api import AppCredentials, PlatformAPI
-    from models.bus import Bus, Listener
-    from models.kv import KV
-    from models.queues import Publisher
+    from models.infra.bus import Bus, Listener
+    from models.infra.kv import KV
+    from models.infra.queues import Publisher
 
 __all__ = [
     "Account",

@@ -17,9 +17,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import audit
-from models.db import insert_ignoring_conflict, transaction, upsert_returning_id
 from models.envelope import Inbound, utcnow
-from models.queues import Publisher
+from models.infra.db import insert_ignoring_conflict, transaction, upsert_returning_id
+from models.infra.queues import Publisher
 from models.replies import Answer, store_reply
 from models.states import InboundStatus
 from models.tables import ConversationRecord, InboundRecord, ReplyRecord

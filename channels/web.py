@@ -37,8 +37,8 @@ from channels import visitor_token
 from channels.base import Channel, ChannelAdapter, DeliveryProgress, Outbound, RequestRejected
 from channels.http import clean_text, parse_json_object
 from models import transcript
-from models.db import transaction
 from models.envelope import ConversationKey, Inbound, Reply
+from models.infra.db import transaction
 
 if TYPE_CHECKING:
     from channels.base import ChannelContext

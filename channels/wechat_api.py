@@ -29,8 +29,8 @@ from typing import Any
 import httpx
 
 from channels.errors import DeliveryPermanent, DeliveryRetryable
-from models.kv import KV
-from models.locks import Locks
+from models.infra.kv import KV
+from models.infra.locks import Locks
 
 log = logging.getLogger(__name__)
 

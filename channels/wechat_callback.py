@@ -40,7 +40,7 @@ from channels.wechat_guard import CallbackGuard, CallbackKeys
 from models import audit
 from models.dialogue import Action, Message, decide
 from models.envelope import ConversationKey, Inbound, printable
-from models.load import current_wait
+from models.infra.load import current_wait
 from models.replies import Answer
 from models.states import ReplySource
 

@@ -27,7 +27,7 @@ from pydantic import AfterValidator, SecretStr
 
 from channels import wechat_protocol as wx
 from channels.errors import RequestRejected
-from models.kv import KV
+from models.infra.kv import KV
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from models.db import make_engine
+from models.infra.db import make_engine
 from models.settings import load_settings
 from models.tables import Base
 

@@ -16,8 +16,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from models import audit
-from models.db import insert_ignoring_conflict
 from models.envelope import utcnow
+from models.infra.db import insert_ignoring_conflict
 from models.states import DeliveryStatus, InboundStatus, ReplySource
 from models.tables import DeliveryRecord, InboundRecord, ReplyRecord
 

@@ -22,9 +22,9 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from models import audit, transcript
-from models.db import transaction
 from models.dialogue import Action, HandOff, Message, decide, fallback_reply, prompt_hint
 from models.envelope import ConversationKey, Turn
+from models.infra.db import transaction
 from models.replies import Answer, reply_id_of, store_reply
 from models.states import ReplySource
 from models.tables import InboundRecord

@@ -1,4 +1,4 @@
-"""The worker's Celery app: shared configuration (models.queues), tasks, process hooks.
+"""The worker's Celery app: shared configuration (models.infra.queues), tasks, process hooks.
 
 Built by :func:`create_app` from Settings — never at import — so ``kefu worker`` and tests choose
 the configuration. ``Settings.check_reliability`` has already refused unsafe combinations (e.g. a
@@ -14,7 +14,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from channels import registry
-from models.queues import make_celery
+from models.infra.queues import make_celery
 from models.settings import Settings
 from workers import runtime as runtime_module
 from workers.tasks import register

@@ -44,7 +44,7 @@ def cmd_config(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from models.migrate import upgrade
+    from models.infra.migrate import upgrade
 
     upgrade(settings, args.revision)
     print(f"database upgraded to {args.revision}")
@@ -52,7 +52,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_downgrade(settings: Settings, args: argparse.Namespace) -> int:
-    from models.migrate import downgrade
+    from models.infra.migrate import downgrade
 
     downgrade(settings, args.revision)
     print(f"database downgraded to {args.revision}")
@@ -125,7 +125,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    from models.migrate import upgrade
+    from models.infra.migrate import upgrade
 
     upgrade(settings)
     worker = subprocess.Popen(

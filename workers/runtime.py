@@ -19,12 +19,12 @@ from channels.ingress import Ingress
 from channels.speech.providers import SpeechProviders
 from channels.wechat_api import AccessTokens, PlatformAPI, make_http
 from channels.wecom_kf.sync import KfSync
-from models.bus import Bus, make_bus
-from models.db import make_engine, make_session_factory
-from models.kv import KV, make_kv
-from models.load import publish_wait
-from models.locks import Locks, make_locks
-from models.queues import Publisher, make_celery
+from models.infra.bus import Bus, make_bus
+from models.infra.db import make_engine, make_session_factory
+from models.infra.kv import KV, make_kv
+from models.infra.load import publish_wait
+from models.infra.locks import Locks, make_locks
+from models.infra.queues import Publisher, make_celery
 from models.settings import Settings
 from workers.context import ContextStore, make_context_store
 from workers.llm.batched import BatchedEngine

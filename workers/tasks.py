@@ -26,11 +26,11 @@ from sqlalchemy import and_, or_, select, update
 from channels.base import DeliveryProgress
 from channels.wecom_kf.sync import SyncBusy
 from models import audit
-from models.db import transaction
-from models.embedded_broker import purge_consumed
 from models.envelope import ConversationKey, Reply, utcnow
 from models.errors import Permanent, Retryable
-from models.queues import DELIVER, HANDLE_INBOUND, KF_SYNC, SWEEP
+from models.infra.db import transaction
+from models.infra.embedded_broker import purge_consumed
+from models.infra.queues import DELIVER, HANDLE_INBOUND, KF_SYNC, SWEEP
 from models.replies import reply_id_of
 from models.states import UNFINISHED, WAITING, DeliveryStatus, InboundStatus, ReplySource
 from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, KfCursorRecord, ReplyRecord

@@ -37,9 +37,9 @@ from channels.base import DeliveryPermanent
 from channels.speech.voice_file import DecoderUnavailable, VoiceFileError, decode
 from channels.wechat_api import AppCredentials
 from models import audit
-from models.db import transaction
 from models.envelope import ConversationKey, printable
 from models.errors import Permanent, Retryable
+from models.infra.db import transaction
 from models.tables import AuditEvent, InboundRecord
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from channels.speech.base import SpeechError
-from models.kv import KV
-from models.locks import Locks
+from models.infra.kv import KV
+from models.infra.locks import Locks
 
 API_VERSION = "2019-02-28"
 REFRESH_BEFORE_S = 600  # refresh ten minutes before the token expires

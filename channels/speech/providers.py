@@ -18,8 +18,8 @@ from channels.speech.base import Recognizer, Synthesizer
 
 if TYPE_CHECKING:
     from channels.speech.nls_token import NlsTokens
-    from models.kv import KV
-    from models.locks import Locks
+    from models.infra.kv import KV
+    from models.infra.locks import Locks
     from models.settings import Settings
 
 

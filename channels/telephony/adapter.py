@@ -28,7 +28,7 @@ from channels.telephony.call import CHANNEL, Act, Call
 from channels.telephony.events import CallAction, CallEvent, CallStarted, HangupOut
 from channels.telephony.gateway_ws import GatewayDecoder, ProtocolError, encode
 from models.dialogue import HandOff
-from models.locks import make_locks
+from models.infra.locks import make_locks
 
 if TYPE_CHECKING:
     from channels.base import ChannelContext

@@ -50,9 +50,9 @@ from channels.telephony.outbound import CANCEL_KEY, HEARD_KEY, INTERRUPTED_MARK
 from channels.telephony.speaking import PROMPTS, Player, SentenceSplitter
 from channels.telephony.vad import Endpointer, SpeechStarted, UtteranceEnded
 from models import audit
-from models.db import transaction
 from models.dialogue import Action, Message, decide
 from models.envelope import ConversationKey, Inbound, printable
+from models.infra.db import transaction
 from models.replies import Answer
 from models.states import ReplySource
 from models.tables import ReplyRecord

@@ -11,10 +11,10 @@ from channels.errors import RequestRejected
 from channels.wechat_callback import CallbackAdapter
 from channels.wechat_guard import CallbackKeys
 from channels.wecom_kf.config import CHANNEL, WeComKfAccount, account, callback_keys
-from models.db import insert_ignoring_conflict, transaction
 from models.envelope import utcnow
-from models.kv import KV
-from models.queues import Publisher
+from models.infra.db import insert_ignoring_conflict, transaction
+from models.infra.kv import KV
+from models.infra.queues import Publisher
 from models.tables import KfCursorRecord
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from channels.wechat_api import PlatformPermanent
 from channels.wecom_kf.config import CHANNEL, WeComKfAccount, account, credentials, split_peer
 from channels.wecom_kf.handoff import HUMAN_STATES, POOL, SERVICER
 from models import audit
-from models.db import transaction
 from models.envelope import Reply
+from models.infra.db import transaction
 from models.states import ReplySource
 
 STATE_FORBIDS_SENDING = 95018

@@ -23,11 +23,11 @@ from channels.wechat_api import PlatformAPI, PlatformPermanent
 from channels.wecom_kf.adapter import sync_token_key
 from channels.wecom_kf.config import CHANNEL, WeComKfAccount, account, credentials, peer, split_peer
 from channels.wecom_kf.handoff import HUMAN_STATES, POOL
-from models.db import transaction
 from models.dialogue import Action, Message, decide
 from models.envelope import ConversationKey, Inbound, printable, utcnow
-from models.kv import KV
-from models.locks import Locks
+from models.infra.db import transaction
+from models.infra.kv import KV
+from models.infra.locks import Locks
 from models.settings import Settings
 from models.tables import InboundRecord, KfCursorRecord
 

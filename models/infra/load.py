@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from models.kv import KV
+from models.infra.kv import KV
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if settings.embedded_broker:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        import models.embedded_broker  # noqa: F401 - registers the kefu-sqla URL scheme
+        import models.infra.embedded_broker  # noqa: F401 - registers the kefu-sqla URL scheme
         transport_options = {"connect_args": {"timeout": 30}}
     else:
         transport_options = {

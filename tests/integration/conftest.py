@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 from websockets.sync.client import ClientConnection, connect
 
-from models.db import make_engine, make_session_factory
-from models.migrate import upgrade
+from models.infra.db import make_engine, make_session_factory
+from models.infra.migrate import upgrade
 from models.settings import Settings
 from tests.conftest import as_env, settings_kwargs
 from workers.demo.processes import GatewayThread, WorkerProcess

@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from channels.app import Services, build_services
 from channels.wechat_mp import WeChatMPAdapter
-from models.load import WAIT_KEY, current_wait, publish_wait
-from models.migrate import upgrade
+from models.infra.load import WAIT_KEY, current_wait, publish_wait
+from models.infra.migrate import upgrade
 from models.settings import Settings
 from models.tables import AuditEvent, InboundRecord
 from tests import wechat_platform as wp

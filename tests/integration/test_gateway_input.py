@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from models.db import make_engine, make_session_factory
-from models.migrate import upgrade
+from models.infra.db import make_engine, make_session_factory
+from models.infra.migrate import upgrade
 from models.settings import Settings
 from models.tables import AuditEvent, InboundRecord
 from workers.demo.processes import GatewayThread

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
-from models.db import make_engine
-from models.migrate import downgrade, upgrade
+from models.infra.db import make_engine
+from models.infra.migrate import downgrade, upgrade
 from models.settings import Settings
 from models.tables import Base
 from tests import services

@@ -11,8 +11,8 @@ from channels.speech.base import SpeechError
 from channels.speech.nls_fake import FakeNlsGateway, FakeNlsMeta
 from channels.speech.nls_rest import NlsRestRecognizer, NlsRestSynthesizer
 from channels.speech.nls_token import NlsTokens
-from models.kv import make_kv
-from models.locks import make_locks
+from models.infra.kv import make_kv
+from models.infra.locks import make_locks
 from models.settings import Settings
 
 KEY_ID, SECRET, APPKEY = "LTAI-test-key", "test-secret-value", "kefu-appkey"

@@ -21,7 +21,7 @@ from channels.speech.espeak import EspeakSynthesizer
 from channels.speech.fallback import FallbackSynthesizer
 from channels.telephony.call import Call
 from channels.telephony.events import AudioIn, CallAction, CallStarted, HangupOut, Transfer, frame_bytes
-from models.migrate import upgrade
+from models.infra.migrate import upgrade
 from models.settings import Hotline, Settings
 from models.tables import InboundRecord, ReplyRecord
 
@@ -101,7 +101,7 @@ def test_asking_for_a_person_says_so_and_transfers(tmp_path: Path) -> None:
                                  hotlines=[{"number": "4008001234", "transfer_to": "8001", "greeting": "您好。"}])
     assert Transfer("8001") in actions
     assert sum(1 for a in actions if not isinstance(a, (Transfer, HangupOut))) > 50  # greeting + notice spoken first
-    from models.db import make_engine, make_session_factory
+    from models.infra.db import make_engine, make_session_factory
 
     sessions = make_session_factory(make_engine(settings))
     with sessions() as s:
@@ -123,7 +123,7 @@ def test_speech_services_down_get_a_spoken_apology_and_a_transfer_not_silence(tm
                                  hotlines=[{"number": "4008001234", "transfer_to": "8001", "greeting": "您好。"}])
     spoken = sum(1 for a in actions if not isinstance(a, (Transfer, HangupOut)))
     assert Transfer("8001") in actions and spoken > 50  # the apology was heard before the transfer
-    from models.db import make_engine, make_session_factory
+    from models.infra.db import make_engine, make_session_factory
 
     with make_session_factory(make_engine(settings))() as s:
         reply = s.scalars(select(ReplyRecord)).one()
@@ -159,7 +159,7 @@ def test_an_faq_question_on_the_phone_is_answered_at_once_without_the_model(tmp_
     faq = FaqEntry(keywords=["营业时间"], answer="我们每天早上九点到晚上九点营业。")
     actions, settings = run_call(tmp_path, "请问营业时间是几点", faq=[faq], phone_idle_s=1.0,
                                  hotlines=[{"number": "4008001234", "greeting": "您好。"}])
-    from models.db import make_engine, make_session_factory
+    from models.infra.db import make_engine, make_session_factory
     from models.tables import AuditEvent
 
     with make_session_factory(make_engine(settings))() as s:

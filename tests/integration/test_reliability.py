@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 from channels.ingress import Ingress
 from models.dialogue import HandOff, fallback_reply
 from models.envelope import ConversationKey, Inbound, utcnow
-from models.queues import Publisher, make_celery
+from models.infra.queues import Publisher, make_celery
 from models.settings import Settings
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from tests.integration.conftest import BACKENDS, Stack, recv_until, start_stack, wait_for

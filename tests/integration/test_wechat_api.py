@@ -17,10 +17,10 @@ from channels.base import DeliveryPermanent, DeliveryProgress, HandOffPort, Outb
 from channels.wechat_api import AccessTokens, AppCredentials, PlatformAPI, PlatformPermanent, PlatformRetryable, make_http
 from channels.wechat_fake import FakeWeChat
 from channels.wechat_mp import WeChatMPOutbound
-from models.bus import SocketBus
 from models.envelope import ConversationKey, Reply
-from models.kv import make_kv
-from models.locks import make_locks
+from models.infra.bus import SocketBus
+from models.infra.kv import make_kv
+from models.infra.locks import make_locks
 from models.settings import Settings
 from tests import wechat_platform as wp
 from tests.conftest import REPO
@@ -79,8 +79,8 @@ def test_eight_worker_processes_refresh_the_token_once(tmp_path: Path, fake: Fak
     code = f"""
 import sys
 from channels.wechat_api import AccessTokens, AppCredentials, make_http
-from models.kv import make_kv
-from models.locks import make_locks
+from models.infra.kv import make_kv
+from models.infra.locks import make_locks
 from models.settings import Settings
 s = Settings(data_dir=sys.argv[1], wechat_api_base=sys.argv[2])
 t = AccessTokens(make_http(5), make_kv(s), make_locks(s), mp_base=s.wechat_api_base, corp_base=s.wecom_api_base)

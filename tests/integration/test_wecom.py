@@ -16,8 +16,8 @@ from sqlalchemy import func, select, update
 from channels.wechat_fake import FakeWeChat
 from channels.wecom_kf.adapter import request_sync
 from models.envelope import utcnow
-from models.kv import make_kv
-from models.queues import Publisher, make_celery
+from models.infra.kv import make_kv
+from models.infra.queues import Publisher, make_celery
 from models.tables import AuditEvent, InboundRecord, KfCursorRecord, ReplyRecord
 from tests import wechat_platform as wp
 from tests.integration.conftest import BACKENDS, Stack, settled, start_stack, wait_for

@@ -17,7 +17,7 @@ from channels.wecom_kf.config import peer
 from channels.wecom_kf.handoff import handoff_key
 from channels.wecom_kf.outbound import WeComKfOutbound
 from models.envelope import ConversationKey, Reply
-from models.migrate import upgrade
+from models.infra.migrate import upgrade
 from models.settings import Settings
 from models.tables import AuditEvent
 from tests import wechat_platform as wp

@@ -1,4 +1,4 @@
-"""Tests for models.bus: the embedded Unix-socket bus across processes and the Redis bus (real Redis, db 14)."""
+"""Tests for models.infra.bus: the embedded Unix-socket bus across processes and the Redis bus (real Redis, db 14)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from models.bus import RedisBus, RedisListener, SocketBus, SocketListener, make_bus, make_listener, socket_dir
+from models.infra.bus import RedisBus, RedisListener, SocketBus, SocketListener, make_bus, make_listener, socket_dir
 from models.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def bus_dir() -> Iterator[Path]:
 _PUBLISHER = """
 import json, sys
 from pathlib import Path
-from models.bus import SocketBus
+from models.infra.bus import SocketBus
 bus = SocketBus(Path(sys.argv[1]))
 for topic, event in json.loads(sys.argv[2]):
     bus.publish(topic, event)

@@ -6,8 +6,8 @@ import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from models.embedded_broker import Transport, purge_consumed
-from models.queues import make_celery
+from models.infra.embedded_broker import Transport, purge_consumed
+from models.infra.queues import make_celery
 from models.settings import Settings
 
 

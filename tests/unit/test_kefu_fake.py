@@ -17,8 +17,8 @@ import pytest
 from channels.speech.nls_rest import NlsRestRecognizer
 from channels.speech.nls_token import NlsTokens
 from channels.wechat_fake import APPID, SECRET
-from models.kv import make_kv
-from models.locks import make_locks
+from models.infra.kv import make_kv
+from models.infra.locks import make_locks
 from models.settings import Settings
 from tests.conftest import as_env
 from workers.demo.processes import free_port, terminate

@@ -1,4 +1,4 @@
-"""Tests for models.locks: per-conversation locks on files (flock) and on real Redis (database 14)."""
+"""Tests for models.infra.locks: per-conversation locks on files (flock) and on real Redis (database 14)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from models.locks import FileLocks, Locks, RedisLocks, make_locks
+from models.infra.locks import FileLocks, Locks, RedisLocks, make_locks
 from models.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -136,7 +136,7 @@ def test_file_lock_files_are_private_and_bucketed(tmp_path: Path) -> None:
 _CHILD = """
 import sys
 from pathlib import Path
-from models.locks import FileLocks
+from models.infra.locks import FileLocks
 with FileLocks(Path(sys.argv[1])).hold(sys.argv[2], ttl_s=10, wait_s=0.2) as ok:
     print(ok)
 """

@@ -22,8 +22,8 @@ import httpx
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from models.db import make_engine, make_session_factory
-from models.migrate import upgrade
+from models.infra.db import make_engine, make_session_factory
+from models.infra.migrate import upgrade
 from models.settings import Settings, VoiceGateway
 from models.tables import AuditEvent, ReplyRecord
 from workers.demo.call import place_call
