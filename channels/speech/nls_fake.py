@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Self
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -265,84 +266,110 @@ class FakeNlsRealtime(_Fake):
 
     def _session(self, ws: Any) -> None:
         token = ws.request.headers.get("X-NLS-Token") or dict(parse_qsl(urlsplit(ws.request.path).query)).get("token")
-        task_id, namespace, rate, audio, started, intermediate = "", "", 0, 0, False, False
+        task = _RealtimeTask()
         try:
             for frame in ws:
                 if isinstance(frame, bytes):
-                    if namespace != "SpeechTranscriber" or not started:
-                        ws.send(self._failed(task_id, 40000002, "Gateway:CLIENT_ERROR:audio before start"))
-                        return
-                    if len(frame) % 2:
-                        ws.send(self._failed(task_id, 40000002, "Gateway:CLIENT_ERROR:odd number of PCM bytes"))
-                        return
-                    before, audio = audio, audio + len(frame)
-                    if before == 0:
-                        ws.send(self._answer(namespace, "SentenceBegin", task_id, {"index": 1, "time": 0}))
-                    if intermediate and audio // 6400 > before // 6400:
-                        partial = self.recognized[: max(1, len(self.recognized) * audio // 64000)]
-                        ws.send(self._answer(namespace, "TranscriptionResultChanged", task_id,
-                                             {"index": 1, "time": audio // 32, "result": partial}))
-                    continue
-                message = json.loads(frame)
-                header, payload = message.get("header", {}), message.get("payload") or {}
-                name = str(header.get("name", ""))
-                ids_ok = all(re.fullmatch(r"[0-9a-f]{32}", str(header.get(k, ""))) for k in ("message_id", "task_id"))
-                if not ids_ok:
-                    ws.send(self._failed(task_id, 40000002, "Gateway:CLIENT_ERROR:message_id and task_id must be "
-                                                            "32 hex characters"))
-                    return
-                if token not in self.meta.issued or token in self.revoked:
-                    ws.send(self._failed(header["task_id"], 40000001, f"Gateway:ACCESS_DENIED:The token '{token}' "
-                                                                      "is invalid!"))
-                    return
-                if header.get("appkey") != self.appkey:
-                    ws.send(self._failed(header["task_id"], 40000003, "Gateway:ACCESS_DENIED:The appkey is invalid!"))
-                    return
-                with self._lock:
-                    injected = name in self._failures
-                    if injected:
-                        self._failures.remove(name)
-                if injected:
-                    ws.send(self._failed(header["task_id"], 40000000, "Gateway:SERVER_ERROR:injected failure"))
-                    return
-                if name == "StartTranscription" and header.get("namespace") == "SpeechTranscriber" and not started:
-                    task_id, namespace, rate = header["task_id"], "SpeechTranscriber", int(payload.get("sample_rate", 0))
-                    if payload.get("format") != "pcm" or rate != 16000:
-                        ws.send(self._failed(task_id, 40000002, "Gateway:CLIENT_ERROR:this appkey's model needs "
-                                                                "16000 Hz pcm"))
-                        return
-                    started, intermediate = True, bool(payload.get("enable_intermediate_result"))
-                    self.tasks.append(namespace)
-                    ws.send(self._answer(namespace, "TranscriptionStarted", task_id, {"session_id": uuid4_hex()}))
-                elif name == "StopTranscription" and started and header["task_id"] == task_id:
-                    self.audio_bytes.append(audio)
-                    self._heard(f"nls-realtime SpeechTranscriber: {audio} bytes of 16 kHz audio, heard {self.recognized!r}")
-                    if audio:
-                        ws.send(self._answer(namespace, "SentenceEnd", task_id, {
-                            "index": 1, "time": audio // 32, "begin_time": 0, "result": self.recognized,
-                            "confidence": 0.9}))
-                    ws.send(self._answer(namespace, "TranscriptionCompleted", task_id))
-                    return
-                elif name == "StartSynthesis" and header.get("namespace") == "SpeechSynthesizer":
-                    task_id, text = header["task_id"], str(payload.get("text", ""))
-                    sample_rate = int(payload.get("sample_rate", 16000))
-                    if not text or sample_rate not in (8000, 16000, 24000) or payload.get("format") != "pcm":
-                        ws.send(self._failed(task_id, 40000002, "Gateway:CLIENT_ERROR:bad text, format or "
-                                                                "sample_rate"))
-                        return
-                    self.tasks.append("SpeechSynthesizer")
-                    self._heard(f"nls-realtime SpeechSynthesizer: {len(text)} characters, {150 * len(text)} ms of tone")
-                    audio_out = tone(sample_rate, 150 * len(text))
-                    step = sample_rate * 2 // 10
-                    for i in range(0, len(audio_out), step):
-                        ws.send(audio_out[i:i + step])
-                    ws.send(self._answer("SpeechSynthesizer", "SynthesisCompleted", task_id))
-                    return
+                    replies, done = self._on_audio(task, frame)
                 else:
-                    ws.send(self._failed(header["task_id"], 40000002, f"Gateway:CLIENT_ERROR:unexpected {name}"))
+                    replies, done = self._on_command(task, token, json.loads(frame))
+                for reply in replies:
+                    ws.send(reply)
+                if done:
                     return
         except ConnectionClosed:
             return
+
+    def _on_audio(self, task: _RealtimeTask, frame: bytes) -> tuple[list[str | bytes], bool]:
+        if task.namespace != "SpeechTranscriber" or not task.started:
+            return [self._failed(task.task_id, 40000002, "Gateway:CLIENT_ERROR:audio before start")], True
+        if len(frame) % 2:
+            return [self._failed(task.task_id, 40000002, "Gateway:CLIENT_ERROR:odd number of PCM bytes")], True
+        before, task.audio = task.audio, task.audio + len(frame)
+        replies: list[str | bytes] = []
+        if before == 0:
+            replies.append(self._answer(task.namespace, "SentenceBegin", task.task_id, {"index": 1, "time": 0}))
+        if task.intermediate and task.audio // 6400 > before // 6400:
+            partial = self.recognized[: max(1, len(self.recognized) * task.audio // 64000)]
+            replies.append(self._answer(task.namespace, "TranscriptionResultChanged", task.task_id,
+                                        {"index": 1, "time": task.audio // 32, "result": partial}))
+        return replies, False
+
+    def _refusal(self, header: dict[str, Any], token: str | None) -> str | None:
+        """The TaskFailed frame for a command the real gateway would refuse (ids, token, appkey, an injected failure)."""
+        if not all(re.fullmatch(r"[0-9a-f]{32}", str(header.get(k, ""))) for k in ("message_id", "task_id")):
+            return self._failed(str(header.get("task_id", "")), 40000002,
+                                "Gateway:CLIENT_ERROR:message_id and task_id must be 32 hex characters")
+        if token not in self.meta.issued or token in self.revoked:
+            return self._failed(header["task_id"], 40000001, f"Gateway:ACCESS_DENIED:The token '{token}' is invalid!")
+        if header.get("appkey") != self.appkey:
+            return self._failed(header["task_id"], 40000003, "Gateway:ACCESS_DENIED:The appkey is invalid!")
+        with self._lock:
+            injected = str(header.get("name", "")) in self._failures
+            if injected:
+                self._failures.remove(str(header.get("name", "")))
+        if injected:
+            return self._failed(header["task_id"], 40000000, "Gateway:SERVER_ERROR:injected failure")
+        return None
+
+    def _on_command(self, task: _RealtimeTask, token: str | None, message: dict[str, Any]
+                    ) -> tuple[list[str | bytes], bool]:
+        header, payload = message.get("header", {}), message.get("payload") or {}
+        refused = self._refusal(header, token)
+        if refused is not None:
+            return [refused], True
+        name, namespace = str(header.get("name", "")), header.get("namespace")
+        if name == "StartTranscription" and namespace == "SpeechTranscriber" and not task.started:
+            return self._start_transcription(task, header, payload)
+        if name == "StopTranscription" and task.started and header["task_id"] == task.task_id:
+            return self._stop_transcription(task), True
+        if name == "StartSynthesis" and namespace == "SpeechSynthesizer":
+            return self._synthesize(header["task_id"], payload), True
+        return [self._failed(header["task_id"], 40000002, f"Gateway:CLIENT_ERROR:unexpected {name}")], True
+
+    def _start_transcription(self, task: _RealtimeTask, header: dict[str, Any], payload: dict[str, Any]
+                             ) -> tuple[list[str | bytes], bool]:
+        task.task_id, task.namespace = header["task_id"], "SpeechTranscriber"
+        if payload.get("format") != "pcm" or int(payload.get("sample_rate", 0)) != 16000:
+            return [self._failed(task.task_id, 40000002, "Gateway:CLIENT_ERROR:this appkey's model needs 16000 Hz pcm")
+                    ], True
+        task.started, task.intermediate = True, bool(payload.get("enable_intermediate_result"))
+        self.tasks.append(task.namespace)
+        return [self._answer(task.namespace, "TranscriptionStarted", task.task_id, {"session_id": uuid4_hex()})], False
+
+    def _stop_transcription(self, task: _RealtimeTask) -> list[str | bytes]:
+        self.audio_bytes.append(task.audio)
+        self._heard(f"nls-realtime SpeechTranscriber: {task.audio} bytes of 16 kHz audio, heard {self.recognized!r}")
+        replies: list[str | bytes] = []
+        if task.audio:
+            replies.append(self._answer(task.namespace, "SentenceEnd", task.task_id, {
+                "index": 1, "time": task.audio // 32, "begin_time": 0, "result": self.recognized, "confidence": 0.9}))
+        replies.append(self._answer(task.namespace, "TranscriptionCompleted", task.task_id))
+        return replies
+
+    def _synthesize(self, task_id: str, payload: dict[str, Any]) -> list[str | bytes]:
+        text = str(payload.get("text", ""))
+        sample_rate = int(payload.get("sample_rate", 16000))
+        if not text or sample_rate not in (8000, 16000, 24000) or payload.get("format") != "pcm":
+            return [self._failed(task_id, 40000002, "Gateway:CLIENT_ERROR:bad text, format or sample_rate")]
+        self.tasks.append("SpeechSynthesizer")
+        self._heard(f"nls-realtime SpeechSynthesizer: {len(text)} characters, {150 * len(text)} ms of tone")
+        audio_out = tone(sample_rate, 150 * len(text))
+        step = sample_rate * 2 // 10
+        replies: list[str | bytes] = [audio_out[i:i + step] for i in range(0, len(audio_out), step)]
+        replies.append(self._answer("SpeechSynthesizer", "SynthesisCompleted", task_id))
+        return replies
+
+
+@dataclass
+class _RealtimeTask:
+    """What one real-time connection's task has been told so far."""
+
+    task_id: str = ""
+    namespace: str = ""
+    audio: int = 0  # PCM bytes received
+    started: bool = False
+    intermediate: bool = False
 
 
 def uuid4_hex() -> str:
