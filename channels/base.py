@@ -17,6 +17,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 from pydantic import AfterValidator, BaseModel, field_validator
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from channels.wechat_api import AppCredentials, PlatformAPI
     from models.infra.bus import Bus, Listener
     from models.infra.kv import KV
+    from models.infra.locks import Locks
     from models.infra.queues import Publisher
 
 __all__ = [
@@ -216,6 +218,44 @@ class Outbound(ABC):
 
 
 @dataclass(frozen=True)
+class PullDeps:
+    """What a worker gives a channel's puller."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    ingress: Ingress
+    kv: KV
+    locks: Locks
+    handoff: HandOffPort
+    platform: PlatformAPI | None = None
+
+
+class PullBusy(Exception):
+    """Another worker is pulling the same source right now; try again in a moment."""
+
+
+class Puller(ABC):
+    """Worker side of a channel whose callbacks only say "there is news" (WeChat Customer Service): the messages
+    are pulled by an io worker (task ``kefu.pull``) from one *source* of an account (a 客服账号).
+
+    The gateway records the request durably before publishing the task, so a lost task is found again by
+    :meth:`unfinished` (the sweeper publishes it once more).
+    """
+
+    def __init__(self, deps: PullDeps) -> None:
+        self.deps = deps
+
+    @abstractmethod
+    def run(self, account: str, source: str) -> int:
+        """Read everything new from ``source``; the number of new messages stored. Raises PullBusy, or a
+        Retryable / Permanent error."""
+
+    @abstractmethod
+    def unfinished(self, session: Session, requested_before: datetime, limit: int) -> list[tuple[str, str]]:
+        """(account, source) pairs with news that no finished pull has read, requested before the given time."""
+
+
+@dataclass(frozen=True)
 class Channel:
     """One channel, as the gateway and the workers see it."""
 
@@ -232,6 +272,7 @@ class Channel:
     # voice messages the platform did not transcribe: the app whose media/get serves this account's files
     # (None when the account is gone); None: the channel has no voice files
     media_app: Callable[[Settings, str], AppCredentials | None] | None = None
+    puller: Callable[[PullDeps], Puller] | None = None  # messages pulled by an io worker (kefu.pull), not pushed
 
     @property
     def voice_files(self) -> bool:

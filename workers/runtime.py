@@ -14,11 +14,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels import registry
-from channels.base import Channel, HandOffPort, Outbound, OutboundDeps
+from channels.base import Channel, HandOffPort, Outbound, OutboundDeps, PullDeps, Puller
 from channels.ingress import Ingress
 from channels.speech.providers import SpeechProviders
 from channels.wechat_api import AccessTokens, PlatformAPI, make_http
-from channels.wecom_kf.sync import KfSync
 from models.infra.bus import Bus, make_bus
 from models.infra.db import make_engine, make_session_factory
 from models.infra.kv import KV, make_kv
@@ -37,6 +36,7 @@ class Runtime:
         self.settings = settings
         self._outbounds: dict[str, Outbound] = {}
         self._handoffs: dict[str, HandOffPort] = {}
+        self._pullers: dict[str, Puller] = {}
         self._lock = threading.Lock()
 
     @cached_property
@@ -93,10 +93,6 @@ class Runtime:
         """The configured speech providers (a worker uses the recognizer, for WeChat voice messages)."""
         return SpeechProviders(self.settings, self.kv, self.locks)
 
-    @cached_property
-    def kf_sync(self) -> KfSync:
-        return KfSync(self.settings, self.sessions, self.ingress, self.platform, self.kv, self.locks,
-                      self.handoff("wecom_kf"))
 
     def channel(self, name: str) -> Channel:
         """The registered channel (raises registry.UnknownChannel, a permanent delivery error)."""
@@ -108,6 +104,19 @@ class Runtime:
             if channel not in self._handoffs:
                 self._handoffs[channel] = self.channel(channel).handoff(self.settings, self.kv)
             return self._handoffs[channel]
+
+    def puller(self, channel: str) -> Puller:
+        """The channel's puller, built once per process (raises LookupError for a channel that does not pull)."""
+        found = self.channel(channel)
+        if found.puller is None:
+            raise registry.UnknownChannel(f"channel {channel!r} does not pull its messages")
+        handoff = self.handoff(channel)
+        with self._lock:
+            if channel not in self._pullers:
+                platform = self.platform if found.platform_api else None
+                deps = PullDeps(self.settings, self.sessions, self.ingress, self.kv, self.locks, handoff, platform)
+                self._pullers[channel] = found.puller(deps)
+            return self._pullers[channel]
 
     def outbound(self, channel: str) -> Outbound:
         found = self.channel(channel)

@@ -7,33 +7,33 @@ conditional status updates decide who wins, so a redelivered or re-published tas
   decides, generates and stores), then publishes ``deliver``.
 - ``deliver``: sends through the channel; retries a ``Retryable`` failure with exponential backoff,
   records a ``Permanent`` one (and exhausted retries) as failed.
-- ``kf_sync``: pulls a WeChat Customer Service account's new messages (``channels.wecom_kf``);
-  waits its turn while another worker pulls the same account; retries platform failures.
-- ``sweep``: publishes again any inbound, delivery or kf pull left unfinished (a lost task, a killed
+- ``pull``: pulls a channel's new messages from one source (its ``Puller``: WeChat Customer Service);
+  waits its turn while another worker pulls the same source; retries platform failures.
+- ``sweep``: publishes again any inbound, delivery or pull left unfinished (a lost task, a killed
   worker, a broker outage at ingress), and on the embedded queue deletes long-consumed messages.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from sqlalchemy import and_, or_, select, update
 
-from channels.base import DeliveryProgress
-from channels.wecom_kf.sync import SyncBusy
+from channels import registry
+from channels.base import DeliveryProgress, PullBusy
 from models import audit
 from models.envelope import ConversationKey, Reply, utcnow
 from models.errors import Permanent, Retryable
 from models.infra.db import transaction
 from models.infra.embedded_broker import purge_consumed
-from models.infra.queues import DELIVER, HANDLE_INBOUND, KF_SYNC, SWEEP
+from models.infra.queues import DELIVER, HANDLE_INBOUND, PULL, SWEEP
 from models.replies import reply_id_of
 from models.states import UNFINISHED, WAITING, DeliveryStatus, InboundStatus, ReplySource
-from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, KfCursorRecord, ReplyRecord
+from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, ReplyRecord
 from workers import answering, voice
 from workers.runtime import Runtime, runtime
 
@@ -185,19 +185,20 @@ def _fail(rt: Runtime, reply_id: int, ids: dict[str, Any], reason: str) -> None:
         audit.record(session, audit.DELIVERY_FAILED, **ids, reason=reason[:500])
 
 
-SYNC_BUSY_RETRY_S = 0.5
+PULL_BUSY_RETRY_S = 0.5
 
 
-def kf_sync(task: Task, account: str, open_kfid: str) -> str:
+def pull(task: Task, channel: str, account: str, source: str) -> str:
+    """Pull a channel's new messages from one source (its ``Puller``); retries while another worker pulls it."""
     try:
-        stored = runtime().kf_sync.run(account, open_kfid)
-    except SyncBusy as exc:  # the running pull may already be past the news that published this task
-        raise task.retry(countdown=min(SYNC_BUSY_RETRY_S * 2 ** task.request.retries, 5.0)) from exc
+        stored = runtime().puller(channel).run(account, source)
+    except PullBusy as exc:  # the running pull may already be past the news that published this task
+        raise task.retry(countdown=min(PULL_BUSY_RETRY_S * 2 ** task.request.retries, 5.0)) from exc
     except Retryable as exc:
-        log.warning("kf sync %s/%s: %s; retrying", account, open_kfid, exc)
+        log.warning("%s pull %s/%s: %s; retrying", channel, account, source, exc)
         raise task.retry(countdown=min(2 ** task.request.retries, 60)) from exc
     except Permanent as exc:  # configuration or permission: the sweeper tries again later
-        log.error("kf sync %s/%s failed: %s", account, open_kfid, exc)
+        log.error("%s pull %s/%s failed: %s", channel, account, source, exc)
         return "failed"
     return f"stored {stored}"
 
@@ -208,10 +209,22 @@ def sweep() -> dict[str, int]:
     s = rt.settings
     now = utcnow()
     never_queued = now - timedelta(seconds=30)
-    stale_queue = now - timedelta(seconds=s.requeue_after_s)
-    stale_delivery = now - timedelta(seconds=s.redeliver_after_s)
-    with transaction(rt.sessions) as session:
-        inbound_rows = session.execute(
+    counts = {
+        "requeued": _requeue_inbound(rt, never_queued, now - timedelta(seconds=s.requeue_after_s)),
+        "redelivered": _redeliver(rt, now - timedelta(seconds=s.redeliver_after_s)),
+        "resynced": _repull(rt, never_queued),
+        "purged": purge_consumed(s.embedded_broker_file, s.requeue_after_s) if s.embedded_broker else 0,
+    }
+    if counts["requeued"] or counts["redelivered"] or counts["resynced"]:
+        log.info("sweep published %d inbound, %d deliveries and %d pulls again",
+                 counts["requeued"], counts["redelivered"], counts["resynced"])
+    return counts
+
+
+def _requeue_inbound(rt: Runtime, never_queued: datetime, stale_queue: datetime) -> int:
+    """Messages whose handle_inbound was never published (a broker outage at ingress) or was lost."""
+    with rt.sessions() as session:
+        rows = session.execute(
             select(InboundRecord.id, InboundRecord.conversation_id, InboundRecord.channel)
             .where(or_(
                 and_(InboundRecord.status == InboundStatus.RECEIVED, InboundRecord.received_at < never_queued),
@@ -219,18 +232,8 @@ def sweep() -> dict[str, int]:
             ))
             .order_by(InboundRecord.id).limit(SWEEP_BATCH)
         ).all()
-        delivery_rows = session.execute(
-            select(DeliveryRecord.reply_id, DeliveryRecord.channel)
-            .where(DeliveryRecord.status.in_(UNFINISHED), DeliveryRecord.updated_at < stale_delivery)
-            .order_by(DeliveryRecord.id).limit(SWEEP_BATCH)
-        ).all()
-        kf_rows = session.execute(
-            select(KfCursorRecord.account, KfCursorRecord.open_kfid)
-            .where(KfCursorRecord.requested > KfCursorRecord.synced, KfCursorRecord.requested_at < never_queued)
-            .limit(SWEEP_BATCH)
-        ).all()
-    requeued = redelivered = resynced = 0
-    for inbound_id, conv_id, channel in inbound_rows:
+    requeued = 0
+    for inbound_id, conv_id, channel in rows:
         try:
             rt.publisher.handle_inbound(inbound_id)
         except Exception as exc:
@@ -242,28 +245,49 @@ def sweep() -> dict[str, int]:
                             .values(status=InboundStatus.QUEUED, queued_at=utcnow()))
             audit.record(session, audit.REQUEUED, channel=channel, conversation_id=conv_id, inbound_id=inbound_id)
         requeued += 1
-    for reply_id, channel in delivery_rows:
+    return requeued
+
+
+def _redeliver(rt: Runtime, stale_delivery: datetime) -> int:
+    """Deliveries still pending or sending (a lost task; a worker that died mid-send left it "sending")."""
+    with rt.sessions() as session:
+        rows = session.execute(
+            select(DeliveryRecord.reply_id, DeliveryRecord.channel)
+            .where(DeliveryRecord.status.in_(UNFINISHED), DeliveryRecord.updated_at < stale_delivery)
+            .order_by(DeliveryRecord.id).limit(SWEEP_BATCH)
+        ).all()
+    redelivered = 0
+    for reply_id, channel in rows:
         try:
             rt.publisher.deliver(reply_id)
         except Exception as exc:
             log.warning("sweep could not publish delivery %s: %s", reply_id, type(exc).__name__)
             continue
-        with transaction(rt.sessions) as session:  # a worker that died mid-send left it "sending"
+        with transaction(rt.sessions) as session:
             session.execute(update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id)
                             .where(DeliveryRecord.status.in_(UNFINISHED))
                             .values(status=DeliveryStatus.PENDING, updated_at=utcnow()))
             audit.record(session, audit.REQUEUED, channel=channel, reply_id=reply_id)
         redelivered += 1
-    for account, open_kfid in kf_rows:  # news no finished pull has read: its task was lost or failed
-        try:
-            rt.publisher.kf_sync(account, open_kfid)
-            resynced += 1
-        except Exception as exc:
-            log.warning("sweep could not publish kf sync %s/%s: %s", account, open_kfid, type(exc).__name__)
-    purged = purge_consumed(s.embedded_broker_file, s.requeue_after_s) if s.embedded_broker else 0
-    if requeued or redelivered or resynced:
-        log.info("sweep published %d inbound, %d deliveries and %d kf pulls again", requeued, redelivered, resynced)
-    return {"requeued": requeued, "redelivered": redelivered, "resynced": resynced, "purged": purged}
+    return redelivered
+
+
+def _repull(rt: Runtime, requested_before: datetime) -> int:
+    """News that no finished pull has read, for every channel that pulls: its task was lost or failed."""
+    published = 0
+    for found in registry.channels():
+        if found.puller is None:
+            continue
+        with rt.sessions() as session:
+            sources = rt.puller(found.name).unfinished(session, requested_before, SWEEP_BATCH)
+        for account, source in sources:
+            try:
+                rt.publisher.pull(found.name, account, source)
+                published += 1
+            except Exception as exc:
+                log.warning("sweep could not publish the %s pull %s/%s: %s", found.name, account, source,
+                            type(exc).__name__)
+    return published
 
 
 def register(app: Celery) -> None:
@@ -272,8 +296,8 @@ def register(app: Celery) -> None:
     # which is 3 — a message waiting its turn in a busy conversation would be dropped after three tries.
     app.task(name=HANDLE_INBOUND, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)(handle_inbound)
     app.task(name=DELIVER, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)(deliver)
-    app.task(name=KF_SYNC, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)(kf_sync)
+    app.task(name=PULL, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)(pull)
     app.task(name=SWEEP, acks_late=True)(sweep)
 
 
-__all__ = ["deliver", "handle_inbound", "kf_sync", "register", "sweep"]
+__all__ = ["deliver", "handle_inbound", "pull", "register", "sweep"]

@@ -5,7 +5,7 @@ A package: ``config`` (settings, credentials, peers), ``handoff`` (service state
 
 The ``kf_msg_or_event`` callback carries no message, only the 客服账号 (``OpenKfId``) and a sync
 token. ``POST /v1/wecom-kf/{account}`` verifies it (:class:`~channels.wechat_guard.CallbackGuard`,
-receive id: the corpid), bumps that account's ``kf_cursor.requested``, publishes ``kefu.kf_sync``
+receive id: the corpid), bumps that account's ``kf_cursor.requested``, publishes ``kefu.pull``
 and answers at once. The pull runs in an io worker (:class:`KfSync`):
 
 - one sync per (account, open_kfid) at a time, under a lock; a sync that finds the lock taken
@@ -35,8 +35,9 @@ from channels.wecom_kf.adapter import WeComKfAdapter
 from channels.wecom_kf.config import CHANNEL, WeComKfAccount, WeComKfSettings, account, media_app
 from channels.wecom_kf.handoff import KfHandOff
 from channels.wecom_kf.outbound import WeComKfOutbound
+from channels.wecom_kf.sync import KfSync
 
 __all__ = ["CHANNEL", "WeComKfAccount", "account", "descriptor"]
 
 descriptor = Channel(name=CHANNEL, adapter=WeComKfAdapter, outbound=WeComKfOutbound, section=WeComKfSettings,
-                     handoff=KfHandOff, platform_api=True, media_app=media_app)
+                     handoff=KfHandOff, platform_api=True, media_app=media_app, puller=KfSync)

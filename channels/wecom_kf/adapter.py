@@ -40,7 +40,7 @@ def request_sync(sessions: sessionmaker[Session], publisher: Publisher, kv: KV, 
                         .where(KfCursorRecord.account == account, KfCursorRecord.open_kfid == open_kfid)
                         .values(requested=KfCursorRecord.requested + 1, requested_at=utcnow()))
     try:
-        publisher.kf_sync(account, open_kfid)
+        publisher.pull(CHANNEL, account, open_kfid)
     except Exception as exc:  # the request is recorded: the sweeper publishes the sync later
         log.error("publish of kf sync for %s/%s failed: %s", account, open_kfid, type(exc).__name__)
 

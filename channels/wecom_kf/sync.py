@@ -1,9 +1,9 @@
 """The pull: ``kf/sync_msg`` pages of one 客服账号, each customer message put through the dialogue and stored.
 
-Runs in an io worker (``kefu.kf_sync``). One sync per (account, open_kfid) at a time, under a lock; a
-sync that finds the lock taken raises :class:`SyncBusy` and is retried shortly, so news that arrives
-during a sync is never left unread. Every page: all customer messages are persisted (their ``msgid``
-is the dedup key), *then* ``next_cursor`` is stored; ``has_more`` is followed to the end. A crash
+Runs in an io worker (``kefu.pull``, the channel's puller). One sync per (account, open_kfid) at a time,
+under a lock; a sync that finds the lock taken raises :class:`~channels.base.PullBusy` and is retried
+shortly, so news that arrives during a sync is never left unread. Every page: all customer messages are
+persisted (their ``msgid`` is the dedup key), *then* ``next_cursor`` is stored; ``has_more`` is followed to the end. A crash
 between the two re-reads one page and the messages already stored are skipped without an API call.
 """
 
@@ -14,21 +14,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from channels import wechat_protocol as wx
-from channels.base import HandOffPort
-from channels.ingress import Ingress
-from channels.wechat_api import PlatformAPI, PlatformPermanent
+from channels.base import PullBusy, PullDeps, Puller
+from channels.wechat_api import PlatformPermanent
 from channels.wecom_kf.adapter import sync_token_key
 from channels.wecom_kf.config import CHANNEL, WeComKfAccount, account, credentials, peer, split_peer
 from channels.wecom_kf.handoff import HUMAN_STATES, POOL
 from models.dialogue import Action, Message, decide
 from models.envelope import ConversationKey, Inbound, printable, utcnow
 from models.infra.db import transaction
-from models.infra.kv import KV
-from models.infra.locks import Locks
-from models.settings import Settings
 from models.tables import InboundRecord, KfCursorRecord
 
 log = logging.getLogger(__name__)
@@ -39,20 +35,26 @@ ORIGIN_CUSTOMER = 3  # msg_list origin: 3 customer, 4 system event, 5 a servicer
 INVALID_SYNC_TOKEN = 95007
 
 
-class SyncBusy(Exception):
-    """Another worker is pulling this account right now; try again in a moment."""
+class KfSync(Puller):
+    """Pulls one 客服账号's (source: its open_kfid) new messages with ``kf/sync_msg`` and hands each to ingress."""
 
+    def __init__(self, deps: PullDeps) -> None:
+        super().__init__(deps)
+        if deps.platform is None:
+            raise ValueError("the kf pull needs the platform API client (the channel's platform_api)")
+        self._settings, self._sessions, self._ingress = deps.settings, deps.sessions, deps.ingress
+        self._platform, self._kv, self._locks, self._handoff = deps.platform, deps.kv, deps.locks, deps.handoff
 
-class KfSync:
-    """Pulls one 客服账号's new messages with ``kf/sync_msg`` and hands each to ingress."""
-
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], ingress: Ingress,
-                 platform: PlatformAPI, kv: KV, locks: Locks, handoff: HandOffPort) -> None:
-        self._settings, self._sessions, self._ingress = settings, sessions, ingress
-        self._platform, self._kv, self._locks, self._handoff = platform, kv, locks, handoff
+    def unfinished(self, session: Session, requested_before: datetime, limit: int) -> list[tuple[str, str]]:
+        rows = session.execute(
+            select(KfCursorRecord.account, KfCursorRecord.open_kfid)
+            .where(KfCursorRecord.requested > KfCursorRecord.synced, KfCursorRecord.requested_at < requested_before)
+            .limit(limit)
+        ).all()
+        return [(str(account), str(open_kfid)) for account, open_kfid in rows]
 
     def run(self, name: str, open_kfid: str) -> int:
-        """Read everything new; the number of new customer messages stored. Raises SyncBusy."""
+        """Read everything new; the number of new customer messages stored. Raises PullBusy."""
         found = account(self._settings, name)
         if found is None:  # marked done, or the sweeper would publish it again for ever
             log.error("kf sync for unknown account %r dropped (no longer configured?)", name)
@@ -63,7 +65,7 @@ class KfSync:
             return 0
         with self._locks.hold(f"kfsync:{name}:{open_kfid}", ttl_s=SYNC_LOCK_TTL_S, wait_s=0) as acquired:
             if not acquired:
-                raise SyncBusy(f"{name}/{open_kfid}")
+                raise PullBusy(f"{name}/{open_kfid}")
             stored = 0
             while True:
                 with self._sessions() as session:

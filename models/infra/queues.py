@@ -25,13 +25,13 @@ QUEUES = (LLM_QUEUE, IO_QUEUE)
 HANDLE_INBOUND = "kefu.handle_inbound"
 DELIVER = "kefu.deliver"
 SWEEP = "kefu.sweep"
-KF_SYNC = "kefu.kf_sync"  # pull WeChat Customer Service messages (kf/sync_msg) for one open_kfid
+PULL = "kefu.pull"  # pull a channel's new messages from one source (WeChat Customer Service: kf/sync_msg, one open_kfid)
 
 ROUTES = {
     HANDLE_INBOUND: {"queue": LLM_QUEUE},
     DELIVER: {"queue": IO_QUEUE},
     SWEEP: {"queue": IO_QUEUE},
-    KF_SYNC: {"queue": IO_QUEUE},
+    PULL: {"queue": IO_QUEUE},
 }
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,8 @@ class Publisher:
     def deliver(self, reply_id: int, countdown: float | None = None) -> None:
         self._celery.send_task(DELIVER, args=(reply_id,), countdown=countdown, **ROUTES[DELIVER])
 
-    def kf_sync(self, account: str, open_kfid: str, countdown: float | None = None) -> None:
-        self._celery.send_task(KF_SYNC, args=(account, open_kfid), countdown=countdown, **ROUTES[KF_SYNC])
+    def pull(self, channel: str, account: str, source: str, countdown: float | None = None) -> None:
+        self._celery.send_task(PULL, args=(channel, account, source), countdown=countdown, **ROUTES[PULL])
 
     def ping(self, timeout: float) -> None:
         with self._celery.connection_for_write() as conn:
