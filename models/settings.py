@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -34,21 +35,6 @@ DEFAULT_PROMPT_HANDOFF_HINT = "需要人工处理时，告诉客户可以回复�
 
 class ConfigError(ValueError):
     """A setting is missing, malformed or unsafe; the message names the variable to fix."""
-
-
-class VoiceGateway(BaseModel):
-    """A PBX voice gateway allowed to stream calls to Kefu (``Authorization: Bearer <secret>``)."""
-
-    name: str
-    secret: SecretStr
-
-
-class Hotline(BaseModel):
-    """A called number: its greeting and where 转人工 / key 0 transfers the caller."""
-
-    number: str
-    greeting: str | None = None
-    transfer_to: str | None = None
 
 
 class FaqEntry(BaseModel):
@@ -127,17 +113,6 @@ class Settings(BaseSettings):
     voice_decode_timeout_s: float = 15.0
     voice_download_retries: int = 4  # transient media/get failures, retried after 1, 2, 4, 8 s; then the reply above
 
-    # --- phone ---------------------------------------------------------------------------------
-    voice_gateways: list[VoiceGateway] = Field(default_factory=list)  # JSON list in KEFU_VOICE_GATEWAYS
-    hotlines: list[Hotline] = Field(default_factory=list)  # JSON list in KEFU_HOTLINES
-    phone_greeting: str = "您好，欢迎致电，我是智能客服，请问有什么可以帮您？"
-    phone_transfer_to: str | None = None  # default transfer target when the hotline names none
-    phone_transfer_notice: str = "好的，正在为您转接人工客服，请稍候。"
-    phone_idle_prompt: str = "请问您还在吗？有什么可以帮您？"
-    phone_goodbye: str = "感谢您的来电，再见。"
-    phone_no_agent: str = "抱歉，现在没有人工客服可以接听，请您稍后再拨。"
-    phone_speech_failed: str = "抱歉，语音识别暂时出现故障。"  # said before the transfer when recognition is down
-    phone_silence_ms: int = 600  # end of an utterance
     # --- speech (the phone, and WeChat voice messages the platform did not transcribe) ----------
     # "local": espeak-ng, and sherpa-onnx when KEFU_LOCAL_ASR_MODEL_DIR is set, else pocketsphinx (English only);
     # "nls": Aliyun NLS recognition and synthesis, with the local voice as the fallback when NLS synthesis fails
@@ -156,9 +131,6 @@ class Settings(BaseSettings):
     nls_meta_protocol: Literal["https", "http"] = "https"
     nls_gateway: str = "https://nls-gateway-cn-shanghai.aliyuncs.com"
     nls_voice: str = "xiaoyun"
-    audiosocket_port: int | None = None  # Asterisk AudioSocket over TCP (off unless set)
-    audiosocket_allowed_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
-    phone_idle_s: float = 10.0  # silence before the prompt, and again before the goodbye
 
     # --- model ---------------------------------------------------------------------------------
     model_path: Path | None = None
@@ -331,15 +303,11 @@ class Settings(BaseSettings):
                 candidate.unlink()
         return path.read_text().strip().encode()
 
-    def hotline(self, number: str) -> Hotline:
-        configured = next((h for h in self.hotlines if h.number == number), None)
-        return configured or Hotline(number=number)
-
-    def voice_gateway(self, secret: str) -> VoiceGateway | None:
-        import hmac
-
-        return next((g for g in self.voice_gateways
-                     if hmac.compare_digest(g.secret.get_secret_value().encode(), secret.encode())), None)
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
+        """A copy with ``update`` applied (a section's values too); its sections are read afresh."""
+        copy = super().model_copy(update=update, deep=deep)
+        copy._sections = {}
+        return copy
 
     def masked(self) -> dict[str, Any]:
         """Effective settings for display, with every section read so far: secrets and URL passwords masked."""

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from channels.base import Channel
 from channels.telephony.adapter import PhoneHandOff, TelephonyAdapter
+from channels.telephony.config import PhoneSettings
 from channels.telephony.outbound import PhoneOutbound
 
 # streams: the answer is spoken sentence by sentence while it is generated; cache_context off: a barge-in
 # shortens a stored answer to what the caller heard, so the history is read from the database
-descriptor = Channel(name="phone", adapter=TelephonyAdapter, outbound=PhoneOutbound, handoff=PhoneHandOff,
-                     streams=True, cache_context=False)
+descriptor = Channel(name="phone", adapter=TelephonyAdapter, outbound=PhoneOutbound, section=PhoneSettings,
+                     handoff=PhoneHandOff, streams=True, cache_context=False)

@@ -25,6 +25,7 @@ from channels.base import ChannelAdapter, HandOffPort
 from channels.speech.base import Recognizer, Synthesizer
 from channels.speech.providers import SpeechProviders
 from channels.telephony.call import CHANNEL, Act, Call
+from channels.telephony.config import PhoneSettings
 from channels.telephony.events import CallAction, CallEvent, CallStarted, HangupOut
 from channels.telephony.gateway_ws import GatewayDecoder, ProtocolError, encode
 from models.dialogue import HandOff
@@ -47,7 +48,7 @@ class TelephonyAdapter(ChannelAdapter):
 
     async def start(self) -> None:
         """The Asterisk AudioSocket listener, when ``KEFU_AUDIOSOCKET_PORT`` is set."""
-        port = self.ctx.settings.audiosocket_port
+        port = self.ctx.settings.section(PhoneSettings).audiosocket_port
         if port is not None:
             from channels.telephony.audiosocket_server import AudioSocketServer
 
@@ -65,7 +66,7 @@ class TelephonyAdapter(ChannelAdapter):
     def _authorized(self, headers: Headers, query: QueryParams) -> bool:
         header = headers.get("authorization", "")
         secret = header[7:] if header.lower().startswith("bearer ") else query.get("token", "")
-        return bool(secret) and self.ctx.settings.voice_gateway(secret) is not None
+        return bool(secret) and self.ctx.settings.section(PhoneSettings).voice_gateway(secret) is not None
 
     async def outcome(self, request: Request) -> Response:
         """How an AudioSocket call ended, for the dialplan: ``transfer:<number>`` or ``hangup:<reason>``."""

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from channels.telephony import audiosocket
+from channels.telephony.config import PhoneSettings
 from channels.telephony.events import CallAction, CallEvent, CallStarted, HangupOut, Transfer
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class AudioSocketServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        if not peer or peer[0] not in self.ctx.settings.audiosocket_allowed_ips:
+        if not peer or peer[0] not in self.ctx.settings.section(PhoneSettings).audiosocket_allowed_ips:
             log.warning("AudioSocket connection from %s refused (not in KEFU_AUDIOSOCKET_ALLOWED_IPS)", peer and peer[0])
             writer.close()
             return

@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from channels.ingress import Accepted
 from channels.speech.base import Recognizer, SpeechError, Synthesizer
+from channels.telephony.config import PhoneSettings
 from channels.telephony.events import (
     AudioIn,
     AudioOut,
@@ -72,10 +73,11 @@ class Call:
     def __init__(self, ctx: ChannelContext, started: CallStarted, act: Act, asr: Recognizer, tts: Synthesizer) -> None:
         settings = ctx.settings
         self.ctx, self.started, self._act, self._asr, self._tts = ctx, started, act, asr, tts
-        self.hotline = settings.hotline(started.callee)
+        self.phone = settings.section(PhoneSettings)
+        self.hotline = self.phone.hotline(started.callee)
         self.key = ConversationKey(CHANNEL, started.callee or "default", started.caller or f"call:{started.call_id}")
         self.rate = started.sample_rate
-        self.endpointer = Endpointer(self.rate, silence_ms=settings.phone_silence_ms)
+        self.endpointer = Endpointer(self.rate, silence_ms=self.phone.phone_silence_ms)
         self.player = Player(self._send_audio, self.rate)
         self._utterances = 0
         # external ids are "<call id>:<leg>:<n>": a gateway that reconnects with the same call id starts a new leg,
@@ -102,7 +104,7 @@ class Call:
         self._events = self.ctx.listener.subscribe(self.key.topic())
         self._spawn(self._follow_answers())
         self._spawn(self._watch_silence())
-        await self.say(self.hotline.greeting or self.ctx.settings.phone_greeting)
+        await self.say(self.hotline.greeting or self.phone.phone_greeting)
 
     async def end(self) -> None:
         self.ended = True
@@ -185,7 +187,7 @@ class Call:
         except SpeechError as exc:  # the recognizer is down: say so and hand the caller to a person
             log.error("speech recognition failed on call %s: %s", self.started.call_id, exc)
             await self._transfer(Inbound(self.key, external_id, "[not recognized]", "voice"),
-                                 self.ctx.settings.phone_speech_failed)
+                                 self.phone.phone_speech_failed)
             return
         if previous is not None:  # recognized concurrently; accepted in the order they were said
             await asyncio.wait([previous])
@@ -205,9 +207,8 @@ class Call:
         self._splitters[accepted.inbound_id] = SentenceSplitter()
 
     async def _transfer(self, inbound: Inbound, reason: str = "") -> None:
-        settings = self.ctx.settings
-        target = self.hotline.transfer_to or settings.phone_transfer_to
-        notice = reason + (settings.phone_transfer_notice if target else settings.phone_no_agent)
+        target = self.hotline.transfer_to or self.phone.phone_transfer_to
+        notice = reason + (self.phone.phone_transfer_notice if target else self.phone.phone_no_agent)
         if self.player.playing or self._waiting_for_answer():  # the notice must not wait behind the answer
             await self._barge_in("transfer")
         await run_in_threadpool(self.ctx.ingress.accept_answered, inbound,
@@ -295,7 +296,7 @@ class Call:
         await self._act(AudioOut(frame))
 
     async def _watch_silence(self) -> None:
-        idle = self.ctx.settings.phone_idle_s
+        idle = self.phone.phone_idle_s
         while True:
             await asyncio.sleep(min(1.0, idle / 4))
             if self.player.playing or self.endpointer.in_speech or self._waiting_for_answer():
@@ -305,9 +306,9 @@ class Call:
                 continue
             if not self._prompted:
                 self._prompted = True
-                await self.say(self.ctx.settings.phone_idle_prompt)
+                await self.say(self.phone.phone_idle_prompt)
                 continue
-            await self.say(self.ctx.settings.phone_goodbye)
+            await self.say(self.phone.phone_goodbye)
             await self.player.wait_idle()
             await self._act(HangupOut("silence"))
             self.ended = True

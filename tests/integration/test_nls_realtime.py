@@ -11,6 +11,7 @@ from channels.speech.base import SpeechError
 from channels.speech.nls_fake import FakeNlsMeta, FakeNlsRealtime
 from channels.speech.nls_realtime import NlsRealtimeRecognizer, NlsRealtimeSynthesizer
 from channels.speech.nls_token import NlsTokens
+from channels.telephony.config import PhoneSettings
 from models.infra.kv import make_kv
 from models.infra.locks import make_locks
 from models.settings import Settings
@@ -125,7 +126,7 @@ def test_a_call_on_realtime_nls_hears_the_caller_then_nls_goes_down(tmp_path_fac
             assert call.audio_ms(since=before) >= 1000  # the apology was spoken before the transfer
             with stack.sessions() as s:
                 handoff = s.scalars(select(ReplyRecord).where(ReplyRecord.source == "handoff")).one()
-            assert handoff.text.startswith(stack.settings.phone_speech_failed)
+            assert handoff.text.startswith(stack.settings.section(PhoneSettings).phone_speech_failed)
             assert audit_kinds(stack).count(audit.RECEIVED) == 2
             assert meta.issued == ["nls-token-0001"]  # one token for the whole call
         finally:

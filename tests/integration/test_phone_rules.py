@@ -20,9 +20,10 @@ from channels.speech.base import SpeechError
 from channels.speech.espeak import EspeakSynthesizer
 from channels.speech.fallback import FallbackSynthesizer
 from channels.telephony.call import Call
+from channels.telephony.config import Hotline, PhoneSettings
 from channels.telephony.events import AudioIn, CallAction, CallStarted, HangupOut, Transfer, frame_bytes
 from models.infra.migrate import upgrade
-from models.settings import Hotline, Settings
+from models.settings import Settings
 from models.tables import InboundRecord, ReplyRecord
 
 
@@ -108,7 +109,7 @@ def test_asking_for_a_person_says_so_and_transfers(tmp_path: Path) -> None:
         row = s.scalars(select(InboundRecord)).one()
         reply = s.scalars(select(ReplyRecord)).one()
     assert (row.channel, row.kind, row.text) == ("phone", "voice", "我要转人工")
-    assert (reply.source, reply.text) == ("handoff", settings.phone_transfer_notice)
+    assert (reply.source, reply.text) == ("handoff", settings.section(PhoneSettings).phone_transfer_notice)
 
 
 def test_without_an_agent_number_the_caller_gets_an_apology_not_silence(tmp_path: Path) -> None:
@@ -127,7 +128,7 @@ def test_speech_services_down_get_a_spoken_apology_and_a_transfer_not_silence(tm
 
     with make_session_factory(make_engine(settings))() as s:
         reply = s.scalars(select(ReplyRecord)).one()
-    assert reply.source == "handoff" and reply.text.startswith(settings.phone_speech_failed)
+    assert reply.source == "handoff" and reply.text.startswith(settings.section(PhoneSettings).phone_speech_failed)
 
 
 def test_key_0_during_the_greeting_cuts_it_and_transfers_without_holding_up_the_line(tmp_path: Path) -> None:

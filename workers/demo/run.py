@@ -22,9 +22,10 @@ import httpx
 from pydantic import SecretStr
 from sqlalchemy import select
 
+from channels.telephony.config import PhoneSettings, VoiceGateway
 from models.infra.db import make_engine, make_session_factory
 from models.infra.migrate import upgrade
-from models.settings import Settings, VoiceGateway
+from models.settings import Settings
 from models.tables import AuditEvent, ReplyRecord
 from workers.demo.call import place_call
 from workers.demo.processes import GatewayThread, WorkerProcess
@@ -147,7 +148,7 @@ def run_demo(settings: Settings, *, keep: bool = False) -> int:
         settings = settings.model_copy(update={"max_tokens": int(DEMO_MAX_TOKENS)})
     call_secret = secrets.token_urlsafe(16)  # the demo's own voice gateway
     settings = settings.model_copy(update={"voice_gateways": [
-        *settings.voice_gateways, VoiceGateway(name="demo", secret=SecretStr(call_secret))]})
+        *settings.section(PhoneSettings).voice_gateways, VoiceGateway(name="demo", secret=SecretStr(call_secret))]})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
     print("Kefu demo")
