@@ -15,6 +15,11 @@ Routes (all JSON; errors are ``{"error": {"code", "message"}}``):
 Delivery is at-least-once: a reply is pushed live through the bus, and again from the database on
 (re)connect and every few seconds until the client acks it; clients drop repeated ``reply_id``\\ s.
 After a socket has sent the ``reply`` for a message it sends no more ``token`` frames for it.
+
+Every visitor message goes through the same dialogue decision as every channel
+(:meth:`~channels.base.ChannelAdapter.take`): an FAQ hit is answered at once without the model, and
+a request for a person gets ``handoff_unavailable_reply`` (no person can take a web conversation
+yet: its hand-off port is the base one); those replies reach the socket like any other.
 """
 
 from __future__ import annotations
