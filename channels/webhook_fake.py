@@ -2,16 +2,17 @@
 
 Kefu's own stand-in for an integrator's system, beside the channel it fakes, the way httpx ships
 ``MockTransport``: the tests run against it, and an operator can try the channel without writing a
-receiver (``python -m channels.webhook_fake``). It implements the protocol from docs/webhook.md on
-its own (its :func:`sign` is not the channel's), so a mistake in one side shows up as a refusal.
+receiver (``kefu fake webhook``, ``workers/fakes.py``). It implements the protocol from docs/webhook.md
+on its own (its :func:`sign` is not the channel's), so a mistake in one side shows up as a refusal.
 
-- :class:`FakeWebhookReceiver`: a real ``ThreadingHTTPServer`` on 127.0.0.1 and a free port unless
-  told otherwise; point an endpoint's ``callback_url`` at :attr:`FakeWebhookReceiver.url`. Every
-  request is checked as a careful receiver would: ``POST`` to its path (else 405/404), JSON (415), a
-  ``X-Kefu-Timestamp`` within ``window_s`` and a valid ``X-Kefu-Signature`` (401), a JSON object body
-  (400) and an ``Idempotency-Key`` (400). Every request is kept in :attr:`~FakeWebhookReceiver.deliveries`
-  with what the fake answered; the replies it accepted (200), repeats included so that a double send
-  shows, in :attr:`~FakeWebhookReceiver.replies` and passed to ``on_reply``.
+- :class:`FakeWebhookReceiver`: a real HTTP server (``channels/fake_http.py``, one request per
+  connection) on 127.0.0.1 and a free port unless told otherwise; point an endpoint's
+  ``callback_url`` at :attr:`FakeWebhookReceiver.url`. Every request is checked as a careful receiver
+  would: ``POST`` to its path (else 405/404), JSON (415), a ``X-Kefu-Timestamp`` within ``window_s``
+  and a valid ``X-Kefu-Signature`` (401), a JSON object body (400) and an ``Idempotency-Key`` (400).
+  Every request is kept in :attr:`~FakeWebhookReceiver.deliveries` with what the fake answered; the
+  replies it accepted (200), repeats included so that a double send shows, in
+  :attr:`~FakeWebhookReceiver.replies` and passed to ``on_reply``.
   Controls (thread-safe): :meth:`~FakeWebhookReceiver.fail_next` answers the next N verified
   deliveries (of one user, or any) with a status (503, 400…); :meth:`~FakeWebhookReceiver.delay_next`
   answers them late (a timeout); :meth:`~FakeWebhookReceiver.wait_for_replies`.
@@ -24,23 +25,19 @@ Raises nothing into the client: what it refuses it answers with a status and
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import json
-import shlex
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
+
+from channels.fake_http import Answer, FakeHTTPServer, Request
 
 SECRET = "kefu-webhook-sample-secret"  # noqa: S105 - the sample endpoint's secret (fake)
 NAME = "demo"  # the sample endpoint's name: Kefu serves it at /v1/webhook/demo
@@ -90,7 +87,7 @@ class Delivery:
     """One request the receiver got, and what it answered."""
 
     method: str
-    path: str
+    path: str  # without the query
     headers: dict[str, str]  # names in lower case
     body: bytes
     status: int
@@ -116,55 +113,12 @@ class _Refused(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, fake: FakeWebhookReceiver, address: tuple[str, int]) -> None:
-        self.fake = fake
-        super().__init__(address, _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that timed out and hung up (delay_next) is expected, not an error
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def _serve(self, method: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        status, answer = self.server.fake._receive(method, self.path, headers, body)
-        payload = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Connection", "close")  # one request per connection: nothing idle is left at stop()
-        self.end_headers()
-        self.wfile.write(payload)
-        self.close_connection = True
-
-
 class FakeWebhookReceiver:
     """An integrator's receiver of Kefu's replies. Use as a context manager, or call :meth:`start` / :meth:`stop`."""
 
     def __init__(self, secret: str = SECRET, *, host: str = "127.0.0.1", port: int = 0, path: str = PATH,
                  window_s: int = WINDOW_S, on_reply: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.secret = secret
-        self.address = (host, port)
         self.path = path
         self.window_s = window_s
         self.on_reply = on_reply
@@ -174,29 +128,19 @@ class FakeWebhookReceiver:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        # one request per connection: nothing idle is left at stop()
+        self._http = FakeHTTPServer(self._respond, host=host, port=port, name="fake-webhook", keep_alive=False)
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> FakeWebhookReceiver:
-        if self._server is None:
-            self._stopping.clear()
-            self._server = _Server(self, self.address)
-            self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-webhook",
-                                            daemon=True)
-            self._thread.start()
+        self._stopping.clear()
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
-            return
         self._stopping.set()  # wakes a delayed answer
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-        self._server = self._thread = None
+        self._http.stop()
 
     def __enter__(self) -> FakeWebhookReceiver:
         return self.start()
@@ -206,10 +150,7 @@ class FakeWebhookReceiver:
 
     @property
     def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("FakeWebhookReceiver is not started")
-        host = self.address[0] if self.address[0] not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
-        return f"http://{host}:{self._server.server_address[1]}"
+        return self._http.base_url
 
     @property
     def url(self) -> str:
@@ -251,27 +192,32 @@ class FakeWebhookReceiver:
 
     # ---- the protocol ----------------------------------------------------------------------------
 
-    def _receive(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+    def _respond(self, request: Request) -> Answer:
+        def delivery(status: int, error: str | None = None) -> Delivery:
+            return Delivery(request.method, request.path, request.headers, request.body, status, error)
+
         try:
-            reply = self._verify(method, path, headers, body)
+            reply = self._verify(request)
         except _Refused as refused:
-            self._record(Delivery(method, path, headers, body, refused.status, refused.code))
-            return refused.status, {"error": {"code": refused.code, "message": refused.message}}
+            self._record(delivery(refused.status, refused.code))
+            return Answer.json(refused.status, {"error": {"code": refused.code, "message": refused.message}})
         plan = self._take_plan(reply.get("user_id"))
         if plan is not None and plan.delay_s:
             self._stopping.wait(plan.delay_s)
         if plan is not None and plan.status is not None:
-            self._record(Delivery(method, path, headers, body, plan.status, None))
-            return plan.status, {"error": {"code": "failing_on_purpose", "message": f"fake answers {plan.status}"}}
-        self._record(Delivery(method, path, headers, body, 200, None), reply)
+            self._record(delivery(plan.status))
+            return Answer.json(plan.status, {"error": {"code": "failing_on_purpose",
+                                                       "message": f"fake answers {plan.status}"}})
+        self._record(delivery(200), reply)
         if self.on_reply is not None:
             self.on_reply(reply)
-        return 200, {"ok": True}
+        return Answer.json(200, {"ok": True})
 
-    def _verify(self, method: str, path: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
-        if method != "POST":
+    def _verify(self, request: Request) -> dict[str, Any]:
+        headers, body = request.headers, request.body
+        if request.method != "POST":
             raise _Refused(405, "method_not_allowed", "replies are POSTed")
-        if urlsplit(path).path != self.path:  # a query (?token=…) is the receiver's own business
+        if request.path != self.path:  # a query (?token=…) is the receiver's own business
             raise _Refused(404, "not_found", f"replies go to {self.path}")
         if headers.get("content-type", "").split(";")[0].strip() != "application/json":
             raise _Refused(415, "unsupported_media_type", "expected application/json")
@@ -306,45 +252,3 @@ class FakeWebhookReceiver:
             if reply is not None:
                 self.replies.append(reply)
             self._changed.notify_all()
-
-
-# ---- for an operator -------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the receiver until Ctrl-C, print the settings that point Kefu at it and every reply; with ``--push``,
-    send each line typed on stdin to Kefu as a customer's message."""
-    parser = argparse.ArgumentParser(prog="python -m channels.webhook_fake", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="default: a free port")
-    parser.add_argument("--name", default=NAME, help="the endpoint's name in KEFU_WEBHOOKS")
-    parser.add_argument("--secret", default=SECRET)
-    parser.add_argument("--push", metavar="URL", help="Kefu's gateway, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--user-id", default="fake-user", help="the customer --push plays")
-    args = parser.parse_args(argv)
-
-    def show(reply: dict[str, Any]) -> None:
-        print(f"reply {reply.get('reply_id')} to {reply.get('in_reply_to')} ({reply.get('source')}): "
-              f"{reply.get('text')}", flush=True)
-
-    receiver = FakeWebhookReceiver(args.secret, host=args.host, port=args.port, on_reply=show)
-    try:
-        with receiver:
-            entry = sample_endpoint(receiver.url, args.name, args.secret)
-            print(f"fake webhook receiver on {receiver.url} (Ctrl-C to stop); point Kefu at it with", flush=True)
-            print(f"  export KEFU_WEBHOOKS={shlex.quote(json.dumps([entry]))}", flush=True)
-            if args.push:
-                print(f"type a customer's message to push it to {args.push}/v1/webhook/{args.name}", flush=True)
-                for line in iter(sys.stdin.readline, ""):
-                    if line.strip():
-                        answer = post_message(args.push, args.name, args.secret, f"fake-{uuid.uuid4().hex}",
-                                              args.user_id, line.strip())
-                        print(f"Kefu answered HTTP {answer.status_code}: {answer.text[:200]}", flush=True)
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

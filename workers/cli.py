@@ -7,7 +7,7 @@
     kefu worker --queues llm,io  run a Celery worker for the given queues
     kefu up                      migrate, then a worker and the gateway together (chat page on /)
     kefu demo                    send real questions through the whole pipeline and print what happened
-    kefu fake wechat|nls|pbx     run a platform's fake locally, to try a channel without an account
+    kefu fake PLATFORM           run a platform's fake locally (wechat, nls, pbx, webhook), to try a channel
 """
 
 from __future__ import annotations
@@ -152,13 +152,14 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_fake(settings: Settings, args: argparse.Namespace) -> int:
     from workers import fakes
 
-    run = {"wechat": fakes.run_wechat, "nls": fakes.run_nls, "pbx": fakes.run_pbx}[args.platform]
+    run = {"wechat": fakes.run_wechat, "nls": fakes.run_nls, "pbx": fakes.run_pbx,
+           "webhook": fakes.run_webhook}[args.platform]
     return run(args)
 
 
 def add_fake_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    kinds = sub.add_parser("fake", help="run a platform's fake locally (WeChat, Aliyun NLS, a PBX)").add_subparsers(
-        dest="platform", required=True)
+    kinds = sub.add_parser("fake", help="run a platform's fake locally (WeChat, Aliyun NLS, a PBX, a webhook "
+                                        "receiver)").add_subparsers(dest="platform", required=True)
     p = kinds.add_parser("wechat", help="the WeChat / WeCom / kf API with sample accounts")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="default: a free port")
@@ -182,6 +183,14 @@ def add_fake_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--sample-rate", type=int, choices=[8000, 16000], default=8000)
     p.add_argument("--timeout", type=float, default=60, help="seconds for the whole call")
     p.add_argument("--record", metavar="WAV", help="write both sides of the call to this file")
+    p = kinds.add_parser("webhook", help="a receiver that verifies and prints Kefu's signed replies")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="default: a free port")
+    p.add_argument("--name", help="the endpoint's name in KEFU_WEBHOOKS (default: demo)")
+    p.add_argument("--secret", help="signs both directions (default: the sample secret)")
+    p.add_argument("--push", metavar="URL", help="post each stdin line to Kefu's gateway at this URL, e.g. "
+                                                 "http://127.0.0.1:8000")
+    p.add_argument("--user-id", default="fake-user", help="the customer --push plays")
     for kind in kinds.choices.values():
         kind.set_defaults(func=cmd_fake)
 

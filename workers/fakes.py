@@ -9,6 +9,10 @@
   prints the settings and every request.
 - ``kefu fake pbx``: dials Kefu's voice gateway like a PBX (``channels/telephony/fake_pbx.py``),
   waits out the greeting, says something, prints what Kefu asked the PBX to do and hangs up.
+- ``kefu fake webhook``: an integrator's receiver of replies (``channels/webhook_fake.py``) that
+  verifies each one's signature; prints the ``KEFU_WEBHOOKS`` entry that points Kefu at it and every
+  reply it accepted. With ``--push URL`` (Kefu's gateway, e.g. ``http://127.0.0.1:8000``) each line
+  typed on stdin is posted to ``URL/v1/webhook/<name>`` as a signed customer's message.
 
 The servers run until Ctrl-C (or SIGTERM) and exit 0. The PBX call exits 0 when Kefu answered.
 """
@@ -34,6 +38,7 @@ from channels.speech.audio import read_wav, resample
 from channels.speech.nls_fake import FakeNlsGateway, FakeNlsMeta, FakeNlsRealtime
 from channels.telephony.events import AudioOut
 from channels.telephony.fake_pbx import Heard, PhoneLine
+from channels.webhook_fake import NAME, SECRET, FakeWebhookReceiver, post_message, sample_endpoint
 from channels.wechat_fake import FakeWeChat, sample_account, sample_kf_account, sample_wecom_app
 from channels.wechat_fake_platform import callback, read_passive_reply, text_xml
 
@@ -65,6 +70,11 @@ def _forever() -> None:
         time.sleep(3600)
 
 
+def _typed(lines: Iterator[str]) -> Iterator[str]:
+    """The lines an operator typed, stripped, blank ones skipped."""
+    return (text for text in (line.strip() for line in lines) if text)
+
+
 def _settings_lines(values: dict[str, Any]) -> list[str]:
     """``export KEFU_…=…`` lines, quoted for a POSIX shell (lists as JSON, as Kefu reads them)."""
     return [f"  export {name}={shlex.quote(json.dumps(value) if isinstance(value, list) else str(value))}"
@@ -81,10 +91,7 @@ def _print_sent(message: dict[str, Any]) -> None:
 def _push(url: str, lines: Iterator[str]) -> None:
     """Each line, as the sample official account's customer would send it (safe mode)."""
     with httpx.Client(timeout=10) as http:
-        for text in lines:
-            text = text.strip()
-            if not text:
-                continue
+        for text in _typed(lines):
             cb = callback(text_xml(CUSTOMER, text, time.time_ns() // 1000), mode="aes")
             try:
                 answer = http.post(url, params=cb.params, content=cb.body)
@@ -182,3 +189,34 @@ def run_pbx(args: argparse.Namespace) -> int:
         Path(args.record).write_bytes(line.recording())
         say(f"both sides written to {args.record}")
     return 0 if answer_ms > 0 else 1
+
+
+# ---- webhook ----------------------------------------------------------------------------------------
+
+def _print_reply(reply: dict[str, Any]) -> None:
+    say(f"reply {reply.get('reply_id')} to {reply.get('in_reply_to')} ({reply.get('source')}): {reply.get('text')}")
+
+
+def _push_messages(url: str, name: str, secret: str, user_id: str, lines: Iterator[str]) -> None:
+    """Each line, as the customer ``user_id`` of the endpoint ``name`` would send it (a new message_id each)."""
+    for text in _typed(lines):
+        try:
+            answer = post_message(url, name, secret, f"fake-{uuid.uuid4().hex}", user_id, text)
+        except httpx.HTTPError as exc:
+            say(f"push failed: {type(exc).__name__}: {exc}")
+            continue
+        say(f"Kefu answered HTTP {answer.status_code}: {answer.text[:200]}")
+
+
+def run_webhook(args: argparse.Namespace) -> int:
+    name, secret = args.name or NAME, args.secret or SECRET
+    receiver = FakeWebhookReceiver(secret, host=args.host, port=args.port, on_reply=_print_reply)
+    with _until_interrupted(), receiver:
+        say(f"fake webhook receiver on {receiver.url} (Ctrl-C to stop); point Kefu at it with")
+        for line in _settings_lines({"KEFU_WEBHOOKS": [sample_endpoint(receiver.url, name, secret)]}):
+            say(line)
+        if args.push:
+            say(f"type a customer's message to push it to {args.push.rstrip('/')}/v1/webhook/{name}")
+            _push_messages(args.push, name, secret, args.user_id, iter(sys.stdin.readline, ""))
+        _forever()
+    return 0

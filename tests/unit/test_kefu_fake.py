@@ -1,19 +1,24 @@
-"""``kefu fake wechat`` / ``kefu fake nls`` as an operator runs them: a child process, printed settings, real sockets."""
+"""``kefu fake wechat`` / ``nls`` / ``webhook`` as an operator runs them: a child process, printed settings, real
+sockets."""
 
 from __future__ import annotations
 
+import json
 import queue
 import shlex
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from channels import webhook
+from channels.fake_http import Answer, FakeHTTPServer, Request
 from channels.speech.nls_rest import NlsRestRecognizer
 from channels.speech.nls_token import NlsTokens
 from channels.wechat_fake import APPID, SECRET
@@ -27,10 +32,10 @@ from workers.demo.processes import free_port, terminate
 class Fake:
     """``kefu fake …`` in a child process; :meth:`line` reads what it prints, with a timeout."""
 
-    def __init__(self, *argv: str) -> None:
+    def __init__(self, *argv: str, typing: bool = False) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "fake", *argv], env=as_env({}),
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
+                                     stdin=subprocess.PIPE if typing else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
         self.lines: queue.SimpleQueue[str] = queue.SimpleQueue()
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -52,8 +57,14 @@ class Fake:
             values[name] = value
         return values
 
-    def interrupt(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
+    def say(self, line: str) -> None:
+        """Types ``line`` on the fake's stdin."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def interrupt(self, signum: int = signal.SIGINT) -> int:
+        self.proc.send_signal(signum)
         return self.proc.wait(timeout=10)
 
 
@@ -63,8 +74,9 @@ def fakes() -> Iterator[list[Fake]]:
     yield started
     for fake in started:
         terminate(fake.proc, 5)
-        assert fake.proc.stdout is not None
-        fake.proc.stdout.close()
+        for pipe in (fake.proc.stdin, fake.proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_kefu_fake_wechat_serves_the_sample_accounts_and_prints_what_kefu_sends(fakes: list[Fake]) -> None:
@@ -101,3 +113,59 @@ def test_kefu_fake_nls_gives_tokens_and_hears_its_text(fakes: list[Fake], tmp_pa
     assert fake.line() == "nls-meta CreateToken: nls-token-0001"
     assert fake.line().startswith("nls-gateway /stream/v1/asr: 16000 bytes in, HTTP 200")
     assert fake.interrupt() == 0
+
+
+REPLY = {"reply_id": 7, "in_reply_to": "m-1", "user_id": "u-42", "text": "您好，订单已发货", "source": "model"}
+
+
+def test_kefu_fake_webhook_prints_the_replies_it_verified_and_refuses_forged_ones(fakes: list[Fake]) -> None:
+    port = free_port()
+    fake = Fake("webhook", "--port", str(port))
+    fakes.append(fake)
+    assert f"fake webhook receiver on http://127.0.0.1:{port}/kefu/replies" in fake.line()
+    [entry] = json.loads(fake.exports(1)["KEFU_WEBHOOKS"])
+    assert entry["name"] == "demo" and entry["callback_url"] == f"http://127.0.0.1:{port}/kefu/replies"
+    endpoint = webhook.WebhookEndpoint(**entry)
+    webhook.post_reply(endpoint, REPLY, 7)  # signed by Kefu's own channel code, as a worker sends it
+    assert fake.line() == "reply 7 to m-1 (model): 您好，订单已发货"
+    body = json.dumps({**REPLY, "text": "forged"}).encode()
+    now = int(time.time())
+    forged = {"Content-Type": "application/json", "Idempotency-Key": "kefu-reply-8", "X-Kefu-Timestamp": str(now),
+              "X-Kefu-Signature": webhook.signature("not-the-endpoint-secret", now, body)}
+    with httpx.Client(timeout=5) as http:
+        refused = http.post(entry["callback_url"], content=body, headers=forged)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_signature"
+    assert fake.interrupt(signal.SIGTERM) == 0
+    assert fake.lines.empty()  # the forged reply was not printed
+
+
+def test_kefu_fake_webhook_pushes_each_typed_line_as_a_signed_message(fakes: list[Fake]) -> None:
+    posted: queue.SimpleQueue[Request] = queue.SimpleQueue()
+
+    def gateway(request: Request) -> Answer:  # stands in for Kefu: keeps the request, accepts it
+        posted.put(request)
+        return Answer.json(202, {"message_id": 1, "duplicate": False})
+
+    kefu = FakeHTTPServer(gateway, name="kefu-gateway")
+    kefu.start()
+    try:
+        fake = Fake("webhook", "--push", kefu.base_url, "--name", "crm", "--secret", "crm-secret-0123456789",
+                    "--user-id", "u-7", typing=True)
+        fakes.append(fake)
+        assert "fake webhook receiver on http://127.0.0.1:" in fake.line()
+        [entry] = json.loads(fake.exports(1)["KEFU_WEBHOOKS"])
+        assert (entry["name"], entry["secret"]) == ("crm", "crm-secret-0123456789")
+        assert fake.line() == f"type a customer's message to push it to {kefu.base_url}/v1/webhook/crm"
+        fake.say("   ")  # a blank line is not sent
+        fake.say("请问几点营业？")
+        assert fake.line() == 'Kefu answered HTTP 202: {"message_id": 1, "duplicate": false}'
+        request = posted.get(timeout=5)
+        assert posted.empty() and (request.method, request.path) == ("POST", "/v1/webhook/crm")
+        timestamp = webhook.require_fresh(request.headers.get("x-kefu-timestamp"), time.time(), 300)
+        webhook.require_signature("crm-secret-0123456789", timestamp, request.body, request.headers.get("x-kefu-signature"))
+        message = json.loads(request.body)
+        assert (message["user_id"], message["text"]) == ("u-7", "请问几点营业？")
+        assert message["message_id"].startswith("fake-")
+        assert fake.interrupt() == 0
+    finally:
+        kefu.stop()
