@@ -9,39 +9,36 @@ conditional status updates decide who wins, so a redelivered or re-published tas
   records a ``Permanent`` one (and exhausted retries) as failed.
 - ``pull``: pulls a channel's new messages from one source (its ``Puller``: WeChat Customer Service);
   waits its turn while another worker pulls the same source; retries platform failures.
-- ``sweep``: publishes again any inbound, delivery or pull left unfinished (a lost task, a killed
+- ``sweep``: :mod:`workers.sweeper` publishes again any inbound, delivery or pull left unfinished (a lost task, a killed
   worker, a broker outage at ingress), and on the embedded queue deletes long-consumed messages.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 
-from channels import registry
 from channels.base import DeliveryProgress, PullBusy
 from models import audit
 from models.envelope import ConversationKey, Reply, utcnow
 from models.errors import Permanent, Retryable
 from models.infra.db import transaction
-from models.infra.embedded_broker import purge_consumed
 from models.infra.queues import DELIVER, HANDLE_INBOUND, PULL, SWEEP
 from models.replies import reply_id_of
-from models.states import UNFINISHED, WAITING, DeliveryStatus, InboundStatus, ReplySource
+from models.states import WAITING, DeliveryStatus, ReplySource
 from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, ReplyRecord
-from workers import answering, voice
+from workers import answering, sweeper, voice
 from workers.runtime import Runtime, runtime
 
 log = logging.getLogger(__name__)
 
 LOCK_WAIT_S = 0.5  # then give the thread back and try again shortly
 ORDER_RETRY_S = 0.2
-SWEEP_BATCH = 500
 
 
 UNEXPECTED_RETRIES = 5
@@ -204,90 +201,8 @@ def pull(task: Task, channel: str, account: str, source: str) -> str:
 
 
 def sweep() -> dict[str, int]:
-    """Publish again what was left unfinished. Safe to run anywhere, any number of times."""
-    rt = runtime()
-    s = rt.settings
-    now = utcnow()
-    never_queued = now - timedelta(seconds=30)
-    counts = {
-        "requeued": _requeue_inbound(rt, never_queued, now - timedelta(seconds=s.requeue_after_s)),
-        "redelivered": _redeliver(rt, now - timedelta(seconds=s.redeliver_after_s)),
-        "resynced": _repull(rt, never_queued),
-        "purged": purge_consumed(s.embedded_broker_file, s.requeue_after_s) if s.embedded_broker else 0,
-    }
-    if counts["requeued"] or counts["redelivered"] or counts["resynced"]:
-        log.info("sweep published %d inbound, %d deliveries and %d pulls again",
-                 counts["requeued"], counts["redelivered"], counts["resynced"])
-    return counts
-
-
-def _requeue_inbound(rt: Runtime, never_queued: datetime, stale_queue: datetime) -> int:
-    """Messages whose handle_inbound was never published (a broker outage at ingress) or was lost."""
-    with rt.sessions() as session:
-        rows = session.execute(
-            select(InboundRecord.id, InboundRecord.conversation_id, InboundRecord.channel)
-            .where(or_(
-                and_(InboundRecord.status == InboundStatus.RECEIVED, InboundRecord.received_at < never_queued),
-                and_(InboundRecord.status == InboundStatus.QUEUED, InboundRecord.queued_at < stale_queue),
-            ))
-            .order_by(InboundRecord.id).limit(SWEEP_BATCH)
-        ).all()
-    requeued = 0
-    for inbound_id, conv_id, channel in rows:
-        try:
-            rt.publisher.handle_inbound(inbound_id)
-        except Exception as exc:
-            log.warning("sweep could not publish inbound %s: %s", inbound_id, type(exc).__name__)
-            continue
-        with transaction(rt.sessions) as session:
-            session.execute(update(InboundRecord).where(InboundRecord.id == inbound_id)
-                            .where(InboundRecord.status.in_(WAITING))
-                            .values(status=InboundStatus.QUEUED, queued_at=utcnow()))
-            audit.record(session, audit.REQUEUED, channel=channel, conversation_id=conv_id, inbound_id=inbound_id)
-        requeued += 1
-    return requeued
-
-
-def _redeliver(rt: Runtime, stale_delivery: datetime) -> int:
-    """Deliveries still pending or sending (a lost task; a worker that died mid-send left it "sending")."""
-    with rt.sessions() as session:
-        rows = session.execute(
-            select(DeliveryRecord.reply_id, DeliveryRecord.channel)
-            .where(DeliveryRecord.status.in_(UNFINISHED), DeliveryRecord.updated_at < stale_delivery)
-            .order_by(DeliveryRecord.id).limit(SWEEP_BATCH)
-        ).all()
-    redelivered = 0
-    for reply_id, channel in rows:
-        try:
-            rt.publisher.deliver(reply_id)
-        except Exception as exc:
-            log.warning("sweep could not publish delivery %s: %s", reply_id, type(exc).__name__)
-            continue
-        with transaction(rt.sessions) as session:
-            session.execute(update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id)
-                            .where(DeliveryRecord.status.in_(UNFINISHED))
-                            .values(status=DeliveryStatus.PENDING, updated_at=utcnow()))
-            audit.record(session, audit.REQUEUED, channel=channel, reply_id=reply_id)
-        redelivered += 1
-    return redelivered
-
-
-def _repull(rt: Runtime, requested_before: datetime) -> int:
-    """News that no finished pull has read, for every channel that pulls: its task was lost or failed."""
-    published = 0
-    for found in registry.channels():
-        if found.puller is None:
-            continue
-        with rt.sessions() as session:
-            sources = rt.puller(found.name).unfinished(session, requested_before, SWEEP_BATCH)
-        for account, source in sources:
-            try:
-                rt.publisher.pull(found.name, account, source)
-                published += 1
-            except Exception as exc:
-                log.warning("sweep could not publish the %s pull %s/%s: %s", found.name, account, source,
-                            type(exc).__name__)
-    return published
+    """Publish again what was left unfinished (:mod:`workers.sweeper`). Safe to run anywhere, any number of times."""
+    return sweeper.sweep(runtime())
 
 
 def register(app: Celery) -> None:
