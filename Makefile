@@ -20,7 +20,9 @@ install: system $(STAMP)
 
 # Debian packages the voice channels need: espeak-ng (local text-to-speech), ffmpeg (decodes WeChat's AMR
 # voice messages); the tests encode AMR-NB/AMR-WB with the codec libraries opencore-amrnb and vo-amrwbenc.
-SYSTEM_PACKAGES := espeak-ng ffmpeg libopencore-amrnb0 libvo-amrwbenc0
+# chromium: the browser tests drive the chat page in Debian's headless Chromium (tests/browser/); fonts-noto-cjk
+# lets it draw the page's Chinese (without a CJK font a screenshot shows empty boxes).
+SYSTEM_PACKAGES := espeak-ng ffmpeg libopencore-amrnb0 libvo-amrwbenc0 chromium fonts-noto-cjk
 system:
 	@dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES); }
 
@@ -37,7 +39,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: install services lint
+# playwright-core (pinned in tests/browser/package-lock.json) drives /usr/bin/chromium; it downloads no browser.
+tests/browser/node_modules: tests/browser/package.json tests/browser/package-lock.json
+	npm ci --prefix tests/browser --no-audit --no-fund
+	touch $@
+
+test: install services lint tests/browser/node_modules
 	$(BIN)/python -m pytest
 
 bench: install services
