@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
 
@@ -152,3 +152,38 @@ class FakeHTTPServer:
         """``http://host:port``; a wildcard host (``0.0.0.0``) is reached on 127.0.0.1."""
         host = self.address[0] if self.address[0] not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
         return f"http://{host}:{self.port}"
+
+
+class LoopbackFake:
+    """A platform fake served by one :class:`FakeHTTPServer`: start/stop, a context manager, its port and base URL.
+
+    ``stopping`` is set while it stops, so an answer waiting out an injected delay wakes at once.
+    """
+
+    def __init__(self, respond: Respond, *, host: str = "127.0.0.1", port: int = 0, name: str = "fake-http",
+                 keep_alive: bool = True) -> None:
+        self.stopping = threading.Event()
+        self._http = FakeHTTPServer(respond, host=host, port=port, name=name, keep_alive=keep_alive)
+
+    def start(self) -> Self:
+        self.stopping.clear()
+        self._http.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._http.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._http.port
+
+    @property
+    def base_url(self) -> str:
+        return self._http.base_url

@@ -32,12 +32,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import httpx
 
-from channels.fake_http import Answer, FakeHTTPServer, Request
+from channels.fake_http import Answer, LoopbackFake, Request
 
 SECRET = "kefu-webhook-sample-secret"  # noqa: S105 - the sample endpoint's secret (fake)
 NAME = "demo"  # the sample endpoint's name: Kefu serves it at /v1/webhook/demo
@@ -113,11 +112,13 @@ class _Refused(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-class FakeWebhookReceiver:
+class FakeWebhookReceiver(LoopbackFake):
     """An integrator's receiver of Kefu's replies. Use as a context manager, or call :meth:`start` / :meth:`stop`."""
 
     def __init__(self, secret: str = SECRET, *, host: str = "127.0.0.1", port: int = 0, path: str = PATH,
                  window_s: int = WINDOW_S, on_reply: Callable[[dict[str, Any]], None] | None = None) -> None:
+        # one request per connection: nothing idle is left at stop()
+        super().__init__(self._respond, host=host, port=port, name="fake-webhook", keep_alive=False)
         self.secret = secret
         self.path = path
         self.window_s = window_s
@@ -127,30 +128,8 @@ class FakeWebhookReceiver:
         self._plans: list[_Plan] = []
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._stopping = threading.Event()
-        # one request per connection: nothing idle is left at stop()
-        self._http = FakeHTTPServer(self._respond, host=host, port=port, name="fake-webhook", keep_alive=False)
 
     # ---- lifecycle -------------------------------------------------------------------------------
-
-    def start(self) -> FakeWebhookReceiver:
-        self._stopping.clear()
-        self._http.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes a delayed answer
-        self._http.stop()
-
-    def __enter__(self) -> FakeWebhookReceiver:
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
-
-    @property
-    def base_url(self) -> str:
-        return self._http.base_url
 
     @property
     def url(self) -> str:
@@ -203,7 +182,7 @@ class FakeWebhookReceiver:
             return Answer.json(refused.status, {"error": {"code": refused.code, "message": refused.message}})
         plan = self._take_plan(reply.get("user_id"))
         if plan is not None and plan.delay_s:
-            self._stopping.wait(plan.delay_s)
+            self.stopping.wait(plan.delay_s)
         if plan is not None and plan.status is not None:
             self._record(delivery(plan.status))
             return Answer.json(plan.status, {"error": {"code": "failing_on_purpose",

@@ -44,10 +44,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
-from channels.fake_http import Answer, FakeHTTPServer, Request
+from channels.fake_http import Answer, LoopbackFake, Request
 
 ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/cgi-bin/token"): "token",
@@ -139,11 +138,12 @@ class _Media:
     filename: str
 
 
-class FakeWeChat:
+class FakeWeChat(LoopbackFake):
     """The fake platform. Use as a context manager, or call :meth:`start` / :meth:`stop`."""
 
     def __init__(self, token_ttl: float = 7200.0, token_overlap: float = 0.0, *, host: str = "127.0.0.1",
                  port: int = 0, on_sent: Callable[[dict[str, Any]], None] | None = None) -> None:
+        super().__init__(self._respond, host=host, port=port, name="fake-wechat")
         self.on_sent = on_sent
         self.token_ttl = token_ttl
         self.token_overlap = token_overlap
@@ -156,7 +156,6 @@ class FakeWeChat:
         self.kf_servicers: dict[tuple[str, str], str] = {}
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._stopping = threading.Event()
         self._mp_apps: dict[str, str] = {}
         self._corp_apps: dict[str, dict[str, int | None]] = {}  # corpid → {corpsecret: agentid}
         self._tokens: dict[str, _Token] = {}
@@ -168,32 +167,8 @@ class FakeWeChat:
         self._seqs: dict[str, int] = {}
         self._kf_log: list[dict[str, Any]] = []
         self._media: dict[str, _Media] = {}
-        self._http = FakeHTTPServer(self._respond, host=host, port=port, name="fake-wechat")
 
     # ---- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> FakeWeChat:
-        self._stopping.clear()
-        self._http.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes a request waiting out set_latency()
-        self._http.stop()
-
-    def __enter__(self) -> FakeWeChat:
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._http.port
-
-    @property
-    def base_url(self) -> str:
-        return self._http.base_url
 
     @property
     def api_base(self) -> str:
@@ -316,7 +291,7 @@ class FakeWeChat:
             http_error = next((i for i, (_, ep) in enumerate(self._http_errors) if ep in (None, endpoint)), None)
             status = self._http_errors.pop(http_error)[0] if http_error is not None else 200
         if latency:
-            self._stopping.wait(latency)
+            self.stopping.wait(latency)
         if status != 200:
             return Answer(status, f"<html><body><h1>{status}</h1>fake gateway error</body></html>".encode(), "text/html")
         if endpoint is None:

@@ -37,7 +37,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
-from channels.fake_http import Answer, FakeHTTPServer, Request
+from channels.fake_http import Answer, LoopbackFake, Request
 
 Listener = Callable[[str], None]
 
@@ -69,21 +69,21 @@ class _HttpFake(_Fake):
 
     def __init__(self, host: str, port: int, on_heard: Listener | None) -> None:
         self.on_heard = on_heard
-        self._http = FakeHTTPServer(self.respond, host=host, port=port, name=type(self).__name__, keep_alive=False)
+        self._loopback = LoopbackFake(self.respond, host=host, port=port, name=type(self).__name__, keep_alive=False)
 
     @property
     def port(self) -> int:
-        return self._http.port
+        return self._loopback.port
 
     def respond(self, request: Request) -> Answer:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
-        self._http.start()
+        self._loopback.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._http.stop()
+        self._loopback.stop()
 
 
 class FakeNlsMeta(_HttpFake):
