@@ -1,0 +1,48 @@
+"""The phone channel's settings: the voice gateways allowed to stream calls, the hotlines, what a call says."""
+
+from __future__ import annotations
+
+import hmac
+
+from pydantic import BaseModel, Field, SecretStr
+
+from models.settings import Section
+
+
+class VoiceGateway(BaseModel):
+    """A PBX voice gateway allowed to stream calls to Kefu (``Authorization: Bearer <secret>``)."""
+
+    name: str
+    secret: SecretStr
+
+
+class Hotline(BaseModel):
+    """A called number: its greeting and where 转人工 / key 0 transfers the caller."""
+
+    number: str
+    greeting: str | None = None
+    transfer_to: str | None = None
+
+
+class PhoneSettings(Section):
+    voice_gateways: list[VoiceGateway] = Field(default_factory=list)  # JSON list in KEFU_VOICE_GATEWAYS
+    hotlines: list[Hotline] = Field(default_factory=list)  # JSON list in KEFU_HOTLINES
+    phone_greeting: str = "您好，欢迎致电，我是智能客服，请问有什么可以帮您？"
+    phone_transfer_to: str | None = None  # default transfer target when the hotline names none
+    phone_transfer_notice: str = "好的，正在为您转接人工客服，请稍候。"
+    phone_idle_prompt: str = "请问您还在吗？有什么可以帮您？"
+    phone_goodbye: str = "感谢您的来电，再见。"
+    phone_no_agent: str = "抱歉，现在没有人工客服可以接听，请您稍后再拨。"
+    phone_speech_failed: str = "抱歉，语音识别暂时出现故障。"  # said before the transfer when recognition is down
+    phone_silence_ms: int = 600  # end of an utterance
+    phone_idle_s: float = 10.0  # silence before the prompt, and again before the goodbye
+    audiosocket_port: int | None = None  # Asterisk AudioSocket over TCP (off unless set)
+    audiosocket_allowed_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+
+    def hotline(self, number: str) -> Hotline:
+        configured = next((h for h in self.hotlines if h.number == number), None)
+        return configured or Hotline(number=number)
+
+    def voice_gateway(self, secret: str) -> VoiceGateway | None:
+        return next((g for g in self.voice_gateways
+                     if hmac.compare_digest(g.secret.get_secret_value().encode(), secret.encode())), None)
