@@ -129,6 +129,10 @@ class _Token:
     revoked_at: float | None = None
     expired: bool = False
 
+    def usable(self, now: float) -> bool:
+        """Still valid: not expired (by time or by the test), not revoked by a newer token."""
+        return not self.expired and self.revoked_at is None and now < self.expires_at
+
 
 @dataclass
 class _Media:
@@ -345,28 +349,15 @@ class FakeWeChat(LoopbackFake):
         return media, {}
 
     def _issue(self, kind: str, query: dict[str, str], body: Any) -> dict[str, Any]:
-        if kind == "gettoken":
-            app, secret = query.get("corpid", ""), query.get("corpsecret", "")
-            if app not in self._corp_apps:
-                return self._error(40013)
-            if secret not in self._corp_apps[app]:
-                return self._error(40001)
-            slot, platform, fresh = "gettoken", "wecom", False
-        else:
-            params = query if kind == "token" else (body if isinstance(body, dict) else {})
-            if params.get("grant_type") != "client_credential":
-                return self._error(40002)
-            app, secret = str(params.get("appid", "")), str(params.get("secret", ""))
-            if app not in self._mp_apps:
-                return self._error(40013)
-            if self._mp_apps[app] != secret:
-                return self._error(40125)
-            slot, platform = kind, "mp"
-            fresh = kind == "token" or params.get("force_refresh") is True
+        asked = self._corp_app(query) if kind == "gettoken" else self._mp_app(kind, query, body)
+        if isinstance(asked, int):
+            return self._error(asked)
+        app, secret, fresh = asked
+        slot, platform = (kind, "wecom") if kind == "gettoken" else (kind, "mp")
         now = self._now()
         current = self._current.get((slot, app, secret))
         live = self._tokens.get(current) if current else None
-        if fresh or live is None or live.expired or live.revoked_at is not None or now >= live.expires_at:
+        if fresh or live is None or not live.usable(now):
             if live is not None and live.revoked_at is None:
                 live.revoked_at = now
             current = f"{self._id(platform.upper() + '_ACCESS_TOKEN')}-{app}"
@@ -376,6 +367,27 @@ class FakeWeChat(LoopbackFake):
         answer: dict[str, Any] = {"errcode": 0, "errmsg": "ok"} if kind == "gettoken" else {}
         answer.update(access_token=current, expires_in=max(0, round(live.expires_at - now)))
         return answer
+
+    def _corp_app(self, query: dict[str, str]) -> tuple[str, str, bool] | int:
+        """(corpid, corpsecret, fresh) of a WeCom gettoken, or the errcode that refuses it."""
+        app, secret = query.get("corpid", ""), query.get("corpsecret", "")
+        if app not in self._corp_apps:
+            return 40013
+        if secret not in self._corp_apps[app]:
+            return 40001
+        return app, secret, False
+
+    def _mp_app(self, kind: str, query: dict[str, str], body: Any) -> tuple[str, str, bool] | int:
+        """(appid, secret, fresh) of an official account's token or stable_token request, or the refusing errcode."""
+        params = query if kind == "token" else (body if isinstance(body, dict) else {})
+        if params.get("grant_type") != "client_credential":
+            return 40002
+        app, secret = str(params.get("appid", "")), str(params.get("secret", ""))
+        if app not in self._mp_apps:
+            return 40013
+        if self._mp_apps[app] != secret:
+            return 40125
+        return app, secret, kind == "token" or params.get("force_refresh") is True
 
     def _check_token(self, platform: str, value: str) -> int:
         invalid = 40001 if platform == "mp" else 40014

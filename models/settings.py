@@ -16,6 +16,7 @@ Raises :class:`ConfigError` (a ``ValueError``) with a message an operator can ac
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -237,6 +238,11 @@ class Settings(BaseSettings):
         return lines
 
     def check_reliability(self) -> None:
+        """Raise ConfigError for a combination that could lose or double-run work, or cannot start."""
+        self._check_time_limits()
+        self._check_model_and_speech()
+
+    def _check_time_limits(self) -> None:
         if self.generation_soft_limit_s >= self.generation_hard_limit_s:
             raise ConfigError(
                 "KEFU_GENERATION_SOFT_LIMIT_S must be below KEFU_GENERATION_HARD_LIMIT_S "
@@ -253,6 +259,8 @@ class Settings(BaseSettings):
                 "KEFU_REQUEUE_AFTER_S must be longer than KEFU_GENERATION_HARD_LIMIT_S "
                 f"(got {self.requeue_after_s} <= {self.generation_hard_limit_s})"
             )
+
+    def _check_model_and_speech(self) -> None:
         if self.model_repo and not self.model_file and not self.model_path:
             raise ConfigError("KEFU_MODEL_REPO needs KEFU_MODEL_FILE (the GGUF file name inside the repo)")
         if not 1 <= self.n_slots <= 256 or self.prefill_chunk < 1:
@@ -314,19 +322,7 @@ class Settings(BaseSettings):
         dump = {k: v for k, v in self.model_dump().items() if k not in (self.model_extra or {})}
         for section in self._sections.values():
             dump.update(section.model_dump())
-        out: dict[str, Any] = {}
-        for name, value in dump.items():
-            if isinstance(value, SecretStr) or name == "secret_key":
-                out[name] = "********" if value else None
-            elif isinstance(value, list) and value and isinstance(value[0], dict):
-                out[name] = [{k: ("********" if isinstance(v, SecretStr) else v) for k, v in item.items()}
-                             for item in value]
-            elif isinstance(value, str) and "://" in value:
-                out[name] = mask_url(value)
-            elif isinstance(value, Path):
-                out[name] = str(value)
-            else:
-                out[name] = value
+        out: dict[str, Any] = {name: _masked(value) for name, value in dump.items()}
         out["effective_database_url"] = mask_url(self.effective_database_url)
         out["effective_broker_url"] = mask_url(self.effective_broker_url)
         redis = self.effective_redis_url
@@ -341,6 +337,24 @@ def _named(error: Any) -> str:
     for part in location[1:]:
         where += f"[{part}]" if isinstance(part, int) else f".{part}"
     return f"{where}: {str(error.get('msg', 'invalid')).removeprefix('Value error, ')}"
+
+
+_SECRET_QUERY = re.compile(r"([?&][^=&]*(?:token|key|secret|sig|pass)[^=&]*=)[^&#]*", re.IGNORECASE)
+
+
+def _masked(value: Any) -> Any:
+    """A setting's value fit to print: secrets starred, URL passwords and secret-looking query values hidden."""
+    if isinstance(value, SecretStr):
+        return "********" if value.get_secret_value() else None
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    if isinstance(value, str) and "://" in value:
+        return _SECRET_QUERY.sub(r"\1****", mask_url(value))
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def mask_url(url: str) -> str:

@@ -112,26 +112,35 @@ def _layout(model_dir: Path) -> tuple[str, str, dict[str, Any]]:
         raise SpeechError(f"KEFU_LOCAL_ASR_MODEL_DIR={model_dir} is not a directory ({_EXPECTED} in it)")
     names = sorted(p.name for p in model_dir.glob("*.onnx") if p.is_file())
     parts = {role: _pick(model_dir, [n for n in names if n.startswith(role)]) for role in ("encoder", "decoder", "joiner")}
-    single = _pick(model_dir, [n for n in names if n in ("model.onnx", "model.int8.onnx")])
     if all(parts.values()):
-        tokens = _tokens(model_dir)
-        encoder, decoder, joiner = (model_dir / str(parts[role]) for role in ("encoder", "decoder", "joiner"))
-        if _metadata(encoder).get("model_type") in _NEMO_TRANSDUCER:
-            kind, checked, needed = "nemo_transducer", encoder, _REQUIRED["nemo_transducer encoder"]
-        else:
-            kind, checked, needed = "transducer", decoder, _REQUIRED["transducer decoder"]
-        _require(checked, _metadata(checked), needed)
-        return "from_transducer", kind, {"encoder": str(encoder), "decoder": str(decoder), "joiner": str(joiner),
-                                         "tokens": tokens, "model_type": kind}
-    if single is None:
-        found = [f"{role}*.onnx" for role, name in parts.items() if name]
-        if found:
-            raise SpeechError(f"{model_dir} has {' + '.join(found)} but not all of encoder*.onnx + decoder*.onnx + "
-                              f"joiner*.onnx; {_EXPECTED}")
-        raise SpeechError(f"no sherpa-onnx model layout recognized in {model_dir} (.onnx files there: "
-                          f"{', '.join(names) or 'none'}); {_EXPECTED}")
+        return _transducer(model_dir, *(model_dir / str(parts[role]) for role in ("encoder", "decoder", "joiner")))
+    single = _pick(model_dir, [n for n in names if n in ("model.onnx", "model.int8.onnx")])
+    if single is not None:
+        return _single_file(model_dir, model_dir / single)
+    raise _unrecognized(model_dir, names, [f"{role}*.onnx" for role, name in parts.items() if name])
+
+
+def _unrecognized(model_dir: Path, names: list[str], transducer_parts: list[str]) -> SpeechError:
+    if transducer_parts:
+        return SpeechError(f"{model_dir} has {' + '.join(transducer_parts)} but not all of encoder*.onnx + "
+                           f"decoder*.onnx + joiner*.onnx; {_EXPECTED}")
+    return SpeechError(f"no sherpa-onnx model layout recognized in {model_dir} (.onnx files there: "
+                       f"{', '.join(names) or 'none'}); {_EXPECTED}")
+
+
+def _transducer(model_dir: Path, encoder: Path, decoder: Path, joiner: Path) -> tuple[str, str, dict[str, Any]]:
     tokens = _tokens(model_dir)
-    model = model_dir / single
+    if _metadata(encoder).get("model_type") in _NEMO_TRANSDUCER:
+        kind, checked, needed = "nemo_transducer", encoder, _REQUIRED["nemo_transducer encoder"]
+    else:
+        kind, checked, needed = "transducer", decoder, _REQUIRED["transducer decoder"]
+    _require(checked, _metadata(checked), needed)
+    return "from_transducer", kind, {"encoder": str(encoder), "decoder": str(decoder), "joiner": str(joiner),
+                                     "tokens": tokens, "model_type": kind}
+
+
+def _single_file(model_dir: Path, model: Path) -> tuple[str, str, dict[str, Any]]:
+    tokens = _tokens(model_dir)
     metadata = _metadata(model)
     model_type = metadata.get("model_type")
     if model_type not in _SINGLE:

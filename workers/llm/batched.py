@@ -473,27 +473,7 @@ class BatchedEngine:
     def _step(self) -> None:
         import llama_cpp
 
-        entries: list[tuple[int, int, int, bool]] = []
-        outputs: list[tuple[_Slot, int]] = []  # (slot, batch index of its logits)
-        for slot in self._active():
-            if slot.next_token is not None:
-                outputs.append((slot, len(entries)))
-                entries.append((slot.next_token, slot.pos, slot.seq, True))
-        budget = min(self.settings.prefill_chunk, self._n_batch - len(entries))
-        prefilled: list[tuple[_Slot, int]] = []
-        for slot in sorted(self._active(), key=lambda sl: sl.admitted):
-            if budget <= 0:
-                break
-            if slot.next_token is not None or not slot.pending:
-                continue
-            chunk = slot.pending[:budget]
-            last = len(chunk) == len(slot.pending)
-            for i, token in enumerate(chunk):
-                entries.append((token, slot.pos + i, slot.seq, last and i == len(chunk) - 1))
-            if last:
-                outputs.append((slot, len(entries) - 1))
-            prefilled.append((slot, len(chunk)))
-            budget -= len(chunk)
+        entries, outputs, prefilled = self._plan()
         if not entries:
             return
         self._fill_batch(entries)
@@ -518,6 +498,32 @@ class BatchedEngine:
             token = int(llama_cpp.llama_sampler_sample(slot.sampler, self._ctx, index))
             self._on_token(slot, token)
         self.stats["sample_s"] += time.perf_counter() - decoded
+
+    def _plan(self) -> tuple[list[tuple[int, int, int, bool]], list[tuple[_Slot, int]], list[tuple[_Slot, int]]]:
+        """One step's batch: every generating slot's next token, then prompt chunks of the slots still prefilling
+        (oldest first) within ``prefill_chunk``; (entries, outputs as (slot, logits index), prefilled counts)."""
+        entries: list[tuple[int, int, int, bool]] = []
+        outputs: list[tuple[_Slot, int]] = []  # (slot, batch index of its logits)
+        for slot in self._active():
+            if slot.next_token is not None:
+                outputs.append((slot, len(entries)))
+                entries.append((slot.next_token, slot.pos, slot.seq, True))
+        budget = min(self.settings.prefill_chunk, self._n_batch - len(entries))
+        prefilled: list[tuple[_Slot, int]] = []
+        for slot in sorted(self._active(), key=lambda sl: sl.admitted):
+            if budget <= 0:
+                break
+            if slot.next_token is not None or not slot.pending:
+                continue
+            chunk = slot.pending[:budget]
+            last = len(chunk) == len(slot.pending)
+            for i, token in enumerate(chunk):
+                entries.append((token, slot.pos + i, slot.seq, last and i == len(chunk) - 1))
+            if last:
+                outputs.append((slot, len(entries) - 1))
+            prefilled.append((slot, len(chunk)))
+            budget -= len(chunk)
+        return entries, outputs, prefilled
 
     def _on_token(self, slot: _Slot, token: int) -> None:
         request = slot.request
