@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
+from models.states import ReplySource
+
 Role = Literal["system", "user", "assistant"]
 
 
@@ -77,4 +79,4 @@ class Reply:
     key: ConversationKey
     text: str
     inbound_at: datetime | None = None  # when the customer wrote; platforms limit how late we may answer
-    source: str = "model"  # model | fallback | faq | rule | welcome | handoff (see ReplyRecord.source)
+    source: ReplySource = ReplySource.MODEL

@@ -40,4 +40,5 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
 
 
-UNFINISHED = (DeliveryStatus.PENDING, DeliveryStatus.SENDING)
+UNFINISHED = (DeliveryStatus.PENDING, DeliveryStatus.SENDING)  # the deliver task has work left
+NOT_CONFIRMED = (*UNFINISHED, DeliveryStatus.SENT)  # the customer's client has not confirmed it (web chat resends)

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from models.envelope import utcnow
+from models.states import DeliveryStatus, InboundStatus
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -96,7 +97,7 @@ class InboundRecord(Base):
     external_id: Mapped[str] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(String(16), default="text")
     text: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="received")
+    status: Mapped[str] = mapped_column(String(16), default=InboundStatus.RECEIVED)  # models.states
     received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     queued_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     media_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
@@ -113,7 +114,7 @@ class ReplyRecord(Base):
     inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound.id"))
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"))
     text: Mapped[str] = mapped_column(Text)
-    source: Mapped[str] = mapped_column(String(16))  # model | fallback | faq | rule | welcome | handoff
+    source: Mapped[str] = mapped_column(String(16))  # models.states.ReplySource
     model: Mapped[str | None] = mapped_column(String(128), nullable=True)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
@@ -137,7 +138,7 @@ class DeliveryRecord(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     reply_id: Mapped[int] = mapped_column(ForeignKey("reply.id"))
     channel: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     parts_sent: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

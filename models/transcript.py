@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from models import audit
 from models.envelope import ConversationKey, Turn, utcnow
+from models.states import NOT_CONFIRMED, DeliveryStatus
 from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, ReplyRecord
 
 
@@ -85,7 +86,7 @@ def undelivered_replies(session: Session, key: ConversationKey, limit: int = 50)
     rows = session.execute(
         select(ReplyRecord.id, ReplyRecord.inbound_id, ReplyRecord.text)
         .join(DeliveryRecord, DeliveryRecord.reply_id == ReplyRecord.id)
-        .where(ReplyRecord.conversation_id == conv_id, DeliveryRecord.status.in_(("pending", "sending", "sent")))
+        .where(ReplyRecord.conversation_id == conv_id, DeliveryRecord.status.in_(NOT_CONFIRMED))
         .order_by(ReplyRecord.id)
         .limit(limit)
     ).all()
@@ -107,8 +108,8 @@ def mark_delivered(session: Session, key: ConversationKey, reply_id: int) -> boo
         return False
     result = session.execute(
         update(DeliveryRecord)
-        .where(DeliveryRecord.reply_id == reply_id, DeliveryRecord.status.in_(("pending", "sending", "sent")))
-        .values(status="delivered", updated_at=utcnow())
+        .where(DeliveryRecord.reply_id == reply_id, DeliveryRecord.status.in_(NOT_CONFIRMED))
+        .values(status=DeliveryStatus.DELIVERED, updated_at=utcnow())
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
