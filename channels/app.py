@@ -118,7 +118,10 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             yield
         finally:
             for adapter in reversed(started):
-                await adapter.stop()
+                try:
+                    await adapter.stop()
+                except Exception:  # the rest must still be released
+                    log.exception("stopping the %s adapter failed", type(adapter).__name__)
             await gw.listener.stop()
             gw.db.dispose()
             close = getattr(gw.kv, "close", None)

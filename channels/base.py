@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -119,6 +120,22 @@ class HandOffPort:
     def release(self, key: ConversationKey) -> None:
         return None
 
+    def later_notice(self, account: str, notice: str) -> str:
+        """The notice for a hand-off decided after the platform's own reply has gone (in a worker, for a transcribed
+        voice message); ``notice`` (``handoff_reply``) unless the channel carries it out differently then."""
+        return notice
+
+    @contextmanager
+    def beginning(self, key: ConversationKey) -> Iterator[None]:
+        """``begin`` for the block that stores the notice; undone (``release``) if storing it fails, so the customer's
+        next message is not kept for a person nobody called."""
+        self.begin(key)
+        try:
+            yield
+        except BaseException:
+            self.release(key)
+            raise
+
 
 @dataclass(frozen=True)
 class ChannelContext:
@@ -152,7 +169,8 @@ class ChannelAdapter(ABC):
         if decision.action is Action.GENERATE:
             return self.ctx.ingress.accept(inbound)
         if decision.action is Action.HAND_OFF:
-            self.ctx.handoff.begin(inbound.key)  # before the notice is stored: the next message goes to the person
+            with self.ctx.handoff.beginning(inbound.key):  # before the notice is stored: the next message goes to the person
+                return self.ctx.ingress.accept_answered(inbound, decision.answer(), passive=False)[0]
         return self.ctx.ingress.accept_answered(inbound, decision.answer(), passive=False)[0]
 
     async def start(self) -> None:

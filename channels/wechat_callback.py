@@ -154,8 +154,8 @@ class CallbackDialogue:
         stored_text = text or ("" if decision.action is Action.GENERATE else f"[{m.kind}]")
         inbound = Inbound(key, m.external_id, stored_text, m.kind, m.received_at, media_id=m.media_id)
         if decision.action is Action.HAND_OFF:
-            handoff.begin(key)  # before the notice is stored: the next message must already go to the person
-            self.ctx.ingress.accept_answered(inbound, decision.answer(), passive=False)
+            with handoff.beginning(key):  # before the notice is stored: the next message must already go to the person
+                self.ctx.ingress.accept_answered(inbound, decision.answer(), passive=False)
             return TO_PERSON
         if decision.action is Action.ANSWER:
             return self.ctx.ingress.accept_answered(inbound, decision.answer())[1]

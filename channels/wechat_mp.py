@@ -17,8 +17,9 @@ Hand-off (:class:`StaffHandOff`): an account with ``human_service`` passes a con
 own customer-service staff with a ``transfer_customer_service`` passive reply, for every message
 until the staff close it (``kf_close_session``) or ``human_session_ttl_s`` passes without a message.
 A request for a person decided in a worker (a transcribed voice message) marks the conversation the
-same way: its notice goes out as a customer-service message and the customer's next message is
-passed to the staff.
+same way: its notice (``handoff_next_message_reply``: "send your question, a person answers here")
+goes out as a customer-service message and the customer's next message is passed to the staff; a
+notice that can never be delivered releases the mark.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from channels.wechat_guard import AesKey, CallbackKeys
 from models.dialogue import HandOff
 from models.envelope import ConversationKey, Reply
 from models.settings import Section, Settings
+from models.states import ReplySource
 
 CHANNEL = "wechat_mp"
 SUCCESS = "success"
@@ -52,6 +54,9 @@ class WeChatAccount(Account):
     # True when the account's own customer-service staff (公众号客服) answer conversations passed to them with a
     # transfer_customer_service reply; False: 转人工 is answered with handoff_unavailable_reply
     human_service: bool = False
+    # with human_service, the notice when 转人工 is decided after the callback's reply has gone (a transcribed voice):
+    # staff get a conversation only with the customer's next message, so the customer is asked to send it
+    handoff_next_message_reply: str = "好的，已为您转人工客服。请直接发送您的问题，人工客服会在这里回复您。"
 
 
 class WeChatMPSettings(Section):
@@ -100,6 +105,10 @@ class StaffHandOff(HandOffPort):
     def release(self, key: ConversationKey) -> None:
         self.kv.delete(human_key(key))
 
+    def later_notice(self, account_name: str, notice: str) -> str:
+        found = account(self.settings, account_name)
+        return found.handoff_next_message_reply if found is not None else notice
+
 
 class WeChatMPAdapter(CallbackAdapter[WeChatAccount]):
     name = CHANNEL
@@ -130,6 +139,14 @@ class WeChatMPOutbound(Outbound):
     """Customer-service messages (客服消息) through ``/cgi-bin/message/custom/send``."""
 
     def send(self, reply: Reply, progress: DeliveryProgress) -> None:
+        try:
+            self._send(reply, progress)
+        except DeliveryPermanent:
+            if reply.source == ReplySource.HANDOFF:  # the customer never heard of the hand-off: the model answers again
+                self.deps.handoff.release(reply.key)
+            raise
+
+    def _send(self, reply: Reply, progress: DeliveryProgress) -> None:
         found = account(self.deps.settings, reply.key.account)
         if found is None:
             raise DeliveryPermanent(f"WeChat account {reply.key.account!r} is no longer configured")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 DEFAULT_SYSTEM_PROMPT = (
     "你是一名专业、耐心的在线客服助手。默认使用简体中文回答；如果客户用其他语言提问，就用客户的语言回答。"
@@ -57,12 +57,18 @@ SectionT = TypeVar("SectionT", bound=Section)
 
 
 class Settings(BaseSettings):
-    # extra="allow": values of a Section's fields given in-process (Settings(wechat_accounts=[...])) are kept and
-    # handed to that section
     model_config = SettingsConfigDict(
-        env_prefix="KEFU_", env_file=".env", env_file_encoding="utf-8", extra="allow"
+        env_prefix="KEFU_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
     _sections: dict[type[Section], Section] = PrivateAttr(default_factory=dict)
+    # values of a Section's fields given in-process (Settings(wechat_accounts=[...])), handed to that section; the
+    # environment and .env are read by the section itself, so they are parsed the way its fields say
+    _given: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def __init__(self, **values: Any) -> None:
+        given = {k: v for k, v in values.items() if not k.startswith("_") and k not in type(self).model_fields}
+        super().__init__(**values)
+        self._given = given
 
     # --- where things live -------------------------------------------------------------------
     data_dir: Path = Path("var")
@@ -279,11 +285,13 @@ class Settings(BaseSettings):
         given to this Settings in-process taking precedence. Raises ConfigError naming what to fix."""
         found = self._sections.get(model)
         if found is None:
-            given = {k: v for k, v in (self.model_extra or {}).items() if k in model.model_fields}
+            given = {k: v for k, v in self._given.items() if k in model.model_fields}
             try:
                 found = model(**given)
             except ValidationError as exc:
                 raise ConfigError("; ".join(_named(error) for error in exc.errors())) from exc
+            except SettingsError as exc:  # a variable that is not even JSON
+                raise ConfigError(_unparsable(exc)) from exc
             self._sections[model] = found
         assert isinstance(found, model)
         return found
@@ -313,13 +321,16 @@ class Settings(BaseSettings):
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
         """A copy with ``update`` applied (a section's values too); its sections are read afresh."""
+        update = dict(update or {})
+        given = {k: update.pop(k) for k in list(update) if k not in type(self).model_fields}
         copy = super().model_copy(update=update, deep=deep)
+        copy._given = {**self._given, **given}
         copy._sections = {}
         return copy
 
     def masked(self) -> dict[str, Any]:
         """Effective settings for display, with every section read so far: secrets and URL passwords masked."""
-        dump = {k: v for k, v in self.model_dump().items() if k not in (self.model_extra or {})}
+        dump = self.model_dump()
         for section in self._sections.values():
             dump.update(section.model_dump())
         out: dict[str, Any] = {name: _masked(value) for name, value in dump.items()}
@@ -328,6 +339,14 @@ class Settings(BaseSettings):
         redis = self.effective_redis_url
         out["effective_redis_url"] = mask_url(redis) if redis else None
         return out
+
+
+def _unparsable(error: SettingsError) -> str:
+    """A section variable that could not be decoded (JSON), naming it."""
+    field = re.search(r'field "(\w+)"', str(error))
+    where = f"KEFU_{field.group(1).upper()}" if field else "a KEFU_* variable"
+    cause = f": {error.__cause__}" if error.__cause__ is not None else ""
+    return f"{where} is not valid JSON{cause}"
 
 
 def _named(error: Any) -> str:

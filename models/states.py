@@ -30,6 +30,14 @@ class ReplySource(StrEnum):
     HANDOFF = "handoff"  # the notice that a person takes over
 
 
+def reply_source(value: str) -> ReplySource | None:
+    """The stored source as a ReplySource; None for one this version does not know (written by a newer Kefu)."""
+    try:
+        return ReplySource(value)
+    except ValueError:
+        return None
+
+
 class DeliveryStatus(StrEnum):
     """pending → sending → sent → delivered (the customer's client confirmed it), or failed."""
 

@@ -51,8 +51,10 @@ def answer(rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
     decision = decide(rt.settings, Message(row.text, "voice"), handoff.availability(key.account))
     if decision.action is Action.GENERATE:
         return generate(rt, row, key, begun=begun)
-    if decision.action is Action.HAND_OFF:
-        handoff.begin(key)  # the notice is delivered next; the channel carries the hand-off out
+    if decision.action is Action.HAND_OFF:  # the notice is delivered next; the channel carries the hand-off out
+        notice = Answer(handoff.later_notice(key.account, decision.text), ReplySource.HANDOFF, why=decision.why)
+        with handoff.beginning(key):
+            return store(rt, row, key, notice)
     return store(rt, row, key, decision.answer())
 
 

@@ -30,7 +30,7 @@ from models.errors import Permanent, Retryable
 from models.infra.db import transaction
 from models.infra.queues import DELIVER, HANDLE_INBOUND, PULL, SWEEP
 from models.replies import reply_id_of
-from models.states import WAITING, DeliveryStatus, ReplySource
+from models.states import WAITING, DeliveryStatus, reply_source
 from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, ReplyRecord
 from workers import answering, sweeper, voice
 from workers.runtime import Runtime, runtime
@@ -132,11 +132,14 @@ def deliver(task: Task, reply_id: int) -> str:
     if not claimed:
         return "not-pending"
     key = ConversationKey(conv.channel, conv.account, conv.peer)
-    reply = Reply(reply_row.id, reply_row.inbound_id, conv.id, key, reply_row.text, inbound_at,
-                  ReplySource(reply_row.source))
     ids: dict[str, Any] = {
         "channel": key.channel, "conversation_id": conv.id, "inbound_id": reply_row.inbound_id, "reply_id": reply_id
     }
+    source = reply_source(reply_row.source)
+    if source is None:  # written by another Kefu version: this one cannot know how to send it
+        _fail(rt, reply_id, ids, f"permanent: unknown reply source {reply_row.source!r}")
+        return "failed"
+    reply = Reply(reply_row.id, reply_row.inbound_id, conv.id, key, reply_row.text, inbound_at, source)
     def record_parts(parts_sent: int) -> None:
         with transaction(rt.sessions) as session:
             session.execute(update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id)

@@ -141,8 +141,10 @@ class TelephonyAdapter(ChannelAdapter):
 
 
 class PhoneHandOff(HandOffPort):
-    """A caller who asks for a person is transferred to the hotline's agent number, or told honestly that no
-    agent can take the call (``phone_no_agent``) and hung up on: either way the call itself carries it out."""
+    """A caller who asks for a person is transferred (the call itself carries it out) where the hotline (the account:
+    the called number) has an agent number, its own ``transfer_to`` or ``KEFU_PHONE_TRANSFER_TO``; elsewhere they
+    are told honestly that nobody can take the call, and the conversation goes on."""
 
     def availability(self, account_name: str) -> HandOff:
-        return HandOff.PERSON
+        phone = self.settings.section(PhoneSettings)
+        return HandOff.PERSON if phone.hotline(account_name).transfer_to or phone.phone_transfer_to else HandOff.NOBODY

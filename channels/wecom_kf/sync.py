@@ -171,6 +171,8 @@ class KfSync(Puller):
             self._ingress.accept(inbound)
             return state
         if decision.action is Action.HAND_OFF:
-            self._handoff.begin(key)  # before the notice is stored: the next sync must see it
+            with self._handoff.beginning(key):  # before the notice is stored: the next sync must see it
+                self._ingress.accept_answered(inbound, decision.answer(), passive=False)
+            return POOL  # what follows is for the person taking over
         self._ingress.accept_answered(inbound, decision.answer(), passive=False)
-        return POOL if decision.action is Action.HAND_OFF else state  # what follows is for the person taking over
+        return state

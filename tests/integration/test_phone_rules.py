@@ -112,8 +112,27 @@ def test_asking_for_a_person_says_so_and_transfers(tmp_path: Path) -> None:
     assert (reply.source, reply.text) == ("handoff", settings.section(PhoneSettings).phone_transfer_notice)
 
 
-def test_without_an_agent_number_the_caller_gets_an_apology_not_silence(tmp_path: Path) -> None:
-    actions, _ = run_call(tmp_path, "转人工", hotlines=[{"number": "4008001234", "greeting": "您好。"}])
+def test_without_an_agent_number_asking_for_a_person_gets_an_honest_answer_and_the_call_goes_on(tmp_path: Path) -> None:
+    actions, settings = run_call(tmp_path, "转人工", phone_idle_s=1.0,
+                                 hotlines=[{"number": "4008001234", "greeting": "您好。"}])
+    assert not any(isinstance(a, Transfer) for a in actions)
+    assert HangupOut("no agent available") not in actions and HangupOut("silence") in actions  # not hung up on
+    from models.infra.db import make_engine, make_session_factory
+
+    with make_session_factory(make_engine(settings))() as s:
+        reply = s.scalars(select(ReplyRecord)).one()
+    assert (reply.source, reply.text) == ("rule", settings.handoff_unavailable_reply)
+
+
+def test_key_0_without_an_agent_number_gets_an_apology_not_silence(tmp_path: Path) -> None:
+    from channels.telephony.events import DtmfIn
+
+    settings = Settings(data_dir=tmp_path, hotlines=[Hotline(number="4008001234", greeting="您好。")])
+
+    async def press_0(call: Call, actions: list[CallAction]) -> None:
+        await call.on_event(DtmfIn("0"))
+
+    actions = in_process_call(settings, press_0, call_id="rules-no-agent")
     assert not any(isinstance(a, Transfer) for a in actions)
     assert HangupOut("no agent available") in actions
 

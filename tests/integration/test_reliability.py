@@ -135,3 +135,21 @@ def test_a_broken_model_still_answers_with_the_fallback(tmp_path: Path, tiny_ggu
             assert s.scalars(select(ReplyRecord.source).where(ReplyRecord.inbound_id == message_id)).one() == "fallback"
     finally:
         stack.close()
+
+
+def test_a_reply_from_an_unknown_source_fails_once_instead_of_looping(fast_stack: Stack) -> None:
+    """A reply written by a newer Kefu (a source this version does not know) is recorded as failed, not retried
+    by the deliver task and the sweeper for ever."""
+    from models.replies import Answer
+    from models.tables import DeliveryRecord
+
+    ingress = Ingress(fast_stack.sessions, Publisher(make_celery(fast_stack.settings, "newer-kefu")))
+    accepted, _ = ingress.accept_answered(Inbound(ConversationKey("web", "default", "v_newer"), "newer-1", "在吗？"),
+                                          Answer("新版本的答案", "knowledge"), passive=False)  # type: ignore[arg-type]
+    wait_for(lambda: "delivery_failed" in kinds(fast_stack, accepted.inbound_id), timeout=30)
+    with fast_stack.sessions() as s:
+        delivery = s.scalars(select(DeliveryRecord)
+                             .join(ReplyRecord, ReplyRecord.id == DeliveryRecord.reply_id)
+                             .where(ReplyRecord.inbound_id == accepted.inbound_id)).one()
+    assert delivery.status == "failed" and "unknown reply source 'knowledge'" in (delivery.last_error or "")
+    assert tasks.sweep()["redelivered"] == 0

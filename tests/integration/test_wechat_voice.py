@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from channels.speech.espeak import EspeakSynthesizer
 from channels.wechat_fake import FakeWeChat
+from channels.wechat_mp import WeChatAccount
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from tests import voice_files
 from tests import wechat_platform as wp
@@ -137,14 +138,14 @@ def test_official_account_voice_is_downloaded_transcribed_and_answered_by_the_mo
 
 
 def test_official_account_voice_asking_for_a_person_is_passed_to_its_staff(vs: VoiceStack) -> None:
-    """Decided in the worker, after the callback's passive reply is long gone: the notice goes out as a
-    customer-service message and the customer's next message is passed to the account's staff."""
+    """Decided in the worker, after the callback's passive reply is long gone: the notice (asking the customer to
+    send their question) goes out as a customer-service message and their next message is passed to the staff."""
     openid = "o-voice-hello"
     vs.fake.add_media("MP-HELLO", vs.amr("hello"), app=wp.APPID)  # "hello" is a hand-off keyword in this stack
     assert vs.post(wp.callback(voice_xml(openid, "MP-HELLO", 9050)), "/v1/wechat/shop").text == "success"
     wait_for(lambda: vs.sent("custom_send", openid), timeout=60)
     notices = settled(lambda: [m["content"] for m in vs.sent("custom_send", openid)])
-    assert notices == ["好的，正在为您转接人工客服，请稍候。"]
+    assert notices == [WeChatAccount.model_fields["handoff_next_message_reply"].default]  # "send your question"
     row = vs.inbound("wechat_mp", "9050")
     assert (row.text, vs.reply(row.id).source) == ("hello", "handoff")
     wait_for(lambda: "dispatched" in vs.kinds(row.id))

@@ -91,3 +91,25 @@ def test_the_fallback_and_the_prompt_mention_a_person_only_where_one_can_take_ov
     assert prompt_hint(settings, HandOff.NOBODY) is None
     assert "转人工" not in settings.system_prompt
     assert prompt_hint(Settings(prompt_handoff_hint=""), HandOff.PERSON) is None
+
+
+def test_a_hand_off_whose_notice_cannot_be_stored_is_undone(tmp_path: object) -> None:
+    """begin() marks the conversation before the notice is stored; if storing fails, the mark is released, so the
+    customer's next message is not kept for a person nobody called."""
+    from channels.wechat_mp import StaffHandOff, human_key
+    from models.envelope import ConversationKey
+    from models.infra.kv import make_kv
+
+    settings = Settings(data_dir=tmp_path, wechat_accounts=[  # type: ignore[arg-type]
+        {"name": "shop", "appid": "wx1", "secret": "s", "token": "t", "human_service": True}])
+    port = StaffHandOff(settings, make_kv(settings))
+    key = ConversationKey("wechat_mp", "shop", "o-1")
+    assert port.availability("shop") is HandOff.PERSON and port.availability("gone") is HandOff.NOBODY
+    with pytest.raises(RuntimeError), port.beginning(key):
+        assert port.with_person(key)
+        raise RuntimeError("the database went away")
+    assert not port.with_person(key) and port.kv.get(human_key(key)) is None
+    with port.beginning(key):
+        pass
+    assert port.with_person(key)
+    assert port.later_notice("shop", settings.handoff_reply) != settings.handoff_reply  # asks for the next message

@@ -275,3 +275,29 @@ def test_a_local_asr_model_directory_without_tokens_is_refused_at_start(tmp_path
         load_settings(data_dir=tmp_path, local_asr_model_dir=tmp_path / "not-unpacked")
     (tmp_path / "tokens.txt").write_text("<blk> 0\n")
     load_settings(data_dir=tmp_path, local_asr_model_dir=tmp_path)
+
+
+def test_a_channel_configured_in_dot_env_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from channels import wechat_mp
+
+    monkeypatch.chdir(tmp_path)
+    account = {"name": "shop", "appid": "wx1", "secret": "s", "token": "t"}
+    (tmp_path / ".env").write_text(f"KEFU_WECHAT_ACCOUNTS={json.dumps([account])}\nKEFU_MAX_TOKENS=7\n")
+    settings = load_settings(data_dir=tmp_path)
+    registry.check(settings)
+    found = wechat_mp.account(settings, "shop")
+    assert settings.max_tokens == 7 and found is not None and found.appid == "wx1"
+
+
+def test_a_section_variable_that_is_not_json_names_itself(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KEFU_WECOM_APPS", "[{")
+    with pytest.raises(ConfigError, match=r"^KEFU_WECOM_APPS is not valid JSON"):
+        registry.check(load_settings(data_dir=tmp_path))
+
+
+def test_a_copy_keeps_in_process_section_values_and_reads_sections_afresh(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, wecom_apps=[_wecom("it")])
+    assert wecom.app(settings, "it") is not None
+    copy = settings.model_copy(update={"wecom_apps": [_wecom("hr")], "max_tokens": 3})
+    assert copy.max_tokens == 3 and wecom.app(copy, "hr") is not None and wecom.app(copy, "it") is None
+    assert wecom.app(settings, "it") is not None  # the original is untouched
