@@ -40,9 +40,20 @@ def parse_json_object(raw: bytes, max_bytes: int) -> dict[str, Any]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestRejected(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # thousands of nested arrays: refused, not a server error the client would retry
+        raise RequestRejected(400, "malformed_json", "request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise RequestRejected(400, "malformed_json", "request body must be a JSON object")
     return data
+
+
+def require_unicode(field: str, value: str) -> None:
+    """Refuse (422) a string with an unpaired surrogate (``"\\ud800"`` in JSON): no database can store it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestRejected(422, f"invalid_{field}", f"field '{field}' is not valid Unicode (an unpaired "
+                                                       "surrogate, e.g. \\ud800); send UTF-8 text") from None
 
 
 def clean_text(value: Any, max_chars: int) -> str:
@@ -50,6 +61,7 @@ def clean_text(value: Any, max_chars: int) -> str:
         raise RequestRejected(422, "missing_text", "field 'text' is required")
     if not isinstance(value, str):
         raise RequestRejected(422, "invalid_text", "field 'text' must be a string")
+    require_unicode("text", value)
     text = printable(value).strip()
     if not text:
         raise RequestRejected(422, "empty_text", "field 'text' must not be empty")

@@ -40,7 +40,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from channels import visitor_token
 from channels.base import Channel, ChannelAdapter, DeliveryProgress, Outbound, RequestRejected
-from channels.http import clean_text, parse_json_object
+from channels.http import clean_text, parse_json_object, require_unicode
 from models import transcript
 from models.envelope import ConversationKey, Inbound, Reply
 from models.infra.db import transaction
@@ -55,15 +55,18 @@ RESEND_INTERVAL_S = 3.0
 _CLIENT_MSG_ID_MAX = 64
 
 
-def clean_client_msg_id(value: Any) -> str:
-    """The client's idempotency key for a message; generated when the client sends none."""
+def clean_client_msg_id(value: Any, visitor_id: str) -> str:
+    """The message's dedup key: the client's idempotency key *of this visitor* (two visitors who both send "1"
+    send two messages), or a fresh one when the client sends none."""
     if value is None:
         return "srv-" + uuid.uuid4().hex
-    if not isinstance(value, str) or not 1 <= len(value) <= _CLIENT_MSG_ID_MAX:
+    if not isinstance(value, str) or not 1 <= len(value) <= _CLIENT_MSG_ID_MAX or not value.isprintable():
         raise RequestRejected(
-            422, "invalid_client_msg_id", f"client_msg_id must be a string of 1-{_CLIENT_MSG_ID_MAX} characters"
+            422, "invalid_client_msg_id",
+            f"client_msg_id must be a string of 1-{_CLIENT_MSG_ID_MAX} printable characters"
         )
-    return "c-" + value
+    require_unicode("client_msg_id", value)
+    return f"c-{visitor_id}-{value}"
 
 
 class WebAdapter(ChannelAdapter):
@@ -133,7 +136,7 @@ class WebAdapter(ChannelAdapter):
             data = parse_json_object(await request.body(), settings.max_body_bytes)
             visitor_id = self._authorize(request, data.get("visitor_id"))
             text = clean_text(data.get("text"), settings.max_text_chars)
-            external_id = clean_client_msg_id(data.get("client_msg_id"))
+            external_id = clean_client_msg_id(data.get("client_msg_id"), visitor_id)
         except RequestRejected as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
         accepted = await run_in_threadpool(self.take, Inbound(self.key_for(visitor_id), external_id, text))
@@ -146,7 +149,11 @@ class WebAdapter(ChannelAdapter):
             visitor_id = self._authorize(request, request.path_params["visitor_id"])
         except RequestRejected as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
-        limit = min(max(int(request.query_params.get("limit", "50") or 50), 1), 200)
+        raw_limit = request.query_params.get("limit", "50") or "50"
+        if not raw_limit.isdigit():
+            return JSONResponse(RequestRejected(422, "invalid_limit", "limit must be a whole number from 1 to 200"
+                                                ).body(), status_code=422)
+        limit = min(max(int(raw_limit), 1), 200)
         messages = await run_in_threadpool(self._history, visitor_id, limit)
         return JSONResponse({"visitor_id": visitor_id, "messages": messages})
 
@@ -184,7 +191,7 @@ class WebAdapter(ChannelAdapter):
         kind = frame.get("type")
         if kind == "message":
             text = clean_text(frame.get("text"), self.ctx.settings.max_text_chars)
-            external_id = clean_client_msg_id(frame.get("client_msg_id"))
+            external_id = clean_client_msg_id(frame.get("client_msg_id"), key.peer)
             accepted = self.take(Inbound(key, external_id, text))
             return {"type": "accepted", "message_id": accepted.inbound_id,
                     "client_msg_id": frame.get("client_msg_id"), "duplicate": accepted.duplicate}
@@ -247,7 +254,7 @@ class _WebSession:
                 frame = json.loads(raw)
                 if not isinstance(frame, dict):
                     raise ValueError("not an object")
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deeply
                 await self.send(_error_frame("malformed_frame", 'frames must be JSON objects with a "type"'))
                 continue
             if frame.get("type") == "ping":

@@ -64,6 +64,10 @@ def visitor(client: httpx.Client) -> tuple[str, dict[str, str]]:
         ('{"visitor_id": "V", "text": "hi"', 400, "malformed_json"),
         ('["not", "an", "object"]', 400, "malformed_json"),
         ('{"visitor_id": "V", "text": "hi", "client_msg_id": ""}', 422, "invalid_client_msg_id"),
+        # poison input a client would otherwise retry for ever after a 503
+        ('{"visitor_id": "V", "text": "hi \\ud800 there"}', 422, "invalid_text"),
+        ('{"visitor_id": "V", "text": "hi", "client_msg_id": "a\\udfffb"}', 422, "invalid_client_msg_id"),
+        ('{"visitor_id": "V", "text": "hi", "x": ' + "[" * 20_000 + "]" * 20_000 + "}", 400, "malformed_json"),
     ],
 )
 def test_rejected_messages_leave_no_trace(
@@ -196,3 +200,27 @@ def test_readyz_reports_an_unreachable_broker(tmp_path: Path) -> None:
         assert r.json()["checks"]["broker"].startswith("unreachable")
     finally:
         gw.stop()
+
+
+def test_two_visitors_with_the_same_client_msg_id_send_two_messages(
+    client: httpx.Client, gateway: tuple[GatewayThread, Settings]
+) -> None:
+    """The idempotency key belongs to its sender: "1" from one visitor is not a retry of "1" from another."""
+    ids = []
+    for _ in range(2):
+        visitor_id, auth = visitor(client)
+        r = client.post("/v1/web/messages", json={"visitor_id": visitor_id, "text": "在吗", "client_msg_id": "1"},
+                        headers=auth)
+        assert r.status_code == 202 and r.json()["duplicate"] is False
+        again = client.post("/v1/web/messages", json={"visitor_id": visitor_id, "text": "在吗", "client_msg_id": "1"},
+                            headers=auth)
+        assert again.json() == {"message_id": r.json()["message_id"], "duplicate": True}  # the same visitor's retry
+        ids.append(r.json()["message_id"])
+    assert ids[0] != ids[1]
+
+
+@pytest.mark.parametrize("limit", ["abc", "-1", "1.5"])
+def test_a_bad_history_limit_is_a_clear_4xx(client: httpx.Client, limit: str) -> None:
+    visitor_id, auth = visitor(client)
+    r = client.get(f"/v1/web/conversations/{visitor_id}", params={"limit": limit}, headers=auth)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_limit"
