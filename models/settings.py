@@ -45,6 +45,12 @@ class FaqEntry(BaseModel):
     answer: str
 
 
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+NonNegativeSeconds = Annotated[float, Field(ge=0)]
+
+
 class Section(BaseSettings):
     """Settings that one part of Kefu owns (a channel's accounts), read from the same ``KEFU_*`` variables and
     ``.env`` file as :class:`Settings`, through :meth:`Settings.section`. A new channel declares its own section
@@ -79,26 +85,26 @@ class Settings(BaseSettings):
 
     # --- gateway -----------------------------------------------------------------------------
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
     # same-origin is always allowed; NoDecode: the env value is "a,b" or JSON, parsed by _split_origins
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     web_account: str = "default"  # the web site this gateway serves (one account per deployment)
     max_text_chars: int = 2000
-    max_body_bytes: int = 64 * 1024
-    visitor_token_ttl_s: int = 30 * 24 * 3600
-    publish_timeout_s: float = 5.0
-    gateway_threads: int = 4  # threads for blocking database/broker calls in each gateway process
+    max_body_bytes: PositiveInt = 64 * 1024
+    visitor_token_ttl_s: PositiveInt = 30 * 24 * 3600
+    publish_timeout_s: PositiveSeconds = 5.0
+    gateway_threads: PositiveInt = 4  # threads for blocking database/broker calls in each gateway process
 
     # --- WeChat / WeCom ----------------------------------------------------------------------------
     wechat_api_base: str = "https://api.weixin.qq.com"
     wecom_api_base: str = "https://qyapi.weixin.qq.com"
-    wechat_timestamp_window_s: int = 300
-    wechat_max_body_bytes: int = 64 * 1024
-    wechat_http_timeout_s: float = 5.0
+    wechat_timestamp_window_s: PositiveInt = 300
+    wechat_max_body_bytes: PositiveInt = 64 * 1024
+    wechat_http_timeout_s: PositiveSeconds = 5.0
     faq: list[FaqEntry] = Field(default_factory=list)  # JSON list in KEFU_FAQ
     # When the model's queue is this long (seconds, as estimated by the LLM workers), a WeChat callback gets
     # a passive "please wait" at once instead of silence; 0 turns it off.
-    busy_notice_after_s: float = 4.0
+    busy_notice_after_s: NonNegativeSeconds = 4.0
     busy_notice: str = "消息已收到，当前咨询的人较多，客服正在为您处理，请稍候。"
     # A customer message containing one of these asks for a person (WeChat Customer Service hands off).
     handoff_keywords: list[str] = Field(default_factory=lambda: ["转人工", "人工客服", "真人客服", "找人工", "人工服务"])
@@ -110,15 +116,16 @@ class Settings(BaseSettings):
     fallback_reply: str = "抱歉，我暂时无法回答这个问题，请换个说法再问一次，或稍后再试。"
     fallback_handoff_hint: str = "如需人工服务，请回复“转人工”。"
     prompt_handoff_hint: str = DEFAULT_PROMPT_HANDOFF_HINT  # "" never mentions a person to the model
-    human_session_ttl_s: float = 1800.0  # official account: a conversation stays with its person this long after
+    human_session_ttl_s: PositiveSeconds = 1800.0  # official account: a conversation stays with its person this long after
                                          # the customer's last message, unless the platform reports it closed
     # Voice messages without the platform's Recognition: a worker downloads (media/get), decodes and transcribes
     # them with the configured recognizer (KEFU_SPEECH_PROVIDER). When that fails, the customer gets this reply.
     voice_unclear_reply: str = "抱歉，我没有听清您的语音。请您再说一遍，或者直接打字告诉我您的问题。"
-    voice_max_bytes: int = 2 * 1024 * 1024  # a 60-second WeChat voice is about 100 KB of AMR
-    voice_max_seconds: float = 120.0  # WeChat voices last at most 60 s; anything longer is cut here
-    voice_decode_timeout_s: float = 15.0
-    voice_download_retries: int = 4  # transient media/get failures, retried after 1, 2, 4, 8 s; then the reply above
+    voice_max_bytes: PositiveInt = 2 * 1024 * 1024  # a 60-second WeChat voice is about 100 KB of AMR
+    voice_max_seconds: PositiveSeconds = 120.0  # WeChat voices last at most 60 s; anything longer is cut here
+    voice_decode_timeout_s: PositiveSeconds = 15.0
+    # transient media/get failures, retried after 1, 2, 4, 8 s; then the reply above
+    voice_download_retries: NonNegativeInt = 4
 
     # --- speech (the phone, and WeChat voice messages the platform did not transcribe) ----------
     # "local": espeak-ng, and sherpa-onnx when KEFU_LOCAL_ASR_MODEL_DIR is set, else pocketsphinx (English only);
@@ -143,8 +150,8 @@ class Settings(BaseSettings):
     model_path: Path | None = None
     model_repo: str | None = None  # e.g. "Qwen/Qwen3-4B-GGUF" (needs network and the `hub` extra)
     model_file: str | None = None  # e.g. "Qwen3-4B-Q4_K_M.gguf"
-    n_ctx: int = 4096
-    n_batch: int = 512
+    n_ctx: PositiveInt = 4096
+    n_batch: PositiveInt = 512
     n_threads: int | None = None
     n_gpu_layers: int | None = None  # None: all layers when the CUDA build is present, else 0
     temperature: float = 0.7
@@ -152,7 +159,7 @@ class Settings(BaseSettings):
     top_k: int = 20
     min_p: float = 0.0
     presence_penalty: float = 1.5
-    max_tokens: int = 512
+    max_tokens: PositiveInt = 512
     seed: int | None = None
     enable_thinking: bool = False
     # "batched": every active conversation of a worker process in each decode step (continuous
@@ -165,20 +172,33 @@ class Settings(BaseSettings):
     prefill_chunk: int = 256  # prompt tokens evaluated per step while other conversations are generating
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     context_turns: int = 5
-    context_ttl_s: int = 24 * 3600
+    context_ttl_s: PositiveInt = 24 * 3600
 
     # --- reliability ----------------------------------------------------------------------------
-    generation_soft_limit_s: int = 90
-    generation_hard_limit_s: int = 120
-    visibility_timeout_s: int = 3600
-    delivery_max_retries: int = 8
-    requeue_after_s: int = 600  # an inbound still unanswered after this is published again
-    redeliver_after_s: int = 60  # a reply still undelivered after this is sent again
-    sweep_interval_s: int = 30
-    redis_timeout_s: float = 5.0
-    sql_statement_timeout_ms: int = 10_000
+    generation_soft_limit_s: PositiveInt = 90
+    generation_hard_limit_s: PositiveInt = 120
+    visibility_timeout_s: PositiveInt = 3600
+    delivery_max_retries: NonNegativeInt = 8
+    requeue_after_s: PositiveInt = 600  # an inbound still unanswered after this is published again
+    redeliver_after_s: PositiveInt = 60  # a reply still undelivered after this is sent again
+    sweep_interval_s: PositiveInt = 30
+    redis_timeout_s: PositiveSeconds = 5.0
+    sql_statement_timeout_ms: PositiveInt = 10_000
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url", "broker_url", "redis_url")
+    @classmethod
+    def _has_scheme(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError("must be a URL with a scheme, e.g. postgresql+psycopg://kefu@db/kefu, "
+                             "redis://redis:6379/0")
+        return value
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -355,7 +375,13 @@ def _named(error: Any) -> str:
     where = f"KEFU_{str(location[0]).upper()}" if location else "KEFU_*"
     for part in location[1:]:
         where += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return f"{where}: {str(error.get('msg', 'invalid')).removeprefix('Value error, ')}"
+    said = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    given = error.get("input")
+    last = str(location[-1]) if location else ""
+    secret = last in ("secret", "token", "aes_key") or "secret" in last or "password" in last
+    if isinstance(given, int | float | str) and not secret and len(str(given)) <= 80:
+        said += f" (got {given!r})"
+    return f"{where}: {said}"
 
 
 _SECRET_QUERY = re.compile(r"([?&][^=&]*(?:token|key|secret|sig|pass)[^=&]*=)[^&#]*", re.IGNORECASE)
@@ -390,7 +416,9 @@ def load_settings(**overrides: Any) -> Settings:
     """Build the process's Settings from the environment; raise ConfigError if it is unsafe."""
     try:
         settings = Settings(**overrides)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise ConfigError(f"invalid KEFU_* setting: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_named(error) for error in exc.errors())) from exc
+    except SettingsError as exc:  # a list setting that is not even JSON
+        raise ConfigError(_unparsable(exc)) from exc
     settings.check_reliability()
     return settings

@@ -110,7 +110,7 @@ def test_model_repo_needs_model_file(tmp_path: Path) -> None:
 
 def test_config_error_is_a_value_error_and_wraps_validation(tmp_path: Path) -> None:
     assert issubclass(ConfigError, ValueError)
-    with pytest.raises(ConfigError, match="invalid KEFU_\\* setting"):
+    with pytest.raises(ConfigError, match=r"^KEFU_PORT: Input should be a valid integer"):
         load_settings(data_dir=tmp_path, port="not-a-port")
 
 
@@ -301,3 +301,31 @@ def test_a_copy_keeps_in_process_section_values_and_reads_sections_afresh(tmp_pa
     copy = settings.model_copy(update={"wecom_apps": [_wecom("hr")], "max_tokens": 3})
     assert copy.max_tokens == 3 and wecom.app(copy, "hr") is not None and wecom.app(copy, "it") is None
     assert wecom.app(settings, "it") is not None  # the original is untouched
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("KEFU_MAX_TOKENS", "-5", "KEFU_MAX_TOKENS: Input should be greater than 0 (got '-5')"),
+    ("KEFU_N_CTX", "-1", "KEFU_N_CTX: Input should be greater than 0"),
+    ("KEFU_SWEEP_INTERVAL_S", "0", "KEFU_SWEEP_INTERVAL_S: Input should be greater than 0"),
+    ("KEFU_PORT", "-1", "KEFU_PORT: Input should be greater than or equal to 1"),
+    ("KEFU_DATABASE_URL", "localhost/kefu", "KEFU_DATABASE_URL: must be a URL with a scheme"),
+    ("KEFU_LOG_LEVEL", "loud", "KEFU_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"),
+    ("KEFU_ALLOWED_ORIGINS", "[", "KEFU_ALLOWED_ORIGINS"),
+])
+def test_bad_values_are_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str,
+                                                    value: str, message: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(data_dir=tmp_path)
+    assert str(refused.value).startswith(message)
+
+
+def test_a_lower_case_log_level_is_accepted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("KEFU_LOG_LEVEL", "info")
+    assert load_settings(data_dir=tmp_path).log_level == "INFO"
+
+
+def test_a_secret_is_never_echoed_in_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as refused:
+        registry.check(load_settings(data_dir=tmp_path, wecom_apps=[_wecom("it", aes_key="my-secret-aes-value")]))
+    assert "my-secret-aes-value" not in str(refused.value)
