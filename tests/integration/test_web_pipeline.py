@@ -99,7 +99,7 @@ def test_concurrent_duplicates_yield_one_reply(stack: Stack) -> None:
     assert kinds.count("generation_started") == 1 and kinds.count("reply_stored") == 1
     with stack.sessions() as session:
         assert session.scalar(select(func.count()).select_from(InboundRecord)
-                              .where(InboundRecord.external_id == f"c-{body['client_msg_id']}")) == 1
+                              .where(InboundRecord.external_id == f"c-{visitor_id}-{body['client_msg_id']}")) == 1
 
 
 def test_reply_for_a_disconnected_visitor_arrives_on_reconnect(stack: Stack) -> None:
