@@ -2,7 +2,7 @@
 
     kefu config                  effective settings, secrets masked, and the chosen backends
     kefu migrate [REVISION]      upgrade the database (default: head)
-    kefu downgrade REVISION      downgrade the database (e.g. base)
+    kefu downgrade REVISION      downgrade the database; past the first revision (base) only with --drop-audit-log
     kefu gateway                 serve the HTTP/WebSocket gateway
     kefu worker --queues llm,io  run a Celery worker for the given queues
     kefu up                      migrate, then a worker and the gateway together (chat page on /)
@@ -52,9 +52,17 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_downgrade(settings: Settings, args: argparse.Namespace) -> int:
-    from models.infra.migrate import downgrade
+    from models.infra.migrate import AuditLossRefused, audit_rows_dropped_by, downgrade
 
-    downgrade(settings, args.revision)
+    if args.drop_audit_log:
+        dropped = audit_rows_dropped_by(settings, args.revision)
+        if dropped is not None:
+            print(f"warning: dropping the append-only audit log ({dropped} rows) with the schema", file=sys.stderr)
+    try:
+        downgrade(settings, args.revision, drop_audit_log=args.drop_audit_log)
+    except AuditLossRefused as exc:
+        print(f"kefu: refused: {exc}", file=sys.stderr)
+        return 2
     print(f"database downgraded to {args.revision}")
     return 0
 
@@ -204,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("downgrade", help="downgrade the database")
     p.add_argument("revision")
+    p.add_argument("--drop-audit-log", action="store_true",
+                   help="allow a downgrade that drops the append-only audit log (base, or -N past the first revision)")
     p.set_defaults(func=cmd_downgrade)
     for name, func in (("gateway", cmd_gateway), ("up", cmd_up)):
         p = sub.add_parser(name)

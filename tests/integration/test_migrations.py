@@ -54,7 +54,7 @@ def test_upgrade_to_head_and_back_to_base(empty_db: Settings) -> None:
         assert ("account", "open_kfid") in {tuple(u["column_names"]) for u in inspector.get_unique_constraints("kf_cursor")}
     finally:
         engine.dispose()
-    downgrade(empty_db, "base")
+    downgrade(empty_db, "base", drop_audit_log=True)
     assert tables(empty_db) == set()
     upgrade(empty_db)  # and up again: the downgrade left nothing behind that blocks it
     assert tables(empty_db) == TABLES
@@ -73,3 +73,34 @@ def test_audit_log_is_append_only(empty_db: Settings) -> None:
             assert conn.execute(text("SELECT kind FROM audit_event")).scalars().all() == ["received"]
     finally:
         engine.dispose()
+
+
+def test_a_downgrade_that_would_drop_the_audit_log_is_refused(empty_db: Settings, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from models import audit
+    from models.infra.db import make_session_factory, transaction
+    from models.infra.migrate import AuditLossRefused, audit_rows_dropped_by
+    from workers.cli import main
+
+    upgrade(empty_db)
+    engine = make_engine(empty_db)
+    with transaction(make_session_factory(engine)) as session:
+        audit.record(session, audit.RECEIVED, channel="web")
+    engine.dispose()
+    assert audit_rows_dropped_by(empty_db, "0001") is None  # the first revision keeps the table
+    assert audit_rows_dropped_by(empty_db, "base") == 1
+    assert audit_rows_dropped_by(empty_db, "-9") == 1
+    with pytest.raises(AuditLossRefused, match=r"drops the append-only audit log \(1 rows\)"):
+        downgrade(empty_db, "base")
+    assert audit_rows_dropped_by(empty_db, "base") == 1  # nothing was dropped
+
+    for name, value in (("KEFU_DATA_DIR", str(empty_db.data_dir)), ("KEFU_DATABASE_URL", empty_db.database_url)):
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("KEFU_SECRET_KEY", "k")
+    assert main(["downgrade", "base"]) == 2
+    assert "refused" in capsys.readouterr().err
+    assert main(["downgrade", "base", "--drop-audit-log"]) == 0
+    assert "warning: dropping the append-only audit log (1 rows)" in capsys.readouterr().err
+    assert audit_rows_dropped_by(empty_db, "base") is None  # at base: nothing left to drop
