@@ -25,7 +25,8 @@ def make_engine(settings: Settings, url: str | None = None, *, pre_ping: bool = 
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": settings.sql_statement_timeout_ms / 1000}
+            url, connect_args={"check_same_thread": False, "timeout": settings.sql_statement_timeout_ms / 1000},
+            hide_parameters=True,
         )
 
         @event.listens_for(engine, "connect")
@@ -42,6 +43,7 @@ def make_engine(settings: Settings, url: str | None = None, *, pre_ping: bool = 
     # database restart fails one request (503, the platform retries) and SQLAlchemy refreshes the pool.
     return create_engine(
         url,
+        hide_parameters=True,  # a failed statement's error (logged) must never carry a customer's message text
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
         pool_size=10,
