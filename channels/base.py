@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 from pydantic import AfterValidator, BaseModel, field_validator
 
 from channels.errors import ChannelError, DeliveryError, DeliveryPermanent, DeliveryRetryable, RequestRejected
-from models.dialogue import Action, HandOff, Message, decide
+from models.dialogue import Action, Decision, HandOff, Message, decide
 from models.envelope import ConversationKey, Inbound, Reply
 from models.settings import Section, Settings
 
@@ -137,6 +137,20 @@ class HandOffPort:
             raise
 
 
+def store_decided(ingress: Ingress, handoff: HandOffPort, inbound: Inbound, decision: Decision, *,
+                  passive: bool = False) -> tuple[Accepted, str | None]:
+    """Store a message with the reply a decision gave it (ANSWER or HAND_OFF), as ``ingress.accept_answered`` does.
+
+    A hand-off marks the conversation first (so the customer's next message already goes to the person) and
+    releases the mark if storing fails; its notice is always sent by ``deliver`` (never passively: the channel's
+    passive answer, if any, is the transfer itself). ``passive``: an ANSWER goes back in the callback's response.
+    """
+    if decision.action is Action.HAND_OFF:
+        with handoff.beginning(inbound.key):
+            return ingress.accept_answered(inbound, decision.answer(), passive=False)
+    return ingress.accept_answered(inbound, decision.answer(), passive=passive)
+
+
 @dataclass(frozen=True)
 class ChannelContext:
     """What the gateway gives a channel adapter: narrow on purpose (no composition root, no engines)."""
@@ -168,10 +182,7 @@ class ChannelAdapter(ABC):
                           self.ctx.handoff.availability(inbound.key.account))
         if decision.action is Action.GENERATE:
             return self.ctx.ingress.accept(inbound)
-        if decision.action is Action.HAND_OFF:
-            with self.ctx.handoff.beginning(inbound.key):  # before the notice is stored: the next message goes to the person
-                return self.ctx.ingress.accept_answered(inbound, decision.answer(), passive=False)[0]
-        return self.ctx.ingress.accept_answered(inbound, decision.answer(), passive=False)[0]
+        return store_decided(self.ctx.ingress, self.ctx.handoff, inbound, decision)[0]
 
     async def start(self) -> None:
         """Start what the channel serves besides its routes (a TCP listener); the gateway's lifespan calls it."""

@@ -25,6 +25,7 @@ import time
 from abc import abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -33,7 +34,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from channels import wechat_protocol as wx
-from channels.base import ChannelAdapter, ChannelContext
+from channels.base import ChannelAdapter, ChannelContext, store_decided
 from channels.errors import RequestRejected
 from channels.http import read_limited
 from channels.wechat_guard import CallbackGuard, CallbackKeys
@@ -59,7 +60,11 @@ class CallbackAdapter(ChannelAdapter, Generic[AccountT]):
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
         self.guard = CallbackGuard(context.kv, context.settings.wechat_timestamp_window_s)
-        self.dialogue = CallbackDialogue(context)
+
+    @cached_property
+    def dialogue(self) -> CallbackDialogue:
+        """For channels whose callbacks carry messages (not kf's "there is news")."""
+        return CallbackDialogue(self.ctx)
 
     def routes(self) -> list[BaseRoute]:
         return [Route(self.path, self.callback, methods=["GET", "POST"])]
@@ -153,13 +158,10 @@ class CallbackDialogue:
         decision = decide(settings, Message(text, m.kind, m.media_id is not None), handoff.availability(key.account))
         stored_text = text or ("" if decision.action is Action.GENERATE else f"[{m.kind}]")
         inbound = Inbound(key, m.external_id, stored_text, m.kind, m.received_at, media_id=m.media_id)
-        if decision.action is Action.HAND_OFF:
-            with handoff.beginning(key):  # before the notice is stored: the next message must already go to the person
-                self.ctx.ingress.accept_answered(inbound, decision.answer(), passive=False)
-            return TO_PERSON
-        if decision.action is Action.ANSWER:
-            return self.ctx.ingress.accept_answered(inbound, decision.answer())[1]
-        return self._accept(inbound)
+        if decision.action is Action.GENERATE:
+            return self._accept(inbound)
+        answer = store_decided(self.ctx.ingress, handoff, inbound, decision, passive=True)[1]
+        return TO_PERSON if decision.action is Action.HAND_OFF else answer
 
     def _event(self, key: ConversationKey, m: CallbackMessage, welcome: str,
                welcome_events: frozenset[str]) -> str | None:

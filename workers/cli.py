@@ -52,17 +52,15 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_downgrade(settings: Settings, args: argparse.Namespace) -> int:
-    from models.infra.migrate import AuditLossRefused, audit_rows_dropped_by, downgrade
+    from models.infra.migrate import AuditLossRefused, downgrade
 
-    if args.drop_audit_log:
-        dropped = audit_rows_dropped_by(settings, args.revision)
-        if dropped is not None:
-            print(f"warning: dropping the append-only audit log ({dropped} rows) with the schema", file=sys.stderr)
     try:
-        downgrade(settings, args.revision, drop_audit_log=args.drop_audit_log)
+        dropped = downgrade(settings, args.revision, drop_audit_log=args.drop_audit_log)
     except AuditLossRefused as exc:
         print(f"kefu: refused: {exc}", file=sys.stderr)
         return 2
+    if dropped is not None:
+        print(f"warning: the append-only audit log ({dropped} rows) was dropped with the schema", file=sys.stderr)
     print(f"database downgraded to {args.revision}")
     return 0
 

@@ -8,7 +8,9 @@ generation (or at child start when ``warm`` is asked for), in the child.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from functools import cached_property
+from typing import TypeVar, cast
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,14 +32,14 @@ from workers.llm.batched import BatchedEngine
 from workers.llm.engine import LlamaEngine, TextEngine
 from workers.llm.model_files import resolve_model
 
+T = TypeVar("T")
+
 
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._outbounds: dict[str, Outbound] = {}
-        self._handoffs: dict[str, HandOffPort] = {}
-        self._pullers: dict[str, Puller] = {}
-        self._lock = threading.Lock()
+        self._built: dict[tuple[str, str], object] = {}  # per channel: hand-off port, outbound, puller
+        self._lock = threading.RLock()
 
     @cached_property
     def db(self) -> Engine:
@@ -100,33 +102,33 @@ class Runtime:
 
     def handoff(self, channel: str) -> HandOffPort:
         """The channel's hand-off port, built once per process."""
-        with self._lock:
-            if channel not in self._handoffs:
-                self._handoffs[channel] = self.channel(channel).handoff(self.settings, self.kv)
-            return self._handoffs[channel]
+        return self._once("handoff", channel, lambda: self.channel(channel).handoff(self.settings, self.kv))
 
     def puller(self, channel: str) -> Puller:
-        """The channel's puller, built once per process (raises LookupError for a channel that does not pull)."""
+        """The channel's puller, built once per process (UnknownChannel for a channel that does not pull)."""
         found = self.channel(channel)
-        if found.puller is None:
+        make = found.puller
+        if make is None:
             raise registry.UnknownChannel(f"channel {channel!r} does not pull its messages")
-        handoff = self.handoff(channel)
-        with self._lock:
-            if channel not in self._pullers:
-                platform = self.platform if found.platform_api else None
-                deps = PullDeps(self.settings, self.sessions, self.ingress, self.kv, self.locks, handoff, platform)
-                self._pullers[channel] = found.puller(deps)
-            return self._pullers[channel]
+        return self._once("puller", channel, lambda: make(PullDeps(
+            self.settings, self.sessions, self.ingress, self.kv, self.locks, self.handoff(channel),
+            self._platform_for(found))))
 
     def outbound(self, channel: str) -> Outbound:
+        """The channel's sender, built once per process."""
         found = self.channel(channel)
-        handoff = self.handoff(channel)
+        return self._once("outbound", channel, lambda: found.outbound(OutboundDeps(
+            self.settings, self.bus, self.sessions, self.kv, self.handoff(channel), self._platform_for(found))))
+
+    def _platform_for(self, found: Channel) -> PlatformAPI | None:
+        return self.platform if found.platform_api else None
+
+    def _once(self, what: str, channel: str, build: Callable[[], T]) -> T:
+        """``build()`` once per process for (what, channel); a build may ask for another (an RLock)."""
         with self._lock:
-            if channel not in self._outbounds:
-                platform = self.platform if found.platform_api else None
-                deps = OutboundDeps(self.settings, self.bus, self.sessions, self.kv, handoff, platform)
-                self._outbounds[channel] = found.outbound(deps)
-            return self._outbounds[channel]
+            if (what, channel) not in self._built:
+                self._built[(what, channel)] = build()
+            return cast(T, self._built[(what, channel)])
 
     def close(self) -> None:
         if "llm" in self.__dict__:

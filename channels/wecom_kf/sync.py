@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from channels import wechat_protocol as wx
-from channels.base import PullBusy, PullDeps, Puller
+from channels.base import PullBusy, PullDeps, Puller, store_decided
 from channels.wechat_api import PlatformPermanent
 from channels.wecom_kf.adapter import sync_token_key
 from channels.wecom_kf.config import CHANNEL, WeComKfAccount, account, credentials, peer, split_peer
@@ -170,9 +170,5 @@ class KfSync(Puller):
         if decision.action is Action.GENERATE:
             self._ingress.accept(inbound)
             return state
-        if decision.action is Action.HAND_OFF:
-            with self._handoff.beginning(key):  # before the notice is stored: the next sync must see it
-                self._ingress.accept_answered(inbound, decision.answer(), passive=False)
-            return POOL  # what follows is for the person taking over
-        self._ingress.accept_answered(inbound, decision.answer(), passive=False)
-        return state
+        store_decided(self._ingress, self._handoff, inbound, decision)
+        return POOL if decision.action is Action.HAND_OFF else state  # after a hand-off: for the person taking over

@@ -59,10 +59,12 @@ def _reaches_base(script: ScriptDirectory, current: tuple[str, ...], revision: s
     return False  # a named revision: the first one (which creates the audit table) or a later one keeps it
 
 
-def downgrade(settings: Settings, revision: str, *, drop_audit_log: bool = False) -> None:
-    """Downgrade the database; refuses to drop the audit log unless ``drop_audit_log``."""
+def downgrade(settings: Settings, revision: str, *, drop_audit_log: bool = False) -> int | None:
+    """Downgrade the database; refuses to drop the audit log unless ``drop_audit_log``. The number of audit rows
+    dropped with it, or None when the audit table was kept."""
     dropped = audit_rows_dropped_by(settings, revision)
     if dropped is not None and not drop_audit_log:
         raise AuditLossRefused(f"downgrading to {revision} drops the append-only audit log ({dropped} rows); back it "
                                "up first, then run again with --drop-audit-log")
     command.downgrade(alembic_config(settings), revision)
+    return dropped

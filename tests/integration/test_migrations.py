@@ -102,5 +102,5 @@ def test_a_downgrade_that_would_drop_the_audit_log_is_refused(empty_db: Settings
     assert main(["downgrade", "base"]) == 2
     assert "refused" in capsys.readouterr().err
     assert main(["downgrade", "base", "--drop-audit-log"]) == 0
-    assert "warning: dropping the append-only audit log (1 rows)" in capsys.readouterr().err
+    assert "warning: the append-only audit log (1 rows) was dropped" in capsys.readouterr().err
     assert audit_rows_dropped_by(empty_db, "base") is None  # at base: nothing left to drop

@@ -15,7 +15,6 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from models.dialogue import HandOff, fallback_reply
 from models.settings import Settings
 from models.tables import AuditEvent, ReplyRecord
 from tests.integration.conftest import BACKENDS, Stack, recv_until, start_stack, wait_for
@@ -97,7 +96,3 @@ def test_the_http_api_applies_the_rules_too(stack: Stack) -> None:
 
         messages = wait_for(lambda: len(history()) == 2 and history(), timeout=30)
     assert [(m["role"], m["text"]) for m in messages] == [("user", "发票怎么开"), ("assistant", FAQ[0]["answer"])]
-
-
-def test_the_web_fallback_does_not_promise_a_person() -> None:
-    assert "转人工" not in fallback_reply(Settings(), HandOff.NOBODY)
