@@ -9,6 +9,10 @@ Guarantees:
   backends were chosen and why, for the startup log.
 - ``check_reliability()`` raises :class:`ConfigError` for a configuration that could lose or
   double-run work (e.g. a Redis visibility timeout shorter than the generation hard limit).
+- Any setting, of :class:`Settings` or of a channel's :class:`Section`, can be read from a file instead:
+  ``KEFU_<NAME>_FILE=/run/secrets/x`` gives ``KEFU_<NAME>`` the file's text, trailing newline stripped (Docker
+  and Kubernetes secrets). Setting both is a :class:`ConfigError` naming both; so is a file that cannot be
+  read, naming the variable and the path. A value read from a file is never echoed in an error.
 
 Raises :class:`ConfigError` (a ``ValueError``) with a message an operator can act on.
 """
@@ -23,7 +27,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 DEFAULT_SYSTEM_PROMPT = (
     "你是一名专业、耐心的在线客服助手。默认使用简体中文回答；如果客户用其他语言提问，就用客户的语言回答。"
@@ -51,12 +62,67 @@ PositiveSeconds = Annotated[float, Field(gt=0)]
 NonNegativeSeconds = Annotated[float, Field(ge=0)]
 
 
+class FileText(str):
+    """A value read from a ``KEFU_<NAME>_FILE`` file: errors never echo it (:func:`_named`)."""
+
+
+class FileValues(EnvSettingsSource):
+    """``KEFU_<NAME>_FILE`` (in the environment or ``.env``): ``KEFU_<NAME>`` read from that file.
+
+    A source of its own, before the environment and ``.env``, parsing values exactly as they do (JSON for lists).
+    An empty variable counts as unset. Raises ConfigError when both variables are set, or the file cannot be read.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], *given: PydanticBaseSettingsSource) -> None:
+        self._given: dict[str, str | None] = {}
+        for source in reversed(given):  # the environment wins over .env, as for the plain variables
+            if isinstance(source, EnvSettingsSource):
+                self._given.update(source.env_vars)
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> dict[str, str | None]:
+        fields = self.settings_cls.model_fields
+        found: dict[str, str | None] = {}
+        for name in fields:
+            variable = f"{self.env_prefix}{name}".lower()
+            path = self._given.get(f"{variable}_file")
+            if not path or f"{name}_file" in fields:  # unset, or the name of a setting of its own
+                continue
+            if self._given.get(variable):
+                raise ConfigError(f"{variable.upper()} and {variable.upper()}_FILE are both set: keep one "
+                                  f"({variable.upper()}_FILE reads the value from a file, e.g. a Docker secret)")
+            found[variable] = FileText(_read_value(f"{variable.upper()}_FILE", path))
+        return found
+
+
+def _read_value(variable: str, path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{variable}={path}: the file is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"{variable}={path}: cannot read the file ({exc.strerror or type(exc).__name__})") from None
+
+
+def _sources(settings_cls: type[BaseSettings], init: PydanticBaseSettingsSource, env: PydanticBaseSettingsSource,
+             dotenv: PydanticBaseSettingsSource, secrets: PydanticBaseSettingsSource,
+             ) -> tuple[PydanticBaseSettingsSource, ...]:
+    return init, FileValues(settings_cls, env, dotenv), env, dotenv, secrets  # a file beats an empty variable
+
+
 class Section(BaseSettings):
     """Settings that one part of Kefu owns (a channel's accounts), read from the same ``KEFU_*`` variables and
     ``.env`` file as :class:`Settings`, through :meth:`Settings.section`. A new channel declares its own section
     in its own module instead of adding fields here."""
 
     model_config = SettingsConfigDict(env_prefix="KEFU_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return _sources(settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings)
 
 
 SectionT = TypeVar("SectionT", bound=Section)
@@ -76,9 +142,20 @@ class Settings(BaseSettings):
         super().__init__(**values)
         self._given = given
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return _sources(settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings)
+
     # --- where things live -------------------------------------------------------------------
     data_dir: Path = Path("var")
     database_url: str | None = None
+    # the owner role's URL, for `kefu migrate`/`kefu downgrade` only (docs/audit.md); unset: KEFU_DATABASE_URL
+    migration_database_url: str | None = None
+    # the runtime role the migrations GRANT to (INSERT/SELECT only on the audit log); "": single-role mode
+    database_app_role: str = ""
     broker_url: str | None = None
     redis_url: str | None = None  # bus, context cache, locks; defaults to broker_url when that is Redis
     secret_key: SecretStr | None = None  # HMAC key for visitor tokens; generated under data_dir if unset
@@ -126,6 +203,26 @@ class Settings(BaseSettings):
     voice_decode_timeout_s: PositiveSeconds = 15.0
     # transient media/get failures, retried after 1, 2, 4, 8 s; then the reply above
     voice_download_retries: NonNegativeInt = 4
+
+    # --- personal data and moderation (docs/privacy.md) -------------------------------------------
+    # Logs, audit details and the model's replies are always masked. The customer's stored text (and the
+    # context cache and prompts built from it): "sensitive" masks ID and bank-card numbers, "all" every kind
+    # (mobile, e-mail, address too), "none" nothing; true/false mean all/none.
+    pii_mask_stored: Literal["none", "sensitive", "all"] = "sensitive"
+    # lines "词 action" (action: refuse, mask, hand_off; # comments), read again when the file changes
+    moderation_file: Path | None = None
+    moderation_url: str | None = None  # an HTTP moderation endpoint (POST {"text"} -> {"action", "rule"})
+    moderation_timeout_s: PositiveSeconds = 2.0
+    moderation_fail_closed: bool = False  # endpoint down or slow: refuse (true) or let the message through
+    moderation_refuse_reply: str = "抱歉，这个问题我无法回答。如有其他问题，请随时告诉我。"
+
+    @field_validator("pii_mask_stored", mode="before")
+    @classmethod
+    def _stored_alias(cls, value: Any) -> Any:
+        aliases = {"true": "all", "1": "all", "yes": "all", "false": "none", "0": "none", "no": "none"}
+        if isinstance(value, bool):
+            return "all" if value else "none"
+        return aliases.get(value.strip().lower(), value.strip().lower()) if isinstance(value, str) else value
 
     # --- speech (the phone, and WeChat voice messages the platform did not transcribe) ----------
     # "local": espeak-ng, and sherpa-onnx when KEFU_LOCAL_ASR_MODEL_DIR is set, else pocketsphinx (English only);
@@ -192,7 +289,14 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("database_url", "broker_url", "redis_url")
+    @field_validator("database_app_role")
+    @classmethod
+    def _role_name(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+            raise ValueError("must be a PostgreSQL role name: lower-case letters, digits and _, e.g. kefu_app")
+        return value
+
+    @field_validator("database_url", "migration_database_url", "broker_url", "redis_url")
     @classmethod
     def _has_scheme(cls, value: str | None) -> str | None:
         if value is not None and "://" not in value:
@@ -221,6 +325,11 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'kefu.sqlite').resolve()}"
+
+    @property
+    def effective_migration_database_url(self) -> str:
+        """The URL migrations run under: the owner role's (KEFU_MIGRATION_DATABASE_URL), else the app's."""
+        return self.migration_database_url or self.effective_database_url
 
     @property
     def embedded_broker_file(self) -> Path:
@@ -365,6 +474,8 @@ def _unparsable(error: SettingsError) -> str:
     """A section variable that could not be decoded (JSON), naming it."""
     field = re.search(r'field "(\w+)"', str(error))
     where = f"KEFU_{field.group(1).upper()}" if field else "a KEFU_* variable"
+    if field and f'source "{FileValues.__name__}"' in str(error):
+        where += "_FILE's file"
     cause = f": {error.__cause__}" if error.__cause__ is not None else ""
     return f"{where} is not valid JSON{cause}"
 
@@ -379,7 +490,7 @@ def _named(error: Any) -> str:
     given = error.get("input")
     last = str(location[-1]) if location else ""
     secret = last in ("secret", "token", "aes_key") or "secret" in last or "password" in last
-    if isinstance(given, int | float | str) and not secret and len(str(given)) <= 80:
+    if isinstance(given, int | float | str) and not secret and not isinstance(given, FileText) and len(str(given)) <= 80:
         said += f" (got {given!r})"
     return f"{where}: {said}"
 

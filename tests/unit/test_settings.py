@@ -329,3 +329,86 @@ def test_a_secret_is_never_echoed_in_a_configuration_error(tmp_path: Path) -> No
     with pytest.raises(ConfigError) as refused:
         registry.check(load_settings(data_dir=tmp_path, wecom_apps=[_wecom("it", aes_key="my-secret-aes-value")]))
     assert "my-secret-aes-value" not in str(refused.value)
+
+
+# --- KEFU_<NAME>_FILE: a setting read from a file (Docker/Kubernetes secrets) --------------------------------------
+
+
+def test_a_secret_setting_is_read_from_its_file(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (clean_env / "key").write_text("from-a-file\n")
+    (clean_env / "url").write_text("postgresql+psycopg://kefu_app:pw@postgres:5432/kefu\r\n")
+    (clean_env / "faq").write_text(json.dumps([{"keywords": ["营业"], "answer": "9点到18点"}]))
+    monkeypatch.setenv("KEFU_SECRET_KEY_FILE", str(clean_env / "key"))
+    monkeypatch.setenv("KEFU_DATABASE_URL_FILE", str(clean_env / "url"))
+    monkeypatch.setenv("KEFU_FAQ_FILE", str(clean_env / "faq"))
+    s = load_settings(data_dir=clean_env)
+    assert s.signing_key() == b"from-a-file"  # the trailing newline is not part of the key
+    assert s.database_url == "postgresql+psycopg://kefu_app:pw@postgres:5432/kefu"
+    assert s.faq[0].answer == "9点到18点"
+    assert "pw" not in json.dumps(s.masked(), ensure_ascii=False)
+
+
+def test_a_channel_section_is_read_from_a_file_named_in_dot_env(clean_env: Path) -> None:
+    (clean_env / "apps.json").write_text(json.dumps([_wecom("it")]) + "\n")
+    (clean_env / ".env").write_text("KEFU_WECOM_APPS_FILE=apps.json\n")
+    settings = load_settings(data_dir=clean_env)
+    registry.check(settings)
+    app = wecom.app(settings, "it")
+    assert app is not None and app.secret.get_secret_value() == "s"
+
+
+@pytest.mark.parametrize("where", ["environment", "dotenv"])
+def test_a_setting_and_its_file_together_are_refused_naming_both(clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  where: str) -> None:
+    (clean_env / "key").write_text("from-a-file")
+    monkeypatch.setenv("KEFU_SECRET_KEY_FILE", str(clean_env / "key"))
+    if where == "environment":
+        monkeypatch.setenv("KEFU_SECRET_KEY", "plain")
+    else:
+        (clean_env / ".env").write_text("KEFU_SECRET_KEY=plain\n")
+    with pytest.raises(ConfigError, match=r"^KEFU_SECRET_KEY and KEFU_SECRET_KEY_FILE are both set") as refused:
+        load_settings(data_dir=clean_env)
+    assert "from-a-file" not in str(refused.value) and "plain" not in str(refused.value)
+
+
+def test_a_section_setting_and_its_file_together_are_refused(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (clean_env / "apps.json").write_text("[]")
+    monkeypatch.setenv("KEFU_WECOM_APPS_FILE", str(clean_env / "apps.json"))
+    monkeypatch.setenv("KEFU_WECOM_APPS", "[]")
+    with pytest.raises(ConfigError, match=r"^KEFU_WECOM_APPS and KEFU_WECOM_APPS_FILE are both set"):
+        registry.check(load_settings(data_dir=clean_env))
+
+
+def test_an_empty_variable_beside_its_file_counts_as_unset(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (clean_env / "key").write_text("from-a-file")
+    monkeypatch.setenv("KEFU_SECRET_KEY_FILE", str(clean_env / "key"))
+    monkeypatch.setenv("KEFU_SECRET_KEY", "")
+    assert load_settings(data_dir=clean_env).signing_key() == b"from-a-file"
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "not-utf8"])
+def test_an_unreadable_file_is_refused_naming_the_variable_and_path(clean_env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     kind: str) -> None:
+    path = clean_env / "secret"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "not-utf8":
+        path.write_bytes(b"\xff\xfesecret-bytes")
+    monkeypatch.setenv("KEFU_NLS_ACCESS_KEY_SECRET_FILE", str(path))
+    with pytest.raises(ConfigError, match=rf"^KEFU_NLS_ACCESS_KEY_SECRET_FILE={path}: ") as refused:
+        load_settings(data_dir=clean_env)
+    assert "secret-bytes" not in str(refused.value)
+
+
+def test_a_bad_value_from_a_file_is_never_echoed(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (clean_env / "port").write_text("hunter2-is-not-a-port\n")
+    (clean_env / "apps.json").write_text('[{"secret": "hunter3"')
+    monkeypatch.setenv("KEFU_PORT_FILE", str(clean_env / "port"))
+    with pytest.raises(ConfigError, match=r"^KEFU_PORT: ") as refused:
+        load_settings(data_dir=clean_env)
+    assert "hunter2" not in str(refused.value)
+    monkeypatch.delenv("KEFU_PORT_FILE")
+    monkeypatch.setenv("KEFU_WECOM_APPS_FILE", str(clean_env / "apps.json"))
+    with pytest.raises(ConfigError, match=r"^KEFU_WECOM_APPS_FILE's file is not valid JSON") as refused:
+        registry.check(load_settings(data_dir=clean_env))
+    assert "hunter3" not in str(refused.value)
