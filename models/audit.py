@@ -2,15 +2,23 @@
 
 Rows are only ever inserted (the database rejects UPDATE/DELETE on ``audit_event``). Details hold
 ids, sizes, timings and reasons, never message text or customer identifiers in the clear.
+
+Every row is hash-chained (``models.audit_chain``, docs/audit.md): on PostgreSQL the database's
+trigger computes the chain columns from the row as inserted; on SQLite :func:`record` computes them
+here, in the caller's transaction, after locking the chain's head row. Either way the hash covers
+``detail`` as finally stored, so anything done to ``detail`` before the INSERT (masking) is hashed.
 """
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, insert
+from sqlalchemy import String, Table, bindparam, insert, text, type_coerce
 from sqlalchemy.orm import Session
 
+from models.audit_chain import CHAIN_SQLITE, row_hash
 from models.envelope import utcnow
 from models.tables import AuditEvent
 
@@ -37,6 +45,12 @@ TRANSCRIPTION_FAILED = "transcription_failed"  # no text from a voice message (r
 
 
 _INSERT = insert(cast(Table, AuditEvent.__table__))
+# SQLite: detail goes in as the exact JSON text that was hashed, not re-serialized by the JSON type
+_INSERT_CHAINED = insert(cast(Table, AuditEvent.__table__)).values(detail=type_coerce(bindparam("detail_text"), String))
+# the write lock on the database comes with this UPDATE, so no other writer can append in between
+_SQLITE_HEAD = text("UPDATE audit_chain SET seq = seq + 1 WHERE chain = :chain RETURNING seq, hash")
+_SQLITE_NEXT_ID = text("SELECT coalesce(max(id), 0) + 1 FROM audit_event")
+_SQLITE_SET_HEAD = text("UPDATE audit_chain SET hash = :hash WHERE chain = :chain")
 
 
 def record(
@@ -51,8 +65,21 @@ def record(
 ) -> None:
     # One prebuilt Core INSERT, not session.add(): no unit-of-work bookkeeping and no statement to
     # compile on the hot path, and the row is written where this call stands in the transaction.
-    session.execute(
-        _INSERT,
-        {"at": utcnow(), "kind": kind, "channel": channel, "conversation_id": conversation_id,
-         "inbound_id": inbound_id, "reply_id": reply_id, "detail": detail},
-    )
+    row = {"at": utcnow(), "kind": kind, "channel": channel, "conversation_id": conversation_id,
+           "inbound_id": inbound_id, "reply_id": reply_id}
+    if session.get_bind().dialect.name == "sqlite":
+        _append_sqlite(session, row, json.dumps(detail))
+    else:  # PostgreSQL: the trigger chains the row (migration 0005)
+        session.execute(_INSERT, {**row, "detail": detail})
+
+
+def _append_sqlite(session: Session, row: dict[str, Any], detail_text: str) -> None:
+    """Chain the row in Python, in the caller's transaction (``models.audit_chain``)."""
+    seq, prev_hash = session.execute(_SQLITE_HEAD, {"chain": CHAIN_SQLITE}).one()
+    id_ = int(session.execute(_SQLITE_NEXT_ID).scalar_one())
+    at: datetime = row["at"]
+    hash_ = row_hash(prev_hash, id_, CHAIN_SQLITE, seq, at, row["kind"], row["channel"], row["conversation_id"],
+                     row["inbound_id"], row["reply_id"], detail_text)
+    session.execute(_INSERT_CHAINED, {**row, "id": id_, "chain": CHAIN_SQLITE, "seq": seq, "prev_hash": prev_hash,
+                                      "hash": hash_, "detail_text": detail_text})
+    session.execute(_SQLITE_SET_HEAD, {"hash": hash_, "chain": CHAIN_SQLITE})

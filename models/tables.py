@@ -147,12 +147,17 @@ class DeliveryRecord(Base):
 
 
 class AuditEvent(Base):
-    """Append-only log of everything that happened to a message."""
+    """Append-only log of everything that happened to a message, hash-chained (``models.audit_chain``).
+
+    ``chain``, ``seq``, ``prev_hash`` and ``hash`` are written by the database's trigger on PostgreSQL
+    (whatever an INSERT says) and by ``models.audit.record`` on SQLite; NULL only on a forged row.
+    """
 
     __tablename__ = "audit_event"
     __table_args__ = (
         Index("ix_audit_inbound", "inbound_id"),
         Index("ix_audit_at", "at"),
+        Index("ix_audit_chain_seq", "chain", "seq", unique=True),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -163,6 +168,24 @@ class AuditEvent(Base):
     inbound_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     reply_id: Mapped[int | None] = mapped_column(BigId, nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    chain: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AuditChainHead(Base):
+    """The last row of each audit chain: appending locks it, so a chain's rows are numbered without gaps.
+
+    ``kefu audit verify`` compares it with the chain's last row, which is how deleted tail rows show.
+    Only the owner role writes it (the PostgreSQL trigger runs as the owner); the app role may read it.
+    """
+
+    __tablename__ = "audit_chain"
+
+    chain: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    hash: Mapped[str] = mapped_column(String(64))
 
 
 class KfCursorRecord(Base):

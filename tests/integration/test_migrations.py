@@ -15,7 +15,7 @@ from models.settings import Settings
 from models.tables import Base
 from tests import services
 
-TABLES = {"conversation", "inbound", "reply", "delivery", "audit_event", "kf_cursor"}
+TABLES = {"conversation", "inbound", "reply", "delivery", "audit_event", "audit_chain", "kf_cursor"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
