@@ -18,6 +18,7 @@ from typing import Any, cast
 from sqlalchemy import String, Table, bindparam, insert, text, type_coerce
 from sqlalchemy.orm import Session
 
+from models import pii
 from models.audit_chain import CHAIN_SQLITE, row_hash
 from models.envelope import utcnow
 from models.tables import AuditEvent
@@ -42,6 +43,7 @@ HUMAN_OWNED = "human_owned"  # a message arrived while a human owns the conversa
 TRANSCRIBED = "transcribed"  # a voice message became text: format, duration_ms, chars, latency_ms (never the text)
 TRANSCRIPTION_RETRY = "transcription_retry"  # downloading the voice failed transiently; retried with backoff
 TRANSCRIPTION_FAILED = "transcription_failed"  # no text from a voice message (reason); the customer is asked to repeat
+MODERATED = "moderated"  # a moderation rule acted (direction in/out, action, rule id); never the text
 
 
 _INSERT = insert(cast(Table, AuditEvent.__table__))
@@ -67,6 +69,7 @@ def record(
     # compile on the hot path, and the row is written where this call stands in the transaction.
     row = {"at": utcnow(), "kind": kind, "channel": channel, "conversation_id": conversation_id,
            "inbound_id": inbound_id, "reply_id": reply_id}
+    detail = pii.mask_value(detail)  # personal data never reaches the audit log in the clear (docs/privacy.md)
     if session.get_bind().dialect.name == "sqlite":
         _append_sqlite(session, row, json.dumps(detail))
     else:  # PostgreSQL: the trigger chains the row (migration 0005)
