@@ -3,6 +3,7 @@
     kefu config                  effective settings, secrets masked, and the chosen backends
     kefu migrate [REVISION]      upgrade the database (default: head)
     kefu downgrade REVISION      downgrade the database; past the first revision (base) only with --drop-audit-log
+    kefu audit verify            recompute the audit log's hash chains; exit 1 and where, if anything was tampered with
     kefu gateway                 serve the HTTP/WebSocket gateway
     kefu worker --queues llm,io  run a Celery worker for the given queues
     kefu up                      migrate, then a worker and the gateway together (chat page on /)
@@ -63,6 +64,14 @@ def cmd_downgrade(settings: Settings, args: argparse.Namespace) -> int:
         print(f"warning: the append-only audit log ({dropped} rows) was dropped with the schema", file=sys.stderr)
     print(f"database downgraded to {args.revision}")
     return 0
+
+
+def cmd_audit_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from workers.audit_command import run_verify
+
+    return run_verify(settings, Path(args.anchors) if args.anchors else None)
 
 
 def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
@@ -213,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-audit-log", action="store_true",
                    help="allow a downgrade that drops the append-only audit log (base, or -N past the first revision)")
     p.set_defaults(func=cmd_downgrade)
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", required=True)
+    p = audit.add_parser("verify", help="recompute every hash chain of the audit log (docs/audit.md)")
+    p.add_argument("--anchors", metavar="FILE", help="check the chain ends recorded in FILE, then record the current "
+                   "ones there (keep FILE off the database host)")
+    p.set_defaults(func=cmd_audit_verify)
     for name, func in (("gateway", cmd_gateway), ("up", cmd_up)):
         p = sub.add_parser(name)
         p.add_argument("--host")
