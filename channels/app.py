@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from typing import Any
 
@@ -28,6 +29,7 @@ from starlette.routing import Route
 from channels import registry
 from channels.base import ChannelAdapter, ChannelContext
 from channels.ingress import Ingress
+from models import privacy
 from models.infra.bus import Listener, make_listener
 from models.infra.db import make_engine, make_session_factory, ping
 from models.infra.kv import KV, make_kv
@@ -60,11 +62,13 @@ def build_services(settings: Settings) -> Services:
     db = make_engine(settings, pre_ping=False)
     sessions = make_session_factory(db)
     publisher = Publisher(make_celery(settings, "kefu-gateway"))
-    return Services(settings, db, sessions, publisher, Ingress(sessions, publisher), make_listener(settings),
+    return Services(settings, db, sessions, publisher, Ingress(sessions, publisher, partial(privacy.stored_text, settings)),
+                    make_listener(settings),
                     make_kv(settings))
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Starlette:
+    privacy.install_log_masking()  # whoever hosts the gateway (uvicorn, kefu demo, tests): no PII in its logs
     registry.check(settings)  # a bad channel setting stops the gateway now, not on its first callback
     gw = services or build_services(settings)
     adapters: list[ChannelAdapter] = [found.adapter(gw.context(found.name)) for found in registry.channels()]

@@ -10,6 +10,7 @@ id that is not in the database. If publishing fails the message is still safe: i
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from models.tables import ConversationRecord, InboundRecord, ReplyRecord
 log = logging.getLogger(__name__)
 
 REPUBLISH_AFTER_S = 10.0
+StoredText = Callable[[str], tuple[str, tuple[str, ...]]]  # (text to store, moderation rules that masked words)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +40,10 @@ class Accepted:
 
 
 class Ingress:
-    def __init__(self, sessions: sessionmaker[Session], publisher: Publisher) -> None:
+    def __init__(self, sessions: sessionmaker[Session], publisher: Publisher, stored: StoredText | None = None) -> None:
         self._sessions = sessions
         self._publisher = publisher
+        self._stored = stored  # what is stored of a customer's text (models.privacy.stored_text); None: as sent
 
     def accept(self, inbound: Inbound) -> Accepted:
         key = inbound.key
@@ -132,10 +135,10 @@ class Ingress:
             audit.record(session, kind, channel=channel, conversation_id=accepted.conversation_id,
                          inbound_id=accepted.inbound_id, **detail)
 
-    @staticmethod
-    def _insert(session: Session, inbound: Inbound, status: InboundStatus) -> tuple[int, int | None]:
+    def _insert(self, session: Session, inbound: Inbound, status: InboundStatus) -> tuple[int, int | None]:
         """(conversation id, new inbound id or None when the platform sent this message before)."""
         key = inbound.key
+        text, masked_by = self._stored(inbound.text) if self._stored is not None else (inbound.text, ())
         conversation_id = upsert_returning_id(
             session, ConversationRecord,
             {"channel": key.channel, "account": key.account, "peer": key.peer, "created_at": utcnow()},
@@ -144,10 +147,13 @@ class Ingress:
         inbound_id = insert_ignoring_conflict(
             session, InboundRecord,
             {"conversation_id": conversation_id, "channel": key.channel, "account": key.account,
-             "external_id": inbound.external_id, "kind": inbound.kind, "text": inbound.text,
+             "external_id": inbound.external_id, "kind": inbound.kind, "text": text,
              "status": status, "received_at": inbound.received_at, "media_id": inbound.media_id},
             ["channel", "account", "external_id"],
         )
+        for rule in masked_by if inbound_id is not None else ():
+            audit.record(session, audit.MODERATED, channel=key.channel, conversation_id=conversation_id,
+                         inbound_id=inbound_id, direction="in", action="mask", rule=rule)
         return conversation_id, inbound_id
 
     @staticmethod

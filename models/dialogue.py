@@ -6,9 +6,10 @@ now with a fixed text, hand the conversation to a person, or let the model answe
 why. Channels only carry the decision out (through their hand-off port, their ingress calls);
 they never look at the customer's words themselves.
 
-The decision runs its :data:`RULES` in order, the first that speaks wins. Knowledge-base
-answers, intents, PII masking and moderation plug in here as further rules, so that every
-channel gets them at once.
+The decision runs its :data:`RULES` in order, the first that speaks wins. Moderation is the first
+rule after an empty message (:func:`moderated`; it is the one rule that may do I/O: reading the
+operator's keyword file when it changed, calling a moderation endpoint when one is configured).
+Knowledge-base answers and intents plug in here as further rules, so that every channel gets them at once.
 
 What the model is told and what a customer hears when the model fails also follow the channel:
 :func:`system_prompt` and :func:`fallback_reply` mention 转人工 only where a person can take over.
@@ -21,7 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from models.replies import Answer
+from models import moderation
+from models.replies import MODERATED, Answer
 from models.settings import Settings
 from models.states import ReplySource
 
@@ -126,6 +128,22 @@ def nothing_to_read(settings: Settings, message: Message, handoff: HandOff) -> D
     return Decision(Action.ANSWER, "unsupported_kind", unsupported_answer(message.kind), ReplySource.RULE)
 
 
+def moderated(settings: Settings, message: Message, handoff: HandOff) -> Decision | None:
+    """The operator's moderation (models.moderation): refuse politely, or hand off where a person can take over
+    (refuse where none can). ``why`` is ``moderated:<action>:<rule id>``, audited as ``moderated``; ``mask``
+    words are starred when the message is stored (models.privacy.stored_text), and the model answers."""
+    if not message.text:
+        return None
+    finding = moderation.check(settings, message.text, moderation.Direction.INBOUND).finding
+    if finding is None or finding.verdict is moderation.Verdict.MASK:
+        return None
+    if finding.verdict is moderation.Verdict.HAND_OFF and handoff is HandOff.PERSON:
+        return Decision(Action.HAND_OFF, f"{MODERATED}hand_off:{finding.rule}", settings.handoff_reply,
+                        ReplySource.HANDOFF)
+    return Decision(Action.ANSWER, f"{MODERATED}refuse:{finding.rule}", settings.moderation_refuse_reply,
+                    ReplySource.RULE)
+
+
 def asks_for_person(settings: Settings, message: Message, handoff: HandOff) -> Decision | None:
     if not wants_human(settings, message.text):
         return None
@@ -140,7 +158,7 @@ def faq(settings: Settings, message: Message, handoff: HandOff) -> Decision | No
     return Decision(Action.ANSWER, "faq", answer, ReplySource.FAQ) if answer is not None else None
 
 
-RULES: tuple[Rule, ...] = (nothing_to_read, asks_for_person, faq)
+RULES: tuple[Rule, ...] = (nothing_to_read, moderated, asks_for_person, faq)
 MODEL_ANSWERS = Decision(Action.GENERATE, "no_rule")
 
 

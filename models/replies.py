@@ -2,8 +2,13 @@
 
 Used for every answer wherever it is decided: a rule answered inside a platform callback (already
 sent, passively), a rule or a hand-off notice to be sent by ``deliver``, the model's answer.
-``reply UNIQUE(inbound_id)`` decides who wins when two workers answer the same message: the loser
-gets None and must use the stored reply (:func:`reply_id_of`).
+The model's answers are stored with personal data masked (:func:`models.pii.mask`: the model must never
+echo a full ID or card number); operators' texts (rules, FAQ, fallback) are stored as written. An answer
+decided by moderation (``why`` starting with :data:`MODERATED` or :data:`MODERATED_OUT`) gets a ``moderated``
+audit row with the action and the rule id.
+
+``reply UNIQUE(inbound_id)`` decides who wins when two workers answer the same message: the loser gets None
+and must use the stored reply (:func:`reply_id_of`).
 """
 
 from __future__ import annotations
@@ -15,11 +20,16 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from models import audit
+from models import audit, pii
 from models.envelope import utcnow
 from models.infra.db import insert_ignoring_conflict
 from models.states import DeliveryStatus, InboundStatus, ReplySource
 from models.tables import DeliveryRecord, InboundRecord, ReplyRecord
+
+# ``Answer.why`` of an answer decided by moderation: "moderated:<action>:<rule id>" for the customer's message,
+# "moderated_out:<action>:<rule id>" for the model's reply; store_reply audits it as ``moderated``.
+MODERATED = "moderated:"
+MODERATED_OUT = "moderated_out:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +56,9 @@ def store_reply(session: Session, *, inbound_id: int, conversation_id: int, chan
     ``before_audit``: called with the new reply's id before its ``reply_stored`` row (a generation's own audit
     rows come first in the trail).
     """
+    text = pii.mask(answer.text) if answer.source is ReplySource.MODEL else answer.text  # operators' texts stay
     reply_id = insert_ignoring_conflict(session, ReplyRecord, {
-        "inbound_id": inbound_id, "conversation_id": conversation_id, "text": answer.text, "source": answer.source,
+        "inbound_id": inbound_id, "conversation_id": conversation_id, "text": text, "source": answer.source,
         "model": answer.model, "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
         "latency_ms": answer.latency_ms, "created_at": utcnow(),
     }, ["inbound_id"])
@@ -69,10 +80,18 @@ def store_reply(session: Session, *, inbound_id: int, conversation_id: int, chan
     detail: dict[str, Any] = {"chars": len(answer.text), "source": str(answer.source)}
     if answer.why is not None:
         detail["rule"] = answer.why
+    _record_moderation(session, ids, answer.why)
     audit.record(session, audit.REPLY_STORED, **ids, **detail)
     if passive:
         audit.record(session, audit.DISPATCHED, **ids, via="passive")
     return reply_id
+
+
+def _record_moderation(session: Session, ids: dict[str, Any], why: str | None) -> None:
+    for prefix, direction in ((MODERATED, "in"), (MODERATED_OUT, "out")):
+        if why is not None and why.startswith(prefix):
+            action, _, rule = why.removeprefix(prefix).partition(":")
+            audit.record(session, audit.MODERATED, **ids, direction=direction, action=action, rule=rule)
 
 
 def reply_id_of(session: Session, inbound_id: int) -> int | None:

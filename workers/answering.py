@@ -6,6 +6,9 @@
 - The model's answer: the conversation's recent turns (cache, or the database for channels that may
   change a stored answer), the system prompt and — where the channel can hand off — the hand-off
   hint; streamed to channels that stream; any failure still stores the channel's fallback reply.
+- The model's reply is moderated (:mod:`models.moderation`: mask, or the fallback instead) and masked
+  (:mod:`models.pii`) before it is stored or kept in the history; streamed text holds back a trailing run
+  of digits until it ends and sends it masked, so no full ID, card or mobile number is ever streamed.
 - Every answer is written by :func:`models.replies.store_reply` in one transaction with its
   generation audit rows; a second worker that answered first wins and its reply is kept.
 
@@ -21,11 +24,11 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from models import audit, transcript
+from models import audit, moderation, pii, privacy, transcript
 from models.dialogue import Action, HandOff, Message, decide, fallback_reply, prompt_hint
 from models.envelope import ConversationKey, Turn
 from models.infra.db import transaction
-from models.replies import Answer, reply_id_of, store_reply
+from models.replies import MODERATED_OUT, Answer, reply_id_of, store_reply
 from models.states import ReplySource
 from models.tables import InboundRecord
 from workers import voice
@@ -96,11 +99,13 @@ def generate(rt: Runtime, row: InboundRecord, key: ConversationKey, *, begun: fl
         audit.record(session, audit.GENERATION_STARTED, channel=key.channel,
                      conversation_id=row.conversation_id, inbound_id=row.id)
     run = _run_model(rt, row, key, turns, begun)
-    text, source = _outcome(rt, row, key, run, handoff)
+    text, source, why = _moderated(rt, *_outcome(rt, row, key, run, handoff), handoff)
+    if source is ReplySource.MODEL:
+        text = privacy.reply_text(text)  # never a full ID, card or mobile number in the reply or the history
     answer = Answer(text, source, model=run.generation.model if run.generation else None,
                     prompt_tokens=run.generation.prompt_tokens if run.generation else 0,
                     completion_tokens=run.generation.completion_tokens if run.generation else 0,
-                    latency_ms=run.latency_ms)
+                    latency_ms=run.latency_ms, why=why)
     reply_id = store(rt, row, key, answer, run=run)
     rt.context.save(row.conversation_id, row.id, extend_history(history, row.text, text, settings.context_turns))
     return reply_id
@@ -108,13 +113,22 @@ def generate(rt: Runtime, row: InboundRecord, key: ConversationKey, *, begun: fl
 
 def _run_model(rt: Runtime, row: InboundRecord, key: ConversationKey, turns: list[Turn], begun: float | None) -> _Run:
     outbound = rt.outbound(key.channel)
-    on_text = (lambda piece: outbound.stream(key, row.id, piece)) if rt.channel(key.channel).streams else None
+    masker = pii.StreamMasker()  # holds back a run of digits until it ends, then sends it masked
+
+    def masked(piece: str) -> bool | None:
+        safe = masker.feed(piece)
+        return outbound.stream(key, row.id, safe) if safe else None
+
+    on_text = masked if rt.channel(key.channel).streams else None
     soft = rt.settings.generation_soft_limit_s
     started = time.monotonic()
     deadline = (begun if begun is not None else started) + soft - min(5.0, soft * 0.2)
     run = _Run()
     try:
         run.generation = rt.llm.generate(turns, on_text=on_text, deadline=deadline)
+        tail = masker.flush()
+        if on_text is not None and tail and run.generation.finish_reason != "cancelled":
+            outbound.stream(key, row.id, tail)
     except SoftTimeLimitExceeded:
         run.failure = "soft time limit exceeded"
     except Exception as exc:  # any model failure still gets the customer an answer
@@ -137,6 +151,20 @@ def _outcome(rt: Runtime, row: InboundRecord, key: ConversationKey, run: _Run, h
         run.failure = f"empty output ({generation.finish_reason})"
         return fallback, ReplySource.FALLBACK
     return generation.text, ReplySource.MODEL
+
+
+def _moderated(rt: Runtime, text: str, source: ReplySource, handoff: HandOff) -> tuple[str, ReplySource, str | None]:
+    """The model's reply after outbound moderation, and the ``why`` that audits it: ``mask`` stars the words;
+    ``refuse`` or ``hand_off`` replace the reply with the channel's fallback (which offers 转人工 where possible)."""
+    if source is not ReplySource.MODEL:
+        return text, source, None
+    finding = (outcome := moderation.check(rt.settings, text, moderation.Direction.OUTBOUND)).finding
+    if finding is None:
+        return text, source, None
+    why = f"{MODERATED_OUT}{finding.verdict}:{finding.rule}"
+    if finding.verdict is moderation.Verdict.MASK:
+        return outcome.text, source, why
+    return fallback_reply(rt.settings, handoff), ReplySource.FALLBACK, why
 
 
 def _record_generation(session: Any, row: InboundRecord, key: ConversationKey, reply_id: int, run: _Run) -> None:

@@ -28,6 +28,9 @@ log = logging.getLogger("kefu")
 
 
 def setup_logging(level: str) -> None:
+    from models.privacy import install_log_masking
+
+    install_log_masking()  # before anything logs: no ID, card or mobile number in any log line (docs/privacy.md)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin chatter is not for operators
     # httpx logs every request's URL at INFO: WeChat's carry access_token and media_id in the query string
@@ -129,7 +132,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         f"--pool={pool}",
         f"--concurrency={concurrency}",
         f"--loglevel={settings.log_level}",
-        f"--hostname=kefu-{'-'.join(queues)}@%h",
+        f"--hostname={getattr(args, 'hostname', None) or node_name(queues, beat=args.beat)}",
         "--without-gossip",
         "--without-mingle",
     ]
@@ -137,6 +140,12 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         argv.append("--beat")
     app.worker_main(argv)
     return 0
+
+
+def node_name(queues: list[str], *, beat: bool) -> str:
+    """The default Celery node name: ``llm@%h``, ``io@%h``, ``sweeper@%h`` (the one with --beat). Distinct per kind,
+    so an io worker and the sweeper on one host are not taken for duplicates, and ``inspect ping -d`` finds each."""
+    return "sweeper@%h" if beat else f"{'-'.join(queues)}@%h"
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
@@ -240,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int)
     p.add_argument("--beat", action="store_true", help="also run the periodic sweeper (one per deployment)")
     p.add_argument("--warm", action="store_true", help="load the model when the worker starts")
+    p.add_argument("-n", "--hostname", help="Celery node name (default llm@%%h, io@%%h, sweeper@%%h with --beat); "
+                   "give each LLM worker on one host its own, e.g. llm-gpu1@%%h")
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("demo", help="run questions through the whole pipeline on embedded defaults")
     p.add_argument("--keep", action="store_true", help="keep the demo's data directory")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TypeVar, cast
 
 from sqlalchemy import Engine
@@ -20,6 +20,7 @@ from channels.base import Channel, HandOffPort, Outbound, OutboundDeps, PullDeps
 from channels.ingress import Ingress
 from channels.speech.providers import SpeechProviders
 from channels.wechat_api import AccessTokens, PlatformAPI, make_http
+from models import privacy
 from models.infra.bus import Bus, make_bus
 from models.infra.db import make_engine, make_session_factory
 from models.infra.kv import KV, make_kv
@@ -81,7 +82,7 @@ class Runtime:
 
     @cached_property
     def ingress(self) -> Ingress:
-        return Ingress(self.sessions, self.publisher)
+        return Ingress(self.sessions, self.publisher, partial(privacy.stored_text, self.settings))
 
     @cached_property
     def platform(self) -> PlatformAPI:
