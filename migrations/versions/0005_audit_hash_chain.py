@@ -116,6 +116,7 @@ def _upgrade_postgresql() -> None:
     bind = op.get_bind()
     schema = bind.execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one()
     op.execute("LOCK TABLE audit_event IN ACCESS EXCLUSIVE MODE")
+    op.execute("SET LOCAL statement_timeout = 0")  # sealing a large log is one long statement (docs/audit.md)
     op.execute(_FUNCTIONS)
     op.execute("ALTER TABLE audit_event DISABLE TRIGGER audit_event_append_only")
     op.execute(_SEAL)
