@@ -21,8 +21,10 @@ directions (docs/webhook.md):
   (the integrator's message_id), "user_id", "text", "source"}``, signed the same way with a fresh
   timestamp on every attempt, and ``Idempotency-Key: kefu-reply-<reply_id>`` (the same on every
   attempt: a receiver drops repeats). 2xx: sent. Timeout, connection failure, 408, 425, 429, 5xx:
-  :class:`~channels.errors.DeliveryRetryable` (the deliver task backs off and retries). Any other
-  status, or an endpoint no longer configured: :class:`~channels.errors.DeliveryPermanent`.
+  :class:`~channels.errors.DeliveryRetryable` (the deliver task backs off and retries); a ``Retry-After``
+  on a retryable answer (delay-seconds or an HTTP-date, RFC 9110 §10.2.3) replaces the backoff for that
+  retry (``retry_after_s`` on the error), capped by ``webhook_retry_after_max_s``; an unreadable one is
+  ignored. Any other status, or an endpoint no longer configured: :class:`~channels.errors.DeliveryPermanent`.
 
 Logs name the endpoint and Kefu's ids only: never a body, a user id or a callback URL's path or query.
 The loopback receiver and sender that speak this protocol are :mod:`channels.webhook_fake`.
@@ -37,6 +39,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -114,6 +117,8 @@ class WebhookSettings(Section):
     webhooks: Accounts[WebhookEndpoint] = Field(default_factory=list)  # JSON list in KEFU_WEBHOOKS
     # how far X-Kefu-Timestamp may be from this gateway's clock, either way (KEFU_WEBHOOK_TIMESTAMP_WINDOW_S)
     webhook_timestamp_window_s: int = Field(300, ge=1)
+    # the longest wait a receiver's Retry-After is obeyed for; a longer one waits this long (KEFU_WEBHOOK_RETRY_AFTER_MAX_S)
+    webhook_retry_after_max_s: float = Field(300.0, gt=0)
 
 
 def endpoint(settings: Settings, name: str) -> WebhookEndpoint | None:
@@ -231,12 +236,33 @@ def where(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def classify(status: int, url: str) -> None:
-    """Nothing for 2xx; DeliveryRetryable for statuses worth retrying; DeliveryPermanent for the rest."""
+def retry_after_s(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP-date (a past date: 0); None when
+    absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # HTTP-dates are GMT
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def classify(status: int, url: str, retry_after: float | None = None) -> None:
+    """Nothing for 2xx; DeliveryRetryable for statuses worth retrying (carrying ``retry_after`` seconds, when the
+    receiver said); DeliveryPermanent for the rest."""
     if 200 <= status < 300:
         return
     if status >= 500 or status in RETRYABLE_STATUSES:
-        raise DeliveryRetryable(f"callback {where(url)} answered HTTP {status}")
+        error = DeliveryRetryable(f"callback {where(url)} answered HTTP {status}"
+                                  + (f", Retry-After {retry_after:g} s" if retry_after is not None else ""))
+        error.retry_after_s = retry_after
+        raise error
     if 300 <= status < 400:
         raise DeliveryPermanent(f"callback {where(url)} answered HTTP {status}, a redirect; Kefu does not follow "
                                 "redirects: configure the final URL as callback_url")
@@ -244,8 +270,9 @@ def classify(status: int, url: str) -> None:
 
 
 def post_reply(found: WebhookEndpoint, payload: dict[str, Any], reply_id: int, *, now: float | None = None,
-               transport: httpx.BaseTransport | None = None) -> None:
-    """POST one signed reply to the endpoint's callback; raises DeliveryRetryable or DeliveryPermanent."""
+               transport: httpx.BaseTransport | None = None, retry_after_max_s: float = 300.0) -> None:
+    """POST one signed reply to the endpoint's callback; raises DeliveryRetryable (its ``retry_after_s`` the
+    receiver's ``Retry-After``, at most ``retry_after_max_s``) or DeliveryPermanent."""
     body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
     headers = {
         "Content-Type": "application/json",
@@ -260,7 +287,8 @@ def post_reply(found: WebhookEndpoint, payload: dict[str, Any], reply_id: int, *
         raise DeliveryRetryable(f"callback {where(found.callback_url)} did not answer within {found.timeout_s} s") from None
     except httpx.TransportError as exc:
         raise DeliveryRetryable(f"callback {where(found.callback_url)} unreachable: {type(exc).__name__}") from None
-    classify(response.status_code, found.callback_url)
+    wait = retry_after_s(response.headers.get("retry-after"), time.time())
+    classify(response.status_code, found.callback_url, None if wait is None else min(wait, retry_after_max_s))
 
 
 class WebhookOutbound(Outbound):
@@ -274,7 +302,8 @@ class WebhookOutbound(Outbound):
             in_reply_to = session.scalar(select(InboundRecord.external_id).where(InboundRecord.id == reply.inbound_id))
         payload = {"reply_id": reply.reply_id, "in_reply_to": in_reply_to, "user_id": reply.key.peer,
                    "text": reply.text, "source": str(reply.source)}
-        post_reply(found, payload, reply.reply_id)
+        post_reply(found, payload, reply.reply_id,
+                   retry_after_max_s=self.deps.settings.section(WebhookSettings).webhook_retry_after_max_s)
 
 
 # Nobody can take a webhook conversation (the base hand-off port): 转人工 gets the honest answer.

@@ -14,8 +14,9 @@ on its own (its :func:`sign` is not the channel's), so a mistake in one side sho
   replies it accepted (200), repeats included so that a double send shows, in
   :attr:`~FakeWebhookReceiver.replies` and passed to ``on_reply``.
   Controls (thread-safe): :meth:`~FakeWebhookReceiver.fail_next` answers the next N verified
-  deliveries (of one user, or any) with a status (503, 400…); :meth:`~FakeWebhookReceiver.delay_next`
-  answers them late (a timeout); :meth:`~FakeWebhookReceiver.wait_for_replies`.
+  deliveries (of one user, or any) with a status (503, 400…), with a ``Retry-After`` header when given
+  one (seconds or an HTTP-date, sent as given, as RFC 9110 §10.2.3 allows on 429 and 503);
+  :meth:`~FakeWebhookReceiver.delay_next` answers them late (a timeout); :meth:`~FakeWebhookReceiver.wait_for_replies`.
 - The sender: :func:`sign`, :func:`signed_message` and :func:`post_message`, which pushes a customer's
   message to a Kefu gateway as an integrator would.
 
@@ -31,7 +32,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -91,6 +92,7 @@ class Delivery:
     body: bytes
     status: int
     error: str | None  # the code of a refusal; None when accepted (200) or failed on purpose
+    at: float = field(default_factory=time.time)  # when it arrived (unix time: comparable with an HTTP-date)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -104,6 +106,7 @@ class _Plan:
     user_id: str | None
     status: int | None = None
     delay_s: float = 0.0
+    retry_after: str | None = None
 
 
 class _Refused(Exception):
@@ -138,10 +141,12 @@ class FakeWebhookReceiver(LoopbackFake):
 
     # ---- controls --------------------------------------------------------------------------------
 
-    def fail_next(self, status: int, times: int = 1, *, user_id: str | None = None) -> None:
-        """Answer the next ``times`` verified deliveries (to ``user_id``, or any) with HTTP ``status``."""
+    def fail_next(self, status: int, times: int = 1, *, user_id: str | None = None,
+                  retry_after: str | None = None) -> None:
+        """Answer the next ``times`` verified deliveries (to ``user_id``, or any) with HTTP ``status`` (and
+        ``Retry-After: <retry_after>`` when given: ``"120"`` or ``"Wed, 21 Oct 2026 07:28:00 GMT"``)."""
         with self._lock:
-            self._plans.append(_Plan(times, user_id, status=status))
+            self._plans.append(_Plan(times, user_id, status=status, retry_after=retry_after))
 
     def delay_next(self, seconds: float, times: int = 1, *, user_id: str | None = None) -> None:
         """Answer the next ``times`` verified deliveries only after ``seconds`` (past the sender's timeout)."""
@@ -185,8 +190,11 @@ class FakeWebhookReceiver(LoopbackFake):
             self.stopping.wait(plan.delay_s)
         if plan is not None and plan.status is not None:
             self._record(delivery(plan.status))
-            return Answer.json(plan.status, {"error": {"code": "failing_on_purpose",
-                                                       "message": f"fake answers {plan.status}"}})
+            answer = Answer.json(plan.status, {"error": {"code": "failing_on_purpose",
+                                                         "message": f"fake answers {plan.status}"}})
+            if plan.retry_after is not None:
+                answer.headers["Retry-After"] = plan.retry_after
+            return answer
         self._record(delivery(200), reply)
         if self.on_reply is not None:
             self.on_reply(reply)

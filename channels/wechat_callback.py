@@ -12,6 +12,8 @@ message inside the platform's 5 seconds:
 - a voice message without ``Recognition`` is stored with its ``MediaId`` for a worker to download
   and transcribe (nothing slow happens inside the 5 seconds);
 - other message types get a polite answer, welcome events the account's welcome, other events nothing;
+- a text over ``max_text_chars`` is cut; the customer is told in the reply and the cut is audited
+  (:mod:`channels.truncation`);
 - a customer asking for a person gets ``handoff_reply`` where the channel's hand-off port has a
   person (an official account with ``human_service``: the message and the rest of the conversation
   go to its staff, :data:`TO_PERSON`, until they close it or ``human_session_ttl_s`` passes without
@@ -33,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from channels import truncation
 from channels import wechat_protocol as wx
 from channels.base import ChannelAdapter, ChannelContext, store_decided
 from channels.errors import RequestRejected
@@ -149,18 +152,21 @@ class CallbackDialogue:
         m = CallbackMessage.read(message)
         if m.kind == "event":
             return self._event(key, m, welcome, welcome_events)
-        settings, handoff = self.ctx.settings, self.ctx.handoff
-        text = m.text[: settings.max_text_chars]
+        settings, handoff, ingress = self.ctx.settings, self.ctx.handoff, self.ctx.ingress
+        read = truncation.cut(m.text, settings.max_text_chars)
+        text = read.text
         if handoff.with_person(key):  # a person owns the conversation: the model stays out
-            self.ctx.ingress.accept_for_human(Inbound(key, m.external_id, text or f"[{m.kind}]", m.kind,
-                                                      m.received_at), via="transfer")
+            accepted = ingress.accept_for_human(Inbound(key, m.external_id, text or f"[{m.kind}]", m.kind,
+                                                        m.received_at), via="transfer")
+            truncation.record(ingress, accepted, key.channel, read)
             return TO_PERSON
         decision = decide(settings, Message(text, m.kind, m.media_id is not None), handoff.availability(key.account))
         stored_text = text or ("" if decision.action is Action.GENERATE else f"[{m.kind}]")
         inbound = Inbound(key, m.external_id, stored_text, m.kind, m.received_at, media_id=m.media_id)
         if decision.action is Action.GENERATE:
-            return self._accept(inbound)
-        answer = store_decided(self.ctx.ingress, handoff, inbound, decision, passive=True)[1]
+            return self._accept(inbound, read)  # the model's reply gets the note when it is sent
+        accepted, answer = store_decided(ingress, handoff, inbound, truncation.noted(decision, read), passive=True)
+        truncation.record(ingress, accepted, key.channel, read)
         return TO_PERSON if decision.action is Action.HAND_OFF else answer
 
     def _event(self, key: ConversationKey, m: CallbackMessage, welcome: str,
@@ -173,9 +179,10 @@ class CallbackDialogue:
         inbound = Inbound(key, m.external_id, f"[{m.event}]", "event", m.received_at)
         return self.ctx.ingress.accept_answered(inbound, Answer(welcome, ReplySource.WELCOME, why="welcome"))[1]
 
-    def _accept(self, inbound: Inbound) -> str | None:
+    def _accept(self, inbound: Inbound, read: truncation.Cut) -> str | None:
         """Queue the message for the model; the busy notice when the model's queue is long."""
         accepted = self.ctx.ingress.accept(inbound)
+        truncation.record(self.ctx.ingress, accepted, inbound.key.channel, read)
         threshold = self.ctx.settings.busy_notice_after_s
         if threshold > 0 and not accepted.duplicate:
             wait = current_wait(self.ctx.kv)

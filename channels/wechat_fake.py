@@ -20,6 +20,9 @@ Guarantees (the real behaviour the app has to survive):
 * Text over 2048 UTF-8 bytes → 45002 (MP custom send, kf send_msg); WeCom ``message/send``
   truncates to 2048 bytes as its documentation says.
 * kf ``send_msg`` is refused with 95018 unless the conversation's service_state is 0 or 1.
+* kf ``send_msg``'s optional ``msgid`` must be at most 32 bytes of ``[0-9a-zA-Z_-]`` and unique in the
+  客服账号 (open_kfid); the documentation says only that the API "returns an error" for a used one, without
+  a code: the fake answers 40058 (invalid parameter) and sends nothing (:data:`KF_USED_MSGID`).
 * ``GET /cgi-bin/media/get`` (the same path on both platforms) answers a registered file as the raw
   bytes with its ``Content-Type`` and a ``Content-disposition: attachment; filename=…`` header;
   an unknown media id, or one registered for another app, → 40007 (as JSON, like every error). The
@@ -40,6 +43,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +90,8 @@ ERRMSG: dict[int, str] = {
     95018: "send msg not allowed in current service state",
 }
 TEXT_LIMIT = 2048  # bytes of UTF-8, the documented limit of a text message
+KF_MSGID = re.compile(r"[0-9a-zA-Z_-]{1,32}")  # kf send_msg's own msgid: at most 32 bytes, this charset
+KF_USED_MSGID = 40058  # the platform's code for a msgid used before is undocumented ("returns an error")
 
 # The sample accounts (fake credentials): what ``kefu fake wechat`` serves and the tests configure.
 TOKEN = "kefu-test-token"  # noqa: S105 - the callback token of every sample account
@@ -158,6 +164,7 @@ class FakeWeChat(LoopbackFake):
         self.kf_sync_tokens: list[str] = []
         self.kf_service_state: dict[tuple[str, str], int] = {}
         self.kf_servicers: dict[tuple[str, str], str] = {}
+        self._kf_msgids: set[tuple[str, str]] = set()  # (open_kfid, msgid) of every kf message sent
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._mp_apps: dict[str, str] = {}
@@ -456,7 +463,13 @@ class FakeWeChat(LoopbackFake):
             return self._error(45002)
         if self.kf_service_state.get((body["open_kfid"], body["touser"]), 0) not in (0, 1):
             return self._error(95018)
-        msgid = str(body.get("msgid") or self._id("kfsend"))
+        given = body.get("msgid")
+        if given not in (None, "") and not (isinstance(given, str) and KF_MSGID.fullmatch(given)):
+            return self._error(40058)
+        msgid = given or self._id("kfsend")
+        if (body["open_kfid"], msgid) in self._kf_msgids:
+            return {"errcode": KF_USED_MSGID, "errmsg": f"msgid already exists in this open_kfid rid: {self._id('rid')}"}
+        self._kf_msgids.add((str(body["open_kfid"]), msgid))
         self._record("kf_send_msg", body, content, msgid=msgid)
         return {"errcode": 0, "errmsg": "ok", "msgid": msgid}
 

@@ -2,8 +2,9 @@
 
 Shared by the official account (``wechat_mp``), the WeCom app (``wecom``) and WeChat Customer
 Service (``wecom_kf``). Order, so that nothing unauthenticated is parsed or stored: body size (413,
-before reading it all) → timestamp window → signature (constant time) → [encrypted: message
-signature, then decryption] → XML (DTDs refused) → nonce replay.
+before reading it all) → strict safe mode (403 ``encryption_required`` for a plaintext callback to an
+account that accepts only encrypted ones) → timestamp window → signature (constant time) →
+[encrypted: message signature, then decryption] → XML (DTDs refused) → nonce replay.
 
 The platforms retry a callback with the very same query string and body, so a nonce seen before
 with the *same* body is a platform retry (the message id deduplicates it further on); the same
@@ -39,6 +40,8 @@ class CallbackKeys:
     aes_key: str | None  # EncodingAESKey; None: plaintext only (official account)
     receive_id: str  # appid (official account) or corpid (WeCom)
     corp: bool  # WeCom: always encrypted, signed with msg_signature only
+    # strict safe mode: a plaintext callback is refused, so a forger needs the AES key, not only the token
+    encrypted_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Opened:
     encrypted: bool
     timestamp: str
     nonce: str
+    retry: bool = False  # the same timestamp, nonce and body were opened before: the platform retried
 
 
 class CallbackGuard:
@@ -69,11 +73,14 @@ class CallbackGuard:
         return wx.decrypt(self._key(keys), keys.receive_id, echostr, corp=True).decode()
 
     def open(self, keys: CallbackKeys, params: dict[str, str], body: bytes) -> Opened:
+        encrypted = keys.corp or params.get("encrypt_type", "raw").lower() == "aes"
+        if keys.encrypted_only and not encrypted:
+            raise RequestRejected(403, "encryption_required",
+                                  "this account accepts only encrypted (safe mode) callbacks")
         timestamp, nonce = params.get("timestamp", ""), params.get("nonce", "")
         wx.require_fresh(timestamp, time.time(), self._window)
         if not keys.corp:
             wx.require_signature(wx.signature(keys.token, timestamp, nonce), params.get("signature"))
-        encrypted = keys.corp or params.get("encrypt_type", "raw").lower() == "aes"
         if encrypted:
             envelope = wx.parse_xml(body)
             cipher_text = envelope.get("Encrypt")
@@ -84,8 +91,8 @@ class CallbackGuard:
         else:
             plain = body
         fields = wx.parse_xml(plain)  # refuses DTDs and malformed XML before anything else reads it
-        self._check_replay(keys.scope, timestamp, nonce, body)
-        return Opened(plain, fields, encrypted, timestamp, nonce)
+        retry = self._check_replay(keys.scope, timestamp, nonce, body)
+        return Opened(plain, fields, encrypted, timestamp, nonce, retry)
 
     def seal(self, keys: CallbackKeys, opened: Opened, xml: str) -> str:
         """A passive reply, encrypted when the callback was."""
@@ -100,11 +107,15 @@ class CallbackGuard:
             raise RequestRejected(400, "aes_not_configured", "this account has no EncodingAESKey configured")
         return wx.aes_key(keys.aes_key)
 
-    def _check_replay(self, scope: str, timestamp: str, nonce: str, body: bytes) -> None:
+    def _check_replay(self, scope: str, timestamp: str, nonce: str, body: bytes) -> bool:
+        """True for a platform retry (seen before with this body); raises for a replay with another body."""
         digest = hashlib.sha256(body).hexdigest()
         slot = f"wxnonce:{scope}:{timestamp}:{nonce}"
-        if not self._kv.add(slot, digest, 2 * self._window) and self._kv.get(slot) != digest:
+        if self._kv.add(slot, digest, 2 * self._window):
+            return False
+        if self._kv.get(slot) != digest:
             raise RequestRejected(403, "replayed_nonce", "nonce already used")
+        return True
 
 
 def _valid_aes_key(value: SecretStr) -> SecretStr:

@@ -1,8 +1,9 @@
 """WeChat official account (公众号) channel: callbacks in, customer-service messages out.
 
 ``GET /v1/wechat/{name}`` answers the platform's URL verification; ``POST`` receives messages in
-plaintext, compatible or safe (AES) mode. Several accounts run side by side, each configured in
-``KEFU_WECHAT_ACCOUNTS`` with its own token, AES key, appid and secret.
+plaintext, compatible or safe (AES) mode; an account with ``encrypted_only`` (strict safe mode) refuses
+plaintext callbacks with 403 ``encryption_required``, logged with the account's name only. Several accounts
+run side by side, each configured in ``KEFU_WECHAT_ACCOUNTS`` with its own token, AES key, appid and secret.
 
 Every callback is verified (size, timestamp, signature, decryption, XML guard, nonce replay) by
 :class:`~channels.wechat_guard.CallbackGuard` before anything is parsed or stored, then put through
@@ -26,11 +27,13 @@ from __future__ import annotations
 
 import time
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from wechatpy import parse_message
 
+from channels import truncation
 from channels import wechat_protocol as wx
 from channels.base import Account, Accounts, Channel, DeliveryPermanent, DeliveryProgress, HandOffPort, Outbound, find
+from channels.send_attempts import SendAttempts
 from channels.wechat_api import AppCredentials
 from channels.wechat_callback import CallbackAdapter, ToPerson, passive_text
 from channels.wechat_guard import AesKey, CallbackKeys
@@ -50,6 +53,9 @@ class WeChatAccount(Account):
     secret: SecretStr
     token: SecretStr  # the callback token (令牌)
     aes_key: AesKey | None = None  # EncodingAESKey, 43 characters; needed for compatible and safe mode
+    # strict safe mode: plaintext callbacks are refused (403 encryption_required), so a forged callback needs the
+    # AES key and not only the token; set it once the console's 消息加解密方式 is 安全模式
+    encrypted_only: bool = False
     welcome: str = "您好，欢迎关注！有什么可以帮您？直接发送文字消息即可。"
     # True when the account's own customer-service staff (公众号客服) answer conversations passed to them with a
     # transfer_customer_service reply; False: 转人工 is answered with handoff_unavailable_reply
@@ -57,6 +63,12 @@ class WeChatAccount(Account):
     # with human_service, the notice when 转人工 is decided after the callback's reply has gone (a transcribed voice):
     # staff get a conversation only with the customer's next message, so the customer is asked to send it
     handoff_next_message_reply: str = "好的，已为您转人工客服。请直接发送您的问题，人工客服会在这里回复您。"
+
+    @model_validator(mode="after")
+    def _strict_needs_the_key(self) -> WeChatAccount:
+        if self.encrypted_only and self.aes_key is None:
+            raise ValueError("encrypted_only (strict safe mode) needs aes_key, the EncodingAESKey from the console")
+        return self
 
 
 class WeChatMPSettings(Section):
@@ -78,7 +90,8 @@ def media_app(settings: Settings, name: str) -> AppCredentials | None:
 
 def callback_keys(account: WeChatAccount) -> CallbackKeys:
     aes = account.aes_key.get_secret_value() if account.aes_key is not None else None
-    return CallbackKeys(f"mp:{account.name}", account.token.get_secret_value(), aes, account.appid, corp=False)
+    return CallbackKeys(f"mp:{account.name}", account.token.get_secret_value(), aes, account.appid, corp=False,
+                        encrypted_only=account.encrypted_only)
 
 
 def human_key(key: ConversationKey) -> str:
@@ -136,7 +149,8 @@ class WeChatMPAdapter(CallbackAdapter[WeChatAccount]):
 
 
 class WeChatMPOutbound(Outbound):
-    """Customer-service messages (客服消息) through ``/cgi-bin/message/custom/send``."""
+    """Customer-service messages (客服消息) through ``/cgi-bin/message/custom/send``: at least once (a part in
+    flight when a worker dies is sent again and audited ``possible_duplicate``, :mod:`channels.send_attempts`)."""
 
     def send(self, reply: Reply, progress: DeliveryProgress) -> None:
         try:
@@ -154,8 +168,10 @@ class WeChatMPOutbound(Outbound):
         if self.deps.platform is None:
             raise DeliveryPermanent("no platform API client in this worker")
         app = credentials(found)
-        parts = wx.split_utf8(reply.text)
+        parts = wx.split_utf8(truncation.outgoing_text(self.deps.sessions, reply))
+        attempts = SendAttempts(self.deps.sessions, reply)
         for index in range(progress.parts_sent, len(parts)):
+            attempts.begin(index, idempotent=False)  # the API takes no idempotency key
             self.deps.platform.post(app, "/cgi-bin/message/custom/send",
                                     {"touser": reply.key.peer, "msgtype": "text", "text": {"content": parts[index]}})
             progress.record(index + 1)

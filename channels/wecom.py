@@ -18,8 +18,10 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from wechatpy.enterprise import parse_message
 
+from channels import truncation
 from channels import wechat_protocol as wx
 from channels.base import Account, Accounts, Channel, DeliveryPermanent, DeliveryProgress, Outbound, RequestRejected, find
+from channels.send_attempts import SendAttempts
 from channels.wechat_api import AppCredentials
 from channels.wechat_callback import CallbackAdapter, passive_text
 from channels.wechat_guard import AesKey, CallbackKeys
@@ -89,7 +91,8 @@ class WeComAdapter(CallbackAdapter[WeComApp]):
 
 
 class WeComOutbound(Outbound):
-    """App messages (应用消息) through ``/cgi-bin/message/send``."""
+    """App messages (应用消息) through ``/cgi-bin/message/send``: at least once (a part in flight when a worker
+    dies is sent again and audited ``possible_duplicate``, :mod:`channels.send_attempts`)."""
 
     def send(self, reply: Reply, progress: DeliveryProgress) -> None:
         found = app(self.deps.settings, reply.key.account)
@@ -97,8 +100,11 @@ class WeComOutbound(Outbound):
             raise DeliveryPermanent(f"WeCom app {reply.key.account!r} is no longer configured")
         if self.deps.platform is None:
             raise DeliveryPermanent("no platform API client in this worker")
-        parts = wx.split_utf8(reply.text, max_parts=None)
+        parts = wx.split_utf8(truncation.outgoing_text(self.deps.sessions, reply), max_parts=None)
+        attempts = SendAttempts(self.deps.sessions, reply)
         for index in range(progress.parts_sent, len(parts)):
+            # no idempotency key (enable_duplicate_check compares content: it would drop a repeated answer)
+            attempts.begin(index, idempotent=False)
             answer = self.deps.platform.post(credentials(found), "/cgi-bin/message/send", {
                 "touser": reply.key.peer, "msgtype": "text", "agentid": found.agentid,
                 "text": {"content": parts[index]},

@@ -16,6 +16,8 @@ class KefuError(Exception):
 class Retryable(KefuError):
     """Transient (timeout, 5xx, rate limit, broker or platform briefly away): try again later."""
 
+    retry_after_s: float | None = None  # how long the other side asked us to wait (HTTP Retry-After); None: back off
+
 
 class Permanent(KefuError):
     """Will not succeed however often it is tried (bad credentials, a closed window, a removed account)."""

@@ -4,7 +4,10 @@ Tasks carry ids, never payloads, and are safe to run twice: ``reply UNIQUE(inbou
 conditional status updates decide who wins, so a redelivered or re-published task does nothing new.
 
 - ``handle_inbound``: per-conversation lock, answered in arrival order (:mod:`workers.answering`
-  decides, generates and stores), then publishes ``deliver``.
+  decides, generates and stores), then publishes ``deliver``. Order is strict, whatever the recovery path
+  (kill -9, SIGTERM, the broker's redelivery, the sweeper, both at once): the holder of the conversation's
+  lock first answers the oldest message still waiting — its own task may be lost, late or queued behind —
+  one generation per run, then runs again for its own.
 - ``deliver``: sends through the channel; retries a ``Retryable`` failure with exponential backoff,
   records a ``Permanent`` one (and exhausted retries) as failed.
 - ``pull``: pulls a channel's new messages from one source (its ``Puller``: WeChat Customer Service);
@@ -16,7 +19,6 @@ conditional status updates decide who wins, so a redelivered or re-published tas
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
 from celery import Celery, Task
@@ -30,7 +32,7 @@ from models.errors import Permanent, Retryable
 from models.infra.db import transaction
 from models.infra.queues import DELIVER, HANDLE_INBOUND, PULL, SWEEP
 from models.replies import reply_id_of
-from models.states import WAITING, DeliveryStatus, reply_source
+from models.states import WAITING, DeliveryStatus, InboundStatus, reply_source
 from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, ReplyRecord
 from workers import answering, sweeper, voice
 from workers.runtime import Runtime, runtime
@@ -77,34 +79,49 @@ def _handle_inbound(task: Task, inbound_id: int) -> str:
             raise task.retry(countdown=ORDER_RETRY_S)
         with rt.sessions() as session:
             existing = reply_id_of(session, inbound_id)
-            if existing is None and _earlier_pending(session, row, rt):
-                raise task.retry(countdown=ORDER_RETRY_S)
+            earlier = _earliest_waiting(session, row) if existing is None else None
         if existing is not None:  # answered already (a redelivered or re-published task)
             rt.publisher.deliver(existing)
             return "already-answered"
-        try:
-            reply_id = answering.answer(rt, row, key)
-        except voice.TryAgain as exc:
-            raise task.retry(countdown=exc.countdown) from exc
-    rt.publisher.deliver(reply_id)
+        if earlier is not None:  # answer the older message first, then run again for ours
+            _answer(task, rt, earlier, key)
+            _still_alive(rt, inbound_id)
+            raise task.retry(countdown=ORDER_RETRY_S)
+        _answer(task, rt, row, key)
     return "answered"
 
 
-def _earlier_pending(session: Any, row: InboundRecord, rt: Runtime) -> bool:
-    """True when an older message of the same conversation is still waiting for its answer.
+def _answer(task: Task, rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
+    """Answer ``row`` (the caller holds its conversation's lock) and publish its delivery."""
+    try:
+        reply_id = answering.answer(rt, row, key)
+    except voice.TryAgain as exc:
+        raise task.retry(countdown=exc.countdown) from exc
+    rt.publisher.deliver(reply_id)
+    return reply_id
 
-    A stuck older message holds the line only for ``requeue_after_s``; after that we move on.
+
+def _earliest_waiting(session: Any, row: InboundRecord) -> InboundRecord | None:
+    """The oldest message of the same conversation before ``row`` that is still waiting for its answer.
+
+    No age limit: skipping a stuck older message is exactly what answered a conversation out of order after
+    a crash (the sweeper re-publishes the old ones in the same pass). The lock holder answers it instead.
     """
-    cutoff = utcnow() - timedelta(seconds=rt.settings.requeue_after_s)
-    earlier = session.scalars(
-        select(InboundRecord.id).where(
+    return session.scalars(
+        select(InboundRecord).where(
             InboundRecord.conversation_id == row.conversation_id,
             InboundRecord.id < row.id,
             InboundRecord.status.in_(WAITING),
-            InboundRecord.received_at > cutoff,
-        ).limit(1)
+        ).order_by(InboundRecord.id).limit(1)
     ).first()
-    return earlier is not None
+
+
+def _still_alive(rt: Runtime, inbound_id: int) -> None:
+    """Tell the sweeper this message's task is alive (it waits behind older ones), so it is not re-published."""
+    with transaction(rt.sessions) as session:
+        session.execute(update(InboundRecord)
+                        .where(InboundRecord.id == inbound_id, InboundRecord.status == InboundStatus.QUEUED)
+                        .values(queued_at=utcnow()))
 
 
 def deliver(task: Task, reply_id: int) -> str:
@@ -163,7 +180,9 @@ def deliver(task: Task, reply_id: int) -> str:
                         updated_at=utcnow())
             )
             audit.record(session, audit.DELIVERY_RETRY, **ids, attempt=retries + 1, reason=str(exc)[:200])
-        raise task.retry(countdown=min(2**retries, 300)) from exc
+        # the receiver's Retry-After when it gave one (the channel caps it), else exponential backoff
+        countdown = exc.retry_after_s if exc.retry_after_s is not None else min(2**retries, 300)
+        raise task.retry(countdown=countdown) from exc
     with transaction(rt.sessions) as session:
         moved = session.execute(
             update(DeliveryRecord)

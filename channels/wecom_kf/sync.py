@@ -1,10 +1,14 @@
 """The pull: ``kf/sync_msg`` pages of one 客服账号, each customer message put through the dialogue and stored.
 
 Runs in an io worker (``kefu.pull``, the channel's puller). One sync per (account, open_kfid) at a time,
-under a lock; a sync that finds the lock taken raises :class:`~channels.base.PullBusy` and is retried
-shortly, so news that arrives during a sync is never left unread. Every page: all customer messages are
-persisted (their ``msgid`` is the dedup key), *then* ``next_cursor`` is stored; ``has_more`` is followed to the end. A crash
-between the two re-reads one page and the messages already stored are skipped without an API call.
+under a short lease (:data:`SYNC_LEASE_S`) renewed while the sync runs, so a sync killed mid-way blocks
+the next one for seconds, not minutes; a sync that finds the lease taken raises
+:class:`~channels.base.PullBusy` and is retried shortly, so news that arrives during a sync is never left
+unread. At most one pull per source is queued or waiting (:mod:`channels.wecom_kf.queued`): the waiting
+one keeps the mark, and clears it once it holds the lease, before it reads what was requested.
+Every page: all customer messages are persisted (their ``msgid`` is the dedup key), *then* ``next_cursor``
+is stored; ``has_more`` is followed to the end. A crash between the two re-reads one page and the messages
+already stored are skipped without an API call.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from channels import truncation
 from channels import wechat_protocol as wx
 from channels.base import PullBusy, PullDeps, Puller, store_decided
 from channels.wechat_api import PlatformPermanent
+from channels.wecom_kf import queued
 from channels.wecom_kf.adapter import sync_token_key
 from channels.wecom_kf.config import CHANNEL, WeComKfAccount, account, credentials, peer, split_peer
 from channels.wecom_kf.handoff import HUMAN_STATES, POOL
@@ -30,7 +36,7 @@ from models.tables import InboundRecord, KfCursorRecord
 log = logging.getLogger(__name__)
 
 PAGE_LIMIT = 1000  # the most kf/sync_msg returns in one page
-SYNC_LOCK_TTL_S = 300
+SYNC_LEASE_S = 10.0  # renewed every third of it while the sync runs; a killed sync frees it within this
 ORIGIN_CUSTOMER = 3  # msg_list origin: 3 customer, 4 system event, 5 a servicer in the WeCom client
 INVALID_SYNC_TOKEN = 95007
 
@@ -46,26 +52,32 @@ class KfSync(Puller):
         self._platform, self._kv, self._locks, self._handoff = deps.platform, deps.kv, deps.locks, deps.handoff
 
     def unfinished(self, session: Session, requested_before: datetime, limit: int) -> list[tuple[str, str]]:
+        """Sources with unread news and no pull on its way; each one returned is marked queued (the sweeper
+        publishes it; a publish that fails leaves the mark to expire, :data:`~channels.wecom_kf.queued.QUEUED_TTL_S`)."""
         rows = session.execute(
             select(KfCursorRecord.account, KfCursorRecord.open_kfid)
             .where(KfCursorRecord.requested > KfCursorRecord.synced, KfCursorRecord.requested_at < requested_before)
             .limit(limit)
         ).all()
-        return [(str(account), str(open_kfid)) for account, open_kfid in rows]
+        return [(str(account), str(open_kfid)) for account, open_kfid in rows
+                if queued.claim(self._kv, str(account), str(open_kfid))]
 
     def run(self, name: str, open_kfid: str) -> int:
         """Read everything new; the number of new customer messages stored. Raises PullBusy."""
         found = account(self._settings, name)
         if found is None:  # marked done, or the sweeper would publish it again for ever
             log.error("kf sync for unknown account %r dropped (no longer configured?)", name)
+            queued.clear(self._kv, name, open_kfid)
             with transaction(self._sessions) as session:
                 session.execute(update(KfCursorRecord)
                                 .where(KfCursorRecord.account == name, KfCursorRecord.open_kfid == open_kfid)
                                 .values(synced=KfCursorRecord.requested, synced_at=utcnow()))
             return 0
-        with self._locks.hold(f"kfsync:{name}:{open_kfid}", ttl_s=SYNC_LOCK_TTL_S, wait_s=0) as acquired:
+        with self._locks.lease(f"kfsync:{name}:{open_kfid}", ttl_s=SYNC_LEASE_S) as acquired:
             if not acquired:
+                queued.keep(self._kv, name, open_kfid)  # still on its way: no other pull is queued meanwhile
                 raise PullBusy(f"{name}/{open_kfid}")
+            queued.clear(self._kv, name, open_kfid)  # before reading ``requested``: later news publishes again
             stored = 0
             while True:
                 with self._sessions() as session:
@@ -157,18 +169,21 @@ class KfSync(Puller):
         media_id = wx.media_id_of(body.get("media_id")) if kind == "voice" and isinstance(body, dict) else None
         sent = message.get("send_time")
         received = datetime.fromtimestamp(int(sent), UTC) if isinstance(sent, int) else utcnow()
-        text = text[: settings.max_text_chars]
+        read = truncation.cut(text, settings.max_text_chars)
+        text = read.text
         external_id = str(message["msgid"])
         if state in HUMAN_STATES:  # the person serving the customer hears a voice in their own client
-            self._ingress.accept_for_human(Inbound(key, external_id, text or f"[{kind}]", kind, received,
-                                                   media_id=media_id), service_state=state)
+            accepted = self._ingress.accept_for_human(Inbound(key, external_id, text or f"[{kind}]", kind, received,
+                                                              media_id=media_id), service_state=state)
+            truncation.record(self._ingress, accepted, CHANNEL, read)
             return state
         decision = decide(settings, Message(text, kind, media_id is not None), self._handoff.availability(key.account))
         # a voice's text comes later, from the worker's transcription (which decides again)
         stored = text or ("" if decision.action is Action.GENERATE else f"[{kind}]")
         inbound = Inbound(key, external_id, stored, kind, received, media_id=media_id)
         if decision.action is Action.GENERATE:
-            self._ingress.accept(inbound)
+            truncation.record(self._ingress, self._ingress.accept(inbound), CHANNEL, read)  # the note: when sent
             return state
-        store_decided(self._ingress, self._handoff, inbound, decision)
+        accepted, _ = store_decided(self._ingress, self._handoff, inbound, truncation.noted(decision, read))
+        truncation.record(self._ingress, accepted, CHANNEL, read)
         return POOL if decision.action is Action.HAND_OFF else state  # after a hand-off: for the person taking over

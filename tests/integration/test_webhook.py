@@ -58,6 +58,11 @@ class WebhookStack:
             delivery = s.scalars(select(DeliveryRecord).where(DeliveryRecord.reply_id == reply.id)).one()
             return reply, delivery
 
+    def retry_reasons(self, inbound_id: int) -> list[object]:
+        with self.stack.sessions() as s:
+            return [e.detail.get("reason") for e in s.scalars(select(AuditEvent).where(
+                AuditEvent.inbound_id == inbound_id, AuditEvent.kind == "delivery_retry"))]
+
     def finished(self, inbound_id: int) -> bool:
         kinds = self.kinds(inbound_id)
         return "dispatched" in kinds or "delivery_failed" in kinds
@@ -115,6 +120,22 @@ def test_a_receiver_failing_twice_gets_the_reply_exactly_once(hook: WebhookStack
     assert kinds.count("delivery_retry") == 2 and kinds.count("dispatched") == 1 and kinds[-1] == "dispatched"
     _, delivery = hook.reply_and_delivery(inbound_id)
     assert (delivery.status, delivery.attempts) == ("sent", 3)
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_a_receivers_retry_after_is_waited_out_before_the_next_attempt(hook: WebhookStack, form: str) -> None:
+    user = f"u-later-{form}"
+    not_before = int(time.time()) + 12  # an HTTP-date: the time itself (the reply is generated meanwhile)
+    value = "6" if form == "seconds" else time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(not_before))
+    hook.receiver.fail_next(429, retry_after=value, user_id=user)
+    inbound_id = accepted(hook.post(f"m-later-{form}", user, "请稍后再发给我"))
+    hook.receiver.wait_for_replies(1, timeout=60, user_id=user)
+    first, second = hook.receiver.deliveries_to(user)
+    assert (first.status, second.status) == (429, 200)
+    # the receiver's wait, not the backoff's one second (whole seconds on the wire: one of slack)
+    assert second.at - first.at >= 5 if form == "seconds" else second.at >= not_before - 1
+    wait_for(lambda: hook.finished(inbound_id))
+    assert any("Retry-After" in str(reason) for reason in hook.retry_reasons(inbound_id))
 
 
 def test_a_receiver_refusing_the_reply_fails_the_delivery_without_retrying(hook: WebhookStack) -> None:

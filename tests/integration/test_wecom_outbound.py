@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from channels.base import DeliveryPermanent, DeliveryProgress, OutboundDeps
-from channels.wechat_fake import FakeWeChat
+from channels.wechat_fake import KF_MSGID, FakeWeChat
 from channels.wecom import WeComOutbound
 from channels.wecom_kf.config import peer
 from channels.wecom_kf.handoff import handoff_key
@@ -67,9 +67,13 @@ def test_wecom_app_reply_is_split_on_utf8_boundaries(deps: OutboundDeps, fake: F
 
 def test_kf_reply_is_capped_at_five_messages_with_our_own_msgids(deps: OutboundDeps, fake: FakeWeChat) -> None:
     text = "感谢您的耐心等待。" * 800
-    WeComKfOutbound(deps).send(kf_reply(text), DeliveryProgress(0, lambda n: None))
+    reply = kf_reply(text)
+    WeComKfOutbound(deps).send(reply, DeliveryProgress(0, lambda n: None))
     assert [m["endpoint"] for m in fake.sent] == ["kf_send_msg"] * 5
-    assert [m["msgid"] for m in fake.sent] == [f"kefu-7-{i}" for i in range(5)]
+    assert reply.inbound_at is not None
+    stamp = f"{int(reply.inbound_at.timestamp()):x}"
+    assert [m["msgid"] for m in fake.sent] == [f"kefu-7-{i}-{stamp}" for i in range(5)]
+    assert all(KF_MSGID.fullmatch(str(m["msgid"])) for m in fake.sent)  # the platform's rule for our own msgid
     assert all(m["open_kfid"] == wp.OPEN_KFID and m["touser"] == USER for m in fake.sent)
     assert str(fake.sent[-1]["content"]).endswith("…")
 

@@ -409,3 +409,42 @@ def test_wait_for_replies_returns_once_they_arrive(receiver: webhook_fake.FakeWe
         later.join()
     with pytest.raises(TimeoutError, match="0 of 1 replies"):
         receiver.wait_for_replies(1, timeout=0.1, user_id="someone-else")
+
+
+# ---- Retry-After ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("120", 120.0), (" 0 ", 0.0), ("Thu, 01 Jan 1970 00:02:30 GMT", 30.0),  # 150 s after the epoch, "now" is 120
+    ("Thu, 01 Jan 1970 00:01:00 GMT", 0.0),  # a date already past: retry now
+    (None, None), ("", None), ("-5", None), ("1.5", None), ("soon", None), ("Thu, 01 Jan 1970 00:02:30", None),
+])
+def test_retry_after_is_read_in_both_forms_and_ignored_when_unreadable(value: str | None,
+                                                                      expected: float | None) -> None:
+    assert webhook.retry_after_s(value, now=120.0) == expected
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_receivers_retry_after_travels_with_the_retryable_error_capped(
+        receiver: webhook_fake.FakeWebhookReceiver, status: int) -> None:
+    receiver.fail_next(status, retry_after="7")
+    with pytest.raises(DeliveryRetryable, match="Retry-After 7 s") as raised:
+        webhook.post_reply(configured(receiver.url), PAYLOAD, 7)
+    assert raised.value.retry_after_s == 7.0
+    later = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 3600))
+    receiver.fail_next(status, retry_after=later)  # an hour: more than this Kefu waits for any receiver
+    with pytest.raises(DeliveryRetryable) as raised:
+        webhook.post_reply(configured(receiver.url), PAYLOAD, 7, retry_after_max_s=60)
+    assert raised.value.retry_after_s == 60.0
+    receiver.fail_next(status)
+    with pytest.raises(DeliveryRetryable) as raised:
+        webhook.post_reply(configured(receiver.url), PAYLOAD, 7)
+    assert raised.value.retry_after_s is None  # no header: the deliver task backs off as usual
+
+
+def test_the_retry_after_cap_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEFU_WEBHOOK_RETRY_AFTER_MAX_S", "45")
+    assert Settings().section(webhook.WebhookSettings).webhook_retry_after_max_s == 45.0
+    monkeypatch.setenv("KEFU_WEBHOOK_RETRY_AFTER_MAX_S", "0")
+    with pytest.raises(ConfigError, match="KEFU_WEBHOOK_RETRY_AFTER_MAX_S"):
+        Settings().section(webhook.WebhookSettings)

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from channels.wechat_fake import ENDPOINTS, FakeWeChat
+from channels.wechat_fake import ENDPOINTS, KF_USED_MSGID, FakeWeChat
 
 APPID, SECRET = "wx-app", "mp-secret"
 CORPID, CORPSECRET, AGENTID = "ww-corp", "corp-secret", 1000002
@@ -295,3 +295,15 @@ def test_media_get_serves_the_raw_file_to_its_own_app_and_errcode_json_otherwise
     fake.fail_next("media_get", -1)
     assert http.get("media/get", params={"access_token": "x", "media_id": "y"}).json()["errcode"] == -1
     assert [c["endpoint"] for c in fake.calls].count("media_get") == 8
+
+
+def test_kf_send_msg_msgid_is_unique_per_kf_account_and_well_formed(fake: FakeWeChat, http: httpx.Client) -> None:
+    token = corp_token(http)
+    body = {"touser": USER, "open_kfid": KFID, "msgtype": "text", "text": {"content": "您好"}, "msgid": "kefu-1-0"}
+    assert kf(http, token, "send_msg", **body)["errcode"] == 0
+    again = kf(http, token, "send_msg", **body)  # a resend after a crash: the platform already has it
+    assert again["errcode"] == KF_USED_MSGID and "msgid" in again["errmsg"]
+    assert kf(http, token, "send_msg", **{**body, "open_kfid": "wkOtherKf001"})["errcode"] == 0  # unique per account
+    for bad in ["x" * 33, "中文", "kefu 1", "kefu.1"]:
+        assert kf(http, token, "send_msg", **{**body, "msgid": bad})["errcode"] == 40058
+    assert [s["open_kfid"] for s in fake.sent] == [KFID, "wkOtherKf001"]  # nothing else went out

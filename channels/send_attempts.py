@@ -1,0 +1,73 @@
+"""Send attempts, recorded before each platform call, so a redelivery knows a part may already be out.
+
+A worker can die after the platform accepted a part and before ``parts_sent`` was recorded; the
+redelivery (the sweeper, after ``redeliver_after_s``) then sends that part again. What happens next
+depends on the platform:
+
+- WeChat Customer Service ``kf/send_msg`` takes our ``msgid`` and refuses one already used in the
+  客服账号: the resend is refused and no duplicate reaches the customer
+  (:mod:`channels.wecom_kf.outbound` records that refusal as ``resend_refused``);
+- the official account's customer-service message and the WeCom app's ``message/send`` take no
+  idempotency key: the part is sent again (at least once). The resend is audited as
+  ``possible_duplicate`` — at most one extra copy per crash, of the one part that was in flight.
+
+:meth:`SendAttempts.begin` inserts a ``send_attempted`` audit row (reply id and part number, never
+text) in its own transaction *before* the call, and says whether that part was attempted before.
+Database errors propagate (the delivery is retried; nothing was sent).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import audit
+from models.envelope import Reply
+from models.infra.db import transaction
+from models.tables import AuditEvent
+
+log = logging.getLogger(__name__)
+
+SEND_ATTEMPTED = "send_attempted"  # a part is about to be sent (part); written before the platform call
+POSSIBLE_DUPLICATE = "possible_duplicate"  # a part attempted before (a crash, a timeout) is sent again without a key
+RESEND_REFUSED = "resend_refused"  # kf: the platform refused a resent part's msgid: it has that part already
+
+
+class SendAttempts:
+    """The attempts of one reply's delivery: which parts were tried before this run, and the record of each try."""
+
+    def __init__(self, sessions: sessionmaker[Session], reply: Reply) -> None:
+        self._sessions = sessions
+        self._reply = reply
+        with sessions() as session:  # ix_audit_inbound narrows it to this message's few rows
+            rows = session.scalars(select(AuditEvent.detail).where(
+                AuditEvent.inbound_id == reply.inbound_id, AuditEvent.reply_id == reply.reply_id,
+                AuditEvent.kind == SEND_ATTEMPTED))
+            self._before = {int(d["part"]) for d in rows if isinstance(d, dict) and isinstance(d.get("part"), int)}
+
+    def _ids(self) -> dict[str, Any]:
+        r = self._reply
+        return {"channel": r.key.channel, "conversation_id": r.conversation_id, "inbound_id": r.inbound_id,
+                "reply_id": r.reply_id}
+
+    def begin(self, part: int, *, idempotent: bool) -> bool:
+        """Record that ``part`` is about to be sent; True when it was attempted before (it may be out already).
+
+        ``idempotent``: the platform call carries a key that makes a resend harmless; otherwise a resend is
+        audited as ``possible_duplicate``."""
+        again = part in self._before
+        with transaction(self._sessions) as session:
+            if again and not idempotent:
+                audit.record(session, POSSIBLE_DUPLICATE, **self._ids(), part=part)
+            audit.record(session, SEND_ATTEMPTED, **self._ids(), part=part)
+        if again and not idempotent:
+            log.warning("%s reply %s part %d is sent again after an unfinished attempt: the customer may get it twice",
+                        self._reply.key.channel, self._reply.reply_id, part)
+        return again
+
+    def note(self, kind: str, part: int, **detail: Any) -> None:
+        with transaction(self._sessions) as session:
+            audit.record(session, kind, **self._ids(), part=part, **detail)
