@@ -1,0 +1,108 @@
+"""The model's reply never carries a full ID, card or mobile number: not in the streamed pieces
+(workers.answering._run_model), not in what is stored (models.replies.store_reply on a real SQLite
+database), and outbound moderation masks or replaces it (workers.answering._moderated), audited.
+Audit details are masked too (models.audit.record)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import select
+
+from models import audit
+from models.dialogue import HandOff
+from models.envelope import ConversationKey, Turn
+from models.infra.db import make_engine, make_session_factory, transaction
+from models.infra.migrate import upgrade
+from models.replies import Answer, store_reply
+from models.settings import Settings
+from models.states import ReplySource
+from models.tables import AuditEvent, ConversationRecord, InboundRecord, ReplyRecord
+from workers import answering
+from workers.llm.engine import Generation
+
+ID_CARD, CARD, MOBILE = "11010519491231002X", "4111111111111111", "13812345678"
+REPLY = f"好的，已记录您的身份证{ID_CARD}、卡号{CARD}和手机{MOBILE}，我们会尽快处理。"
+MASKED = "好的，已记录您的身份证110105********002X、卡号4111********1111和手机138****5678，我们会尽快处理。"
+
+
+class ScriptedEngine:
+    """Streams a fixed reply a few characters at a time, as the model's tokens would arrive."""
+
+    def __init__(self, text: str, step: int = 3) -> None:
+        self.text, self.step = text, step
+
+    def generate(self, turns: list[Turn], *, on_text: Any = None, deadline: float | None = None) -> Generation:
+        for i in range(0, len(self.text), self.step):
+            if on_text is not None:
+                on_text(self.text[i:i + self.step])
+        return Generation(self.text, "scripted", 10, 20, "stop", 0.01, 0.02)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+
+    def stream(self, key: ConversationKey, inbound_id: int, piece: str) -> None:
+        self.pieces.append(piece)
+
+
+def runtime(settings: Settings, engine: ScriptedEngine, outbound: Recorder) -> Any:
+    return SimpleNamespace(settings=settings, llm=engine, outbound=lambda channel: outbound,
+                           channel=lambda channel: SimpleNamespace(streams=True))
+
+
+def test_streamed_pieces_never_reveal_a_full_number(clean_env: Path) -> None:
+    for step in (1, 2, 3, 4, 7):
+        outbound = Recorder()
+        rt = runtime(Settings(), ScriptedEngine(REPLY, step), outbound)
+        row = SimpleNamespace(id=1)
+        run = answering._run_model(rt, row, ConversationKey("web", "default", "v1"), [], None)  # type: ignore[arg-type]
+        assert run.generation is not None and run.failure is None
+        streamed = "".join(outbound.pieces)
+        assert streamed == MASKED
+        for secret in (ID_CARD, CARD, MOBILE):
+            assert all(secret not in "".join(outbound.pieces[:n]) for n in range(len(outbound.pieces) + 1))
+
+
+def test_outbound_moderation_masks_or_replaces(clean_env: Path) -> None:
+    words = clean_env / "moderation.txt"
+    words.write_text("内部价 refuse\n垃圾 mask\n", encoding="utf-8")
+    rt = SimpleNamespace(settings=Settings(moderation_file=words))
+    assert answering._moderated(rt, "这个垃圾袋很好用", ReplySource.MODEL, HandOff.NOBODY) == (  # type: ignore[arg-type]
+        "这个**袋很好用", ReplySource.MODEL, "moderated_out:mask:keyword:2")
+    text, source, why = answering._moderated(rt, "内部价是50元", ReplySource.MODEL, HandOff.NOBODY)  # type: ignore[arg-type]
+    assert (text, source, why) == (rt.settings.fallback_reply, ReplySource.FALLBACK, "moderated_out:refuse:keyword:1")
+    assert answering._moderated(rt, "内部价", ReplySource.FAQ, HandOff.NOBODY) == (  # type: ignore[arg-type]
+        "内部价", ReplySource.FAQ, None)  # operators' own texts are not moderated
+
+
+def test_stored_model_reply_is_masked_and_moderation_audited(clean_env: Path) -> None:
+    settings = Settings(data_dir=clean_env / "var")
+    upgrade(settings)
+    sessions = make_session_factory(make_engine(settings))
+    with transaction(sessions) as session:
+        conversation = ConversationRecord(channel="web", account="default", peer="v1")
+        session.add(conversation)
+        session.flush()
+        rows = [InboundRecord(conversation_id=conversation.id, channel="web", account="default", external_id=str(n),
+                              kind="text", text="hi", status="queued") for n in range(2)]
+        session.add_all(rows)
+        session.flush()
+        ids = [(row.id, conversation.id) for row in rows]
+    with transaction(sessions) as session:
+        store_reply(session, inbound_id=ids[0][0], conversation_id=ids[0][1], channel="web",
+                    answer=Answer(REPLY, ReplySource.MODEL, model="scripted", why="moderated_out:mask:keyword:2"))
+        store_reply(session, inbound_id=ids[1][0], conversation_id=ids[1][1], channel="web",
+                    answer=Answer(f"客服邮箱 help@example.com，电话{MOBILE}", ReplySource.FAQ))
+        audit.record(session, audit.GENERATION_FAILED, channel="web", reason=f"ValueError: card {CARD} for {ID_CARD}")
+    with sessions() as session:
+        model_reply, faq_reply = session.scalars(select(ReplyRecord.text).order_by(ReplyRecord.id)).all()
+        moderated = [e.detail for e in session.scalars(select(AuditEvent).where(AuditEvent.kind == "moderated"))]
+        failed = session.scalars(select(AuditEvent.detail).where(AuditEvent.kind == "generation_failed")).one()
+    assert model_reply == MASKED
+    assert faq_reply == f"客服邮箱 help@example.com，电话{MOBILE}"  # the operator's own text is stored as written
+    assert moderated == [{"direction": "out", "action": "mask", "rule": "keyword:2"}]
+    assert failed == {"reason": "ValueError: card 4111********1111 for 110105********002X"}  # audit details: always masked
