@@ -1,0 +1,136 @@
+"""The compose stack's database wiring on real PostgreSQL, without Docker: the files make-secrets.sh writes, read
+through KEFU_<NAME>_FILE as the compose services read them, with the roles of compose/postgres/init-roles.sh.
+
+- A new stack: ``kefu migrate`` given only the owner's URL file makes the owner own every table and grants the
+  app role what it needs; the app role's URL file reaches Kefu, and the app role cannot touch the audit log.
+- A stack from before the roles (every table owned by the superuser): compose/upgrade-roles.sql hands the
+  database to the owner, after which the same migration runs as the owner.
+
+Roles and databases get unique names per run and are removed after; the test server trusts local connections, so
+passwords are set (checked in pg_authid) but not exercised.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests import services
+
+COMPOSE = Path(__file__).resolve().parents[2] / "compose"
+
+
+@dataclass
+class Stack:
+    database: str
+    owner: str
+    app: str
+    secrets: Path  # make-secrets.sh's files, URLs pointed at the test server
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    services.ensure_postgres()
+    suffix = uuid.uuid4().hex[:8]
+    owner, app = f"kefu_owner_{suffix}", f"kefu_app_{suffix}"
+    database, _ = services.create_database()
+    (tmp_path / "make-secrets.sh").write_bytes((COMPOSE / "make-secrets.sh").read_bytes())
+    subprocess.run(["sh", str(tmp_path / "make-secrets.sh")], check=True, capture_output=True, timeout=30)
+    secrets = tmp_path / "secrets"
+    for name, role in (("kefu_database_url", app), ("kefu_migration_database_url", owner)):
+        url = (secrets / name).read_text()
+        default = "kefu_app" if role == app else "kefu_owner"
+        url = url.replace(f"//{default}:", f"//{role}:").replace("@postgres:5432/kefu", f"@127.0.0.1:5432/{database}")
+        (secrets / name).write_text(url)
+    try:
+        yield Stack(database, owner, app, secrets)
+    finally:
+        services.drop_database(database)
+        with psycopg.connect(services.PG_ADMIN_URL, autocommit=True) as conn:
+            for role in (app, owner):
+                conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def init_roles(stack: Stack) -> None:
+    """compose/postgres/init-roles.sh as the postgres image runs it, with the password files compose mounts."""
+    env = {**os.environ, "PGHOST": "127.0.0.1", "POSTGRES_USER": "postgres", "POSTGRES_DB": stack.database,
+           "KEFU_OWNER_ROLE": stack.owner, "KEFU_APP_ROLE": stack.app,
+           "KEFU_OWNER_PASSWORD_FILE": str(stack.secrets / "kefu_owner_password"),
+           "KEFU_APP_PASSWORD_FILE": str(stack.secrets / "kefu_app_password")}
+    done = subprocess.run(["bash", str(COMPOSE / "postgres" / "init-roles.sh")], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def kefu(stack: Stack, cwd: Path, *argv: str, migrate: bool = False) -> subprocess.CompletedProcess[str]:
+    """``kefu ARGV`` with the environment docker-compose.yml gives a service (``migrate`` for the migrate one)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEFU_")}
+    env |= {"KEFU_DATABASE_URL_FILE": str(stack.secrets / "kefu_database_url"),
+            "KEFU_SECRET_KEY_FILE": str(stack.secrets / "kefu_secret_key"), "KEFU_DATA_DIR": str(cwd / "var")}
+    if migrate:
+        env |= {"KEFU_MIGRATION_DATABASE_URL_FILE": str(stack.secrets / "kefu_migration_database_url"),
+                "KEFU_DATABASE_APP_ROLE": stack.app}
+    return subprocess.run([sys.executable, "-m", "workers.cli", *argv], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=180)
+
+
+def admin(database: str, sql: str) -> list[tuple[object, ...]]:
+    url = services.PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def assert_owned_and_granted(stack: Stack) -> None:
+    owners = {owner for (owner,) in admin(stack.database,
+                                          "SELECT tableowner FROM pg_tables WHERE schemaname = 'public'")}
+    assert owners == {stack.owner}
+    functions = {owner for (owner,) in admin(stack.database, "SELECT pg_get_userbyid(p.proowner) FROM pg_proc p "
+                                             "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'")}
+    assert functions == {stack.owner}
+    granted = admin(stack.database, f"SELECT has_table_privilege('{stack.app}', 'audit_event', 'INSERT'), "
+                                    f"has_table_privilege('{stack.app}', 'audit_event', 'UPDATE'), "
+                                    f"has_table_privilege('{stack.app}', 'inbound', 'INSERT')")
+    assert granted == [(True, False, True)]
+    app_url = f"postgresql://{stack.app}@127.0.0.1:5432/{stack.database}"
+    with psycopg.connect(app_url, autocommit=True) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("ALTER TABLE audit_event DISABLE TRIGGER ALL")
+
+
+def test_a_new_stack_migrates_as_the_owner_from_the_secret_files(stack: Stack, tmp_path: Path) -> None:
+    init_roles(stack)
+    passwords = admin("postgres", f"SELECT rolname FROM pg_authid WHERE rolname IN ('{stack.owner}', '{stack.app}') "
+                                  "AND rolpassword IS NOT NULL AND NOT rolsuper")
+    assert len(passwords) == 2
+    done = kefu(stack, tmp_path, "migrate", migrate=True)
+    assert done.returncode == 0, done.stderr
+    assert_owned_and_granted(stack)
+    shown = kefu(stack, tmp_path, "config")  # what a gateway or worker reads: the app role's URL, from its file
+    assert shown.returncode == 0, shown.stderr
+    assert f"postgresql+psycopg://{stack.app}:****@127.0.0.1:5432/{stack.database}" in shown.stdout
+    assert (stack.secrets / "kefu_app_password").read_text().strip() not in shown.stdout + shown.stderr
+
+
+def test_a_stack_from_before_the_roles_is_handed_to_the_owner(stack: Stack, tmp_path: Path) -> None:
+    # the old stack: migrated (to 0004, before the audit chain) by the superuser, who owns everything
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEFU_")}
+    env |= {"KEFU_DATABASE_URL": services.PG_ADMIN_URL.rsplit("/", 1)[0].replace(
+        "postgresql://", "postgresql+psycopg://", 1) + f"/{stack.database}", "KEFU_DATA_DIR": str(tmp_path / "old")}
+    old = subprocess.run([sys.executable, "-m", "workers.cli", "migrate", "0004"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=180)
+    assert old.returncode == 0, old.stderr
+    init_roles(stack)
+    handed = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", stack.database, "-v", "ON_ERROR_STOP=1",
+                             "-q", "-v", f"owner={stack.owner}", "-f", str(COMPOSE / "upgrade-roles.sql")],
+                            capture_output=True, text=True, timeout=60)
+    assert handed.returncode == 0, handed.stderr
+    done = kefu(stack, tmp_path, "migrate", migrate=True)
+    assert done.returncode == 0, done.stderr
+    assert_owned_and_granted(stack)
