@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, Text, cast, inspect, select
+from sqlalchemy import Connection, Engine, Text, cast, inspect, select
 
 from models.audit_chain import GENESIS, row_hash
 from models.tables import AuditChainHead, AuditEvent
@@ -90,12 +90,18 @@ def verify(engine: Engine, *, anchors: Mapping[int, tuple[int, str]] | None = No
     if engine.dialect.name == "postgresql":
         options.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
     with engine.connect() as conn, conn.execution_options(**options).begin():
-        heads = {int(c): (int(s), str(h)) for c, s, h in conn.execute(
-            select(AuditChainHead.chain, AuditChainHead.seq, AuditChainHead.hash))}
+        if engine.dialect.name == "sqlite":  # pysqlite begins only before writes: one snapshot for heads and rows
+            conn.exec_driver_sql("BEGIN")
+        heads = _read_heads(conn)
         rows = conn.execute(select(*_COLUMNS).order_by(AuditEvent.chain, AuditEvent.seq, AuditEvent.id))
         _walk(rows, heads, dict(anchors or {}), report)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _read_heads(conn: Connection) -> dict[int, tuple[int, str]]:
+    rows = conn.execute(select(AuditChainHead.chain, AuditChainHead.seq, AuditChainHead.hash))
+    return {int(chain): (int(seq), str(hash_)) for chain, seq, hash_ in rows}
 
 
 def _walk(rows: Iterable[Any], heads: dict[int, tuple[int, str]], anchors: dict[int, tuple[int, str]],

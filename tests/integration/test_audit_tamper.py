@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, Text, cast, select, text
+from sqlalchemy import Connection, Engine, Text, cast, select, text
 
 from models import audit
 from models.audit_chain import row_hash
@@ -177,3 +177,23 @@ def test_a_consistent_rewrite_is_found_only_against_anchors(log: Log, tmp_path: 
     assert main(["audit", "verify", "--anchors", str(anchors)]) == 1
     out = capsys.readouterr().out
     assert f"chain {log.chain} at row id {last} " in out and "differs from the anchor recorded earlier" in out, out
+
+
+def test_verify_reads_one_snapshot_while_kefu_keeps_writing(log: Log, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row appended between reading the chains' heads and their rows must not look like a forgery."""
+    from models import audit_verify
+
+    read_heads = audit_verify._read_heads
+
+    def heads_then_a_write(conn: Connection) -> dict[int, tuple[int, str]]:
+        heads = read_heads(conn)
+        with transaction(make_session_factory(log.engine)) as session:
+            audit.record(session, audit.DELIVERED, channel="web", conversation_id=1)
+        return heads
+
+    monkeypatch.setattr(audit_verify, "_read_heads", heads_then_a_write)
+    report = audit_verify.verify(log.engine)
+    assert report.clean, report.findings
+    assert report.rows == 32  # the snapshot's rows, not the one written meanwhile
+    monkeypatch.undo()
+    assert audit_verify.verify(log.engine).rows == 33
