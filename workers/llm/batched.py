@@ -16,8 +16,9 @@ Each step of the scheduler:
    slow consumer never delays a decode step), and releases a slot (``llama_memory_seq_rm``,
    its sampler freed) on end of generation, ``max_tokens``, deadline or cancellation.
 
-Qwen3 semantics and output are those of the simple engine (ChatML prompt ids, thinking off, both
-stop tokens, think blocks removed); with greedy sampling a request produces the same tokens alone
+Prompts are trimmed like the simple engine's, to the context and to the deadline (the prefill rate
+is measured on the steps that read prompt tokens). Qwen3 semantics and output are those of the simple
+engine (ChatML prompt ids, thinking off, both stop tokens, think blocks removed); with greedy sampling a request produces the same tokens alone
 or in a batch. Requests wait in a FIFO queue when every slot is busy; :meth:`wait_estimate_s` says
 how long a new one would wait.
 
@@ -50,9 +51,11 @@ from workers.llm.engine import (
     TextCallback,
     build_prompt,
     default_gpu_layers,
+    readable_tokens,
     stop_token_ids,
 )
 from workers.llm.model_files import ModelSpec
+from workers.llm.prefill import PrefillRate
 from workers.llm.prompts import IM_END, ThinkFilter, strip_think
 
 log = logging.getLogger(__name__)
@@ -168,6 +171,7 @@ class BatchedEngine:
         self._batch: Any = None
         self._stop_ids: frozenset[int] = frozenset()
         self._service_ema_s = 0.0
+        self.prefill = PrefillRate()  # measured on steps that read prompt tokens; trims prompts to the deadline
         # Told the wait estimate (seconds) from the scheduler thread when the queue changes, at most
         # every WAIT_REPORT_S; must be quick and must not raise.
         self.on_wait_estimate: Callable[[float], None] | None = None
@@ -259,9 +263,12 @@ class BatchedEngine:
     def _tokenize(self, text: str, special: bool) -> list[int]:
         return list(self._model.tokenize(text.encode(), add_bos=False, special=special))
 
-    def prompt_tokens(self, turns: list[Turn]) -> list[int]:
+    def prompt_tokens(self, turns: list[Turn], deadline: float | None = None) -> list[int]:
+        """The prompt, trimmed to a sequence's context and to what can be read by ``deadline`` (after the wait for
+        a slot; the shared system block is already in the cache)."""
         self.load()
-        return build_prompt(self._tokenize, turns, self.settings, self.architecture)
+        readable = readable_tokens(self.prefill, deadline, waiting_s=self.wait_estimate_s(), cached=len(self._prefix))
+        return build_prompt(self._tokenize, turns, self.settings, self.architecture, readable=readable)
 
     def shared_prefix_len(self, tokens: list[int]) -> int:
         """Length of the system block (up to and including its ``<|im_end|>\\n``), 0 if there is none."""
@@ -299,7 +306,7 @@ class BatchedEngine:
                  deadline: float | None = None) -> Generation:
         """Answer the last user turn (blocking); the interface of the simple engine."""
         try:
-            tokens = self.prompt_tokens(turns)
+            tokens = self.prompt_tokens(turns, deadline)
             request = self.submit(tokens, deadline=deadline, on_text=on_text)
         except GenerationError:
             raise
@@ -488,6 +495,8 @@ class BatchedEngine:
             for slot in {id(sl): sl for sl, _ in [*outputs, *prefilled]}.values():
                 self._finish(slot, "error", error)
             return
+        if prefilled:  # a step that read prompt tokens: how fast this engine reads a prompt
+            self.prefill.observe(len(entries), decoded - started)
         for slot, count in prefilled:
             slot.pending = slot.pending[count:]
             slot.pos += count

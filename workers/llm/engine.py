@@ -8,7 +8,12 @@ Guarantees:
   with the previous prompt (the system prompt) is not evaluated again.
 - Qwen3 semantics: ChatML, thinking off unless configured, stop on ``<|im_end|>`` /
   ``<|endoftext|>``, Qwen3's recommended non-thinking sampling by default, think blocks stripped.
-- Every generation ends by itself: on a stop token, at ``max_tokens`` or at its deadline.
+- Every generation ends by itself: on a stop token, at ``max_tokens`` or at its deadline (checked between
+  tokens; :mod:`workers.llm.watchdog` covers a step that outlasts it). A request that got the engine only
+  after its deadline returns at once, empty, with ``finish_reason`` ``deadline``.
+- The prompt fits the context window and the deadline: the oldest history is dropped until the engine,
+  at its measured prefill rate (:mod:`workers.llm.prefill`), can read it in half the time left; the
+  system prompt and the question always stay.
 
 Raises :class:`PromptTooLong` when the question cannot fit the context window, and
 :class:`GenerationError` for any failure of the model itself.
@@ -29,6 +34,7 @@ from models.envelope import Turn, printable
 from models.settings import Settings
 from workers.llm.cpu_buffers import model_defaults, use_extra_buffers
 from workers.llm.model_files import ModelSpec
+from workers.llm.prefill import PrefillRate
 from workers.llm.prompts import STOP_TEXTS, ThinkFilter, Tokenize, chatml_tokens, fit_turns, strip_think
 
 if TYPE_CHECKING:
@@ -74,18 +80,35 @@ class TextEngine(Protocol):
                  deadline: float | None = None) -> Generation: ...
 
 
-def build_prompt(tokenize: Tokenize, turns: list[Turn], settings: Settings, architecture: str) -> list[int]:
-    """The ChatML prompt as token ids, oldest history dropped until it leaves room for the answer."""
+def build_prompt(tokenize: Tokenize, turns: list[Turn], settings: Settings, architecture: str, *,
+                 readable: int | None = None) -> list[int]:
+    """The ChatML prompt as token ids, oldest history dropped until it leaves room for the answer and, with
+    ``readable`` (the prompt tokens the engine can read before the deadline), until it is that short — never
+    dropping the system turns or the question."""
 
     def build(candidate: list[Turn]) -> list[int]:
         return chatml_tokens(tokenize, candidate, architecture=architecture, enable_thinking=settings.enable_thinking)
 
+    def measure(candidate: list[Turn]) -> int:
+        return len(build(candidate))
+
     budget = settings.n_ctx - min(settings.max_tokens, max(REPLY_ROOM_MIN, settings.n_ctx // 4))
     try:
-        fitted = fit_turns(turns, lambda c: len(build(c)), budget)
+        fitted = fit_turns(turns, measure, budget)
     except ValueError as exc:
         raise PromptTooLong(f"{exc} (n_ctx={settings.n_ctx})") from None
+    if readable is not None:
+        fitted = fit_turns(fitted, measure, readable, strict=False)
     return build(fitted)
+
+
+def readable_tokens(rate: PrefillRate, deadline: float | None, *, waiting_s: float = 0.0, cached: int = 0) -> int | None:
+    """The prompt length the engine can read by ``deadline``: ``waiting_s`` for a slot first, ``cached`` tokens
+    (a shared prefix already in the KV cache) free. None without a deadline or a measured rate."""
+    if deadline is None:
+        return None
+    within = rate.tokens_within(deadline - time.monotonic() - waiting_s)
+    return None if within is None else within + cached
 
 
 def stop_token_ids(tokenize: Tokenize, eos: int) -> frozenset[int]:
@@ -96,6 +119,14 @@ def stop_token_ids(tokenize: Tokenize, eos: int) -> frozenset[int]:
         if len(tokens) == 1:
             ids.add(tokens[0])
     return frozenset(ids)
+
+
+def _cached_prefix(llm: Llama, tokens: list[int]) -> int:
+    """Leading tokens whose KV llama-cpp-python kept from the previous prompt (it skips reading them)."""
+    try:
+        return int(llm.longest_token_prefix(llm._input_ids[: llm.n_tokens].tolist(), tokens))
+    except Exception:  # a private attribute of another llama-cpp-python version: measure the whole prompt
+        return 0
 
 
 def default_gpu_layers() -> int:
@@ -113,6 +144,7 @@ class LlamaEngine:
         self._run_lock = threading.Lock()
         self.architecture = "unknown"
         self._stop_ids: frozenset[int] = frozenset()
+        self.prefill = PrefillRate()
 
     @property
     def model_name(self) -> str:
@@ -156,10 +188,11 @@ class LlamaEngine:
                 self._llm.close()
                 self._llm = None
 
-    def prompt_tokens(self, turns: list[Turn]) -> list[int]:
+    def prompt_tokens(self, turns: list[Turn], deadline: float | None = None) -> list[int]:
+        """The prompt, trimmed to the context window and to what can be read by ``deadline``."""
         llm = self.load()
         return build_prompt(lambda text, special: list(llm.tokenize(text.encode(), add_bos=False, special=special)),
-                            turns, self.settings, self.architecture)
+                            turns, self.settings, self.architecture, readable=readable_tokens(self.prefill, deadline))
 
     def generate(
         self,
@@ -171,8 +204,10 @@ class LlamaEngine:
         """Answer the last user turn. ``deadline`` is a ``time.monotonic()`` instant."""
         with self._run_lock:
             started = time.monotonic()
+            if deadline is not None and started >= deadline:  # waited past it for the engine: do not read the prompt
+                return Generation("", self.spec.name, 0, 0, "deadline", None, 0.0)
             try:
-                tokens = self.prompt_tokens(turns)
+                tokens = self.prompt_tokens(turns, deadline)
                 return self._run(tokens, on_text, deadline, started)
             except GenerationError:
                 raise
@@ -185,6 +220,7 @@ class LlamaEngine:
         llm = self.load()
         s = self.settings
         max_new = max(1, min(s.max_tokens, s.n_ctx - len(tokens)))
+        to_read = len(tokens) - _cached_prefix(llm, tokens)  # what llama-cpp-python evaluates anew
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         think = ThinkFilter()
         pieces: list[str] = []
@@ -214,6 +250,7 @@ class LlamaEngine:
             produced += 1
             if first_token_s is None:
                 first_token_s = time.monotonic() - started
+                self.prefill.observe(to_read, first_token_s)
             emit(think.feed(decoder.decode(llm.detokenize([token]))))
             if produced >= max_new:
                 finish = "length"

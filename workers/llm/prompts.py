@@ -51,10 +51,12 @@ def chatml_tokens(
     return ids
 
 
-def fit_turns(turns: list[Turn], measure: Callable[[list[Turn]], int], budget: int) -> list[Turn]:
+def fit_turns(turns: list[Turn], measure: Callable[[list[Turn]], int], budget: int, *,
+              strict: bool = True) -> list[Turn]:
     """Drop the oldest history (keeping the leading system turns and the last user turn) until it fits.
 
-    Raises ValueError when even the system prompt plus the question does not fit.
+    Raises ValueError when even the system prompt plus the question does not fit, unless ``strict`` is False:
+    then those alone are returned (a time budget: better late than without the question).
     """
     leading = next((i for i, t in enumerate(turns[:-1]) if t.role != "system"), max(len(turns) - 1, 0))
     head = turns[:leading]
@@ -64,6 +66,8 @@ def fit_turns(turns: list[Turn], measure: Callable[[list[Turn]], int], budget: i
         if measure(candidate) <= budget:
             return candidate
         if not history:
+            if not strict:
+                return candidate
             raise ValueError("the prompt does not fit the context window even without history")
         history = history[2:] if len(history) >= 2 else []
 
