@@ -6,7 +6,12 @@ finished generation three) as fast as it can for ``--seconds``. Every configurat
 database. Then, on one more database: how long migration 0005 takes to seal ``--seal-rows`` existing
 rows, and how fast ``kefu audit verify`` walks them.
 
-Usage: python -m bench.audit_chain [--writers 1,4,16] [--seconds 10] [--rows-per-tx 1] [--seal-rows 200000]
+Configurations alternate (without, with, without, with, …) for ``--rounds`` rounds and each figure is
+the median, because a shared machine drifts. ``--no-fsync`` sets ``synchronous_commit = off`` in
+the writers, taking the commit's disk flush out so what is left is the database's CPU work per row.
+
+Usage: python -m bench.audit_chain [--writers 1,4,16] [--seconds 10] [--rows-per-tx 1] [--rounds 3] [--no-fsync]
+                                   [--server-side 20000] [--seal-rows 200000]
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import argparse
 import multiprocessing
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import text
+import psycopg
+from sqlalchemy import event, text
 
 from bench.stats import pct
 from models import audit
@@ -30,8 +37,11 @@ from models.settings import Settings
 from tests import services
 
 
-def _writer(url: str, data_dir: str, seconds: float, rows_per_tx: int, start_at: float, out: multiprocessing.Queue) -> None:
+def _writer(url: str, data_dir: str, seconds: float, rows_per_tx: int, start_at: float, no_fsync: bool,
+            out: multiprocessing.Queue) -> None:
     engine = make_engine(Settings(database_url=url, data_dir=Path(data_dir)))
+    if no_fsync:
+        event.listen(engine, "connect", lambda dbapi_conn, _: dbapi_conn.execute("SET synchronous_commit = off"))
     sessions = make_session_factory(engine)
     latencies: list[float] = []
     conversation = os.getpid() * 1000
@@ -50,7 +60,7 @@ def _writer(url: str, data_dir: str, seconds: float, rows_per_tx: int, start_at:
     out.put(latencies)
 
 
-def run(revision: str, writers: int, seconds: float, rows_per_tx: int) -> tuple[float, float, float]:
+def run(revision: str, writers: int, seconds: float, rows_per_tx: int, no_fsync: bool) -> tuple[float, float, float]:
     """(rows per second, p50 ms, p99 ms per transaction) for one configuration on a fresh database."""
     name, url = services.create_database()
     try:
@@ -58,7 +68,7 @@ def run(revision: str, writers: int, seconds: float, rows_per_tx: int) -> tuple[
             upgrade(Settings(database_url=url, data_dir=Path(tmp)), revision)
             out: multiprocessing.Queue = multiprocessing.Queue()
             start_at = time.time() + 1.0  # every writer connected before the clock starts
-            procs = [multiprocessing.Process(target=_writer, args=(url, tmp, seconds, rows_per_tx, start_at, out))
+            procs = [multiprocessing.Process(target=_writer, args=(url, tmp, seconds, rows_per_tx, start_at, no_fsync, out))
                      for _ in range(writers)]
             for proc in procs:
                 proc.start()
@@ -68,6 +78,24 @@ def run(revision: str, writers: int, seconds: float, rows_per_tx: int) -> tuple[
     finally:
         services.drop_database(name)
     return len(latencies) * rows_per_tx / seconds, pct(latencies, 50), pct(latencies, 99)
+
+
+def server_side(revision: str, transactions: int) -> float:
+    """Seconds for ``transactions`` one-row transactions committed by a loop inside PostgreSQL (no client, no
+    flush): the database's own cost of an audit row, with the chain trigger (``head``) or without (0004)."""
+    name, url = services.create_database()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            upgrade(Settings(database_url=url, data_dir=Path(tmp)), revision)
+        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+            conn.execute("SET synchronous_commit = off")
+            began = time.perf_counter()
+            conn.execute(f"""DO $$ BEGIN FOR i IN 1..{int(transactions)} LOOP
+                INSERT INTO audit_event (at, kind, channel, conversation_id, inbound_id, detail)
+                VALUES (now(), 'received', 'web', i, i, '{{"chars": 42}}'); COMMIT; END LOOP; END $$""")
+            return time.perf_counter() - began
+    finally:
+        services.drop_database(name)
 
 
 def seal_and_verify(rows: int) -> tuple[float, float, int]:
@@ -100,18 +128,32 @@ def main() -> None:
     parser.add_argument("--writers", default="1,4,16")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rows-per-tx", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-fsync", action="store_true", help="synchronous_commit = off in the writers")
     parser.add_argument("--seal-rows", type=int, default=200_000)
+    parser.add_argument("--server-side", type=int, default=20_000, metavar="N",
+                        help="also time N one-row transactions committed by a loop inside PostgreSQL")
     args = parser.parse_args()
     services.ensure_postgres()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, PostgreSQL on localhost; "
-          f"{args.seconds:.0f} s per run, {args.rows_per_tx} audit row(s) per transaction")
+          f"{args.seconds:.0f} s per run, median of {args.rounds}, {args.rows_per_tx} audit row(s) per transaction"
+          + (", synchronous_commit off" if args.no_fsync else ""))
     print("| writers | without chain (0004) rows/s | p50 / p99 ms | with chain (0005) rows/s | p50 / p99 ms | change |")
     print("|---|---|---|---|---|---|")
     for writers in (int(w) for w in args.writers.split(",")):
-        plain = run("0004", writers, args.seconds, args.rows_per_tx)
-        chained = run("head", writers, args.seconds, args.rows_per_tx)
+        runs: dict[str, list[tuple[float, float, float]]] = {"0004": [], "head": []}
+        for _ in range(args.rounds):
+            for revision, figures in runs.items():
+                figures.append(run(revision, writers, args.seconds, args.rows_per_tx, args.no_fsync))
+        plain, chained = (tuple(statistics.median(f[i] for f in runs[r]) for i in range(3)) for r in ("0004", "head"))
         print(f"| {writers} | {plain[0]:,.0f} | {plain[1]:.1f} / {plain[2]:.1f} | {chained[0]:,.0f} | "
               f"{chained[1]:.1f} / {chained[2]:.1f} | {(chained[0] / plain[0] - 1) * 100:+.0f} % |", flush=True)
+    if args.server_side:
+        plain_s = statistics.median(server_side("0004", args.server_side) for _ in range(args.rounds))
+        chained_s = statistics.median(server_side("head", args.server_side) for _ in range(args.rounds))
+        print(f"\ninside PostgreSQL, {args.server_side:,} one-row transactions: {plain_s * 1e6 / args.server_side:.0f} µs "
+              f"each without the chain, {chained_s * 1e6 / args.server_side:.0f} µs with it "
+              f"(+{(chained_s - plain_s) * 1e6 / args.server_side:.0f} µs per row)")
     if args.seal_rows:
         sealed, verified, rows = seal_and_verify(args.seal_rows)
         print(f"\nmigration 0005 sealed {args.seal_rows:,} existing rows in {sealed:.1f} s "
