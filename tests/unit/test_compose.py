@@ -163,6 +163,14 @@ def test_env_file_reaches_every_kefu_service(compose: dict[str, Any]) -> None:
         assert ".env" in files, f"{name}: KEFU_* settings in .env (channels, FAQ) would never reach it"
 
 
+def test_files_that_settings_name_by_path_are_mounted(compose: dict[str, Any]) -> None:
+    for name, service in kefu_services(compose):
+        assert "./config:/etc/kefu:ro" in service.get("volumes", []), name
+    assert (COMPOSE / "config" / "README.md").is_file()
+    for variable in ("KEFU_MODERATION_FILE", "KEFU_LOCAL_ASR_MODEL_DIR"):
+        assert f"#{variable}=/etc/kefu/" in (COMPOSE / ".env.example").read_text()
+
+
 def test_every_kefu_variable_is_a_setting(compose: dict[str, Any]) -> None:
     known = known_settings()
     named = {var for _, service in kefu_services(compose) for var in service.get("environment", {})}
