@@ -87,7 +87,7 @@ def test_text_is_answered_by_the_model_through_the_customer_service_api(wx: WeCh
     inbound_id = wx.inbound_id(str(msgid))
     wait_for(lambda: "dispatched" in wx.kinds(inbound_id))
     assert wx.kinds(inbound_id) == ["received", "queued", "generation_started", "generation_finished",
-                                    "reply_stored", "dispatched"]
+                                    "reply_stored", "send_attempted", "dispatched"]
     with wx.stack.sessions() as s:
         reply = s.scalars(select(ReplyRecord).where(ReplyRecord.inbound_id == inbound_id)).one()
         assert reply.text.startswith(str(sent[0]["content"])[:20]) and reply.source == "model"

@@ -126,7 +126,7 @@ def test_official_account_voice_is_downloaded_transcribed_and_answered_by_the_mo
     assert row.text == "okay"  # pocketsphinx's transcription of espeak-ng's "okay", through AMR-NB
     wait_for(lambda: "dispatched" in vs.kinds(row.id))
     assert vs.kinds(row.id) == ["received", "queued", "transcribed", "generation_started", "generation_finished",
-                                "reply_stored", "dispatched"]
+                                "reply_stored", "send_attempted", "dispatched"]
     transcribed = next(e for e in vs.audit(row.id) if e.kind == "transcribed")
     detail = transcribed.detail
     assert detail["format"] == "amr-nb" and detail["chars"] == len(row.text) and 500 < detail["duration_ms"] < 1500
@@ -149,7 +149,7 @@ def test_official_account_voice_asking_for_a_person_is_passed_to_its_staff(vs: V
     row = vs.inbound("wechat_mp", "9050")
     assert (row.text, vs.reply(row.id).source) == ("hello", "handoff")
     wait_for(lambda: "dispatched" in vs.kinds(row.id))
-    assert vs.kinds(row.id) == ["received", "queued", "transcribed", "reply_stored", "dispatched"]
+    assert vs.kinds(row.id) == ["received", "queued", "transcribed", "reply_stored", "send_attempted", "dispatched"]
     later = vs.post(wp.callback(wp.text_xml(openid, "我的订单呢", msgid=9051), mode="raw"), "/v1/wechat/shop")
     assert "transfer_customer_service" in later.text  # the staff take it from here
     assert vs.inbound("wechat_mp", "9051").status == "human"
@@ -168,7 +168,7 @@ def test_voice_that_cannot_be_had_gets_the_unclear_reply(vs: VoiceStack, media: 
     row = vs.inbound("wechat_mp", str(msgid))
     assert (row.text, row.status) == ("[voice]", "answered")
     wait_for(lambda: "dispatched" in vs.kinds(row.id))
-    assert vs.kinds(row.id) == ["received", "queued", "transcription_failed", "reply_stored", "dispatched"]
+    assert vs.kinds(row.id) == ["received", "queued", "transcription_failed", "reply_stored", "send_attempted", "dispatched"]
     failed = next(e for e in vs.audit(row.id) if e.kind == "transcription_failed")
     assert reason in failed.detail["reason"]
     assert vs.reply(row.id).source == "rule"
@@ -197,7 +197,7 @@ def test_a_download_that_keeps_failing_is_given_up_with_the_unclear_reply(vs: Vo
     row = vs.inbound("wechat_mp", "9210")
     wait_for(lambda: "dispatched" in vs.kinds(row.id))
     assert vs.kinds(row.id) == ["received", "queued", "transcription_retry", "transcription_failed", "reply_stored",
-                                "dispatched"]
+                                "send_attempted", "dispatched"]
     failed = next(e for e in vs.audit(row.id) if e.kind == "transcription_failed")
     assert "download failed 2 times" in failed.detail["reason"]
 
@@ -239,7 +239,7 @@ def test_wecom_app_voice_is_transcribed_and_answered_by_the_faq(vs: VoiceStack) 
     row = vs.inbound("wecom", "9500")
     assert row.text == "yes" and vs.reply(row.id).source == "faq"
     wait_for(lambda: "dispatched" in vs.kinds(row.id))
-    assert vs.kinds(row.id) == ["received", "queued", "transcribed", "reply_stored", "dispatched"]
+    assert vs.kinds(row.id) == ["received", "queued", "transcribed", "reply_stored", "send_attempted", "dispatched"]
 
 
 def test_kf_voice_asking_for_a_person_is_handed_off(vs: VoiceStack) -> None:
@@ -255,7 +255,8 @@ def test_kf_voice_asking_for_a_person_is_handed_off(vs: VoiceStack) -> None:
     row = vs.inbound("wecom_kf", str(message["msgid"]))
     assert (row.kind, row.text) == ("voice", "hello")
     wait_for(lambda: "dispatched" in vs.kinds(row.id))
-    assert vs.kinds(row.id) == ["received", "queued", "transcribed", "reply_stored", "handed_off", "dispatched"]
+    assert vs.kinds(row.id) == ["received", "queued", "transcribed", "reply_stored", "send_attempted", "handed_off",
+                                "dispatched"]
     assert next(e for e in vs.audit(row.id) if e.kind == "transcribed").detail["format"] == "amr-wb"
     media_tokens = [c["query"]["access_token"] for c in vs.fake.calls
                     if c["endpoint"] == "media_get" and c["query"]["media_id"] == "KF-HELLO"]

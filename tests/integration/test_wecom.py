@@ -102,7 +102,7 @@ def test_app_text_is_answered_by_the_model_through_message_send(wc: WeComStack) 
     row = wc.inbound("wecom", "5001")
     wait_for(lambda: "dispatched" in wc.kinds(row.id))
     assert wc.kinds(row.id) == ["received", "queued", "generation_started", "generation_finished",
-                                "reply_stored", "dispatched"]
+                                "reply_stored", "send_attempted", "dispatched"]
 
 
 def test_app_faq_is_answered_passively_and_encrypted(wc: WeComStack) -> None:
@@ -213,7 +213,7 @@ def test_kf_customer_asking_for_a_person_is_handed_off_and_the_model_stays_out(w
     assert [m["content"] for m in wc.sent("kf_send_msg", user)] == ["好的，正在为您转接人工客服，请稍候。"]
     handoff = wc.inbound("wecom_kf", str(first["msgid"]))
     wait_for(lambda: "dispatched" in wc.kinds(handoff.id))  # the transfer is part of sending the notice
-    assert wc.kinds(handoff.id) == ["received", "reply_stored", "handed_off", "dispatched"]
+    assert wc.kinds(handoff.id) == ["received", "reply_stored", "send_attempted", "handed_off", "dispatched"]
 
     later = wc.fake.queue_kf_messages(kfid, [{"external_userid": user, "content": "你好？有人吗"}])[0]
     wc.kf_notify(kfid)
