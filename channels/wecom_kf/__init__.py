@@ -8,8 +8,11 @@ token. ``POST /v1/wecom-kf/{account}`` verifies it (:class:`~channels.wechat_gua
 receive id: the corpid), bumps that account's ``kf_cursor.requested``, publishes ``kefu.pull``
 and answers at once. The pull runs in an io worker (:class:`KfSync`):
 
-- one sync per (account, open_kfid) at a time, under a lock; a sync that finds the lock taken
-  retries shortly, so news that arrives during a sync is never left unread;
+- one sync per (account, open_kfid) at a time, under a 10 s lease renewed while it runs (a sync
+  killed mid-way is taken over within seconds); a sync that finds the lease taken retries shortly,
+  so news that arrives during a sync is never left unread; at most one pull per (account,
+  open_kfid) is queued or waiting (:mod:`~channels.wecom_kf.queued`), and a platform retry of a
+  callback already recorded queues none;
 - every page: all customer messages of ``msg_list`` are persisted (their ``msgid`` is the dedup
   key), *then* ``next_cursor`` is stored; ``has_more`` is followed to the end. A crash between the
   two re-reads one page and the messages already stored are skipped without an API call — a restart
@@ -23,9 +26,10 @@ for the human and the model stays out; a customer asking for a person (``handoff
 fallback reply) unless ``handoff_on_fallback`` is off. FAQ hits and unsupported message types are
 answered at once without the model. A voice message (``voice.media_id``) is queued as it is: the
 worker downloads it (WeCom ``media/get``), transcribes it and applies the same rules to the text
-(:mod:`workers.voice`). Replies go through ``kf/send_msg`` with our own ``msgid``,
-at most 5 messages of 2,048 UTF-8 bytes within 48 hours of the customer's message; 95018 (the
-session state no longer allows it: a human took over) is a permanent, recorded failure.
+(:mod:`workers.voice`). Replies go through ``kf/send_msg`` with our own deterministic ``msgid``
+(a resend after a crash is refused by the platform, so the customer gets each part once), at most
+5 messages of 2,048 UTF-8 bytes within 48 hours of the customer's message; 95018 (the session
+state no longer allows it: a human took over) is a permanent, recorded failure.
 """
 
 from __future__ import annotations
