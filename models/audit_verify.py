@@ -3,8 +3,9 @@
 Rows are streamed in (chain, seq) order inside one read-only snapshot (REPEATABLE READ on
 PostgreSQL, one read transaction on SQLite), so memory stays bounded however large the log is, and
 writers may keep appending meanwhile. Each row's hash is recomputed in Python
-(``models.audit_chain``), never taken from the database. For each chain the first problem is reported
-with the row's id and position:
+(``models.audit_chain``), never taken from the database. For each chain the problems are reported in
+order, the first being where the chain first breaks (at most :data:`MAX_PER_CHAIN`; after each one the
+walk goes on from the row as stored), with the row's id and position:
 
 - a row whose content no longer matches its hash: edited, or forged with a made-up hash;
 - a gap in ``seq``: rows deleted from the middle;
@@ -29,6 +30,8 @@ from sqlalchemy import Connection, Engine, Text, cast, inspect, select
 
 from models.audit_chain import GENESIS, row_hash
 from models.tables import AuditChainHead, AuditEvent
+
+MAX_PER_CHAIN = 10  # findings listed per chain; the first is where the chain first breaks
 
 
 class NotChained(Exception):
@@ -64,7 +67,7 @@ class Report:
 
 @dataclass
 class _Chain:
-    """One chain being walked: the last good position and whether it already broke."""
+    """One chain being walked: the last position checked, and how many problems it showed so far."""
 
     number: int
     head: tuple[int, str] | None  # the audit_chain row
@@ -72,7 +75,7 @@ class _Chain:
     seq: int = 0
     hash: str = GENESIS
     last_id: int | None = None
-    broken: bool = False
+    problems: int = 0
 
 
 _COLUMNS = (AuditEvent.id, AuditEvent.chain, AuditEvent.seq, AuditEvent.prev_hash, AuditEvent.hash, AuditEvent.at,
@@ -120,7 +123,7 @@ def _walk(rows: Iterable[Any], heads: dict[int, tuple[int, str]], anchors: dict[
             if current is not None:
                 _finish(current, report)
             current = _Chain(row.chain, heads.pop(row.chain, None), anchors.pop(row.chain, None))
-        if not current.broken:
+        if current.problems < MAX_PER_CHAIN:
             _step(current, row, report)
     if current is not None:
         _finish(current, report)
@@ -133,9 +136,9 @@ def _walk(rows: Iterable[Any], heads: dict[int, tuple[int, str]], anchors: dict[
 def _step(chain: _Chain, row: Any, report: Report) -> None:
     problem = _problem(chain, row)
     if problem is not None:
-        chain.broken = True
+        chain.problems = MAX_PER_CHAIN if chain.head is None else chain.problems + 1
         report.findings.append(Finding(chain.number, row.id, row.seq, problem))
-        return
+    # after a problem, go on from the row as stored, so each later finding stands on its own
     chain.seq, chain.hash, chain.last_id = row.seq, row.hash, row.id
 
 
@@ -144,8 +147,8 @@ def _problem(chain: _Chain, row: Any) -> str | None:
         return "the chain has no head row in audit_chain (rows inserted behind Kefu's back, or the head deleted)"
     if row.seq > chain.seq + 1:
         after = f"after row id {chain.last_id}" if chain.last_id is not None else "at the start of the chain"
-        return (f"seq {chain.seq + 1}..{row.seq - 1} missing {after}: {row.seq - chain.seq - 1} row(s) "
-                "deleted before this one")
+        gap = f"{chain.seq + 1}" if row.seq == chain.seq + 2 else f"{chain.seq + 1}..{row.seq - 1}"
+        return f"seq {gap} missing {after}: {row.seq - chain.seq - 1} row(s) deleted before this one"
     if row.seq <= chain.seq:
         return f"seq {row.seq} repeats or goes back after seq {chain.seq}: rows reordered"
     if row.prev_hash != chain.hash:
@@ -155,7 +158,7 @@ def _problem(chain: _Chain, row: Any) -> str | None:
                         row.conversation_id, row.inbound_id, row.reply_id, row.detail)
     if computed != row.hash:
         return "the content does not match its hash: edited, or forged with a made-up hash"
-    if row.seq > chain.head[0]:
+    if row.seq > chain.head[0] >= chain.seq:  # the first row past the head
         return f"the row lies past the chain's head (seq {chain.head[0]}): appended behind Kefu's back"
     if chain.anchor is not None and row.seq == chain.anchor[0] and row.hash != chain.anchor[1]:
         return "differs from the anchor recorded earlier: the chain was rewritten and re-hashed up to here"
@@ -164,10 +167,10 @@ def _problem(chain: _Chain, row: Any) -> str | None:
 
 def _finish(chain: _Chain, report: Report) -> None:
     """End of a chain's rows: it must end exactly at its head, and reach its anchor."""
-    if chain.broken:
+    if chain.problems >= MAX_PER_CHAIN:  # not walked to its end
         return
     where = f"after row id {chain.last_id}" if chain.last_id is not None else "with no rows"
-    if chain.head is not None and (chain.seq, chain.hash) != chain.head:
+    if chain.head is not None and (chain.seq, chain.hash) != chain.head and chain.seq <= chain.head[0]:
         report.findings.append(Finding(chain.number, chain.last_id, chain.seq, _off_head(chain, chain.head, where)))
         return
     if chain.anchor is not None and chain.anchor[0] > chain.seq:
@@ -175,7 +178,7 @@ def _finish(chain: _Chain, report: Report) -> None:
                                        f"the chain ends at seq {chain.seq} {where}, before the anchor recorded "
                                        f"earlier at seq {chain.anchor[0]}: rows deleted and the head rewritten"))
         return
-    if chain.head is not None:
+    if chain.head is not None and not chain.problems:
         report.heads[chain.number] = (chain.seq, chain.hash)
 
 
@@ -184,7 +187,4 @@ def _off_head(chain: _Chain, head: tuple[int, str], where: str) -> str:
     if head_seq > chain.seq:
         return (f"the chain ends at seq {chain.seq} {where} but its head says seq {head_seq}: "
                 f"the last {head_seq - chain.seq} row(s) were deleted")
-    if head_seq < chain.seq:
-        return (f"the chain goes on to seq {chain.seq} {where} past its head at seq {head_seq}: "
-                f"{chain.seq - head_seq} row(s) appended behind Kefu's back")
     return f"the last row {where.removeprefix('after ')} is not the one its head recorded: the end was replaced"

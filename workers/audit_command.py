@@ -1,7 +1,7 @@
 """``kefu audit verify``: run :func:`models.audit_verify.verify` and report it to an operator.
 
-Exit status 0 when every chain verifies, 1 when any is broken (each broken chain is printed with the
-row id where it breaks), 2 when the database has no chain yet or an anchors file cannot be read.
+Exit status 0 when every chain verifies, 1 when any is broken (each problem is printed with the row
+id where it shows, a chain's first problem first), 2 when the database has no chain yet or an anchors file cannot be read.
 Prints row ids, chains and positions only, never a row's content.
 
 ``--anchors FILE`` keeps an outside record of the chains' ends: the positions and hashes recorded in
@@ -58,8 +58,9 @@ def run_verify(settings: Settings, anchors_path: Path | None) -> int:
     for finding in report.findings:
         print(f"TAMPERED {finding}")
     chains = len(set(report.heads) | {f.chain for f in report.findings if f.chain is not None})
-    verdict = "clean" if report.clean else f"{len(report.findings)} broken chain(s)"
-    print(f"audit log: {report.rows} rows in {chains} chains checked in {report.seconds:.2f} s "
+    broken = len({f.chain for f in report.findings})
+    verdict = "clean" if report.clean else f"{len(report.findings)} problem(s) in {broken} chain(s)"
+    print(f"audit log: {report.rows:,} rows in {chains} chain(s) checked in {report.seconds:.2f} s "
           f"({report.rows / max(report.seconds, 1e-9):,.0f} rows/s): {verdict}")
     if anchors_path and report.clean:
         save_anchors(anchors_path, report)
