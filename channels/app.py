@@ -59,12 +59,14 @@ class Services:
 
 
 def build_services(settings: Settings) -> Services:
-    db = make_engine(settings, pre_ping=False)
+    """Every service bounded in time: a database or broker that does not answer costs a request
+    ``KEFU_DB_RESPONSE_TIMEOUT_S`` (then 503) or ``KEFU_PUBLISH_TIMEOUT_S`` (then the sweeper publishes)."""
+    db = make_engine(settings, pre_ping=False, response_timeout_s=settings.db_response_timeout_s)
     sessions = make_session_factory(db)
-    publisher = Publisher(make_celery(settings, "kefu-gateway"))
+    publisher = Publisher(make_celery(settings, "kefu-gateway", gateway=True), settings.publish_retry_after_s)
     return Services(settings, db, sessions, publisher, Ingress(sessions, publisher, partial(privacy.stored_text, settings)),
                     make_listener(settings),
-                    make_kv(settings))
+                    make_kv(settings, settings.publish_timeout_s))
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Starlette:

@@ -169,7 +169,8 @@ class Settings(BaseSettings):
     max_text_chars: int = 2000
     max_body_bytes: PositiveInt = 64 * 1024
     visitor_token_ttl_s: PositiveInt = 30 * 24 * 3600
-    publish_timeout_s: PositiveSeconds = 5.0
+    # the gateway's longest wait for the broker or Redis in one request (publish, kv, bus); then it goes on without
+    publish_timeout_s: PositiveSeconds = 1.0
     gateway_threads: PositiveInt = 4  # threads for blocking database/broker calls in each gateway process
 
     # --- WeChat / WeCom ----------------------------------------------------------------------------
@@ -281,6 +282,12 @@ class Settings(BaseSettings):
     sweep_interval_s: PositiveInt = 30
     redis_timeout_s: PositiveSeconds = 5.0
     sql_statement_timeout_ms: PositiveInt = 10_000
+    db_connect_timeout_s: Annotated[int, Field(ge=2)] = 2  # libpq's connect_timeout (whole seconds, at least 2)
+    # the gateway's wait for any one database answer; past it the connection is cut and the request gets 503
+    db_response_timeout_s: PositiveSeconds = 2.0
+    # after a publish failed, the gateway stops trying for this long (messages wait for the sweeper)
+    publish_retry_after_s: PositiveSeconds = 5.0
+    web_max_sockets_per_visitor: PositiveInt = 5  # the oldest socket is closed (4008) when a visitor opens one more
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -28,6 +28,8 @@ from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from models.settings import Settings
 
@@ -95,7 +97,9 @@ def _decode(raw: bytes) -> tuple[str, Event]:
 
 class RedisBus:
     def __init__(self, url: str, timeout_s: float) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        # a Redis that does not answer costs a publisher two timeouts at most (one retry, no backoff)
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                            retry=Retry(NoBackoff(), 1))
 
     def publish(self, topic: str, event: Event) -> None:
         try:

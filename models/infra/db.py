@@ -1,8 +1,13 @@
 """Engine and session factory: PostgreSQL through psycopg 3, SQLite for the embedded default.
 
-Every connection carries a statement timeout (PostgreSQL ``statement_timeout``, SQLite
-``busy_timeout``) so no SQL call can hang a gateway or a worker. SQLite runs in WAL mode with
-foreign keys on, so a gateway and workers in separate processes can share the file.
+Every connection carries a statement timeout (PostgreSQL ``statement_timeout`` and ``lock_timeout``, SQLite
+``busy_timeout``) so no SQL call can hang a gateway or a worker. PostgreSQL connections also have a connect
+timeout (``KEFU_DB_CONNECT_TIMEOUT_S``), TCP keepalives and ``tcp_user_timeout`` (a peer that vanished is
+noticed), and a bounded wait for a pooled connection. An engine made with ``response_timeout_s`` (the
+gateway's, ``KEFU_DB_RESPONSE_TIMEOUT_S``) also cuts a connection whose server does not answer a round trip
+in time (:mod:`models.infra.db_deadline`): a black-holed database raises ``OperationalError`` within that
+time instead of hanging the request. SQLite runs in WAL mode with foreign keys on, so a gateway and workers in
+separate processes can share the file.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ from sqlalchemy import Engine, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.infra import db_deadline
 from models.settings import Settings
 from models.tables import Base
 
 
-def make_engine(settings: Settings, url: str | None = None, *, pre_ping: bool = True) -> Engine:
+def make_engine(settings: Settings, url: str | None = None, *, pre_ping: bool = True,
+                response_timeout_s: float | None = None) -> Engine:
+    """``response_timeout_s``: the longest any PostgreSQL round trip may wait for the server (also its
+    ``statement_timeout`` when shorter); None: only the server-side ``KEFU_SQL_STATEMENT_TIMEOUT_MS``."""
     url = url or settings.effective_database_url
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -41,19 +50,31 @@ def make_engine(settings: Settings, url: str | None = None, *, pre_ping: bool = 
         return engine
     # pre_ping costs a round trip per transaction. The gateway turns it off: a connection broken by a
     # database restart fails one request (503, the platform retries) and SQLAlchemy refreshes the pool.
-    return create_engine(
+    statement_ms = int(settings.sql_statement_timeout_ms)
+    if response_timeout_s is not None:
+        statement_ms = min(statement_ms, int(response_timeout_s * 1000))
+    engine = create_engine(
         url,
         hide_parameters=True,  # a failed statement's error (logged) must never carry a customer's message text
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
         pool_size=10,
         max_overflow=20,
-        pool_timeout=10,
+        pool_timeout=settings.db_connect_timeout_s + (response_timeout_s or 0) + 1,
         connect_args={
-            "connect_timeout": 5,
-            "options": f"-c statement_timeout={int(settings.sql_statement_timeout_ms)}",
+            "connect_timeout": settings.db_connect_timeout_s,
+            "options": f"-c statement_timeout={statement_ms} -c lock_timeout={statement_ms}",
+            # a peer that vanished (no RST) is noticed: unacknowledged data, then idle probes
+            "tcp_user_timeout": max(statement_ms, 10_000),
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
         },
     )
+    if response_timeout_s is not None:
+        db_deadline.install(engine, response_timeout_s)
+    return engine
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

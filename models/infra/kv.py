@@ -2,7 +2,9 @@
 
 Redis when configured; otherwise a SQLite file under ``data_dir`` (``kv.sqlite``), shared by every
 process on the host. ``add`` is set-if-absent, atomic in both, which is what replay protection and
-single-flight refreshes rely on. Redis errors propagate (callers decide what a failure means).
+single-flight refreshes rely on. Redis errors propagate (callers decide what a failure means); a Redis
+that does not answer costs at most two socket timeouts (one retry on a fresh connection, no backoff). The
+gateway passes its short ``KEFU_PUBLISH_TIMEOUT_S``; workers use ``KEFU_REDIS_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Protocol
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from models.settings import Settings
 
@@ -27,7 +31,8 @@ class KV(Protocol):
 
 class RedisKV:
     def __init__(self, url: str, timeout_s: float) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                            retry=Retry(NoBackoff(), 1))
 
     def get(self, key: str) -> str | None:
         value = self._client.get(f"kefu:kv:{key}")
@@ -84,8 +89,9 @@ class SQLiteKV:
             self._db.close()
 
 
-def make_kv(settings: Settings) -> KV:
+def make_kv(settings: Settings, timeout_s: float | None = None) -> KV:
+    """``timeout_s``: the Redis socket timeout (default ``KEFU_REDIS_TIMEOUT_S``)."""
     url = settings.effective_redis_url
     if url:
-        return RedisKV(url, settings.redis_timeout_s)
+        return RedisKV(url, timeout_s or settings.redis_timeout_s)
     return SQLiteKV(settings.data_dir / "kv.sqlite")

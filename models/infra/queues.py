@@ -6,11 +6,19 @@ identical on both sides.
 
 Reliability settings: late acks, reject on worker loss, prefetch 1, a per-task hard time limit,
 and for Redis a visibility timeout longer than that limit (checked by ``Settings``).
+
+The gateway's publisher (``make_celery(..., gateway=True)``) must never hold a request on a broker that does
+not answer: its Redis sockets time out after ``KEFU_PUBLISH_TIMEOUT_S`` and a failed publish is not retried
+(the sweeper publishes the message; a retry measured 3 s against a hung broker, not 1); after a failure the
+:class:`Publisher` raises :class:`BrokerUnavailable` at once for ``KEFU_PUBLISH_RETRY_AFTER_S`` (the caller
+leaves the message to the sweeper), instead of making every request wait for the same timeout.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from celery import Celery
@@ -37,9 +45,14 @@ ROUTES = {
 log = logging.getLogger(__name__)
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
+class BrokerUnavailable(ConnectionError):
+    """A publish was not attempted: the broker failed a moment ago (see :class:`Publisher`)."""
+
+
+def celery_config(settings: Settings, *, gateway: bool = False) -> dict[str, Any]:
     transport_options: dict[str, Any]
     config: dict[str, Any] = {}
+    retries = 0 if gateway else 3  # a retry against a hung broker costs another connect and read timeout
     if settings.embedded_broker:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         import models.infra.embedded_broker  # noqa: F401 - registers the kefu-sqla URL scheme
@@ -50,8 +63,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             # look for messages of dead workers every few seconds (kombu's default is every ~100 s)
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
             "unacked_restore_throttle": 1,
-            "socket_timeout": settings.redis_timeout_s,
-            "socket_connect_timeout": settings.redis_timeout_s,
+            "socket_timeout": settings.publish_timeout_s if gateway else settings.redis_timeout_s,
+            "socket_connect_timeout": settings.publish_timeout_s if gateway else settings.redis_timeout_s,
             "health_check_interval": 30,
         }
     config.update(
@@ -74,7 +87,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         task_time_limit=settings.generation_hard_limit_s,
         task_soft_time_limit=settings.generation_soft_limit_s,
         task_publish_retry=True,
-        task_publish_retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 1},
+        task_publish_retry_policy={"max_retries": retries, "interval_start": 0, "interval_step": 0.2, "interval_max": 1},
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         enable_utc=True,
@@ -87,27 +100,51 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-def make_celery(settings: Settings, main: str = "kefu") -> Celery:
+def make_celery(settings: Settings, main: str = "kefu", *, gateway: bool = False) -> Celery:
     app = Celery(main)
-    app.conf.update(celery_config(settings))
+    app.conf.update(celery_config(settings, gateway=gateway))
     return app
 
 
 class Publisher:
-    """Publishes tasks by name; the only way channels reach workers."""
+    """Publishes tasks by name; the only way channels reach workers.
 
-    def __init__(self, celery: Celery) -> None:
+    With ``retry_after_s``, a failed publish makes the next ones raise :class:`BrokerUnavailable` at once for
+    that long (a broker that hangs costs one timeout, not one per request); then the next publish tries again.
+    """
+
+    def __init__(self, celery: Celery, retry_after_s: float | None = None) -> None:
         self._celery = celery
+        self._retry_after_s = retry_after_s
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+
+    def _send(self, name: str, args: tuple[Any, ...], **options: Any) -> None:
+        if self._retry_after_s is None:
+            self._celery.send_task(name, args=args, **options)
+            return
+        if time.monotonic() < self._down_until:
+            raise BrokerUnavailable("the broker failed a moment ago; not trying again yet")
+        try:
+            self._celery.send_task(name, args=args, **options)
+        except Exception:
+            with self._lock:
+                self._down_until = time.monotonic() + self._retry_after_s
+            raise
 
     def handle_inbound(self, inbound_id: int) -> None:
-        self._celery.send_task(HANDLE_INBOUND, args=(inbound_id,), **ROUTES[HANDLE_INBOUND])
+        self._send(HANDLE_INBOUND, (inbound_id,), **ROUTES[HANDLE_INBOUND])
 
     def deliver(self, reply_id: int, countdown: float | None = None) -> None:
-        self._celery.send_task(DELIVER, args=(reply_id,), countdown=countdown, **ROUTES[DELIVER])
+        self._send(DELIVER, (reply_id,), countdown=countdown, **ROUTES[DELIVER])
 
     def pull(self, channel: str, account: str, source: str, countdown: float | None = None) -> None:
-        self._celery.send_task(PULL, args=(channel, account, source), countdown=countdown, **ROUTES[PULL])
+        self._send(PULL, (channel, account, source), countdown=countdown, **ROUTES[PULL])
 
     def ping(self, timeout: float) -> None:
+        """A round trip to the broker (Redis: PING), not only a connect: a hung broker accepts connections."""
         with self._celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
+            client = getattr(conn.default_channel, "client", None)
+            if client is not None and callable(getattr(client, "ping", None)):
+                client.ping()

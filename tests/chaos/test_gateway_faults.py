@@ -1,0 +1,145 @@
+"""The gateway under a hung broker and a black-holed database: bounded answers, nothing lost.
+
+A black hole accepts connections and never answers (a dropped route, a hung server): no RST, so the client
+only learns by timing out. The gateway runs in this process with its broker/Redis or PostgreSQL behind a
+:class:`~tests.chaos.faults.FaultProxy`; the worker and the sweeper use the real servers.
+
+Promises checked:
+- hung broker: every POST is answered 202, its message stored with a ``queue_failed`` audit; once the broker
+  answers again the sweeper publishes each and each is answered exactly once.
+- black-holed database: a POST gets a JSON 503 and ``/readyz`` a 503 naming the database, both within the
+  client's timeout (they hung for ever before); when the database answers again the gateway serves again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from models.infra.db import make_engine, make_session_factory
+from models.infra.migrate import upgrade
+from models.settings import Settings
+from models.tables import AuditEvent, InboundRecord
+from tests.chaos.faults import FaultProxy
+from tests.conftest import as_env, settings_kwargs
+from tests.integration.conftest import Stack, settled, wait_for
+from tests.integration.test_reliability import backdate, kinds, reply_count
+from workers import runtime as worker_runtime
+from workers import sweeper, tasks
+from workers.demo.processes import GatewayThread, WorkerProcess
+
+# The client gives up after this: past the 5 s in which WeChat and WeCom expect an answer.
+CLIENT_TIMEOUT_S = 15.0
+
+
+@dataclass
+class Proxied:
+    stack: Stack
+    proxy: FaultProxy
+
+
+def _proxied_stack(tmp_path: Path, model: Path, pg: str, rds: str, gateway_update: Any) -> Iterator[Proxied]:
+    values = settings_kwargs("redis-postgres", tmp_path, model, pg, rds)
+    settings = Settings(**values)
+    upgrade(settings)
+    worker = WorkerProcess(as_env(values), tmp_path / "worker.log")
+    host, port = gateway_update["target"]
+    proxy = FaultProxy(host, port)
+    gateway = GatewayThread(settings.model_copy(update=gateway_update["settings"](proxy))).start()
+    stack = Stack("redis-postgres", settings, gateway, worker, make_session_factory(make_engine(settings)),
+                  as_env(values))
+    try:
+        assert worker.wait(timeout=120), (tmp_path / "worker.log").read_text()[-3000:]
+        worker_runtime.configure(settings)
+        yield Proxied(stack, proxy)
+    finally:
+        proxy.passthrough()
+        stack.close()
+        proxy.close()
+        worker_runtime.shutdown()
+
+
+@pytest.fixture
+def hung_broker(tmp_path: Path, tiny_gguf: Path, pg_url: str, redis_url: str) -> Iterator[Proxied]:
+    """The gateway's broker and Redis (bus, kv, locks) go through the proxy."""
+    db = redis_url.rsplit("/", 1)[1]
+    yield from _proxied_stack(tmp_path, tiny_gguf, pg_url, redis_url, {
+        "target": ("127.0.0.1", 6379),
+        "settings": lambda proxy: {"broker_url": proxy.url("redis", f"/{db}"), "redis_url": proxy.url("redis", f"/{db}")},
+    })
+
+
+@pytest.fixture
+def black_holed_db(tmp_path: Path, tiny_gguf: Path, pg_url: str, redis_url: str) -> Iterator[Proxied]:
+    """The gateway's PostgreSQL goes through the proxy."""
+    url = httpx.URL(pg_url.replace("postgresql+psycopg://", "http://"))
+    yield from _proxied_stack(tmp_path, tiny_gguf, pg_url, redis_url, {
+        "target": (url.host, url.port or 5432),
+        "settings": lambda proxy: {"database_url": pg_url.replace(f"{url.host}:{url.port or 5432}",
+                                                                  f"127.0.0.1:{proxy.port}")},
+    })
+
+
+def _post(stack: Stack, visitor: tuple[str, str], text: str, client_msg_id: str) -> tuple[int, dict[str, Any], float]:
+    visitor_id, token = visitor
+    started = time.monotonic()
+    with httpx.Client(base_url=stack.gateway.http_url, timeout=CLIENT_TIMEOUT_S) as http:
+        resp = http.post("/v1/web/messages", headers={"Authorization": f"Bearer {token}"},
+                         json={"visitor_id": visitor_id, "text": text, "client_msg_id": client_msg_id})
+    return resp.status_code, resp.json(), time.monotonic() - started
+
+
+def test_a_hung_broker_costs_a_bounded_time_and_the_sweeper_publishes_later(hung_broker: Proxied) -> None:
+    stack, proxy = hung_broker.stack, hung_broker.proxy
+    visitors = [stack.visitor() for _ in range(16)]
+    assert _post(stack, visitors[0], "你好", "warm")[0] == 202  # the gateway's connections are open
+    proxy.blackhole()
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda n: _post(stack, visitors[n], f"第{n}个问题：怎么退货？", f"h{n}"), range(16)))
+    print("POST latencies under a hung broker:", " ".join(f"{r[2]:.2f}" for r in sorted(results, key=lambda r: r[2])))
+    assert [r[0] for r in results] == [202] * 16, results
+    ids = [r[1]["message_id"] for r in results]
+    assert all(kinds(stack, i) == ["received", "queue_failed"] for i in ids)
+    with stack.sessions() as s:
+        assert set(s.scalars(select(InboundRecord.status).where(InboundRecord.id.in_(ids)))) == {"received"}
+
+    proxy.passthrough()
+    for i in ids:
+        backdate(stack, i, sweeper.NEVER_QUEUED_S + 1)
+    assert tasks.sweep()["requeued"] == 16
+    wait_for(lambda: all(reply_count(stack, i) == 1 for i in ids), timeout=180)
+    assert settled(lambda: [reply_count(stack, i) for i in ids]) == [1] * 16
+
+
+def test_a_black_holed_database_gets_a_clear_503_and_readyz_notices(black_holed_db: Proxied) -> None:
+    stack, proxy = black_holed_db.stack, black_holed_db.proxy
+    visitor = stack.visitor()
+    assert _post(stack, visitor, "你好", "before")[0] == 202  # the pool holds open connections now
+
+    proxy.blackhole()
+    status, body, took = _post(stack, visitor, "还在吗？", "during")
+    print(f"POST under a black-holed database: {status} in {took:.2f}s")
+    assert status == 503 and body["error"]["code"] == "unavailable"
+    with httpx.Client(base_url=stack.gateway.http_url, timeout=CLIENT_TIMEOUT_S) as http:
+        started = time.monotonic()
+        ready = http.get("/readyz")
+        print(f"/readyz under a black-holed database: {ready.status_code} in {time.monotonic() - started:.2f}s")
+    assert ready.status_code == 503 and ready.json()["checks"]["database"].startswith("unreachable")
+    assert ready.json()["checks"]["broker"] == "ok"
+
+    proxy.passthrough()
+    status, body, _ = _post(stack, visitor, "还在吗？", "after")
+    assert status == 202
+    wait_for(lambda: reply_count(stack, body["message_id"]) == 1, timeout=120)
+    with stack.sessions() as s:  # the 503'd message left no row: the client sends it again
+        assert s.scalar(select(InboundRecord.id).where(InboundRecord.external_id.like("%-during"))) is None
+        assert s.scalars(select(AuditEvent.kind).where(AuditEvent.inbound_id == body["message_id"])
+                         .order_by(AuditEvent.id)).first() == "received"
