@@ -6,13 +6,15 @@ Kinds (:class:`Kind`) and how each is recognized:
   MOD 11-2 check character, with a known province code and a real birth date; or a legacy 15-digit
   number (province code and a real 19YY birth date; it has no check digit).
 - ``bank_card``: 13-19 digits (single spaces or dashes between them allowed) that pass the Luhn check and
-  start like a card network's number (3-6, or Mastercard's 2221-2720); not one right after words such
-  as 订单号/运单号/order (an order number that happens to pass Luhn), and never an ID number.
+  have a card network's first digits and length (Visa 4 and 13/16/19 digits, UnionPay 62 and 16-19, …);
+  not one right after words such as 订单号/运单号/order (an order number that happens to pass Luhn), and
+  never an ID number.
 - ``mobile``: a mainland mobile number 1[3-9]X XXXX XXXX, optionally +86/0086/86 and spaces or dashes,
   not part of a longer run of digits.
 - ``email``: an address ``local@domain.tld``.
 - ``address``: a Chinese street address: an optional province/city/district prefix, then a road or
-  street (路/街/大道/巷/弄/胡同) and a house number (…号), with building, unit and room after it.
+  street (路/街/大道/巷/弄/胡同) and a house number (…号), with building, unit and room after it; without a
+  region, the road's name must have at least two Chinese characters (赤峰路63号, not 3路5号).
 
 Masks keep a little for a person to recognize the value: ``110105********002X``, ``138****5678``,
 ``6222 **** **** 1234``, ``z***@example.com``, ``北京市朝阳区****``.
@@ -95,12 +97,32 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _card_prefix(digits: str) -> bool:
-    return digits[0] in "3456" or 2221 <= int(digits[:4]) <= 2720
+# (first digits from, to, allowed lengths): the card networks' published IIN ranges and number lengths. A number
+# of another length with the same first digits is something else (a 15-digit IMEI starting 35 or 49, say).
+_NETWORKS: tuple[tuple[int, int, frozenset[int]], ...] = (
+    (4, 4, frozenset({13, 16, 19})),  # Visa
+    (51, 55, frozenset({16})), (2221, 2720, frozenset({16})),  # Mastercard
+    (34, 34, frozenset({15})), (37, 37, frozenset({15})),  # American Express
+    (62, 62, frozenset({16, 17, 18, 19})), (81, 81, frozenset({16, 17, 18, 19})),  # UnionPay
+    (3528, 3589, frozenset({16, 17, 18, 19})),  # JCB
+    (6011, 6011, frozenset({16, 17, 18, 19})), (644, 649, frozenset({16, 17, 18, 19})),  # Discover
+    (65, 65, frozenset({16, 17, 18, 19})),
+    (36, 36, frozenset({14, 15, 16, 17, 18, 19})), (300, 305, frozenset({16, 17, 18, 19})),  # Diners Club
+    (38, 39, frozenset({16, 17, 18, 19})),
+    (50, 50, frozenset(range(12, 20))), (56, 69, frozenset(range(12, 20))),  # Maestro and other debit
+)
+
+
+def _card_network(digits: str) -> bool:
+    for low, high, lengths in _NETWORKS:
+        width = len(str(low))
+        if low <= int(digits[:width]) <= high and len(digits) in lengths:
+            return True
+    return False
 
 
 def valid_card_number(digits: str) -> bool:
-    return 13 <= len(digits) <= 19 and digits.isdigit() and _card_prefix(digits) and luhn_ok(digits)
+    return 13 <= len(digits) <= 19 and digits.isdigit() and _card_network(digits) and luhn_ok(digits)
 
 
 # ---- finders --------------------------------------------------------------------------------------
@@ -120,7 +142,7 @@ _NUM = r"[0-9０-９一二三四五六七八九十百千零〇两]+"
 _ADDRESS_RE = re.compile(
     rf"(?P<region>(?:[{_HAN}]{{2,9}}?(?:省|自治区|特别行政区))?(?:[{_HAN}]{{2,9}}?(?:市|自治州|州|盟))?"
     rf"(?:[{_HAN}]{{1,9}}?(?:区|县|旗))?(?:[{_HAN}]{{1,9}}?(?:镇|乡|街道))?)"
-    rf"(?P<street>[{_HAN}0-9A-Za-z]{{1,12}}?(?:大道|大街|路|街|巷|弄|胡同|里)(?:{_NUM}(?:段|巷|弄))?"
+    rf"(?P<street>(?P<road>[{_HAN}0-9A-Za-z]{{1,12}}?)(?:大道|大街|路|街|巷|弄|胡同|里)(?:{_NUM}(?:段|巷|弄))?"
     rf"{_NUM}(?:[\-之]{_NUM})?号(?:院|楼)?"
     rf"(?:[0-9A-Za-z{_HAN}\-]{{0,8}}?(?:号楼|栋|幢|座|单元|层|楼|室|号房|房))*)"
 )
@@ -161,7 +183,8 @@ def _emails(text: str) -> Iterable[Span]:
 
 def _addresses(text: str) -> Iterable[Span]:
     for m in _ADDRESS_RE.finditer(text):
-        if m.group("region") or re.search(r"号(?:楼|院)|栋|幢|单元|室", m.group("street")):
+        if (m.group("region") or re.search(rf"[{_HAN}]{{2}}$", m.group("road"))
+                or re.search(r"号(?:楼|院)|栋|幢|单元|室", m.group("street"))):
             yield Span(Kind.ADDRESS, m.start(), m.end(), m.group())
 
 
