@@ -36,7 +36,7 @@ from sqlalchemy import func, select, update
 from channels.base import DeliveryPermanent
 from channels.speech.voice_file import DecoderUnavailable, VoiceFileError, decode
 from channels.wechat_api import AppCredentials
-from models import audit
+from models import audit, privacy
 from models.envelope import ConversationKey, printable
 from models.errors import Permanent, Retryable
 from models.infra.db import transaction
@@ -119,7 +119,7 @@ def transcribe(rt: Runtime, row: InboundRecord, key: ConversationKey) -> Inbound
         _failed(rt, ids, "nothing recognized", format=voice.format, duration_ms=round(voice.duration_s * 1000))
     with transaction(rt.sessions) as session:
         session.execute(update(InboundRecord).where(InboundRecord.id == row.id, InboundRecord.text == "")
-                        .values(text=text))
+                        .values(text=privacy.stored_text(s, text)[0]))  # KEFU_PII_MASK_STORED, as at ingress
         audit.record(session, audit.TRANSCRIBED, **ids, format=voice.format, media_bytes=len(media.content),
                      duration_ms=round(voice.duration_s * 1000), chars=len(text),
                      download_ms=_ms(downloaded - started), decode_ms=_ms(decoded - downloaded),
