@@ -47,14 +47,20 @@ _MARK = "_kefu_pii_masked"
 
 
 def _masked_record(record: logging.LogRecord) -> logging.LogRecord:
+    """The record with personal data masked; left exactly as it was when there is none (formatters that
+    read ``args``, such as uvicorn's access log, keep working)."""
     try:
         message = record.getMessage()
     except Exception:  # a broken format string: logging itself reports it later; mask what we can
         message = str(record.msg)
-    record.msg, record.args = pii.mask(message), None
+    masked = pii.mask(message)
+    if masked != message:
+        record.msg, record.args = masked, None
     if record.exc_info and not record.exc_text:
-        record.exc_text = logging.Formatter().formatException(record.exc_info)
-    if record.exc_text:
+        text = logging.Formatter().formatException(record.exc_info)
+        if pii.mask(text) != text:
+            record.exc_text = pii.mask(text)
+    elif record.exc_text:
         record.exc_text = pii.mask(record.exc_text)
     if record.stack_info:
         record.stack_info = pii.mask(record.stack_info)

@@ -204,6 +204,15 @@ def test_log_records_are_masked(caplog: pytest.LogCaptureFixture) -> None:
         assert secret not in text
 
 
+def test_a_log_record_without_personal_data_is_left_as_it_was() -> None:
+    privacy.install_log_masking()
+    record = logging.getLogRecordFactory()("uvicorn.access", logging.INFO, __file__, 1, '%s "%s %s"',
+                                          ("127.0.0.1:5000", "GET", "/healthz"), None)
+    assert record.args == ("127.0.0.1:5000", "GET", "/healthz")  # uvicorn's access formatter unpacks them
+    record = logging.getLogRecordFactory()("kefu", logging.INFO, __file__, 1, "to %s", ("13812345678",), None)
+    assert (record.msg, record.args) == ("to 138****5678", None)
+
+
 def test_the_published_benchmark_figures_hold() -> None:
     """docs/BENCHMARKS.md's PII table, recomputed from bench/data/pii (public data, labelled without Kefu)."""
     from bench import pii_eval
