@@ -225,6 +225,13 @@ class Settings(BaseSettings):
             return "all" if value else "none"
         return aliases.get(value.strip().lower(), value.strip().lower()) if isinstance(value, str) else value
 
+    @field_validator("moderation_url")
+    @classmethod
+    def _moderation_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://moderation:8080/check")
+        return value or None
+
     # --- speech (the phone, and WeChat voice messages the platform did not transcribe) ----------
     # "local": espeak-ng, and sherpa-onnx when KEFU_LOCAL_ASR_MODEL_DIR is set, else pocketsphinx (English only);
     # "nls": Aliyun NLS recognition and synthesis, with the local voice as the fallback when NLS synthesis fails

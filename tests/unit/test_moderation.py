@@ -164,3 +164,10 @@ def test_endpoint_silent_or_down_fails_open_or_closed(silent_port: int, fail_clo
         closed_port = s.getsockname()[1]
     down = HttpModelCheck(f"http://127.0.0.1:{closed_port}/", timeout_s=0.2, fail_closed=fail_closed)
     assert down.check("你好", Direction.INBOUND) == expected
+
+
+def test_a_moderation_url_without_a_scheme_is_refused_naming_the_variable(clean_env: object) -> None:
+    from models.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match=r"KEFU_MODERATION_URL: must be an http:// or https:// URL"):
+        load_settings(moderation_url="moderation:8080")
