@@ -10,11 +10,18 @@ Routes (all JSON; errors are ``{"error": {"code", "message"}}``):
 - ``WS /v1/web/ws?token=…`` (Origin checked against the allowlist). Client frames: ``message``
   ``{text, client_msg_id?}``, ``ack`` ``{reply_id}``, ``ping``. Server frames: ``accepted``,
   ``token`` ``{message_id, text}``, ``reply`` ``{reply_id, message_id, text}``, ``error``
-  ``{code, message}`` (the connection stays open), ``pong``.
+  ``{code, message}`` (the connection stays open), ``pong``, ``status`` ``{state: "degraded" | "ok"}``.
 
 Delivery is at-least-once: a reply is pushed live through the bus, and again from the database on
 (re)connect and every few seconds until the client acks it; clients drop repeated ``reply_id``\\ s.
 After a socket has sent the ``reply`` for a message it sends no more ``token`` frames for it.
+A socket sends ``reply`` frames in message order: a live reply goes out after every earlier stored reply of
+the conversation (read from the database when it arrives), whatever order the live events came in.
+
+Under a database outage sockets stay open: they get ``status`` ``degraded`` (then ``ok``), new sockets are
+accepted, and a ``message`` or ``ack`` frame gets an ``error`` ``unavailable`` (send it again). A visitor
+holds at most ``KEFU_WEB_MAX_SOCKETS_PER_VISITOR`` sockets per gateway process: one more closes the oldest
+with code 4008; idle sockets cost no database work of their own (:mod:`channels.web_sockets`).
 
 Every visitor message goes through the same dialogue decision as every channel
 (:meth:`~channels.base.ChannelAdapter.take`): an FAQ hit is answered at once without the model, and
@@ -30,6 +37,8 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
@@ -41,8 +50,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from channels import visitor_token
 from channels.base import Channel, ChannelAdapter, DeliveryProgress, Outbound, RequestRejected
 from channels.http import clean_text, parse_json_object, require_unicode
+from channels.web_sockets import REPLACED, REPLACED_REASON, RESEND_INTERVAL_S, ReplyRow, SocketHub
 from models import transcript
-from models.envelope import ConversationKey, Inbound, Reply
+from models.envelope import ConversationKey, Inbound, Reply, utcnow
 from models.infra.db import transaction
 
 if TYPE_CHECKING:
@@ -51,7 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHANNEL = "web"
-RESEND_INTERVAL_S = 3.0
+SHOW_ACKED_SINCE_S = 5.0
 _CLIENT_MSG_ID_MAX = 64
 
 
@@ -74,6 +84,11 @@ class WebAdapter(ChannelAdapter):
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
         self._key = context.settings.signing_key()
+        self.hub = SocketHub(context.sessions, CHANNEL, context.settings.web_account,
+                             context.settings.web_max_sockets_per_visitor)
+
+    async def stop(self) -> None:
+        await self.hub.stop()
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -204,19 +219,20 @@ class WebAdapter(ChannelAdapter):
             return None
         raise RequestRejected(400, "unknown_frame_type", f"unknown frame type {kind!r}; use message, ack or ping")
 
-    def undelivered_sync(self, key: ConversationKey) -> list[tuple[int, int, str]]:
-        with self.ctx.sessions() as session:
-            return transcript.undelivered_replies(session, key)
-
 
 class _WebSession:
-    """One visitor's socket: client frames in; live tokens, replies and resends out."""
+    """One visitor's socket: client frames in; live tokens, replies (in message order) and status out."""
 
     def __init__(self, adapter: WebAdapter, ws: WebSocket, key: ConversationKey) -> None:
         self.adapter, self.ws, self.key = adapter, ws, key
+        self.peer = key.peer
+        self._hub = adapter.hub
         self._send_lock = asyncio.Lock()
+        self._reply_lock = asyncio.Lock()  # one reply sender at a time: the order decided is the order sent
         self._pushed: dict[int, float] = {}  # reply_id → when this socket last sent it
         self._finished: set[int] = set()  # message ids whose final reply this socket has sent
+        # replies created from shortly before the socket opened are shown even when another tab acked them
+        self._since = utcnow() - timedelta(seconds=SHOW_ACKED_SINCE_S)
 
     async def send(self, frame: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -226,14 +242,17 @@ class _WebSession:
         listener = self.adapter.ctx.listener
         topic = self.key.topic()
         events = listener.subscribe(topic)  # subscribe before reading the database: no gap
-        tasks: list[asyncio.Task[None]] = [
-            asyncio.create_task(self._read()),
-            asyncio.create_task(self._forward(events)),
-            asyncio.create_task(self._resend()),
-        ]
+        self._hub.register(self)
+        tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._read()), asyncio.create_task(self._forward(events))]
         try:
+            if self._hub.degraded:
+                await self.send_status("degraded")
+            await self._show()
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client went away while we were sending
         finally:
+            self._hub.unregister(self)
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -241,6 +260,22 @@ class _WebSession:
                     await task
             listener.unsubscribe(topic, events)
 
+    # --- what the hub calls ------------------------------------------------------------------------------------
+    async def offer(self, rows: Sequence[ReplyRow]) -> None:
+        """The shared poll's unconfirmed replies of this conversation: send the new and the overdue, in order."""
+        async with self._reply_lock:
+            await self._send_rows(rows)
+
+    async def send_status(self, state: str) -> None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await self.send({"type": "status", "state": state})
+
+    async def replace(self) -> None:
+        """Closed because the visitor opened more sockets than the cap (the newest are kept)."""
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+            await self.ws.close(code=REPLACED, reason=REPLACED_REASON)
+
+    # --- client frames -------------------------------------------------------------------------------------------
     async def _read(self) -> None:
         while True:
             try:
@@ -260,18 +295,24 @@ class _WebSession:
             if frame.get("type") == "ping":
                 await self.send({"type": "pong"})
                 continue
-            try:
-                answer = await run_in_threadpool(self.adapter.handle_frame_sync, self.key, frame)
-            except RequestRejected as exc:
-                await self.send(_error_frame(exc.code, exc.message))
-                continue
-            except Exception:  # database or broker trouble: nothing was accepted, say so
-                log.exception("web frame failed")
-                await self.send(_error_frame("unavailable", "the message was not accepted (server error); send it again"))
-                continue
-            if answer is not None:
-                await self.send(answer)
+            await self._apply(frame)
 
+    async def _apply(self, frame: dict[str, Any]) -> None:
+        try:
+            answer = await run_in_threadpool(self.adapter.handle_frame_sync, self.key, frame)
+        except RequestRejected as exc:
+            await self.send(_error_frame(exc.code, exc.message))
+            return
+        except Exception as exc:  # database trouble: nothing was recorded; the socket stays open
+            log.error("web frame failed: %s", type(exc).__name__)
+            await self._hub.report(False, exc)
+            what = "message was not accepted" if frame.get("type") == "message" else "acknowledgement was not recorded"
+            await self.send(_error_frame("unavailable", f"the {what} (service degraded); send it again"))
+            return
+        if answer is not None:
+            await self.send(answer)
+
+    # --- replies and tokens --------------------------------------------------------------------------------------
     async def _forward(self, events: asyncio.Queue[dict[str, Any]]) -> None:
         while True:
             event = await events.get()
@@ -279,24 +320,34 @@ class _WebSession:
             if kind == "token" and event.get("message_id") in self._finished:
                 continue  # the final reply already went out (the resend path can overtake the last tokens)
             if kind == "reply":
-                await self._send_reply(event)
+                await self._show(event)
             else:
                 await self.send(event)
 
-    async def _send_reply(self, frame: dict[str, Any]) -> None:
-        self._pushed[int(frame["reply_id"])] = time.monotonic()
-        self._finished.add(int(frame["message_id"]))
-        await self.send(frame)
+    async def _show(self, event: dict[str, Any] | None = None) -> None:
+        """Send this conversation's replies not yet sent (or overdue), in message order.
 
-    async def _resend(self) -> None:
-        """Replies not yet acked: on connect at once, then every few seconds (bus events can be lost)."""
-        while True:
-            now = time.monotonic()
-            for reply_id, inbound_id, text in await run_in_threadpool(self.adapter.undelivered_sync, self.key):
-                last = self._pushed.get(reply_id)
-                if last is None or now - last >= RESEND_INTERVAL_S:
-                    await self._send_reply({"type": "reply", "reply_id": reply_id, "message_id": inbound_id, "text": text})
-            await asyncio.sleep(RESEND_INTERVAL_S)
+        A live reply is sent after every earlier stored reply of the conversation, read from the database now:
+        replies are stored in conversation order, but their live events can arrive in any order.
+        """
+        async with self._reply_lock:
+            rows = await self._hub.replies(self.peer, self._since)
+            if rows is None:  # database down: the live event is all we have
+                rows = []
+            if event is not None and all(r.reply_id != event["reply_id"] for r in rows):
+                rows.append(ReplyRow(int(event["reply_id"]), int(event["message_id"]), str(event["text"]), False))
+                rows.sort(key=lambda r: r.message_id)
+            await self._send_rows(rows)
+
+    async def _send_rows(self, rows: Sequence[ReplyRow]) -> None:
+        now = time.monotonic()
+        for row in rows:
+            last = self._pushed.get(row.reply_id)
+            if last is None or (not row.confirmed and now - last >= RESEND_INTERVAL_S):
+                self._pushed[row.reply_id] = now
+                self._finished.add(row.message_id)
+                await self.send({"type": "reply", "reply_id": row.reply_id, "message_id": row.message_id,
+                                 "text": row.text})
 
 
 def _error_frame(code: str, message: str) -> dict[str, Any]:
