@@ -115,6 +115,10 @@ def upgrade() -> None:
 def _upgrade_postgresql() -> None:
     bind = op.get_bind()
     schema = bind.execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one()
+    encoding = bind.execute(sa.text("SHOW server_encoding")).scalar_one()
+    if encoding != "UTF8":  # the hashed text counts characters; Python counts them in Unicode
+        raise RuntimeError(f"the audit hash chain needs a UTF8 database, this one is {encoding}: "
+                           "create it with ENCODING 'UTF8' (the postgres image's default)")
     op.execute("LOCK TABLE audit_event IN ACCESS EXCLUSIVE MODE")
     op.execute("SET LOCAL statement_timeout = 0")  # sealing a large log is one long statement (docs/audit.md)
     op.execute(_FUNCTIONS)
