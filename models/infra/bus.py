@@ -28,8 +28,6 @@ from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from models.settings import Settings
 
@@ -38,6 +36,7 @@ log = logging.getLogger(__name__)
 Event = dict[str, Any]
 _PREFIX = "kefu:bus:"
 _MAX_DATAGRAM = 60_000
+LIVENESS_S = 5.0  # a subscription quiet this long is PINGed; one that stays silent is replaced
 
 
 class Bus(Protocol):
@@ -97,9 +96,8 @@ def _decode(raw: bytes) -> tuple[str, Event]:
 
 class RedisBus:
     def __init__(self, url: str, timeout_s: float) -> None:
-        # a Redis that does not answer costs a publisher two timeouts at most (one retry, no backoff)
-        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                            retry=Retry(NoBackoff(), 1))
+        # no retry (redis-py's default here): a Redis that does not answer costs a publisher one socket timeout
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
     def publish(self, topic: str, event: Event) -> None:
         try:
@@ -136,10 +134,7 @@ class RedisListener(_LocalFanout):
                     await pubsub.psubscribe(_PREFIX + "*")
                     self.connected.set()
                     backoff = 0.1
-                    while True:
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                        if message is not None and message["type"] == "pmessage":
-                            self.dispatch(message["data"])
+                    await self._listen(pubsub)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # reconnect on any Redis/socket failure
@@ -149,6 +144,25 @@ class RedisListener(_LocalFanout):
                 backoff = min(backoff * 2, 5.0)
             finally:
                 await client.aclose()
+
+
+    async def _listen(self, pubsub: Any) -> None:
+        """Dispatch events; PING when quiet, and give up on a subscription that stays silent (a hung Redis or a
+        dropped route sends no RST: without this, live events would stop for good)."""
+        heard = asyncio.get_running_loop().time()
+        pinged = False
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+            now = asyncio.get_running_loop().time()
+            if message is not None:
+                heard, pinged = now, False
+                if message["type"] == "pmessage":
+                    self.dispatch(message["data"])
+            elif now - heard > LIVENESS_S + self._timeout_s:
+                raise ConnectionError("no answer to PING")
+            elif now - heard > LIVENESS_S and not pinged:
+                await pubsub.ping()
+                pinged = True
 
 
 # --- embedded: Unix datagram sockets ----------------------------------------------------------

@@ -3,7 +3,7 @@
 Redis when configured; otherwise a SQLite file under ``data_dir`` (``kv.sqlite``), shared by every
 process on the host. ``add`` is set-if-absent, atomic in both, which is what replay protection and
 single-flight refreshes rely on. Redis errors propagate (callers decide what a failure means); a Redis
-that does not answer costs at most two socket timeouts (one retry on a fresh connection, no backoff). The
+that does not answer costs one socket timeout (no retry: redis-py's default, relied on). The
 gateway passes its short ``KEFU_PUBLISH_TIMEOUT_S``; workers use ``KEFU_REDIS_TIMEOUT_S``.
 """
 
@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Protocol
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from models.settings import Settings
 
@@ -31,8 +29,7 @@ class KV(Protocol):
 
 class RedisKV:
     def __init__(self, url: str, timeout_s: float) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                            retry=Retry(NoBackoff(), 1))
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
     def get(self, key: str) -> str | None:
         value = self._client.get(f"kefu:kv:{key}")

@@ -52,7 +52,8 @@ class BrokerUnavailable(ConnectionError):
 def celery_config(settings: Settings, *, gateway: bool = False) -> dict[str, Any]:
     transport_options: dict[str, Any]
     config: dict[str, Any] = {}
-    retries = 0 if gateway else 3  # a retry against a hung broker costs another connect and read timeout
+    # the gateway does not retry a Redis publish: against a hung broker a retry costs another connect and read timeout
+    retries = 0 if gateway and not settings.embedded_broker else 3
     if settings.embedded_broker:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         import models.infra.embedded_broker  # noqa: F401 - registers the kefu-sqla URL scheme
