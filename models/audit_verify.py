@@ -12,6 +12,8 @@ walk goes on from the row as stored), with the row's id and position:
 - a row whose ``prev_hash`` is not the hash of the row before it: rows moved, swapped or replaced;
 - a chain that ends before or after its head row (``audit_chain``): rows deleted from or added at the end;
 - a row without a chain position: inserted with the chain trigger switched off;
+- a guard gone: an append-only or chain trigger missing or disabled, the chain function no longer
+  SECURITY DEFINER (``models.audit_guards``);
 - with anchors (heads recorded by an earlier verify and kept away from the database), a recorded
   position whose hash changed: the chain was rewritten and re-hashed consistently, which only an
   outside record can show.
@@ -29,6 +31,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Text, cast, inspect, select
 
 from models.audit_chain import GENESIS, row_hash
+from models.audit_guards import connected_as_owner, missing_guards
 from models.tables import AuditChainHead, AuditEvent
 
 MAX_PER_CHAIN = 10  # findings listed per chain; the first is where the chain first breaks
@@ -48,6 +51,8 @@ class Finding:
     problem: str
 
     def __str__(self) -> str:
+        if self.chain is None and self.id is None:
+            return self.problem
         where = f"chain {self.chain}" if self.chain is not None else "no chain"
         row = f" at row id {self.id} (seq {self.seq})" if self.id is not None else ""
         return f"{where}{row}: {self.problem}"
@@ -58,6 +63,7 @@ class Report:
     rows: int = 0
     seconds: float = 0.0
     findings: list[Finding] = field(default_factory=list)
+    as_owner: bool = False  # the connection owns the log (single-role mode) or is a superuser
     heads: dict[int, tuple[int, str]] = field(default_factory=dict)  # chain -> (seq, hash) of its last row
 
     @property
@@ -84,7 +90,7 @@ _COLUMNS = (AuditEvent.id, AuditEvent.chain, AuditEvent.seq, AuditEvent.prev_has
 
 
 def verify(engine: Engine, *, anchors: Mapping[int, tuple[int, str]] | None = None, batch: int = 5000) -> Report:
-    """Walk every chain once; the report lists at most one finding per chain (the first)."""
+    """Check the guards, then walk every chain once; findings in order (module docstring)."""
     started = time.monotonic()
     if "audit_chain" not in inspect(engine).get_table_names():
         raise NotChained("the audit log has no hash chain yet: run `kefu migrate` (migration 0005)")
@@ -95,6 +101,8 @@ def verify(engine: Engine, *, anchors: Mapping[int, tuple[int, str]] | None = No
     with engine.connect() as conn, conn.execution_options(**options).begin():
         if engine.dialect.name == "sqlite":  # pysqlite begins only before writes: one snapshot for heads and rows
             conn.exec_driver_sql("BEGIN")
+        report.findings += [Finding(None, None, None, f"guard: {problem}") for problem in missing_guards(conn)]
+        report.as_owner = connected_as_owner(conn)
         heads = _read_heads(conn)
         rows = conn.execute(select(*_COLUMNS).order_by(AuditEvent.chain, AuditEvent.seq, AuditEvent.id))
         _walk(rows, heads, dict(anchors or {}), report)

@@ -55,11 +55,15 @@ def run_verify(settings: Settings, anchors_path: Path | None) -> int:
         return 2
     finally:
         engine.dispose()
+    if report.as_owner:
+        print("warning: connected as the audit log's owner or a superuser, which could switch its triggers off; "
+              "run Kefu as a role that can only append (docs/audit.md, Roles)", file=sys.stderr)
     for finding in report.findings:
         print(f"TAMPERED {finding}")
     chains = len(set(report.heads) | {f.chain for f in report.findings if f.chain is not None})
-    broken = len({f.chain for f in report.findings})
-    verdict = "clean" if report.clean else f"{len(report.findings)} problem(s) in {broken} chain(s)"
+    broken = len({f.chain for f in report.findings if f.id is not None or f.chain is not None})
+    verdict = "clean" if report.clean else f"{len(report.findings)} problem(s)" + (
+        f" in {broken} chain(s)" if broken else "")
     print(f"audit log: {report.rows:,} rows in {chains} chain(s) checked in {report.seconds:.2f} s "
           f"({report.rows / max(report.seconds, 1e-9):,.0f} rows/s): {verdict}")
     if anchors_path and report.clean:

@@ -77,6 +77,10 @@ def behind_kefus_back(log: Log, *statements: str, **params: object) -> None:
             conn.execute(text("DROP TRIGGER IF EXISTS audit_event_no_delete"))
         for statement in statements:
             conn.execute(text(statement), params)
+        if conn.dialect.name == "sqlite":  # and the triggers back, so that only the rows tell
+            for verb in ("UPDATE", "DELETE"):
+                conn.execute(text(f"CREATE TRIGGER audit_event_no_{verb.lower()} BEFORE {verb} ON audit_event "
+                                  f"BEGIN SELECT RAISE(ABORT, 'audit_event is append-only: {verb} is not allowed'); END"))
 
 
 def edit(log: Log) -> int:
@@ -211,3 +215,20 @@ def test_verify_reads_one_snapshot_while_kefu_keeps_writing(log: Log, monkeypatc
     assert report.rows == 32  # the snapshot's rows, not the one written meanwhile
     monkeypatch.undo()
     assert audit_verify.verify(log.engine).rows == 33
+
+
+def test_a_guard_switched_off_is_reported(log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rows alone show a disabled trigger only once something was written meanwhile; verify checks the guards."""
+    with log.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE audit_event DISABLE TRIGGER audit_event_chain"))
+            expected = "guard: the trigger audit_event_chain is disabled"
+        else:
+            conn.execute(text("DROP TRIGGER audit_event_no_delete"))
+            expected = "guard: the trigger audit_event_no_delete is missing"
+    assert main(["audit", "verify"]) == 1
+    captured = capsys.readouterr()
+    assert f"TAMPERED {expected}" in captured.out, captured.out
+    assert "1 problem(s)\n" in captured.out  # no chain is broken
+    if log.engine.dialect.name == "postgresql":  # the tests connect as the superuser
+        assert "warning: connected as the audit log's owner or a superuser" in captured.err
