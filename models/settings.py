@@ -280,13 +280,16 @@ class Settings(BaseSettings):
     context_ttl_s: PositiveInt = 24 * 3600
 
     # --- reliability ----------------------------------------------------------------------------
-    generation_soft_limit_s: PositiveInt = 90
-    generation_hard_limit_s: PositiveInt = 120
-    visibility_timeout_s: PositiveInt = 3600
+    # A crashed worker's messages are answered about a minute later: Redis hands them back after the
+    # visibility timeout and the sweeper re-publishes them after requeue_after_s (+ one sweep interval),
+    # both just above the hard limit; the conversation lock and reply UNIQUE(inbound_id) make the two one.
+    generation_soft_limit_s: PositiveInt = 30  # the customer gets an answer (partial or fallback) within this
+    generation_hard_limit_s: PositiveInt = 40
+    visibility_timeout_s: PositiveInt = 60
     delivery_max_retries: NonNegativeInt = 8
-    requeue_after_s: PositiveInt = 600  # an inbound still unanswered after this is published again
+    requeue_after_s: PositiveInt = 60  # an inbound still unanswered after this is published again
     redeliver_after_s: PositiveInt = 60  # a reply still undelivered after this is sent again
-    sweep_interval_s: PositiveInt = 30
+    sweep_interval_s: PositiveInt = 15
     redis_timeout_s: PositiveSeconds = 5.0
     sql_statement_timeout_ms: PositiveInt = 10_000
     db_connect_timeout_s: Annotated[int, Field(ge=2)] = 2  # libpq's connect_timeout (whole seconds, at least 2)

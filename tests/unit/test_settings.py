@@ -70,21 +70,23 @@ def test_backend_choice_names_the_variables_and_masks_passwords(tmp_path: Path) 
 def test_defaults_pass_the_reliability_check(tmp_path: Path) -> None:
     s = load_settings(data_dir=tmp_path)
     assert isinstance(s, Settings)
-    load_settings(data_dir=tmp_path, broker_url="redis://cache:6379/0")  # default 3600 > 120
+    load_settings(data_dir=tmp_path, broker_url="redis://cache:6379/0")  # default 60 > 40
 
 
 def test_redis_visibility_timeout_must_exceed_hard_limit(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="KEFU_VISIBILITY_TIMEOUT_S"):
         load_settings(
-            data_dir=tmp_path, broker_url="redis://cache:6379/0", visibility_timeout_s=120, generation_hard_limit_s=120
+            data_dir=tmp_path, broker_url="redis://cache:6379/0", visibility_timeout_s=120, generation_hard_limit_s=120,
+            requeue_after_s=121,
         )
     load_settings(
-        data_dir=tmp_path, broker_url="redis://cache:6379/0", visibility_timeout_s=121, generation_hard_limit_s=120
+        data_dir=tmp_path, broker_url="redis://cache:6379/0", visibility_timeout_s=121, generation_hard_limit_s=120,
+        requeue_after_s=121,
     )
 
 
 def test_visibility_timeout_is_irrelevant_for_the_embedded_broker(tmp_path: Path) -> None:
-    s = load_settings(data_dir=tmp_path, visibility_timeout_s=10, generation_hard_limit_s=120)
+    s = load_settings(data_dir=tmp_path, visibility_timeout_s=10, generation_hard_limit_s=120, requeue_after_s=121)
     assert s.visibility_timeout_s == 10
 
 
@@ -93,6 +95,14 @@ def test_soft_limit_must_be_below_hard_limit(tmp_path: Path) -> None:
         load_settings(data_dir=tmp_path, generation_soft_limit_s=120, generation_hard_limit_s=120)
     with pytest.raises(ConfigError, match="KEFU_GENERATION_SOFT_LIMIT_S"):
         load_settings(data_dir=tmp_path, generation_soft_limit_s=200, generation_hard_limit_s=120)
+
+
+def test_a_crashed_workers_messages_are_answered_about_a_minute_later_by_default(tmp_path: Path) -> None:
+    """Recovery after kill -9 was about 11 minutes with a 3,600 s visibility timeout and a 600 s requeue age."""
+    s = load_settings(data_dir=tmp_path, broker_url="redis://cache:6379/0")  # the defaults pass check_reliability
+    assert s.visibility_timeout_s <= 60  # Redis hands a dead worker's task back
+    assert s.requeue_after_s + s.sweep_interval_s <= 90  # and the sweeper publishes it again
+    assert s.generation_soft_limit_s < s.generation_hard_limit_s < min(s.visibility_timeout_s, s.requeue_after_s)
 
 
 def test_requeue_after_must_exceed_hard_limit(tmp_path: Path) -> None:

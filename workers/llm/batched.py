@@ -17,8 +17,10 @@ Each step of the scheduler:
    its sampler freed) on end of generation, ``max_tokens``, deadline or cancellation.
 
 Prompts are trimmed like the simple engine's, to the context and to the deadline (the prefill rate
-is measured on the steps that read prompt tokens). Qwen3 semantics and output are those of the simple
-engine (ChatML prompt ids, thinking off, both stop tokens, think blocks removed); with greedy sampling a request produces the same tokens alone
+is measured on the steps that read prompt tokens).
+
+Qwen3 semantics and output are those of the simple engine (ChatML prompt ids, thinking off, both
+stop tokens, think blocks removed); with greedy sampling a request produces the same tokens alone
 or in a batch. Requests wait in a FIFO queue when every slot is busy; :meth:`wait_estimate_s` says
 how long a new one would wait.
 
