@@ -41,6 +41,21 @@ def save_anchors(path: Path, report: Report) -> None:
     tmp.replace(path)
 
 
+def print_report(report: Report) -> None:
+    """Each finding on its own line, then one line with rows, chains, time and the verdict."""
+    if report.as_owner:
+        print("warning: connected as the audit log's owner or a superuser, which could switch its triggers off; "
+              "run Kefu as a role that can only append (docs/audit.md, Roles)", file=sys.stderr)
+    for finding in report.findings:
+        print(f"TAMPERED {finding}")
+    chains = len(set(report.heads) | {f.chain for f in report.findings if f.chain is not None})
+    broken = len({f.chain for f in report.findings if f.id is not None or f.chain is not None})
+    verdict = "clean" if report.clean else f"{len(report.findings)} problem(s)" + (
+        f" in {broken} chain(s)" if broken else "")
+    print(f"audit log: {report.rows:,} rows in {chains} chain(s) checked in {report.seconds:.2f} s "
+          f"({report.rows / max(report.seconds, 1e-9):,.0f} rows/s): {verdict}")
+
+
 def run_verify(settings: Settings, anchors_path: Path | None) -> int:
     try:
         anchors = load_anchors(anchors_path) if anchors_path else {}
@@ -55,17 +70,7 @@ def run_verify(settings: Settings, anchors_path: Path | None) -> int:
         return 2
     finally:
         engine.dispose()
-    if report.as_owner:
-        print("warning: connected as the audit log's owner or a superuser, which could switch its triggers off; "
-              "run Kefu as a role that can only append (docs/audit.md, Roles)", file=sys.stderr)
-    for finding in report.findings:
-        print(f"TAMPERED {finding}")
-    chains = len(set(report.heads) | {f.chain for f in report.findings if f.chain is not None})
-    broken = len({f.chain for f in report.findings if f.id is not None or f.chain is not None})
-    verdict = "clean" if report.clean else f"{len(report.findings)} problem(s)" + (
-        f" in {broken} chain(s)" if broken else "")
-    print(f"audit log: {report.rows:,} rows in {chains} chain(s) checked in {report.seconds:.2f} s "
-          f"({report.rows / max(report.seconds, 1e-9):,.0f} rows/s): {verdict}")
+    print_report(report)
     if anchors_path and report.clean:
         save_anchors(anchors_path, report)
         print(f"anchors: {len(report.heads)} chain ends written to {anchors_path}"
