@@ -3,8 +3,9 @@
 Promises checked (from the database):
 - order after recovery: a conversation's messages are answered in the order they arrived, whichever task
   the broker or the sweeper hands back first, however old the stuck message is;
-- kill -9 mid-generation: once a worker runs again, every message is answered exactly once and in order,
-  with the broker's redelivery and the sweeper both firing;
+- kill -9 or SIGTERM mid-generation: once a worker runs again, every message is answered exactly once and in
+  order, with the broker's redelivery and the sweeper both firing; a task handed back by both at once runs the
+  model once;
 - a model step that does not end: the customer's answer (here the fallback) is stored at the deadline,
   audited as a deadline miss, while the step is still stuck;
 - a database that refuses at store time: the retry stores the text already generated; the model is not
@@ -99,6 +100,22 @@ def test_an_older_message_whose_task_was_lost_is_answered_first(tiny_stack: Stac
     first, second = _reply_ids(stack, ids)
     assert first < second
     assert settled(lambda: [reply_count(stack, i) for i in ids]) == [1, 1]
+
+
+def test_the_broker_and_the_sweeper_handing_a_message_back_at_once_answer_it_once(tiny_stack: Stack) -> None:
+    """A message's task comes back three times together (its original, Redis's redelivery, the sweeper's)."""
+    stack = tiny_stack
+    stack.worker.stop()
+    (message,) = _post_all(stack, ["我的快递到哪里了？"], "twice")
+    backdate(stack, message, FAST_RECOVERY["requeue_after_s"] + 1)
+    assert tasks.sweep()["requeued"] == 1
+    worker_runtime.runtime().publisher.handle_inbound(message)  # as Redis hands back an unacknowledged task
+    stack.worker = WorkerProcess(stack.env, stack.settings.data_dir / "worker2.log")
+    assert stack.worker.wait(timeout=60)
+    wait_for(lambda: reply_count(stack, message) == 1, timeout=60)
+    assert settled(lambda: reply_count(stack, message)) == 1
+    trail = kinds(stack, message)
+    assert trail.count("generation_started") == 1 and trail.count("reply_stored") == 1
 
 
 @pytest.mark.parametrize("signal", ["SIGKILL", "SIGTERM"])
