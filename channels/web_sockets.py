@@ -71,11 +71,11 @@ def _rows(session: Session, channel: str, account: str, peers: Sequence[str],
         .where(ConversationRecord.channel == channel, ConversationRecord.account == account,
                ConversationRecord.peer.in_(list(peers)),
                shown if since is None else or_(shown, ReplyRecord.created_at >= since))
-        .order_by(ReplyRecord.inbound_id)
+        .order_by(ReplyRecord.inbound_id.desc())  # the newest, when there are more
         .limit(_ROWS_PER_CONVERSATION * len(peers))
     )
     out: dict[str, list[ReplyRow]] = defaultdict(list)
-    for peer, reply_id, message_id, text, status in session.execute(stmt).all():
+    for peer, reply_id, message_id, text, status in reversed(session.execute(stmt).all()):
         out[peer].append(ReplyRow(int(reply_id), int(message_id), str(text), status not in NOT_CONFIRMED))
     return out
 

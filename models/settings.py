@@ -295,6 +295,7 @@ class Settings(BaseSettings):
     db_connect_timeout_s: Annotated[int, Field(ge=2)] = 2  # libpq's connect_timeout (whole seconds, at least 2)
     # the gateway's wait for any one database answer; past it the connection is cut and the request gets 503
     db_response_timeout_s: PositiveSeconds = 2.0
+    db_retry_after_s: PositiveSeconds = 2.0  # after such a timeout the gateway answers 503 at once for this long
     # after a publish failed, the gateway stops trying for this long (messages wait for the sweeper)
     publish_retry_after_s: PositiveSeconds = 5.0
     web_max_sockets_per_visitor: PositiveInt = 5  # the oldest socket is closed (4008) when a visitor opens one more

@@ -73,7 +73,7 @@ def make_engine(settings: Settings, url: str | None = None, *, pre_ping: bool = 
         },
     )
     if response_timeout_s is not None:
-        db_deadline.install(engine, response_timeout_s)
+        db_deadline.install(engine, response_timeout_s, settings.db_retry_after_s)
     return engine
 
 
