@@ -19,9 +19,10 @@ A socket sends ``reply`` frames in message order: a live reply goes out after ev
 the conversation (read from the database when it arrives), whatever order the live events came in.
 
 Under a database outage sockets stay open: they get ``status`` ``degraded`` (then ``ok``), new sockets are
-accepted, and a ``message`` or ``ack`` frame gets an ``error`` ``unavailable`` (send it again). A visitor
-holds at most ``KEFU_WEB_MAX_SOCKETS_PER_VISITOR`` sockets per gateway process: one more closes the oldest
-with code 4008; idle sockets cost no database work of their own (:mod:`channels.web_sockets`).
+accepted, a ``message`` frame gets an ``error`` ``unavailable`` (send it again) and an ``ack`` one an
+``error`` ``ack_not_recorded`` (the reply is sent again). A visitor holds at most
+``KEFU_WEB_MAX_SOCKETS_PER_VISITOR`` sockets per gateway process: one more closes the oldest with code
+4008; idle sockets cost no database work of their own (:mod:`channels.web_sockets`).
 
 Every visitor message goes through the same dialogue decision as every channel
 (:meth:`~channels.base.ChannelAdapter.take`): an FAQ hit is answered at once without the model, and
@@ -306,8 +307,12 @@ class _WebSession:
         except Exception as exc:  # database trouble: nothing was recorded; the socket stays open
             log.error("web frame failed: %s", type(exc).__name__)
             await self._hub.report(False, exc)
-            what = "message was not accepted" if frame.get("type") == "message" else "acknowledgement was not recorded"
-            await self.send(_error_frame("unavailable", f"the {what} (service degraded); send it again"))
+            if frame.get("type") == "ack":  # the reply stays unconfirmed: it is sent again, and acked again
+                await self.send(_error_frame("ack_not_recorded", "the acknowledgement was not recorded (service "
+                                                                 "degraded); the reply will be sent again"))
+            else:
+                await self.send(_error_frame("unavailable", "the message was not accepted (service degraded); "
+                                                            "send it again"))
             return
         if answer is not None:
             await self.send(answer)
