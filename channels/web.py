@@ -244,11 +244,12 @@ class _WebSession:
         topic = self.key.topic()
         events = listener.subscribe(topic)  # subscribe before reading the database: no gap
         self._hub.register(self)
-        tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._read()), asyncio.create_task(self._forward(events))]
+        tasks: list[asyncio.Task[None]] = []
         try:
             if self._hub.degraded:
                 await self.send_status("degraded")
-            await self._show()
+            await self._show()  # before any client frame is read: a pong means the socket is fully open
+            tasks += [asyncio.create_task(self._read()), asyncio.create_task(self._forward(events))]
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         except (WebSocketDisconnect, RuntimeError):
             pass  # the client went away while we were sending
