@@ -10,6 +10,13 @@ The platforms retry a callback with the very same query string and body, so a no
 with the *same* body is a platform retry (the message id deduplicates it further on); the same
 nonce with a different body is a replay attack (403).
 
+When the nonce store (Redis) fails or hangs, an *encrypted* callback is let through unrecorded: its
+``msg_signature`` covers the ciphertext, so a replay can only repeat the very same message, which the
+inbound's ``UNIQUE(channel, account, external_id)`` turns into a no-op — refusing it would lose the
+message once WeChat's three retries are spent. A *plaintext* callback's signature does not cover its
+body, so without the nonce check a captured signature could carry a forged body: it gets 503
+``replay_check_unavailable`` and WeChat retries it.
+
 The official account signs plaintext callbacks with ``signature`` and encrypted ones additionally
 with ``msg_signature``; WeCom (app and kf) always encrypts and signs only with ``msg_signature``,
 and its URL verification sends an encrypted ``echostr`` to be answered in plaintext.
@@ -20,16 +27,19 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import redis
 from pydantic import AfterValidator, SecretStr
 
 from channels import wechat_protocol as wx
 from channels.errors import RequestRejected
 from models.infra.kv import KV
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CallbackKeys:
@@ -91,7 +101,7 @@ class CallbackGuard:
         else:
             plain = body
         fields = wx.parse_xml(plain)  # refuses DTDs and malformed XML before anything else reads it
-        retry = self._check_replay(keys.scope, timestamp, nonce, body)
+        retry = self._check_replay(keys.scope, timestamp, nonce, body, authenticated_body=encrypted)
         return Opened(plain, fields, encrypted, timestamp, nonce, retry)
 
     def seal(self, keys: CallbackKeys, opened: Opened, xml: str) -> str:
@@ -107,13 +117,22 @@ class CallbackGuard:
             raise RequestRejected(400, "aes_not_configured", "this account has no EncodingAESKey configured")
         return wx.aes_key(keys.aes_key)
 
-    def _check_replay(self, scope: str, timestamp: str, nonce: str, body: bytes) -> bool:
+    def _check_replay(self, scope: str, timestamp: str, nonce: str, body: bytes, *, authenticated_body: bool) -> bool:
         """True for a platform retry (seen before with this body); raises for a replay with another body."""
         digest = hashlib.sha256(body).hexdigest()
         slot = f"wxnonce:{scope}:{timestamp}:{nonce}"
-        if self._kv.add(slot, digest, 2 * self._window):
-            return False
-        if self._kv.get(slot) != digest:
+        try:
+            if self._kv.add(slot, digest, 2 * self._window):
+                return False
+            seen = self._kv.get(slot)
+        except (redis.RedisError, OSError) as exc:
+            if authenticated_body:  # a replay can only repeat this very message: the inbound's UNIQUE dedups it
+                log.warning("replay check skipped for an encrypted callback (%s: %s): nonce store unavailable",
+                            scope, type(exc).__name__)
+                return False
+            raise RequestRejected(503, "replay_check_unavailable",
+                                  "the replay check is unavailable; the platform will retry") from None
+        if seen != digest:
             raise RequestRejected(403, "replayed_nonce", "nonce already used")
         return True
 
