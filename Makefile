@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: install system demo up test lint services bench bench-llm clean
+.PHONY: install system demo up test chaos lint services bench bench-llm clean
 
 # llama-cpp-python builds from source (about 6-9 minutes on 2 cores); pip's cache keeps the wheel.
 $(STAMP):
@@ -46,6 +46,10 @@ tests/browser/node_modules: tests/browser/package.json tests/browser/package-loc
 
 test: install services lint tests/browser/node_modules
 	$(BIN)/python -m pytest
+
+# The fault and attack matrix alone (docs/reliability.md); `make test` runs it too.
+chaos: install services
+	$(BIN)/python -m pytest tests/chaos
 
 bench: install services
 	$(BIN)/python -m bench.pipeline
