@@ -44,6 +44,9 @@ TRANSCRIBED = "transcribed"  # a voice message became text: format, duration_ms,
 TRANSCRIPTION_RETRY = "transcription_retry"  # downloading the voice failed transiently; retried with backoff
 TRANSCRIPTION_FAILED = "transcription_failed"  # no text from a voice message (reason); the customer is asked to repeat
 MODERATED = "moderated"  # a moderation rule acted (direction in/out, action, rule id); never the text
+KB_IMPORTED = "kb_imported"  # a knowledge-base document stored: document id, version, counts, content hash
+KB_DELETED = "kb_deleted"  # a knowledge-base document removed: document id, version, counts
+KB_USED = "kb_used"  # the knowledge-base passages and FAQ entries (ids) a model answer was given
 
 
 _INSERT = insert(cast(Table, AuditEvent.__table__))

@@ -208,3 +208,60 @@ class KfCursorRecord(Base):
     synced: Mapped[int] = mapped_column(BigInteger, default=0)
     requested_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     synced_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class KbDocumentRecord(Base):
+    """One imported knowledge-base document (a policy page, a manual, an FAQ sheet), identified by ``source``.
+
+    ``version`` counts its imports whose content differed (``content_hash``, SHA-256 of the file's bytes); only
+    the current version's passages and FAQ entries are kept, each version's import is in the audit log.
+    """
+
+    __tablename__ = "kb_document"
+    __table_args__ = (UniqueConstraint("source"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    source: Mapped[str] = mapped_column(String(512))
+    title: Mapped[str] = mapped_column(String(256))
+    kind: Mapped[str] = mapped_column(String(16))  # markdown, text, html, pdf, docx, faq_csv, faq_xlsx
+    content_hash: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class KbPassageRecord(Base):
+    """A bounded piece of a document's text, with the heading it sits under: what retrieval returns."""
+
+    __tablename__ = "kb_passage"
+    __table_args__ = (UniqueConstraint("document_id", "ordinal"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("kb_document.id", ondelete="CASCADE"))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    heading: Mapped[str] = mapped_column(String(256), default="")
+    text: Mapped[str] = mapped_column(Text)
+
+
+class KbFaqRecord(Base):
+    """A curated question with its similar questions (相似问) and answer, from an FAQ sheet."""
+
+    __tablename__ = "kb_faq"
+    __table_args__ = (UniqueConstraint("document_id", "ordinal"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("kb_document.id", ondelete="CASCADE"))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    question: Mapped[str] = mapped_column(Text)
+    similar: Mapped[list[str]] = mapped_column(JSON, default=list)
+    answer: Mapped[str] = mapped_column(Text)
+
+
+class KbStateRecord(Base):
+    """One row: ``revision`` goes up with every change to the knowledge base, so a process holding it in memory
+    knows when to load it again (one cheap read)."""
+
+    __tablename__ = "kb_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    revision: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -4,6 +4,8 @@
     kefu migrate [REVISION]      upgrade the database (default: head)
     kefu downgrade REVISION      downgrade the database; past the first revision (base) only with --drop-audit-log
     kefu audit verify            recompute the audit log's hash chains; exit 1 and where, if anything was tampered with
+    kefu kb import PATH…         load knowledge-base files (Markdown, text, HTML, PDF, DOCX, CSV/XLSX FAQ sheets)
+    kefu kb list|show ID|delete ID   the knowledge base's documents
     kefu gateway                 serve the HTTP/WebSocket gateway
     kefu worker --queues llm,io  run a Celery worker for the given queues
     kefu up                      migrate, then a worker and the gateway together (chat page on /)
@@ -75,6 +77,12 @@ def cmd_audit_verify(settings: Settings, args: argparse.Namespace) -> int:
     from workers.audit_command import run_verify
 
     return run_verify(settings, Path(args.anchors) if args.anchors else None)
+
+
+def cmd_kb(settings: Settings, args: argparse.Namespace) -> int:
+    from workers import kb_command
+
+    return kb_command.run(settings, args.kb_command, getattr(args, "paths", ()), getattr(args, "id", None))
 
 
 def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
@@ -219,6 +227,18 @@ def add_fake_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         kind.set_defaults(func=cmd_fake)
 
 
+def add_kb_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    kb = sub.add_parser("kb", help="the knowledge base (docs/knowledge.md)").add_subparsers(dest="kb_command",
+                                                                                              required=True)
+    p = kb.add_parser("import", help="import or update files; a directory: every supported file under it")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    kb.add_parser("list", help="the documents, with versions and counts")
+    for name, what in (("show", "a document's passages and FAQ entries"), ("delete", "remove a document")):
+        kb.add_parser(name, help=what).add_argument("id", type=int)
+    for command in kb.choices.values():
+        command.set_defaults(func=cmd_kb)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kefu", description="Self-hosted AI customer service.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -236,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anchors", metavar="FILE", help="check the chain ends recorded in FILE, then record the current "
                    "ones there (keep FILE off the database host)")
     p.set_defaults(func=cmd_audit_verify)
+    add_kb_parser(sub)
     for name, func in (("gateway", cmd_gateway), ("up", cmd_up)):
         p = sub.add_parser(name)
         p.add_argument("--host")

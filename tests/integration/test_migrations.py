@@ -15,7 +15,8 @@ from models.settings import Settings
 from models.tables import Base
 from tests import services
 
-TABLES = {"conversation", "inbound", "reply", "delivery", "audit_event", "audit_chain", "kf_cursor"}
+TABLES = {"conversation", "inbound", "reply", "delivery", "audit_event", "audit_chain", "kf_cursor",
+          "kb_document", "kb_passage", "kb_faq", "kb_state"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

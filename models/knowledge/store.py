@@ -1,0 +1,197 @@
+"""The knowledge base in the database: documents, their passages and FAQ entries, and one revision number.
+
+- :func:`import_document` stores a parsed document under its ``source``: a new source is version 1, a
+  changed one (another ``content_hash``) replaces its passages and FAQ entries as the next version, an
+  unchanged one is left alone (no write, no audit row). :func:`delete_document` removes one with its
+  passages and FAQ entries.
+- Every change bumps ``kb_state.revision`` and is audited in the same transaction (``kb_imported``,
+  ``kb_deleted``: ids, version, counts and the content hash, never the text). Writers are serialized by
+  the ``kb_state`` row's lock (PostgreSQL; SQLite has one writer anyway).
+- :func:`revision` is the one cheap read a process holding the knowledge base in memory polls;
+  :func:`snapshot` loads all of it.
+
+Functions take the caller's session and never commit: the caller's transaction decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from models import audit
+from models.envelope import utcnow
+from models.knowledge.documents import ParsedDocument
+from models.knowledge.faq import FaqEntry
+from models.tables import KbDocumentRecord, KbFaqRecord, KbPassageRecord, KbStateRecord
+
+NEW, UPDATED, UNCHANGED = "new", "updated", "unchanged"
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentInfo:
+    id: int
+    source: str
+    title: str
+    kind: str
+    version: int
+    content_hash: str
+    passages: int
+    faq: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOutcome:
+    status: str  # NEW, UPDATED or UNCHANGED
+    document: DocumentInfo
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPassage:
+    id: int
+    document_id: int
+    title: str  # the document's title: the source a reply can cite
+    heading: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFaq:
+    id: int
+    document_id: int
+    title: str
+    question: str
+    similar: tuple[str, ...]
+    answer: str
+
+    def entry(self) -> FaqEntry:
+        """The entry as the FAQ index and the dialogue decision see it (id ``kb:<row id>``)."""
+        return FaqEntry(id=f"kb:{self.id}", question=self.question, answer=self.answer, similar=self.similar)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The whole knowledge base as of ``revision``."""
+
+    revision: int
+    passages: tuple[StoredPassage, ...]
+    faq: tuple[StoredFaq, ...]
+
+
+def revision(session: Session) -> int:
+    return int(session.scalar(select(KbStateRecord.revision).where(KbStateRecord.id == 1)) or 0)
+
+
+def _lock(session: Session) -> None:
+    """The knowledge base's write lock, held until the transaction ends (PostgreSQL: the kb_state row's lock)."""
+    session.execute(select(KbStateRecord.revision).where(KbStateRecord.id == 1).with_for_update())
+
+
+def _bump(session: Session) -> int:
+    """Move the revision on; the new revision."""
+    return int(session.execute(update(KbStateRecord).where(KbStateRecord.id == 1)
+                               .values(revision=KbStateRecord.revision + 1)
+                               .returning(KbStateRecord.revision)).scalar_one())
+
+
+def import_document(session: Session, parsed: ParsedDocument) -> ImportOutcome:
+    """Store ``parsed`` unless the document under its source already has this content."""
+    _lock(session)  # a concurrent import of the same source waits here, then finds this one's document
+    existing = session.scalar(select(KbDocumentRecord).where(KbDocumentRecord.source == parsed.source))
+    if existing is not None and existing.content_hash == parsed.content_hash:
+        return ImportOutcome(UNCHANGED, _info(session, existing))
+    new_revision = _bump(session)
+    now = utcnow()
+    if existing is None:
+        document = KbDocumentRecord(source=parsed.source, title=parsed.title, kind=parsed.kind,
+                                    content_hash=parsed.content_hash, version=1, created_at=now, updated_at=now)
+        session.add(document)
+        session.flush()
+        status = NEW
+    else:
+        document, status = existing, UPDATED
+        _delete_contents(session, document.id)
+        document.title, document.kind, document.content_hash = parsed.title, parsed.kind, parsed.content_hash
+        document.version, document.updated_at = document.version + 1, now
+    session.add_all(KbPassageRecord(document_id=document.id, ordinal=n, heading=p.heading, text=p.text)
+                    for n, p in enumerate(parsed.passages))
+    session.add_all(KbFaqRecord(document_id=document.id, ordinal=n, question=f.question, similar=list(f.similar),
+                                answer=f.answer) for n, f in enumerate(parsed.faq))
+    session.flush()
+    audit.record(session, audit.KB_IMPORTED, document_id=document.id, version=document.version, status=status,
+                 passages=len(parsed.passages), faq=len(parsed.faq), content_hash=parsed.content_hash,
+                 kb_revision=new_revision)
+    return ImportOutcome(status, _info(session, document))
+
+
+def delete_document(session: Session, document_id: int) -> DocumentInfo | None:
+    """Remove the document with its passages and FAQ entries; what was removed, or None when there was none."""
+    _lock(session)
+    document = session.get(KbDocumentRecord, document_id)
+    if document is None:
+        return None
+    new_revision = _bump(session)
+    info = _info(session, document)
+    _delete_contents(session, document_id)
+    session.delete(document)
+    session.flush()
+    audit.record(session, audit.KB_DELETED, document_id=document_id, version=info.version, passages=info.passages,
+                 faq=info.faq, content_hash=info.content_hash, kb_revision=new_revision)
+    return info
+
+
+def documents(session: Session) -> list[DocumentInfo]:
+    """Every document, in id order, with its passage and FAQ counts."""
+    passages = dict(session.execute(select(KbPassageRecord.document_id, func.count())
+                                    .group_by(KbPassageRecord.document_id)).all())
+    faq = dict(session.execute(select(KbFaqRecord.document_id, func.count())
+                               .group_by(KbFaqRecord.document_id)).all())
+    return [_info(session, d, passages.get(d.id, 0), faq.get(d.id, 0))
+            for d in session.scalars(select(KbDocumentRecord).order_by(KbDocumentRecord.id))]
+
+
+def document(session: Session, document_id: int) -> tuple[DocumentInfo, list[StoredPassage], list[StoredFaq]] | None:
+    """One document with its passages and FAQ entries in order, or None."""
+    record = session.get(KbDocumentRecord, document_id)
+    if record is None:
+        return None
+    passages = [_passage(p, record.title) for p in session.scalars(
+        select(KbPassageRecord).where(KbPassageRecord.document_id == document_id).order_by(KbPassageRecord.ordinal))]
+    faq = [_faq(f, record.title) for f in session.scalars(
+        select(KbFaqRecord).where(KbFaqRecord.document_id == document_id).order_by(KbFaqRecord.ordinal))]
+    return _info(session, record, len(passages), len(faq)), passages, faq
+
+
+def snapshot(session: Session) -> Snapshot:
+    """All passages and FAQ entries with their documents' titles, read in the caller's transaction."""
+    at = revision(session)
+    titles = dict(session.execute(select(KbDocumentRecord.id, KbDocumentRecord.title)).all())
+    passages = tuple(_passage(p, titles.get(p.document_id, "")) for p in session.scalars(
+        select(KbPassageRecord).order_by(KbPassageRecord.document_id, KbPassageRecord.ordinal)))
+    faq = tuple(_faq(f, titles.get(f.document_id, "")) for f in session.scalars(
+        select(KbFaqRecord).order_by(KbFaqRecord.document_id, KbFaqRecord.ordinal)))
+    return Snapshot(at, passages, faq)
+
+
+def _delete_contents(session: Session, document_id: int) -> None:
+    session.execute(delete(KbPassageRecord).where(KbPassageRecord.document_id == document_id))
+    session.execute(delete(KbFaqRecord).where(KbFaqRecord.document_id == document_id))
+
+
+def _info(session: Session, d: KbDocumentRecord, passages: int | None = None, faq: int | None = None) -> DocumentInfo:
+    if passages is None:
+        passages = session.scalar(select(func.count()).where(KbPassageRecord.document_id == d.id)) or 0
+    if faq is None:
+        faq = session.scalar(select(func.count()).where(KbFaqRecord.document_id == d.id)) or 0
+    return DocumentInfo(d.id, d.source, d.title, d.kind, d.version, d.content_hash, passages, faq, d.updated_at)
+
+
+def _passage(p: KbPassageRecord, title: str) -> StoredPassage:
+    return StoredPassage(p.id, p.document_id, title, p.heading, p.text)
+
+
+def _faq(f: KbFaqRecord, title: str) -> StoredFaq:
+    return StoredFaq(f.id, f.document_id, title, f.question, tuple(f.similar or ()), f.answer)
