@@ -29,6 +29,7 @@ from models.infra.locks import Locks, make_locks
 from models.infra.queues import Publisher, make_celery
 from models.settings import Settings
 from workers.context import ContextStore, make_context_store
+from workers.grounding import Knowledge
 from workers.llm.batched import BatchedEngine
 from workers.llm.engine import LlamaEngine, TextEngine
 from workers.llm.model_files import resolve_model
@@ -75,6 +76,11 @@ class Runtime:
             engine.on_wait_estimate = lambda seconds: publish_wait(kv, seconds)
             return engine
         return LlamaEngine(spec, self.settings)
+
+    @cached_property
+    def knowledge(self) -> Knowledge:
+        """The knowledge base in memory, for grounded answers (reloaded when it changes)."""
+        return Knowledge(self.sessions)
 
     @cached_property
     def kv(self) -> KV:

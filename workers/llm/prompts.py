@@ -5,6 +5,8 @@
   ``<|im_start|>system`` gets literal characters, not a new system turn.
 - With thinking disabled, Qwen3's own template opens the assistant turn with an empty
   ``<think>\\n\\n</think>\\n\\n`` block; we do the same (``enable_thinking=false`` semantics).
+- :func:`knowledge_block` is the system block of a grounded answer: the knowledge-base sources with their
+  titles, and the rules for using them (offering a person only where one can take over).
 - :class:`ThinkFilter` removes ``<think>…</think>`` spans from streamed text, across chunk
   boundaries; :func:`strip_think` does it for a whole string.
 """
@@ -49,6 +51,30 @@ def chatml_tokens(
     if uses_think_block(architecture) and not enable_thinking:
         ids += tokenize(EMPTY_THINK, True)
     return ids
+
+
+KNOWLEDGE_MAX_CHARS = 2000  # the sources' text in one block (the best sources first; the rest cut)
+
+
+def knowledge_block(sources: Sequence[tuple[str, str, str]], *, offer_person: bool) -> str:
+    """The grounding system block for (title, heading, text) sources, best first; an empty ``sources`` says the
+    knowledge base does not cover the question. ``offer_person``: a person can take over on this channel."""
+    person = "，并告诉客户可以回复“转人工”由人工客服处理" if offer_person else ""
+    if not sources:
+        return ("本店知识库里没有与客户这个问题相关的资料。如果客户问的是本店的政策、商品、价格、订单或服务，"
+                f"请如实说明你无法确定，不要编造{person}；如果只是问候或闲聊，正常回应即可。")
+    parts, used = [], 0
+    for n, (title, heading, text) in enumerate(sources, 1):
+        room = KNOWLEDGE_MAX_CHARS - used
+        if room <= 0:
+            break
+        label = f"《{title}》" + (f" {heading}" if heading and heading != title else "")
+        parts.append(f"[{n}] {label}\n{text[:room]}")
+        used += min(len(text), room)
+    return ("以下是本店知识库中与客户问题相关的资料：\n\n" + "\n\n".join(parts) + "\n\n"
+            "回答要求：只根据上面的资料和对话内容回答，不要编造资料里没有的政策、价格、时间或承诺；"
+            f"资料没有涉及客户问的内容时，如实说明你不确定{person}。"
+            "可以在回答末尾注明依据的资料标题，例如（依据：《" + sources[0][0] + "》）。")
 
 
 def fit_turns(turns: list[Turn], measure: Callable[[list[Turn]], int], budget: int, *,

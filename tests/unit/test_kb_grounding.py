@@ -1,0 +1,129 @@
+"""Grounded answers: passage retrieval, the worker's in-memory knowledge base and its refresh, the prompt block.
+
+The passages are hand-written for these tests (a fictional shop), not evaluation data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from models.envelope import Turn
+from models.infra.db import make_engine, make_session_factory, transaction
+from models.infra.migrate import upgrade
+from models.knowledge import readers, store
+from models.knowledge.passage_index import PassageIndex, terms
+from models.settings import Settings
+from workers.context import compose
+from workers.grounding import Knowledge
+from workers.llm.prompts import fit_turns, knowledge_block, render_chatml
+
+PASSAGES = ["签收后7天内，商品完好可以无理由退货。", "下单后24小时内发货，默认中通快递，可改顺丰（补差价）。",
+            "会员积分：每消费1元积1分，100分抵1元。"]
+
+
+def test_terms_are_cjk_characters_and_bigrams_and_folded_words() -> None:
+    assert terms("退货ＡＢＣ 7天") == ["退", "货", "退货", "abc", "7", "天"]
+
+
+@pytest.mark.parametrize(("question", "best"), [
+    ("请问你们支持七天无理由退货吗？", 0), ("可以改成顺丰快递吗？", 1), ("我昨天下的订单什么时候能发货？", 1),
+    ("积分怎么抵扣？", 2),
+])
+def test_the_passage_that_answers_comes_first(question: str, best: int) -> None:
+    assert PassageIndex(PASSAGES).search(question, 3)[0][0] == best
+
+
+@pytest.mark.parametrize("question", ["你好", "今天天气怎么样", "How do I reset my password?", ""])
+def test_a_question_the_passages_do_not_cover_gets_none(question: str) -> None:
+    assert PassageIndex(PASSAGES).search(question, 3) == []
+
+
+def test_an_empty_index_finds_nothing() -> None:
+    assert PassageIndex([]).search("退货", 3) == []
+
+
+@pytest.fixture
+def db(clean_env: Path) -> Iterator[Engine]:
+    settings = Settings(data_dir=clean_env / "var")
+    upgrade(settings)
+    engine = make_engine(settings)
+    yield engine
+    engine.dispose()
+
+
+def _import(engine: Engine, path: Path) -> None:
+    with transaction(make_session_factory(engine)) as session:
+        store.import_document(session, readers.read(path))
+
+
+def test_knowledge_follows_the_store_revision(db: Engine, clean_env: Path) -> None:
+    knowledge = Knowledge(make_session_factory(db), refresh_s=0)
+    assert knowledge.lookup("可以退货吗") is None  # no knowledge base: the prompt stays as it was
+    policy = clean_env / "policy.md"
+    policy.write_text("# 售后政策\n\n## 退货\n\n签收后7天内可以无理由退货。\n\n## 发货\n\n下单后24小时内发货。\n")
+    _import(db, policy)
+    grounding = knowledge.lookup("可以退货吗")
+    assert grounding is not None and grounding.revision == 1
+    assert [(s.kind, s.title, s.heading, s.text) for s in grounding.sources] == [
+        ("passage", "售后政策", "退货", "签收后7天内可以无理由退货。")]
+    assert knowledge.lookup("你们几点下班") == type(grounding)(1, ())  # a knowledge base that does not cover it
+    (clean_env / "faq.csv").write_text("问题,相似问,答案\n能开发票吗,怎么开票,在订单详情页申请电子发票。\n")
+    _import(db, clean_env / "faq.csv")
+    grounding = knowledge.lookup("怎么开票？")
+    assert grounding is not None and grounding.revision == 2
+    assert [(s.kind, s.text) for s in grounding.sources] == [("faq", "问：能开发票吗\n答：在订单详情页申请电子发票。")]
+    assert grounding.audit_detail() == {"kb_revision": 2, "passages": [], "faq": [grounding.sources[0].id]}
+
+
+def test_knowledge_checks_the_revision_only_every_refresh_s(db: Engine, clean_env: Path) -> None:
+    knowledge = Knowledge(make_session_factory(db), refresh_s=3600)
+    assert knowledge.lookup("退货") is None
+    (clean_env / "p.md").write_text("# 退货\n\n七天无理由退货。\n")
+    _import(db, clean_env / "p.md")
+    assert knowledge.lookup("退货") is None  # not looked again yet
+
+
+def test_a_database_error_keeps_the_loaded_knowledge(db: Engine, clean_env: Path) -> None:
+    (clean_env / "p.md").write_text("# 退货\n\n七天无理由退货。\n")
+    _import(db, clean_env / "p.md")
+    knowledge = Knowledge(make_session_factory(db), refresh_s=0)
+    assert knowledge.lookup("退货") is not None
+    with db.begin() as conn:
+        conn.execute(text("DROP TABLE kb_state"))
+    grounding = knowledge.lookup("退货")
+    assert grounding is not None and grounding.sources[0].text == "七天无理由退货。"
+
+
+def test_the_block_offers_a_person_only_where_one_can_take_over() -> None:
+    sources = [("退货政策", "运费", "质量问题由本店承担运费。")]
+    with_person = knowledge_block(sources, offer_person=True)
+    assert "[1] 《退货政策》 运费\n质量问题由本店承担运费。" in with_person and "转人工" in with_person
+    assert "只根据上面的资料" in with_person and "（依据：《退货政策》）" in with_person
+    assert "转人工" not in knowledge_block(sources, offer_person=False)
+    uncovered = knowledge_block([], offer_person=True)
+    assert "没有与客户这个问题相关的资料" in uncovered and "转人工" in uncovered
+    assert "转人工" not in knowledge_block([], offer_person=False)
+
+
+def test_the_block_is_bounded() -> None:
+    block = knowledge_block([("甲", "", "字" * 1500), ("乙", "", "字" * 1500), ("丙", "", "字" * 1500)],
+                            offer_person=False)
+    assert block.count("字") == 2000 and "《丙》" not in block
+
+
+def test_the_knowledge_block_leads_the_prompt_and_survives_trimming() -> None:
+    history = [Turn("user", "早上好"), Turn("assistant", "您好！")]
+    turns = compose("你是客服。", history, "可以退货吗？", 5, hint="可以转人工。", knowledge="资料：七天无理由退货。")
+    assert turns == [Turn("system", "你是客服。"), Turn("system", "可以转人工。"), Turn("system", "资料：七天无理由退货。"),
+                     *history, Turn("user", "可以退货吗？")]
+    assert render_chatml(turns, architecture="qwen3", enable_thinking=False) == (
+        "<|im_start|>system\n你是客服。<|im_end|>\n<|im_start|>system\n可以转人工。<|im_end|>\n"
+        "<|im_start|>system\n资料：七天无理由退货。<|im_end|>\n<|im_start|>user\n早上好<|im_end|>\n"
+        "<|im_start|>assistant\n您好！<|im_end|>\n<|im_start|>user\n可以退货吗？<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    trimmed = fit_turns(turns, lambda ts: sum(len(t.text) for t in ts), budget=30)
+    assert trimmed == [*turns[:3], turns[-1]]

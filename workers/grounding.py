@@ -1,0 +1,117 @@
+"""The knowledge base held in a worker's memory, for grounded answers: the passages that answer a question.
+
+:class:`Knowledge` loads every passage and FAQ entry (:func:`models.knowledge.store.snapshot`) into a
+:class:`~models.knowledge.passage_index.PassageIndex` and keeps it while ``kb_state.revision`` stays the
+same; it reads the revision at most every ``refresh_s`` seconds (one single-row SELECT), and loads again
+when it moved. A load runs in the thread that noticed the change; other threads keep answering from the
+previous index meanwhile. A database error while checking or loading keeps the index it has (logged), so a
+knowledge-base outage never fails an answer: the model answers without passages, as before there was one.
+
+:meth:`Knowledge.lookup` returns None when the knowledge base is empty (nothing changes in the prompt), else a
+:class:`Grounding`: the best ``top_k`` sources (possibly none: the knowledge base does not cover the question).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.knowledge import store
+from models.knowledge.passage_index import PassageIndex
+
+log = logging.getLogger(__name__)
+
+TOP_K = 3
+REFRESH_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A passage or FAQ entry given to the model, and what the audit records of it."""
+
+    kind: str  # "passage" or "faq"
+    id: int
+    title: str  # the document's title, which a reply may cite
+    heading: str
+    text: str  # as the model reads it
+
+
+@dataclass(frozen=True, slots=True)
+class Grounding:
+    revision: int
+    sources: tuple[Source, ...]  # best first; empty when nothing in the knowledge base covers the question
+
+    def audit_detail(self) -> dict[str, Any]:
+        return {"kb_revision": self.revision,
+                "passages": [s.id for s in self.sources if s.kind == "passage"],
+                "faq": [s.id for s in self.sources if s.kind == "faq"]}
+
+
+def sources_of(snapshot: store.Snapshot) -> list[Source]:
+    passages = [Source("passage", p.id, p.title, p.heading, p.text) for p in snapshot.passages]
+    faq = [Source("faq", f.id, f.title, "", f"问：{f.question}\n答：{f.answer}") for f in snapshot.faq]
+    return passages + faq
+
+
+def _indexed_text(source: Source, similar: tuple[str, ...] = ()) -> str:
+    return "\n".join((source.title, source.heading, source.text, *similar))
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    revision: int
+    sources: tuple[Source, ...]
+    index: PassageIndex
+
+
+class Knowledge:
+    def __init__(self, sessions: sessionmaker[Session], *, refresh_s: float = REFRESH_S, top_k: int = TOP_K) -> None:
+        self._sessions, self._refresh_s, self._top_k = sessions, refresh_s, top_k
+        self._loaded: _Loaded | None = None
+        self._checked_at = -float("inf")
+        self._lock = threading.Lock()
+
+    def lookup(self, question: str) -> Grounding | None:
+        loaded = self._current()
+        if loaded is None or not loaded.sources:
+            return None
+        hits = loaded.index.search(question, self._top_k)
+        return Grounding(loaded.revision, tuple(loaded.sources[position] for position, _ in hits))
+
+    def _current(self) -> _Loaded | None:
+        loaded = self._loaded
+        if time.monotonic() - self._checked_at < self._refresh_s:
+            return loaded
+        # one thread checks (and loads); the others answer from what there is, unless there is nothing yet
+        if not self._lock.acquire(blocking=loaded is None):
+            return loaded
+        try:
+            if time.monotonic() - self._checked_at >= self._refresh_s:
+                self._refresh()
+            return self._loaded
+        finally:
+            self._lock.release()
+
+    def _refresh(self) -> None:
+        try:
+            with self._sessions() as session:
+                if self._loaded is not None and store.revision(session) == self._loaded.revision:
+                    self._checked_at = time.monotonic()
+                    return
+                snapshot = store.snapshot(session)
+        except SQLAlchemyError as exc:
+            log.warning("knowledge base not refreshed (%s); answering with what is loaded", type(exc).__name__)
+            self._checked_at = time.monotonic()
+            return
+        similar = {f.id: f.similar for f in snapshot.faq}
+        sources = sources_of(snapshot)
+        index = PassageIndex([_indexed_text(s, similar.get(s.id, ()) if s.kind == "faq" else ()) for s in sources])
+        self._loaded = _Loaded(snapshot.revision, tuple(sources), index)
+        self._checked_at = time.monotonic()
+        log.info("knowledge base revision %d loaded: %d passages and FAQ entries", snapshot.revision, len(sources))
