@@ -44,7 +44,7 @@ from workers import kept_answers, voice
 from workers.context import compose, extend_history
 from workers.grounding import Grounding
 from workers.llm.engine import Generation
-from workers.llm.prompts import knowledge_block
+from workers.llm.prompts import knowledge_block, knowledge_chars
 from workers.llm.watchdog import DEADLINE_MISSED, generate_by
 from workers.runtime import Runtime
 
@@ -115,7 +115,8 @@ def generate(rt: Runtime, row: InboundRecord, key: ConversationKey, *, begun: fl
         hint = prompt_hint(settings, handoff)
         grounding = rt.knowledge.lookup(row.text)  # None: no knowledge base, the prompt is as it always was
         knowledge = None if grounding is None else knowledge_block(
-            [(s.title, s.heading, s.text) for s in grounding.sources], offer_person=hint is not None)
+            [(s.title, s.heading, s.text) for s in grounding.sources], offer_person=hint is not None,
+            max_chars=knowledge_chars(settings.n_ctx))
         turns = compose(settings.system_prompt, history, row.text, settings.context_turns, hint=hint,
                         knowledge=knowledge)
         answer, run = _generated(rt, row, key, turns, handoff, begun)

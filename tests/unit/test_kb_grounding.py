@@ -19,7 +19,7 @@ from models.knowledge.passage_index import PassageIndex, terms
 from models.settings import Settings
 from workers.context import compose
 from workers.grounding import Knowledge
-from workers.llm.prompts import fit_turns, knowledge_block, render_chatml
+from workers.llm.prompts import fit_turns, knowledge_block, knowledge_chars, render_chatml
 
 PASSAGES = ["签收后7天内，商品完好可以无理由退货。", "下单后24小时内发货，默认中通快递，可改顺丰（补差价）。",
             "会员积分：每消费1元积1分，100分抵1元。"]
@@ -113,6 +113,8 @@ def test_the_block_is_bounded() -> None:
     block = knowledge_block([("甲", "", "字" * 1500), ("乙", "", "字" * 1500), ("丙", "", "字" * 1500)],
                             offer_person=False)
     assert block.count("字") == 2000 and "《丙》" not in block
+    assert knowledge_block([("甲", "", "字" * 1500)], offer_person=False, max_chars=100).count("字") == 100
+    assert (knowledge_chars(4096), knowledge_chars(1024), knowledge_chars(32768)) == (682, 170, 2000)
 
 
 def test_the_knowledge_block_leads_the_prompt_and_survives_trimming() -> None:

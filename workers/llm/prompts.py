@@ -56,16 +56,24 @@ def chatml_tokens(
 KNOWLEDGE_MAX_CHARS = 2000  # the sources' text in one block (the best sources first; the rest cut)
 
 
-def knowledge_block(sources: Sequence[tuple[str, str, str]], *, offer_person: bool) -> str:
-    """The grounding system block for (title, heading, text) sources, best first; an empty ``sources`` says the
-    knowledge base does not cover the question. ``offer_person``: a person can take over on this channel."""
+def knowledge_chars(n_ctx: int) -> int:
+    """The sources' text a context of ``n_ctx`` tokens can take beside the prompt, history and reply: a sixth of it
+    in characters (Qwen3 spends about one token per Chinese character; a byte-level tokenizer up to three)."""
+    return max(0, min(KNOWLEDGE_MAX_CHARS, n_ctx // 6))
+
+
+def knowledge_block(sources: Sequence[tuple[str, str, str]], *, offer_person: bool,
+                    max_chars: int = KNOWLEDGE_MAX_CHARS) -> str:
+    """The grounding system block for (title, heading, text) sources, best first, their text cut to ``max_chars`` in
+    all; an empty ``sources`` says the knowledge base does not cover the question. ``offer_person``: a person can
+    take over on this channel."""
     person = "，并告诉客户可以回复“转人工”由人工客服处理" if offer_person else ""
     if not sources:
         return ("本店知识库里没有与客户这个问题相关的资料。如果客户问的是本店的政策、商品、价格、订单或服务，"
                 f"请如实说明你无法确定，不要编造{person}；如果只是问候或闲聊，正常回应即可。")
     parts, used = [], 0
     for n, (title, heading, text) in enumerate(sources, 1):
-        room = KNOWLEDGE_MAX_CHARS - used
+        room = max_chars - used
         if room <= 0:
             break
         label = f"《{title}》" + (f" {heading}" if heading and heading != title else "")
