@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from models import moderation
+from models.knowledge import faq_cache
 from models.replies import MODERATED, Answer
 from models.settings import Settings
 from models.states import ReplySource
@@ -83,12 +84,11 @@ def unsupported_answer(kind: str) -> str:
 
 
 def faq_answer(settings: Settings, text: str) -> str | None:
-    """The answer of the first FAQ entry whose keywords all occur in the text (case-insensitive)."""
-    folded = text.casefold()
-    for entry in settings.faq:
-        if entry.keywords and all(k.casefold() in folded for k in entry.keywords):
-            return entry.answer
-    return None
+    """The answer of the FAQ entry that matches the text confidently (models.knowledge.faq_cache), or None:
+    a keyword rule whose keywords all occur, else the best question or similar question at or above
+    ``settings.faq_threshold``. Below it the FAQ abstains; it never guesses."""
+    found = faq_cache.lookup(settings, text).answer
+    return found.entry.answer if found is not None else None
 
 
 NEGATIONS = ("不用", "不要", "不需要", "无需", "不必", "没必要")

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -50,10 +50,23 @@ class ConfigError(ValueError):
 
 
 class FaqEntry(BaseModel):
-    """A question answered instantly, without the model (and passively on WeChat)."""
+    """A question answered instantly, without the model (and passively on WeChat).
 
-    keywords: list[str]
+    Either a keyword rule (``keywords``: all occur in the text) or a question with its similar questions
+    (``question``, ``similar``: matched by models.knowledge.faq_index with a confidence), or both.
+    """
+
+    keywords: list[str] = Field(default_factory=list)
     answer: str
+    question: str = ""
+    similar: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _question_or_keywords(self) -> FaqEntry:
+        if not self.question.strip() and not any(k.strip() for k in self.keywords):
+            raise ValueError("an FAQ entry needs a question or keywords")
+        return self
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -180,6 +193,11 @@ class Settings(BaseSettings):
     wechat_max_body_bytes: PositiveInt = 64 * 1024
     wechat_http_timeout_s: PositiveSeconds = 5.0
     faq: list[FaqEntry] = Field(default_factory=list)  # JSON list in KEFU_FAQ
+    # An FAQ entry answers without the model at or above this confidence (models.knowledge.faq_index; 0..1, chosen
+    # on real paraphrases in bench/faq_eval.py); below it Kefu abstains and the model answers.
+    faq_threshold: Annotated[float, Field(ge=0, le=1)] = 0.3
+    # An embedding GGUF (e.g. Qwen3-Embedding, bge-m3): workers fuse its ranking with BM25's (models.knowledge.dense)
+    embedding_model_path: Path | None = None
     # When the model's queue is this long (seconds, as estimated by the LLM workers), a WeChat callback gets
     # a passive "please wait" at once instead of silence; 0 turns it off.
     busy_notice_after_s: NonNegativeSeconds = 4.0

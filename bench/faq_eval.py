@@ -1,0 +1,143 @@
+"""FAQ matching on real customer paraphrases: top-1, wrong answers and abstention over a threshold curve.
+
+    .venv/bin/python -m bench.faq_eval [--data FILE.json ...] [--latency]
+
+By default on both ATEC sets of tests/data/faq/ (see tests/data/README.md): ``tune``, on which the default
+threshold was chosen, and ``check``, held out.
+
+For each threshold: ``answered right`` (the expected entry, of the paraphrase queries), ``wrong`` (an answer
+that is not the expected one, or any answer to a negative query, of all queries), ``abstained`` (of all
+queries). Two retrievers: Kefu's FAQ index (models.knowledge.faq_index) and a plain baseline, character 1-2-gram
+TF-IDF cosine (numpy), whose confidence is its cosine. ``top-1`` is the best entry's hit rate with no threshold.
+``--latency`` also times models.dialogue.decide() with a 2,000-entry FAQ (the first 500 real entries plus
+synthetic ones) on every query: p50/p99 per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models.knowledge.faq import FaqEntry
+from models.knowledge.faq_index import DEFAULT_THRESHOLD, FaqIndex
+from models.knowledge.tokens import normalize
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "faq"
+SETS = (DATA / "atec_faq_tune.json", DATA / "atec_faq_check.json")
+THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+Ranker = Callable[[str], tuple[str | None, float]]  # query -> (best entry id, confidence)
+
+
+def load(path: Path) -> tuple[list[FaqEntry], list[tuple[str, str | None]]]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    entries = [FaqEntry(e["id"], e["question"], f"答案 {e['id']}", tuple(e["similar"])) for e in data["entries"]]
+    return entries, [(q["text"], q["expect"]) for q in data["queries"]]
+
+
+class CharTfidf:
+    """The baseline: character unigrams and bigrams, TF-IDF weighted, cosine against every phrasing."""
+
+    def __init__(self, entries: Sequence[FaqEntry]) -> None:
+        self.owner = [e.id for e in entries for _ in e.questions]
+        docs = [self.grams(q) for e in entries for q in e.questions]
+        df = Counter(g for d in docs for g in set(d))
+        self.vocab = {g: i for i, g in enumerate(df)}
+        self.idf = np.array([math.log((1 + len(docs)) / (1 + df[g])) + 1 for g in df])
+        self.matrix = np.stack([self.vector(d) for d in docs])
+
+    @staticmethod
+    def grams(text: str) -> list[str]:
+        t = normalize(text)
+        return list(t) + [t[i:i + 2] for i in range(len(t) - 1)]
+
+    def vector(self, grams: list[str]) -> np.ndarray:
+        v = np.zeros(len(self.vocab))
+        for g, n in Counter(grams).items():
+            if g in self.vocab:
+                v[self.vocab[g]] = n * self.idf[self.vocab[g]]
+        norm = np.linalg.norm(v)
+        return v / norm if norm else v
+
+    def __call__(self, text: str) -> tuple[str | None, float]:
+        scores = self.matrix @ self.vector(self.grams(text))
+        best = int(np.argmax(scores))
+        return (self.owner[best], float(scores[best])) if scores[best] > 0 else (None, 0.0)
+
+
+def kefu_ranker(index: FaqIndex) -> Ranker:
+    def rank(text: str) -> tuple[str | None, float]:
+        found = index.search(text, k=2)
+        return (found[0].entry.id, found[0].confidence) if found else (None, 0.0)
+    return rank
+
+
+def curve(name: str, rank: Ranker, queries: list[tuple[str, str | None]]) -> None:
+    results = [(rank(text), expect) for text, expect in queries]
+    positives = [r for r in results if r[1] is not None]
+    top1 = sum(best == expect for (best, _), expect in positives) / len(positives)
+    print(f"\n{name}: top-1 {top1:.1%} of {len(positives)} paraphrases; "
+          f"{len(results) - len(positives)} negative queries")
+    print(f"{'threshold':>9} {'answered right':>15} {'wrong':>7} {'wrong (neg.)':>13} {'abstained':>10}")
+    for threshold in THRESHOLDS:
+        right = wrong = wrong_negative = abstained = 0
+        for (best, confidence), expect in results:
+            if best is None or confidence < threshold:
+                abstained += 1
+            elif best == expect:
+                right += 1
+            else:
+                wrong += 1
+                wrong_negative += expect is None
+        print(f"{threshold:>9.2f} {right / len(positives):>15.1%} {wrong / len(results):>7.1%} "
+              f"{wrong_negative / len(results):>13.1%} {abstained / len(results):>10.1%}")
+
+
+def latency(entries: list[FaqEntry], queries: list[tuple[str, str | None]]) -> None:
+    from models.dialogue import HandOff, Message, decide
+    from models.knowledge import faq_cache
+    from models.settings import Settings
+
+    filler = [FaqEntry(f"synthetic:{n}", f"{q}（第{n}款）", "答案", ()) for n, q in
+              enumerate(e.question for _ in range(4) for e in entries)]
+    big = (entries + filler)[:2000]
+    settings = Settings()
+    faq_cache.install(big)
+    decide(settings, Message(queries[0][0]), HandOff.PERSON)  # builds the index once, as a process's first message
+    times = []
+    for _ in range(3):
+        for text, _expect in queries:
+            start = time.perf_counter()
+            decide(settings, Message(text), HandOff.PERSON)
+            times.append(time.perf_counter() - start)
+    times.sort()
+    p99 = times[int(len(times) * 0.99)]
+    print(f"\ndecide() with a {len(big)}-entry FAQ, {len(times)} calls: p50 {statistics.median(times) * 1e3:.2f} ms, "
+          f"p99 {p99 * 1e3:.2f} ms, max {times[-1] * 1e3:.2f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, action="append")
+    parser.add_argument("--latency", action="store_true")
+    args = parser.parse_args()
+    for path in args.data or SETS:
+        entries, queries = load(path)
+        print(f"\n=== {path.name}: {len(entries)} FAQ entries, {sum(len(e.questions) for e in entries)} phrasings; "
+              f"default threshold {DEFAULT_THRESHOLD}")
+        curve("Kefu FAQ index (BM25 candidates, jieba words + Han characters, margin)", kefu_ranker(FaqIndex(entries)),
+              queries)
+        curve("baseline: character 1-2-gram TF-IDF cosine", CharTfidf(entries), queries)
+    if args.latency:
+        latency(*load(SETS[0]))
+
+
+if __name__ == "__main__":
+    main()
