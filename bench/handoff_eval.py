@@ -1,0 +1,137 @@
+"""Hand-off detection on labelled customer messages: precision, recall, ask-backs, speed; and the old baseline.
+
+    .venv/bin/python bench/handoff_eval.py [--show-errors] [FILE.tsv …]
+
+Default files: ``tests/data/handoff/real.tsv`` (public, real customer messages labelled by hand; the targets
+apply to it) and ``tests/data/handoff/edge_cases.tsv`` (hand-written, reported apart). Each line:
+``source<TAB>id<TAB>label<TAB>text`` with label ``request``, ``unclear`` or ``not``; ``#`` lines are comments.
+
+Figures, per file, for the new detector (:func:`models.handoff_detect.detect`) and the baseline (the substring
+rule Kefu used before, kept here verbatim as :func:`baseline`):
+
+- recall: messages labelled ``request`` that reach a person — handed off at once (REQUEST) or after the ask-back
+  (UNCLEAR); ``strict recall`` counts REQUEST only.
+- precision: of the messages handed off at once (REQUEST), the share labelled ``request``.
+- needless ask-backs: messages labelled ``not`` that got UNCLEAR.
+- speed: mean microseconds per message over the whole file, after one warm-up pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.handoff_detect import Verdict, detect  # noqa: E402
+
+DEFAULT_FILES = (ROOT / "tests/data/handoff/real.tsv", ROOT / "tests/data/handoff/edge_cases.tsv")
+BASELINE_KEYWORDS = ("转人工", "人工客服", "真人客服", "找人工", "人工服务")  # the old default handoff_keywords
+_NEGATIONS = ("不用", "不要", "不需要", "无需", "不必", "没必要")
+_CLAUSE_BREAK = re.compile(r"[，,。.!！?？;；、\s]")
+
+
+def baseline(text: str) -> Verdict:
+    """models.dialogue.wants_human as it was before issue 12 (default keywords), as a verdict."""
+    folded = text.casefold().strip(" 。.!！?？")
+    if folded == "人工":
+        return Verdict.REQUEST
+    for keyword in BASELINE_KEYWORDS:
+        at = folded.find(keyword)
+        while at >= 0:
+            clause = _CLAUSE_BREAK.split(folded[max(0, at - 4):at])[-1]
+            if not (clause.endswith("别") or any(n in clause for n in _NEGATIONS)):
+                return Verdict.REQUEST
+            at = folded.find(keyword, at + 1)
+    return Verdict.NOT
+
+
+@dataclass(frozen=True)
+class Example:
+    source: str
+    ident: str
+    label: str
+    text: str
+
+
+def read(path: Path) -> list[Example]:
+    examples = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        source, ident, label, text = line.split("\t", 3)
+        if label not in ("request", "unclear", "not"):
+            raise ValueError(f"{path}: unknown label {label!r} in {line!r}")
+        examples.append(Example(source, ident, label, text))
+    return examples
+
+
+@dataclass
+class Score:
+    requests: int = 0
+    reached: int = 0
+    at_once: int = 0
+    handed_off: int = 0
+    handed_off_right: int = 0
+    needless_ask_backs: int = 0
+    micros: float = 0.0
+
+    def line(self, name: str) -> str:
+        recall = self.reached / self.requests if self.requests else 1.0
+        strict = self.at_once / self.requests if self.requests else 1.0
+        precision = self.handed_off_right / self.handed_off if self.handed_off else 1.0
+        return (f"  {name:<9} recall {recall:7.2%} ({self.reached}/{self.requests})  strict recall {strict:7.2%}  "
+                f"precision {precision:7.2%} ({self.handed_off_right}/{self.handed_off})  "
+                f"needless ask-backs {self.needless_ask_backs}  {self.micros:.1f} µs/message")
+
+
+def score(examples: list[Example], verdict_of: Callable[[str], Verdict], errors: list[str] | None = None) -> Score:
+    for example in examples:  # warm-up (regex compilation, caches)
+        verdict_of(example.text)
+    result = Score()
+    started = time.perf_counter()
+    verdicts = [verdict_of(example.text) for example in examples]
+    result.micros = (time.perf_counter() - started) / max(1, len(examples)) * 1e6
+    for example, verdict in zip(examples, verdicts, strict=True):
+        wrong = False
+        if example.label == "request":
+            result.requests += 1
+            result.reached += verdict is not Verdict.NOT
+            result.at_once += verdict is Verdict.REQUEST
+            wrong = verdict is Verdict.NOT
+        if verdict is Verdict.REQUEST:
+            result.handed_off += 1
+            result.handed_off_right += example.label == "request"
+            wrong = wrong or example.label == "not"
+        if verdict is Verdict.UNCLEAR and example.label == "not":
+            result.needless_ask_backs += 1
+        if wrong and errors is not None:
+            errors.append(f"    {example.label:>7} -> {verdict:<7} {example.source} {example.ident}: {example.text[:80]}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("files", nargs="*", type=Path, default=list(DEFAULT_FILES))
+    parser.add_argument("--show-errors", action="store_true", help="print every miss and wrong hand-off")
+    args = parser.parse_args(argv)
+    for path in args.files:
+        examples = read(path)
+        labels = {label: sum(e.label == label for e in examples) for label in ("request", "unclear", "not")}
+        print(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: {len(examples)} messages {labels}")
+        errors: list[str] = []
+        print(score(examples, lambda text: detect(text).verdict, errors).line("detector"))
+        print(score(examples, baseline).line("baseline"))
+        if args.show_errors:
+            print("\n".join(errors) or "    (no errors)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
