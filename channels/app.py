@@ -35,6 +35,7 @@ from models.infra.bus import Listener, make_listener
 from models.infra.db import make_engine, make_session_factory, ping
 from models.infra.kv import KV, make_kv
 from models.infra.queues import Publisher, make_celery
+from models.knowledge.faq_sync import FaqSync
 from models.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         # callers queue in the event loop instead of in 40 threads fighting over one interpreter.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
         await gw.listener.start()
+        faq_sync = FaqSync(gw.sessions, settings)  # the knowledge base's FAQ sheets, for decide() (a thread)
+        faq_sync.start()
         started: list[ChannelAdapter] = []
         try:
             for adapter in adapters:  # e.g. the phone's AudioSocket listener
@@ -131,6 +134,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
                 except Exception:  # the rest must still be released
                     log.exception("stopping the %s adapter failed", type(adapter).__name__)
             await gw.listener.stop()
+            await run_in_threadpool(faq_sync.stop)
             gw.db.dispose()
             close = getattr(gw.kv, "close", None)
             if close is not None:

@@ -38,6 +38,7 @@ def create_app(settings: Settings, *, warm: bool = False) -> Celery:
     @worker_process_init.connect(weak=False)
     def _child_started(**_: Any) -> None:
         runtime_module.reset_after_fork()
+        runtime_module.runtime().faq_sync  # noqa: B018  (starts keeping the knowledge base's FAQ in this process)
         if warm:
             _warm()
 
@@ -46,6 +47,8 @@ def create_app(settings: Settings, *, warm: bool = False) -> Celery:
         for line in settings.backend_choice():
             log.info("worker %s", line)
         pool_module = type(getattr(sender, "pool", None)).__module__
+        if "prefork" not in pool_module:  # threads/solo pools decide in this process; prefork children start their own
+            runtime_module.runtime().faq_sync  # noqa: B018
         if warm and "prefork" not in pool_module:
             _warm()  # threads/solo pools run tasks in this process; prefork children warm themselves
 

@@ -27,6 +27,7 @@ from models.infra.kv import KV, make_kv
 from models.infra.load import publish_wait
 from models.infra.locks import Locks, make_locks
 from models.infra.queues import Publisher, make_celery
+from models.knowledge.faq_sync import FaqSync
 from models.settings import Settings
 from workers.context import ContextStore, make_context_store
 from workers.grounding import Knowledge
@@ -76,6 +77,13 @@ class Runtime:
             engine.on_wait_estimate = lambda seconds: publish_wait(kv, seconds)
             return engine
         return LlamaEngine(spec, self.settings)
+
+    @cached_property
+    def faq_sync(self) -> FaqSync:
+        """The knowledge base's FAQ sheets kept in this process's FAQ index (a daemon thread, started here)."""
+        sync = FaqSync(self.sessions, self.settings)
+        sync.start()
+        return sync
 
     @cached_property
     def knowledge(self) -> Knowledge:
@@ -138,6 +146,8 @@ class Runtime:
             return cast(T, self._built[(what, channel)])
 
     def close(self) -> None:
+        if "faq_sync" in self.__dict__:
+            self.faq_sync.stop()
         if "llm" in self.__dict__:
             self.llm.close()
         if "platform" in self.__dict__:

@@ -8,7 +8,7 @@
   ``kb_deleted``: ids, version, counts and the content hash, never the text). Writers are serialized by
   the ``kb_state`` row's lock (PostgreSQL; SQLite has one writer anyway).
 - :func:`revision` is the one cheap read a process holding the knowledge base in memory polls;
-  :func:`snapshot` loads all of it.
+  :func:`snapshot` loads all of it, :func:`faq_rows` only the FAQ entries.
 
 Functions take the caller's session and never commit: the caller's transaction decides.
 """
@@ -171,9 +171,15 @@ def snapshot(session: Session) -> Snapshot:
     titles = dict(session.execute(select(KbDocumentRecord.id, KbDocumentRecord.title)).all())
     passages = tuple(_passage(p, titles.get(p.document_id, "")) for p in session.scalars(
         select(KbPassageRecord).order_by(KbPassageRecord.document_id, KbPassageRecord.ordinal)))
-    faq = tuple(_faq(f, titles.get(f.document_id, "")) for f in session.scalars(
+    return Snapshot(at, passages, faq_rows(session, titles))
+
+
+def faq_rows(session: Session, titles: dict[int, str] | None = None) -> tuple[StoredFaq, ...]:
+    """Every FAQ entry of every document, in document and row order."""
+    if titles is None:
+        titles = dict(session.execute(select(KbDocumentRecord.id, KbDocumentRecord.title)).all())
+    return tuple(_faq(f, titles.get(f.document_id, "")) for f in session.scalars(
         select(KbFaqRecord).order_by(KbFaqRecord.document_id, KbFaqRecord.ordinal)))
-    return Snapshot(at, passages, faq)
 
 
 def _delete_contents(session: Session, document_id: int) -> None:
