@@ -8,7 +8,7 @@ entry scores as its best phrasing.
 :meth:`FaqIndex.search` ranks entries; each :class:`Match` carries a ``confidence`` in [0, 1]: the IDF-weighted
 overlap (cosine of the two token sets) of the customer's text and the matched phrasing, less the overlap of the
 best *other* entry (``MARGIN_WEIGHT``: two entries that fit equally well are a guess, not an answer; on the ATEC
-evaluation the margin doubled the answers given at a 3 % wrong-answer rate). An identical question scores 1 when
+evaluation the margin quadrupled the answers given at a 3 % wrong-answer rate). An identical question scores 1 when
 no other entry shares its tokens. Tokens the FAQ never uses weigh as much as its rarest token, so an off-topic
 question scores low. :meth:`FaqIndex.lookup` answers only at or above the threshold and otherwise abstains, returning
 the candidates for the model to read. Entries written as keyword rules (``keywords``) answer when every keyword
