@@ -2,10 +2,11 @@
 
 :func:`index_for` returns the index of ``KEFU_FAQ`` (``settings.faq``) plus the entries :func:`install`\\ ed from
 the knowledge-base store, building it only when one of them changed: a new ``settings.faq`` list whose content
-differs (by :func:`~models.knowledge.faq.fingerprint`), or a new :func:`install`. :func:`install` builds the new
-index at once, in the caller's thread (the process that polls the store's revision), so a message never waits
-for a rebuild after a knowledge-base change; only the first message after a ``KEFU_FAQ`` change builds, once
-(call :func:`index_for` at start-up to take even that off the first message).
+differs (by :func:`~models.knowledge.faq.fingerprint`), or a new :func:`install`. ``install(entries, settings)``
+builds the new index in the caller's thread (the one polling the store's revision) while messages keep the
+previous index, so a message never waits for a rebuild after a knowledge-base change. Only the first message of
+a process (or after a ``KEFU_FAQ`` change) may build, once, holding up the messages that arrive meanwhile (about a
+second with jieba's dictionary): call :func:`index_for` at start-up to take even that off the first message.
 
 ``KEFU_FAQ`` entries become :class:`~models.knowledge.faq.FaqEntry` values with ids ``settings:<n>``: their
 ``keywords`` stay a keyword rule (all occur: answer, as before), their ``question`` and ``similar`` are matched
@@ -39,17 +40,27 @@ class _Built:
 
 class FaqCache:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the state below, and a build on a reader's path (a KEFU_FAQ change)
+        self._installing = threading.Lock()  # one install() at a time
         self._installed: tuple[FaqEntry, ...] = ()
         self._generation = 0
         self._built: _Built | None = None
 
     def install(self, entries: Sequence[FaqEntry], settings: Settings | None = None) -> None:
-        """Replace the store's entries (e.g. from the knowledge base's snapshot); with ``settings``, build now."""
-        with self._lock:
-            self._installed, self._generation = tuple(entries), self._generation + 1
-        if settings is not None:
-            self.index_for(settings)
+        """Replace the store's entries (e.g. from the knowledge base's snapshot). With ``settings``, the new index
+        is built first, in this thread, while readers keep the previous one, then swapped in; without, the next
+        reader builds it. Raises ValueError (from the index) for an entry with neither question nor keywords,
+        and then changes nothing."""
+        entries = tuple(entries)
+        with self._installing:
+            fresh = None
+            if settings is not None:
+                configured = from_settings(settings.faq)
+                fresh = (settings.faq, fingerprint(configured), FaqIndex((*configured, *entries)))
+            with self._lock:
+                self._installed, self._generation = entries, self._generation + 1
+                if fresh is not None:
+                    self._built = _Built(fresh[0], fresh[1], self._generation, fresh[2])
 
     def index_for(self, settings: Settings) -> FaqIndex:
         built = self._built

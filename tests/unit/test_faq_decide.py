@@ -68,3 +68,28 @@ def test_the_index_is_built_once_per_faq() -> None:
     changed = Settings(faq=[*FAQ, {"question": "包邮吗", "answer": "满 99 包邮。"}])
     assert faq_cache.index_for(changed) is not index
     assert decide(changed, Message("包邮吗？"), HandOff.PERSON).text == "满 99 包邮。"
+
+
+def test_install_builds_before_the_swap_so_messages_never_build(monkeypatch) -> None:
+    current = settings()
+    faq_cache.index_for(current)
+    builds = []
+    real = faq_cache.FaqIndex
+
+    def counting(entries):
+        builds.append(len(entries))
+        return real(entries)
+
+    monkeypatch.setattr(faq_cache, "FaqIndex", counting)
+    faq_cache.install([FaqEntry("kb:1", "支持七天无理由退货吗", "支持。")], current)
+    assert builds == [len(FAQ) + 1]
+    assert decide(current, Message("支持七天无理由退货吗"), HandOff.PERSON).text == "支持。"
+    assert builds == [len(FAQ) + 1]  # the message used the installed index
+
+
+def test_an_entry_the_index_refuses_changes_nothing() -> None:
+    current = settings()
+    before = faq_cache.index_for(current)
+    with pytest.raises(ValueError, match="neither"):
+        faq_cache.install([FaqEntry("kb:9", "", "无问题")], current)
+    assert faq_cache.index_for(current) is before
