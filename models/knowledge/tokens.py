@@ -13,6 +13,7 @@ import logging
 import re
 import threading
 import unicodedata
+import warnings
 from functools import lru_cache
 from typing import Any
 
@@ -32,7 +33,10 @@ def _segmenter() -> Any:
     global _jieba
     with _lock:
         if _jieba is None:
-            import jieba
+            with warnings.catch_warnings():  # jieba 0.42 imports pkg_resources, deprecated by newer setuptools
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", UserWarning)
+                import jieba
 
             logging.getLogger("jieba").setLevel(logging.WARNING)  # its "Building prefix dict" lines
             jieba.initialize()
