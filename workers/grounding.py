@@ -3,8 +3,9 @@
 :class:`Knowledge` loads every passage and FAQ entry (:func:`models.knowledge.store.snapshot`) into a
 :class:`~models.knowledge.passage_index.PassageIndex` and keeps it while ``kb_state.revision`` stays the
 same; it reads the revision at most every ``refresh_s`` seconds (one single-row SELECT), and loads again
-when it moved. A load runs in the thread that noticed the change; other threads keep answering from the
-previous index meanwhile. A database error while checking or loading keeps the index it has (logged), so a
+when it moved. Checking and reloading run in a background thread while answers go on with the previous
+index (a knowledge base of 10,000 passages takes seconds to index: bench/kb_retrieval.py); only the very
+first load is waited for. A database error while checking or loading keeps the index it has (logged), so a
 knowledge-base outage never fails an answer: the model answers without passages, as before there was one.
 
 :meth:`Knowledge.lookup` returns None when the knowledge base is empty (nothing changes in the prompt), else a
@@ -84,17 +85,32 @@ class Knowledge:
         hits = loaded.index.search(question, self._top_k)
         return Grounding(loaded.revision, tuple(loaded.sources[position] for position, _ in hits))
 
+    def refresh(self) -> None:
+        """Check the revision and load the knowledge base if it moved, in this thread (tests, warm-up)."""
+        with self._lock:
+            self._refresh()
+
     def _current(self) -> _Loaded | None:
         loaded = self._loaded
         if time.monotonic() - self._checked_at < self._refresh_s:
             return loaded
-        # one thread checks (and loads); the others answer from what there is, unless there is nothing yet
-        if not self._lock.acquire(blocking=loaded is None):
-            return loaded
+        if loaded is None:  # nothing yet: every caller waits for the first load
+            with self._lock:
+                if self._loaded is None and time.monotonic() - self._checked_at >= self._refresh_s:
+                    self._refresh()
+            return self._loaded
+        # one background thread checks (and reloads); answers go on with what is loaded meanwhile
+        if self._lock.acquire(blocking=False):
+            threading.Thread(target=self._refresh_and_release, name="kefu-kb-refresh", daemon=True).start()
+        return loaded
+
+    def _refresh_and_release(self) -> None:
         try:
             if time.monotonic() - self._checked_at >= self._refresh_s:
                 self._refresh()
-            return self._loaded
+        except Exception:  # a refresh must never take the worker down; the next one tries again
+            log.exception("knowledge base refresh failed")
+            self._checked_at = time.monotonic()
         finally:
             self._lock.release()
 

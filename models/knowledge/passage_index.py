@@ -10,7 +10,7 @@ best one's, so a question the knowledge base says nothing about gets no passages
 least bad ones.
 
 Built once per knowledge-base revision and then only read: searching is safe from several threads.
-Cost: one dictionary lookup per query term and one addition per posting of those terms.
+Cost: one dictionary lookup per query term and one vectorized addition over its postings (numpy).
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 _RUNS = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[a-z0-9]+")
 MIN_COVERAGE = 0.12  # hand-set on a few questions, not tuned on data (docs/knowledge.md)
@@ -51,38 +54,42 @@ class PassageIndex:
     def __init__(self, texts: Sequence[str], *, k1: float = 1.2, b: float = 0.75,
                  min_coverage: float = MIN_COVERAGE) -> None:
         self.size, self._min_coverage = len(texts), min_coverage
-        postings: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
-        lengths = []
+        postings: defaultdict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+        lengths = np.zeros(self.size, dtype=np.float64)
         for position, text in enumerate(texts):
             counts = Counter(terms(text))
-            lengths.append(sum(counts.values()))
+            lengths[position] = sum(counts.values())
             for term, count in counts.items():
-                postings[term].append((position, count))
-        average = (sum(lengths) / len(lengths)) if lengths else 1.0
-        norms = [k1 * (1 - b + b * length / max(average, 1e-9)) for length in lengths]
-        self._idf = {t: math.log(1 + (self.size - len(p) + 0.5) / (len(p) + 0.5)) for t, p in postings.items()}
-        # each posting's BM25 weight precomputed: a search only adds them up
-        self._weights = {t: [(pos, self._idf[t] * tf * (k1 + 1) / (tf + norms[pos])) for pos, tf in p]
-                         for t, p in postings.items()}
+                at, tf = postings[term]
+                at.append(position)
+                tf.append(count)
+        norms = k1 * (1 - b + b * lengths / max(float(lengths.mean()) if self.size else 1.0, 1e-9))
+        self._idf: dict[str, float] = {}
+        # each posting's BM25 weight precomputed: a search only adds arrays up
+        self._postings: dict[str, tuple[npt.NDArray[np.int32], npt.NDArray[np.float64]]] = {}
+        for term, (at, tf) in postings.items():
+            positions, freqs = np.asarray(at, dtype=np.int32), np.asarray(tf, dtype=np.float64)
+            idf = math.log(1 + (self.size - len(at) + 0.5) / (len(at) + 0.5))
+            self._idf[term] = idf
+            self._postings[term] = (positions, idf * freqs * (k1 + 1) / (freqs + norms[positions]))
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
         query_terms = set(terms(query))
         unseen = math.log(1 + (self.size - 0.5) / 1.5)  # as if in one passage
         total = sum(self._idf.get(t, unseen) for t in query_terms)
-        scores: defaultdict[int, float] = defaultdict(float)
-        covered: defaultdict[int, float] = defaultdict(float)
-        strong: set[int] = set()
-        for term in query_terms:
-            idf = self._idf.get(term)
-            if idf is None:
-                continue
-            for position, weight in self._weights[term]:
-                scores[position] += weight
-                covered[position] += idf
+        scores = np.zeros(self.size)
+        covered = np.zeros(self.size)
+        strong = np.zeros(self.size, dtype=bool)
+        for term in query_terms & self._postings.keys():
+            positions, weights = self._postings[term]
+            scores[positions] += weights  # a term occurs once per passage in its postings: no repeated index
+            covered[positions] += self._idf[term]
             if len(term) > 1 or term.isascii():
-                strong.update(position for position, _ in self._weights[term])
-        best = max(scores.values(), default=0.0)
-        passing = [(pos, score) for pos, score in scores.items() if pos in strong
-                   and covered[pos] >= self._min_coverage * total and score >= MIN_RELATIVE * best]
-        passing.sort(key=lambda hit: (-hit[1], hit[0]))
-        return passing[:k]
+                strong[positions] = True
+        best = float(scores.max()) if self.size else 0.0
+        passing = np.flatnonzero(strong & (covered >= self._min_coverage * total) & (scores >= MIN_RELATIVE * best)
+                                 & (scores > 0))
+        if len(passing) > k:  # the k best without sorting them all
+            passing = passing[np.argpartition(-scores[passing], k - 1)[:k]] if k > 0 else passing[:0]
+        ranked = sorted(passing.tolist(), key=lambda pos: (-scores[pos], pos))
+        return [(pos, float(scores[pos])) for pos in ranked]

@@ -5,6 +5,7 @@ The passages are hand-written for these tests (a fictional shop), not evaluation
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from models.knowledge import readers, store
 from models.knowledge.passage_index import PassageIndex, terms
 from models.settings import Settings
 from workers.context import compose
-from workers.grounding import Knowledge
+from workers.grounding import Grounding, Knowledge
 from workers.llm.prompts import fit_turns, knowledge_block, knowledge_chars, render_chatml
 
 PASSAGES = ["签收后7天内，商品完好可以无理由退货。", "下单后24小时内发货，默认中通快递，可改顺丰（补差价）。",
@@ -60,20 +61,29 @@ def _import(engine: Engine, path: Path) -> None:
         store.import_document(session, readers.read(path))
 
 
+def _once_loaded(knowledge: Knowledge, question: str, revision: int) -> Grounding:
+    """Ask until the background refresh has loaded ``revision``."""
+    deadline = time.monotonic() + 30
+    while (grounding := knowledge.lookup(question)) is None or grounding.revision < revision:
+        assert time.monotonic() < deadline, "the knowledge base was never reloaded"
+        time.sleep(0.01)
+    return grounding
+
+
 def test_knowledge_follows_the_store_revision(db: Engine, clean_env: Path) -> None:
     knowledge = Knowledge(make_session_factory(db), refresh_s=0)
     assert knowledge.lookup("可以退货吗") is None  # no knowledge base: the prompt stays as it was
     policy = clean_env / "policy.md"
     policy.write_text("# 售后政策\n\n## 退货\n\n签收后7天内可以无理由退货。\n\n## 发货\n\n下单后24小时内发货。\n")
     _import(db, policy)
-    grounding = knowledge.lookup("可以退货吗")
+    grounding = _once_loaded(knowledge, "可以退货吗", 1)
     assert grounding is not None and grounding.revision == 1
     assert [(s.kind, s.title, s.heading, s.text) for s in grounding.sources] == [
         ("passage", "售后政策", "退货", "签收后7天内可以无理由退货。")]
     assert knowledge.lookup("你们几点下班") == type(grounding)(1, ())  # a knowledge base that does not cover it
     (clean_env / "faq.csv").write_text("问题,相似问,答案\n能开发票吗,怎么开票,在订单详情页申请电子发票。\n")
     _import(db, clean_env / "faq.csv")
-    grounding = knowledge.lookup("怎么开票？")
+    grounding = _once_loaded(knowledge, "怎么开票？", 2)
     assert grounding is not None and grounding.revision == 2
     assert [(s.kind, s.text) for s in grounding.sources] == [("faq", "问：能开发票吗\n答：在订单详情页申请电子发票。")]
     assert grounding.audit_detail() == {"kb_revision": 2, "passages": [], "faq": [grounding.sources[0].id]}
@@ -94,6 +104,7 @@ def test_a_database_error_keeps_the_loaded_knowledge(db: Engine, clean_env: Path
     assert knowledge.lookup("退货") is not None
     with db.begin() as conn:
         conn.execute(text("DROP TABLE kb_state"))
+    knowledge.refresh()  # logged, and what is loaded stays
     grounding = knowledge.lookup("退货")
     assert grounding is not None and grounding.sources[0].text == "七天无理由退货。"
 

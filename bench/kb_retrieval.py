@@ -1,0 +1,137 @@
+"""Knowledge-base retrieval in the worker: speed on 10,000 passages, and what it finds on real customer questions.
+
+    .venv/bin/python bench/kb_retrieval.py [--passages 10000] [--repeat 5]
+
+Data: the ATEC 2018 customer-service question sets in tests/data/faq/ (tune + check; source and licence in
+tests/data/README.md).
+
+1. Quality (the index as grounding sees it, :class:`models.knowledge.passage_index.PassageIndex`): each FAQ entry
+   of the ``check`` set is one passage (its question and similar questions); each query is a held-out real
+   paraphrase (the passage it should find) or a real question annotators marked as meaning none of them (it should
+   find nothing). Prints hit@1, hit@3, how often nothing came back, and for the others how often *something* did.
+2. Speed: 10,000 passages, each 8–16 real questions drawn with a fixed seed from every phrasing in both sets
+   (about 150 characters; ``kefu kb import`` cuts at most 400); the build time of the index, and the latency of
+   ``search(k=3)`` for every real query, ``--repeat`` times (p50, p99, max); then the worker's whole refresh:
+   the passages stored in a SQLite knowledge base, loaded by :class:`workers.grounding.Knowledge` and indexed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from models.knowledge.passage_index import PassageIndex
+
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "faq"
+
+
+def load(name: str) -> dict[str, list[dict[str, object]]]:
+    data: dict[str, list[dict[str, object]]] = json.loads((DATA / f"atec_faq_{name}.json").read_text(encoding="utf-8"))
+    return data
+
+
+def phrasings(entry: dict[str, object]) -> list[str]:
+    return [str(entry["question"]), *(str(s) for s in entry.get("similar", []) or [])]  # type: ignore[attr-defined]
+
+
+def quality() -> None:
+    check = load("check")
+    entries = check["entries"]
+    index = PassageIndex(["\n".join(phrasings(e)) for e in entries])
+    position = {str(e["id"]): n for n, e in enumerate(entries)}
+    hit1 = hit3 = empty_pos = positives = negatives = found_neg = 0
+    for query in check["queries"]:
+        hits = [p for p, _ in index.search(str(query["text"]), 3)]
+        expect = query.get("expect")
+        if expect is None:
+            negatives += 1
+            found_neg += bool(hits)
+            continue
+        positives += 1
+        want = position[str(expect)]
+        hit1 += bool(hits) and hits[0] == want
+        hit3 += want in hits
+        empty_pos += not hits
+    print(f"quality on ATEC check ({len(entries)} passages; {positives} paraphrase queries, {negatives} unrelated):")
+    print(f"  paraphrases: hit@1 {hit1 / positives:.1%}, hit@3 {hit3 / positives:.1%}, nothing found "
+          f"{empty_pos / positives:.1%}")
+    print(f"  unrelated questions: nothing found {1 - found_neg / max(negatives, 1):.1%} "
+          f"(some passage found {found_neg / max(negatives, 1):.1%} — the model is then told what it may use)")
+
+
+def passages(n: int) -> tuple[list[str], list[str]]:
+    tune, check = load("tune"), load("check")
+    pool = [p for part in (tune, check) for e in part["entries"] for p in phrasings(e)]
+    pool += [str(q["text"]) for part in (tune, check) for q in part["queries"]]
+    rng = random.Random(12)
+    texts = ["。".join(rng.sample(pool, rng.randint(8, 16))) + "。" for _ in range(n)]
+    queries = [str(q["text"]) for part in (tune, check) for q in part["queries"]]
+    return texts, queries
+
+
+def speed(n: int, repeat: int) -> None:
+    texts, queries = passages(n)
+    started = time.perf_counter()
+    index = PassageIndex(texts)
+    built = time.perf_counter() - started
+    samples = []
+    for _ in range(repeat):
+        for query in queries:
+            t = time.perf_counter()
+            index.search(query, 3)
+            samples.append((time.perf_counter() - t) * 1000)
+    samples.sort()
+    p99 = samples[int(len(samples) * 0.99) - 1]
+    print(f"speed: {n:,} passages (mean {statistics.mean(len(t) for t in texts):.0f} characters), index built in "
+          f"{built:.2f} s")
+    print(f"  search(k=3): {len(samples):,} real queries: p50 {statistics.median(samples):.2f} ms, p99 {p99:.2f} ms, "
+          f"max {samples[-1]:.2f} ms")
+    refresh(texts)
+
+
+def refresh(texts: list[str]) -> None:
+    """The worker's reload after a knowledge-base change: read every passage from SQLite, index them."""
+    from models.infra.db import make_engine, make_session_factory, transaction
+    from models.infra.migrate import upgrade
+    from models.knowledge import store
+    from models.knowledge.documents import ParsedDocument, Passage
+    from models.settings import Settings
+    from workers.grounding import Knowledge
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp))
+        upgrade(settings)
+        engine = make_engine(settings)
+        sessions = make_session_factory(engine)
+        for d in range(0, len(texts), 100):  # 100 documents of 100 passages
+            doc = ParsedDocument(f"doc{d}.md", f"文档{d}", "markdown", f"{d:064x}",
+                                 passages=tuple(Passage("", t) for t in texts[d:d + 100]))
+            with transaction(sessions) as session:
+                store.import_document(session, doc)
+        knowledge = Knowledge(sessions)
+        started = time.perf_counter()
+        grounding = knowledge.lookup("借呗额度怎么提升")
+        loaded = time.perf_counter() - started
+        engine.dispose()
+    assert grounding is not None
+    print(f"  worker refresh (SQLite read + index of {len(texts):,} passages, then one lookup): {loaded:.2f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--passages", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}")
+    quality()
+    speed(args.passages, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
