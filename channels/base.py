@@ -178,7 +178,7 @@ class ChannelAdapter(ABC):
         """Carry out the dialogue decision for a customer's text (channels without a platform reply of their own):
         queued for the model, or answered now (FAQ, no person available, a hand-off notice) with a reply that
         is delivered like any other."""
-        decision = decide(self.ctx.settings, Message(inbound.text, inbound.kind),
+        decision = decide(self.ctx.settings, Message(inbound.text, inbound.kind, channel=inbound.key.channel),
                           self.ctx.handoff.availability(inbound.key.account))
         if decision.action is Action.GENERATE:
             return self.ctx.ingress.accept(inbound)

@@ -160,7 +160,8 @@ class CallbackDialogue:
                                                         m.received_at), via="transfer")
             truncation.record(ingress, accepted, key.channel, read)
             return TO_PERSON
-        decision = decide(settings, Message(text, m.kind, m.media_id is not None), handoff.availability(key.account))
+        message = Message(text, m.kind, m.media_id is not None, channel=key.channel)
+        decision = decide(settings, message, handoff.availability(key.account))
         stored_text = text or ("" if decision.action is Action.GENERATE else f"[{m.kind}]")
         inbound = Inbound(key, m.external_id, stored_text, m.kind, m.received_at, media_id=m.media_id)
         if decision.action is Action.GENERATE:

@@ -11,21 +11,28 @@ rule after an empty message (:func:`moderated`; it is the one rule that may do I
 operator's keyword file when it changed, calling a moderation endpoint when one is configured).
 Knowledge-base answers and intents plug in here as further rules, so that every channel gets them at once.
 
+Hand-off: a request for a person in the customer's own words (:mod:`models.handoff_detect`) is handed off, or
+answered honestly where nobody can take it; a message that may be one is asked back (``handoff_ask_back_reply``)
+and a yes right after it hands off. So do ``handoff_after_failures`` fallback replies in a row and clearly negative
+wording. What follows from the conversation so far (:attr:`Message.asked_back`, :attr:`Message.failed_answers`)
+is filled in by the worker (workers/follow_up.py); every channel may turn detection off or add words
+(``KEFU_HANDOFF_CHANNELS``).
+
 What the model is told and what a customer hears when the model fails also follow the channel:
 :func:`system_prompt` and :func:`fallback_reply` mention 转人工 only where a person can take over.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from models import moderation
+from models.handoff_detect import Verdict, detect, is_yes, negative_word
 from models.knowledge import faq_cache
 from models.replies import MODERATED, Answer
-from models.settings import Settings
+from models.settings import HandOffChannel, Settings
 from models.states import ReplySource
 
 UNSUPPORTED = {
@@ -60,6 +67,11 @@ class Message:
     text: str  # printable, stripped; "" for a non-text message or a voice not yet transcribed
     kind: str = "text"  # the platform's message type: text, voice, image…
     has_media: bool = False  # a voice message whose audio a worker can download and transcribe
+    # What the conversation says so far, where the caller knows it (the worker reads it from the stored replies,
+    # workers/follow_up.py; a gateway callback does not, and leaves the defaults):
+    channel: str = ""  # the channel's name, for its own hand-off settings (KEFU_HANDOFF_CHANNELS)
+    asked_back: bool = False  # the last reply asked whether the customer wants a person (handoff_ask_back_reply)
+    failed_answers: int = 0  # fallback replies in a row just before this message
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,29 +103,32 @@ def faq_answer(settings: Settings, text: str) -> str | None:
     return found.entry.answer if found is not None else None
 
 
-NEGATIONS = ("不用", "不要", "不需要", "无需", "不必", "没必要")
-_CLAUSE_BREAK = re.compile(r"[，,。.!！?？;；、\s]")
+NO_CHANNEL_SETTINGS = HandOffChannel()
 
 
-def _declined(before: str) -> bool:
-    """True when the words right before a hand-off keyword, in the same clause, decline it ("不用转人工了",
-    "别转人工"); "特别想找人工" or "别的都不要，转人工" still ask for a person."""
-    clause = _CLAUSE_BREAK.split(before)[-1]
-    return clause.endswith("别") or any(negation in clause for negation in NEGATIONS)
+def channel_handoff(settings: Settings, channel: str) -> HandOffChannel:
+    """The channel's own hand-off settings (``KEFU_HANDOFF_CHANNELS``), or the defaults."""
+    return settings.handoff_channels.get(channel, NO_CHANNEL_SETTINGS)
+
+
+def person_request(settings: Settings, message: Message) -> Verdict:
+    """Whether the message asks for a person (models.handoff_detect, with the operator's and the channel's extra
+    words); NOT where the channel turned detection off."""
+    own = channel_handoff(settings, message.channel)
+    if not own.detect or not message.text:
+        return Verdict.NOT
+    return detect(message.text, (*settings.handoff_keywords, *own.phrases)).verdict
 
 
 def wants_human(settings: Settings, text: str) -> bool:
-    """True when the customer asks for a person (one of ``handoff_keywords``, or just "人工")."""
-    folded = text.casefold().strip(" 。.!！?？")
-    if folded == "人工":
-        return True
-    for keyword in settings.handoff_keywords:
-        at = folded.find(keyword.casefold())
-        while at >= 0:
-            if not _declined(folded[max(0, at - 4):at]):
-                return True
-            at = folded.find(keyword.casefold(), at + 1)
-    return False
+    """True when the customer clearly asks for a person (an UNCLEAR message is asked back, not handed off)."""
+    return person_request(settings, Message(text)) is Verdict.REQUEST
+
+
+def _to_person(settings: Settings, handoff: HandOff, why: str, notice: str) -> Decision:
+    if handoff is HandOff.PERSON:
+        return Decision(Action.HAND_OFF, why, notice, ReplySource.HANDOFF)
+    return Decision(Action.ANSWER, f"{why}_none_available", settings.handoff_unavailable_reply, ReplySource.RULE)
 
 
 # ---- the rules, in order --------------------------------------------------------------------------
@@ -144,13 +159,48 @@ def moderated(settings: Settings, message: Message, handoff: HandOff) -> Decisio
                     ReplySource.RULE)
 
 
+def confirms_person(settings: Settings, message: Message, handoff: HandOff) -> Decision | None:
+    """A yes ("是的", "对", "嗯", "需要") right after the ask-back hands off."""
+    if not message.asked_back or handoff is not HandOff.PERSON or not channel_handoff(settings, message.channel).detect:
+        return None
+    return _to_person(settings, handoff, "asks_for_person_confirmed", settings.handoff_reply) if is_yes(
+        message.text) else None
+
+
 def asks_for_person(settings: Settings, message: Message, handoff: HandOff) -> Decision | None:
-    if not wants_human(settings, message.text):
+    """A request for a person: handed off, or told honestly that nobody can take it here. A message that may be
+    one is asked back where a person can take over (once: not again right after the ask-back); elsewhere the
+    model answers it."""
+    verdict = person_request(settings, message)
+    if verdict is Verdict.REQUEST:
+        return _to_person(settings, handoff, "asks_for_person", settings.handoff_reply)
+    if verdict is Verdict.UNCLEAR and handoff is HandOff.PERSON and not message.asked_back:
+        return Decision(Action.ANSWER, "asks_for_person_unclear", settings.handoff_ask_back_reply, ReplySource.RULE)
+    return None
+
+
+def after_failures(settings: Settings, message: Message, handoff: HandOff) -> Decision | None:
+    """After ``handoff_after_failures`` fallback replies in a row, the next message goes to a person; where none
+    can take it, an honest answer (which ends the run of failures)."""
+    own = channel_handoff(settings, message.channel).after_failures
+    limit = settings.handoff_after_failures if own is None else own
+    if not limit or message.failed_answers < limit:
         return None
     if handoff is HandOff.PERSON:
-        return Decision(Action.HAND_OFF, "asks_for_person", settings.handoff_reply, ReplySource.HANDOFF)
-    return Decision(Action.ANSWER, "asks_for_person_none_available", settings.handoff_unavailable_reply,
+        return Decision(Action.HAND_OFF, "failed_answers", settings.handoff_failures_reply, ReplySource.HANDOFF)
+    return Decision(Action.ANSWER, "failed_answers_none_available", settings.handoff_failures_unavailable_reply,
                     ReplySource.RULE)
+
+
+def unhappy(settings: Settings, message: Message, handoff: HandOff) -> Decision | None:
+    """Clearly negative wording ("垃圾", "气死", "投诉"…) goes to a person where one can take it; elsewhere the
+    model answers (a fixed apology would leave the customer's question unanswered)."""
+    own = channel_handoff(settings, message.channel).on_negative
+    if handoff is not HandOff.PERSON or not (settings.handoff_on_negative if own is None else own):
+        return None
+    word = negative_word(message.text, settings.handoff_negative_words)
+    return None if word is None else Decision(Action.HAND_OFF, "negative_sentiment", settings.handoff_negative_reply,
+                                              ReplySource.HANDOFF)
 
 
 def faq(settings: Settings, message: Message, handoff: HandOff) -> Decision | None:
@@ -158,7 +208,10 @@ def faq(settings: Settings, message: Message, handoff: HandOff) -> Decision | No
     return Decision(Action.ANSWER, "faq", answer, ReplySource.FAQ) if answer is not None else None
 
 
-RULES: tuple[Rule, ...] = (nothing_to_read, moderated, asks_for_person, faq)
+RULES: tuple[Rule, ...] = (nothing_to_read, moderated, confirms_person, asks_for_person, after_failures, unhappy,
+                          faq)
+# What a worker decides again once it knows the conversation (Message.asked_back, failed_answers): workers/follow_up.py
+FOLLOW_UP_RULES: tuple[Rule, ...] = (confirms_person, after_failures)
 MODEL_ANSWERS = Decision(Action.GENERATE, "no_rule")
 
 

@@ -76,7 +76,7 @@ _INFO = re.compile(_either(
     "联系方式|联系发|联系我|跟我联系|给我打|通过客服|多久|电话|号码|热线|几点|时间|什么时候",
     "多少|上班|下班|营业|工号是|微信号|邮箱|地址|在哪里|怎么打|工作日|周末|节假日"))
 _DECLINE_BEFORE = re.compile(_either(
-    "不用|不要|不需要|无需|不必|没必要|别|不想|没说|没有说|没让|没要|不是要|谁要",
+    "不用|不要|不需要|无需|不必|没必要|(?<![特区分个级告类])别|不想|没说|没有说|没让|没要|不是要|谁要",
     "用不着|犯不着|甭|不找|不转"))
 _DECLINE_AFTER = re.compile(r"^(?:的话)?(?:就|先|暂时|还是)?(?:不用|不要|不需要|算了|免了|不必|没必要|用不着)"
                             r"|^(?:都|也)(?:不|没)")
@@ -133,6 +133,11 @@ def detect(text: str, extra_phrases: Sequence[str] = ()) -> Detection:
         found = [_clause(part, extra, long, first=at == 0) for at, part in enumerate(parts)]
     if len(parts) > 1 and not any(d.verdict is Verdict.REQUEST for d in found):
         found = _addressed(parts, found)
+    return _strongest(found)
+
+
+def _strongest(found: list[Detection]) -> Detection:
+    """A request anywhere wins, then an unclear clause, then the first clause that said why it is no request."""
     for verdict in (Verdict.REQUEST, Verdict.UNCLEAR):
         for detection in found:
             if detection.verdict is verdict:
@@ -150,64 +155,95 @@ def _addressed(parts: list[str], found: list[Detection]) -> list[Detection]:
             for d in found]
 
 
+@dataclass(frozen=True, slots=True)
+class _Term:
+    """A clause with a person word in it: what comes before and after the word."""
+
+    clause: str
+    before: str
+    word: str
+    after: str
+    strong: bool  # 人工, 真人, 经理… (not 客服, which customers also call the bot)
+
+    @classmethod
+    def find(cls, clause: str, extra: tuple[str, ...]) -> _Term | None:
+        span = _term(clause, extra)
+        if span is None:
+            return None
+        word = clause[span[0]:span[1]]
+        return cls(clause, clause[:span[0]], word, clause[span[1]:], bool(_STRONG.match(word)) or word in extra)
+
+
 def _clause(clause: str, extra: tuple[str, ...], long: bool, *, first: bool = False) -> Detection:
     """The verdict on one clause; ``long``: the message is long (a person only when asked for directly, or named
     first); ``first``: the message's first clause."""
     clause = _NOT_BOT.sub("", clause) or clause  # "不要机器人" rejects the bot, not the person
     if not long and (_ANYONE.match(clause) or _ANYONE.match(clause.rstrip(_TRIM) or clause)):
         return Detection(Verdict.REQUEST, "anyone_there")
-    term = _term(clause, extra)
+    term = _Term.find(clause, extra)
     if term is None:
-        if _TRANSFER.search(clause) and not _MENTION.search(clause) and not _DECLINE_BEFORE.search(clause):
-            return Detection(Verdict.REQUEST, "transfer")
-        if _ARE_YOU.search(clause) or "机器人" in clause:
-            return Detection(Verdict.UNCLEAR, "about_the_bot")
-        return NONE
-    start, end = term
-    before, after = clause[:start], clause[end:]
-    if _DECLINE_BEFORE.search(before[-6:]) or _DECLINE_AFTER.match(after):
-        return Detection(Verdict.NOT, "declined")
+        return _no_person_word(clause)
+    return _ruled_out(term, long, first) or _asked(term)
+
+
+def _no_person_word(clause: str) -> Detection:
+    if _TRANSFER.search(clause) and not _MENTION.search(clause) and not _DECLINE_BEFORE.search(clause):
+        return Detection(Verdict.REQUEST, "transfer")
     if _ARE_YOU.search(clause):
         return Detection(Verdict.UNCLEAR, "about_the_bot")
-    if _IDENTITY.search(clause):
+    return NONE
+
+
+def _ruled_out(term: _Term, long: bool, first: bool) -> Detection | None:
+    """A decline, a question about the bot, a mention or a question about agents; None: read on."""
+    if _DECLINE_BEFORE.search(term.before[-6:]) or _DECLINE_AFTER.match(term.after):
+        return Detection(Verdict.NOT, "declined")
+    if _ARE_YOU.search(term.clause):
+        return Detection(Verdict.UNCLEAR, "about_the_bot")
+    if _IDENTITY.search(term.clause):
         return Detection(Verdict.NOT, "who_is_answering")
-    strong = bool(_STRONG.match(clause[start:end]))
-    if _MENTION.search(clause) or (long and not ((_direct(before) or (first and not before)) and strong)):
+    asked_plainly = (_direct(term.before) or (first and not term.before)) and term.strong
+    if _MENTION.search(term.clause) or (long and not asked_plainly):
         return Detection(Verdict.NOT, "mention")
-    if _INFO.search(clause):
+    if _INFO.search(term.clause):
         return Detection(Verdict.NOT, "question_about_agents")
-    return _asked(clause, before, after, term, extra)
+    return None
 
 
 def _story_clause(clause: str, extra: tuple[str, ...], *, first: bool) -> Detection:
-    term = _term(clause, extra)
-    if term is not None and _MENTION.search(clause):
+    term = _Term.find(clause, extra)
+    if term is None:
+        return NONE
+    if _MENTION.search(clause) or not term.strong:
         return Detection(Verdict.NOT, "story")
-    if term is None or not (_STRONG.match(clause[term[0]:term[1]]) or clause[term[0]:term[1]] in extra):
-        return Detection(Verdict.NOT, "story") if term else NONE
-    before = clause[:term[0]]
-    if (first and not before) or re.search(r"我(?:就|只|只是)?(?:要|想|需要)(?:找|转|接)?$", before):
+    if (first and not term.before) or re.search(r"我(?:就|只|只是)?(?:要|想|需要)(?:找|转|接)?$", term.before):
         return Detection(Verdict.REQUEST, "asks_in_story")
     return Detection(Verdict.NOT, "story")
 
 
-def _asked(clause: str, before: str, after: str, term: tuple[int, int], extra: tuple[str, ...]) -> Detection:
-    word = clause[term[0]:term[1]]
-    strong = bool(_STRONG.match(word)) or word in extra
-    if _CONDITIONAL.search(clause):
+def _asked(term: _Term) -> Detection:
+    """A clause with a person word that is no decline, mention or question about agents: how it asks."""
+    before, after = term.before.strip(_TRIM), term.after.strip(_TRIM)
+    if _CONDITIONAL.search(term.clause):
         return Detection(Verdict.UNCLEAR, "conditional")
-    if _PRESENT.match(after.strip(_TRIM) or after) and not before.strip(_TRIM):  # "客服在不在", "人工呢"
+    if not before and _PRESENT.match(after or term.after):  # "客服在不在", "人工呢"
         return Detection(Verdict.REQUEST, "present")
-    if not before.strip(_TRIM) and not after.strip(_TRIM):
-        return Detection(Verdict.REQUEST if strong or word in ("在线客服", "客服人员") else Verdict.UNCLEAR, "bare")
-    if _ASK.search(before) or _ASK.search(after[:6]):
-        return Detection(Verdict.REQUEST if strong or _direct(before) or _ASK.search(before) else Verdict.UNCLEAR,
-                         "asks")
-    if strong and len(clause) <= 12:  # "花呗分期 人工", "人工服务身份证验证失败": the person word leads the message
+    if not before and not after:
+        plain = term.strong or term.word in ("在线客服", "客服人员")
+        return Detection(Verdict.REQUEST if plain else Verdict.UNCLEAR, "bare")
+    if _ASK.search(term.before) or _ASK.search(term.after[:6]):
+        sure = term.strong or _direct(term.before) or _ASK.search(term.before)
+        return Detection(Verdict.REQUEST if sure else Verdict.UNCLEAR, "asks")
+    return _named(term)
+
+
+def _named(term: _Term) -> Detection:
+    """The person word without a verb of asking: it still asks when it leads a short message."""
+    if term.strong and len(term.clause) <= 12:  # "花呗分期 人工", "人工服务身份证验证失败"
         return Detection(Verdict.REQUEST, "short")
-    if not before and (strong or len(after) <= 2):
-        return Detection(Verdict.REQUEST if strong else Verdict.UNCLEAR, "leads")
-    if len(clause) <= 8 and after.strip(_TRIM) == "":  # "借呗在线客服", "花呗分期客服": the product's agent
+    if not term.before and (term.strong or len(term.after) <= 2):
+        return Detection(Verdict.REQUEST if term.strong else Verdict.UNCLEAR, "leads")
+    if len(term.clause) <= 8 and not term.after.strip(_TRIM):  # "借呗在线客服", "花呗分期客服": the product's agent
         return Detection(Verdict.REQUEST, "product_agent")
     return Detection(Verdict.NOT, "addressed")
 

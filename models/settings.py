@@ -36,6 +36,8 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from models.handoff_detect import NEGATIVE_WORDS
+
 DEFAULT_SYSTEM_PROMPT = (
     "你是一名专业、耐心的在线客服助手。默认使用简体中文回答；如果客户用其他语言提问，就用客户的语言回答。"
     "回答要简洁、礼貌、准确，先直接回答问题，再给出必要的下一步。"
@@ -67,6 +69,15 @@ class FaqEntry(BaseModel):
         if not self.question.strip() and not any(k.strip() for k in self.keywords):
             raise ValueError("an FAQ entry needs a question or keywords")
         return self
+
+
+class HandOffChannel(BaseModel):
+    """One channel's hand-off settings (``KEFU_HANDOFF_CHANNELS``); ``None`` follows the global setting."""
+
+    detect: bool = True  # false: requests for a person are not looked for (the model answers them)
+    phrases: list[str] = Field(default_factory=list)  # more words for a person, on top of handoff_keywords
+    after_failures: Annotated[int, Field(ge=0)] | None = None
+    on_negative: bool | None = None
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -202,9 +213,24 @@ class Settings(BaseSettings):
     # a passive "please wait" at once instead of silence; 0 turns it off.
     busy_notice_after_s: NonNegativeSeconds = 4.0
     busy_notice: str = "消息已收到，当前咨询的人较多，客服正在为您处理，请稍候。"
-    # A customer message containing one of these asks for a person (WeChat Customer Service hands off).
-    handoff_keywords: list[str] = Field(default_factory=lambda: ["转人工", "人工客服", "真人客服", "找人工", "人工服务"])
+    # Requests for a person are detected in the customer's own words (models.handoff_detect); these are the
+    # operator's extra words for a person ("找小二"), read the same way (declines and mentions still count).
+    handoff_keywords: list[str] = Field(default_factory=list)
     handoff_reply: str = "好的，正在为您转接人工客服，请稍候。"
+    # Asked when a message may be a request for a person ("你是机器人吗"); a "是的/对/嗯/需要" after it hands off.
+    handoff_ask_back_reply: str = "您是需要转接人工客服吗？"
+    # After this many fallback replies in a row the customer's next message goes to a person (0: never).
+    handoff_after_failures: NonNegativeInt = 2
+    handoff_failures_reply: str = "抱歉，我没能解答您的问题，正在为您转接人工客服，请稍候。"
+    handoff_failures_unavailable_reply: str = ("抱歉，我没能解答您的问题，这里也暂时没有人工客服。"
+                                               "您可以换个说法再问一次，或稍后再试。")
+    # Clearly negative wording ("垃圾", "气死", "投诉"…) hands the conversation to a person where one can take it.
+    handoff_on_negative: bool = True
+    handoff_negative_words: list[str] = Field(default_factory=lambda: list(NEGATIVE_WORDS))
+    handoff_negative_reply: str = "非常抱歉给您带来不好的体验，正在为您转接人工客服，请稍候。"
+    # Per channel (JSON in KEFU_HANDOFF_CHANNELS): {"web": {"detect": false}, "wecom_kf": {"phrases": ["找小二"],
+    # "after_failures": 3, "on_negative": false}}; what a channel leaves out follows the settings above.
+    handoff_channels: dict[str, HandOffChannel] = Field(default_factory=dict)
     # where no person can take over (an official account without human_service, a WeCom app)
     handoff_unavailable_reply: str = "抱歉，这里暂时没有人工客服。您可以继续向我提问，我会尽力为您解答。"
     # Sent when the model cannot answer (failure, deadline, empty output): nothing goes unanswered. The hint is

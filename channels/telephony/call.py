@@ -194,7 +194,8 @@ class Call:
         if not text:
             return
         inbound = Inbound(self.key, external_id, text[: self.ctx.settings.max_text_chars], "voice")
-        decision = decide(self.ctx.settings, Message(inbound.text, "voice"), self.ctx.handoff.availability(self.key.account))
+        message = Message(inbound.text, "voice", channel=self.key.channel)
+        decision = decide(self.ctx.settings, message, self.ctx.handoff.availability(self.key.account))
         if decision.action is Action.HAND_OFF:
             await self._transfer(inbound)
             return

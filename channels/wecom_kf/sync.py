@@ -177,7 +177,8 @@ class KfSync(Puller):
                                                               media_id=media_id), service_state=state)
             truncation.record(self._ingress, accepted, CHANNEL, read)
             return state
-        decision = decide(settings, Message(text, kind, media_id is not None), self._handoff.availability(key.account))
+        said = Message(text, kind, media_id is not None, channel=key.channel)
+        decision = decide(settings, said, self._handoff.availability(key.account))
         # a voice's text comes later, from the worker's transcription (which decides again)
         stored = text or ("" if decision.action is Action.GENERATE else f"[{kind}]")
         inbound = Inbound(key, external_id, stored, kind, received, media_id=media_id)

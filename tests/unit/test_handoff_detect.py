@@ -1,0 +1,185 @@
+"""Tests for hand-off detection (models.handoff_detect), the hand-off rules of decide() and the worker's follow-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+from models.dialogue import Action, Decision, HandOff, Message, decide, wants_human
+from models.handoff_detect import Verdict, detect, is_yes, negative_word
+from models.settings import Settings
+from models.states import ReplySource
+from models.tables import Base, ConversationRecord, InboundRecord, ReplyRecord
+from workers.follow_up import conversation_state, decide_again
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "handoff"
+
+REQUESTS = ["我想找客服", "有没有真人", "帮我接个人工", "转人工", "人工服务", "叫你们经理来", "能不能让真人回答",
+            "我要投诉找人", "人工", "人工。", "请帮我找人工客服", "有真人客服吗？", "不用了，还是转人工吧",
+            "别的都不要，转人工", "我特别想找人工", "我不要机器人，我要人工", "有人吗", "人呢？", "客服在不在",
+            "ＯＫ，转人工", "给我换个客服", "转接一下花呗"]
+NOT_REQUESTS = ["人工客服就不用了", "我没说要转人工", "别给我转人工，机器人回答就行", "我也打过人工客服",
+                "刚才人工说明天发货", "人工客服几点上班？", "客服电话是多少", "人工智能是什么？", "你们的人工费怎么算",
+                "借呗可以人工审核吗", "可以找人代付吗", "不用转人工了，谢谢", "别转人工", "不需要人工客服",
+                "我打10010转人工都没人接", "客服，我的花呗还清了，怎么不显示有花呗出来", "退货", "", "   "]
+
+
+@pytest.mark.parametrize("text", REQUESTS)
+def test_requests_for_a_person_in_customers_words(text: str) -> None:
+    assert detect(text).verdict is Verdict.REQUEST, detect(text)
+
+
+@pytest.mark.parametrize("text", NOT_REQUESTS)
+def test_declines_mentions_and_questions_about_agents_are_not_requests(text: str) -> None:
+    assert detect(text).verdict is Verdict.NOT, detect(text)
+
+
+@pytest.mark.parametrize("text", ["你是机器人吗", "你是真人还是机器人", "是人工服务吗", "客服"])
+def test_may_be_a_request(text: str) -> None:
+    assert detect(text).verdict is Verdict.UNCLEAR, detect(text)
+
+
+def test_operator_phrases_add_to_the_built_in_words() -> None:
+    assert detect("叫掌柜的来").verdict is Verdict.NOT
+    assert detect("叫掌柜的来", ["掌柜"]).verdict is Verdict.REQUEST
+    assert detect("不用找掌柜", ["掌柜"]).verdict is Verdict.NOT
+
+
+@pytest.mark.parametrize("text", ["是的", "对", "嗯", "需要", "好的，麻烦了", "嗯嗯", "是的需要", "ＯＫ", "转吧"])
+def test_yes_to_the_ask_back(text: str) -> None:
+    assert is_yes(text)
+
+
+@pytest.mark.parametrize("text", ["不用", "不是", "我想问问退货", "算了", "是不是要收费"])
+def test_not_a_yes(text: str) -> None:
+    assert not is_yes(text)
+
+
+def test_negative_wording() -> None:
+    assert negative_word("你们这什么垃圾服务") == "垃圾"
+    assert negative_word("我要投诉") == "投诉" and negative_word("气死我了！") == "气死"
+    assert negative_word("请问怎么退货") is None
+
+
+def _labelled(name: str) -> list[tuple[str, str]]:
+    rows = [line.split("\t") for line in (DATA / name).read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith("#")]
+    return [(row[2], row[3]) for row in rows]
+
+
+def test_the_real_set_meets_the_targets() -> None:  # bench/handoff_eval.py prints the full figures
+    examples = _labelled("real.tsv")
+    assert len(examples) > 700 and sum(label == "request" for label, _ in examples) > 80
+    verdicts = [(label, detect(text).verdict) for label, text in examples]
+    requests = [verdict for label, verdict in verdicts if label == "request"]
+    handed_off = [label for label, verdict in verdicts if verdict is Verdict.REQUEST]
+    recall = sum(verdict is not Verdict.NOT for verdict in requests) / len(requests)
+    precision = handed_off.count("request") / len(handed_off)
+    assert recall >= 0.98 and precision >= 0.95, (recall, precision)
+
+
+def test_the_hand_written_edge_cases_all_pass() -> None:
+    for label, text in _labelled("edge_cases.tsv"):
+        verdict = detect(text).verdict
+        assert verdict is Verdict(label) or (label == "unclear" and verdict is not Verdict.NOT), (text, verdict)
+
+
+# ---- decide() ---------------------------------------------------------------------------------------------------
+
+def test_a_request_hands_off_or_is_answered_honestly() -> None:
+    settings = Settings()
+    assert decide(settings, Message("帮我接个人工"), HandOff.PERSON) == Decision(
+        Action.HAND_OFF, "asks_for_person", settings.handoff_reply, ReplySource.HANDOFF)
+    assert decide(settings, Message("有没有真人"), HandOff.NOBODY) == Decision(
+        Action.ANSWER, "asks_for_person_none_available", settings.handoff_unavailable_reply, ReplySource.RULE)
+    assert decide(settings, Message("人工客服就不用了"), HandOff.PERSON).action is Action.GENERATE
+    assert decide(settings, Message("人工客服几点上班？"), HandOff.PERSON).action is Action.GENERATE
+
+
+def test_an_unclear_message_is_asked_back_and_a_yes_hands_off() -> None:
+    settings = Settings()
+    asked = decide(settings, Message("你是机器人吗"), HandOff.PERSON)
+    assert asked == Decision(Action.ANSWER, "asks_for_person_unclear", "您是需要转接人工客服吗？", ReplySource.RULE)
+    yes = decide(settings, Message("是的", asked_back=True), HandOff.PERSON)
+    assert yes == Decision(Action.HAND_OFF, "asks_for_person_confirmed", settings.handoff_reply, ReplySource.HANDOFF)
+    assert decide(settings, Message("是的"), HandOff.PERSON).action is Action.GENERATE  # nothing was asked
+    assert decide(settings, Message("不用了", asked_back=True), HandOff.PERSON).action is Action.GENERATE
+    # never asked twice in a row, and never where nobody could take over
+    assert decide(settings, Message("你是机器人吗", asked_back=True), HandOff.PERSON).action is Action.GENERATE
+    assert decide(settings, Message("你是机器人吗"), HandOff.NOBODY).action is Action.GENERATE
+    assert decide(settings, Message("是的", asked_back=True), HandOff.NOBODY).action is Action.GENERATE
+
+
+def test_failed_answers_hand_off_after_n() -> None:
+    settings = Settings()
+    assert decide(settings, Message("还是不行", failed_answers=1), HandOff.PERSON).action is Action.GENERATE
+    assert decide(settings, Message("还是不行", failed_answers=2), HandOff.PERSON) == Decision(
+        Action.HAND_OFF, "failed_answers", settings.handoff_failures_reply, ReplySource.HANDOFF)
+    honest = decide(settings, Message("还是不行", failed_answers=2), HandOff.NOBODY)
+    assert honest == Decision(Action.ANSWER, "failed_answers_none_available",
+                              settings.handoff_failures_unavailable_reply, ReplySource.RULE)
+    off = Settings(handoff_after_failures=0)
+    assert decide(off, Message("还是不行", failed_answers=9), HandOff.PERSON).action is Action.GENERATE
+
+
+def test_negative_wording_hands_off_where_a_person_can_take_it() -> None:
+    settings = Settings()
+    assert decide(settings, Message("你们这什么垃圾服务，气死我了"), HandOff.PERSON) == Decision(
+        Action.HAND_OFF, "negative_sentiment", settings.handoff_negative_reply, ReplySource.HANDOFF)
+    assert decide(settings, Message("你们这什么垃圾服务，怎么退货"), HandOff.NOBODY).action is Action.GENERATE
+    off = Settings(handoff_on_negative=False)
+    assert decide(off, Message("垃圾"), HandOff.PERSON).action is Action.GENERATE
+
+
+def test_per_channel_settings() -> None:
+    settings = Settings(handoff_channels={  # type: ignore[arg-type]
+        "web": {"detect": False, "on_negative": False}, "wecom_kf": {"phrases": ["掌柜"], "after_failures": 1}})
+    assert decide(settings, Message("转人工", channel="web"), HandOff.PERSON).action is Action.GENERATE
+    assert decide(settings, Message("垃圾", channel="web"), HandOff.PERSON).action is Action.GENERATE
+    assert decide(settings, Message("转人工", channel="wechat_mp"), HandOff.PERSON).action is Action.HAND_OFF
+    assert decide(settings, Message("叫掌柜的来", channel="wecom_kf"), HandOff.PERSON).action is Action.HAND_OFF
+    assert decide(settings, Message("叫掌柜的来", channel="wechat_mp"), HandOff.PERSON).action is Action.GENERATE
+    assert decide(settings, Message("嗯", channel="wecom_kf", failed_answers=1), HandOff.PERSON).why == "failed_answers"
+    assert wants_human(settings, "转人工")  # no channel: the global settings
+
+
+# ---- the worker's follow-up: what the stored replies say -------------------------------------------------------
+
+@pytest.fixture
+def session() -> Session:
+    engine = create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(ConversationRecord(id=1, channel="wecom_kf", account="a", peer="p"))
+        session.flush()
+        return session
+
+
+def _exchange(session: Session, inbound_id: int, reply: str | None, source: ReplySource = ReplySource.MODEL) -> None:
+    session.add(InboundRecord(id=inbound_id, conversation_id=1, channel="wecom_kf", account="a",
+                              external_id=str(inbound_id), text="问题"))
+    session.flush()
+    if reply is not None:
+        session.add(ReplyRecord(inbound_id=inbound_id, conversation_id=1, text=reply, source=source))
+        session.flush()
+
+
+def test_the_worker_reads_the_ask_back_and_failed_answers_from_stored_replies(session: Session) -> None:
+    settings = Settings()
+    fallback = settings.fallback_reply
+    _exchange(session, 1, "您好", ReplySource.MODEL)
+    _exchange(session, 2, fallback, ReplySource.FALLBACK)
+    _exchange(session, 3, fallback, ReplySource.FALLBACK)
+    _exchange(session, 4, None)
+    assert conversation_state(session, settings, 1, 4, "wecom_kf") == (False, 2)
+    assert conversation_state(session, settings, 1, 3, "wecom_kf") == (False, 1)
+    assert decide_again(session, settings, "在吗", 1, 4, "wecom_kf", HandOff.PERSON).why == "failed_answers"
+    assert decide_again(session, settings, "在吗", 1, 3, "wecom_kf", HandOff.PERSON).action is Action.GENERATE
+    _exchange(session, 5, settings.handoff_ask_back_reply, ReplySource.RULE)
+    _exchange(session, 6, None)
+    assert conversation_state(session, settings, 1, 6, "wecom_kf") == (True, 0)
+    assert decide_again(session, settings, "对的", 1, 6, "wecom_kf", HandOff.PERSON).why == "asks_for_person_confirmed"
+    assert decide_again(session, settings, "退货怎么弄", 1, 6, "wecom_kf", HandOff.PERSON).action is Action.GENERATE
