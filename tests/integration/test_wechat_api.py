@@ -19,8 +19,10 @@ from channels.wechat_fake import FakeWeChat
 from channels.wechat_mp import WeChatMPOutbound
 from models.envelope import ConversationKey, Reply
 from models.infra.bus import SocketBus
+from models.infra.db import make_engine, make_session_factory
 from models.infra.kv import make_kv
 from models.infra.locks import make_locks
+from models.infra.migrate import upgrade
 from models.settings import Settings
 from tests import wechat_platform as wp
 from tests.conftest import REPO
@@ -81,6 +83,7 @@ import sys
 from channels.wechat_api import AccessTokens, AppCredentials, make_http
 from models.infra.kv import make_kv
 from models.infra.locks import make_locks
+from models.infra.migrate import upgrade
 from models.settings import Settings
 s = Settings(data_dir=sys.argv[1], wechat_api_base=sys.argv[2])
 t = AccessTokens(make_http(5), make_kv(s), make_locks(s), mp_base=s.wechat_api_base, corp_base=s.wecom_api_base)
@@ -128,7 +131,9 @@ def outbound(settings: Settings) -> tuple[WeChatMPOutbound, SocketBus]:
     request_close(api)
     bus = SocketBus(settings.data_dir / "bus")
     kv = make_kv(settings)
-    deps = OutboundDeps(settings, bus, None, kv, HandOffPort(settings, kv), api)  # type: ignore[arg-type]
+    upgrade(settings)  # the sender reads the message's audit rows (was it cut?) and records its attempts
+    sessions = make_session_factory(make_engine(settings))
+    deps = OutboundDeps(settings, bus, sessions, kv, HandOffPort(settings, kv), api)
     return WeChatMPOutbound(deps), bus
 
 
