@@ -102,9 +102,10 @@ YES = frozenset({
 })
 NEGATIVE_WORDS: tuple[str, ...] = (
     "垃圾", "气死", "投诉", "骗子", "骗人", "太差", "差评", "坑人", "坑钱", "忽悠", "废物", "智障", "弱智",
-    "傻逼", "sb", "妈的", "他妈", "去死", "恶心", "无语", "什么破", "破玩意", "受不了", "太烂", "烂透",
-    "举报", "曝光", "12315", "消协", "退钱",
+    "傻逼", "去死", "太恶心", "无语", "什么破", "破玩意", "受不了", "太烂", "烂透", "举报", "12315", "消协",
 )
+# Everyday words that contain a negative one: a customer asking about 垃圾袋 is not angry.
+NOT_NEGATIVE = re.compile(r"垃圾(?:袋|桶|箱|篓|分类|清运|处理器|短信|邮件)|投诉(?:电话|渠道|方式)?(?:是多少|怎么)")
 
 
 def normalized(text: str) -> str:
@@ -272,5 +273,5 @@ def is_yes(text: str) -> bool:
 
 def negative_word(text: str, words: Sequence[str] = NEGATIVE_WORDS) -> str | None:
     """The first clearly negative word in the message ("垃圾", "气死", "投诉"…), or None."""
-    folded = normalized(text)
+    folded = NOT_NEGATIVE.sub(" ", normalized(text))
     return next((word for word in words if word and normalized(word) in folded), None)
