@@ -126,7 +126,8 @@ def generate(rt: Runtime, row: InboundRecord, key: ConversationKey, *, begun: fl
         answer, run = kept[0], _Run(*kept[1:])
     else:
         hint = prompt_hint(settings, handoff)
-        grounding = rt.knowledge.lookup(row.text)  # None: no knowledge base, the prompt is as it always was
+        previous = next((t.text for t in reversed(history) if t.role == "user"), "")
+        grounding = rt.knowledge.lookup(row.text, previous)  # None: no knowledge base, the prompt is as it always was
         knowledge = None if grounding is None else knowledge_block(
             [(s.title, s.heading, s.text) for s in grounding.sources], offer_person=hint is not None,
             max_chars=knowledge_chars(settings.n_ctx))

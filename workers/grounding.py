@@ -78,11 +78,15 @@ class Knowledge:
         self._checked_at = -float("inf")
         self._lock = threading.Lock()
 
-    def lookup(self, question: str) -> Grounding | None:
+    def lookup(self, question: str, previous: str = "") -> Grounding | None:
+        """The sources for ``question``; when none fit it alone, for it together with ``previous`` (the customer's
+        message before: a follow-up such as "那运费谁出？" names its topic there)."""
         loaded = self._current()
         if loaded is None or not loaded.sources:
             return None
         hits = loaded.index.search(question, self._top_k)
+        if not hits and previous:
+            hits = loaded.index.search(f"{previous}\n{question}", self._top_k)
         return Grounding(loaded.revision, tuple(loaded.sources[position] for position, _ in hits))
 
     def refresh(self) -> None:

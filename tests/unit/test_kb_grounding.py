@@ -89,6 +89,15 @@ def test_knowledge_follows_the_store_revision(db: Engine, clean_env: Path) -> No
     assert grounding.audit_detail() == {"kb_revision": 2, "passages": [], "faq": [grounding.sources[0].id]}
 
 
+def test_a_follow_up_is_looked_up_with_the_message_before_it(db: Engine, clean_env: Path) -> None:
+    (clean_env / "p.md").write_text("# 售后\n\n## 退货运费\n\n质量问题的退货运费由本店承担。\n")
+    _import(db, clean_env / "p.md")
+    knowledge = Knowledge(make_session_factory(db))
+    assert knowledge.lookup("那谁出钱？") == Grounding(1, ())
+    grounding = knowledge.lookup("那谁出钱？", previous="退货的运费怎么算")
+    assert grounding is not None and [s.heading for s in grounding.sources] == ["退货运费"]
+
+
 def test_knowledge_checks_the_revision_only_every_refresh_s(db: Engine, clean_env: Path) -> None:
     knowledge = Knowledge(make_session_factory(db), refresh_s=3600)
     assert knowledge.lookup("退货") is None
