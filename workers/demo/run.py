@@ -1,9 +1,10 @@
 """``kefu demo``: real customer questions through the whole pipeline, then what happened.
 
-Starts a worker process (``kefu worker --queues llm,io``) and the gateway, opens web-chat
-WebSockets like a browser would, sends Chinese and English questions, prints each reply as it
-streams, the per-stage timings and the audit rows, and exits 0 only when every question got a
-reply that reached the client. Uses whatever backends the settings name: embedded by default,
+Starts a worker process (``kefu worker --queues llm,io``) and the gateway, imports a sample knowledge
+base (a fictional shop's policies and FAQ sheet, ``workers/demo/kb``; embedded backends only, never into
+a configured database), opens web-chat WebSockets like a browser would, sends Chinese and English
+questions, prints each reply as it streams, the per-stage timings and the audit rows, and exits 0
+only when every question got a reply that reached the client. Uses whatever backends the settings name: embedded by default,
 Redis and PostgreSQL when ``KEFU_BROKER_URL`` / ``KEFU_DATABASE_URL`` are set.
 """
 
@@ -31,6 +32,7 @@ from models.settings import Settings
 from models.tables import AuditEvent, ReplyRecord
 from workers.demo.call import place_call
 from workers.demo.processes import GatewayThread, WorkerProcess
+from workers.kb_command import import_paths
 from workers.llm.model_files import SWITCH_HINT, ModelUnavailable, resolve_model
 
 QUESTIONS: list[tuple[str, str]] = [
@@ -41,6 +43,7 @@ QUESTIONS: list[tuple[str, str]] = [
     ("bob", "Do you ship to Hong Kong, and how long does it take?"),
 ]
 DEMO_MAX_TOKENS = "96"
+DEMO_KB = Path(__file__).parent / "kb"
 STAGES = [
     ("gateway: received → queued", "received", "queued"),
     ("queue: queued → worker started", "queued", "generation_started"),
@@ -149,6 +152,7 @@ def run_demo(settings: Settings, *, keep: bool = False) -> int:
     if not _model_ready(settings):
         return 1
     upgrade(settings)
+    _import_knowledge(settings, embedded)
     env = os.environ.copy()
     env.update({"KEFU_DATA_DIR": str(settings.data_dir), "KEFU_MAX_TOKENS": DEMO_MAX_TOKENS, "KEFU_LOG_LEVEL": "INFO"})
     worker = WorkerProcess(env, settings.data_dir / "worker.log", beat=True)
@@ -187,6 +191,19 @@ def _demo_settings(settings: Settings, embedded: bool) -> tuple[Settings, str]:
     settings = settings.model_copy(update=update)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return settings, call_secret
+
+
+def _import_knowledge(settings: Settings, embedded: bool) -> None:
+    """The sample knowledge base, into the demo's own embedded database (a configured database is left alone)."""
+    print("\n=== Knowledge base: kefu kb import workers/demo/kb (a fictional shop) ===")
+    if not embedded:
+        print("skipped: the sample is imported only on the embedded backends; yours is used as it is")
+        return
+    engine = make_engine(settings)
+    try:
+        import_paths(make_session_factory(engine), [str(DEMO_KB)])
+    finally:
+        engine.dispose()
 
 
 def _model_ready(settings: Settings) -> bool:
