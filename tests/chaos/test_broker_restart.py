@@ -6,34 +6,18 @@ each inbound as ``queued``; the sweeper publishes those again once they are ``re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 import redis
 from sqlalchemy import select
 
 from models.tables import ReplyRecord
-from tests.integration.conftest import Stack, start_stack, wait_for
+from tests.integration.conftest import Stack, wait_for
 from tests.integration.test_reliability import FAST_RECOVERY, backdate, kinds, reply_count
-from workers import runtime as worker_runtime
 from workers import tasks
 from workers.demo.processes import WorkerProcess
 
 
-@pytest.fixture
-def redis_stack(tmp_path: Path, tiny_gguf: Path, pg_url: str, redis_url: str) -> Iterator[Stack]:
-    stack = start_stack("redis-postgres", tmp_path, tiny_gguf, pg_url, redis_url, **FAST_RECOVERY)
-    worker_runtime.configure(stack.settings)
-    try:
-        yield stack
-    finally:
-        stack.close()
-        worker_runtime.shutdown()
-
-
-def test_a_backlog_lost_by_an_emptied_broker_is_answered_once_in_order(redis_stack: Stack) -> None:
-    stack = redis_stack
+def test_a_backlog_lost_by_an_emptied_broker_is_answered_once_in_order(tiny_stack: Stack) -> None:
+    stack = tiny_stack
     stack.worker.stop()  # the backlog builds up while no worker consumes
     visitor_id, token = stack.visitor()
     texts = ["一：你好", "二：我想查订单", "三：谢谢"]

@@ -33,9 +33,10 @@ from models.infra.migrate import upgrade
 from models.infra.queues import Publisher, make_celery
 from models.settings import Settings
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
+from tests.chaos.conftest import recovering_stack
 from tests.chaos.faults import FaultProxy
 from tests.conftest import settings_kwargs
-from tests.integration.conftest import Stack, settled, start_stack, wait_for
+from tests.integration.conftest import Stack, settled, wait_for
 from tests.integration.test_reliability import FAST_RECOVERY, backdate, kinds, reply_count, slow_gguf  # noqa: F401
 from workers import answering, tasks
 from workers import runtime as worker_runtime
@@ -46,24 +47,9 @@ from workers.runtime import Runtime
 PATIENCE_S = 30  # far past any deadline here: only a caller that waits for a stuck step takes this long
 
 
-def _stack(tmp_path: Path, model: Path, pg_url: str, redis_url: str) -> Iterator[Stack]:
-    stack = start_stack("redis-postgres", tmp_path, model, pg_url, redis_url, **FAST_RECOVERY)
-    worker_runtime.configure(stack.settings)
-    try:
-        yield stack
-    finally:
-        stack.close()
-        worker_runtime.shutdown()
-
-
-@pytest.fixture
-def tiny_stack(tmp_path: Path, tiny_gguf: Path, pg_url: str, redis_url: str) -> Iterator[Stack]:
-    yield from _stack(tmp_path, tiny_gguf, pg_url, redis_url)
-
-
 @pytest.fixture
 def slow_stack(tmp_path: Path, slow_gguf: Path, pg_url: str, redis_url: str) -> Iterator[Stack]:  # noqa: F811
-    yield from _stack(tmp_path, slow_gguf, pg_url, redis_url)
+    yield from recovering_stack(tmp_path, slow_gguf, pg_url, redis_url)
 
 
 def _post_all(stack: Stack, texts: list[str], tag: str) -> list[int]:
