@@ -162,11 +162,12 @@ SUPPORTED = (*_PROSE, *faq_sheet.SUPPORTED)
 def read(path: Path, source: str | None = None) -> ParsedDocument:
     """The parsed document; ``source`` names it in the knowledge base (default: the file's name)."""
     suffix = path.suffix.lower()
-    if suffix not in SUPPORTED:
-        raise UnreadableDocument(str(path), f"unsupported file type {suffix or '(none)'!r}; supported: "
-                                            + ", ".join(SUPPORTED))
     try:
-        if path.stat().st_size > MAX_BYTES:
+        size = path.stat().st_size
+        if suffix not in SUPPORTED:
+            raise UnreadableDocument(str(path), f"unsupported file type {suffix or '(none)'!r}; supported: "
+                                                + ", ".join(SUPPORTED))
+        if size > MAX_BYTES:
             raise UnreadableDocument(str(path), f"larger than {MAX_BYTES // (1024 * 1024)} MB")
         data = path.read_bytes()
     except OSError as exc:

@@ -150,9 +150,10 @@ def test_unreadable_files_are_named_with_their_problem(tmp_path: Path, name: str
     assert str(caught.value).startswith(f"{path}: ") and problem in caught.value.problem
 
 
-def test_a_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(UnreadableDocument, match=r"gone\.md: No such file"):
-        readers.read(tmp_path / "gone.md")
+@pytest.mark.parametrize("name", ["gone.md", "gone"])
+def test_a_missing_file_is_named(tmp_path: Path, name: str) -> None:
+    with pytest.raises(UnreadableDocument, match=rf"{name}: No such file"):
+        readers.read(tmp_path / name)
 
 
 def test_passages_are_bounded_and_keep_every_sentence() -> None:
