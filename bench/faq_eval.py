@@ -2,8 +2,8 @@
 
     .venv/bin/python -m bench.faq_eval [--data FILE.json ...] [--latency]
 
-By default on both ATEC sets of tests/data/faq/ (see tests/data/README.md): ``tune``, on which the default
-threshold was chosen, and ``check``, held out.
+By default on the three sets of tests/data/faq/ (see tests/data/README.md): ATEC ``tune``, on which the default
+threshold was chosen, ATEC ``check`` and BQ ``bq_check``, both held out.
 
 For each threshold: ``answered right`` (the expected entry, of the paraphrase queries), ``wrong`` (an answer
 that is not the expected one, or any answer to a negative query, of all queries), ``abstained`` (of all
@@ -32,7 +32,7 @@ from models.knowledge.faq_index import DEFAULT_THRESHOLD, FaqIndex
 from models.knowledge.tokens import normalize
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "faq"
-SETS = (DATA / "atec_faq_tune.json", DATA / "atec_faq_check.json")
+SETS = (DATA / "atec_faq_tune.json", DATA / "atec_faq_check.json", DATA / "bq_faq_check.json")
 THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 Ranker = Callable[[str], tuple[str | None, float]]  # query -> (best entry id, confidence)
 
