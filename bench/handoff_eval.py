@@ -1,6 +1,6 @@
 """Hand-off detection on labelled customer messages: precision, recall, ask-backs, speed; and the old baseline.
 
-    .venv/bin/python bench/handoff_eval.py [--show-errors] [FILE.tsv …]
+    .venv/bin/python bench/handoff_eval.py [--show-errors] [FILE.tsv …] [--stc3 train_data_cn.json test_data_cn.json]
 
 Default files: ``tests/data/handoff/real.tsv`` (public, real customer messages labelled by hand; the targets
 apply to it) and ``tests/data/handoff/edge_cases.tsv`` (hand-written, reported apart). Each line:
@@ -22,6 +22,7 @@ rule Kefu used before, kept here verbatim as :func:`baseline`):
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -133,11 +134,30 @@ def score(examples: list[Example], verdict_of: Callable[[str], Verdict], errors:
     return result
 
 
+def unseen(paths: list[Path], show: bool) -> None:
+    """Hand-offs and ask-backs on STC-3 customer utterances the labelled set does not hold."""
+    labelled = {e.text for e in read(DEFAULT_FILES[0])}
+    texts = sorted({" ".join(u.split()) for path in paths for dialogue in json.loads(path.read_text(encoding="utf-8"))
+                    for turn in dialogue["turns"] if turn["sender"] == "customer" for u in turn["utterances"]
+                    if u.strip()} - labelled)
+    for name, verdict_of in (("detector", lambda text: detect(text).verdict), ("baseline", baseline)):
+        verdicts = [verdict_of(text) for text in texts]
+        print(f"STC-3 unseen customer utterances: {len(texts)}; {name}: hand-offs {verdicts.count(Verdict.REQUEST)}, "
+              f"ask-backs {verdicts.count(Verdict.UNCLEAR)}")
+        if show and name == "detector":
+            print("\n".join(f"    {text[:80]}" for text, v in zip(texts, verdicts, strict=True) if v is Verdict.REQUEST))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="*", type=Path, default=list(DEFAULT_FILES))
     parser.add_argument("--show-errors", action="store_true", help="print every miss and wrong hand-off")
+    parser.add_argument("--stc3", nargs="+", type=Path, default=[], metavar="JSON",
+                        help="STC-3 data/*_cn.json files (data.zip of sakai-lab/stc3-dataset): count the hand-offs and "
+                             "ask-backs on every customer utterance that is not in real.tsv (unlabelled, unseen)")
     args = parser.parse_args(argv)
+    if args.stc3:
+        unseen(args.stc3, args.show_errors)
     for path in args.files:
         examples = read(path)
         labels = {label: sum(e.label == label for e in examples) for label in ("request", "unclear", "not")}

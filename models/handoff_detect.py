@@ -50,9 +50,10 @@ _MANUAL = _either("还(?:的|了|款)|提额|审核|审批|申请|审请|还款|
                   "验证|费|成本|湖|降雨|繁殖|操作|录入|处理")
 _PERSON = re.compile(_either(
     rf"人工(?!(?:{_MANUAL}))(?:客服|服务|坐席|座席|台|客户)?|真人|活人|真的人|(?:在线|专属)?客服(?:人员|小姐姐|mm)?",
-    r"(?<!产品)经理|主管|负责人|领导|小二|工作人员|专员|接线员|话务员|找个?真?人(?![工代帮还带付借修做办])"))
-_STRONG = re.compile(_either(rf"人工(?!(?:{_MANUAL}))|真人|活人|真的人|小二|经理|主管|负责人|领导",
-                             "工作人员|接线员|找个?真?人"))
+    r"(?<!产品)经理|主管(?!部门)|负责人|领导|小二|工作人员|专员|接线员|话务员|找个?真?人(?![工代帮还带付借修做办])"))
+# Words that ask for a person even alone ("人工", "真人"); 客服, 经理, 工作人员… are also how customers name the bot or
+# the staff in a story, so alone they ask nothing, and they ask for a person only after a verb of asking.
+_STRONG = re.compile(rf"人工(?!(?:{_MANUAL}))|真人|活人|真的人|小二|找个?真?人")
 # A call for attention: "有人吗", "人呢", "有没有人在" (not "有人说…", "没有人打电话").
 _ANYONE = re.compile(r"^(?:你好|您好|请问|亲|喂|在吗)*"
                      r"(?:有人(?:在)?(?:吗|嘛|么|不|没|没有|在|呢|啊)?|有没有人(?:在)?(?:啊|呀)?|人呢|人(?:都)?去哪了?)$")
@@ -85,6 +86,9 @@ _IDENTITY = re.compile(r"^(?:你|您)(?:是|就是).{0,6}(?:客服|小二)(?:吗
                        r"|^是.{0,6}客服(?:是)?(?:吗|么|嘛|不)$")
 _ARE_YOU = re.compile(rf"(?<!还)(?<!就)(?:是不是|是)(?:真人|人工(?!{_MANUAL})|机器人|机器|真的人|ai|自动回复)"
                       r"|机器人(?:吗|么|嘛)")
+# A verb of asking right before the person word ("我想找客服", "麻烦帮我转花呗客服", "叫你们经理来").
+_ASKED_JUST_BEFORE = re.compile(r"(?:转|接|找|要|换|叫|请|联系|需要|让|喊|呼叫|有没有|有木有|有没|(?:^|到底|究竟|请问)有)"
+                                r"(?:你们|我们|个|一下|一个)?.{0,6}$")
 _PRESENT = re.compile(r"^(?:在不在|在吗|在不|在么|在嘛|在爱么|有在|在线吗|在哪|呢|呐|人呢|去哪了?)$")
 _CALL = re.compile(r"联系|联络|找|转|接|在吗|在不在|有人|人呢")
 _CONDITIONAL = re.compile(r"如果|要是|万一|是否|要不要|该不该|用不用|能不能找|可以找.*吗|需要找.*吗")
@@ -233,7 +237,7 @@ def _asked(term: _Term) -> Detection:
         plain = term.strong or term.word in ("在线客服", "客服人员")
         return Detection(Verdict.REQUEST if plain else Verdict.UNCLEAR, "bare")
     if _ASK.search(term.before) or _ASK.search(term.after[:6]):
-        sure = term.strong or _direct(term.before) or _ASK.search(term.before)
+        sure = term.strong or (_ASKED_JUST_BEFORE.search(term.before) and len(after) <= 6)
         return Detection(Verdict.REQUEST if sure else Verdict.UNCLEAR, "asks")
     return _named(term)
 
@@ -244,8 +248,8 @@ def _named(term: _Term) -> Detection:
         return Detection(Verdict.REQUEST, "short")
     if not term.before and (term.strong or len(term.after) <= 2):
         return Detection(Verdict.REQUEST if term.strong else Verdict.UNCLEAR, "leads")
-    if len(term.clause) <= 8 and not term.after.strip(_TRIM):  # "借呗在线客服", "花呗分期客服": the product's agent
-        return Detection(Verdict.REQUEST, "product_agent")
+    if len(term.clause) <= 8 and not term.after.strip(_TRIM):  # "花呗分期客服": the product's agent, or its name
+        return Detection(Verdict.UNCLEAR, "product_agent")
     return Detection(Verdict.NOT, "addressed")
 
 
