@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
+from channels.base import HandOffPort
 from models.dialogue import Action, Decision, HandOff, Message, decide, wants_human
+from models.envelope import ConversationKey
 from models.handoff_detect import Verdict, detect, is_yes, negative_word
+from models.infra.db import make_engine, make_session_factory, transaction
+from models.infra.migrate import upgrade
+from models.replies import Answer, store_reply
 from models.settings import Settings
 from models.states import ReplySource
 from models.tables import Base, ConversationRecord, InboundRecord, ReplyRecord
+from workers import answering
 from workers.follow_up import conversation_state, decide_again
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "handoff"
@@ -135,7 +144,7 @@ def test_negative_wording_hands_off_where_a_person_can_take_it() -> None:
 
 
 def test_per_channel_settings() -> None:
-    settings = Settings(handoff_channels={  # type: ignore[arg-type]
+    settings = Settings(handoff_channels={
         "web": {"detect": False, "on_negative": False}, "wecom_kf": {"phrases": ["掌柜"], "after_failures": 1}})
     assert decide(settings, Message("转人工", channel="web"), HandOff.PERSON).action is Action.GENERATE
     assert decide(settings, Message("垃圾", channel="web"), HandOff.PERSON).action is Action.GENERATE
@@ -149,13 +158,13 @@ def test_per_channel_settings() -> None:
 # ---- the worker's follow-up: what the stored replies say -------------------------------------------------------
 
 @pytest.fixture
-def session() -> Session:
+def session() -> Iterator[Session]:
     engine = create_engine("sqlite://")
     Base.metadata.create_all(engine)
     with Session(engine) as session:
         session.add(ConversationRecord(id=1, channel="wecom_kf", account="a", peer="p"))
         session.flush()
-        return session
+        yield session
 
 
 def _exchange(session: Session, inbound_id: int, reply: str | None, source: ReplySource = ReplySource.MODEL) -> None:
@@ -183,3 +192,55 @@ def test_the_worker_reads_the_ask_back_and_failed_answers_from_stored_replies(se
     assert conversation_state(session, settings, 1, 6, "wecom_kf") == (True, 0)
     assert decide_again(session, settings, "对的", 1, 6, "wecom_kf", HandOff.PERSON).why == "asks_for_person_confirmed"
     assert decide_again(session, settings, "退货怎么弄", 1, 6, "wecom_kf", HandOff.PERSON).action is Action.GENERATE
+
+
+# ---- the worker carries the follow-up out (workers.answering.generate) -----------------------------------------
+
+class _PersonPort(HandOffPort):
+    """A channel with a person to hand over to, recording the conversations it began handing off."""
+
+    begun: list[ConversationKey]
+
+    def availability(self, account: str) -> HandOff:
+        return HandOff.PERSON
+
+    def begin(self, key: ConversationKey) -> None:
+        self.begun.append(key)
+
+
+class _NoModel:
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the model was asked although the follow-up decided")
+
+
+def test_the_worker_hands_off_after_the_ask_back_without_the_model(clean_env: Path) -> None:
+    settings = Settings(data_dir=clean_env / "var")
+    upgrade(settings)
+    sessions = make_session_factory(make_engine(settings))
+    key = ConversationKey("wecom_kf", "kf", "p1")
+    with transaction(sessions) as session:
+        conversation = ConversationRecord(channel=key.channel, account=key.account, peer=key.peer)
+        session.add(conversation)
+        session.flush()
+        rows = [InboundRecord(conversation_id=conversation.id, channel=key.channel, account=key.account,
+                              external_id=str(n), kind="text", text=text, status="queued")
+                for n, text in enumerate(["你是机器人吗", "是的"])]
+        session.add_all(rows)
+        session.flush()
+        store_reply(session, inbound_id=rows[0].id, conversation_id=conversation.id, channel=key.channel,
+                    answer=Answer(settings.handoff_ask_back_reply, ReplySource.RULE, why="asks_for_person_unclear"))
+    with sessions() as session:
+        second = session.get(InboundRecord, rows[1].id)
+        assert second is not None
+        session.expunge(second)
+    port = _PersonPort(settings, None)  # type: ignore[arg-type]
+    port.begun = []
+    rt = SimpleNamespace(settings=settings, sessions=sessions, llm=_NoModel(), kv=SimpleNamespace(get=lambda k: None),
+                         channel=lambda name: SimpleNamespace(cache_context=False, streams=False),
+                         handoff=lambda name: port)
+    reply_id = answering.generate(rt, second, key)  # type: ignore[arg-type]
+    with sessions() as session:
+        reply = session.get(ReplyRecord, reply_id)
+        assert reply is not None and reply.inbound_id == second.id
+        assert (reply.text, reply.source) == (settings.handoff_reply, ReplySource.HANDOFF)
+    assert port.begun == [key]
