@@ -8,7 +8,8 @@ tests/data/README.md).
 1. Quality (the index as grounding sees it, :class:`models.knowledge.passage_index.PassageIndex`): each FAQ entry
    of the ``check`` set is one passage (its question and similar questions); each query is a held-out real
    paraphrase (the passage it should find) or a real question annotators marked as meaning none of them (it should
-   find nothing). Prints hit@1, hit@3, how often nothing came back, and for the others how often *something* did.
+   find nothing). Prints hit@1, hit@3, how often nothing came back, and for the others how often *something* did;
+   then the same for several coverage floors on both sets.
 2. Speed: 10,000 passages, each 8–16 real questions drawn with a fixed seed from every phrasing in both sets
    (about 150 characters; ``kefu kb import`` cuts at most 400); the build time of the index, and the latency of
    ``search(k=3)`` for every real query, ``--repeat`` times (p50, p99, max); then the worker's whole refresh:
@@ -63,6 +64,27 @@ def quality() -> None:
           f"{empty_pos / positives:.1%}")
     print(f"  unrelated questions: nothing found {1 - found_neg / max(negatives, 1):.1%} "
           f"(some passage found {found_neg / max(negatives, 1):.1%} — the model is then told what it may use)")
+
+
+def floors() -> None:
+    """hit@3 and how many unrelated questions still get a passage, for several coverage floors, on both sets."""
+    print("coverage floor: hit@3 / unrelated questions that still get a passage")
+    for floor in (0.12, 0.2, 0.3, 0.4, 0.5):
+        cells = []
+        for part in ("tune", "check"):
+            data = load(part)
+            entries = data["entries"]
+            position = {str(e["id"]): n for n, e in enumerate(entries)}
+            index = PassageIndex(["\n".join(phrasings(e)) for e in entries], min_coverage=floor)
+            hits, positives, found, negatives = 0, 0, 0, 0
+            for query in data["queries"]:
+                got = [p for p, _ in index.search(str(query["text"]), 3)]
+                if query.get("expect") is None:
+                    negatives, found = negatives + 1, found + bool(got)
+                else:
+                    positives, hits = positives + 1, hits + (position[str(query["expect"])] in got)
+            cells.append(f"{part}: {hits / positives:.1%} / {found / negatives:.1%} of {negatives}")
+        print(f"  {floor:.2f}  " + "   ".join(cells))
 
 
 def passages(n: int) -> tuple[list[str], list[str]]:
@@ -130,6 +152,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}")
     quality()
+    floors()
     speed(args.passages, args.repeat)
 
 
