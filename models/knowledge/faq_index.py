@@ -37,6 +37,9 @@ from models.knowledge.tokens import normalize, tokens
 DEFAULT_THRESHOLD = 0.3  # chosen on tests/data/faq/atec_faq_tune.json: wrong answers <= 3 % there and on the held-out set
 MARGIN_WEIGHT = 1.0
 POOL = 30  # phrasings re-scored per question (BM25's best), enough to see the runner-up entry
+# Longer texts are not matched (keyword rules still are): no FAQ question is that long, the confidence of one
+# cannot reach a useful threshold (the text's own weight divides it), and segmenting it would cost ~40 ms
+MAX_QUERY_CHARS = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +77,9 @@ class FaqIndex:
         return len(self.entries)
 
     def search(self, text: str, k: int = 5) -> tuple[Match, ...]:
-        """The ``k`` best entries for ``text``, best first, each with its confidence."""
-        if self._bm25 is None:
+        """The ``k`` best entries for ``text``, best first, each with its confidence; () for a text longer than
+        ``MAX_QUERY_CHARS``."""
+        if self._bm25 is None or len(text) > MAX_QUERY_CHARS:
             return ()
         query = tokens(text)
         if not query:

@@ -119,3 +119,9 @@ def test_on_real_paraphrases_wrong_answers_stay_under_3_percent_and_beat_tfidf(p
             b_right = sum(1 for (best, score), expect in got if best is not None and score >= threshold and best == expect)
             assert right >= 1.5 * b_right
             break
+
+
+def test_a_long_message_is_not_matched_but_keyword_rules_still_are(shop: FaqIndex) -> None:
+    long_text = "怎么开发票？" + "我上个月买的东西一直没有收到，" * 30
+    assert shop.search(long_text) == () and shop.lookup(long_text).answer is None
+    assert shop.lookup(long_text + "你们营业时间是几点").answer.entry.id == "hours"
