@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy import func, select, update
 
+from channels import truncation
 from channels.base import DeliveryPermanent
 from channels.speech.voice_file import DecoderUnavailable, VoiceFileError, decode
 from channels.wechat_api import AppCredentials
@@ -110,7 +111,8 @@ def transcribe(rt: Runtime, row: InboundRecord, key: ConversationKey) -> Inbound
     decoded = time.monotonic()
     try:
         recognizer = rt.speech.recognizer()
-        text = printable(recognizer.transcribe(voice.pcm, voice.sample_rate)).strip()[: s.max_text_chars]
+        heard = printable(recognizer.transcribe(voice.pcm, voice.sample_rate)).strip()
+        text = heard[: s.max_text_chars]
     except Exception as exc:  # the recognizer down, a model that failed to load: the customer still gets an answer
         log.exception("recognizing voice message %s failed", row.id)
         _failed(rt, ids, f"recognizer: {type(exc).__name__}: {exc}"[:500], format=voice.format,
@@ -124,6 +126,8 @@ def transcribe(rt: Runtime, row: InboundRecord, key: ConversationKey) -> Inbound
                      duration_ms=round(voice.duration_s * 1000), chars=len(text),
                      download_ms=_ms(downloaded - started), decode_ms=_ms(decoded - downloaded),
                      recognize_ms=_ms(time.monotonic() - decoded))
+        if len(heard) > len(text):  # cut like a typed text: the reply tells the customer (channels.truncation)
+            audit.record(session, truncation.TRUNCATED, **ids, chars=len(heard), kept=len(text))
     with rt.sessions() as session:
         fresh = session.get(InboundRecord, row.id)
         assert fresh is not None

@@ -271,3 +271,24 @@ def test_kf_voice_asking_for_a_person_is_handed_off(vs: VoiceStack) -> None:
     assert (held.status, held.text) == ("human", "[voice]")  # for the person serving them
     assert settled(lambda: len(vs.sent("kf_send_msg", user))) == 1
     assert len([c for c in vs.fake.calls if c["endpoint"] == "media_get"]) == downloads  # not downloaded
+
+
+def test_a_transcription_over_the_text_limit_is_cut_told_and_audited(tmp_path: Path, tiny_gguf: Path) -> None:
+    """Like a typed text over KEFU_MAX_TEXT_CHARS: the reply starts with the note; the audit has sizes, no text."""
+    with FakeWeChat() as fake:
+        fake.add_mp_app(wp.APPID, wp.SECRET)
+        stack = start_stack("embedded", tmp_path, tiny_gguf, None, None, wechat_accounts=[wp.account()],
+                            wechat_api_base=fake.base_url, max_text_chars=2)
+        vs = VoiceStack(stack, fake, EspeakSynthesizer())
+        try:
+            openid = "o-voice-long"
+            fake.add_media("MP-LONG", vs.amr("okay"), app=wp.APPID)
+            assert vs.post(wp.callback(voice_xml(openid, "MP-LONG", 9101), mode="aes"), "/v1/wechat/shop").text == "success"
+            sent = wait_for(lambda: vs.sent("custom_send", openid), timeout=60)
+            row = vs.inbound("wechat_mp", "9101")
+            assert row.text == "ok"  # "okay", cut to the limit
+            assert str(sent[0]["content"]).startswith("（您的消息较长，我们只读取了前 2 个字。）")
+            cut = [e.detail for e in vs.audit(row.id) if e.kind == "truncated"]
+            assert cut == [{"chars": 4, "kept": 2}]
+        finally:
+            stack.close()
