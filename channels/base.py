@@ -104,6 +104,11 @@ class HandOffPort:
     the hand-off could not happen (the notice was never delivered) or the person closed the conversation.
     """
 
+    # A worker can hand the conversation over (``begin`` takes effect after the reply): it decides a message again
+    # once it knows the conversation (models.dialogue.FOLLOW_UP_RULES: a yes to the ask-back, failed answers).
+    # False where only the channel's own loop can (the phone call transfers itself).
+    from_worker: bool = True
+
     def __init__(self, settings: Settings, kv: KV) -> None:
         self.settings = settings
         self.kv = kv

@@ -72,6 +72,9 @@ class Message:
     channel: str = ""  # the channel's name, for its own hand-off settings (KEFU_HANDOFF_CHANNELS)
     asked_back: bool = False  # the last reply asked whether the customer wants a person (handoff_ask_back_reply)
     failed_answers: int = 0  # fallback replies in a row just before this message
+    # a worker decides the next message again knowing this one (a yes to an ask-back hands off); False where only
+    # the channel's own loop can hand over (the phone): no ask-back there, it could not be carried out
+    follows_up: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +177,7 @@ def asks_for_person(settings: Settings, message: Message, handoff: HandOff) -> D
     verdict = person_request(settings, message)
     if verdict is Verdict.REQUEST:
         return _to_person(settings, handoff, "asks_for_person", settings.handoff_reply)
-    if verdict is Verdict.UNCLEAR and handoff is HandOff.PERSON and not message.asked_back:
+    if verdict is Verdict.UNCLEAR and handoff is HandOff.PERSON and message.follows_up and not message.asked_back:
         return Decision(Action.ANSWER, "asks_for_person_unclear", settings.handoff_ask_back_reply, ReplySource.RULE)
     return None
 

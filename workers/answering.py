@@ -116,7 +116,7 @@ def generate(rt: Runtime, row: InboundRecord, key: ConversationKey, *, begun: fl
         with rt.sessions() as session:
             history = transcript.context_turns(session, row.conversation_id, row.id, settings.context_turns)
     kept = kept_answers.take(rt.kv, row.id)
-    if kept is None:  # a yes to the ask-back, or a run of failed answers: known only now (workers.follow_up)
+    if kept is None and rt.handoff(key.channel).from_worker:  # a yes to the ask-back, failed answers: known only now
         with rt.sessions() as session:
             follow = follow_up.decide_again(session, settings, row.text, row.conversation_id, row.id, key.channel,
                                             handoff)

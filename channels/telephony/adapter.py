@@ -145,6 +145,8 @@ class PhoneHandOff(HandOffPort):
     the called number) has an agent number, its own ``transfer_to`` or ``KEFU_PHONE_TRANSFER_TO``; elsewhere they
     are told honestly that nobody can take the call, and the conversation goes on."""
 
+    from_worker = False  # the call transfers itself; a worker's hand-off would be a notice without a transfer
+
     def availability(self, account_name: str) -> HandOff:
         phone = self.settings.section(PhoneSettings)
         return HandOff.PERSON if phone.hotline(account_name).transfer_to or phone.phone_transfer_to else HandOff.NOBODY

@@ -194,7 +194,7 @@ class Call:
         if not text:
             return
         inbound = Inbound(self.key, external_id, text[: self.ctx.settings.max_text_chars], "voice")
-        message = Message(inbound.text, "voice", channel=self.key.channel)
+        message = Message(inbound.text, "voice", channel=self.key.channel, follows_up=self.ctx.handoff.from_worker)
         decision = decide(self.ctx.settings, message, self.ctx.handoff.availability(self.key.account))
         if decision.action is Action.HAND_OFF:
             await self._transfer(inbound)

@@ -120,6 +120,8 @@ def test_an_unclear_message_is_asked_back_and_a_yes_hands_off() -> None:
     assert decide(settings, Message("你是机器人吗", asked_back=True), HandOff.PERSON).action is Action.GENERATE
     assert decide(settings, Message("你是机器人吗"), HandOff.NOBODY).action is Action.GENERATE
     assert decide(settings, Message("是的", asked_back=True), HandOff.NOBODY).action is Action.GENERATE
+    # nor where no worker could carry out the yes (the phone call hands over by itself)
+    assert decide(settings, Message("你是机器人吗", follows_up=False), HandOff.PERSON).action is Action.GENERATE
 
 
 def test_failed_answers_hand_off_after_n() -> None:
@@ -210,10 +212,11 @@ class _PersonPort(HandOffPort):
 
 class _NoModel:
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("the model was asked although the follow-up decided")
+        raise RuntimeError("no model here")  # stored as the fallback reply
 
 
-def test_the_worker_hands_off_after_the_ask_back_without_the_model(clean_env: Path) -> None:
+@pytest.mark.parametrize("from_worker", [True, False])
+def test_the_worker_hands_off_after_the_ask_back_without_the_model(clean_env: Path, from_worker: bool) -> None:
     settings = Settings(data_dir=clean_env / "var")
     upgrade(settings)
     sessions = make_session_factory(make_engine(settings))
@@ -234,13 +237,18 @@ def test_the_worker_hands_off_after_the_ask_back_without_the_model(clean_env: Pa
         assert second is not None
         session.expunge(second)
     port = _PersonPort(settings, None)  # type: ignore[arg-type]
-    port.begun = []
+    port.begun, port.from_worker = [], from_worker
     rt = SimpleNamespace(settings=settings, sessions=sessions, llm=_NoModel(), kv=SimpleNamespace(get=lambda k: None),
                          channel=lambda name: SimpleNamespace(cache_context=False, streams=False),
-                         handoff=lambda name: port)
+                         handoff=lambda name: port, outbound=lambda name: None,
+                         knowledge=SimpleNamespace(lookup=lambda *texts: None),
+                         context=SimpleNamespace(save=lambda *args: None))
     reply_id = answering.generate(rt, second, key)  # type: ignore[arg-type]
     with sessions() as session:
         reply = session.get(ReplyRecord, reply_id)
         assert reply is not None and reply.inbound_id == second.id
+        if not from_worker:  # the model is asked (this one fails: the fallback), no hand-off it could not carry out
+            assert reply.source == ReplySource.FALLBACK and port.begun == []
+            return
         assert (reply.text, reply.source) == (settings.handoff_reply, ReplySource.HANDOFF)
     assert port.begun == [key]
