@@ -13,8 +13,10 @@ It reads the message clause by clause (split at punctuation and spaces): one cla
 enough, so "不用了，还是转人工吧" is a request while "别给我转人工，机器人回答就行" is not.
 
 :func:`is_yes` says whether a reply to the ask-back ("您是需要转接人工客服吗？") agrees; :func:`negative_word`
-finds clearly negative wording ("垃圾", "气死", "投诉"…). Nothing here does I/O or raises; every function
-runs in microseconds (``bench/handoff_eval.py`` measures it), so it may run inside WeChat's 5 s callback.
+finds clearly negative wording ("垃圾", "气死", "投诉"…). Nothing here does I/O or raises; a message costs
+tens of microseconds (``bench/handoff_eval.py`` measures it), so it may run inside WeChat's 5 s callback.
+A long message (over :data:`LONG` characters) that tells a story asks for a person only in so many words
+("我就要人工服务", or 人工 leading it): Weibo-style complaints about hotlines mention 人工 without asking.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ class Verdict(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Detection:
     verdict: Verdict
-    why: str  # which reading decided, for logs and the evaluation: "direct", "declined", "mention"…
+    why: str  # which reading decided, for logs and the evaluation: "asks", "declined", "mention"…
 
 
 NONE = Detection(Verdict.NOT, "no_person_term")
+
 
 def _either(*parts: str) -> str:
     """One regex alternation from several short pieces (keeps each line short)."""
