@@ -252,3 +252,11 @@ def test_the_worker_hands_off_after_the_ask_back_without_the_model(clean_env: Pa
             return
         assert (reply.text, reply.source) == (settings.handoff_reply, ReplySource.HANDOFF)
     assert port.begun == [key]
+
+
+def test_channel_settings_come_from_the_environment(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEFU_HANDOFF_CHANNELS", '{"web": {"detect": false}, "wecom_kf": {"phrases": ["掌柜"]}}')
+    monkeypatch.setenv("KEFU_HANDOFF_KEYWORDS", '["店长"]')
+    settings = Settings()
+    assert not settings.handoff_channels["web"].detect and settings.handoff_channels["wecom_kf"].phrases == ["掌柜"]
+    assert decide(settings, Message("叫店长来", channel="wechat_mp"), HandOff.PERSON).action is Action.HAND_OFF
