@@ -122,10 +122,10 @@ def test_the_block_offers_a_person_only_where_one_can_take_over() -> None:
     sources = [("退货政策", "运费", "质量问题由本店承担运费。")]
     with_person = knowledge_block(sources, offer_person=True)
     assert "[1] 《退货政策》 运费\n质量问题由本店承担运费。" in with_person and "转人工" in with_person
-    assert "只根据上面的资料" in with_person and "（依据：《退货政策》）" in with_person
+    assert "只根据以上资料和对话回答，不要编造" in with_person and "（依据：《退货政策》）" in with_person
     assert "转人工" not in knowledge_block(sources, offer_person=False)
     uncovered = knowledge_block([], offer_person=True)
-    assert "没有与客户这个问题相关的资料" in uncovered and "转人工" in uncovered
+    assert "知识库里没有这个问题的资料" in uncovered and "转人工" in uncovered
     assert "转人工" not in knowledge_block([], offer_person=False)
 
 

@@ -67,10 +67,10 @@ def knowledge_block(sources: Sequence[tuple[str, str, str]], *, offer_person: bo
     """The grounding system block for (title, heading, text) sources, best first, their text cut to ``max_chars`` in
     all; an empty ``sources`` says the knowledge base does not cover the question. ``offer_person``: a person can
     take over on this channel."""
-    person = "，并告诉客户可以回复“转人工”由人工客服处理" if offer_person else ""
+    person = "，并告诉客户可以回复“转人工”" if offer_person else ""
     if not sources:
-        return ("本店知识库里没有与客户这个问题相关的资料。如果客户问的是本店的政策、商品、价格、订单或服务，"
-                f"请如实说明你无法确定，不要编造{person}；如果只是问候或闲聊，正常回应即可。")
+        return ("本店知识库里没有这个问题的资料：问到本店的政策、商品、订单或服务时，"
+                f"如实说不确定，不要编造{person}；问候闲聊照常回应。")
     parts, used = [], 0
     for n, (title, heading, text) in enumerate(sources, 1):
         room = max_chars - used
@@ -79,10 +79,10 @@ def knowledge_block(sources: Sequence[tuple[str, str, str]], *, offer_person: bo
         label = f"《{title}》" + (f" {heading}" if heading and heading != title else "")
         parts.append(f"[{n}] {label}\n{text[:room]}")
         used += min(len(text), room)
-    return ("以下是本店知识库中与客户问题相关的资料：\n\n" + "\n\n".join(parts) + "\n\n"
-            "回答要求：只根据上面的资料和对话内容回答，不要编造资料里没有的政策、价格、时间或承诺；"
-            f"资料没有涉及客户问的内容时，如实说明你不确定{person}。"
-            "可以在回答末尾注明依据的资料标题，例如（依据：《" + sources[0][0] + "》）。")
+    # kept short: every character is prompt the model reads before its first word (a demo model: ~2 tokens each)
+    return ("本店知识库的资料：\n\n" + "\n\n".join(parts) + "\n\n"
+            f"只根据以上资料和对话回答，不要编造；资料没有涉及的，如实说不确定{person}。"
+            f"可注明依据，如（依据：《{sources[0][0]}》）。")
 
 
 def fit_turns(turns: list[Turn], measure: Callable[[list[Turn]], int], budget: int, *,
