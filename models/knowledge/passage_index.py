@@ -1,13 +1,13 @@
 """An in-memory lexical index of knowledge-base passages: BM25 over Chinese-aware terms. Pure, no I/O.
 
 Terms are character bigrams and single characters of CJK runs (Chinese needs no word segmenter for
-this) and whole lower-cased words of Latin letters and digits, after NFKC folding (full-width forms
-become half-width). :meth:`PassageIndex.search` returns the best passages whose *coverage* — the
-share of the query's IDF weight that occurs in the passage (a term the index never saw weighs as a
-term of one passage) — reaches ``min_coverage``, that share a word or a two-character term with
-the query (a single shared character is chance), and whose score is at least ``MIN_RELATIVE`` of the
-best one's, so a question the knowledge base says nothing about gets no passages rather than the
-least bad ones.
+this) and whole lower-cased words of Latin letters and digits (English function words dropped), after
+NFKC folding (full-width forms become half-width). :meth:`PassageIndex.search` returns the best
+passages whose *coverage* — the share of the query's IDF weight that occurs in the passage (a term the
+index never saw weighs as a term of one passage) — reaches ``min_coverage``, that share a word or a
+two-character term with the query (a single shared character is chance), and whose score is at least
+``MIN_RELATIVE`` of the best one's, so a question the knowledge base says nothing about gets no
+passages rather than the least bad ones.
 
 Built once per knowledge-base revision and then only read: searching is safe from several threads.
 Cost: one dictionary lookup per query term and one vectorized addition over its postings (numpy).
@@ -25,6 +25,11 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+# English function words: without them "Do you ship to Hong Kong?" finds a passage about a password by "do you"
+STOPWORDS = frozenset("""a an the and or but if of to in on at by for from with about as into is are was were be been
+am do does did doing have has had i me my we our you your he she it its they them their this that these those what
+which who whom when where why how can could will would shall should may might must not no so than too very just
+there here all any some""".split())
 _RUNS = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+|[a-z0-9]+")
 MIN_COVERAGE = 0.12  # kept low: on same-domain questions a higher floor drops hits as fast as misses (docs/BENCHMARKS.md)
 MIN_RELATIVE = 0.3  # and at least this share of the best passage's score
@@ -35,7 +40,8 @@ def terms(text: str) -> list[str]:
     out: list[str] = []
     for run in _RUNS.findall(unicodedata.normalize("NFKC", text).casefold()):
         if run.isascii():
-            out.append(run)
+            if run not in STOPWORDS:
+                out.append(run)
             continue
         out += run
         out += (run[i:i + 2] for i in range(len(run) - 1))

@@ -30,6 +30,12 @@ def test_terms_are_cjk_characters_and_bigrams_and_folded_words() -> None:
     assert terms("退货ＡＢＣ 7天") == ["退", "货", "退货", "abc", "7", "天"]
 
 
+def test_english_function_words_do_not_match() -> None:
+    assert terms("How do I ship it to Hong Kong?") == ["ship", "hong", "kong"]
+    index = PassageIndex(["How do I reset my password? You can do it on the login page.", "We ship to Hong Kong."])
+    assert [at for at, _ in index.search("Do you ship to Hong Kong, and how long does it take?", 3)] == [1]
+
+
 @pytest.mark.parametrize(("question", "best"), [
     ("请问你们支持七天无理由退货吗？", 0), ("可以改成顺丰快递吗？", 1), ("我昨天下的订单什么时候能发货？", 1),
     ("积分怎么抵扣？", 2),
