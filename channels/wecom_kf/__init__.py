@@ -20,7 +20,7 @@ and answers at once. The pull runs in an io worker (:class:`KfSync`):
 - the sweeper publishes the sync again for any account whose news no finished sync has read.
 
 Dialogue rules: a message while a human owns the conversation (service state 2 or 3) is stored
-for the human and the model stays out; a customer asking for a person (``handoff_keywords``) gets
+for the human and the model stays out; a customer asking for a person (models.handoff_detect) gets
 ``handoff_reply`` and the session is moved to the queue pool (state 2) or to the configured servicer
 (state 3) with ``kf/service_state/trans``; so is a conversation the model could not answer (its
 fallback reply) unless ``handoff_on_fallback`` is off. FAQ hits and unsupported message types are
