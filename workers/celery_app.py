@@ -30,6 +30,7 @@ def create_app(settings: Settings, *, warm: bool = False) -> Celery:
     runtime_module.configure(settings)
 
     def _warm() -> None:
+        runtime_module.runtime().knowledge.warm()  # the passages for grounded answers, loaded in the background
         try:
             runtime_module.runtime().llm.load()
         except Exception:  # a broken model still lets the worker answer with the fallback reply

@@ -89,10 +89,17 @@ class Knowledge:
             hits = loaded.index.search(f"{previous}\n{question}", self._top_k)
         return Grounding(loaded.revision, tuple(loaded.sources[position] for position, _ in hits))
 
+    def warm(self) -> None:
+        """Load the knowledge base now, in a daemon thread (worker start), so the first answer does not wait for it."""
+        threading.Thread(target=self.refresh, name="kefu-kb-warm", daemon=True).start()
+
     def refresh(self) -> None:
-        """Check the revision and load the knowledge base if it moved, in this thread (tests, warm-up)."""
+        """Check the revision and load the knowledge base if it moved, in this thread."""
         with self._lock:
-            self._refresh()
+            try:
+                self._refresh()
+            except Exception:  # e.g. from warm()'s thread: the first answer tries again
+                log.exception("knowledge base refresh failed")
 
     def _current(self) -> _Loaded | None:
         loaded = self._loaded

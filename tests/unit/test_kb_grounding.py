@@ -104,6 +104,14 @@ def test_a_follow_up_is_looked_up_with_the_message_before_it(db: Engine, clean_e
     assert grounding is not None and [s.heading for s in grounding.sources] == ["退货运费"]
 
 
+def test_warm_loads_in_the_background(db: Engine, clean_env: Path) -> None:
+    (clean_env / "p.md").write_text("# 退货\n\n七天无理由退货。\n")
+    _import(db, clean_env / "p.md")
+    knowledge = Knowledge(make_session_factory(db), refresh_s=3600)
+    knowledge.warm()
+    assert _once_loaded(knowledge, "退货", 1).sources[0].text == "七天无理由退货。"
+
+
 def test_knowledge_checks_the_revision_only_every_refresh_s(db: Engine, clean_env: Path) -> None:
     knowledge = Knowledge(make_session_factory(db), refresh_s=3600)
     assert knowledge.lookup("退货") is None
