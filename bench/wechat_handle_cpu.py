@@ -13,7 +13,7 @@ import argparse
 import tempfile
 import time
 
-from channels.app import build_gateway
+from channels.app import build_services
 from channels.wechat_mp import WeChatMPAdapter
 from models.infra.migrate import upgrade
 from models.settings import Settings
@@ -33,9 +33,9 @@ def main() -> None:
             settings = Settings(data_dir=tmp, database_url=url, broker_url=services.redis_db_url(13), secret_key="k",
                                 wechat_accounts=[wp.account()], wechat_timestamp_window_s=3000)
             upgrade(settings)
-            gateway = build_gateway(settings)
-            adapter = WeChatMPAdapter(gateway)
-            account = settings.wechat_account("shop")
+            gateway = build_services(settings)
+            adapter = WeChatMPAdapter(gateway.context("wechat_mp"))
+            account = adapter.account("shop")
             assert account is not None
             callbacks = [wp.callback(wp.text_xml(f"o{n % 50}", f"问题{n}", msgid=900_000 + n), mode="aes")
                          for n in range(50 + args.calls)]
@@ -47,7 +47,7 @@ def main() -> None:
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             per_wall, per_cpu = wall / args.calls * 1000, cpu / args.calls * 1000
             print(f"{args.calls} callbacks: {per_wall:.2f} ms wall, {per_cpu:.2f} ms CPU each")
-            gateway.engine.dispose()
+            gateway.db.dispose()
     finally:
         services.drop_database(name)
         services.redis_db_url(13)  # flush what was published

@@ -44,6 +44,7 @@ import base64
 import binascii
 import json
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -176,6 +177,9 @@ class FakeWeChat(LoopbackFake):
         self._latency = 0.0
         self._clock_offset = 0.0
         self._seqs: dict[str, int] = {}
+        # the platform's kf msgids are unique for good; a fresh fake must not reuse an earlier fake's (a database
+        # that outlives one fake would take them for messages it already has)
+        self._run = secrets.token_hex(3)
         self._kf_log: list[dict[str, Any]] = []
         self._media: dict[str, _Media] = {}
 
@@ -236,7 +240,7 @@ class FakeWeChat(LoopbackFake):
     def queue_kf_messages(self, open_kfid: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Append messages to the kf account's log and return them completed.
 
-        Missing fields are filled in: ``msgid`` (``kfmsg-000001``…), ``open_kfid``, ``external_userid``
+        Missing fields are filled in: ``msgid`` (``kfmsg-<this fake>-000001``…), ``open_kfid``, ``external_userid``
         (``wm-external``), ``send_time`` (now), ``origin`` (3 = from the customer, 4 for ``event``),
         ``msgtype`` (``text``). A shorthand ``{"content": "..."}`` becomes ``text.content``.
         """
@@ -245,7 +249,7 @@ class FakeWeChat(LoopbackFake):
             for message in messages:
                 msg = dict(message)
                 content = msg.pop("content", None)
-                msg.setdefault("msgid", self._id("kfmsg"))
+                msg.setdefault("msgid", self._id(f"kfmsg-{self._run}"))
                 msg["open_kfid"] = open_kfid
                 msg.setdefault("external_userid", "wm-external")
                 msg.setdefault("send_time", int(time.time()))
