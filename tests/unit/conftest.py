@@ -1,4 +1,4 @@
-"""Fixtures shared by the unit tests: a clean KEFU_* environment and a real Redis database."""
+"""Fixtures shared by the unit tests: a clean KEFU_* environment, a migrated SQLite database, a real Redis database."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from sqlalchemy import Engine
 
+from models.infra.db import make_engine
+from models.infra.migrate import upgrade
+from models.settings import Settings
 from tests import services
 
 REDIS_UNIT_URL = "redis://127.0.0.1:6379/14"
@@ -22,6 +26,16 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def db(clean_env: Path) -> Iterator[Engine]:
+    """The embedded database (SQLite under the test's directory), migrated to head."""
+    settings = Settings(data_dir=clean_env / "var")
+    upgrade(settings)
+    engine = make_engine(settings)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

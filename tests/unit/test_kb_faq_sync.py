@@ -14,8 +14,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from models.dialogue import Action, HandOff, Message, decide
-from models.infra.db import make_engine, make_session_factory, transaction
-from models.infra.migrate import upgrade
+from models.infra.db import make_session_factory, transaction
 from models.knowledge import faq_cache, readers, store
 from models.knowledge.faq_sync import FaqSync
 from models.settings import Settings
@@ -24,12 +23,8 @@ ANSWER = "所有订单都可以开电子发票，在订单详情页申请。"
 
 
 @pytest.fixture
-def db(clean_env: Path) -> Iterator[Engine]:
-    settings = Settings(data_dir=clean_env / "var")
-    upgrade(settings)
-    engine = make_engine(settings)
-    yield engine
-    engine.dispose()
+def db(db: Engine) -> Iterator[Engine]:
+    yield db
     faq_cache.install([])  # the process's index holds no entry of this test's database
 
 

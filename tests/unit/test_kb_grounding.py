@@ -6,18 +6,15 @@ The passages are hand-written for these tests (a fictional shop), not evaluation
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
 
 from models.envelope import Turn
-from models.infra.db import make_engine, make_session_factory, transaction
-from models.infra.migrate import upgrade
+from models.infra.db import make_session_factory, transaction
 from models.knowledge import readers, store
 from models.knowledge.passage_index import PassageIndex, terms
-from models.settings import Settings
 from workers.context import compose
 from workers.grounding import Grounding, Knowledge
 from workers.llm.prompts import fit_turns, knowledge_block, knowledge_chars, render_chatml
@@ -51,15 +48,6 @@ def test_a_question_the_passages_do_not_cover_gets_none(question: str) -> None:
 
 def test_an_empty_index_finds_nothing() -> None:
     assert PassageIndex([]).search("退货", 3) == []
-
-
-@pytest.fixture
-def db(clean_env: Path) -> Iterator[Engine]:
-    settings = Settings(data_dir=clean_env / "var")
-    upgrade(settings)
-    engine = make_engine(settings)
-    yield engine
-    engine.dispose()
 
 
 def _import(engine: Engine, path: Path) -> None:

@@ -4,28 +4,16 @@ audit rows, exit codes and messages. (PostgreSQL: tests/integration/test_kb_grou
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
 
 from models.audit_verify import verify
-from models.infra.db import make_engine, make_session_factory, transaction
-from models.infra.migrate import upgrade
+from models.infra.db import make_session_factory, transaction
 from models.knowledge import readers, store
-from models.settings import Settings
 from models.tables import AuditEvent
 from workers.cli import main
-
-
-@pytest.fixture
-def db(clean_env: Path) -> Iterator[Engine]:
-    settings = Settings(data_dir=clean_env / "var")
-    upgrade(settings)
-    engine = make_engine(settings)
-    yield engine
-    engine.dispose()
 
 
 def audit_rows(engine: Engine) -> list[tuple[str, dict[str, object]]]:
