@@ -128,16 +128,9 @@ def _read_value(variable: str, path: str) -> str:
         raise ConfigError(f"{variable}={path}: cannot read the file ({exc.strerror or type(exc).__name__})") from None
 
 
-def _sources(settings_cls: type[BaseSettings], init: PydanticBaseSettingsSource, env: PydanticBaseSettingsSource,
-             dotenv: PydanticBaseSettingsSource, secrets: PydanticBaseSettingsSource,
-             ) -> tuple[PydanticBaseSettingsSource, ...]:
-    return init, FileValues(settings_cls, env, dotenv), env, dotenv, secrets  # a file beats an empty variable
-
-
-class Section(BaseSettings):
-    """Settings that one part of Kefu owns (a channel's accounts), read from the same ``KEFU_*`` variables and
-    ``.env`` file as :class:`Settings`, through :meth:`Settings.section`. A new channel declares its own section
-    in its own module instead of adding fields here."""
+class _KefuVariables(BaseSettings):
+    """Where :class:`Settings` and every :class:`Section` read from: ``KEFU_*`` variables, ``.env``, and
+    ``KEFU_<NAME>_FILE`` (:class:`FileValues`)."""
 
     model_config = SettingsConfigDict(env_prefix="KEFU_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
@@ -146,16 +139,20 @@ class Section(BaseSettings):
                                    env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
                                    file_secret_settings: PydanticBaseSettingsSource,
                                    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return _sources(settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings)
+        files = FileValues(settings_cls, env_settings, dotenv_settings)
+        return init_settings, files, env_settings, dotenv_settings, file_secret_settings  # a file beats an empty variable
+
+
+class Section(_KefuVariables):
+    """Settings that one part of Kefu owns (a channel's accounts), read from the same ``KEFU_*`` variables and
+    ``.env`` file as :class:`Settings`, through :meth:`Settings.section`. A new channel declares its own section
+    in its own module instead of adding fields here."""
 
 
 SectionT = TypeVar("SectionT", bound=Section)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="KEFU_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
-    )
+class Settings(_KefuVariables):
     _sections: dict[type[Section], Section] = PrivateAttr(default_factory=dict)
     # values of a Section's fields given in-process (Settings(wechat_accounts=[...])), handed to that section; the
     # environment and .env are read by the section itself, so they are parsed the way its fields say
@@ -165,13 +162,6 @@ class Settings(BaseSettings):
         given = {k: v for k, v in values.items() if not k.startswith("_") and k not in type(self).model_fields}
         super().__init__(**values)
         self._given = given
-
-    @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return _sources(settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings)
 
     # --- where things live -------------------------------------------------------------------
     data_dir: Path = Path("var")
