@@ -379,11 +379,6 @@ class Settings(_KefuVariables):
         return self.database_url or f"sqlite:///{(self.data_dir / 'kefu.sqlite').resolve()}"
 
     @property
-    def effective_migration_database_url(self) -> str:
-        """The URL migrations run under: the owner role's (KEFU_MIGRATION_DATABASE_URL), else the app's."""
-        return self.migration_database_url or self.effective_database_url
-
-    @property
     def embedded_broker_file(self) -> Path:
         return (self.data_dir / "broker.sqlite").resolve()
 
