@@ -43,18 +43,25 @@ def slow_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_qwen3_gguf(tmp_path_factory.mktemp("slow") / "slow-qwen3.gguf", shape, vocab_size=16_000)
 
 
-@pytest.fixture(params=BACKENDS)
-def fast_stack(request: pytest.FixtureRequest, tmp_path: Path, slow_gguf: Path) -> Iterator[Stack]:
-    backend = request.param
-    pg = request.getfixturevalue("pg_url") if backend == "redis-postgres" else None
-    rds = request.getfixturevalue("redis_url") if backend == "redis-postgres" else None
-    stack = start_stack(backend, tmp_path, slow_gguf, pg, rds, **FAST_RECOVERY)
+def recovering_stack(tmp_path: Path, model: Path, pg_url: str | None, redis_url: str | None,
+                     backend: str = "redis-postgres") -> Iterator[Stack]:
+    """Gateway and worker processes with recovery limits of seconds, not a minute; this process's sweeper and
+    tasks configured for the same stack."""
+    stack = start_stack(backend, tmp_path, model, pg_url, redis_url, **FAST_RECOVERY)
     worker_runtime.configure(stack.settings)
     try:
         yield stack
     finally:
         stack.close()
         worker_runtime.shutdown()
+
+
+@pytest.fixture(params=BACKENDS)
+def fast_stack(request: pytest.FixtureRequest, tmp_path: Path, slow_gguf: Path) -> Iterator[Stack]:
+    backend = request.param
+    pg = request.getfixturevalue("pg_url") if backend == "redis-postgres" else None
+    rds = request.getfixturevalue("redis_url") if backend == "redis-postgres" else None
+    yield from recovering_stack(tmp_path, slow_gguf, pg, rds, backend)
 
 
 def kinds(stack: Stack, inbound_id: int) -> list[str]:
