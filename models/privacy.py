@@ -5,7 +5,6 @@
   Idempotent; called wherever Kefu sets up logging (``workers.cli``, the gateway app).
 - :func:`stored_text`: what to store of a customer's text: PII masked per ``KEFU_PII_MASK_STORED`` and
   the moderation list's ``mask`` words starred; also says which moderation rules masked something.
-- :func:`reply_text`: a model's reply, always fully masked (the model must never echo a number).
 
 Audit details are masked in :func:`models.audit.record` itself. Nothing here raises for any text.
 """
@@ -35,10 +34,6 @@ def stored_text(settings: Settings, text: str) -> tuple[str, tuple[str, ...]]:
         return masked, ()
     outcome = found.keywords.check(masked)
     return outcome.text, outcome.masked_rules
-
-
-def reply_text(text: str) -> str:
-    return pii.mask(text)
 
 
 # ---- logs ---------------------------------------------------------------------------------------------

@@ -2,10 +2,10 @@
 
 Used for every answer wherever it is decided: a rule answered inside a platform callback (already
 sent, passively), a rule or a hand-off notice to be sent by ``deliver``, the model's answer.
-The model's answers are stored with personal data masked (:func:`models.pii.mask`: the model must never
-echo a full ID or card number); operators' texts (rules, FAQ, fallback) are stored as written. An answer
-decided by moderation (``why`` starting with :data:`MODERATED` or :data:`MODERATED_OUT`) gets a ``moderated``
-audit row with the action and the rule id.
+Texts are stored as given: the model's answers arrive masked (``workers.answering`` masks them where it makes
+them, so that the history it keeps is masked too); operators' texts (rules, FAQ, fallback) are as written. An
+answer decided by moderation (``why`` starting with :data:`MODERATED` or :data:`MODERATED_OUT`) gets a
+``moderated`` audit row with the action and the rule id.
 
 ``reply UNIQUE(inbound_id)`` decides who wins when two workers answer the same message: the loser gets None
 and must use the stored reply (:func:`reply_id_of`).
@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from models import audit, pii
+from models import audit
 from models.envelope import utcnow
 from models.infra.db import insert_ignoring_conflict
 from models.states import DeliveryStatus, InboundStatus, ReplySource
@@ -56,9 +56,8 @@ def store_reply(session: Session, *, inbound_id: int, conversation_id: int, chan
     ``before_audit``: called with the new reply's id before its ``reply_stored`` row (a generation's own audit
     rows come first in the trail).
     """
-    text = pii.mask(answer.text) if answer.source is ReplySource.MODEL else answer.text  # operators' texts stay
     reply_id = insert_ignoring_conflict(session, ReplyRecord, {
-        "inbound_id": inbound_id, "conversation_id": conversation_id, "text": text, "source": answer.source,
+        "inbound_id": inbound_id, "conversation_id": conversation_id, "text": answer.text, "source": answer.source,
         "model": answer.model, "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
         "latency_ms": answer.latency_ms, "created_at": utcnow(),
     }, ["inbound_id"])

@@ -33,7 +33,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from models import audit, moderation, pii, privacy, transcript
+from models import audit, moderation, pii, transcript
 from models.dialogue import Action, Decision, HandOff, Message, decide, fallback_reply, prompt_hint
 from models.envelope import ConversationKey, Turn
 from models.infra.db import transaction
@@ -155,7 +155,7 @@ def _generated(rt: Runtime, row: InboundRecord, key: ConversationKey, turns: lis
     run = _run_model(rt, row, key, turns, begun)
     text, source, why = _moderated(rt, *_outcome(rt, row, key, run, handoff), handoff)
     if source is ReplySource.MODEL:
-        text = privacy.reply_text(text)  # never a full ID, card or mobile number in the reply or the history
+        text = pii.mask(text)  # the one place: never a full ID, card or mobile number in the reply or the history
     answer = Answer(text, source, model=run.generation.model if run.generation else None,
                     prompt_tokens=run.generation.prompt_tokens if run.generation else 0,
                     completion_tokens=run.generation.completion_tokens if run.generation else 0,

@@ -1,6 +1,6 @@
 """The model's reply never carries a full ID, card or mobile number: not in the streamed pieces
-(workers.answering._run_model), not in what is stored (models.replies.store_reply on a real SQLite
-database), and outbound moderation masks or replaces it (workers.answering._moderated), audited.
+(workers.answering._run_model), not in the answer it makes and stores (workers.answering._generated, store, on
+a real SQLite database), and outbound moderation masks or replaces it (workers.answering._moderated), audited.
 Audit details are masked too (models.audit.record)."""
 
 from __future__ import annotations
@@ -79,8 +79,10 @@ def test_outbound_moderation_masks_or_replaces(clean_env: Path) -> None:
         "内部价", ReplySource.FAQ, None)  # operators' own texts are not moderated
 
 
-def test_stored_model_reply_is_masked_and_moderation_audited(clean_env: Path) -> None:
-    settings = Settings(data_dir=clean_env / "var")
+def test_the_model_reply_is_masked_where_it_is_made_stored_so_and_moderation_audited(clean_env: Path) -> None:
+    words = clean_env / "moderation.txt"
+    words.write_text("尽快 mask\n", encoding="utf-8")
+    settings = Settings(data_dir=clean_env / "var", moderation_file=words)
     upgrade(settings)
     sessions = make_session_factory(make_engine(settings))
     with transaction(sessions) as session:
@@ -92,9 +94,13 @@ def test_stored_model_reply_is_masked_and_moderation_audited(clean_env: Path) ->
         session.add_all(rows)
         session.flush()
         ids = [(row.id, conversation.id) for row in rows]
+    rt = runtime(settings, ScriptedEngine(REPLY), Recorder())
+    rt.sessions = sessions
+    row, key = SimpleNamespace(id=ids[0][0], conversation_id=ids[0][1]), ConversationKey("web", "default", "v1")
+    answer, run = answering._generated(rt, row, key, [], HandOff.NOBODY, None)  # type: ignore[arg-type]
+    assert answer.text == MASKED.replace("尽快", "**")  # what is stored, and what the history keeps
+    answering.store(rt, row, key, answer, run=run)  # type: ignore[arg-type]
     with transaction(sessions) as session:
-        store_reply(session, inbound_id=ids[0][0], conversation_id=ids[0][1], channel="web",
-                    answer=Answer(REPLY, ReplySource.MODEL, model="scripted", why="moderated_out:mask:keyword:2"))
         store_reply(session, inbound_id=ids[1][0], conversation_id=ids[1][1], channel="web",
                     answer=Answer(f"客服邮箱 help@example.com，电话{MOBILE}", ReplySource.FAQ))
         audit.record(session, audit.GENERATION_FAILED, channel="web", reason=f"ValueError: card {CARD} for {ID_CARD}")
@@ -102,7 +108,7 @@ def test_stored_model_reply_is_masked_and_moderation_audited(clean_env: Path) ->
         model_reply, faq_reply = session.scalars(select(ReplyRecord.text).order_by(ReplyRecord.id)).all()
         moderated = [e.detail for e in session.scalars(select(AuditEvent).where(AuditEvent.kind == "moderated"))]
         failed = session.scalars(select(AuditEvent.detail).where(AuditEvent.kind == "generation_failed")).one()
-    assert model_reply == MASKED
+    assert model_reply == answer.text
     assert faq_reply == f"客服邮箱 help@example.com，电话{MOBILE}"  # the operator's own text is stored as written
-    assert moderated == [{"direction": "out", "action": "mask", "rule": "keyword:2"}]
+    assert moderated == [{"direction": "out", "action": "mask", "rule": "keyword:1"}]
     assert failed == {"reason": "ValueError: card 4111********1111 for 110105********002X"}  # audit details: always masked
