@@ -5,8 +5,9 @@ instead; a WeChat customer cannot be answered with a status). Kefu keeps the fir
 characters (:func:`cut`), and then:
 
 - the customer is told, at the start of the reply to that message (:func:`with_note`,
-  :data:`NOTE`): an answer given at once carries it when stored; the model's answer (or its fallback)
-  gets it when it is sent (:func:`kept_chars` finds the message's ``truncated`` audit row);
+  :data:`NOTE`): an answer given at once carries it when stored; an answer stored by a worker (the
+  model's, its fallback, any answer to a cut voice transcription) gets it when it is sent
+  (:func:`outgoing_text`; :func:`kept_chars` finds the message's ``truncated`` audit row);
 - the audit gets one ``truncated`` row per message (not for a platform retry): ``chars`` received and
   ``kept``, never the text.
 
@@ -23,7 +24,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels.ingress import Accepted, Ingress
 from models.dialogue import Decision
 from models.envelope import Reply
-from models.states import ReplySource
 from models.tables import AuditEvent
 
 TRUNCATED = "truncated"  # audit: the customer's text was longer than max_text_chars (chars received, kept)
@@ -70,12 +70,11 @@ def kept_chars(sessions: sessionmaker[Session], inbound_id: int) -> int | None:
     return kept if isinstance(kept, int) else None
 
 
-LATER_ANSWERS = frozenset({ReplySource.MODEL, ReplySource.FALLBACK})  # stored by a worker, without the note
-
-
 def outgoing_text(sessions: sessionmaker[Session], reply: Reply) -> str:
-    """The text to send for a reply: a worker's answer to a message that was cut gets the note in front."""
-    if reply.source not in LATER_ANSWERS:
-        return reply.text  # answered at once: the note, when due, is in the stored text already
+    """The text to send for a reply: the answer to a message that was cut gets the note in front, unless it was
+    stored with it (answered at once). A worker's answer (the model's, its fallback, the rules' answer to a cut
+    transcription) is stored without it."""
     kept = kept_chars(sessions, reply.inbound_id)
-    return reply.text if kept is None else with_note(reply.text, kept)
+    if kept is None or reply.text.startswith(NOTE.format(kept=kept)):
+        return reply.text
+    return with_note(reply.text, kept)

@@ -21,6 +21,7 @@ from channels.wecom_kf.adapter import request_sync
 from models.envelope import ConversationKey, Reply
 from models.infra.migrate import upgrade
 from models.settings import ConfigError, Settings
+from models.states import ReplySource
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from tests import wechat_platform as wp
 from workers.demo.processes import GatewayThread
@@ -144,6 +145,19 @@ def test_the_models_answer_to_a_long_text_carries_the_note(edges: Edges) -> None
     edges.rt.outbound("wechat_mp").send(Reply(921, whole.id, whole.conversation_id, reply.key, "不客气。",
                                               datetime.now(UTC)), _progress())
     assert edges.fake.sent[-1]["content"] == "不客气。"  # a message read whole gets no note
+
+
+def test_a_workers_rule_answer_to_a_cut_message_carries_the_note_once(edges: Edges) -> None:
+    """A cut voice transcription answered by the FAQ is stored by the worker without the note; an answer given at
+    once was stored with it: both go out with the note exactly once."""
+    text = "我说一下我的情况：" + "我的订单号是一长串数字，" * 20  # queued: no worker runs here
+    assert edges.post("shop", wp.callback(wp.text_xml("o-rule", text, 9204), mode="safe")).status_code == 200
+    row = edges.inbound("wechat_mp", "9204")
+    key = ConversationKey("wechat_mp", "shop", "o-rule")
+    for reply_id, stored in [(940, ANSWER), (941, NOTE + "\n" + ANSWER)]:
+        edges.rt.outbound("wechat_mp").send(Reply(reply_id, row.id, row.conversation_id, key, stored,
+                                                  datetime.now(UTC), ReplySource.FAQ), _progress())
+        assert edges.fake.sent[-1]["content"] == NOTE + "\n" + ANSWER
 
 
 def test_a_long_kf_message_is_cut_told_and_audited(edges: Edges) -> None:
