@@ -195,9 +195,11 @@ class Call:
             return
         inbound = Inbound(self.key, external_id, text[: self.ctx.settings.max_text_chars], "voice")
         message = Message(inbound.text, "voice", channel=self.key.channel, follows_up=self.ctx.handoff.from_worker)
-        decision = decide(self.ctx.settings, message, self.ctx.handoff.availability(self.key.account))
+        # off the event loop: moderation may read its file or call its endpoint (KEFU_MODERATION_TIMEOUT_S)
+        decision = await run_in_threadpool(
+            lambda: decide(self.ctx.settings, message, self.ctx.handoff.availability(self.key.account)))
         if decision.action is Action.HAND_OFF:
-            await self._transfer(inbound)
+            await self._transfer(inbound, why=decision.why)  # audited like any channel's (e.g. ``moderated``)
             return
         if decision.action is Action.ANSWER:  # e.g. an FAQ answer: spoken at once, no model (stored as delivered)
             await run_in_threadpool(self.ctx.ingress.accept_answered, inbound, decision.answer())
@@ -207,13 +209,13 @@ class Call:
         self._accepted[accepted.inbound_id] = accepted
         self._splitters[accepted.inbound_id] = SentenceSplitter()
 
-    async def _transfer(self, inbound: Inbound, reason: str = "") -> None:
+    async def _transfer(self, inbound: Inbound, reason: str = "", why: str | None = None) -> None:
         target = self.hotline.transfer_to or self.phone.phone_transfer_to
         notice = reason + (self.phone.phone_transfer_notice if target else self.phone.phone_no_agent)
         if self.player.playing or self._waiting_for_answer():  # the notice must not wait behind the answer
             await self._barge_in("transfer")
         await run_in_threadpool(self.ctx.ingress.accept_answered, inbound,
-                                Answer(notice, ReplySource.HANDOFF, why="transfer" if target else "no_agent"))
+                                Answer(notice, ReplySource.HANDOFF, why=why or ("transfer" if target else "no_agent")))
         await self.say(notice)
         await self.player.wait_idle()
         if target:

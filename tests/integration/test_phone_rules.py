@@ -190,3 +190,17 @@ def test_an_faq_question_on_the_phone_is_answered_at_once_without_the_model(tmp_
     assert (reply.source, reply.text) == ("faq", faq.answer)
     assert "queued" not in kinds  # the model never saw it
     assert HangupOut("silence") in actions  # and the call went on as usual
+
+
+def test_a_moderation_hand_off_on_the_phone_transfers_and_is_audited(tmp_path: Path) -> None:
+    words = tmp_path / "moderation.txt"
+    words.write_text("投诉升级 hand_off\n", encoding="utf-8")
+    actions, settings = run_call(tmp_path, "我要投诉升级", moderation_file=words,
+                                 hotlines=[{"number": "4008001234", "transfer_to": "8001", "greeting": "您好。"}])
+    assert Transfer("8001") in actions
+    from models.infra.db import make_engine, make_session_factory
+    from models.tables import AuditEvent
+
+    with make_session_factory(make_engine(settings))() as s:
+        moderated = [e.detail for e in s.scalars(select(AuditEvent).where(AuditEvent.kind == "moderated"))]
+    assert moderated == [{"direction": "in", "action": "hand_off", "rule": "keyword:1"}]
