@@ -55,9 +55,9 @@ MISSED_REASON = "deadline missed: a model step outlasted the generation deadline
 
 def answer(rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
     """Answer the message; the reply id. Raises voice.TryAgain while a voice download should be retried."""
+    begun = time.monotonic()  # the deadline counts from here, as Celery's soft limit does from the task's start
     if row.media_id is None:
-        return generate(rt, row, key)
-    begun = time.monotonic()
+        return generate(rt, row, key, begun=begun)
     if voice.pending(row):
         try:
             row = voice.transcribe(rt, row, key)
@@ -107,7 +107,8 @@ def store(rt: Runtime, row: InboundRecord, key: ConversationKey, answer: Answer,
 
 
 def generate(rt: Runtime, row: InboundRecord, key: ConversationKey, *, begun: float | None = None) -> int:
-    """The model's answer; ``begun`` (monotonic): when the task's work on it began, which the deadline counts from."""
+    """The model's answer; ``begun`` (monotonic): when the task's work on it began, which the deadline counts from
+    (the history, follow-up and knowledge look-ups spend it too); None: from the model call."""
     settings = rt.settings
     channel = rt.channel(key.channel)
     handoff = rt.handoff(key.channel).availability(key.account)

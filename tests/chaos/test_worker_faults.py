@@ -8,6 +8,7 @@ Promises checked (from the database):
   model once;
 - a model step that does not end: the customer's answer (here the fallback) is stored at the deadline,
   audited as a deadline miss, while the step is still stuck;
+- the deadline counts from the start of the answer, not from the model call (a slow knowledge lookup);
 - a database that refuses at store time: the retry stores the text already generated; the model is not
   asked again.
 """
@@ -250,3 +251,53 @@ def test_a_reply_whose_store_failed_is_stored_by_the_retry_without_generating_ag
     trail = [k for k, _ in _trail(worker_rt, row.id)]
     assert trail.count("generation_started") == 1 and trail.count("generation_finished") == 1
     assert trail.count("reply_stored") == 1
+
+
+class _RecordsDeadlines:
+    """The real engine, recording the deadline each generation was given."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.deadlines: list[float | None] = []
+
+    @property
+    def model_name(self) -> str:
+        return str(self.engine.model_name)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def generate(self, turns: list[Turn], *, on_text: TextCallback | None = None,
+                 deadline: float | None = None) -> Generation:
+        self.deadlines.append(deadline)
+        generation: Generation = self.engine.generate(turns, on_text=on_text, deadline=deadline)
+        return generation
+
+
+class _SlowLookup:
+    """The real knowledge base, slow to answer (an embedding model on a busy CPU): records when it was asked."""
+
+    def __init__(self, knowledge: Any) -> None:
+        self.knowledge = knowledge
+        self.asked_at: list[float] = []
+
+    def lookup(self, *texts: str) -> Any:
+        self.asked_at.append(time.monotonic())
+        time.sleep(0.05)
+        return self.knowledge.lookup(*texts)
+
+
+def test_the_generation_deadline_counts_from_the_start_of_the_answer_not_from_the_model_call(
+        worker_rt: Runtime) -> None:
+    """Celery's soft limit counts from the task's start; work before the model (history, knowledge lookup) must not
+    push the engine's deadline past it."""
+    rt = worker_rt
+    model, knowledge = _RecordsDeadlines(rt.llm), _SlowLookup(rt.knowledge)
+    rt.__dict__["llm"], rt.__dict__["knowledge"] = model, knowledge  # the cached parts, wrapped
+    row, key = _accepted(rt.settings, rt.sessions, "v_deadline", "你好")
+    answering.answer(rt, row, key)
+    soft = rt.settings.generation_soft_limit_s
+    (deadline,) = model.deadlines
+    assert deadline is not None
+    begun = deadline - (soft - min(5.0, soft * 0.2))
+    assert begun <= knowledge.asked_at[0], "the deadline was counted from after the knowledge lookup"
