@@ -31,10 +31,6 @@ from models.tables import AuditEvent
 
 log = logging.getLogger(__name__)
 
-SEND_ATTEMPTED = "send_attempted"  # a part is about to be sent (part); written before the platform call
-POSSIBLE_DUPLICATE = "possible_duplicate"  # a part attempted before (a crash, a timeout) is sent again without a key
-RESEND_REFUSED = "resend_refused"  # kf: the platform refused a resent part's msgid: it has that part already
-
 
 class SendAttempts:
     """The attempts of one reply's delivery: which parts were tried before this run, and the record of each try."""
@@ -45,7 +41,7 @@ class SendAttempts:
         with sessions() as session:  # ix_audit_inbound narrows it to this message's few rows
             rows = session.scalars(select(AuditEvent.detail).where(
                 AuditEvent.inbound_id == reply.inbound_id, AuditEvent.reply_id == reply.reply_id,
-                AuditEvent.kind == SEND_ATTEMPTED))
+                AuditEvent.kind == audit.SEND_ATTEMPTED))
             self._before = {int(d["part"]) for d in rows if isinstance(d, dict) and isinstance(d.get("part"), int)}
 
     def _ids(self) -> dict[str, Any]:
@@ -61,8 +57,8 @@ class SendAttempts:
         again = part in self._before
         with transaction(self._sessions) as session:
             if again and not idempotent:
-                audit.record(session, POSSIBLE_DUPLICATE, **self._ids(), part=part)
-            audit.record(session, SEND_ATTEMPTED, **self._ids(), part=part)
+                audit.record(session, audit.POSSIBLE_DUPLICATE, **self._ids(), part=part)
+            audit.record(session, audit.SEND_ATTEMPTED, **self._ids(), part=part)
         if again and not idempotent:
             log.warning("%s reply %s part %d is sent again after an unfinished attempt: the customer may get it twice",
                         self._reply.key.channel, self._reply.reply_id, part)

@@ -22,11 +22,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.ingress import Accepted, Ingress
+from models import audit
 from models.dialogue import Decision
 from models.envelope import Reply
 from models.tables import AuditEvent
 
-TRUNCATED = "truncated"  # audit: the customer's text was longer than max_text_chars (chars received, kept)
 NOTE = "（您的消息较长，我们只读取了前 {kept} 个字。）"
 
 
@@ -58,14 +58,14 @@ def noted(decision: Decision, cut_text: Cut) -> Decision:
 def record(ingress: Ingress, accepted: Accepted, channel: str, cut_text: Cut) -> None:
     """The ``truncated`` audit row of a new message that was cut (nothing for a retry or a whole message)."""
     if cut_text.truncated and not accepted.duplicate:
-        ingress.note(accepted, channel, TRUNCATED, chars=cut_text.received, kept=len(cut_text.text))
+        ingress.note(accepted, channel, audit.TRUNCATED, chars=cut_text.received, kept=len(cut_text.text))
 
 
 def kept_chars(sessions: sessionmaker[Session], inbound_id: int) -> int | None:
     """How many characters of the message were read, when it was cut; None when it was read whole."""
     with sessions() as session:
         detail = session.scalars(select(AuditEvent.detail).where(
-            AuditEvent.inbound_id == inbound_id, AuditEvent.kind == TRUNCATED).limit(1)).first()
+            AuditEvent.inbound_id == inbound_id, AuditEvent.kind == audit.TRUNCATED).limit(1)).first()
     kept = detail.get("kept") if isinstance(detail, dict) else None
     return kept if isinstance(kept, int) else None
 

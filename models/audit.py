@@ -47,6 +47,10 @@ MODERATED = "moderated"  # a moderation rule acted (direction in/out, action, ru
 KB_IMPORTED = "kb_imported"  # a knowledge-base document stored: document id, version, counts, content hash
 KB_DELETED = "kb_deleted"  # a knowledge-base document removed: document id, version, counts
 KB_USED = "kb_used"  # the knowledge-base passages and FAQ entries (ids) a model answer was given
+TRUNCATED = "truncated"  # a WeChat-family text (or transcription) over max_text_chars was cut: chars received, kept
+SEND_ATTEMPTED = "send_attempted"  # a part of a reply is about to be sent (part); written before the platform call
+POSSIBLE_DUPLICATE = "possible_duplicate"  # a part attempted before is sent again through an API without a key
+RESEND_REFUSED = "resend_refused"  # kf: the platform refused a resent part's msgid: it has that part already
 
 
 _INSERT = insert(cast(Table, AuditEvent.__table__))

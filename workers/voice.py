@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy import func, select, update
 
-from channels import truncation
 from channels.base import DeliveryPermanent
 from channels.speech.voice_file import DecoderUnavailable, VoiceFileError, decode
 from channels.wechat_api import AppCredentials
@@ -127,7 +126,7 @@ def transcribe(rt: Runtime, row: InboundRecord, key: ConversationKey) -> Inbound
                      download_ms=_ms(downloaded - started), decode_ms=_ms(decoded - downloaded),
                      recognize_ms=_ms(time.monotonic() - decoded))
         if len(heard) > len(text):  # cut like a typed text: the reply tells the customer (channels.truncation)
-            audit.record(session, truncation.TRUNCATED, **ids, chars=len(heard), kept=len(text))
+            audit.record(session, audit.TRUNCATED, **ids, chars=len(heard), kept=len(text))
     with rt.sessions() as session:
         fresh = session.get(InboundRecord, row.id)
         assert fresh is not None

@@ -18,7 +18,7 @@ from typing import Any
 from channels import truncation
 from channels import wechat_protocol as wx
 from channels.base import DeliveryPermanent, DeliveryProgress, Outbound
-from channels.send_attempts import RESEND_REFUSED, SendAttempts
+from channels.send_attempts import SendAttempts
 from channels.wechat_api import PlatformPermanent
 from channels.wecom_kf.config import CHANNEL, WeComKfAccount, account, credentials, split_peer
 from channels.wecom_kf.handoff import HUMAN_STATES, POOL, SERVICER
@@ -68,7 +68,7 @@ class WeComKfOutbound(Outbound):
                                                 "(a person has taken over); not sent") from exc
                     if not again or exc.errcode in NOT_A_USED_MSGID:
                         raise
-                    attempts.note(RESEND_REFUSED, index, errcode=exc.errcode)  # it went out before the crash
+                    attempts.note(audit.RESEND_REFUSED, index, errcode=exc.errcode)  # it went out before the crash
                 progress.record(index + 1)
         except DeliveryPermanent:
             if reply.source == ReplySource.HANDOFF:  # no notice, no transfer: no person is coming, so the model
