@@ -53,8 +53,8 @@ def _masked_record(record: logging.LogRecord) -> logging.LogRecord:
         record.msg, record.args = masked, None
     if record.exc_info and not record.exc_text:
         text = logging.Formatter().formatException(record.exc_info)
-        if pii.mask(text) != text:
-            record.exc_text = pii.mask(text)
+        if (masked := pii.mask(text)) != text:
+            record.exc_text = masked
     elif record.exc_text:
         record.exc_text = pii.mask(record.exc_text)
     if record.stack_info:
