@@ -51,10 +51,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from channels import visitor_token
 from channels.base import Channel, ChannelAdapter, DeliveryProgress, Outbound, RequestRejected
 from channels.http import clean_text, parse_json_object, require_unicode
-from channels.web_sockets import REPLACED, REPLACED_REASON, RESEND_INTERVAL_S, ReplyRow, SocketHub
+from channels.web_sockets import REPLACED, REPLACED_REASON, RESEND_INTERVAL_S, SocketHub
 from models import transcript
 from models.envelope import ConversationKey, Inbound, Reply, utcnow
 from models.infra.db import transaction
+from models.transcript import ReplyRow
 
 if TYPE_CHECKING:
     from channels.base import ChannelContext

@@ -23,31 +23,20 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from models.states import NOT_CONFIRMED
-from models.tables import ConversationRecord, DeliveryRecord, ReplyRecord
+from models import transcript
+from models.transcript import ReplyRow
 
 log = logging.getLogger(__name__)
 
 RESEND_INTERVAL_S = 3.0
 REPLACED = 4008
 REPLACED_REASON = "too many open chats for this visitor; a newer one replaced this one"
-_ROWS_PER_CONVERSATION = 50
-
-
-@dataclass(frozen=True, slots=True)
-class ReplyRow:
-    reply_id: int
-    message_id: int
-    text: str
-    confirmed: bool  # the customer's client acked it (then it is shown once, never resent)
 
 
 class Socket(Protocol):
@@ -58,26 +47,6 @@ class Socket(Protocol):
     async def offer(self, rows: Sequence[ReplyRow]) -> None: ...
     async def send_status(self, state: str) -> None: ...
     async def replace(self) -> None: ...
-
-
-def _rows(session: Session, channel: str, account: str, peers: Sequence[str],
-          since: datetime | None) -> dict[str, list[ReplyRow]]:
-    """Unconfirmed replies (and, with ``since``, every reply created since then) per peer, in message order."""
-    shown = DeliveryRecord.status.in_(NOT_CONFIRMED)
-    stmt = (
-        select(ConversationRecord.peer, ReplyRecord.id, ReplyRecord.inbound_id, ReplyRecord.text, DeliveryRecord.status)
-        .join(ReplyRecord, ReplyRecord.conversation_id == ConversationRecord.id)
-        .join(DeliveryRecord, DeliveryRecord.reply_id == ReplyRecord.id)
-        .where(ConversationRecord.channel == channel, ConversationRecord.account == account,
-               ConversationRecord.peer.in_(list(peers)),
-               shown if since is None else or_(shown, ReplyRecord.created_at >= since))
-        .order_by(ReplyRecord.inbound_id.desc())  # the newest, when there are more
-        .limit(_ROWS_PER_CONVERSATION * len(peers))
-    )
-    out: dict[str, list[ReplyRow]] = defaultdict(list)
-    for peer, reply_id, message_id, text, status in reversed(session.execute(stmt).all()):
-        out[peer].append(ReplyRow(int(reply_id), int(message_id), str(text), status not in NOT_CONFIRMED))
-    return out
 
 
 class SocketHub:
@@ -107,9 +76,6 @@ class SocketHub:
             if not mine:
                 del self._by_peer[socket.peer]
 
-    def count(self, peer: str) -> int:
-        return len(self._by_peer.get(peer, ()))
-
     async def stop(self) -> None:
         if self._poll is not None:
             self._poll.cancel()
@@ -118,7 +84,8 @@ class SocketHub:
 
     # --- reading -----------------------------------------------------------------------------------------------
     async def replies(self, peer: str, since: datetime) -> list[ReplyRow] | None:
-        """One conversation's replies to show (see :func:`_rows`); None when the database failed (now degraded)."""
+        """One conversation's replies to show (:func:`~models.transcript.unconfirmed_replies`); None when the
+        database failed (now degraded)."""
         try:
             rows = await run_in_threadpool(self._read, [peer], since)
         except Exception as exc:
@@ -128,7 +95,7 @@ class SocketHub:
 
     def _read(self, peers: Sequence[str], since: datetime | None) -> dict[str, list[ReplyRow]]:
         with self._sessions() as session:
-            return _rows(session, self._channel, self._account, peers, since)
+            return transcript.unconfirmed_replies(session, self._channel, self._account, peers, since)
 
     async def report(self, ok: bool, exc: BaseException | None = None) -> None:
         """Record whether the database answered; tell every socket when the state changes."""

@@ -1,4 +1,4 @@
-"""Reading a conversation back out of the database: history, context turns, undelivered replies.
+"""Reading a conversation back out of the database: history, context turns, unconfirmed replies.
 
 The database is the durable copy of every conversation; caches (the context store) and live
 events (the bus) are rebuilt or replayed from here.
@@ -6,10 +6,12 @@ events (the bus) are rebuilt or replayed from here.
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from models import audit
@@ -78,19 +80,35 @@ def context_turns(session: Session, conv_id: int, before_inbound_id: int, limit:
     return turns[-2 * limit :] if limit else []
 
 
-def undelivered_replies(session: Session, key: ConversationKey, limit: int = 50) -> list[tuple[int, int, str]]:
-    """(reply_id, inbound_id, text) of replies the customer has not confirmed, oldest first."""
-    conv_id = conversation_id(session, key)
-    if conv_id is None:
-        return []
-    rows = session.execute(
-        select(ReplyRecord.id, ReplyRecord.inbound_id, ReplyRecord.text)
+@dataclass(frozen=True, slots=True)
+class ReplyRow:
+    """A reply to show on a live socket (web chat)."""
+
+    reply_id: int
+    message_id: int
+    text: str
+    confirmed: bool  # the customer's client acked it (then it is shown once, never resent)
+
+
+def unconfirmed_replies(session: Session, channel: str, account: str, peers: Sequence[str],
+                        since: datetime | None = None, per_peer: int = 50) -> dict[str, list[ReplyRow]]:
+    """Replies the customer has not confirmed (and, with ``since``, every reply created since then) of each
+    peer's conversation, in message order: the newest ``per_peer`` × ``len(peers)`` in all, in one statement."""
+    shown = DeliveryRecord.status.in_(NOT_CONFIRMED)
+    stmt = (
+        select(ConversationRecord.peer, ReplyRecord.id, ReplyRecord.inbound_id, ReplyRecord.text, DeliveryRecord.status)
+        .join(ReplyRecord, ReplyRecord.conversation_id == ConversationRecord.id)
         .join(DeliveryRecord, DeliveryRecord.reply_id == ReplyRecord.id)
-        .where(ReplyRecord.conversation_id == conv_id, DeliveryRecord.status.in_(NOT_CONFIRMED))
-        .order_by(ReplyRecord.id)
-        .limit(limit)
-    ).all()
-    return [(int(r[0]), int(r[1]), str(r[2])) for r in rows]
+        .where(ConversationRecord.channel == channel, ConversationRecord.account == account,
+               ConversationRecord.peer.in_(list(peers)),
+               shown if since is None else or_(shown, ReplyRecord.created_at >= since))
+        .order_by(ReplyRecord.inbound_id.desc())  # the newest, when there are more
+        .limit(per_peer * len(peers))
+    )
+    out: dict[str, list[ReplyRow]] = defaultdict(list)
+    for peer, reply_id, message_id, text, status in reversed(session.execute(stmt).all()):
+        out[peer].append(ReplyRow(int(reply_id), int(message_id), str(text), status not in NOT_CONFIRMED))
+    return out
 
 
 def mark_delivered(session: Session, key: ConversationKey, reply_id: int) -> bool:
