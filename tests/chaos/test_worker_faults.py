@@ -9,8 +9,8 @@ Promises checked (from the database):
 - a model step that does not end: the customer's answer (here the fallback) is stored at the deadline,
   audited as a deadline miss, while the step is still stuck;
 - the deadline counts from the start of the answer, not from the model call (a slow knowledge lookup);
-- a database that refuses at store time: the retry stores the text already generated; the model is not
-  asked again.
+- a database that refuses at store time: the retry stores the text already generated, with its audit facts
+  (``kb_used`` too); the model is not asked again.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -42,6 +43,7 @@ from tests.integration.test_reliability import FAST_RECOVERY, backdate, kinds, r
 from workers import answering, tasks
 from workers import runtime as worker_runtime
 from workers.demo.processes import WorkerProcess
+from workers.grounding import Grounding, Source
 from workers.llm.engine import Generation, LlamaEngine, TextCallback
 from workers.runtime import Runtime
 
@@ -232,6 +234,8 @@ def test_a_reply_whose_store_failed_is_stored_by_the_retry_without_generating_ag
         "generation_soft_limit_s": 30, "generation_hard_limit_s": 40}))
     model = _DatabaseGoesAway(rt.llm, proxy)
     rt.__dict__["llm"] = model  # the cached engine, wrapped
+    grounding = Grounding(3, (Source("passage", 7, "物流说明", "查询", "发货后可在订单页查看物流。"),))
+    rt.__dict__["knowledge"] = SimpleNamespace(lookup=lambda *texts: grounding)  # a knowledge base that has it
     try:
         row, key = _accepted(direct, worker_rt.sessions, "v_blip", "我的快递到哪里了？")
         with pytest.raises(DBAPIError):  # the connection is refused
@@ -248,9 +252,11 @@ def test_a_reply_whose_store_failed_is_stored_by_the_retry_without_generating_ag
     with worker_rt.sessions() as s:
         reply = s.get(ReplyRecord, reply_id)
     assert reply is not None and reply.source == "model" and reply.text == model.generated[0]
-    trail = [k for k, _ in _trail(worker_rt, row.id)]
-    assert trail.count("generation_started") == 1 and trail.count("generation_finished") == 1
-    assert trail.count("reply_stored") == 1
+    trail = _trail(worker_rt, row.id)
+    kinds_ = [k for k, _ in trail]
+    assert kinds_.count("generation_started") == 1 and kinds_.count("generation_finished") == 1
+    assert kinds_.count("reply_stored") == 1
+    assert [d for k, d in trail if k == "kb_used"] == [grounding.audit_detail()]  # what the model was given
 
 
 class _RecordsDeadlines:
