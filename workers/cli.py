@@ -140,7 +140,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         f"--pool={pool}",
         f"--concurrency={concurrency}",
         f"--loglevel={settings.log_level}",
-        f"--hostname={getattr(args, 'hostname', None) or node_name(queues, beat=args.beat)}",
+        f"--hostname={args.hostname or node_name(queues, beat=args.beat)}",
         "--without-gossip",
         "--without-mingle",
     ]

@@ -6,7 +6,6 @@ and both images can decode WeChat voice messages (ffmpeg)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shlex
@@ -260,42 +259,44 @@ def test_the_llm_worker_runs_the_batched_engine_on_threads(compose: dict[str, An
         assert compose["services"][service]["environment"]["KEFU_N_SLOTS"] == env_example()["LLM_SLOTS"]
 
 
-def test_the_readme_production_lines_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each `kefu worker` line of the README's production block parses, passes the pool check, and names its node."""
-    from workers import celery_app, cli
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The argv of each Celery worker `kefu worker` would start (nothing is started)."""
+    from workers import celery_app
 
-    started: list[list[str]] = []
+    argvs: list[list[str]] = []
 
     class Captured:
         def worker_main(self, argv: list[str]) -> None:
-            started.append(argv)
+            argvs.append(argv)
 
     monkeypatch.setattr(celery_app, "create_app", lambda *_, **__: Captured())
+    return argvs
+
+
+def node_flags(argvs: list[list[str]]) -> list[str]:
+    return [next(a for a in argv if a.startswith("--hostname=")) for argv in argvs]
+
+
+def test_the_readme_production_lines_run(tmp_path: Path, started: list[list[str]]) -> None:
+    """Each `kefu worker` line of the README's production block parses, passes the pool check, and names its node."""
+    from workers import cli
+
     lines = [line.split("#")[0].split() for line in (ROOT / "README.md").read_text().splitlines()
              if line.startswith("kefu worker ")]
     assert len(lines) == 3
     for words in lines:
         args = cli.build_parser().parse_args(words[1:])
         cli.cmd_worker(Settings(data_dir=tmp_path, engine="batched"), args)
-    nodes = [next(a for a in argv if a.startswith("--hostname=")) for argv in started]
-    assert nodes == ["--hostname=llm@%h", "--hostname=io@%h", "--hostname=sweeper@%h"]
+    assert node_flags(started) == ["--hostname=llm@%h", "--hostname=io@%h", "--hostname=sweeper@%h"]
 
 
-def test_default_node_names_differ_by_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers import celery_app, cli
+def test_default_node_names_differ_by_kind(tmp_path: Path, started: list[list[str]]) -> None:
+    from workers import cli
 
-    started: list[list[str]] = []
-
-    class Captured:
-        def worker_main(self, argv: list[str]) -> None:
-            started.append(argv)
-
-    monkeypatch.setattr(celery_app, "create_app", lambda *_, **__: Captured())
-    for queues, beat in (("llm", False), ("io", False), ("io", True)):
-        args = argparse.Namespace(queues=queues, pool=None, concurrency=None, warm=False, beat=beat)
-        cli.cmd_worker(Settings(data_dir=tmp_path), args)
-    names = [next(a for a in argv if a.startswith("--hostname=")) for argv in started]
-    assert len(set(names)) == 3, names
+    for words in (["--queues", "llm"], ["--queues", "io"], ["--queues", "io", "--beat"], ["--queues", "llm", "-n", "x@%h"]):
+        cli.cmd_worker(Settings(data_dir=tmp_path), cli.build_parser().parse_args(["worker", *words]))
+    assert node_flags(started) == ["--hostname=llm@%h", "--hostname=io@%h", "--hostname=sweeper@%h", "--hostname=x@%h"]
 
 
 # --- the images ------------------------------------------------------------------------------------------------------
