@@ -3,11 +3,11 @@
 Two checks, both optional, combined by :class:`Moderator`:
 
 - :class:`KeywordList`: the operator's file (``KEFU_MODERATION_FILE``), one rule per line, ``词 action``
-  with action ``refuse``, ``mask`` or ``hand_off`` (``#`` starts a comment; a line without an action means
-  ``refuse``). Matching is case-insensitive substring matching. The file is read again when its
-  modification time or size changes, so an edit takes effect on the next message without a restart; a
-  file that cannot be read keeps the last good list (logged without its content). A rule's id is
-  ``keyword:<line number>``: audit rows name it, never the word or the text.
+  with action ``refuse``, ``mask`` or ``hand_off`` after a space or a tab (``#`` starts a comment; a line
+  without one of these actions is a phrase to refuse). Matching is case-insensitive substring matching. The
+  file is read again when its modification time or size changes, so an edit takes effect on the next
+  message without a restart; a file that cannot be read keeps the last good list (logged without its
+  content). A rule's id is ``keyword:<line number>``: audit rows name it, never the word or the text.
 - :class:`ModelCheck` (interface) and :class:`HttpModelCheck`: ``POST KEFU_MODERATION_URL`` with
   ``{"text", "direction"}``, answered with ``{"action": "allow"|"refuse"|"hand_off", "rule": "…"}``.
   Every call has a timeout (``KEFU_MODERATION_TIMEOUT_S``); an endpoint that fails or answers nonsense
@@ -15,7 +15,7 @@ Two checks, both optional, combined by :class:`Moderator`:
 
 :func:`moderator` returns the process's moderator for a Settings (None when nothing is configured: no
 I/O at all). The strongest finding wins: refuse, then hand_off, then mask. Nothing here raises for
-any text; a malformed file line is skipped.
+any text or any file content.
 """
 
 from __future__ import annotations
@@ -72,21 +72,19 @@ class _Keyword:
 
 
 def parse_keywords(content: str) -> list[_Keyword]:
-    """The rules of a keyword file; lines that are blank, comments or have an unknown action are skipped."""
+    """The rules of a keyword file: blank lines and comments are skipped; a line whose last word (after a space
+    or a tab) is not an action is a phrase to refuse, whole."""
     rules: list[_Keyword] = []
     for number, line in enumerate(content.splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
-        word, _, action = line.rpartition(" ")
-        if not word:  # one token: a word to refuse
-            word, action = action, Verdict.REFUSE.value
+        parts = line.rsplit(maxsplit=1)
         try:
-            verdict = Verdict(action.strip().lower())
-        except ValueError:
-            word, verdict = line, Verdict.REFUSE  # no known action: the whole line is the phrase
-        if word.strip():
-            rules.append(_Keyword(word.strip().casefold(), verdict, f"keyword:{number}"))
+            word, verdict = parts[0], Verdict(parts[1].lower())
+        except (IndexError, ValueError):  # one word, or no known action
+            word, verdict = line, Verdict.REFUSE
+        rules.append(_Keyword(word.casefold(), verdict, f"keyword:{number}"))
     return rules
 
 

@@ -35,10 +35,10 @@ def words(tmp_path: Path) -> Path:
 
 
 def test_keyword_file_is_parsed_with_line_numbers_as_rule_ids() -> None:
-    rules = moderation.parse_keywords(WORDS + "坏 unknown-action\n\n")
+    rules = moderation.parse_keywords(WORDS + "坏 unknown-action\n\n笨蛋\tmask\n")
     assert [(r.word, r.verdict.value, r.rule) for r in rules] == [
         ("赌博", "refuse", "keyword:2"), ("傻瓜", "mask", "keyword:3"), ("投诉升级", "hand_off", "keyword:4"),
-        ("casino", "refuse", "keyword:5"), ("坏 unknown-action", "refuse", "keyword:6")]
+        ("casino", "refuse", "keyword:5"), ("坏 unknown-action", "refuse", "keyword:6"), ("笨蛋", "mask", "keyword:8")]
 
 
 def test_strongest_finding_wins_and_mask_words_are_starred(words: Path) -> None:
