@@ -29,6 +29,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import SQLAlchemyError
 
+from models.infra.breaker import Breaker
+
 log = logging.getLogger(__name__)
 
 _SCAN_S = 0.1
@@ -36,22 +38,7 @@ _CONNECT_TIMEOUT = "timeout expired"  # psycopg's message when connect_timeout p
 
 
 class DatabaseUnavailable(ConnectionError):
-    """Not attempted: the database did not answer a moment ago (see :class:`Breaker`)."""
-
-
-class Breaker:
-    """Open for ``retry_after_s`` after the server failed to answer in time; then closed again."""
-
-    def __init__(self, retry_after_s: float) -> None:
-        self._retry_after_s = retry_after_s
-        self._open_until = 0.0
-
-    def trip(self) -> None:
-        self._open_until = time.monotonic() + self._retry_after_s
-
-    def check(self) -> None:
-        if time.monotonic() < self._open_until:
-            raise DatabaseUnavailable("the database did not answer a moment ago; not trying again yet")
+    """Not attempted: the database did not answer a moment ago (see :class:`~models.infra.breaker.Breaker`)."""
 
 
 class Watchdog:
@@ -118,7 +105,7 @@ WATCHDOG = Watchdog()
 def install(engine: Engine, seconds: float, retry_after_s: float, watchdog: Watchdog = WATCHDOG) -> None:
     """Give every round trip of ``engine`` (statements, commit, rollback, the pool's reset) ``seconds`` to answer,
     and fail fast for ``retry_after_s`` after one did not (or a connect timed out)."""
-    breaker = Breaker(retry_after_s)
+    breaker = Breaker(retry_after_s, DatabaseUnavailable, "the database did not answer a moment ago; not trying again yet")
 
     def arm_conn(conn: Any, *_: Any) -> None:
         dbapi = _dbapi(conn)

@@ -17,13 +17,12 @@ leaves the message to the sweeper), instead of making every request wait for the
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from typing import Any
 
 from celery import Celery
 from kombu import Queue
 
+from models.infra.breaker import Breaker
 from models.settings import Settings
 
 LLM_QUEUE = "llm"
@@ -116,21 +115,18 @@ class Publisher:
 
     def __init__(self, celery: Celery, retry_after_s: float | None = None) -> None:
         self._celery = celery
-        self._retry_after_s = retry_after_s
-        self._lock = threading.Lock()
-        self._down_until = 0.0
+        self._breaker = None if retry_after_s is None else Breaker(
+            retry_after_s, BrokerUnavailable, "the broker failed a moment ago; not trying again yet")
 
     def _send(self, name: str, args: tuple[Any, ...], **options: Any) -> None:
-        if self._retry_after_s is None:
+        if self._breaker is None:
             self._celery.send_task(name, args=args, **options)
             return
-        if time.monotonic() < self._down_until:
-            raise BrokerUnavailable("the broker failed a moment ago; not trying again yet")
+        self._breaker.check()
         try:
             self._celery.send_task(name, args=args, **options)
         except Exception:
-            with self._lock:
-                self._down_until = time.monotonic() + self._retry_after_s
+            self._breaker.trip()
             raise
 
     def handle_inbound(self, inbound_id: int) -> None:
