@@ -36,22 +36,23 @@ def create_app(settings: Settings, *, warm: bool = False) -> Celery:
         except Exception:  # a broken model still lets the worker answer with the fallback reply
             log.exception("model warm-up failed; generations will report the error")
 
+    def _serve_here() -> None:
+        """Start what the process that runs the tasks needs: the knowledge base's FAQ kept in sync, the warm-up."""
+        runtime_module.runtime().faq_sync  # noqa: B018  (the property starts the sync thread)
+        if warm:
+            _warm()
+
     @worker_process_init.connect(weak=False)
     def _child_started(**_: Any) -> None:
         runtime_module.reset_after_fork()
-        runtime_module.runtime().faq_sync  # noqa: B018  (starts keeping the knowledge base's FAQ in this process)
-        if warm:
-            _warm()
+        _serve_here()
 
     @worker_ready.connect(weak=False)
     def _ready(sender: Any = None, **_: Any) -> None:
         for line in settings.backend_choice():
             log.info("worker %s", line)
-        pool_module = type(getattr(sender, "pool", None)).__module__
-        if "prefork" not in pool_module:  # threads/solo pools decide in this process; prefork children start their own
-            runtime_module.runtime().faq_sync  # noqa: B018
-        if warm and "prefork" not in pool_module:
-            _warm()  # threads/solo pools run tasks in this process; prefork children warm themselves
+        if "prefork" not in type(getattr(sender, "pool", None)).__module__:
+            _serve_here()  # threads/solo pools run tasks in this process; prefork children start their own
 
     @worker_process_shutdown.connect(weak=False)
     @worker_shutdown.connect(weak=False)
