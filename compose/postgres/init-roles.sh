@@ -10,12 +10,10 @@
 # their passwords. Needs psql >= 15 (\getenv); passwords never appear on a command line.
 set -euo pipefail
 
-secret() {  # secret NAME: $NAME, or the content of the file $NAME_FILE (trailing newline stripped)
+secret() {  # secret NAME: $NAME, or the content of the file $NAME_FILE ($(secret …) strips its trailing newlines)
     local file_var="${1}_FILE"
     if [ -n "${!file_var:-}" ]; then
-        local value
-        value=$(cat "${!file_var}")
-        printf '%s' "${value%$'\n'}"
+        cat "${!file_var}"
     else
         printf '%s' "${!1:-}"
     fi
