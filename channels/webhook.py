@@ -242,7 +242,7 @@ def retry_after_s(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() alone takes "²", which int() refuses
         return float(int(value))
     try:
         when = parsedate_to_datetime(value)

@@ -418,6 +418,7 @@ def test_wait_for_replies_returns_once_they_arrive(receiver: webhook_fake.FakeWe
     ("120", 120.0), (" 0 ", 0.0), ("Thu, 01 Jan 1970 00:02:30 GMT", 30.0),  # 150 s after the epoch, "now" is 120
     ("Thu, 01 Jan 1970 00:01:00 GMT", 0.0),  # a date already past: retry now
     (None, None), ("", None), ("-5", None), ("1.5", None), ("soon", None), ("Thu, 01 Jan 1970 00:02:30", None),
+    ("²", None), ("１２", None),  # digits to str.isdigit(), not the ASCII DIGITs of RFC 9110's delay-seconds
 ])
 def test_retry_after_is_read_in_both_forms_and_ignored_when_unreadable(value: str | None,
                                                                       expected: float | None) -> None:
