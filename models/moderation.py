@@ -169,7 +169,10 @@ class HttpModelCheck(ModelCheck):
             action = str(answer.get("action", "allow")).lower()
             if action == "allow":
                 return None
-            return Finding(Verdict(action), f"model:{str(answer.get('rule') or action)[:64]}")
+            verdict = Verdict(action)
+            if verdict is Verdict.MASK:  # not in the protocol: there are no words to star
+                raise ValueError("mask")
+            return Finding(verdict, f"model:{str(answer.get('rule') or action)[:64]}")
         except (httpx.HTTPError, ValueError, AttributeError) as exc:
             log.warning("moderation endpoint failed (%s); failing %s", type(exc).__name__,
                         "closed" if self.fail_closed else "open")

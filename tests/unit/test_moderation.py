@@ -121,7 +121,8 @@ class _Endpoint(BaseHTTPRequestHandler):
 def endpoint() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Endpoint)
     _Endpoint.answers = {"违规内容": {"action": "refuse", "rule": "politics"},
-                         "要找经理": {"action": "hand_off", "rule": "escalate"}}
+                         "要找经理": {"action": "hand_off", "rule": "escalate"},
+                         "星号": {"action": "mask"}, "乱答": {"action": "maybe"}}
     _Endpoint.seen = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -138,6 +139,10 @@ def test_http_check(endpoint: str) -> None:
     assert check.check("要找经理", Direction.INBOUND) == Finding(Verdict.HAND_OFF, "model:escalate")
     assert check.check("你好", Direction.INBOUND) is None
     assert _Endpoint.seen[0] == {"text": "违规内容", "direction": "out"}
+    closed = HttpModelCheck(endpoint, timeout_s=5, fail_closed=True)
+    for nonsense in ("星号", "乱答"):  # "mask" is not an endpoint's answer: it has no words to star
+        assert check.check(nonsense, Direction.OUTBOUND) is None
+        assert closed.check(nonsense, Direction.OUTBOUND) == Finding(Verdict.REFUSE, "model_unavailable")
 
 
 def test_http_check_in_the_dialogue(endpoint: str) -> None:
