@@ -51,6 +51,12 @@ class ConfigError(ValueError):
     """A setting is missing, malformed or unsafe; the message names the variable to fix."""
 
 
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+NonNegativeSeconds = Annotated[float, Field(ge=0)]
+
+
 class FaqEntry(BaseModel):
     """A question answered instantly, without the model (and passively on WeChat).
 
@@ -76,14 +82,8 @@ class HandOffChannel(BaseModel):
 
     detect: bool = True  # false: requests for a person are not looked for (the model answers them)
     phrases: list[str] = Field(default_factory=list)  # more words for a person, on top of handoff_keywords
-    after_failures: Annotated[int, Field(ge=0)] | None = None
+    after_failures: NonNegativeInt | None = None
     on_negative: bool | None = None
-
-
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-PositiveSeconds = Annotated[float, Field(gt=0)]
-NonNegativeSeconds = Annotated[float, Field(ge=0)]
 
 
 class FileText(str):
