@@ -9,14 +9,17 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 
+from models.infra import bus as bus_module
 from models.infra.bus import RedisBus, RedisListener, SocketBus, SocketListener, make_bus, make_listener, socket_dir
 from models.settings import Settings
+from tests.chaos.faults import FaultProxy
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(30)
@@ -257,6 +260,35 @@ def test_redis_listener_start_returns_when_redis_is_down() -> None:
             await listener.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_redis_subscription_that_goes_silent_is_replaced(redis14: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung Redis or a dropped route sends no RST: the listener PINGs a quiet subscription and replaces one that
+    does not answer (live events stopped for good before)."""
+    monkeypatch.setattr(bus_module, "LIVENESS_S", 0.5)
+    url = redis.Redis.from_url(redis14).connection_pool.connection_kwargs
+
+    async def until(condition: Callable[[], bool]) -> None:
+        while not condition():
+            await asyncio.sleep(0.05)
+
+    async def scenario(proxy: FaultProxy) -> None:
+        listener = RedisListener(proxy.url("redis", f"/{url['db']}"), timeout_s=0.5)
+        await listener.start()
+        try:
+            assert listener.connected.is_set()
+            proxy.blackhole()  # the open subscription stays open and hears nothing
+            await asyncio.wait_for(until(lambda: not listener.connected.is_set()), 10)
+            proxy.passthrough()
+            await asyncio.wait_for(listener.connected.wait(), 10)
+            queue = listener.subscribe("conv:1")
+            RedisBus(redis14, timeout_s=2).publish("conv:1", {"n": 1})
+            assert await asyncio.wait_for(queue.get(), 5) == {"n": 1}
+        finally:
+            await listener.stop()
+
+    with FaultProxy(url.get("host", "127.0.0.1"), int(url.get("port", 6379))) as proxy:
+        asyncio.run(scenario(proxy))
 
 
 def test_a_burst_larger_than_the_kernel_datagram_queue_arrives_whole(bus_dir: Path) -> None:
