@@ -9,12 +9,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from websockets.sync.client import ClientConnection, connect
 
 from models.infra.db import make_engine, make_session_factory
 from models.infra.migrate import upgrade
 from models.settings import Settings
+from models.tables import AuditEvent, InboundRecord
 from tests.conftest import as_env, settings_kwargs
 from workers.demo.processes import GatewayThread, WorkerProcess
 
@@ -45,6 +47,13 @@ class Stack:
 
     def ws(self, token: str) -> ClientConnection:
         return connect(f"{self.gateway.ws_url}/v1/web/ws?token={token}", open_timeout=10)
+
+
+def stored_rows(sessions: sessionmaker[Session]) -> tuple[int, int]:
+    """(inbound rows, audit rows): what a refused request must leave unchanged."""
+    with sessions() as s:
+        return (s.scalar(select(func.count()).select_from(InboundRecord)) or 0,
+                s.scalar(select(func.count()).select_from(AuditEvent)) or 0)
 
 
 def recv_until(ws: ClientConnection, pred: Any, timeout: float = 60) -> list[dict[str, Any]]:

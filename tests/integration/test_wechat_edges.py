@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from channels.base import DeliveryProgress
 from channels.wechat_fake import FakeWeChat
@@ -24,6 +24,7 @@ from models.settings import ConfigError, Settings
 from models.states import ReplySource
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from tests import wechat_platform as wp
+from tests.integration.conftest import stored_rows
 from workers.demo.processes import GatewayThread
 from workers.runtime import Runtime
 
@@ -41,14 +42,10 @@ class Edges:
     fake: FakeWeChat
 
     def post(self, name: str, cb: wp.Callback) -> httpx.Response:
-        with httpx.Client(base_url=self.gateway.http_url, timeout=10) as http:
-            return http.post(f"/v1/wechat/{name}", params=cb.params, content=cb.body,
-                             headers={"Content-Type": "text/xml"})
+        return wp.post(self.gateway.http_url, f"/v1/wechat/{name}", cb)
 
     def rows(self) -> tuple[int, int]:
-        with self.rt.sessions() as s:
-            return (s.scalar(select(func.count()).select_from(InboundRecord)) or 0,
-                    s.scalar(select(func.count()).select_from(AuditEvent)) or 0)
+        return stored_rows(self.rt.sessions)
 
     def inbound(self, channel: str, external_id: str) -> InboundRecord:
         with self.rt.sessions() as s:

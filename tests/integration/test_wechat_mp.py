@@ -10,12 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from channels.wechat_fake import FakeWeChat
 from models.tables import AuditEvent, DeliveryRecord, InboundRecord, ReplyRecord
 from tests import wechat_platform as wp
-from tests.integration.conftest import BACKENDS, Stack, settled, start_stack, wait_for
+from tests.integration.conftest import BACKENDS, Stack, settled, start_stack, stored_rows, wait_for
 
 FAQ = [{"keywords": ["营业时间"], "answer": "我们的营业时间是每天 9:00–21:00。"}]
 
@@ -26,14 +26,10 @@ class WeChatStack:
     fake: FakeWeChat
 
     def post(self, cb: wp.Callback, account: str = "shop") -> httpx.Response:
-        with httpx.Client(base_url=self.stack.gateway.http_url, timeout=10) as http:
-            return http.post(f"/v1/wechat/{account}", params=cb.params, content=cb.body,
-                             headers={"Content-Type": "text/xml"})
+        return wp.post(self.stack.gateway.http_url, f"/v1/wechat/{account}", cb)
 
     def rows(self) -> tuple[int, int]:
-        with self.stack.sessions() as s:
-            return (s.scalar(select(func.count()).select_from(InboundRecord)) or 0,
-                    s.scalar(select(func.count()).select_from(AuditEvent)) or 0)
+        return stored_rows(self.stack.sessions)
 
     def kinds(self, inbound_id: int) -> list[str]:
         with self.stack.sessions() as s:

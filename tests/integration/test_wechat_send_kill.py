@@ -14,7 +14,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select, update
 
@@ -102,9 +101,7 @@ def test_a_worker_killed_between_the_platforms_accept_and_sent_recorded(
     kfid, user = "wkKillSend1", "wm-killed"
     [message] = fake.queue_kf_messages(kfid, [{"external_userid": user, "content": "可以开发票吗"}])
     killer.arm(stack, "kf_send_msg")
-    with httpx.Client(base_url=stack.gateway.http_url, timeout=10) as http:
-        callback = wp.corp_callback(wp.kf_event_xml(kfid))
-        answer = http.post("/v1/wecom-kf/kf", params=callback.params, content=callback.body)
+    answer = wp.post(stack.gateway.http_url, "/v1/wecom-kf/kf", wp.corp_callback(wp.kf_event_xml(kfid)))
     assert answer.status_code == 200
     wait_for(lambda: stack.worker.proc.poll() is not None, timeout=60)  # killed inside the accepted send
     _, reply_id = reply_of(stack, "wecom_kf", str(message["msgid"]))
@@ -120,9 +117,8 @@ def test_a_worker_killed_between_the_platforms_accept_and_sent_recorded(
     # The official account: the model's answer through the customer-service message API (no idempotency key).
     openid = "o-killed-openid"
     killer.arm(stack, "custom_send")
-    with httpx.Client(base_url=stack.gateway.http_url, timeout=10) as http:
-        callback = wp.callback(wp.text_xml(openid, "我的快递到哪里了？", 7301), mode="safe")
-        answer = http.post("/v1/wechat/shop", params=callback.params, content=callback.body)
+    answer = wp.post(stack.gateway.http_url, "/v1/wechat/shop",
+                     wp.callback(wp.text_xml(openid, "我的快递到哪里了？", 7301), mode="safe"))
     assert answer.status_code == 200
     wait_for(lambda: stack.worker.proc.poll() is not None, timeout=90)
     _, reply_id = reply_of(stack, "wechat_mp", "7301")

@@ -42,8 +42,7 @@ class VoiceStack:
     tts: EspeakSynthesizer
 
     def post(self, cb: wp.Callback, path: str) -> httpx.Response:
-        with httpx.Client(base_url=self.stack.gateway.http_url, timeout=10) as http:
-            return http.post(path, params=cb.params, content=cb.body, headers={"Content-Type": "text/xml"})
+        return wp.post(self.stack.gateway.http_url, path, cb)
 
     def sent(self, endpoint: str, touser: str) -> list[dict[str, Any]]:
         return [m for m in list(self.fake.sent) if m["endpoint"] == endpoint and m["touser"] == touser]

@@ -34,8 +34,7 @@ class WeComStack:
     fake: FakeWeChat
 
     def post(self, cb: wp.Callback, path: str) -> httpx.Response:
-        with httpx.Client(base_url=self.stack.gateway.http_url, timeout=10) as http:
-            return http.post(path, params=cb.params, content=cb.body, headers={"Content-Type": "text/xml"})
+        return wp.post(self.stack.gateway.http_url, path, cb)
 
     def sent_count(self, endpoint: str) -> int:
         """Calls of ``endpoint``, failed ones included."""

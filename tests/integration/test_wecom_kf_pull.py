@@ -25,7 +25,7 @@ from channels.wecom_kf.config import account, credentials
 from channels.wecom_kf.sync import KfSync
 from models.infra.migrate import upgrade
 from models.settings import Settings
-from models.tables import InboundRecord, KfCursorRecord
+from models.tables import KfCursorRecord
 from tests import services
 from tests import wechat_platform as wp
 from tests.conftest import REPO
@@ -62,11 +62,6 @@ class KfWorld:
     def cursor(self, open_kfid: str) -> KfCursorRecord:
         with self.rt.sessions() as s:
             return s.scalars(select(KfCursorRecord).where(KfCursorRecord.open_kfid == open_kfid)).one()
-
-    def stored(self, open_kfid: str) -> int:
-        with self.rt.sessions() as s:
-            return len(list(s.scalars(select(InboundRecord.id).where(InboundRecord.channel == "wecom_kf",
-                                                                     InboundRecord.account == "kf"))))
 
 
 @pytest.fixture(params=BACKENDS)
