@@ -56,6 +56,7 @@ class SocketHub:
         self._max = max_per_visitor
         self._by_peer: dict[str, list[Socket]] = defaultdict(list)
         self._poll: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # held until done: the loop keeps only weak references
         self.degraded = False
 
     # --- membership ------------------------------------------------------------------------------------------
@@ -64,8 +65,9 @@ class SocketHub:
         mine = self._by_peer[socket.peer]
         mine.append(socket)
         while len(mine) > self._max:
-            oldest = mine.pop(0)
-            asyncio.get_running_loop().create_task(oldest.replace())
+            closing = asyncio.get_running_loop().create_task(mine.pop(0).replace())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         if self._poll is None or self._poll.done():
             self._poll = asyncio.get_running_loop().create_task(self._run(), name="kefu-web-resend")
 
