@@ -6,6 +6,9 @@ finished generation three) as fast as it can for ``--seconds``. Every configurat
 database. Then, on one more database: how long migration 0005 takes to seal ``--seal-rows`` existing
 rows, and how fast ``kefu audit verify`` walks them.
 
+``--server-side N`` also times N rows inserted by a loop inside PostgreSQL, ``--rows-per-tx`` to a
+transaction: the database's own cost per row; ``--writers ''`` skips the client-side runs.
+
 Configurations alternate (without, with, without, with, …) for ``--rounds`` rounds and each figure is
 the median, because a shared machine drifts. ``--no-fsync`` sets ``synchronous_commit = off`` in
 the writers, taking the commit's disk flush out so what is left is the database's CPU work per row.
@@ -80,9 +83,9 @@ def run(revision: str, writers: int, seconds: float, rows_per_tx: int, no_fsync:
     return len(latencies) * rows_per_tx / seconds, pct(latencies, 50), pct(latencies, 99)
 
 
-def server_side(revision: str, transactions: int) -> float:
-    """Seconds for ``transactions`` one-row transactions committed by a loop inside PostgreSQL (no client, no
-    flush): the database's own cost of an audit row, with the chain trigger (``head``) or without (0004)."""
+def server_side(revision: str, rows: int, rows_per_tx: int) -> float:
+    """Seconds for ``rows`` audit rows inserted by a loop inside PostgreSQL (no client, no flush), committed every
+    ``rows_per_tx`` rows: the database's own cost of an audit row, with the chain trigger (0005) or without (0004)."""
     name, url = services.create_database()
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -90,9 +93,10 @@ def server_side(revision: str, transactions: int) -> float:
         with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
             conn.execute("SET synchronous_commit = off")
             began = time.perf_counter()
-            conn.execute(f"""DO $$ BEGIN FOR i IN 1..{int(transactions)} LOOP
+            conn.execute(f"""DO $$ BEGIN FOR i IN 1..{int(rows)} LOOP
                 INSERT INTO audit_event (at, kind, channel, conversation_id, inbound_id, detail)
-                VALUES (now(), 'received', 'web', i, i, '{{"chars": 42}}'); COMMIT; END LOOP; END $$""")
+                VALUES (now(), 'received', 'web', i, i, '{{"chars": 42}}');
+                IF i % {int(rows_per_tx)} = 0 THEN COMMIT; END IF; END LOOP; END $$""")
             return time.perf_counter() - began
     finally:
         services.drop_database(name)
@@ -132,7 +136,7 @@ def main() -> None:
     parser.add_argument("--no-fsync", action="store_true", help="synchronous_commit = off in the writers")
     parser.add_argument("--seal-rows", type=int, default=200_000)
     parser.add_argument("--server-side", type=int, default=20_000, metavar="N",
-                        help="also time N one-row transactions committed by a loop inside PostgreSQL")
+                        help="also time N rows committed by a loop inside PostgreSQL, --rows-per-tx to a transaction")
     args = parser.parse_args()
     services.ensure_postgres()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, PostgreSQL on localhost; "
@@ -140,20 +144,21 @@ def main() -> None:
           + (", synchronous_commit off" if args.no_fsync else ""))
     print("| writers | without chain (0004) rows/s | p50 / p99 ms | with chain (0005) rows/s | p50 / p99 ms | change |")
     print("|---|---|---|---|---|---|")
-    for writers in (int(w) for w in args.writers.split(",")):
-        runs: dict[str, list[tuple[float, float, float]]] = {"0004": [], "head": []}
+    for writers in (int(w) for w in args.writers.split(",") if w):
+        runs: dict[str, list[tuple[float, float, float]]] = {"0004": [], "0005": []}
         for _ in range(args.rounds):
             for revision, figures in runs.items():
                 figures.append(run(revision, writers, args.seconds, args.rows_per_tx, args.no_fsync))
-        plain, chained = (tuple(statistics.median(f[i] for f in runs[r]) for i in range(3)) for r in ("0004", "head"))
+        plain, chained = (tuple(statistics.median(f[i] for f in runs[r]) for i in range(3)) for r in ("0004", "0005"))
         print(f"| {writers} | {plain[0]:,.0f} | {plain[1]:.1f} / {plain[2]:.1f} | {chained[0]:,.0f} | "
               f"{chained[1]:.1f} / {chained[2]:.1f} | {(chained[0] / plain[0] - 1) * 100:+.0f} % |", flush=True)
     if args.server_side:
-        plain_s = statistics.median(server_side("0004", args.server_side) for _ in range(args.rounds))
-        chained_s = statistics.median(server_side("head", args.server_side) for _ in range(args.rounds))
-        print(f"\ninside PostgreSQL, {args.server_side:,} one-row transactions: {plain_s * 1e6 / args.server_side:.0f} µs "
-              f"each without the chain, {chained_s * 1e6 / args.server_side:.0f} µs with it "
-              f"(+{(chained_s - plain_s) * 1e6 / args.server_side:.0f} µs per row)")
+        n, per_tx = args.server_side, args.rows_per_tx
+        plain_s = statistics.median(server_side("0004", n, per_tx) for _ in range(args.rounds))
+        chained_s = statistics.median(server_side("0005", n, per_tx) for _ in range(args.rounds))
+        print(f"\ninside PostgreSQL, {n:,} rows, {per_tx:,} to a transaction: {plain_s * 1e6 / n:.0f} µs per row "
+              f"without the chain ({plain_s:.2f} s), {chained_s * 1e6 / n:.0f} µs with it ({chained_s:.2f} s): "
+              f"+{(chained_s - plain_s) * 1e6 / n:.0f} µs per row")
     if args.seal_rows:
         sealed, verified, rows = seal_and_verify(args.seal_rows)
         print(f"\nmigration 0005 sealed {args.seal_rows:,} existing rows in {sealed:.1f} s "
