@@ -50,7 +50,7 @@ from channels.telephony.events import (
 from channels.telephony.outbound import CANCEL_KEY, HEARD_KEY, INTERRUPTED_MARK
 from channels.telephony.speaking import PROMPTS, Player, SentenceSplitter
 from channels.telephony.vad import Endpointer, SpeechStarted, UtteranceEnded
-from models import audit
+from models import audit, pii
 from models.dialogue import Action, Message, decide
 from models.envelope import ConversationKey, Inbound, printable
 from models.infra.db import transaction
@@ -242,6 +242,7 @@ class Call:
         return message_id in self.player.queued_tags()
 
     def _record_interruption(self, message_id: int, heard: str, dropped: int, reason: str) -> None:
+        heard = pii.mask(heard)  # streamed speech masks numbers, not addresses; this replaces the stored reply
         kv = self.ctx.kv
         kv.set(HEARD_KEY.format(message_id), heard, INTERRUPT_TTL_S)  # before the flag: the worker reads it after
         kv.set(CANCEL_KEY.format(message_id), "1", INTERRUPT_TTL_S)

@@ -1,6 +1,7 @@
 """The model's reply never carries a full ID, card or mobile number: not in the streamed pieces
 (workers.answering._run_model), not in the answer it makes and stores (workers.answering._generated, store, on
-a real SQLite database), and outbound moderation masks or replaces it (workers.answering._moderated), audited.
+a real SQLite database), nor where the phone shortens it to what the caller heard; outbound moderation masks
+or replaces it (workers.answering._moderated), audited.
 Audit details are masked too (models.audit.record)."""
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from typing import Any
 
 from sqlalchemy import select
 
+from channels.telephony.call import Call
+from channels.telephony.outbound import HEARD_KEY, INTERRUPTED_MARK
 from models import audit
 from models.dialogue import HandOff
 from models.envelope import ConversationKey, Turn
 from models.infra.db import make_engine, make_session_factory, transaction
+from models.infra.kv import make_kv
 from models.infra.migrate import upgrade
 from models.replies import Answer, store_reply
 from models.settings import Settings
@@ -79,10 +83,8 @@ def test_outbound_moderation_masks_or_replaces(clean_env: Path) -> None:
         "内部价", ReplySource.FAQ, None)  # operators' own texts are not moderated
 
 
-def test_the_model_reply_is_masked_where_it_is_made_stored_so_and_moderation_audited(clean_env: Path) -> None:
-    words = clean_env / "moderation.txt"
-    words.write_text("尽快 mask\n", encoding="utf-8")
-    settings = Settings(data_dir=clean_env / "var", moderation_file=words)
+def two_messages(settings: Settings) -> tuple[Any, list[tuple[int, int]]]:
+    """A migrated SQLite database with two customer messages: the session factory, [(inbound id, conversation id)]."""
     upgrade(settings)
     sessions = make_session_factory(make_engine(settings))
     with transaction(sessions) as session:
@@ -93,7 +95,14 @@ def test_the_model_reply_is_masked_where_it_is_made_stored_so_and_moderation_aud
                               kind="text", text="hi", status="queued") for n in range(2)]
         session.add_all(rows)
         session.flush()
-        ids = [(row.id, conversation.id) for row in rows]
+        return sessions, [(row.id, conversation.id) for row in rows]
+
+
+def test_the_model_reply_is_masked_where_it_is_made_stored_so_and_moderation_audited(clean_env: Path) -> None:
+    words = clean_env / "moderation.txt"
+    words.write_text("尽快 mask\n", encoding="utf-8")
+    settings = Settings(data_dir=clean_env / "var", moderation_file=words)
+    sessions, ids = two_messages(settings)
     rt = runtime(settings, ScriptedEngine(REPLY), Recorder())
     rt.sessions = sessions
     row, key = SimpleNamespace(id=ids[0][0], conversation_id=ids[0][1]), ConversationKey("web", "default", "v1")
@@ -112,3 +121,18 @@ def test_the_model_reply_is_masked_where_it_is_made_stored_so_and_moderation_aud
     assert faq_reply == f"客服邮箱 help@example.com，电话{MOBILE}"  # the operator's own text is stored as written
     assert moderated == [{"direction": "out", "action": "mask", "rule": "keyword:1"}]
     assert failed == {"reason": "ValueError: card 4111********1111 for 110105********002X"}  # audit details: always masked
+
+
+def test_a_phone_reply_cut_short_by_the_caller_is_stored_masked(clean_env: Path) -> None:
+    """Streamed speech masks numbers but not addresses; what the caller heard replaces the stored reply."""
+    settings = Settings(data_dir=clean_env / "var")
+    sessions, ids = two_messages(settings)
+    with transaction(sessions) as session:
+        store_reply(session, inbound_id=ids[0][0], conversation_id=ids[0][1], channel="web",
+                    answer=Answer("好的，寄到北京市朝阳区****，三天内送达。", ReplySource.MODEL))
+    kv = make_kv(settings)
+    call = SimpleNamespace(ctx=SimpleNamespace(kv=kv, sessions=sessions), _accepted={})
+    Call._record_interruption(call, ids[0][0], "好的，寄到北京市朝阳区建国路88号", 1, "barge_in")  # type: ignore[arg-type]
+    with sessions() as session:
+        assert session.scalars(select(ReplyRecord.text)).one() == "好的，寄到北京市朝阳区****" + INTERRUPTED_MARK
+    assert kv.get(HEARD_KEY.format(ids[0][0])) == "好的，寄到北京市朝阳区****"  # what the worker stores if it is later
