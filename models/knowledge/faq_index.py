@@ -2,8 +2,8 @@
 
 :class:`FaqIndex` is built once from a sequence of :class:`~models.knowledge.faq.FaqEntry` (its ``fingerprint``
 says from which) and then only read, so one index is shared by every thread. Each entry's question and each of
-its similar questions (相似问) is one BM25 document (bm25s over :func:`~models.knowledge.tokens.tokens`); an
-entry scores as its best phrasing.
+its similar questions (相似问) is one BM25 document (:class:`~models.knowledge.bm25.Bm25` over
+:func:`~models.knowledge.tokens.tokens`); an entry scores as its best phrasing.
 
 :meth:`FaqIndex.search` ranks entries; each :class:`Match` carries a ``confidence`` in [0, 1]: the IDF-weighted
 overlap (cosine of the two token sets) of the customer's text and the matched phrasing, less the overlap of the
@@ -23,13 +23,12 @@ Raises nothing for any text; building raises ``ValueError`` for an entry with ne
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from models.knowledge.bm25 import Bm25, idf
 from models.knowledge.dense import DenseEncoder, reciprocal_rank_fusion
 from models.knowledge.faq import FaqEntry, fingerprint
 from models.knowledge.tokens import normalize, tokens
@@ -64,12 +63,10 @@ class FaqIndex:
         self._keyword_rules = [e for e in self.entries if e.keywords]
         self._owner, self._phrasings = _phrasings(self.entries)  # phrasing -> index of its entry; the phrasings
         self._tokens = [frozenset(tokens(text)) for text in self._phrasings]
-        df = Counter(t for toks in self._tokens for t in toks)
-        n = len(self._tokens)
-        self._idf = {t: _idf(n, count) for t, count in df.items()}
-        self._unseen_idf = _idf(n, 0)
+        self._bm25 = Bm25([list(toks) for toks in self._tokens])
+        self._idf = self._bm25.idf
+        self._unseen_idf = idf(len(self._tokens), 0)
         self._norms = [math.sqrt(sum(self._idf[t] for t in toks)) for toks in self._tokens]
-        self._bm25 = _bm25([list(toks) for toks in self._tokens]) if self._tokens else None
         self._encoder = encoder
         self._vectors = encoder.encode(self._phrasings) if encoder is not None and self._phrasings else None
 
@@ -79,12 +76,12 @@ class FaqIndex:
     def search(self, text: str, k: int = 5) -> tuple[Match, ...]:
         """The ``k`` best entries for ``text``, best first, each with its confidence; () for a text longer than
         ``MAX_QUERY_CHARS``."""
-        if self._bm25 is None or len(text) > MAX_QUERY_CHARS:
+        if not self._phrasings or len(text) > MAX_QUERY_CHARS:
             return ()
         query = tokens(text)
         if not query:
             return ()
-        scores = np.asarray(self._bm25.get_scores(list(query)))
+        scores = self._bm25.scores(query)
         pool = [int(i) for i in np.argsort(-scores)[:POOL] if scores[i] > 0]
         if self._vectors is not None and self._encoder is not None:
             similarity = self._vectors @ self._encoder.encode([text])[0]
@@ -140,15 +137,3 @@ def _phrasings(entries: Sequence[FaqEntry]) -> tuple[list[int], list[str]]:
         owner += [at] * len(entry.questions)
         phrasings += entry.questions
     return owner, phrasings
-
-
-def _idf(n: int, df: int) -> float:
-    return math.log(1 + (n - df + 0.5) / (df + 0.5))
-
-
-def _bm25(corpus: list[list[str]]) -> Any:
-    import bm25s
-
-    index = bm25s.BM25()
-    index.index(corpus, show_progress=False)
-    return index

@@ -10,20 +10,19 @@ two-character term with the query (a single shared character is chance), and who
 passages rather than the least bad ones.
 
 Built once per knowledge-base revision and then only read: searching is safe from several threads.
-Cost: one dictionary lookup per query term and one vectorized addition over its postings (numpy).
+Cost: one dictionary lookup per query term and one ``numpy.bincount`` over their postings
+(:mod:`models.knowledge.bm25`, which the FAQ index scores with too).
 """
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
-from collections import Counter, defaultdict
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
+
+from models.knowledge.bm25 import Bm25, idf
 
 # English function words: without them "Do you ship to Hong Kong?" finds a passage about a password by "do you"
 STOPWORDS = frozenset("""a an the and or but if of to in on at by for from with about as into is are was were be been
@@ -48,48 +47,25 @@ def terms(text: str) -> list[str]:
     return out
 
 
-class Retriever(Protocol):
-    def search(self, query: str, k: int) -> list[tuple[int, float]]:
-        """The ``k`` best (position, score) pairs, best first."""
-        ...
-
-
 class PassageIndex:
-    """BM25 (k1, b) over :func:`terms` of each text; positions are indices into the texts given."""
+    """BM25 (k1, b) over :func:`terms` of each text (:class:`~models.knowledge.bm25.Bm25`); positions are indices
+    into the texts given."""
 
     def __init__(self, texts: Sequence[str], *, k1: float = 1.2, b: float = 0.75,
                  min_coverage: float = MIN_COVERAGE) -> None:
         self.size, self._min_coverage = len(texts), min_coverage
-        postings: defaultdict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
-        lengths = np.zeros(self.size, dtype=np.float64)
-        for position, text in enumerate(texts):
-            counts = Counter(terms(text))
-            lengths[position] = sum(counts.values())
-            for term, count in counts.items():
-                at, tf = postings[term]
-                at.append(position)
-                tf.append(count)
-        norms = k1 * (1 - b + b * lengths / max(float(lengths.mean()) if self.size else 1.0, 1e-9))
-        self._idf: dict[str, float] = {}
-        # each posting's BM25 weight precomputed: a search only adds arrays up
-        self._postings: dict[str, tuple[npt.NDArray[np.int32], npt.NDArray[np.float64]]] = {}
-        for term, (at, tf) in postings.items():
-            positions, freqs = np.asarray(at, dtype=np.int32), np.asarray(tf, dtype=np.float64)
-            idf = math.log(1 + (self.size - len(at) + 0.5) / (len(at) + 0.5))
-            self._idf[term] = idf
-            self._postings[term] = (positions, idf * freqs * (k1 + 1) / (freqs + norms[positions]))
+        self._bm25 = Bm25([terms(text) for text in texts], k1=k1, b=b)
 
     def search(self, query: str, k: int) -> list[tuple[int, float]]:
         query_terms = set(terms(query))
-        unseen = math.log(1 + (self.size - 0.5) / 1.5)  # as if in one passage
-        total = sum(self._idf.get(t, unseen) for t in query_terms)
-        scores = np.zeros(self.size)
+        unseen = idf(self.size, 1)  # as if in one passage
+        total = sum(self._bm25.idf.get(t, unseen) for t in query_terms)
+        scores = self._bm25.scores(query_terms)
         covered = np.zeros(self.size)
         strong = np.zeros(self.size, dtype=bool)
-        for term in query_terms & self._postings.keys():
-            positions, weights = self._postings[term]
-            scores[positions] += weights  # a term occurs once per passage in its postings: no repeated index
-            covered[positions] += self._idf[term]
+        for term in query_terms & self._bm25.postings.keys():
+            positions, _ = self._bm25.postings[term]
+            covered[positions] += self._bm25.idf[term]
             if len(term) > 1 or term.isascii():
                 strong[positions] = True
         best = float(scores.max()) if self.size else 0.0
