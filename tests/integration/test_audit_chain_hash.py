@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,9 +31,10 @@ ROWS = [
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     services.ensure_postgres()
     name, url = services.create_database()
-    engine = make_engine(Settings(data_dir=Path(tmp_path_factory.mktemp("hash")), database_url=url))
+    settings = Settings(data_dir=tmp_path_factory.mktemp("hash"), database_url=url)
+    engine = make_engine(settings)
     try:
-        upgrade(Settings(data_dir=Path(tmp_path_factory.mktemp("hash")), database_url=url))
+        upgrade(settings)
         yield engine
     finally:
         engine.dispose()
