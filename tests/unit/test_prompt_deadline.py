@@ -14,7 +14,8 @@ import pytest
 
 from models.envelope import Turn
 from models.settings import Settings
-from workers.llm.engine import TextEngine
+from workers.llm.batched import BatchedEngine
+from workers.llm.engine import LlamaEngine
 from workers.llm.prefill import PrefillRate
 from workers.llm.prompts import fit_turns
 from workers.runtime import Runtime
@@ -25,44 +26,47 @@ NEWEST = [Turn("user", "second question"), Turn("assistant", "second answer")]
 QUESTION = Turn("user", "third question")
 TURNS = [SYSTEM, LONG, Turn("assistant", "ok"), *NEWEST, QUESTION]
 
+Engine = LlamaEngine | BatchedEngine  # both trim prompts to the deadline at their own prefill rate
+
 
 @pytest.fixture(params=["simple", "batched"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path, tiny_gguf: Path) -> Iterator[TextEngine]:
+def engine(request: pytest.FixtureRequest, tmp_path: Path, tiny_gguf: Path) -> Iterator[Engine]:
     rt = Runtime(Settings(data_dir=tmp_path, model_path=tiny_gguf, engine=request.param, n_ctx=4096, max_tokens=8,
                           temperature=0.0, seed=7))
     try:
+        assert isinstance(rt.llm, LlamaEngine | BatchedEngine)
         yield rt.llm
     finally:
         rt.close()
 
 
-def test_the_oldest_turns_are_dropped_to_fit_the_time_left(engine: TextEngine) -> None:
-    full = engine.prompt_tokens(TURNS)  # type: ignore[attr-defined]
-    newest = engine.prompt_tokens([SYSTEM, *NEWEST, QUESTION])  # type: ignore[attr-defined]
+def test_the_oldest_turns_are_dropped_to_fit_the_time_left(engine: Engine) -> None:
+    full = engine.prompt_tokens(TURNS)
+    newest = engine.prompt_tokens([SYSTEM, *NEWEST, QUESTION])
     assert len(full) > 4 * len(newest)  # the long turn is most of the prompt
-    engine.prefill.observe(1000, 1.0)  # type: ignore[attr-defined]  # this engine reads 1,000 tokens a second
+    engine.prefill.observe(1000, 1.0)  # this engine reads 1,000 tokens a second
     seconds = 2.2 * len(newest) / 1000  # half of it for reading: room for the newest turns, not for the long one
-    trimmed = engine.prompt_tokens(TURNS, time.monotonic() + seconds)  # type: ignore[attr-defined]
+    trimmed = engine.prompt_tokens(TURNS, time.monotonic() + seconds)
     assert trimmed == newest  # system prompt and newest exchange kept; the long turn dropped
 
 
-def test_without_a_measured_rate_or_deadline_only_the_context_window_counts(engine: TextEngine) -> None:
-    full = engine.prompt_tokens(TURNS)  # type: ignore[attr-defined]
-    assert engine.prompt_tokens(TURNS, time.monotonic() + 0.01) == full  # type: ignore[attr-defined]  # no rate yet
-    engine.prefill.observe(1000, 1.0)  # type: ignore[attr-defined]
-    assert engine.prompt_tokens(TURNS, None) == full  # type: ignore[attr-defined]
+def test_without_a_measured_rate_or_deadline_only_the_context_window_counts(engine: Engine) -> None:
+    full = engine.prompt_tokens(TURNS)
+    assert engine.prompt_tokens(TURNS, time.monotonic() + 0.01) == full  # no rate yet
+    engine.prefill.observe(1000, 1.0)
+    assert engine.prompt_tokens(TURNS, None) == full
 
 
-def test_the_question_and_system_prompt_stay_when_nothing_else_fits(engine: TextEngine) -> None:
-    engine.prefill.observe(1000, 1.0)  # type: ignore[attr-defined]
-    bare = engine.prompt_tokens([SYSTEM, QUESTION])  # type: ignore[attr-defined]
-    assert engine.prompt_tokens(TURNS, time.monotonic()) == bare  # type: ignore[attr-defined]  # deadline is now
+def test_the_question_and_system_prompt_stay_when_nothing_else_fits(engine: Engine) -> None:
+    engine.prefill.observe(1000, 1.0)
+    bare = engine.prompt_tokens([SYSTEM, QUESTION])
+    assert engine.prompt_tokens(TURNS, time.monotonic()) == bare  # deadline is now
 
 
-def test_a_generation_measures_the_prefill_rate(engine: TextEngine) -> None:
-    assert engine.prefill.tokens_per_s is None  # type: ignore[attr-defined]
+def test_a_generation_measures_the_prefill_rate(engine: Engine) -> None:
+    assert engine.prefill.tokens_per_s is None
     engine.generate(TURNS)
-    rate = engine.prefill.tokens_per_s  # type: ignore[attr-defined]
+    rate = engine.prefill.tokens_per_s
     assert rate is not None and rate > 0
 
 
