@@ -59,7 +59,7 @@ class Generation:
     model: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # stop | length | deadline
+    finish_reason: str  # stop | length | deadline | cancelled; deadline_missed: workers.llm.watchdog's
     first_token_s: float | None
     total_s: float
 
