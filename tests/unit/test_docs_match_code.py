@@ -1,6 +1,7 @@
 """The docs say what the code does: the README's Layout section names every module and package of models/,
 channels/ and workers/ (their own modules' contents are for their docstrings), and the defaults in the settings
-tables of README.md and docs/reliability.md are those of models/settings.py."""
+tables of README.md and docs/reliability.md are those of models/settings.py, and the README names every audit
+event kind of models/audit.py."""
 
 from __future__ import annotations
 
@@ -37,6 +38,17 @@ def test_the_readme_layout_names_every_top_level_module() -> None:
             if not any(re.search(rf"(?<!\w){way}s?(?!\w)", block, re.I) for way in said):
                 missing.append(f"{package}/{name}")
     assert missing == [], "modules the README's Layout section does not name"
+
+
+def test_the_readme_names_every_audit_event_kind() -> None:
+    from models import audit
+
+    readme = (ROOT / "README.md").read_text()
+    said = readme[readme.index("Audit events: "):readme.index("\n## ", readme.index("Audit events: "))]
+    kinds = [value for name, value in vars(audit).items() if name.isupper() and isinstance(value, str)
+             and re.fullmatch(r"[a-z_]+", value)]
+    assert "kb_used" in kinds
+    assert [kind for kind in kinds if f"`{kind}`" not in said] == []
 
 
 # --- defaults in the docs' settings tables -------------------------------------------------------------------------
