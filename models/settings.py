@@ -424,6 +424,9 @@ class Settings(_KefuVariables):
         """Raise ConfigError for a combination that could lose or double-run work, or cannot start."""
         self._check_time_limits()
         self._check_model_and_speech()
+        if self.moderation_file is not None and not self.moderation_file.is_file():
+            raise ConfigError(f"KEFU_MODERATION_FILE={self.moderation_file} is not a file: every message and reply "
+                              "would go unmoderated (create it, even empty, or unset the variable; docs/privacy.md)")
 
     def _check_time_limits(self) -> None:
         if self.generation_soft_limit_s >= self.generation_hard_limit_s:

@@ -176,3 +176,12 @@ def test_a_moderation_url_without_a_scheme_is_refused_naming_the_variable(clean_
 
     with pytest.raises(ConfigError, match=r"KEFU_MODERATION_URL: must be an http:// or https:// URL"):
         load_settings(moderation_url="moderation:8080")
+
+
+def test_a_moderation_file_that_is_not_there_stops_the_start_naming_the_variable(clean_env: Path) -> None:
+    from models.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match=r"KEFU_MODERATION_FILE=.*moderation.txt is not a file"):
+        load_settings(moderation_file=clean_env / "moderation.txt")
+    (clean_env / "moderation.txt").write_text("", encoding="utf-8")
+    assert load_settings(moderation_file=clean_env / "moderation.txt").moderation_file is not None
