@@ -182,11 +182,17 @@ def asks_for_person(settings: Settings, message: Message, handoff: HandOff) -> D
     return None
 
 
+def failures_limit(settings: Settings, channel: str) -> int:
+    """Fallback replies in a row after which the next message goes to a person (0: never): the channel's own
+    ``after_failures``, else ``handoff_after_failures``."""
+    own = channel_handoff(settings, channel).after_failures
+    return settings.handoff_after_failures if own is None else own
+
+
 def after_failures(settings: Settings, message: Message, handoff: HandOff) -> Decision | None:
-    """After ``handoff_after_failures`` fallback replies in a row, the next message goes to a person; where none
+    """After :func:`failures_limit` fallback replies in a row, the next message goes to a person; where none
     can take it, an honest answer (which ends the run of failures)."""
-    own = channel_handoff(settings, message.channel).after_failures
-    limit = settings.handoff_after_failures if own is None else own
+    limit = failures_limit(settings, message.channel)
     if not limit or message.failed_answers < limit:
         return None
     if handoff is HandOff.PERSON:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.dialogue import FOLLOW_UP_RULES, Decision, HandOff, Message, channel_handoff, decide
+from models.dialogue import FOLLOW_UP_RULES, Decision, HandOff, Message, decide, failures_limit
 from models.settings import Settings
 from models.states import ReplySource
 from models.tables import ReplyRecord
@@ -24,8 +24,7 @@ from models.tables import ReplyRecord
 def conversation_state(session: Session, settings: Settings, conversation_id: int, before_inbound_id: int,
                        channel: str) -> tuple[bool, int]:
     """(the last reply was the ask-back, fallback replies in a row at the end) before an inbound."""
-    own = channel_handoff(settings, channel).after_failures
-    limit = max(1, settings.handoff_after_failures if own is None else own)
+    limit = max(1, failures_limit(settings, channel))  # one reply at least: the ask-back check reads the last
     rows = session.execute(
         select(ReplyRecord.text, ReplyRecord.source)
         .where(ReplyRecord.conversation_id == conversation_id, ReplyRecord.inbound_id < before_inbound_id)
