@@ -232,3 +232,35 @@ def test_a_guard_switched_off_is_reported(log: Log, capsys: pytest.CaptureFixtur
     assert "1 problem(s)\n" in captured.out  # no chain is broken
     if log.engine.dialect.name == "postgresql":  # the tests connect as the superuser
         assert "warning: connected as the audit log's owner or a superuser" in captured.err
+
+
+def test_a_tail_deleted_with_its_head_moved_back_is_found_only_against_anchors(
+        log: Log, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    anchors = tmp_path / "anchors.json"
+    assert main(["audit", "verify", "--anchors", str(anchors)]) == 0
+    with log.engine.connect() as conn:
+        new_end = conn.execute(select(AuditEvent.seq, AuditEvent.hash).where(AuditEvent.id == log.ids[-2])).one()
+    behind_kefus_back(log, "DELETE FROM audit_event WHERE id = :id",
+                      "UPDATE audit_chain SET seq = :seq, hash = :h WHERE chain = :c",
+                      id=log.ids[-1], seq=new_end.seq, h=new_end.hash, c=log.chain)
+    capsys.readouterr()
+    assert main(["audit", "verify"]) == 0  # a shorter chain that ends at its head: the chain alone cannot tell
+    assert main(["audit", "verify", "--anchors", str(anchors)]) == 1
+    out = capsys.readouterr().out
+    assert f"chain {log.chain} at row id {log.ids[-2]} " in out and "before the anchor recorded earlier" in out, out
+
+
+def test_no_chain_yet_or_an_unreadable_anchors_file_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    settings = Settings(data_dir=tmp_path)
+    upgrade(settings, "0004")
+    monkeypatch.setenv("KEFU_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("KEFU_SECRET_KEY", "k")
+    assert main(["audit", "verify"]) == 2
+    assert "run `kefu migrate`" in capsys.readouterr().err
+    upgrade(settings)
+    anchors = tmp_path / "anchors.json"
+    anchors.write_text('{"heads": {}}')
+    assert main(["audit", "verify", "--anchors", str(anchors)]) == 2
+    assert "not an anchors file" in capsys.readouterr().err
+    assert anchors.read_text() == '{"heads": {}}'  # left as it was
