@@ -3,8 +3,7 @@
 :meth:`FaqSync.poll` reads ``kb_state.revision`` (one single-row SELECT) and, when it moved, every FAQ entry, and
 installs them (ids ``kb:<row id>``) beside ``KEFU_FAQ``'s; the index is rebuilt there, in the polling thread, so a
 customer's message never waits for it. :meth:`FaqSync.start` polls at once and then every ``interval_s`` in a
-daemon thread (the gateway and the worker, each process its own); :meth:`FaqSync.poll_if_due` polls in the
-caller's thread when ``interval_s`` has passed.
+daemon thread (the gateway and the worker, each process its own).
 
 A database error is logged and the installed entries stay: a knowledge-base outage never stops the FAQ that was
 loaded, nor ``KEFU_FAQ``. Entries an operator deleted stop answering within ``interval_s``.
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,7 +29,6 @@ class FaqSync:
     def __init__(self, sessions: sessionmaker[Session], settings: Settings, interval_s: float = INTERVAL_S) -> None:
         self._sessions, self._settings, self._interval_s = sessions, settings, interval_s
         self._revision: int | None = None
-        self._polled_at = -float("inf")
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -39,7 +36,6 @@ class FaqSync:
     def poll(self) -> bool:
         """Look once; True when a new set of entries was installed."""
         with self._lock:
-            self._polled_at = time.monotonic()
             try:
                 with self._sessions() as session:
                     revision = store.revision(session)
@@ -57,10 +53,6 @@ class FaqSync:
             self._revision = revision
             log.info("knowledge-base revision %d: %d FAQ entries installed", revision, len(rows))
             return True
-
-    def poll_if_due(self) -> None:
-        if time.monotonic() - self._polled_at >= self._interval_s:
-            self.poll()
 
     def start(self) -> None:
         """Poll at once and then every ``interval_s``, in a daemon thread, until :meth:`stop` (a database that does
