@@ -72,17 +72,20 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                 conn.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
-def init_roles(stack: Stack) -> None:
-    """compose/postgres/init-roles.sh as the postgres image runs it, with the password files compose mounts."""
+def init_roles(stack: Stack, *, files: bool = True) -> None:
+    """compose/postgres/init-roles.sh as the postgres image runs it, with the password files compose mounts
+    (``files=False``: the passwords themselves in KEFU_OWNER_PASSWORD / KEFU_APP_PASSWORD)."""
     env = {**os.environ, "PGHOST": "127.0.0.1", "POSTGRES_USER": "postgres", "POSTGRES_DB": stack.database,
-           "KEFU_OWNER_ROLE": stack.owner, "KEFU_APP_ROLE": stack.app,
-           "KEFU_OWNER_PASSWORD_FILE": str(stack.secrets / "kefu_owner_password"),
-           "KEFU_APP_PASSWORD_FILE": str(stack.secrets / "kefu_app_password")}
+           "KEFU_OWNER_ROLE": stack.owner, "KEFU_APP_ROLE": stack.app}
+    passwords = {name: (stack.secrets / name.lower()).read_text().strip()  # kefu_owner_password, kefu_app_password
+                 for name in ("KEFU_OWNER_PASSWORD", "KEFU_APP_PASSWORD")}
+    for name, password in passwords.items():
+        env |= {f"{name}_FILE": str(stack.secrets / name.lower())} if files else {name: password}
     done = subprocess.run(["bash", str(COMPOSE / "postgres" / "init-roles.sh")], env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    for name in ("kefu_owner_password", "kefu_app_password"):
-        assert (stack.secrets / name).read_text().strip() not in done.stdout + done.stderr
+    for password in passwords.values():
+        assert password not in done.stdout + done.stderr
 
 
 def kefu(stack: Stack, cwd: Path, *argv: str, migrate: bool = False) -> subprocess.CompletedProcess[str]:
@@ -173,7 +176,7 @@ REFUSED = [
 
 def test_the_app_role_cannot_rewrite_the_audit_log_but_runs_the_pipeline(
         stack: Stack, tmp_path: Path, tiny_gguf: Path, redis_url: str) -> None:
-    init_roles(stack)
+    init_roles(stack, files=False)
     app_url = stack.url(stack.app)
     kefu_stack = start_stack("redis-postgres", tmp_path, tiny_gguf, app_url, redis_url,
                              migration_database_url=stack.url(stack.owner), database_app_role=stack.app)
