@@ -45,7 +45,8 @@ def test_a_redis_lease_that_was_taken_over_is_not_renewed_or_released(redis14: s
     with locks.lease("kfsync:kf:b", ttl_s=0.6) as held:
         assert held
         client.set("kefu:lock:kfsync:kf:b", "someone-else", px=60_000)  # it expired and another holder took it
-        wait_for(lambda: client.pttl("kefu:lock:kfsync:kf:b") < 59_000, timeout=10, interval=0.05)
+        wait_for(lambda: client.pttl("kefu:lock:kfsync:kf:b") < 59_000, timeout=10, interval=0.05)  # 5 ticks on
+        assert client.pttl("kefu:lock:kfsync:kf:b") > 58_000  # a renewal would have cut it to 0.6 s
     assert client.get("kefu:lock:kfsync:kf:b") == b"someone-else"  # neither renewed to 0.6 s nor deleted
     client.close()
 
