@@ -102,7 +102,7 @@ def faq_answer(settings: Settings, text: str) -> str | None:
     """The answer of the FAQ entry that matches the text confidently (models.knowledge.faq_cache), or None:
     a keyword rule whose keywords all occur, else the best question or similar question at or above
     ``settings.faq_threshold``. Below it the FAQ abstains; it never guesses."""
-    found = faq_cache.lookup(settings, text).answer
+    found = faq_cache.lookup(settings, text)
     return found.entry.answer if found is not None else None
 
 

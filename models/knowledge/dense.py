@@ -7,7 +7,8 @@ encoder's ranking with BM25's by :func:`reciprocal_rank_fusion`.
 
 The FAQ confidence (and so answering without the model) stays lexical: a cosine threshold means something only
 for one real model, calibrated on real data. TODO(issue 12): calibrate a dense confidence for a real embedding
-model and let it answer; until then dense retrieval only orders the candidates the model reads.
+model and let it answer; until then dense retrieval only orders what :meth:`FaqIndex.search` returns, which
+nothing outside bench/faq_eval.py reads (the model's sources come from workers/grounding.py's passage index).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from models.knowledge.faq import FaqEntry, fingerprint
-from models.knowledge.faq_index import FaqIndex, Lookup
+from models.knowledge.faq_index import FaqIndex, Match
 from models.settings import FaqEntry as SettingsFaqEntry
 from models.settings import Settings
 
@@ -83,6 +83,6 @@ install = _cache.install
 index_for = _cache.index_for
 
 
-def lookup(settings: Settings, text: str) -> Lookup:
-    """The FAQ's answer to ``text`` at ``settings.faq_threshold``, or its abstention with the candidates."""
+def lookup(settings: Settings, text: str) -> Match | None:
+    """The FAQ's answer to ``text`` at ``settings.faq_threshold``, or None (it abstains)."""
     return index_for(settings).lookup(text, settings.faq_threshold)

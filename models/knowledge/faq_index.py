@@ -10,12 +10,12 @@ overlap (cosine of the two token sets) of the customer's text and the matched ph
 best *other* entry (``MARGIN_WEIGHT``: two entries that fit equally well are a guess, not an answer; on the ATEC
 evaluation the margin quadrupled the answers given at a 3 % wrong-answer rate). An identical question scores 1 when
 no other entry shares its tokens. Tokens the FAQ never uses weigh as much as its rarest token, so an off-topic
-question scores low. :meth:`FaqIndex.lookup` answers only at or above the threshold and otherwise abstains, returning
-the candidates for the model to read. Entries written as keyword rules (``keywords``) answer when every keyword
-occurs in the text, with confidence 1 (the old ``KEFU_FAQ`` behaviour).
+question scores low. :meth:`FaqIndex.lookup` answers only at or above the threshold and otherwise abstains (None):
+the model answers then, grounded by :mod:`workers.grounding`'s own retrieval. Entries written as keyword rules
+(``keywords``) answer when every keyword occurs in the text, with confidence 1 (the old ``KEFU_FAQ`` behaviour).
 
-With a :class:`~models.knowledge.dense.DenseEncoder` the ranking fuses BM25's and the encoder's rankings by
-reciprocal rank fusion; the confidence stays lexical (see :mod:`models.knowledge.dense`).
+With a :class:`~models.knowledge.dense.DenseEncoder` the ranking of :meth:`FaqIndex.search` fuses BM25's and the
+encoder's rankings by reciprocal rank fusion; the confidence stays lexical (see :mod:`models.knowledge.dense`).
 
 Raises nothing for any text; building raises ``ValueError`` for an entry with neither a question nor keywords.
 """
@@ -31,7 +31,7 @@ import numpy as np
 from models.knowledge.bm25 import Bm25, idf
 from models.knowledge.dense import DenseEncoder, reciprocal_rank_fusion
 from models.knowledge.faq import FaqEntry, fingerprint
-from models.knowledge.tokens import normalize, tokens
+from models.knowledge.tokens import tokens
 
 DEFAULT_THRESHOLD = 0.3  # chosen on tests/data/faq/atec_faq_tune.json: wrong answers <= 3 % there and on the held-out set
 MARGIN_WEIGHT = 1.0
@@ -46,14 +46,6 @@ class Match:
     entry: FaqEntry
     confidence: float  # 0..1; 1 for an identical phrasing or a keyword rule
     phrasing: str  # the question or similar question that matched ("" for a keyword rule)
-
-
-@dataclass(frozen=True, slots=True)
-class Lookup:
-    """The answer when confident, else nothing, with the best candidates either way (best first)."""
-
-    answer: Match | None
-    candidates: tuple[Match, ...]
 
 
 class FaqIndex:
@@ -116,16 +108,14 @@ class FaqIndex:
                 return Match(entry, 1.0, "")
         return None
 
-    def lookup(self, text: str, threshold: float = DEFAULT_THRESHOLD, k: int = 5) -> Lookup:
-        """Answer when a keyword rule matches or the best entry's confidence reaches ``threshold``; else abstain."""
+    def lookup(self, text: str, threshold: float = DEFAULT_THRESHOLD) -> Match | None:
+        """The answer: a keyword rule that matches, else the best entry when its confidence reaches ``threshold``;
+        None (abstain) otherwise."""
         rule = self.keyword_rule(text)
-        candidates = self.search(text, k) if normalize(text) else ()
         if rule is not None:
-            return Lookup(rule, (rule, *(c for c in candidates if c.entry is not rule.entry)))
-        best = max(candidates, key=lambda c: c.confidence, default=None)
-        if best is not None and best.confidence >= threshold:
-            return Lookup(best, candidates)
-        return Lookup(None, candidates)
+            return rule
+        best = max(self.search(text), key=lambda c: c.confidence, default=None)
+        return best if best is not None and best.confidence >= threshold else None
 
 
 def _phrasings(entries: Sequence[FaqEntry]) -> tuple[list[int], list[str]]:
