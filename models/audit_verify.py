@@ -54,7 +54,8 @@ class Finding:
         if self.chain is None and self.id is None:
             return self.problem
         where = f"chain {self.chain}" if self.chain is not None else "no chain"
-        row = f" at row id {self.id} (seq {self.seq})" if self.id is not None else ""
+        row = f" at row id {self.id}" if self.id is not None else ""
+        row += f" (seq {self.seq})" if self.id is not None and self.seq is not None else ""
         return f"{where}{row}: {self.problem}"
 
 

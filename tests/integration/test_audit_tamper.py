@@ -8,6 +8,7 @@ triggers dropped), and checks that verify exits 1 naming the chain and the row w
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -168,7 +169,8 @@ def test_verify_finds_each_tampering_and_says_where(log: Log, case: str, capsys:
     assert main(["audit", "verify"]) == 1
     out = capsys.readouterr().out
     first = next(line for line in out.splitlines() if line.startswith("TAMPERED"))
-    assert f"at row id {where} " in first and problem in first, out
+    assert re.search(rf"at row id {where}( \(seq \d+\))?: ", first) and problem in first, out
+    assert "None" not in out, out
     assert "in 1 chain(s)" in out, out  # only the chain that was touched
 
 
