@@ -123,11 +123,6 @@ def person_request(settings: Settings, message: Message) -> Verdict:
     return detect(message.text, (*settings.handoff_keywords, *own.phrases)).verdict
 
 
-def wants_human(settings: Settings, text: str) -> bool:
-    """True when the customer clearly asks for a person (an UNCLEAR message is asked back, not handed off)."""
-    return person_request(settings, Message(text)) is Verdict.REQUEST
-
-
 def _to_person(settings: Settings, handoff: HandOff, why: str, notice: str) -> Decision:
     if handoff is HandOff.PERSON:
         return Decision(Action.HAND_OFF, why, notice, ReplySource.HANDOFF)

@@ -11,11 +11,17 @@ from models.dialogue import (
     Message,
     decide,
     fallback_reply,
+    person_request,
     prompt_hint,
-    wants_human,
 )
+from models.handoff_detect import Verdict
 from models.settings import Settings
 from models.states import ReplySource
+
+
+def wants_human(settings: Settings, text: str) -> bool:
+    """The message clearly asks for a person (handed off at once; an UNCLEAR one is asked back)."""
+    return person_request(settings, Message(text)) is Verdict.REQUEST
 
 
 @pytest.mark.parametrize("text", ["转人工", "我要转人工！", "人工", "人工。", "请帮我找人工客服", "有真人客服吗？"])

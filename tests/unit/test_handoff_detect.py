@@ -12,7 +12,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from channels.base import HandOffPort
-from models.dialogue import Action, Decision, HandOff, Message, decide, wants_human
+from models.dialogue import Action, Decision, HandOff, Message, decide, person_request
 from models.envelope import ConversationKey
 from models.handoff_detect import Verdict, detect, is_yes, negative_word
 from models.infra.db import make_engine, make_session_factory, transaction
@@ -154,7 +154,7 @@ def test_per_channel_settings() -> None:
     assert decide(settings, Message("叫掌柜的来", channel="wecom_kf"), HandOff.PERSON).action is Action.HAND_OFF
     assert decide(settings, Message("叫掌柜的来", channel="wechat_mp"), HandOff.PERSON).action is Action.GENERATE
     assert decide(settings, Message("嗯", channel="wecom_kf", failed_answers=1), HandOff.PERSON).why == "failed_answers"
-    assert wants_human(settings, "转人工")  # no channel: the global settings
+    assert person_request(settings, Message("转人工")) is Verdict.REQUEST  # no channel: the global settings
 
 
 # ---- the worker's follow-up: what the stored replies say -------------------------------------------------------
