@@ -117,7 +117,7 @@ def seal_and_verify(rows: int) -> tuple[float, float, int]:
                     "SELECT now(), 'received', 'web', i, i, json_build_object('chars', i % 500, 'step', 0) "
                     "FROM generate_series(1, :n) AS i"), {"n": rows})
             began = time.monotonic()
-            upgrade(settings)
+            upgrade(settings, "0005")
             sealed = time.monotonic() - began
             report = verify(engine)
             assert report.clean, report.findings
