@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.stats import pct
 from models.knowledge.faq import FaqEntry
 from models.knowledge.faq_index import DEFAULT_THRESHOLD, FaqIndex
 from models.knowledge.tokens import normalize
@@ -137,11 +138,9 @@ def latency(entries: list[FaqEntry], queries: list[tuple[str, str | None]]) -> N
             start = time.perf_counter()
             decide(settings, Message(text), HandOff.PERSON)
             times.append(time.perf_counter() - start)
-    times.sort()
-    p99 = times[int(len(times) * 0.99)]
     print(f"\nindex of {len(big)} entries built in {built:.2f} s (jieba already loaded: about 1 s more, once per process)")
     print(f"decide() with that FAQ, {len(times)} calls: p50 {statistics.median(times) * 1e3:.2f} ms, "
-          f"p99 {p99 * 1e3:.2f} ms, max {times[-1] * 1e3:.2f} ms; at 200 messages/s that is "
+          f"p99 {pct(times, 99):.2f} ms, max {max(times) * 1e3:.2f} ms; at 200 messages/s that is "
           f"{200 * statistics.mean(times):.0%} of one core")
 
 
