@@ -23,8 +23,6 @@ RRF_K = 60  # the constant of Cormack et al. (2009); ranks past a few dozen bare
 
 
 class DenseEncoder(Protocol):
-    fingerprint: str  # the model file (and its settings): an index built with another encoder is rebuilt
-
     def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """One L2-normalised row per text."""
         ...

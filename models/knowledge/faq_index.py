@@ -1,7 +1,7 @@
 """The in-memory FAQ index: BM25 over every phrasing of every entry, a confidence, and abstention.
 
-:class:`FaqIndex` is built once from a sequence of :class:`~models.knowledge.faq.FaqEntry` (its ``fingerprint``
-says from which) and then only read, so one index is shared by every thread. Each entry's question and each of
+:class:`FaqIndex` is built once from a sequence of :class:`~models.knowledge.faq.FaqEntry` and then only read,
+so one index is shared by every thread. Each entry's question and each of
 its similar questions (相似问) is one BM25 document (:class:`~models.knowledge.bm25.Bm25` over
 :func:`~models.knowledge.tokens.tokens`); an entry scores as its best phrasing.
 
@@ -30,7 +30,7 @@ import numpy as np
 
 from models.knowledge.bm25 import Bm25, idf
 from models.knowledge.dense import DenseEncoder, reciprocal_rank_fusion
-from models.knowledge.faq import FaqEntry, fingerprint
+from models.knowledge.faq import FaqEntry
 from models.knowledge.tokens import tokens
 
 DEFAULT_THRESHOLD = 0.3  # chosen on tests/data/faq/atec_faq_tune.json: wrong answers <= 3 % there and on the held-out set
@@ -51,7 +51,6 @@ class Match:
 class FaqIndex:
     def __init__(self, entries: Sequence[FaqEntry], encoder: DenseEncoder | None = None) -> None:
         self.entries = tuple(entries)
-        self.fingerprint = fingerprint(self.entries) + (f"+{encoder.fingerprint}" if encoder else "")
         self._keyword_rules = [e for e in self.entries if e.keywords]
         self._owner, self._phrasings = _phrasings(self.entries)  # phrasing -> index of its entry; the phrasings
         self._tokens = [frozenset(tokens(text)) for text in self._phrasings]
@@ -61,9 +60,6 @@ class FaqIndex:
         self._norms = [math.sqrt(sum(self._idf[t] for t in toks)) for toks in self._tokens]
         self._encoder = encoder
         self._vectors = encoder.encode(self._phrasings) if encoder is not None and self._phrasings else None
-
-    def __len__(self) -> int:
-        return len(self.entries)
 
     def search(self, text: str, k: int = 5) -> tuple[Match, ...]:
         """The ``k`` best entries for ``text``, best first, each with its confidence; () for a text longer than

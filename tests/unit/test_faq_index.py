@@ -67,7 +67,6 @@ def test_an_entry_needs_a_question_or_keywords() -> None:
 def test_fingerprint_follows_content() -> None:
     changed = (SHOP[0], FaqEntry("invoice", "怎么开发票？", "只开电子发票。", SHOP[1].similar))
     assert fingerprint(SHOP[:2]) == fingerprint(SHOP[:2]) != fingerprint(changed)
-    assert FaqIndex(SHOP).fingerprint == FaqIndex(SHOP).fingerprint
 
 
 def test_reciprocal_rank_fusion_prefers_agreement() -> None:
@@ -76,8 +75,6 @@ def test_reciprocal_rank_fusion_prefers_agreement() -> None:
 
 class SlotEncoder:
     """A stand-in encoder (tests only): texts named in ``slots`` share a one-hot vector, any other text another."""
-
-    fingerprint = "fake"
 
     def __init__(self, slots: dict[str, int], size: int = 4) -> None:
         self.slots, self.size = slots, size
@@ -94,7 +91,6 @@ def test_a_dense_encoder_adds_candidates_bm25_cannot_see() -> None:
     encoder = SlotEncoder({query: 0, "几点发货？": 0})  # the encoder "knows" it means shipping
     fused, lexical = FaqIndex(SHOP[:3], encoder), FaqIndex(SHOP[:3])
     assert lexical.search(query) == ()
-    assert fused.fingerprint.endswith("+fake")
     assert fused.search(query)[0].entry.id == "ship"
     assert fused.lookup(query) is None  # answering stays lexical
 

@@ -34,9 +34,7 @@ class EmbeddingError(RuntimeError):
 
 class LlamaEncoder:
     def __init__(self, path: Path, n_threads: int | None = None, n_ctx: int = 512) -> None:
-        stat = path.stat()
         self.path, self.n_threads, self.n_ctx = path, n_threads, n_ctx
-        self.fingerprint = f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"
         self._lock = threading.Lock()
         self._model: Any = None
 
