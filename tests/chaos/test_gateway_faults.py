@@ -15,78 +15,20 @@ Promises checked:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 
-from models.infra.db import make_engine, make_session_factory
-from models.infra.migrate import upgrade
-from models.settings import Settings
 from models.tables import AuditEvent, InboundRecord
-from tests.chaos.faults import FaultProxy
-from tests.conftest import as_env, settings_kwargs
+from tests.chaos.conftest import Proxied
 from tests.integration.conftest import Stack, settled, wait_for
 from tests.integration.test_reliability import backdate, kinds, reply_count
-from workers import runtime as worker_runtime
 from workers import sweeper, tasks
-from workers.demo.processes import GatewayThread, WorkerProcess
 
 # The client gives up after this: past the 5 s in which WeChat and WeCom expect an answer.
 CLIENT_TIMEOUT_S = 15.0
-
-
-@dataclass
-class Proxied:
-    stack: Stack
-    proxy: FaultProxy
-
-
-def _proxied_stack(tmp_path: Path, model: Path, pg: str, rds: str, gateway_update: Any) -> Iterator[Proxied]:
-    values = settings_kwargs("redis-postgres", tmp_path, model, pg, rds)
-    settings = Settings(**values)
-    upgrade(settings)
-    worker = WorkerProcess(as_env(values), tmp_path / "worker.log")
-    host, port = gateway_update["target"]
-    proxy = FaultProxy(host, port)
-    gateway = GatewayThread(settings.model_copy(update=gateway_update["settings"](proxy))).start()
-    stack = Stack("redis-postgres", settings, gateway, worker, make_session_factory(make_engine(settings)),
-                  as_env(values))
-    try:
-        assert worker.wait(timeout=120), (tmp_path / "worker.log").read_text()[-3000:]
-        worker_runtime.configure(settings)
-        yield Proxied(stack, proxy)
-    finally:
-        proxy.passthrough()
-        stack.close()
-        proxy.close()
-        worker_runtime.shutdown()
-
-
-@pytest.fixture
-def hung_broker(tmp_path: Path, tiny_gguf: Path, pg_url: str, redis_url: str) -> Iterator[Proxied]:
-    """The gateway's broker and Redis (bus, kv, locks) go through the proxy."""
-    db = redis_url.rsplit("/", 1)[1]
-    yield from _proxied_stack(tmp_path, tiny_gguf, pg_url, redis_url, {
-        "target": ("127.0.0.1", 6379),
-        "settings": lambda proxy: {"broker_url": proxy.url("redis", f"/{db}"), "redis_url": proxy.url("redis", f"/{db}")},
-    })
-
-
-@pytest.fixture
-def black_holed_db(tmp_path: Path, tiny_gguf: Path, pg_url: str, redis_url: str) -> Iterator[Proxied]:
-    """The gateway's PostgreSQL goes through the proxy."""
-    url = httpx.URL(pg_url.replace("postgresql+psycopg://", "http://"))
-    yield from _proxied_stack(tmp_path, tiny_gguf, pg_url, redis_url, {
-        "target": (url.host, url.port or 5432),
-        "settings": lambda proxy: {"database_url": pg_url.replace(f"{url.host}:{url.port or 5432}",
-                                                                  f"127.0.0.1:{proxy.port}")},
-    })
 
 
 def _post(stack: Stack, visitor: tuple[str, str], text: str, client_msg_id: str) -> tuple[int, dict[str, Any], float]:

@@ -31,7 +31,7 @@ from models.infra.db import transaction
 from models.replies import Answer, store_reply
 from models.states import DeliveryStatus, ReplySource
 from models.tables import DeliveryRecord, InboundRecord, ReplyRecord
-from tests.chaos.test_gateway_faults import Proxied, black_holed_db  # noqa: F401  (a fixture, used by name)
+from tests.chaos.conftest import Proxied
 from tests.integration.conftest import Stack, recv_until, start_stack
 
 CAP = 5  # KEFU_WEB_MAX_SOCKETS_PER_VISITOR's default
@@ -46,7 +46,7 @@ def _alive(ws: ClientConnection) -> None:
     recv_until(ws, _is("pong"), timeout=30)
 
 
-def test_a_database_outage_keeps_sockets_open_and_degraded(black_holed_db: Proxied) -> None:  # noqa: F811
+def test_a_database_outage_keeps_sockets_open_and_degraded(black_holed_db: Proxied) -> None:
     stack, proxy = black_holed_db.stack, black_holed_db.proxy
     _, token = stack.visitor()
     with stack.ws(token) as old:
