@@ -1,6 +1,6 @@
 """Knowledge-base retrieval in the worker: speed on 10,000 passages, and what it finds on real customer questions.
 
-    .venv/bin/python bench/kb_retrieval.py [--passages 10000] [--repeat 5]
+    .venv/bin/python -m bench.kb_retrieval [--passages 10000] [--repeat 5]
 
 Data: the ATEC 2018 customer-service question sets in tests/data/faq/ (tune + check; source and licence in
 tests/data/README.md).
@@ -19,7 +19,6 @@ tests/data/README.md).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import statistics
@@ -27,73 +26,61 @@ import tempfile
 import time
 from pathlib import Path
 
-from models.knowledge.passage_index import PassageIndex
+from bench.faq_eval import DATA, load
+from bench.stats import pct
+from models.knowledge.faq import FaqEntry
+from models.knowledge.passage_index import MIN_COVERAGE, PassageIndex
 
-DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "faq"
-
-
-def load(name: str) -> dict[str, list[dict[str, object]]]:
-    data: dict[str, list[dict[str, object]]] = json.loads((DATA / f"atec_faq_{name}.json").read_text(encoding="utf-8"))
-    return data
+Queries = list[tuple[str, str | None]]  # (text, the id of the entry it paraphrases; None for an unrelated question)
 
 
-def phrasings(entry: dict[str, object]) -> list[str]:
-    return [str(entry["question"]), *(str(s) for s in entry.get("similar", []) or [])]  # type: ignore[attr-defined]
+def sets() -> dict[str, tuple[list[FaqEntry], Queries]]:
+    return {part: load(DATA / f"atec_faq_{part}.json") for part in ("tune", "check")}
+
+
+def retrieval(entries: list[FaqEntry], queries: Queries, floor: float = MIN_COVERAGE) -> dict[str, float]:
+    """One passage per entry (its phrasings); for the paraphrases hit@1, hit@3 and how often nothing came back,
+    for the unrelated questions how often something did (``found``; ``negatives`` of them)."""
+    index = PassageIndex(["\n".join(e.questions) for e in entries], min_coverage=floor)
+    position = {e.id: n for n, e in enumerate(entries)}
+    hit1 = hit3 = empty = positives = negatives = found = 0
+    for text, expect in queries:
+        hits = [p for p, _ in index.search(text, 3)]
+        if expect is None:
+            negatives, found = negatives + 1, found + bool(hits)
+            continue
+        want = position[expect]
+        positives, hit1, hit3, empty = positives + 1, hit1 + (hits[:1] == [want]), hit3 + (want in hits), empty + (not hits)
+    return {"hit1": hit1 / positives, "hit3": hit3 / positives, "empty": empty / positives, "positives": positives,
+            "found": found / max(negatives, 1), "negatives": negatives}
 
 
 def quality() -> None:
-    check = load("check")
-    entries = check["entries"]
-    index = PassageIndex(["\n".join(phrasings(e)) for e in entries])
-    position = {str(e["id"]): n for n, e in enumerate(entries)}
-    hit1 = hit3 = empty_pos = positives = negatives = found_neg = 0
-    for query in check["queries"]:
-        hits = [p for p, _ in index.search(str(query["text"]), 3)]
-        expect = query.get("expect")
-        if expect is None:
-            negatives += 1
-            found_neg += bool(hits)
-            continue
-        positives += 1
-        want = position[str(expect)]
-        hit1 += bool(hits) and hits[0] == want
-        hit3 += want in hits
-        empty_pos += not hits
-    print(f"quality on ATEC check ({len(entries)} passages; {positives} paraphrase queries, {negatives} unrelated):")
-    print(f"  paraphrases: hit@1 {hit1 / positives:.1%}, hit@3 {hit3 / positives:.1%}, nothing found "
-          f"{empty_pos / positives:.1%}")
-    print(f"  unrelated questions: nothing found {1 - found_neg / max(negatives, 1):.1%} "
-          f"(some passage found {found_neg / max(negatives, 1):.1%} — the model is then told what it may use)")
+    entries, queries = sets()["check"]
+    r = retrieval(entries, queries)
+    print(f"quality on ATEC check ({len(entries)} passages; {r['positives']} paraphrase queries, {r['negatives']} "
+          "unrelated):")
+    print(f"  paraphrases: hit@1 {r['hit1']:.1%}, hit@3 {r['hit3']:.1%}, nothing found {r['empty']:.1%}")
+    print(f"  unrelated questions: nothing found {1 - r['found']:.1%} "
+          f"(some passage found {r['found']:.1%} — the model is then told what it may use)")
 
 
 def floors() -> None:
     """hit@3 and how many unrelated questions still get a passage, for several coverage floors, on both sets."""
     print("coverage floor: hit@3 / unrelated questions that still get a passage")
+    data = sets()
     for floor in (0.12, 0.2, 0.3, 0.4, 0.5):
-        cells = []
-        for part in ("tune", "check"):
-            data = load(part)
-            entries = data["entries"]
-            position = {str(e["id"]): n for n, e in enumerate(entries)}
-            index = PassageIndex(["\n".join(phrasings(e)) for e in entries], min_coverage=floor)
-            hits, positives, found, negatives = 0, 0, 0, 0
-            for query in data["queries"]:
-                got = [p for p, _ in index.search(str(query["text"]), 3)]
-                if query.get("expect") is None:
-                    negatives, found = negatives + 1, found + bool(got)
-                else:
-                    positives, hits = positives + 1, hits + (position[str(query["expect"])] in got)
-            cells.append(f"{part}: {hits / positives:.1%} / {found / negatives:.1%} of {negatives}")
+        cells = [f"{part}: {r['hit3']:.1%} / {r['found']:.1%} of {r['negatives']}"
+                 for part, r in ((part, retrieval(*data[part], floor)) for part in ("tune", "check"))]
         print(f"  {floor:.2f}  " + "   ".join(cells))
 
 
 def passages(n: int) -> tuple[list[str], list[str]]:
-    tune, check = load("tune"), load("check")
-    pool = [p for part in (tune, check) for e in part["entries"] for p in phrasings(e)]
-    pool += [str(q["text"]) for part in (tune, check) for q in part["queries"]]
+    data = sets()
+    queries = [text for part in ("tune", "check") for text, _ in data[part][1]]
+    pool = [p for part in ("tune", "check") for e in data[part][0] for p in e.questions] + queries
     rng = random.Random(12)
     texts = ["。".join(rng.sample(pool, rng.randint(8, 16))) + "。" for _ in range(n)]
-    queries = [str(q["text"]) for part in (tune, check) for q in part["queries"]]
     return texts, queries
 
 
@@ -107,13 +94,11 @@ def speed(n: int, repeat: int) -> None:
         for query in queries:
             t = time.perf_counter()
             index.search(query, 3)
-            samples.append((time.perf_counter() - t) * 1000)
-    samples.sort()
-    p99 = samples[int(len(samples) * 0.99) - 1]
+            samples.append(time.perf_counter() - t)
     print(f"speed: {n:,} passages (mean {statistics.mean(len(t) for t in texts):.0f} characters), index built in "
           f"{built:.2f} s")
-    print(f"  search(k=3): {len(samples):,} real queries: p50 {statistics.median(samples):.2f} ms, p99 {p99:.2f} ms, "
-          f"max {samples[-1]:.2f} ms")
+    print(f"  search(k=3): {len(samples):,} real queries: p50 {pct(samples, 50):.2f} ms, p99 {pct(samples, 99):.2f} ms, "
+          f"max {max(samples) * 1e3:.2f} ms")
     refresh(texts)
 
 
