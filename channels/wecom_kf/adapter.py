@@ -40,9 +40,8 @@ def recorded_key(account: str, timestamp: str, nonce: str) -> str:
 def request_sync(sessions: sessionmaker[Session], publisher: Publisher, kv: KV, account: str, open_kfid: str,
                  sync_token: str | None) -> None:
     """Record that there is news for (account, open_kfid) and publish the pull unless one is on its way;
-    durable before it returns."""
-    if sync_token:
-        kv.set(sync_token_key(account, open_kfid), sync_token, SYNC_TOKEN_TTL_S)
+    durable before it returns, and before the KV store is touched (the guard lets an encrypted callback through
+    while that store is down: a failure after this point costs a delay, not the news)."""
     with transaction(sessions) as session:
         insert_ignoring_conflict(session, KfCursorRecord,
                                  {"account": account, "open_kfid": open_kfid, "cursor": None, "requested": 0,
@@ -51,6 +50,8 @@ def request_sync(sessions: sessionmaker[Session], publisher: Publisher, kv: KV, 
         session.execute(update(KfCursorRecord)
                         .where(KfCursorRecord.account == account, KfCursorRecord.open_kfid == open_kfid)
                         .values(requested=KfCursorRecord.requested + 1, requested_at=utcnow()))
+    if sync_token:
+        kv.set(sync_token_key(account, open_kfid), sync_token, SYNC_TOKEN_TTL_S)
     if not queued.claim(kv, account, open_kfid):
         return  # the queued pull reads what was just recorded: it reads ``requested`` after clearing the mark
     try:

@@ -23,6 +23,7 @@ from channels.wechat_fake import FakeWeChat
 from channels.wecom_kf.adapter import WeComKfAdapter, request_sync
 from channels.wecom_kf.config import account, credentials
 from channels.wecom_kf.sync import KfSync
+from models.infra.kv import RedisKV
 from models.infra.migrate import upgrade
 from models.settings import Settings
 from models.tables import KfCursorRecord
@@ -140,6 +141,23 @@ def test_a_platform_retry_of_the_callback_queues_no_extra_pull(world: KfWorld) -
         assert adapter.handle(found, callback.params, callback.body) == ""
     assert len(publisher.pulls) == 1
     assert world.cursor(kfid).requested == 1
+
+
+def test_news_is_recorded_while_the_kv_store_is_down(world: KfWorld) -> None:
+    """The guard lets an encrypted kf callback through without its nonce store (Redis); the news must then be in
+    the database before the adapter touches that store, or it is lost once WeChat's retries are spent."""
+    kfid = "wkKvDown001"
+    rt = world.rt
+    down = RedisKV("redis://127.0.0.1:1/0", timeout_s=0.5)  # nothing listens on port 1: refused at once
+    adapter = WeComKfAdapter(ChannelContext(settings=world.settings, ingress=rt.ingress, kv=down, listener=None,  # type: ignore[arg-type]
+                                            sessions=rt.sessions, publisher=RecordingPublisher(),  # type: ignore[arg-type]
+                                            handoff=rt.handoff("wecom_kf")))
+    found = adapter.account("kf")
+    assert found is not None
+    callback = wp.corp_callback(wp.kf_event_xml(kfid))  # carries a sync Token, kept in the KV store
+    with pytest.raises(redis.RedisError):  # the platform gets a 5xx and retries
+        adapter.handle(found, callback.params, callback.body)
+    assert world.cursor(kfid).requested == 1  # durable: the sweeper publishes the pull once the store is back
 
 
 CHILD = """
