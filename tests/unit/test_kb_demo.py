@@ -3,17 +3,22 @@ hits answered with the sheet's exact text by ``decide()``, the other two reach t
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from models.dialogue import Action, HandOff, Message, decide
-from models.knowledge import faq_cache, readers
-from models.knowledge.faq import FaqEntry
-from models.knowledge.passage_index import PassageIndex
+from models.infra.db import make_session_factory
+from models.knowledge import faq_cache, store
+from models.knowledge.faq_sync import FaqSync
 from models.settings import Settings
 from workers.demo.run import DEMO_KB, QUESTIONS
+from workers.grounding import Knowledge
+from workers.kb_command import import_paths
 
 FAQ_HITS = {
     "你好，我昨天下的订单什么时候能发货？": "付款后 24 小时内发货",
@@ -24,11 +29,12 @@ TO_THE_MODEL = {"那可以改成顺丰快递吗？": "快递公司", "Do you shi
 
 
 @pytest.fixture
-def documents(clean_env: Path) -> Iterator[list[readers.ParsedDocument]]:
-    found = [readers.read(path) for path in sorted(DEMO_KB.iterdir())]
-    faq_cache.install([FaqEntry(f"kb:{n}", row.question, row.answer, row.similar)
-                       for n, row in enumerate(r for d in found for r in d.faq)])
-    yield found
+def sessions(db: Engine, clean_env: Path) -> Iterator[sessionmaker[Session]]:
+    """The demo's knowledge base imported as ``kefu demo`` does, its FAQ installed as a process's FaqSync does."""
+    sessions = make_session_factory(db)
+    assert import_paths(sessions, [str(DEMO_KB)], out=io.StringIO()) == 0
+    assert FaqSync(sessions, Settings(data_dir=clean_env / "var")).poll()
+    yield sessions
     faq_cache.install([])
 
 
@@ -36,17 +42,18 @@ def test_every_demo_question_is_covered() -> None:
     assert {q for _, q in QUESTIONS} == FAQ_HITS.keys() | TO_THE_MODEL.keys()
 
 
-def test_faq_hits_are_answered_with_the_exact_text(documents: list[readers.ParsedDocument]) -> None:
-    answers = {row.answer for d in documents for row in d.faq}
+def test_faq_hits_are_answered_with_the_exact_text(sessions: sessionmaker[Session]) -> None:
+    with sessions() as session:
+        answers = {row.answer for row in store.faq_rows(session)}
     for question, start in FAQ_HITS.items():
         decision = decide(Settings(), Message(question), HandOff.NOBODY)
         assert (decision.action, decision.why) == (Action.ANSWER, "faq"), question
         assert decision.text in answers and decision.text.startswith(start)
 
 
-def test_the_others_go_to_the_model_with_the_passage_that_answers(documents: list[readers.ParsedDocument]) -> None:
-    passages = [(d.title, p.heading, p.text) for d in documents for p in d.passages]
-    index = PassageIndex(["\n".join(p) for p in passages])
+def test_the_others_go_to_the_model_with_the_passage_that_answers(sessions: sessionmaker[Session]) -> None:
+    knowledge = Knowledge(sessions)
     for question, heading in TO_THE_MODEL.items():
         assert decide(Settings(), Message(question), HandOff.NOBODY).action is Action.GENERATE
-        assert heading in [passages[at][1] for at, _ in index.search(question, 3)], question
+        grounding = knowledge.lookup(question)
+        assert grounding is not None and heading in [s.heading for s in grounding.sources], question
