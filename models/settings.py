@@ -68,7 +68,6 @@ class FaqEntry(BaseModel):
     answer: str
     question: str = ""
     similar: list[str] = Field(default_factory=list)
-    tags: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _question_or_keywords(self) -> FaqEntry:

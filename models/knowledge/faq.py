@@ -22,7 +22,6 @@ class FaqEntry:
     question: str  # the standard question (标准问); "" for a keyword-only entry
     answer: str
     similar: tuple[str, ...] = ()  # other ways customers ask it (相似问)
-    tags: tuple[str, ...] = ()
     keywords: tuple[str, ...] = ()  # the keyword rule: all of them occur in the text (case-insensitive)
 
     @property
@@ -39,7 +38,7 @@ def fingerprint(entries: Iterable[FaqEntry]) -> str:
     """A digest of the entries' content and order: an index built from equal fingerprints is the same index."""
     digest = hashlib.sha256()
     for e in entries:
-        digest.update(json.dumps([e.id, e.question, e.answer, e.similar, e.tags, e.keywords],
+        digest.update(json.dumps([e.id, e.question, e.answer, e.similar, e.keywords],
                                  ensure_ascii=False).encode())
         digest.update(b"\n")
     return digest.hexdigest()

@@ -26,7 +26,7 @@ from models.settings import Settings
 
 
 def from_settings(entries: Sequence[SettingsFaqEntry]) -> tuple[FaqEntry, ...]:
-    return tuple(FaqEntry(f"settings:{n}", e.question.strip(), e.answer, tuple(e.similar), tuple(e.tags),
+    return tuple(FaqEntry(f"settings:{n}", e.question.strip(), e.answer, tuple(e.similar),
                           tuple(k for k in e.keywords if k.strip())) for n, e in enumerate(entries))
 
 
