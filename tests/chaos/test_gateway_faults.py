@@ -5,8 +5,8 @@ only learns by timing out. The gateway runs in this process with its broker/Redi
 :class:`~tests.chaos.faults.FaultProxy`; the worker and the sweeper use the real servers.
 
 Promises checked:
-- hung broker: every POST is answered 202, its message stored with a ``queue_failed`` audit; once the broker
-  answers again the sweeper publishes each and each is answered exactly once.
+- hung broker: every POST is answered 202, its message stored with a ``queue_failed`` audit, and ``/readyz`` is a
+  503 naming the broker; once the broker answers again the sweeper publishes each and each is answered exactly once.
 - black-holed database: a POST gets a JSON 503 and ``/readyz`` a 503 naming the database, both within the
   client's timeout (they hung for ever before); 16 concurrent POSTs all get theirs; when the database answers
   again the gateway serves again.
@@ -53,6 +53,9 @@ def test_a_hung_broker_costs_a_bounded_time_and_the_sweeper_publishes_later(hung
     assert all(kinds(stack, i) == ["received", "queue_failed"] for i in ids)
     with stack.sessions() as s:
         assert set(s.scalars(select(InboundRecord.status).where(InboundRecord.id.in_(ids)))) == {"received"}
+    with httpx.Client(base_url=stack.gateway.http_url, timeout=CLIENT_TIMEOUT_S) as http:
+        ready = http.get("/readyz")  # the broker's open connection still "connects": only a PING notices
+    assert ready.status_code == 503 and ready.json()["checks"]["broker"].startswith("unreachable"), ready.json()
 
     proxy.passthrough()
     for i in ids:
