@@ -139,9 +139,7 @@ class Publisher:
         self._send(PULL, (channel, account, source), countdown=countdown, **ROUTES[PULL])
 
     def ping(self, timeout: float) -> None:
-        """A round trip to the broker (Redis: PING), not only a connect: a hung broker accepts connections."""
+        """A round trip to the broker on a new connection: kombu's Redis transport PINGs when it connects, so a
+        hung broker (it accepts connections, never answers) fails this too."""
         with self._celery.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
-            client = getattr(conn.default_channel, "client", None)
-            if client is not None and callable(getattr(client, "ping", None)):
-                client.ping()
