@@ -171,9 +171,9 @@ class WeChatMPOutbound(Outbound):
         parts = wx.split_utf8(truncation.outgoing_text(self.deps.sessions, reply))
         attempts = SendAttempts(self.deps.sessions, reply)
         for index in range(progress.parts_sent, len(parts)):
-            attempts.begin(index, idempotent=False)  # the API takes no idempotency key
-            self.deps.platform.post(app, "/cgi-bin/message/custom/send",
-                                    {"touser": reply.key.peer, "msgtype": "text", "text": {"content": parts[index]}})
+            with attempts.sending(index, idempotent=False):  # the API takes no idempotency key
+                self.deps.platform.post(app, "/cgi-bin/message/custom/send", {
+                    "touser": reply.key.peer, "msgtype": "text", "text": {"content": parts[index]}})
             progress.record(index + 1)
 
 

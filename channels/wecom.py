@@ -104,11 +104,11 @@ class WeComOutbound(Outbound):
         attempts = SendAttempts(self.deps.sessions, reply)
         for index in range(progress.parts_sent, len(parts)):
             # no idempotency key (enable_duplicate_check compares content: it would drop a repeated answer)
-            attempts.begin(index, idempotent=False)
-            answer = self.deps.platform.post(credentials(found), "/cgi-bin/message/send", {
-                "touser": reply.key.peer, "msgtype": "text", "agentid": found.agentid,
-                "text": {"content": parts[index]},
-            })
+            with attempts.sending(index, idempotent=False):
+                answer = self.deps.platform.post(credentials(found), "/cgi-bin/message/send", {
+                    "touser": reply.key.peer, "msgtype": "text", "agentid": found.agentid,
+                    "text": {"content": parts[index]},
+                })
             if answer.get("invaliduser"):
                 raise DeliveryPermanent("the member is not in this app's visible range (invaliduser)")
             progress.record(index + 1)

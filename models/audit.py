@@ -49,6 +49,7 @@ KB_DELETED = "kb_deleted"  # a knowledge-base document removed: document id, ver
 KB_USED = "kb_used"  # the knowledge-base passages and FAQ entries (ids) a model answer was given
 TRUNCATED = "truncated"  # a WeChat-family text (or transcription) over max_text_chars was cut: chars received, kept
 SEND_ATTEMPTED = "send_attempted"  # a part of a reply is about to be sent (part); written before the platform call
+SEND_REFUSED = "send_refused"  # the platform answered a part's send with an errcode: it does not have that part
 POSSIBLE_DUPLICATE = "possible_duplicate"  # a part attempted before is sent again through an API without a key
 RESEND_REFUSED = "resend_refused"  # kf: the platform refused a resent part's msgid: it has that part already
 

@@ -5,9 +5,9 @@ allows it: a person took over) is a permanent, recorded failure.
 Effectively once: every part carries a deterministic ``msgid`` (:func:`kf_msgid`: the reply, the part and
 the customer's message time; at most 32 bytes of ``[0-9a-zA-Z_-]``), which the platform requires to be
 unique in the 客服账号 and refuses when it is used again. Each attempt is recorded before the call
-(:class:`~channels.send_attempts.SendAttempts`); when a part attempted before a crash or a timeout is
-refused on its resend, the platform already has it: the part counts as sent and ``resend_refused`` is
-audited with the errcode — the customer got it once. The documentation names no errcode for a used
+(:class:`~channels.send_attempts.SendAttempts`); when a part attempted before a crash or a timeout (not
+answered with an errcode) is refused on its resend, the platform already has it: the part counts as sent
+and ``resend_refused`` is audited with the errcode — the customer got it once. The documentation names no errcode for a used
 ``msgid``, so any refusal of a resent part counts, except the codes that mean something else
 (:data:`NOT_A_USED_MSGID`)."""
 
@@ -56,19 +56,19 @@ class WeComKfOutbound(Outbound):
             wx.require_service_window(reply.inbound_at)
             attempts = SendAttempts(self.deps.sessions, reply)
             for index in range(progress.parts_sent, len(parts)):
-                again = attempts.begin(index, idempotent=True)
-                try:
-                    platform.post(credentials(found), "/cgi-bin/kf/send_msg", {
-                        "touser": user, "open_kfid": open_kfid, "msgid": kf_msgid(reply, index),
-                        "msgtype": "text", "text": {"content": parts[index]},
-                    })
-                except PlatformPermanent as exc:
-                    if exc.errcode == STATE_FORBIDS_SENDING:
-                        raise DeliveryPermanent("errcode 95018: the session state no longer allows sending "
-                                                "(a person has taken over); not sent") from exc
-                    if not again or exc.errcode in NOT_A_USED_MSGID:
-                        raise
-                    attempts.note(audit.RESEND_REFUSED, index, errcode=exc.errcode)  # it went out before the crash
+                with attempts.sending(index, idempotent=True) as again:
+                    try:
+                        platform.post(credentials(found), "/cgi-bin/kf/send_msg", {
+                            "touser": user, "open_kfid": open_kfid, "msgid": kf_msgid(reply, index),
+                            "msgtype": "text", "text": {"content": parts[index]},
+                        })
+                    except PlatformPermanent as exc:
+                        if exc.errcode == STATE_FORBIDS_SENDING:
+                            raise DeliveryPermanent("errcode 95018: the session state no longer allows sending "
+                                                    "(a person has taken over); not sent") from exc
+                        if not again or exc.errcode in NOT_A_USED_MSGID:
+                            raise
+                        attempts.note(audit.RESEND_REFUSED, index, errcode=exc.errcode)  # out before the crash
                 progress.record(index + 1)
         except DeliveryPermanent:
             if reply.source == ReplySource.HANDOFF:  # no notice, no transfer: no person is coming, so the model

@@ -212,9 +212,10 @@ def test_window_closed_45015_is_recorded_as_failed_and_not_retried(wx: WeChatSta
 def test_a_rate_limited_send_is_retried_with_backoff(wx: WeChatStack) -> None:
     wx.fake.fail_next("custom_send", 45009)
     assert wx.post(wp.callback(wp.text_xml("o-busy", "你好", msgid=8100))).text == "success"
-    wait_for(lambda: wx.sends_to("o-busy"), timeout=30)
+    wait_for(lambda: "dispatched" in wx.kinds(wx.inbound_id("8100")), timeout=30)  # written after the fake has it
     kinds = wx.kinds(wx.inbound_id("8100"))
     assert kinds.count("delivery_retry") == 1 and kinds[-1] == "dispatched"
+    assert kinds.count("send_refused") == 1 and "possible_duplicate" not in kinds  # 45009: WeChat did not take it
 
 
 def test_an_expired_token_is_refreshed_once_and_the_send_goes_through(wx: WeChatStack) -> None:

@@ -98,6 +98,40 @@ def test_kf_a_part_whose_first_attempt_never_reached_the_platform_is_sent(world:
     assert "resend_refused" not in audit_kinds(rt, 42)
 
 
+def test_kf_a_resend_after_an_answered_refusal_is_not_taken_for_sent(world: tuple[Runtime, FakeWeChat]) -> None:
+    """The platform answered the first attempt with an errcode, so it does not have the part: a later refusal for
+    another reason is a real failure, not the msgid it already has."""
+    rt, fake = world
+    fake.fail_next("kf_send_msg", -1)
+    fake.fail_next("kf_send_msg", 40003)  # not a used msgid: this customer cannot be sent to
+    reply = Reply(44, 45, 4, ConversationKey("wecom_kf", "kf", peer(wp.OPEN_KFID, "wm-gone")), "发不出去。",
+                  datetime.now(UTC))
+    outbound = rt.outbound("wecom_kf")
+    recorded: list[int] = []
+    for errcode in ("-1", "40003"):
+        with pytest.raises(Exception, match=errcode):
+            outbound.send(reply, DeliveryProgress(0, recorded.append))
+    assert recorded == [] and fake.sent == []
+    assert audit_kinds(rt, 44) == ["send_attempted", "send_refused", "send_attempted", "send_refused"]
+
+
+@pytest.mark.parametrize(("channel", "key", "endpoint"), [
+    ("wechat_mp", ConversationKey("wechat_mp", "shop", "o-busy-openid"), "custom_send"),
+    ("wecom", ConversationKey("wecom", "it", "wangwu"), "message_send"),
+])
+def test_a_resend_after_the_platform_refused_the_part_is_no_possible_duplicate(
+        world: tuple[Runtime, FakeWeChat], channel: str, key: ConversationKey, endpoint: str) -> None:
+    rt, fake = world
+    fake.fail_next(endpoint, 45009)  # rate limited: answered, not taken
+    reply = Reply(52, 53, 5, key, "稍后送达。", datetime.now(UTC))
+    outbound = rt.outbound(channel)
+    with pytest.raises(Exception, match="45009"):
+        outbound.send(reply, DeliveryProgress(0, lambda n: None))
+    outbound.send(reply, DeliveryProgress(0, lambda n: None))
+    assert [m["content"] for m in fake.sent if m["endpoint"] == endpoint] == ["稍后送达。"]
+    assert "possible_duplicate" not in audit_kinds(rt, 52)
+
+
 @pytest.mark.parametrize(("channel", "key", "endpoint"), [
     ("wechat_mp", ConversationKey("wechat_mp", "shop", "o-crash-openid"), "custom_send"),
     ("wecom", ConversationKey("wecom", "it", "lisi"), "message_send"),
