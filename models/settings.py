@@ -196,9 +196,6 @@ class Settings(_KefuVariables):
     # An FAQ entry answers without the model at or above this confidence (models.knowledge.faq_index; 0..1, chosen
     # on real paraphrases in bench/faq_eval.py); below it Kefu abstains and the model answers.
     faq_threshold: Annotated[float, Field(ge=0, le=1)] = 0.3
-    # An embedding GGUF (e.g. Qwen3-Embedding, bge-m3) for workers.llm.embedding.load_encoder; no worker loads it yet
-    # (TODO(issue 12) in models.knowledge.dense): setting it changes no answer today
-    embedding_model_path: Path | None = None
     # When the model's queue is this long (seconds, as estimated by the LLM workers), a WeChat callback gets
     # a passive "please wait" at once instead of silence; 0 turns it off.
     busy_notice_after_s: NonNegativeSeconds = 4.0

@@ -14,9 +14,6 @@ question scores low. :meth:`FaqIndex.lookup` answers only at or above the thresh
 the model answers then, grounded by :mod:`workers.grounding`'s own retrieval. Entries written as keyword rules
 (``keywords``) answer when every keyword occurs in the text, with confidence 1 (the old ``KEFU_FAQ`` behaviour).
 
-With a :class:`~models.knowledge.dense.DenseEncoder` the ranking of :meth:`FaqIndex.search` fuses BM25's and the
-encoder's rankings by reciprocal rank fusion; the confidence stays lexical (see :mod:`models.knowledge.dense`).
-
 Raises nothing for any text; building raises ``ValueError`` for an entry with neither a question nor keywords.
 """
 
@@ -29,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.knowledge.bm25 import Bm25, idf
-from models.knowledge.dense import DenseEncoder, reciprocal_rank_fusion
 from models.knowledge.faq import FaqEntry
 from models.knowledge.tokens import tokens
 from models.settings import Settings
@@ -52,7 +48,7 @@ class Match:
 
 
 class FaqIndex:
-    def __init__(self, entries: Sequence[FaqEntry], encoder: DenseEncoder | None = None) -> None:
+    def __init__(self, entries: Sequence[FaqEntry]) -> None:
         self.entries = tuple(entries)
         self._keyword_rules = [e for e in self.entries if e.keywords]
         self._owner, self._phrasings = _phrasings(self.entries)  # phrasing -> index of its entry; the phrasings
@@ -61,8 +57,6 @@ class FaqIndex:
         self._idf = self._bm25.idf
         self._unseen_idf = idf(len(self._tokens), 0)
         self._norms = [math.sqrt(sum(self._idf[t] for t in toks)) for toks in self._tokens]
-        self._encoder = encoder
-        self._vectors = encoder.encode(self._phrasings) if encoder is not None and self._phrasings else None
 
     def search(self, text: str, k: int = 5) -> tuple[Match, ...]:
         """The ``k`` best entries for ``text``, best first, each with its confidence; () for a text longer than
@@ -74,9 +68,6 @@ class FaqIndex:
             return ()
         scores = self._bm25.scores(query)
         pool = [int(i) for i in np.argsort(-scores)[:POOL] if scores[i] > 0]
-        if self._vectors is not None and self._encoder is not None:
-            similarity = self._vectors @ self._encoder.encode([text])[0]
-            pool = reciprocal_rank_fusion([pool, [int(i) for i in np.argsort(-similarity)[:POOL]]])
         return self._ranked(frozenset(query), pool, k)
 
     def _ranked(self, query: frozenset[str], pool: list[int], k: int) -> tuple[Match, ...]:
@@ -91,10 +82,8 @@ class FaqIndex:
         by_overlap = sorted(best.items(), key=lambda item: -item[1][0])
         top = by_overlap[0][1][0] if by_overlap else 0.0
         runner_up = by_overlap[1][1][0] if len(by_overlap) > 1 else 0.0
-        # the fused ranking orders the candidates; without an encoder that is the lexical order
-        order = list(best.items()) if self._encoder is not None else by_overlap
         matches = []
-        for owner, (overlap, doc) in order[:k]:
+        for owner, (overlap, doc) in by_overlap[:k]:
             rival = runner_up if owner == by_overlap[0][0] else top
             confidence = max(0.0, min(1.0, overlap - MARGIN_WEIGHT * min(rival, overlap)))
             matches.append(Match(self.entries[owner], round(confidence, 4), self._phrasings[doc]))

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from bench.faq_eval import SETS, CharTfidf, load
-from models.knowledge.dense import reciprocal_rank_fusion
 from models.knowledge.faq import FaqEntry, fingerprint
 from models.knowledge.faq_index import DEFAULT_THRESHOLD, FaqIndex
 
@@ -67,32 +66,6 @@ def test_an_entry_needs_a_question_or_keywords() -> None:
 def test_fingerprint_follows_content() -> None:
     changed = (SHOP[0], FaqEntry("invoice", "怎么开发票？", "只开电子发票。", SHOP[1].similar))
     assert fingerprint(SHOP[:2]) == fingerprint(SHOP[:2]) != fingerprint(changed)
-
-
-def test_reciprocal_rank_fusion_prefers_agreement() -> None:
-    assert reciprocal_rank_fusion([[1, 2, 3], [3, 2, 1], [2]]) == [2, 1, 3]
-
-
-class SlotEncoder:
-    """A stand-in encoder (tests only): texts named in ``slots`` share a one-hot vector, any other text another."""
-
-    def __init__(self, slots: dict[str, int], size: int = 4) -> None:
-        self.slots, self.size = slots, size
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.size), dtype=np.float32)
-        for row, text in enumerate(texts):
-            out[row, self.slots.get(text, self.size - 1)] = 1
-        return out
-
-
-def test_a_dense_encoder_adds_candidates_bm25_cannot_see() -> None:
-    query = "包裹哪天寄出"  # shares no character with any phrasing of the shop
-    encoder = SlotEncoder({query: 0, "几点发货？": 0})  # the encoder "knows" it means shipping
-    fused, lexical = FaqIndex(SHOP[:3], encoder), FaqIndex(SHOP[:3])
-    assert lexical.search(query) == ()
-    assert fused.search(query)[0].entry.id == "ship"
-    assert fused.lookup(query) is None  # answering stays lexical
 
 
 @pytest.mark.parametrize("path", SETS, ids=lambda p: p.stem)
