@@ -185,6 +185,17 @@ class Settings(_KefuVariables):
     # the gateway's longest wait for the broker or Redis in one request (publish, kv, bus); then it goes on without
     publish_timeout_s: PositiveSeconds = 1.0
     gateway_threads: PositiveInt = 4  # threads for blocking database/broker calls in each gateway process
+    # The admin API (channels/admin.py: knowledge base, approved answers) takes this bearer token; unset: it is off
+    admin_token: SecretStr | None = None
+    admin_max_upload_bytes: PositiveInt = 20 * 1024 * 1024  # a document imported through the admin API; larger: 413
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 24`): it guards the knowledge "
+                             "base")
+        return value
 
     # --- WeChat / WeCom ----------------------------------------------------------------------------
     wechat_api_base: str = "https://api.weixin.qq.com"
@@ -196,6 +207,22 @@ class Settings(_KefuVariables):
     # An FAQ entry answers without the model at or above this confidence (models.knowledge.faq_index; 0..1, chosen
     # on real paraphrases in bench/faq_eval.py); below it Kefu abstains and the model answers.
     faq_threshold: Annotated[float, Field(ge=0, le=1)] = 0.3
+    # Dense retrieval (workers.llm.embedding; docs/knowledge.md "Dense retrieval"): an embedding GGUF such as
+    # Qwen3-Embedding-0.6B or bge-m3, loaded by each LLM worker (never the gateway); unset: lexical retrieval only.
+    embedding_model_path: Path | None = None
+    # How token vectors are pooled into one: "model" takes the GGUF's own pooling type (converted embedding models
+    # carry one); a GGUF without one needs "last" (Qwen3-Embedding), "cls" (bge-m3) or "mean".
+    embedding_pooling: Literal["model", "last", "cls", "mean"] = "model"
+    # Put before a customer's question, never before passages: Qwen3-Embedding expects "Instruct: <task>\nQuery:";
+    # bge-m3 none.
+    embedding_query_instruction: str = ""
+    # A passage found by the embedding model alone is given to the model only at or above this cosine; 0: any that
+    # points the question's way (no floor measured for a real model yet: set one for yours).
+    embedding_min_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.0
+    # With an embedding model, the worker answers a question the lexical FAQ abstained on with the FAQ entry whose
+    # fused confidence (models.knowledge.fused_faq, 0..1) reaches this; 0.5 is half-way between "as close as the
+    # FAQ's other entries" and "as close as its own similar questions", not a figure measured on a real model.
+    faq_fused_threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
     # When the model's queue is this long (seconds, as estimated by the LLM workers), a WeChat callback gets
     # a passive "please wait" at once instead of silence; 0 turns it off.
     busy_notice_after_s: NonNegativeSeconds = 4.0
@@ -235,6 +262,28 @@ class Settings(_KefuVariables):
     voice_decode_timeout_s: PositiveSeconds = 15.0
     # transient media/get failures, retried after 1, 2, 4, 8 s; then the reply above
     voice_download_retries: NonNegativeInt = 4
+
+    # --- intents (models.intents, docs/intents.md) -------------------------------------------------
+    # The operator's own intents: a JSON list of {"name", "description", "examples", "keywords"}, beside the
+    # built-in ones (order_status, shipping, return_refund, …); checked at start-up (`kefu config`).
+    intents_file: Path | None = None
+    # Nearest-example confidence (0..1) an intent needs when no rule matched; below it the message is out_of_scope
+    # (source "none") and, with the model on, the model is asked. Chosen on tests/data/intents (bench/intent_eval.py).
+    intent_threshold: Annotated[float, Field(ge=0, le=1)] = 0.3
+    # The model picks a label (a llama.cpp grammar allows only the labels) for messages the rules could not place:
+    # "auto": when the model is a Qwen3 GGUF (not for the SmolLM2 demo), "on", "off".
+    intent_model: Literal["auto", "on", "off"] = "auto"
+    # JSON object label -> action, applied on every channel: "hand_off" (to a person, or the honest answer where
+    # none can take over) or "answer:<text>" (that fixed reply), e.g. {"complaint": "hand_off"}.
+    intent_routes: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("intent_routes")
+    @classmethod
+    def _route_actions(cls, value: dict[str, str]) -> dict[str, str]:
+        for label, action in value.items():
+            if action != "hand_off" and not (action.startswith("answer:") and action[len("answer:"):].strip()):
+                raise ValueError(f"the action for {label!r} must be \"hand_off\" or \"answer:<reply text>\"")
+        return value
 
     # --- personal data and moderation (docs/privacy.md) -------------------------------------------
     # Logs, audit details and the model's replies are always masked. The customer's stored text (and the
@@ -420,6 +469,10 @@ class Settings(_KefuVariables):
         """Raise ConfigError for a combination that could lose or double-run work, or cannot start."""
         self._check_time_limits()
         self._check_model_and_speech()
+        if self.intents_file is not None or self.intent_routes:
+            from models.intents import check_routes, read_intents_file  # it imports this module
+
+            check_routes(self, read_intents_file(self.intents_file) if self.intents_file is not None else ())
         if self.moderation_file is not None and not self.moderation_file.is_file():
             raise ConfigError(f"KEFU_MODERATION_FILE={self.moderation_file} is not a file: every message and reply "
                               "would go unmoderated (create it, even empty, or unset the variable; docs/privacy.md)")

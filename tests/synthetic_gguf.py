@@ -473,6 +473,7 @@ def write_qwen3_gguf(
     vocab_size: int | None = None,
     seed: int = 0,
     name: str = "kefu-tiny-qwen3",
+    pooling_type: int | None = None,
 ) -> Path:
     """Write a random-weight qwen3 GGUF model to ``path`` and return ``path``.
 
@@ -481,6 +482,8 @@ def write_qwen3_gguf(
     value appends filler tokens so the embedding and LM-head matrices have that
     many rows (e.g. :data:`QWEN3_REAL_VOCAB_SIZE` for realistic benchmarks).
     ``seed`` determines all weights; the output is deterministic.
+    ``pooling_type`` (a ``gguf.PoolingType`` value, e.g. 3 for last-token) writes ``qwen3.pooling_type``, as the
+    GGUFs converted from Qwen3-Embedding carry it; None writes none, as a chat model's.
     """
     path = Path(path)
     if seed < 0:
@@ -519,6 +522,8 @@ def write_qwen3_gguf(
         writer.add_rope_freq_base(shape.rope_theta)
         writer.add_layer_norm_rms_eps(shape.rms_eps)
         writer.add_vocab_size(n_vocab)
+        if pooling_type is not None:
+            writer.add_pooling_type(gguf.PoolingType(pooling_type))
 
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre("qwen2")

@@ -8,6 +8,7 @@ Redis visibility timeout shorter than the generation hard limit) before this run
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from celery import Celery
@@ -17,6 +18,7 @@ from channels import registry
 from models.infra.queues import make_celery
 from models.settings import Settings
 from workers import runtime as runtime_module
+from workers.llm.embedding import load_encoder
 from workers.tasks import register
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, *, warm: bool = False) -> Celery:
     settings.check_reliability()
+    load_encoder(settings)  # a KEFU_EMBEDDING_MODEL_PATH that is no file stops the worker now (ConfigError)
     registry.check(settings)  # every channel's settings section: a bad one stops the worker now
     app = make_celery(settings, "kefu")
     register(app)
@@ -31,6 +34,9 @@ def create_app(settings: Settings, *, warm: bool = False) -> Celery:
 
     def _warm() -> None:
         runtime_module.runtime().knowledge.warm()  # the passages for grounded answers, loaded in the background
+        dense_faq = runtime_module.runtime().dense_faq
+        if dense_faq is not None:  # the FAQ's vectors, in the background too
+            threading.Thread(target=dense_faq.warm, name="kefu-faq-encode", daemon=True).start()
         try:
             runtime_module.runtime().llm.load()
         except Exception:  # a broken model still lets the worker answer with the fallback reply

@@ -10,6 +10,15 @@ knowledge-base outage never fails an answer: the model answers without passages,
 
 :meth:`Knowledge.lookup` returns None when the knowledge base is empty (nothing changes in the prompt), else a
 :class:`Grounding`: the best ``top_k`` sources (possibly none: the knowledge base does not cover the question).
+
+With an :class:`~models.knowledge.dense.Encoder` (``KEFU_EMBEDDING_MODEL_PATH``), every source is also encoded
+(:class:`~models.knowledge.dense.DenseIndex`, after the lexical index is in use, reusing the vectors of unchanged
+sources) and a question's ``top_k`` nearest sources with a cosine of at least ``min_similarity`` are fused with the
+lexical ones by reciprocal rank fusion: the model also reads passages that say the same thing in other words. Rank
+fusion because BM25 scores and cosines share no scale and the passages need no confidence, only an order. An
+encoder that fails (loading or one question) leaves the lexical sources, logged; ``Grounding.dense`` says whether
+the dense ranking took part, and the audit records it. A first load that nothing warmed (``warm()`` at worker
+start) is waited for with its encoding.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.knowledge import store
+from models.knowledge.dense import DenseIndex, Encoder, reciprocal_rank_fusion
 from models.knowledge.passage_index import PassageIndex
 
 log = logging.getLogger(__name__)
@@ -47,11 +57,12 @@ class Source:
 class Grounding:
     revision: int
     sources: tuple[Source, ...]  # best first; empty when nothing in the knowledge base covers the question
+    dense: bool = False  # the embedding model's ranking was fused in
 
     def audit_detail(self) -> dict[str, Any]:
         return {"kb_revision": self.revision,
                 "passages": [s.id for s in self.sources if s.kind == "passage"],
-                "faq": [s.id for s in self.sources if s.kind == "faq"]}
+                "faq": [s.id for s in self.sources if s.kind == "faq"], "dense": self.dense}
 
 
 def sources_of(snapshot: store.Snapshot) -> list[Source]:
@@ -69,11 +80,14 @@ class _Loaded:
     revision: int
     sources: tuple[Source, ...]
     index: PassageIndex
+    dense: DenseIndex | None = None  # row i is sources[i]
 
 
 class Knowledge:
-    def __init__(self, sessions: sessionmaker[Session], *, refresh_s: float = REFRESH_S, top_k: int = TOP_K) -> None:
+    def __init__(self, sessions: sessionmaker[Session], *, refresh_s: float = REFRESH_S, top_k: int = TOP_K,
+                 encoder: Encoder | None = None, min_similarity: float = 0.0) -> None:
         self._sessions, self._refresh_s, self._top_k = sessions, refresh_s, top_k
+        self._encoder, self._min_similarity = encoder, min_similarity
         self._loaded: _Loaded | None = None
         self._checked_at = -float("inf")
         self._lock = threading.Lock()
@@ -87,7 +101,24 @@ class Knowledge:
         hits = loaded.index.search(question, self._top_k)
         if not hits and previous:
             hits = loaded.index.search(f"{previous}\n{question}", self._top_k)
-        return Grounding(loaded.revision, tuple(loaded.sources[position] for position, _ in hits))
+        ranking = [position for position, _ in hits]
+        nearest = self._nearest(loaded, question)
+        if nearest is not None:
+            ranking = reciprocal_rank_fusion([ranking, nearest])[:self._top_k]
+        return Grounding(loaded.revision, tuple(loaded.sources[position] for position in ranking),
+                         dense=nearest is not None)
+
+    def _nearest(self, loaded: _Loaded, question: str) -> list[int] | None:
+        """The dense ranking of the sources for ``question``; None without one (no encoder, not encoded yet, or
+        the encoder failed)."""
+        if loaded.dense is None or self._encoder is None:
+            return None
+        try:
+            query = self._encoder.encode_query(question)
+        except Exception as exc:  # a model failure never fails an answer: the lexical sources stand
+            log.warning("dense retrieval skipped for one question (%s: %s)", type(exc).__name__, exc)
+            return None
+        return [position for position, _ in loaded.dense.search(query, self._top_k, self._min_similarity)]
 
     def warm(self) -> None:
         """Load the knowledge base now, in a daemon thread (worker start), so the first answer does not wait for it."""
@@ -138,7 +169,23 @@ class Knowledge:
             return
         similar = {f.id: f.similar for f in snapshot.faq}
         sources = sources_of(snapshot)
-        index = PassageIndex([_indexed_text(s, similar.get(s.id, ()) if s.kind == "faq" else ()) for s in sources])
-        self._loaded = _Loaded(snapshot.revision, tuple(sources), index)
+        texts = [_indexed_text(s, similar.get(s.id, ()) if s.kind == "faq" else ()) for s in sources]
+        previous = self._loaded
+        self._loaded = _Loaded(snapshot.revision, tuple(sources), PassageIndex(texts))
         self._checked_at = time.monotonic()
         log.info("knowledge base revision %d loaded: %d passages and FAQ entries", snapshot.revision, len(sources))
+        if self._encoder is not None:  # answers use the lexical index meanwhile
+            self._encode(self._loaded, texts, previous.dense if previous is not None else None)
+
+    def _encode(self, loaded: _Loaded, texts: list[str], previous: DenseIndex | None) -> None:
+        assert self._encoder is not None
+        started = time.monotonic()
+        try:
+            dense = DenseIndex.build(self._encoder, texts, previous)
+        except Exception as exc:  # the lexical index stays in use; the next revision tries again
+            log.error("knowledge base revision %d not encoded (%s: %s): lexical retrieval only", loaded.revision,
+                      type(exc).__name__, exc)
+            return
+        if self._loaded is loaded:
+            self._loaded = _Loaded(loaded.revision, loaded.sources, loaded.index, dense)
+        log.info("knowledge base revision %d encoded in %.1fs", loaded.revision, time.monotonic() - started)

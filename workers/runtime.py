@@ -20,7 +20,7 @@ from channels.base import Channel, HandOffPort, Outbound, OutboundDeps, PullDeps
 from channels.ingress import Ingress
 from channels.speech.providers import SpeechProviders
 from channels.wechat_api import AccessTokens, PlatformAPI, make_http
-from models import privacy
+from models import intents, privacy
 from models.infra.bus import Bus, make_bus
 from models.infra.db import make_engine, make_session_factory
 from models.infra.kv import KV, make_kv
@@ -30,8 +30,10 @@ from models.infra.queues import Publisher, make_celery
 from models.knowledge.faq_sync import FaqSync
 from models.settings import Settings
 from workers.context import ContextStore, make_context_store
+from workers.dense_faq import DenseFaqMatcher
 from workers.grounding import Knowledge
 from workers.llm.batched import BatchedEngine
+from workers.llm.embedding import LlamaEncoder, load_encoder
 from workers.llm.engine import LlamaEngine, TextEngine
 from workers.llm.model_files import resolve_model
 
@@ -86,9 +88,19 @@ class Runtime:
         return sync
 
     @cached_property
+    def encoder(self) -> LlamaEncoder | None:
+        """The embedding model (KEFU_EMBEDDING_MODEL_PATH), or None: lexical retrieval only."""
+        return load_encoder(self.settings)
+
+    @cached_property
     def knowledge(self) -> Knowledge:
         """The knowledge base in memory, for grounded answers (reloaded when it changes)."""
-        return Knowledge(self.sessions)
+        return Knowledge(self.sessions, encoder=self.encoder, min_similarity=self.settings.embedding_min_similarity)
+
+    @cached_property
+    def dense_faq(self) -> DenseFaqMatcher | None:
+        """The FAQ matched again with the embedding model in the worker; None without one."""
+        return None if self.encoder is None else DenseFaqMatcher(self.encoder, self.settings)
 
     @cached_property
     def kv(self) -> KV:
@@ -96,7 +108,8 @@ class Runtime:
 
     @cached_property
     def ingress(self) -> Ingress:
-        return Ingress(self.sessions, self.publisher, partial(privacy.stored_text, self.settings))
+        return Ingress(self.sessions, self.publisher, partial(privacy.stored_text, self.settings),
+                      partial(intents.label, self.settings))
 
     @cached_property
     def platform(self) -> PlatformAPI:
@@ -150,6 +163,9 @@ class Runtime:
             self.faq_sync.stop()
         if "llm" in self.__dict__:
             self.llm.close()
+        encoder = self.__dict__.get("encoder")
+        if encoder is not None:
+            encoder.close()
         if "platform" in self.__dict__:
             self.platform.close()
         if "db" in self.__dict__:

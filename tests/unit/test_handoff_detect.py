@@ -240,7 +240,7 @@ def test_the_worker_hands_off_after_the_ask_back_without_the_model(clean_env: Pa
     rt = SimpleNamespace(settings=settings, sessions=sessions, llm=_NoModel(), kv=SimpleNamespace(get=lambda k: None),
                          channel=lambda name: SimpleNamespace(cache_context=False, streams=False),
                          handoff=lambda name: port, outbound=lambda name: None,
-                         knowledge=SimpleNamespace(lookup=lambda *texts: None),
+                         knowledge=SimpleNamespace(lookup=lambda *texts: None), dense_faq=None,
                          context=SimpleNamespace(save=lambda *args: None))
     reply_id = answering.generate(rt, second, key)  # type: ignore[arg-type]
     with sessions() as session:

@@ -80,7 +80,8 @@ def test_knowledge_follows_the_store_revision(db: Engine, clean_env: Path) -> No
     grounding = _once_loaded(knowledge, "怎么开票？", 2)
     assert grounding is not None and grounding.revision == 2
     assert [(s.kind, s.text) for s in grounding.sources] == [("faq", "问：能开发票吗\n答：在订单详情页申请电子发票。")]
-    assert grounding.audit_detail() == {"kb_revision": 2, "passages": [], "faq": [grounding.sources[0].id]}
+    assert grounding.audit_detail() == {"kb_revision": 2, "passages": [], "faq": [grounding.sources[0].id],
+                                        "dense": False}
 
 
 def test_a_follow_up_is_looked_up_with_the_message_before_it(db: Engine, clean_env: Path) -> None:
