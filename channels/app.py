@@ -1,6 +1,7 @@
 """The ASGI gateway: mounts every registered channel's routes, health checks and the chat page.
 
-The gateway only accepts, persists and publishes; it never generates. It is stateless apart from
+The gateway only accepts, persists and publishes; it never generates. With ``KEFU_ADMIN_TOKEN`` set it also
+serves the admin API (:mod:`channels.admin`: the knowledge base and approved answers). It is stateless apart from
 open sockets, so any number of gateway processes can run behind a load balancer. This module is the
 gateway's composition root: it builds the shared :class:`Services` once and gives each channel
 adapter a narrow :class:`~channels.base.ChannelContext` (with that channel's own hand-off port).
@@ -28,9 +29,10 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from channels import registry
+from channels.admin import admin_routes
 from channels.base import ChannelAdapter, ChannelContext
 from channels.ingress import Ingress
-from models import privacy
+from models import intents, privacy
 from models.infra.bus import Listener, make_listener
 from models.infra.db import make_engine, make_session_factory, ping
 from models.infra.kv import KV, make_kv
@@ -66,8 +68,8 @@ def build_services(settings: Settings) -> Services:
     db = make_engine(settings, pre_ping=False, response_timeout_s=settings.db_response_timeout_s)
     sessions = make_session_factory(db)
     publisher = Publisher(make_celery(settings, "kefu-gateway", gateway=True), settings.publish_retry_after_s)
-    return Services(settings, db, sessions, publisher, Ingress(sessions, publisher, partial(privacy.stored_text, settings)),
-                    make_listener(settings),
+    ingress = Ingress(sessions, publisher, partial(privacy.stored_text, settings), partial(intents.label, settings))
+    return Services(settings, db, sessions, publisher, ingress, make_listener(settings),
                     make_kv(settings, settings.publish_timeout_s))
 
 
@@ -121,6 +123,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         await gw.listener.start()
         faq_sync = FaqSync(gw.sessions, settings)  # the knowledge base's FAQ sheets, for decide() (a thread)
         faq_sync.start()
+        await run_in_threadpool(intents.intents, settings)  # built now, not inside the first message's callback
         started: list[ChannelAdapter] = []
         try:
             for adapter in adapters:  # e.g. the phone's AudioSocket listener
@@ -147,5 +150,6 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     ]
     for adapter in adapters:
         routes += adapter.routes()
+    routes += admin_routes(settings, gw.sessions)  # none without KEFU_ADMIN_TOKEN
     handlers = {HTTPException: http_error, Exception: server_error}
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

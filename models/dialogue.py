@@ -9,7 +9,9 @@ they never look at the customer's words themselves.
 The decision runs its :data:`RULES` in order, the first that speaks wins. Moderation is the first
 rule after an empty message (:func:`moderated`; it is the one rule that may do I/O: reading the
 operator's keyword file when it changed, calling a moderation endpoint when one is configured).
-Knowledge-base answers and intents plug in here as further rules, so that every channel gets them at once.
+Knowledge-base answers and intents plug in here as further rules, so that every channel gets them at once: an
+intent with a route in ``KEFU_INTENT_ROUTES`` (models.intents; "complaints go to a person") is decided after the
+hand-off rules and before the FAQ, ``why`` ``intent_route:<label>``.
 
 Hand-off: a request for a person in the customer's own words (:mod:`models.handoff_detect`) is handed off, or
 answered honestly where nobody can take it; a message that may be one is asked back (``handoff_ask_back_reply``)
@@ -28,9 +30,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from models import moderation
+from models import intents, moderation
 from models.handoff_detect import Verdict, detect, is_yes, negative_word
 from models.knowledge import faq_cache
+from models.knowledge.faq import FaqEntry
 from models.replies import MODERATED, Answer
 from models.settings import HandOffChannel, Settings
 from models.states import ReplySource
@@ -45,6 +48,7 @@ UNSUPPORTED = {
     "file": "已收到您的文件。抱歉，我暂时还无法读取文件，请用文字描述您的问题。",
 }
 UNSUPPORTED_DEFAULT = "抱歉，我暂时只能处理文字消息，请用文字描述您的问题。"
+APPROVED_ANSWER = "approved_answer:"  # Decision.why of an approved answer: "approved_answer:<reply id>"
 
 
 class HandOff(StrEnum):
@@ -207,13 +211,47 @@ def unhappy(settings: Settings, message: Message, handoff: HandOff) -> Decision 
                                               ReplySource.HANDOFF)
 
 
+INTENT_ROUTE = "intent_route:"  # Decision.why of an intent route: "intent_route:<label>"
+
+
+def routed(settings: Settings, label: str, handoff: HandOff) -> Decision | None:
+    """The operator's route for an intent (``KEFU_INTENT_ROUTES``): a hand-off (or, where nobody can take over,
+    the honest answer) or a fixed answer; None for an intent without a route."""
+    action = settings.intent_routes.get(label)
+    if action is None:
+        return None
+    why = f"{INTENT_ROUTE}{label}"
+    if action == "hand_off":
+        return _to_person(settings, handoff, why, settings.handoff_reply)
+    return Decision(Action.ANSWER, why, action.removeprefix("answer:"), ReplySource.RULE)
+
+
+def intent_route(settings: Settings, message: Message, handoff: HandOff) -> Decision | None:
+    """A message whose intent (models.intents, without the model) has a route in ``KEFU_INTENT_ROUTES``."""
+    if not settings.intent_routes or not message.text:
+        return None
+    return routed(settings, intents.classify(settings, message.text).label, handoff)
+
+
 def faq(settings: Settings, message: Message, handoff: HandOff) -> Decision | None:
-    answer = faq_answer(settings, message.text)
-    return Decision(Action.ANSWER, "faq", answer, ReplySource.FAQ) if answer is not None else None
+    """A confident FAQ match answers now. An operator-approved model answer (models.knowledge.approved) is matched
+    the same way, beside the FAQ entries; its reply says so: source ``approved``, ``why`` ``approved_answer:<the
+    approved reply's id>``."""
+    found = faq_cache.lookup(settings, message.text)
+    return None if found is None else faq_decision(found.entry)
+
+
+def faq_decision(entry: FaqEntry, why: str = "faq") -> Decision:
+    """Answer with an FAQ entry's answer (source ``faq``, ``why``), or an approved answer's (source ``approved``,
+    ``why`` ``approved_answer:<reply id>``) however it was matched."""
+    approved = entry.approved_reply
+    if approved is not None:
+        return Decision(Action.ANSWER, f"{APPROVED_ANSWER}{approved}", entry.answer, ReplySource.APPROVED)
+    return Decision(Action.ANSWER, why, entry.answer, ReplySource.FAQ)
 
 
 RULES: tuple[Rule, ...] = (nothing_to_read, moderated, confirms_person, asks_for_person, after_failures, unhappy,
-                          faq)
+                          intent_route, faq)
 # What a worker decides again once it knows the conversation (Message.asked_back, failed_answers): workers/follow_up.py
 FOLLOW_UP_RULES: tuple[Rule, ...] = (confirms_person, after_failures)
 MODEL_ANSWERS = Decision(Action.GENERATE, "no_rule")

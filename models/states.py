@@ -25,6 +25,7 @@ class ReplySource(StrEnum):
     MODEL = "model"
     FALLBACK = "fallback"  # the model could not answer (failure, deadline, empty output)
     FAQ = "faq"
+    APPROVED = "approved"  # an operator-approved model answer, given again to a matching question (no model)
     RULE = "rule"  # a fixed answer: unsupported message type, no person available, voice not understood
     WELCOME = "welcome"
     HANDOFF = "handoff"  # the notice that a person takes over

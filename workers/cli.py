@@ -6,6 +6,8 @@
     kefu audit verify            recompute the audit log's hash chains; exit 1 and where, if anything was tampered with
     kefu kb import PATH…         load knowledge-base files (Markdown, text, HTML, PDF, DOCX, CSV/XLSX FAQ sheets)
     kefu kb list|show ID|delete ID   the knowledge base's documents
+    kefu eval DATASET [--faq FILE|--kb] [--json]   FAQ, intent and hand-off figures on a labelled set
+    kefu answers approve REPLY_ID [--question TEXT] | list | revoke REPLY_ID   approved answers (answered again)
     kefu gateway                 serve the HTTP/WebSocket gateway
     kefu worker --queues llm,io  run a Celery worker for the given queues
     kefu up                      migrate, then a worker and the gateway together (chat page on /)
@@ -83,6 +85,32 @@ def cmd_kb(settings: Settings, args: argparse.Namespace) -> int:
     from workers import kb_command
 
     return kb_command.run(settings, args.kb_command, getattr(args, "paths", ()), getattr(args, "id", None))
+
+
+def cmd_answers(settings: Settings, args: argparse.Namespace) -> int:
+    from workers import answers_command
+
+    return answers_command.run(settings, args.answers_command, getattr(args, "reply_id", None),
+                               getattr(args, "question", None))
+
+
+def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
+    from workers import eval_command
+
+    return eval_command.run(settings, args.dataset, args.faq, args.kb, args.json)
+
+
+def add_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("eval", help="FAQ, intent and hand-off figures on a labelled set (docs/knowledge.md)")
+    p.add_argument("dataset", metavar="DATASET", help=".jsonl (text + expected_faq/intent/handoff), a hand-off or "
+                   "intent .tsv (tests/data/handoff/), or an FAQ set .json (tests/data/faq/)")
+    faq = p.add_mutually_exclusive_group()
+    faq.add_argument("--faq", metavar="FILE", help="match against this FAQ (.json, .csv, .xlsx) instead of the "
+                     "configured one")
+    faq.add_argument("--kb", action="store_true", help="match against KEFU_FAQ and the knowledge base even when "
+                     "the set carries its own FAQ")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_eval)
 
 
 def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
@@ -239,6 +267,19 @@ def add_kb_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         command.set_defaults(func=cmd_kb)
 
 
+def add_answers_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    answers = sub.add_parser("answers", help="approved model answers, given again to matching questions "
+                             "(docs/knowledge.md)").add_subparsers(dest="answers_command", required=True)
+    p = answers.add_parser("approve", help="approve a model answer for reuse")
+    p.add_argument("reply_id", type=int, metavar="REPLY_ID")
+    p.add_argument("--question", help="the question to match (default: the customer's stored message)")
+    answers.add_parser("list", help="every approved answer")
+    answers.add_parser("revoke", help="withdraw an approved answer").add_argument("reply_id", type=int,
+                                                                                  metavar="REPLY_ID")
+    for command in answers.choices.values():
+        command.set_defaults(func=cmd_answers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kefu", description="Self-hosted AI customer service.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -257,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "ones there (keep FILE off the database host)")
     p.set_defaults(func=cmd_audit_verify)
     add_kb_parser(sub)
+    add_eval_parser(sub)
+    add_answers_parser(sub)
     for name, func in (("gateway", cmd_gateway), ("up", cmd_up)):
         p = sub.add_parser(name)
         p.add_argument("--host")

@@ -15,14 +15,22 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+APPROVED = "approved:"  # id prefix of an operator-approved model answer: "approved:<reply id>"
+
 
 @dataclass(frozen=True, slots=True)
 class FaqEntry:
-    id: str  # stable within its source: "settings:3", "kb:17"
+    id: str  # stable within its source: "settings:3", "kb:17", "approved:42" (an approved answer to reply 42)
     question: str  # the standard question (标准问); "" for a keyword-only entry
     answer: str
     similar: tuple[str, ...] = ()  # other ways customers ask it (相似问)
     keywords: tuple[str, ...] = ()  # the keyword rule: all of them occur in the text (case-insensitive)
+
+    @property
+    def approved_reply(self) -> int | None:
+        """The reply this entry is the approved answer of (id ``approved:<reply id>``), else None."""
+        number = self.id.removeprefix(APPROVED)
+        return int(number) if self.id.startswith(APPROVED) and number.isdigit() else None
 
     @property
     def questions(self) -> tuple[str, ...]:

@@ -9,6 +9,9 @@
   the ``kb_state`` row's lock (PostgreSQL; SQLite has one writer anyway).
 - :func:`revision` is the one cheap read a process holding the knowledge base in memory polls;
   :func:`snapshot` loads all of it, :func:`faq_rows` only the FAQ entries.
+- A document of kind :data:`APPROVED_KIND` holds one operator-approved model answer
+  (:mod:`models.knowledge.approved`) under the source ``reply:<reply id>``; its FAQ entry's id is
+  ``approved:<reply id>`` instead of ``kb:<row id>``, so the dialogue decision can say where its answer came from.
 
 Functions take the caller's session and never commit: the caller's transaction decides.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
@@ -24,10 +28,25 @@ from sqlalchemy.orm import Session
 from models import audit
 from models.envelope import utcnow
 from models.knowledge.documents import ParsedDocument
-from models.knowledge.faq import FaqEntry
+from models.knowledge.faq import APPROVED, FaqEntry
 from models.tables import KbDocumentRecord, KbFaqRecord, KbPassageRecord, KbStateRecord
 
 NEW, UPDATED, UNCHANGED = "new", "updated", "unchanged"
+APPROVED_KIND = "approved"  # a document holding one approved model answer (models.knowledge.approved)
+_APPROVED_SOURCE = "reply:"
+
+
+def approved_source(reply_id: int) -> str:
+    """The source of the document that holds the approved answer of reply ``reply_id``."""
+    return f"{_APPROVED_SOURCE}{reply_id}"
+
+
+def approved_reply_id(kind: str, source: str) -> int | None:
+    """The reply a document of kind ``kind`` under ``source`` is the approved answer of, or None."""
+    if kind != APPROVED_KIND or not source.startswith(_APPROVED_SOURCE):
+        return None
+    number = source.removeprefix(_APPROVED_SOURCE)
+    return int(number) if number.isdigit() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +85,13 @@ class StoredFaq:
     question: str
     similar: tuple[str, ...]
     answer: str
+    approved_reply: int | None = None  # the reply this entry is the approved answer of (APPROVED_KIND documents)
 
     def entry(self) -> FaqEntry:
-        """The entry as the FAQ index and the dialogue decision see it (id ``kb:<row id>``)."""
-        return FaqEntry(id=f"kb:{self.id}", question=self.question, answer=self.answer, similar=self.similar)
+        """The entry as the FAQ index and the dialogue decision see it: id ``kb:<row id>``, or
+        ``approved:<reply id>`` for an approved answer (:data:`models.knowledge.faq.APPROVED`)."""
+        entry_id = f"kb:{self.id}" if self.approved_reply is None else f"{APPROVED}{self.approved_reply}"
+        return FaqEntry(id=entry_id, question=self.question, answer=self.answer, similar=self.similar)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +119,9 @@ def _bump(session: Session) -> int:
                                .returning(KbStateRecord.revision)).scalar_one())
 
 
-def import_document(session: Session, parsed: ParsedDocument) -> ImportOutcome:
-    """Store ``parsed`` unless the document under its source already has this content."""
+def import_document(session: Session, parsed: ParsedDocument, by: str | None = None) -> ImportOutcome:
+    """Store ``parsed`` unless the document under its source already has this content. ``by``: who asked (e.g.
+    ``admin-api``), added to the audit row."""
     _lock(session)  # a concurrent import of the same source waits here, then finds this one's document
     existing = session.scalar(select(KbDocumentRecord).where(KbDocumentRecord.source == parsed.source))
     if existing is not None and existing.content_hash == parsed.content_hash:
@@ -121,14 +144,16 @@ def import_document(session: Session, parsed: ParsedDocument) -> ImportOutcome:
     session.add_all(KbFaqRecord(document_id=document.id, ordinal=n, question=f.question, similar=list(f.similar),
                                 answer=f.answer) for n, f in enumerate(parsed.faq))
     session.flush()
-    audit.record(session, audit.KB_IMPORTED, document_id=document.id, version=document.version, status=status,
-                 passages=len(parsed.passages), faq=len(parsed.faq), content_hash=parsed.content_hash,
-                 kb_revision=new_revision)
+    detail: dict[str, Any] = {"document_id": document.id, "version": document.version, "status": status,
+                              "passages": len(parsed.passages), "faq": len(parsed.faq),
+                              "content_hash": parsed.content_hash, "kb_revision": new_revision}
+    audit.record(session, audit.KB_IMPORTED, **detail, **_who(by))
     return ImportOutcome(status, _info(session, document))
 
 
-def delete_document(session: Session, document_id: int) -> DocumentInfo | None:
-    """Remove the document with its passages and FAQ entries; what was removed, or None when there was none."""
+def delete_document(session: Session, document_id: int, by: str | None = None) -> DocumentInfo | None:
+    """Remove the document with its passages and FAQ entries; what was removed, or None when there was none.
+    ``by``: who asked, added to the audit row."""
     _lock(session)
     document = session.get(KbDocumentRecord, document_id)
     if document is None:
@@ -138,9 +163,14 @@ def delete_document(session: Session, document_id: int) -> DocumentInfo | None:
     _delete_contents(session, document_id)
     session.delete(document)
     session.flush()
-    audit.record(session, audit.KB_DELETED, document_id=document_id, version=info.version, passages=info.passages,
-                 faq=info.faq, content_hash=info.content_hash, kb_revision=new_revision)
+    detail: dict[str, Any] = {"document_id": document_id, "version": info.version, "passages": info.passages,
+                              "faq": info.faq, "content_hash": info.content_hash, "kb_revision": new_revision}
+    audit.record(session, audit.KB_DELETED, **detail, **_who(by))
     return info
+
+
+def _who(by: str | None) -> dict[str, Any]:
+    return {} if by is None else {"by": by}
 
 
 def documents(session: Session) -> list[DocumentInfo]:
@@ -160,7 +190,7 @@ def document(session: Session, document_id: int) -> tuple[DocumentInfo, list[Sto
         return None
     passages = [_passage(p, record.title) for p in session.scalars(
         select(KbPassageRecord).where(KbPassageRecord.document_id == document_id).order_by(KbPassageRecord.ordinal))]
-    faq = [_faq(f, record.title) for f in session.scalars(
+    faq = [_faq(f, record.title, approved_reply_id(record.kind, record.source)) for f in session.scalars(
         select(KbFaqRecord).where(KbFaqRecord.document_id == document_id).order_by(KbFaqRecord.ordinal))]
     return _info(session, record, len(passages), len(faq)), passages, faq
 
@@ -178,7 +208,10 @@ def faq_rows(session: Session, titles: dict[int, str] | None = None) -> tuple[St
     """Every FAQ entry of every document, in document and row order."""
     if titles is None:
         titles = dict(session.execute(select(KbDocumentRecord.id, KbDocumentRecord.title)).all())
-    return tuple(_faq(f, titles.get(f.document_id, "")) for f in session.scalars(
+    approved = {d: approved_reply_id(kind, source) for d, kind, source in session.execute(
+        select(KbDocumentRecord.id, KbDocumentRecord.kind, KbDocumentRecord.source)
+        .where(KbDocumentRecord.kind == APPROVED_KIND)).all()}
+    return tuple(_faq(f, titles.get(f.document_id, ""), approved.get(f.document_id)) for f in session.scalars(
         select(KbFaqRecord).order_by(KbFaqRecord.document_id, KbFaqRecord.ordinal)))
 
 
@@ -199,5 +232,5 @@ def _passage(p: KbPassageRecord, title: str) -> StoredPassage:
     return StoredPassage(p.id, p.document_id, title, p.heading, p.text)
 
 
-def _faq(f: KbFaqRecord, title: str) -> StoredFaq:
-    return StoredFaq(f.id, f.document_id, title, f.question, tuple(f.similar or ()), f.answer)
+def _faq(f: KbFaqRecord, title: str, approved_reply: int | None = None) -> StoredFaq:
+    return StoredFaq(f.id, f.document_id, title, f.question, tuple(f.similar or ()), f.answer, approved_reply)

@@ -1,0 +1,125 @@
+"""Approved answers, the semantic answer cache: a model answer an operator approved answers matching questions again.
+
+An approval is stored in the knowledge base itself (:mod:`models.knowledge.store`), not in a table of its own: one
+document of kind :data:`~models.knowledge.store.APPROVED_KIND` under the source ``reply:<reply id>`` holding one
+FAQ entry — the customer's question as stored (already masked by :mod:`models.privacy`), or the operator's own
+wording, and the reply's text. So it bumps the knowledge base's revision and every process picks it up through
+the FAQ sync it already runs (:mod:`models.knowledge.faq_sync`); ``decide()``'s ``faq`` rule then matches it with
+the FAQ's own confidence and ``KEFU_FAQ_THRESHOLD`` and answers at once, without the model, on every channel,
+as source ``approved`` with ``why`` ``approved_answer:<reply id>``. No migration was needed: ``kb_document``'s
+unique source is what makes approving the same reply twice a no-op.
+
+- :func:`approve` refuses (:class:`NotApprovable`, a message an operator can act on) a reply that does not exist,
+  is not the model's answer (a fallback, an FAQ or rule answer, a hand-off notice), or holds masked personal data
+  (``***``: a customer's number or address is nobody else's answer), and a question that is empty. Approving it
+  again with the same question changes nothing (no write, no audit row); with another question it is updated.
+- :func:`revoke` removes it (None when the reply has no approved answer).
+- Both write ``answer_approved`` / ``answer_revoked`` audit rows (reply id, document id, who: never text) beside
+  the store's ``kb_imported`` / ``kb_deleted``, in the caller's transaction; nothing here commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models import audit, pii
+from models.knowledge import store
+from models.knowledge.documents import FaqRow, ParsedDocument
+from models.states import ReplySource
+from models.tables import InboundRecord, KbDocumentRecord, KbFaqRecord, ReplyRecord
+
+TITLE = "已审核回答"  # the documents' title, which a grounded model answer may cite to a customer
+MASKED = "***"  # what models.pii's masks leave of personal data (at least three stars)
+
+
+class NotApprovable(ValueError):
+    """A reply that cannot be approved; ``str()`` says why and what to do instead."""
+
+
+class UnknownReply(NotApprovable):
+    """There is no reply with that id."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovedAnswer:
+    reply_id: int
+    document_id: int
+    question: str
+    answer: str
+    approved_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    status: str  # store.NEW, UPDATED or UNCHANGED
+    answer: ApprovedAnswer
+
+
+def approve(session: Session, reply_id: int, question: str | None = None, by: str = "cli") -> Approval:
+    """Approve reply ``reply_id`` for reuse, matched on ``question`` (default: the customer's stored message).
+    Raises :class:`NotApprovable`."""
+    reply = session.get(ReplyRecord, reply_id)
+    if reply is None:
+        raise UnknownReply(f"no reply #{reply_id}")
+    if reply.source != ReplySource.MODEL:
+        raise NotApprovable(f"reply #{reply_id} is a {reply.source} reply, not a model answer: only the model's "
+                            f"answers can be approved (FAQ answers are edited in the knowledge base)")
+    if has_personal_data(reply.text):
+        raise NotApprovable(f"reply #{reply_id} holds masked personal data; it cannot be given to other customers")
+    if question is None:
+        inbound = session.get(InboundRecord, reply.inbound_id)
+        question = inbound.text if inbound is not None else ""
+    question = question.strip()
+    if not question or (question.startswith("[") and question.endswith("]")):  # "[voice]": nothing was understood
+        raise NotApprovable(f"reply #{reply_id} answers a message without text; give the question (--question)")
+    if has_personal_data(question):
+        raise NotApprovable(f"the question of reply #{reply_id} holds masked personal data; give the question "
+                            f"without it (--question)")
+    content = json.dumps([question, reply.text], ensure_ascii=False)
+    parsed = ParsedDocument(store.approved_source(reply_id), TITLE, store.APPROVED_KIND,
+                            hashlib.sha256(content.encode()).hexdigest(), faq=(FaqRow(question, (), reply.text),))
+    outcome = store.import_document(session, parsed, by=by)
+    document = outcome.document
+    if outcome.status != store.UNCHANGED:
+        audit.record(session, audit.ANSWER_APPROVED, conversation_id=reply.conversation_id,
+                     inbound_id=reply.inbound_id, reply_id=reply_id, document_id=document.id, status=outcome.status,
+                     by=by)
+    return Approval(outcome.status, ApprovedAnswer(reply_id, document.id, question, reply.text, document.updated_at))
+
+
+def revoke(session: Session, reply_id: int, by: str = "cli") -> ApprovedAnswer | None:
+    """Withdraw the approved answer of reply ``reply_id``; what was withdrawn, or None when there was none."""
+    found = next(iter(_approved(session, store.approved_source(reply_id))), None)
+    if found is None:
+        return None
+    store.delete_document(session, found.document_id, by=by)
+    audit.record(session, audit.ANSWER_REVOKED, reply_id=reply_id, document_id=found.document_id, by=by)
+    return found
+
+
+def approved(session: Session) -> list[ApprovedAnswer]:
+    """Every approved answer, oldest approval first."""
+    return _approved(session, None)
+
+
+def has_personal_data(text: str) -> bool:
+    """Whether ``text`` holds personal data, masked (``***``) or not (:func:`models.pii.find`)."""
+    return MASKED in text or bool(pii.find(text))
+
+
+def _approved(session: Session, source: str | None) -> list[ApprovedAnswer]:
+    query = (select(KbDocumentRecord.source, KbDocumentRecord.id, KbFaqRecord.question, KbFaqRecord.answer,
+                    KbDocumentRecord.updated_at)
+             .join(KbFaqRecord, KbFaqRecord.document_id == KbDocumentRecord.id)
+             .where(KbDocumentRecord.kind == store.APPROVED_KIND).order_by(KbDocumentRecord.id))
+    if source is not None:
+        query = query.where(KbDocumentRecord.source == source)
+    return [ApprovedAnswer(reply, document_id, question, answer, at) for source, document_id, question, answer, at
+            in session.execute(query).all()
+            if (reply := store.approved_reply_id(store.APPROVED_KIND, source)) is not None]
