@@ -17,7 +17,6 @@ variants of their questions) on every query: p50/p99 per call.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.stats import pct
+from models.evaluation.datasets import read_faq_set
+from models.evaluation.metrics import FaqOutcome, faq_at, top1
 from models.knowledge.faq import FaqEntry
 from models.knowledge.faq_index import DEFAULT_THRESHOLD, FaqIndex
 from models.knowledge.tokens import normalize
@@ -39,9 +40,8 @@ Ranker = Callable[[str], tuple[str | None, float]]  # query -> (best entry id, c
 
 
 def load(path: Path) -> tuple[list[FaqEntry], list[tuple[str, str | None]]]:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    entries = [FaqEntry(e["id"], e["question"], f"答案 {e['id']}", tuple(e["similar"])) for e in data["entries"]]
-    return entries, [(q["text"], q["expect"]) for q in data["queries"]]
+    entries, cases = read_faq_set(path)  # the reader `kefu eval` uses
+    return list(entries), [(case.text, case.expected_faq) for case in cases]
 
 
 class CharTfidf:
@@ -96,24 +96,15 @@ def kefu_ranker(index: FaqIndex) -> Ranker:
 
 
 def curve(name: str, rank: Ranker, queries: list[tuple[str, str | None]]) -> None:
-    results = [(rank(text), expect) for text, expect in queries]
-    positives = [r for r in results if r[1] is not None]
-    top1 = sum(best == expect for (best, _), expect in positives) / len(positives)
-    print(f"\n{name}: top-1 {top1:.1%} of {len(positives)} paraphrases; "
-          f"{len(results) - len(positives)} negative queries")
+    outcomes = [FaqOutcome(*rank(text), expect) for text, expect in queries]
+    positives = sum(expect is not None for _, expect in queries)
+    print(f"\n{name}: top-1 {top1(outcomes) or 0.0:.1%} of {positives} paraphrases; "
+          f"{len(queries) - positives} negative queries")
     print(f"{'threshold':>9} {'answered right':>15} {'wrong':>7} {'wrong (neg.)':>13} {'abstained':>10}")
     for threshold in THRESHOLDS:
-        right = wrong = wrong_negative = abstained = 0
-        for (best, confidence), expect in results:
-            if best is None or confidence < threshold:
-                abstained += 1
-            elif best == expect:
-                right += 1
-            else:
-                wrong += 1
-                wrong_negative += expect is None
-        print(f"{threshold:>9.2f} {right / len(positives):>15.1%} {wrong / len(results):>7.1%} "
-              f"{wrong_negative / len(results):>13.1%} {abstained / len(results):>10.1%}")
+        at = faq_at(outcomes, threshold)
+        print(f"{threshold:>9.2f} {at.right_rate or 0.0:>15.1%} {at.wrong_rate or 0.0:>7.1%} "
+              f"{at.wrong_negative_rate or 0.0:>13.1%} {at.abstained_rate or 0.0:>10.1%}")
 
 
 def latency(entries: list[FaqEntry], queries: list[tuple[str, str | None]]) -> None:

@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.stats import pct  # noqa: E402
+from models.evaluation.datasets import TsvLine, read_handoff_tsv  # noqa: E402
+from models.evaluation.metrics import HandoffScore, handoff_error, handoff_score  # noqa: E402
 from models.handoff_detect import Verdict, detect, negative_word  # noqa: E402
 
 DEFAULT_FILES = (ROOT / "tests/data/handoff/real.tsv", ROOT / "tests/data/handoff/edge_cases.tsv")
@@ -57,24 +59,7 @@ def baseline(text: str) -> Verdict:
     return Verdict.NOT
 
 
-@dataclass(frozen=True)
-class Example:
-    source: str
-    ident: str
-    label: str
-    text: str
-
-
-def read(path: Path) -> list[Example]:
-    examples = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        source, ident, label, text = line.split("\t", 3)
-        if label not in ("request", "unclear", "not"):
-            raise ValueError(f"{path}: unknown label {label!r} in {line!r}")
-        examples.append(Example(source, ident, label, text))
-    return examples
+read = read_handoff_tsv  # the reader `kefu eval` uses: it checks every label
 
 
 REPEATS = 5  # each message is timed this often and the fastest kept: the code's cost, not the scheduler's
@@ -88,48 +73,29 @@ def _timed(verdict_of: Callable[[str], Verdict], text: str) -> float:
 
 @dataclass
 class Score:
-    requests: int = 0
-    reached: int = 0
-    at_once: int = 0
-    handed_off: int = 0
-    handed_off_right: int = 0
-    needless_ask_backs: int = 0
+    counts: HandoffScore
     micros: float = 0.0
     p99_micros: float = 0.0
 
     def line(self, name: str) -> str:
-        recall = self.reached / self.requests if self.requests else 1.0
-        strict = self.at_once / self.requests if self.requests else 1.0
-        precision = self.handed_off_right / self.handed_off if self.handed_off else 1.0
-        return (f"  {name:<9} recall {recall:7.2%} ({self.reached}/{self.requests})  strict recall {strict:7.2%}  "
-                f"precision {precision:7.2%} ({self.handed_off_right}/{self.handed_off})  "
-                f"needless ask-backs {self.needless_ask_backs}  {self.micros:.0f} µs/message (p99 {self.p99_micros:.0f})")
+        c = self.counts
+        return (f"  {name:<9} recall {c.recall or 1.0:7.2%} ({c.reached}/{c.requests})  strict recall "
+                f"{c.strict_recall or 1.0:7.2%}  precision {c.precision or 1.0:7.2%} ({c.handed_off_right}/{c.handed_off})  "
+                f"needless ask-backs {c.needless_ask_backs}  {self.micros:.0f} µs/message (p99 {self.p99_micros:.0f})")
 
 
-def score(examples: list[Example], verdict_of: Callable[[str], Verdict], errors: list[str] | None = None) -> Score:
+def score(examples: list[TsvLine], verdict_of: Callable[[str], Verdict], errors: list[str] | None = None) -> Score:
     for example in examples:  # warm-up (regex compilation, caches)
         verdict_of(example.text)
-    result = Score()
     verdicts, took = [], []
     for example in examples:
         verdicts.append(verdict_of(example.text))
         took.append(min(_timed(verdict_of, example.text) for _ in range(REPEATS)))
+    result = Score(handoff_score((e.label, str(v)) for e, v in zip(examples, verdicts, strict=True)))
     result.micros = sum(took) / max(1, len(took)) * 1e6
     result.p99_micros = pct(took, 99) * 1e3 if took else 0.0
     for example, verdict in zip(examples, verdicts, strict=True):
-        wrong = False
-        if example.label == "request":
-            result.requests += 1
-            result.reached += verdict is not Verdict.NOT
-            result.at_once += verdict is Verdict.REQUEST
-            wrong = verdict is Verdict.NOT
-        if verdict is Verdict.REQUEST:
-            result.handed_off += 1
-            result.handed_off_right += example.label == "request"
-            wrong = wrong or example.label == "not"
-        if verdict is Verdict.UNCLEAR and example.label == "not":
-            result.needless_ask_backs += 1
-        if wrong and errors is not None:
+        if handoff_error(example.label, str(verdict)) and errors is not None:
             errors.append(f"    {example.label:>7} -> {verdict:<7} {example.source} {example.ident}: {example.text[:80]}")
     return result
 

@@ -1,11 +1,8 @@
-"""Shared figures for the benchmarks."""
+"""Shared figures for the benchmarks: the percentile is the shipped one (models.evaluation.metrics), so a bench and
+`kefu eval` compute p50/p99 the same way."""
 
 from __future__ import annotations
 
+from models.evaluation.metrics import pct
 
-def pct(values: list[float], p: float) -> float:
-    """The nearest-rank p-th percentile of durations in seconds, in milliseconds (NaN when empty)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))] * 1000
+__all__ = ["pct"]
