@@ -13,7 +13,8 @@ For each label the set has, every message gets the decision the service would ma
 - ``intent``: :func:`models.intents.classify`'s label; accuracy. Without that module: "intents not available".
 - ``handoff``: :func:`models.handoff_detect.detect` with ``KEFU_HANDOFF_KEYWORDS``; recall (UNCLEAR counts as
   reaching a person: the customer is asked back), strict recall, precision, needless ask-backs.
-- latency: p50/p99 per decision, each message timed once (milliseconds, this process, warm after the first).
+- latency: p50/p99 per decision, each message timed once after one untimed warm-up call (milliseconds, this
+  process, one thread).
 
 Exit status: 0; 1 when the set or the FAQ file cannot be used (the message names the file, line and field) or
 an expected entry is not in the FAQ; 2 when the knowledge base's database cannot be read. ``--json`` prints the
@@ -59,6 +60,8 @@ class Report:
 
 def _timed(decide: Callable[[str], Any], cases: Sequence[Case]) -> tuple[list[Any], dict[str, float | int]]:
     results, took = [], []
+    if cases:
+        decide(cases[0].text)  # warm-up, untimed: a first call may build an index or compile patterns
     for case in cases:
         started = time.perf_counter()
         results.append(decide(case.text))
@@ -104,7 +107,7 @@ def expected_ids(cases: Sequence[Case], entries: Sequence[FaqEntry], source: str
     for case in cases:
         if case.expected_faq is not None and case.expected_faq not in names:
             raise DatasetError(f"{case.where}: expected_faq: {case.expected_faq!r} is neither an entry id nor a "
-                               f"question of the FAQ ({source}, {len(entries)} entries)")
+                               f"question of the FAQ ({source}, {_entries(len(entries))})")
         found.append(names[case.expected_faq] if case.expected_faq is not None else None)
     return found
 
@@ -192,6 +195,10 @@ def evaluate(settings: Settings, labelled: LabelledSet, faq_file: Path | None = 
     return report
 
 
+def _entries(n: int) -> str:
+    return f"{n} {'entry' if n == 1 else 'entries'}"
+
+
 def _pc(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
@@ -207,7 +214,7 @@ def render(report: Report) -> str:
     if report.handoff is not None:
         lines += _render_handoff(report.handoff)
     if report.latency_ms:
-        lines.append("\nLatency per decision (ms, each message timed once):")
+        lines.append("\nLatency per decision (ms, each message timed once, after a warm-up):")
         lines += [f"  {name:<8} p50 {t['p50']:.3f}  p99 {t['p99']:.3f}  ({t['decisions']} decisions)"
                   for name, t in report.latency_ms.items()]
     return "\n".join(lines)
@@ -217,7 +224,7 @@ def _render_faq(f: dict[str, Any]) -> list[str]:
     if not f["available"]:
         return [f"\nFAQ ({f['labelled']} labelled): not evaluated: {f['why']}"]
     at = f["at_threshold"]
-    out = [f"\nFAQ ({f['labelled']} labelled; matched against {f['faq']}: {f['entries']} entries)",
+    out = [f"\nFAQ ({f['labelled']} labelled; matched against {f['faq']}: {_entries(f['entries'])})",
            f"  at KEFU_FAQ_THRESHOLD {f['threshold']:.2f}: answered right {_pc(at['right_rate'])} "
            f"({at['right']}/{at['expecting_an_entry']} expecting an entry), wrong {_pc(at['wrong_rate'])} "
            f"({at['wrong']}/{at['queries']}; {at['wrong_to_abstainers']} to messages that should abstain), "

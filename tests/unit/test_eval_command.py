@@ -229,3 +229,31 @@ def test_a_knowledge_base_that_cannot_be_read_exits_2(clean_env: Path, capsys: p
     code, out, err = run_eval(capsys, str(data))  # the embedded database was never migrated
     assert (code, out) == (2, "")
     assert err.startswith("kefu: the knowledge base's FAQ cannot be read (OperationalError") and "kefu migrate" in err
+
+
+@pytest.mark.parametrize("name", ["real_dev.tsv", "real_heldout.tsv"])
+def test_the_shipped_intent_sets_run_and_agree_with_classify(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = DATA / "intents" / name
+    if not path.exists() or importlib.util.find_spec("models.intents") is None:
+        pytest.skip("no intent set or no models.intents in this build")
+    from models import intents  # type: ignore[attr-defined, unused-ignore]
+    from models.settings import Settings
+
+    code, out, _ = run_eval(capsys, str(path), "--json")
+    report = json.loads(out)["intent"]
+    settings = Settings()
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    right = sum(intents.classify(settings, line.split("\t", 3)[3]).label == line.split("\t", 3)[2] for line in lines)
+    assert (code, report["labelled"], report["right"]) == (0, len(lines), right)
+
+
+def test_kb_matches_a_faq_set_against_the_configured_faq(clean_env: Path, db: Engine, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KEFU_FAQ", json.dumps([{"question": "几点发货", "answer": "24 小时内。"}], ensure_ascii=False))
+    faq_set = clean_env / "set.json"
+    faq_set.write_text(json.dumps({"entries": SHOP["entries"], "queries": [{"text": "几点发货", "expect": "ship"}]},
+                                  ensure_ascii=False), encoding="utf-8")
+    assert "matched against the set's own FAQ: 3 entries" in run_eval(capsys, str(faq_set))[1]
+    code, _, err = run_eval(capsys, str(faq_set), "--kb")  # KEFU_FAQ's entry is settings:0, not the set's "ship"
+    assert code == 1 and "queries[0]: expected_faq: 'ship' is neither an entry id nor a question of the FAQ " \
+        "(KEFU_FAQ and the knowledge base, 1 entry)" in err
