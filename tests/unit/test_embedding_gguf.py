@@ -84,6 +84,13 @@ def test_unset_is_off_and_a_missing_file_is_named(clean_env: Path) -> None:
         broken.encode(["退货"])
 
 
+def test_a_worker_with_a_missing_model_file_does_not_start(clean_env: Path) -> None:
+    from workers.celery_app import create_app
+
+    with pytest.raises(ConfigError, match="KEFU_EMBEDDING_MODEL_PATH"):
+        create_app(Settings(data_dir=clean_env / "var", embedding_model_path=clean_env / "none.gguf"))
+
+
 def test_the_worker_encodes_the_knowledge_base_and_fuses_it(db: Engine, clean_env: Path,
                                                             encoder: LlamaEncoder) -> None:
     (clean_env / "policy.md").write_text("# 售后政策\n\n## 退货\n\n签收后7天内可以无理由退货。\n\n"
