@@ -13,8 +13,8 @@ For each label the set has, every message gets the decision the service would ma
 - ``intent``: :func:`models.intents.classify`'s label; accuracy. Without that module: "intents not available".
 - ``handoff``: :func:`models.handoff_detect.detect` with ``KEFU_HANDOFF_KEYWORDS``; recall (UNCLEAR counts as
   reaching a person: the customer is asked back), strict recall, precision, needless ask-backs.
-- latency: p50/p99 per decision, each message timed once after one untimed warm-up call (milliseconds, this
-  process, one thread).
+- latency: p50/p99 per decision, each message timed once after an untimed warm-up pass over them all
+  (milliseconds, this process, one thread).
 
 Exit status: 0; 1 when the set or the FAQ file cannot be used (the message names the file, line and field) or
 an expected entry is not in the FAQ; 2 when the knowledge base's database cannot be read. ``--json`` prints the
@@ -60,8 +60,8 @@ class Report:
 
 def _timed(decide: Callable[[str], Any], cases: Sequence[Case]) -> tuple[list[Any], dict[str, float | int]]:
     results, took = [], []
-    if cases:
-        decide(cases[0].text)  # warm-up, untimed: a first call may build an index or compile patterns
+    for case in cases:  # an untimed warm-up pass: a first call may build an index or compile patterns
+        decide(case.text)
     for case in cases:
         started = time.perf_counter()
         results.append(decide(case.text))
@@ -214,7 +214,7 @@ def render(report: Report) -> str:
     if report.handoff is not None:
         lines += _render_handoff(report.handoff)
     if report.latency_ms:
-        lines.append("\nLatency per decision (ms, each message timed once, after a warm-up):")
+        lines.append("\nLatency per decision (ms, each message timed once, after a warm-up pass):")
         lines += [f"  {name:<8} p50 {t['p50']:.3f}  p99 {t['p99']:.3f}  ({t['decisions']} decisions)"
                   for name, t in report.latency_ms.items()]
     return "\n".join(lines)
