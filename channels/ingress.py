@@ -2,9 +2,11 @@
 
 One transaction inserts the conversation (if new), the inbound row and a ``received`` audit row;
 ``UNIQUE(channel, account, external_id)`` makes a platform retry a no-op that returns the first
-message's id. Only after the commit is ``handle_inbound(id)`` published, so a worker never sees an
-id that is not in the database. If publishing fails the message is still safe: it stays
-``received`` and the sweeper publishes it again (a retry of the same message also does, at once).
+message's id. With an ``intent`` function (models.intents.classify, rules only) the message's intent is
+stored in the row and in the ``received`` audit row's detail. Only after the commit is
+``handle_inbound(id)`` published, so a worker never sees an id that is not in the database. If publishing
+fails the message is still safe: it stays ``received`` and the sweeper publishes it again (a retry of the same
+message also does, at once).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 REPUBLISH_AFTER_S = 10.0
 StoredText = Callable[[str], tuple[str, tuple[str, ...]]]  # (text to store, moderation rules that masked words)
+IntentOf = Callable[[str], str]  # the customer's text -> its intent label (models.intents.classify, no model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,15 +43,18 @@ class Accepted:
 
 
 class Ingress:
-    def __init__(self, sessions: sessionmaker[Session], publisher: Publisher, stored: StoredText | None = None) -> None:
+    def __init__(self, sessions: sessionmaker[Session], publisher: Publisher, stored: StoredText | None = None,
+                 intent: IntentOf | None = None) -> None:
         self._sessions = sessions
         self._publisher = publisher
         self._stored = stored  # what is stored of a customer's text (models.privacy.stored_text); None: as sent
+        self._intent = intent  # the intent stored with a message that has text and audited with it; None: none
 
     def accept(self, inbound: Inbound) -> Accepted:
         key = inbound.key
+        intent = self._intent_of(inbound)
         with transaction(self._sessions) as session:
-            conversation_id, inbound_id = self._insert(session, inbound, InboundStatus.RECEIVED)
+            conversation_id, inbound_id = self._insert(session, inbound, InboundStatus.RECEIVED, intent)
             duplicate = inbound_id is None
             if duplicate:
                 inbound_id, conversation_id, status, received_at = session.execute(
@@ -69,6 +75,7 @@ class Ingress:
                 inbound_id=inbound_id,
                 message_kind=inbound.kind,
                 chars=len(inbound.text),
+                **({} if duplicate else _intent_detail(intent)),
             )
         assert inbound_id is not None
         if status != InboundStatus.RECEIVED:
@@ -89,8 +96,9 @@ class Ingress:
         to send, or for a platform retry of the same message the text first sent (None if it went to the model).
         """
         key = inbound.key
+        intent = self._intent_of(inbound)
         with transaction(self._sessions) as session:
-            conversation_id, inbound_id = self._insert(session, inbound, InboundStatus.ANSWERED)
+            conversation_id, inbound_id = self._insert(session, inbound, InboundStatus.ANSWERED, intent)
             if inbound_id is None:
                 inbound_id, conversation_id = self._existing(session, inbound)
                 earlier = session.scalars(select(ReplyRecord.text).where(ReplyRecord.inbound_id == inbound_id)).first()
@@ -98,7 +106,8 @@ class Ingress:
                              inbound_id=inbound_id, message_kind=inbound.kind)
                 return Accepted(inbound_id, conversation_id, True, True), earlier
             audit.record(session, audit.RECEIVED, channel=key.channel, conversation_id=conversation_id,
-                         inbound_id=inbound_id, message_kind=inbound.kind, chars=len(inbound.text))
+                         inbound_id=inbound_id, message_kind=inbound.kind, chars=len(inbound.text),
+                         **_intent_detail(intent))
             reply_id = store_reply(session, inbound_id=inbound_id, conversation_id=conversation_id, channel=key.channel,
                                    answer=answer, passive=passive)
             assert reply_id is not None  # the inbound is new, so is its reply
@@ -115,8 +124,9 @@ class Ingress:
 
     def accept_for_human(self, inbound: Inbound, **detail: Any) -> Accepted:
         """Persist a message that a person, not the model, will answer (the conversation is handed off)."""
+        intent = self._intent_of(inbound)
         with transaction(self._sessions) as session:
-            conversation_id, inbound_id = self._insert(session, inbound, InboundStatus.HUMAN)
+            conversation_id, inbound_id = self._insert(session, inbound, InboundStatus.HUMAN, intent)
             duplicate = inbound_id is None
             if inbound_id is None:
                 inbound_id, conversation_id = self._existing(session, inbound)
@@ -125,7 +135,8 @@ class Ingress:
             if duplicate:
                 audit.record(session, audit.DUPLICATE, **ids, message_kind=inbound.kind)
             else:
-                audit.record(session, audit.RECEIVED, **ids, message_kind=inbound.kind, chars=len(inbound.text))
+                audit.record(session, audit.RECEIVED, **ids, message_kind=inbound.kind, chars=len(inbound.text),
+                             **_intent_detail(intent))
                 audit.record(session, audit.HUMAN_OWNED, **ids, **detail)
         return Accepted(inbound_id, conversation_id, duplicate, False)
 
@@ -135,7 +146,19 @@ class Ingress:
             audit.record(session, kind, channel=channel, conversation_id=accepted.conversation_id,
                          inbound_id=accepted.inbound_id, **detail)
 
-    def _insert(self, session: Session, inbound: Inbound, status: InboundStatus) -> tuple[int, int | None]:
+    def _intent_of(self, inbound: Inbound) -> str | None:
+        """The message's intent by the rules (pure, in memory: no I/O before the platform's acknowledgement); None
+        for a message without text (a voice gets its intent in the worker, once transcribed)."""
+        if self._intent is None or not inbound.text:
+            return None
+        try:
+            return self._intent(inbound.text)
+        except Exception:  # an intent is worth less than the message: store it without one
+            log.exception("intent classification failed")
+            return None
+
+    def _insert(self, session: Session, inbound: Inbound, status: InboundStatus, intent: str | None = None
+                ) -> tuple[int, int | None]:
         """(conversation id, new inbound id or None when the platform sent this message before)."""
         key = inbound.key
         text, masked_by = self._stored(inbound.text) if self._stored is not None else (inbound.text, ())
@@ -148,7 +171,7 @@ class Ingress:
             session, InboundRecord,
             {"conversation_id": conversation_id, "channel": key.channel, "account": key.account,
              "external_id": inbound.external_id, "kind": inbound.kind, "text": text,
-             "status": status, "received_at": inbound.received_at, "media_id": inbound.media_id},
+             "status": status, "received_at": inbound.received_at, "media_id": inbound.media_id, "intent": intent},
             ["channel", "account", "external_id"],
         )
         for rule in masked_by if inbound_id is not None else ():
@@ -191,3 +214,8 @@ class Ingress:
                 session, audit.QUEUED, channel=channel, conversation_id=conversation_id, inbound_id=inbound_id
             )
         return True
+
+
+def _intent_detail(intent: str | None) -> dict[str, Any]:
+    """The ``received`` audit row's intent (left out when there is none, as for a voice not yet transcribed)."""
+    return {} if intent is None else {"intent": intent}

@@ -37,6 +37,7 @@ from pydantic_settings import (
 )
 
 from models.handoff_detect import NEGATIVE_WORDS
+from models.intent_file import IntentFileError, check_routes, read_intents_file
 
 DEFAULT_SYSTEM_PROMPT = (
     "你是一名专业、耐心的在线客服助手。默认使用简体中文回答；如果客户用其他语言提问，就用客户的语言回答。"
@@ -469,10 +470,11 @@ class Settings(_KefuVariables):
         """Raise ConfigError for a combination that could lose or double-run work, or cannot start."""
         self._check_time_limits()
         self._check_model_and_speech()
-        if self.intents_file is not None or self.intent_routes:
-            from models.intents import check_routes, read_intents_file  # it imports this module
-
-            check_routes(self, read_intents_file(self.intents_file) if self.intents_file is not None else ())
+        try:
+            custom = read_intents_file(self.intents_file) if self.intents_file is not None else ()
+            check_routes(self.intent_routes, custom)
+        except IntentFileError as exc:
+            raise ConfigError(str(exc)) from None
         if self.moderation_file is not None and not self.moderation_file.is_file():
             raise ConfigError(f"KEFU_MODERATION_FILE={self.moderation_file} is not a file: every message and reply "
                               "would go unmoderated (create it, even empty, or unset the variable; docs/privacy.md)")

@@ -101,6 +101,9 @@ class InboundRecord(Base):
     received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     queued_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     media_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    # models.intents' label: the gateway's rules when it accepts the message (a voice: the worker's, once
+    # transcribed), or the model's for a message the rules could not place; None before either has run
+    intent: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class ReplyRecord(Base):

@@ -46,6 +46,9 @@ def settings_kwargs(backend: str, data_dir: Path, model: Path, pg: str | None, r
         "seed": 7,
         "secret_key": "test-secret",
         "log_level": "INFO",
+        # the model's intent step (workers.intent_model) has tests of its own (tests/integration/test_intents.py);
+        # here it would add an engine call and an `intent` audit row to the sequences these tests check
+        "intent_model": "off",
     }
     if backend == "redis-postgres":
         values.update(database_url=pg, broker_url=rds)

@@ -14,8 +14,8 @@ SILK or Ogg to PCM, out of process) → the configured recognizer
 Guarantees:
 
 - the transcription becomes the inbound's text in one conditional UPDATE (only while the text is
-  still empty), with a ``transcribed`` audit row holding format, duration, character count and
-  timings — never the text;
+  still empty), with the rules' intent (models.intents) and a ``transcribed`` audit row holding format,
+  duration, character count, intent and timings — never the text;
 - a transient download failure (timeout, 5xx, errcode -1/45009, a token being refreshed) raises
   :class:`TryAgain` with a backoff, counted by ``transcription_retry`` audit rows, so it survives a
   worker restart; after ``voice_download_retries`` of them it is given up as unclear;
@@ -36,7 +36,7 @@ from sqlalchemy import func, select, update
 from channels.base import DeliveryPermanent
 from channels.speech.voice_file import DecoderUnavailable, VoiceFileError, decode
 from channels.wechat_api import AppCredentials
-from models import audit, privacy
+from models import audit, intents, privacy
 from models.envelope import ConversationKey, printable
 from models.errors import Permanent, Retryable
 from models.infra.db import transaction
@@ -118,11 +118,12 @@ def transcribe(rt: Runtime, row: InboundRecord, key: ConversationKey) -> Inbound
                 duration_ms=round(voice.duration_s * 1000))
     if not text:
         _failed(rt, ids, "nothing recognized", format=voice.format, duration_ms=round(voice.duration_s * 1000))
+    intent = intents.label(s, text)  # the rules' intent, as the gateway gives a typed message (models.intents)
     with transaction(rt.sessions) as session:
         session.execute(update(InboundRecord).where(InboundRecord.id == row.id, InboundRecord.text == "")
-                        .values(text=privacy.stored_text(s, text)[0]))  # KEFU_PII_MASK_STORED, as at ingress
+                        .values(text=privacy.stored_text(s, text)[0], intent=intent))  # masked as at ingress
         audit.record(session, audit.TRANSCRIBED, **ids, format=voice.format, media_bytes=len(media.content),
-                     duration_ms=round(voice.duration_s * 1000), chars=len(text),
+                     duration_ms=round(voice.duration_s * 1000), chars=len(text), intent=intent,
                      download_ms=_ms(downloaded - started), decode_ms=_ms(decoded - downloaded),
                      recognize_ms=_ms(time.monotonic() - decoded))
         if len(heard) > len(text):  # cut like a typed text: the reply tells the customer (channels.truncation)

@@ -94,6 +94,7 @@ class Request:
     deadline: float | None = None
     on_text: TextCallback | None = None
     ignore_eos: bool = False  # benchmarks: always generate max_new tokens
+    grammar: str | None = None  # GBNF the sampled tokens must keep to (choose())
     submitted: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     # streamed text, then None at the end: handed to on_text by the thread that waits, never by the engine
@@ -282,7 +283,7 @@ class BatchedEngine:
 
     def submit(self, tokens: list[int], *, max_new: int | None = None, deadline: float | None = None,
                on_text: TextCallback | None = None, sampling: Sampling | None = None,
-               ignore_eos: bool = False, shared_prefix: int | None = None) -> Request:
+               ignore_eos: bool = False, shared_prefix: int | None = None, grammar: str | None = None) -> Request:
         """Queue a generation; returns at once. Raises PromptTooLong when it cannot fit a sequence."""
         self.load()
         s = self.settings
@@ -295,7 +296,7 @@ class BatchedEngine:
             shared_prefix=self.shared_prefix_len(tokens) if shared_prefix is None else shared_prefix,
             max_new=max(1, min(max_new or s.max_tokens, s.n_ctx - len(tokens))),
             sampling=sampling or Sampling.from_settings(s),
-            deadline=deadline, on_text=on_text, ignore_eos=ignore_eos,
+            deadline=deadline, on_text=on_text, ignore_eos=ignore_eos, grammar=grammar,
         )
         with self._cv:
             if self._stopping or self._thread is None or not self._thread.is_alive():
@@ -310,6 +311,21 @@ class BatchedEngine:
         try:
             tokens = self.prompt_tokens(turns, deadline)
             request = self.submit(tokens, deadline=deadline, on_text=on_text)
+        except GenerationError:
+            raise
+        except Exception as exc:
+            raise GenerationError(f"{type(exc).__name__}: {exc}") from exc
+        return request.wait()
+
+    def choose(self, turns: list[Turn], grammar: str, *, max_new: int = 24,
+               deadline: float | None = None) -> Generation:
+        """A short greedy completion within ``grammar`` (GBNF; llama.cpp's grammar sampler), batched with the
+        conversations being answered: e.g. one label of a set (workers.intent_model). Its prompt shares no prefix
+        with the answers' system block, so it does not replace the shared prefix (shared_prefix=0)."""
+        try:
+            tokens = self.prompt_tokens(turns, deadline)
+            request = self.submit(tokens, max_new=max_new, deadline=deadline, grammar=grammar, shared_prefix=0,
+                                  sampling=Sampling(0.0, 1.0, 0, 0.0, 0.0, 0))
         except GenerationError:
             raise
         except Exception as exc:
@@ -398,6 +414,12 @@ class BatchedEngine:
     def _admit(self, slot: _Slot, request: Request) -> None:
         import llama_cpp
 
+        try:
+            sampler = self._new_sampler(request.sampling, request.grammar)
+        except GenerationError as exc:  # a grammar llama.cpp refused: this request fails, the engine serves on
+            slot.request, request.error = None, exc
+            self._release(request)
+            return
         reuse = min(self._prefix_for(request), len(request.tokens) - 1)  # at least one token left to prefill
         llama_cpp.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
         if reuse:
@@ -408,7 +430,7 @@ class BatchedEngine:
         slot.pos = reuse
         slot.prompt_reused = reuse
         slot.next_token = None
-        slot.sampler = self._new_sampler(request.sampling)
+        slot.sampler = sampler
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.think = ThinkFilter()
         slot.pieces = []
@@ -439,10 +461,16 @@ class BatchedEngine:
         self._prefix = want
         return len(want)
 
-    def _new_sampler(self, sampling: Sampling) -> Any:
+    def _new_sampler(self, sampling: Sampling, grammar: str | None = None) -> Any:
         import llama_cpp
 
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if grammar is not None:  # first: every later sampler sees only the tokens the grammar allows
+            constrained = llama_cpp.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+            if not constrained:
+                llama_cpp.llama_sampler_free(chain)
+                raise GenerationError("llama.cpp could not parse the grammar")
+            llama_cpp.llama_sampler_chain_add(chain, constrained)
         if sampling.presence_penalty:
             llama_cpp.llama_sampler_chain_add(
                 chain, llama_cpp.llama_sampler_init_penalties(self._n_vocab, PENALTY_LAST_N, 1.0, 0.0,

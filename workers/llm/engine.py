@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from models.envelope import Turn, printable
 from models.settings import Settings
@@ -78,6 +78,17 @@ class TextEngine(Protocol):
     def close(self) -> None: ...
     def generate(self, turns: list[Turn], *, on_text: TextCallback | None = None,
                  deadline: float | None = None) -> Generation: ...
+
+
+@runtime_checkable
+class ChoosingEngine(Protocol):
+    """An engine that can also answer within a grammar (both engines here; a test's scripted engine may not)."""
+
+    architecture: str  # the GGUF's general.architecture, known once loaded
+
+    def load(self) -> Any: ...
+    def choose(self, turns: list[Turn], grammar: str, *, max_new: int = 24,
+               deadline: float | None = None) -> Generation: ...
 
 
 def build_prompt(tokenize: Tokenize, turns: list[Turn], settings: Settings, architecture: str, *,
@@ -213,6 +224,39 @@ class LlamaEngine:
                 raise
             except Exception as exc:  # llama.cpp failures surface as assorted exceptions
                 raise GenerationError(f"{type(exc).__name__}: {exc}") from exc
+
+    def choose(self, turns: list[Turn], grammar: str, *, max_new: int = 24,
+               deadline: float | None = None) -> Generation:
+        """A short greedy completion that llama.cpp's grammar sampler keeps within ``grammar`` (GBNF): e.g. one
+        label of a set (workers.intent_model). Ends on a stop token, at ``max_new`` tokens or at ``deadline``."""
+        with self._run_lock:
+            started = time.monotonic()
+            if deadline is not None and started >= deadline:
+                return Generation("", self.spec.name, 0, 0, "deadline", None, 0.0)
+            try:
+                from llama_cpp import LlamaGrammar
+
+                llm = self.load()
+                tokens = self.prompt_tokens(turns, deadline)
+                compiled = LlamaGrammar.from_string(grammar, verbose=False)
+                produced, finish, out = 0, "length", []
+                for token in llm.generate(tokens, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
+                                          grammar=compiled):
+                    if token in self._stop_ids:
+                        finish = "stop"
+                        break
+                    out.append(token)
+                    produced += 1
+                    if produced >= max_new or (deadline is not None and time.monotonic() >= deadline):
+                        finish = "length" if produced >= max_new else "deadline"
+                        break
+            except GenerationError:
+                raise
+            except Exception as exc:  # llama.cpp failures surface as assorted exceptions
+                raise GenerationError(f"{type(exc).__name__}: {exc}") from exc
+            text = llm.detokenize(out).decode("utf-8", errors="replace")
+            return Generation(printable(text), self.spec.name, len(tokens), produced, finish, None,
+                              time.monotonic() - started)
 
     def _run(
         self, tokens: list[int], on_text: TextCallback | None, deadline: float | None, started: float
