@@ -9,10 +9,11 @@ the FAQ's own confidence and ``KEFU_FAQ_THRESHOLD`` and answers at once, without
 as source ``approved`` with ``why`` ``approved_answer:<reply id>``. No migration was needed: ``kb_document``'s
 unique source is what makes approving the same reply twice a no-op.
 
-- :func:`approve` refuses (:class:`NotApprovable`, a message an operator can act on) a reply that does not exist,
-  is not the model's answer (a fallback, an FAQ or rule answer, a hand-off notice), or holds masked personal data
-  (``***``: a customer's number or address is nobody else's answer), and a question that is empty. Approving it
-  again with the same question changes nothing (no write, no audit row); with another question it is updated.
+- :func:`approve` refuses (:class:`NotApprovable`, a message an operator can act on) a reply that does not exist
+  (:class:`UnknownReply`), is not the model's answer (a fallback, an FAQ or rule answer, a hand-off notice), or
+  holds personal data, masked (``***``) or not (a customer's number or address is nobody else's answer); and a
+  question that is empty (``[voice]``) or holds personal data. Approving it again with the same question changes
+  nothing (no write, no audit row); with another question it is updated.
 - :func:`revoke` removes it (None when the reply has no approved answer).
 - Both write ``answer_approved`` / ``answer_revoked`` audit rows (reply id, document id, who: never text) beside
   the store's ``kb_imported`` / ``kb_deleted``, in the caller's transaction; nothing here commits.
@@ -71,16 +72,19 @@ def approve(session: Session, reply_id: int, question: str | None = None, by: st
         raise NotApprovable(f"reply #{reply_id} is a {reply.source} reply, not a model answer: only the model's "
                             f"answers can be approved (FAQ answers are edited in the knowledge base)")
     if has_personal_data(reply.text):
-        raise NotApprovable(f"reply #{reply_id} holds masked personal data; it cannot be given to other customers")
+        raise NotApprovable(f"reply #{reply_id} holds personal data (masked or not); it cannot be given to other "
+                            f"customers")
     if question is None:
         inbound = session.get(InboundRecord, reply.inbound_id)
-        question = inbound.text if inbound is not None else ""
+        question = inbound.text.strip() if inbound is not None else ""
+        if question.startswith("[") and question.endswith("]"):  # "[voice]": a voice nothing could be made of
+            question = ""
     question = question.strip()
-    if not question or (question.startswith("[") and question.endswith("]")):  # "[voice]": nothing was understood
+    if not question:
         raise NotApprovable(f"reply #{reply_id} answers a message without text; give the question (--question)")
     if has_personal_data(question):
-        raise NotApprovable(f"the question of reply #{reply_id} holds masked personal data; give the question "
-                            f"without it (--question)")
+        raise NotApprovable(f"the question of reply #{reply_id} holds personal data (masked or not); give the "
+                            f"question without it (--question)")
     content = json.dumps([question, reply.text], ensure_ascii=False)
     parsed = ParsedDocument(store.approved_source(reply_id), TITLE, store.APPROVED_KIND,
                             hashlib.sha256(content.encode()).hexdigest(), faq=(FaqRow(question, (), reply.text),))

@@ -94,9 +94,11 @@ def test_the_operator_may_word_the_question_and_a_new_wording_updates_it(session
     (ReplySource.FALLBACK, "抱歉，我暂时无法回答。", QUESTION, "is a fallback reply, not a model answer"),
     (ReplySource.FAQ, ANSWER, QUESTION, "is a faq reply, not a model answer"),
     (ReplySource.HANDOFF, "正在为您转接人工客服。", QUESTION, "is a handoff reply"),
-    (ReplySource.MODEL, "已为您登记手机 138****1234 的退款。", QUESTION, "holds masked personal data"),
+    (ReplySource.MODEL, "已为您登记手机 138****1234 的退款。", QUESTION, "holds personal data"),
+    (ReplySource.MODEL, "好的，已记下您的手机 13812345678。", QUESTION, "holds personal data"),
     (ReplySource.MODEL, ANSWER, "[voice]", "give the question (--question)"),
     (ReplySource.MODEL, ANSWER, "我的手机号是138****1234，退款多久到账", "question of reply"),
+    (ReplySource.MODEL, ANSWER, "我的手机号是13812345678，退款多久到账", "question of reply"),
 ])
 def test_what_cannot_be_approved_is_refused_with_a_reason(sessions: sessionmaker[Session], source: ReplySource,
                                                            answer: str, question: str, why: str) -> None:
