@@ -6,7 +6,7 @@
     kefu audit verify            recompute the audit log's hash chains; exit 1 and where, if anything was tampered with
     kefu kb import PATH…         load knowledge-base files (Markdown, text, HTML, PDF, DOCX, CSV/XLSX FAQ sheets)
     kefu kb list|show ID|delete ID   the knowledge base's documents
-    kefu eval DATASET [--faq FILE|--kb] [--json]   FAQ, intent and hand-off figures on a labelled set
+    kefu eval DATASET [--faq FILE|--kb] [--json] [--errors]   FAQ, intent and hand-off figures on a labelled set
     kefu answers approve REPLY_ID [--question TEXT] | list | revoke REPLY_ID   approved answers (answered again)
     kefu gateway                 serve the HTTP/WebSocket gateway
     kefu worker --queues llm,io  run a Celery worker for the given queues
@@ -97,7 +97,7 @@ def cmd_answers(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     from workers import eval_command
 
-    return eval_command.run(settings, args.dataset, args.faq, args.kb, args.json)
+    return eval_command.run(settings, args.dataset, args.faq, args.kb, args.json, args.errors)
 
 
 def add_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -110,6 +110,8 @@ def add_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     faq.add_argument("--kb", action="store_true", help="match against KEFU_FAQ and the knowledge base even when "
                      "the set carries its own FAQ")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--errors", action="store_true", help="also list each wrong decision (file:line, expected, got, "
+                   "the message)")
     p.set_defaults(func=cmd_eval)
 
 

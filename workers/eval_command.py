@@ -18,7 +18,8 @@ For each label the set has, every message gets the decision the service would ma
 
 Exit status: 0; 1 when the set or the FAQ file cannot be used (the message names the file, line and field) or
 an expected entry is not in the FAQ; 2 when the knowledge base's database cannot be read. ``--json`` prints the
-same figures as one JSON object (rates as fractions, None where there was nothing to count).
+same figures as one JSON object (rates as fractions, None where there was nothing to count); ``--errors`` adds
+each wrong decision with where it is in the set (file:line) and the message's text.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ class Report:
     intent: dict[str, Any] | None = None
     handoff: dict[str, Any] | None = None
     latency_ms: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    errors: list[dict[str, Any]] | None = None  # with --errors: each wrong decision, where it is in the set
+
+    def wrong(self, kind: str, case: Case, expected: object, got: object) -> None:
+        if self.errors is not None:
+            self.errors.append({"decision": kind, "where": case.where, "expected": expected, "got": got,
+                                "text": case.text})
 
 
 def _timed(decide: Callable[[str], Any], cases: Sequence[Case]) -> tuple[list[Any], dict[str, float | int]]:
@@ -130,6 +137,9 @@ def evaluate_faq(settings: Settings, cases: Sequence[Case], source: str, entries
     results, report.latency_ms["faq"] = _timed(best, cases)
     outcomes = [metrics.FaqOutcome(b, c, e) for (b, c), e in zip(results, expected, strict=True)]
     at = metrics.faq_at(outcomes, settings.faq_threshold)
+    for case, o in zip(cases, outcomes, strict=True):
+        if o.best is not None and o.confidence >= settings.faq_threshold and o.best != o.expected:
+            report.wrong("faq", case, o.expected or "(abstain)", f"{o.best} ({o.confidence:.2f})")
     report.faq = {
         "available": True, "faq": source, "entries": len(entries), "labelled": len(cases),
         "threshold": settings.faq_threshold, "top1": metrics.top1(outcomes), "at_threshold": _faq_figures(at),
@@ -163,6 +173,9 @@ def evaluate_intents(settings: Settings, cases: Sequence[Case], report: Report) 
         return
     labels, report.latency_ms["intent"] = _timed(classify, cases)
     right = sum(label == case.intent for label, case in zip(labels, cases, strict=True))
+    for label, case in zip(labels, cases, strict=True):
+        if label != case.intent:
+            report.wrong("intent", case, case.intent, label)
     report.intent = {"available": True, "labelled": len(cases), "right": right,
                      "accuracy": metrics.rate(right, len(cases))}
 
@@ -172,6 +185,9 @@ def evaluate_handoff(settings: Settings, cases: Sequence[Case], report: Report) 
     verdicts, report.latency_ms["handoff"] = _timed(lambda text: str(detect(text, phrases).verdict), cases)
     score = metrics.handoff_score((str(case.handoff), verdict) for case, verdict in zip(cases, verdicts, strict=True))
     labels = {label: sum(case.handoff == label for case in cases) for label in metrics.HANDOFF_LABELS}
+    for case, verdict in zip(cases, verdicts, strict=True):
+        if metrics.handoff_error(str(case.handoff), verdict):
+            report.wrong("handoff", case, case.handoff, verdict)
     report.handoff = {"labelled": len(cases), "labels": labels, "requests": score.requests,
                       "reached": score.reached, "at_once": score.at_once, "handed_off": score.handed_off,
                       "handed_off_right": score.handed_off_right, "recall": score.recall,
@@ -179,9 +195,12 @@ def evaluate_handoff(settings: Settings, cases: Sequence[Case], report: Report) 
                       "needless_ask_backs": score.needless_ask_backs}
 
 
-def evaluate(settings: Settings, labelled: LabelledSet, faq_file: Path | None = None, use_kb: bool = False) -> Report:
-    """Raises DatasetError (the set, the FAQ file, an unknown expected entry) or KnowledgeBaseUnavailable."""
-    report = Report(str(labelled.path), len(labelled.cases))
+def evaluate(settings: Settings, labelled: LabelledSet, faq_file: Path | None = None, use_kb: bool = False,
+             errors: bool = False) -> Report:
+    """Raises DatasetError (the set, the FAQ file, an unknown expected entry) or KnowledgeBaseUnavailable.
+    ``errors``: also list each wrong decision (an FAQ answer of another entry or where it should abstain, an intent
+    other than the label, a request that reaches nobody or a hand-off at once not labelled request)."""
+    report = Report(str(labelled.path), len(labelled.cases), errors=[] if errors else None)
     faq_cases = [c for c in labelled.cases if c.faq_labelled]
     if faq_cases:
         source, entries = choose_faq(settings, labelled, faq_file, use_kb)
@@ -217,7 +236,14 @@ def render(report: Report) -> str:
         lines.append("\nLatency per decision (ms, each message timed once, after a warm-up pass):")
         lines += [f"  {name:<8} p50 {t['p50']:.3f}  p99 {t['p99']:.3f}  ({t['decisions']} decisions)"
                   for name, t in report.latency_ms.items()]
+    if report.errors is not None:
+        lines += _render_errors(report.errors)
     return "\n".join(lines)
+
+
+def _render_errors(errors: list[dict[str, Any]]) -> list[str]:
+    return [f"\nWrong decisions ({len(errors)}):"] + [
+        f"  {e['decision']:<8} {e['where']}: expected {e['expected']}, got {e['got']}: {e['text'][:60]}" for e in errors]
 
 
 def _render_faq(f: dict[str, Any]) -> list[str]:
@@ -250,10 +276,10 @@ def _render_handoff(h: dict[str, Any]) -> list[str]:
 
 
 def run(settings: Settings, dataset: str, faq_file: str | None = None, use_kb: bool = False, as_json: bool = False,
-        out: TextIO | None = None, err: TextIO | None = None) -> int:
+        show_errors: bool = False, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        report = evaluate(settings, read(Path(dataset)), Path(faq_file) if faq_file else None, use_kb)
+        report = evaluate(settings, read(Path(dataset)), Path(faq_file) if faq_file else None, use_kb, show_errors)
     except DatasetError as exc:
         print(f"kefu: {exc}", file=err)
         return 1

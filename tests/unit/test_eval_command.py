@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from models.evaluation.datasets import read_handoff_tsv
+from models.evaluation.datasets import read_faq, read_handoff_tsv
 from models.evaluation.metrics import FaqOutcome, faq_at, handoff_score, pct, top1
 from models.handoff_detect import detect
 from models.knowledge.faq_index import DEFAULT_THRESHOLD, FaqIndex
@@ -91,6 +91,21 @@ def test_faq_and_handoff_figures_on_a_known_set(tmp_path: Path, capsys: pytest.C
     assert "recall 66.7% (2/3 requests reach a person" in out and "strict recall 66.7% (2/3 handed off at once)" in out
     assert "precision 100.0% (2/2 hand-offs at once were labelled request)" in out
     assert "needless ask-backs: 1 of 2 labelled not" in out
+
+
+def test_errors_lists_each_wrong_decision_where_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    faq = tmp_path / "shop.json"
+    faq.write_text(json.dumps(SHOP, ensure_ascii=False), encoding="utf-8")
+    data = write_jsonl(tmp_path / "known.jsonl", [
+        {"text": "几点发货", "expected_faq": "ship"}, {"text": "我要退货", "expected_faq": "ship"},
+        {"text": "人工客服就不用了", "handoff": "request"}, {"text": "帮我接个人工", "handoff": "request"}])
+    code, out, _ = run_eval(capsys, str(data), "--faq", str(faq), "--errors")
+    assert code == 0
+    confidence = FaqIndex(read_faq(faq)).search("我要退货")[0].confidence
+    assert out.split("Wrong decisions (2):\n")[1].splitlines() == [
+        f"  faq      {data}:2: expected ship, got return ({confidence:.2f}): 我要退货",
+        f"  handoff  {data}:3: expected request, got not: 人工客服就不用了"]
+    assert "Wrong decisions" not in run_eval(capsys, str(data), "--faq", str(faq))[1]
 
 
 def test_the_json_output_carries_the_same_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
