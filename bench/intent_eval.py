@@ -129,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("files", nargs="*", type=Path, default=list(DEFAULT_FILES))
     parser.add_argument("--show-errors", action="store_true", help="print every wrong label")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="KEFU_INTENT_THRESHOLD to score with (default: the setting's default)")
     args = parser.parse_args(argv)
-    settings = Settings()
+    settings = Settings() if args.threshold is None else Settings(intent_threshold=args.threshold)
     labels = intents(settings).labels
     for path in args.files:
         examples = read(path, labels)
