@@ -4,7 +4,7 @@ may still be a paraphrase of an entry.
 :meth:`DenseFaqMatcher.match` takes the process's FAQ index (:func:`models.knowledge.faq_cache.index_for`:
 ``KEFU_FAQ`` and the knowledge base's FAQ sheets), its lexical best entry, and the embedding model's nearest
 entry (:class:`~models.knowledge.fused_faq.DenseFaq`, calibrated on the FAQ's own similar questions), fuses them
-(:func:`~models.knowledge.fused_faq.fuse`) and returns the entry when the fused confidence reaches
+(:func:`~models.knowledge.fused_faq.second_look`) and returns the entry when the fused confidence reaches
 ``KEFU_FAQ_FUSED_THRESHOLD``, else None: the model answers, as without an embedding model.
 
 The vectors follow the FAQ index: when :func:`~models.knowledge.faq_cache.index_for` returns another index (a
@@ -21,7 +21,7 @@ import threading
 from models.knowledge import faq_cache
 from models.knowledge.dense import Encoder
 from models.knowledge.faq_index import FaqIndex
-from models.knowledge.fused_faq import DenseFaq, FusedMatch, fuse
+from models.knowledge.fused_faq import DenseFaq, FusedMatch, second_look
 from models.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,8 @@ class DenseFaqMatcher:
         if not index.entries:
             return None
         try:
-            dense = self._dense_for(index).match(self._encoder.encode_query(text))
+            dense, query = self._dense_for(index), self._encoder.encode_query(text)
         except Exception as exc:
             log.warning("dense FAQ match skipped (%s: %s)", type(exc).__name__, exc)
             return None
-        lexical = max(index.search(text), key=lambda m: m.confidence, default=None)
-        found = fuse(lexical, dense)
-        if found is None or found.dense <= 0:  # the lexical path alone: the gateway's call, already made
-            return None
-        return found if found.confidence >= self._settings.faq_fused_threshold else None
+        return second_look(index, dense, text, query, self._settings.faq_fused_threshold)

@@ -95,6 +95,7 @@ def test_the_calibration_is_the_faqs_own_scale_or_none() -> None:
     dense = DenseFaq.build(TopicEncoder(), entries)
     assert dense.calibration is not None
     assert dense.calibration.related > 0.8 and dense.calibration.unrelated < 0.4  # paraphrases close, others far
+    assert dense.calibration.self_top1 == 1.0  # every left-out similar question finds its own entry
     assert DenseFaq.build(TopicEncoder(), entries[:2]).calibration is None  # too few entries with similar questions
     noise = np.random.default_rng(0).standard_normal((12, 64)).astype(np.float32)  # a model that knows nothing
     assert calibrate(noise / np.linalg.norm(noise, axis=1, keepdims=True), [n // 3 for n in range(12)]) is None
