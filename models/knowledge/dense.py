@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 RRF_K = 60  # Cormack et al.'s constant: ranks past a few dozen barely count
-BATCH = 32  # texts per encode() call when building: the encoder's lock is free between batches for queries
+BATCH = 4  # texts per encode() call when building (about one 512-token decode): a question waits for one at most
 
 Vectors = npt.NDArray[np.float32]
 

@@ -56,6 +56,7 @@ def test_the_query_instruction_goes_before_questions_only(embedding_gguf: Path) 
     assert plain is not None and instructed is not None
     assert np.allclose(plain.encode(["退货"]), instructed.encode(["退货"]), atol=1e-5)
     assert not np.allclose(plain.encode_query("退货"), instructed.encode_query("退货"), atol=1e-3)
+    assert instructed.encode_query("退货") is instructed.encode_query("退货")  # encoded once, kept for grounding
 
 
 def test_a_gguf_without_pooling_needs_the_setting(tiny_gguf: Path) -> None:
