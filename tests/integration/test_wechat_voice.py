@@ -130,6 +130,7 @@ def test_official_account_voice_is_downloaded_transcribed_and_answered_by_the_mo
     detail = transcribed.detail
     assert detail["format"] == "amr-nb" and detail["chars"] == len(row.text) and 500 < detail["duration_ms"] < 1500
     assert all(isinstance(detail[k], int) for k in ("download_ms", "decode_ms", "recognize_ms", "media_bytes"))
+    assert row.intent is not None and detail["intent"] == row.intent  # labelled once transcribed (models.intents)
     assert all("okay" not in json.dumps(e.detail) for e in vs.audit(row.id))  # the audit log holds no text
     assert vs.reply(row.id).source in ("model", "fallback")
     downloads = [c for c in vs.fake.calls if c["endpoint"] == "media_get"]
@@ -146,7 +147,7 @@ def test_official_account_voice_asking_for_a_person_is_passed_to_its_staff(vs: V
     notices = settled(lambda: [m["content"] for m in vs.sent("custom_send", openid)])
     assert notices == [WeChatAccount.model_fields["handoff_next_message_reply"].default]  # "send your question"
     row = vs.inbound("wechat_mp", "9050")
-    assert (row.text, vs.reply(row.id).source) == ("hello", "handoff")
+    assert (row.text, vs.reply(row.id).source, row.intent) == ("hello", "handoff", "ask_for_person")
     wait_for(lambda: "dispatched" in vs.kinds(row.id))
     assert vs.kinds(row.id) == ["received", "queued", "transcribed", "reply_stored", "send_attempted", "dispatched"]
     later = vs.post(wp.callback(wp.text_xml(openid, "我的订单呢", msgid=9051), mode="raw"), "/v1/wechat/shop")
