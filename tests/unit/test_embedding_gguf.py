@@ -6,6 +6,8 @@ meaningful vectors is tests/unit/test_dense_retrieval.py)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from sqlalchemy import Engine
 
 from models.infra.db import make_session_factory, transaction
 from models.knowledge import readers, store
+from models.knowledge.dense import DenseIndex
 from models.settings import ConfigError, FaqEntry, Settings
 from tests.synthetic_gguf import write_qwen3_gguf
 from workers.dense_faq import DenseFaqMatcher
@@ -107,3 +110,30 @@ def test_the_worker_encodes_the_knowledge_base_and_fuses_it(db: Engine, clean_en
         for n, q in enumerate(["几点发货", "怎么开发票", "退款多久到账", "积分怎么用"])])
     found = DenseFaqMatcher(encoder, settings).match("包裹哪天寄出")
     assert found is None or found.dense > 0  # random weights: calibrated or not, it runs and never crashes
+
+
+class SlowModel:
+    """Stands in for the loaded llama.cpp model: each embed() call takes 50 ms (records what it was given)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def embed(self, texts: list[str], normalize: bool, truncate: bool) -> list[list[float]]:
+        time.sleep(0.05)
+        self.calls.append(texts)
+        return [[1.0, 0.0] for _ in texts]
+
+
+def test_a_question_waits_for_one_batch_of_a_bulk_encoding_not_all_of_it(clean_env: Path) -> None:
+    (clean_env / "m.gguf").write_bytes(b"")
+    encoder = LlamaEncoder(clean_env / "m.gguf", Settings(embedding_query_instruction="Q:"))
+    encoder._model = model = SlowModel()
+    bulk = threading.Thread(target=DenseIndex.build, args=(encoder, [f"passage {n}" for n in range(40)]))
+    bulk.start()  # 10 batches of 4: 0.5 s
+    time.sleep(0.12)
+    started = time.monotonic()
+    assert encoder.encode_query("退货").shape == (1, 2)
+    waited = time.monotonic() - started
+    bulk.join()
+    at = model.calls.index(["Q:退货"])
+    assert 0 < at < len(model.calls) - 3 and waited < 0.3  # between two batches, not after all of them

@@ -8,8 +8,8 @@ model (``KEFU_N_GPU_LAYERS``). Pooling: the GGUF's own ``<arch>.pooling_type`` w
 ``model`` (GGUFs converted from Qwen3-Embedding say "last", from bge-m3 "cls"), else the one named. Texts are cut
 to ``MAX_TOKENS`` tokens; vectors are L2-normalised float32 rows. ``KEFU_EMBEDDING_QUERY_INSTRUCTION`` is put before
 a customer's question only (:meth:`LlamaEncoder.encode_query`). One call at a time per encoder (a llama.cpp context
-is not thread-safe), questions first: a knowledge-base load encodes in small batches (models.knowledge.dense.BATCH)
-and lets every waiting question go before its next batch, so a question waits for one batch at most.
+is not thread-safe): a knowledge-base load encodes in small batches (models.knowledge.dense.BATCH) and releases the
+lock between them, so a question waits for one batch, not the whole load.
 
 :func:`load_encoder` raises ``ConfigError`` when the file is missing (the worker does not start: it calls it in
 ``create_app``). Raises :class:`EmbeddingError`, naming the ``KEFU_*`` variable, when the file cannot be loaded as an
@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,8 +50,7 @@ class LlamaEncoder:
         stat = path.stat()
         self.fingerprint = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{settings.embedding_pooling}"
         self._lock = threading.Lock()
-        self._questions = 0  # encode_query() calls waiting for the lock: bulk encode() lets them go first
-        self._counting = threading.Lock()
+        self._recent_lock = threading.Lock()
         self._recent: OrderedDict[str, Vectors] = OrderedDict()  # the last questions' vectors
         self._model: Any = None
         self.dimension = 0
@@ -105,11 +103,6 @@ class LlamaEncoder:
                 self._model = self._load()
 
     def encode(self, texts: Sequence[str]) -> Vectors:
-        while self._questions:  # a question is waiting: it goes first
-            time.sleep(0.001)
-        return self._encode(texts)
-
-    def _encode(self, texts: Sequence[str]) -> Vectors:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         with self._lock:
@@ -127,17 +120,12 @@ class LlamaEncoder:
         return checked(vectors, len(texts))
 
     def encode_query(self, text: str) -> Vectors:
-        with self._counting:
+        with self._recent_lock:
             found = self._recent.get(text)
-            if found is not None:  # the FAQ's second look and grounding ask for the same question
-                return found
-            self._questions += 1
-        try:
-            vector = self._encode([f"{self._settings.embedding_query_instruction}{text}"])
-        finally:
-            with self._counting:
-                self._questions -= 1
-        with self._counting:
+        if found is not None:  # the FAQ's second look and grounding ask for the same question
+            return found
+        vector = self.encode([f"{self._settings.embedding_query_instruction}{text}"])
+        with self._recent_lock:
             self._recent[text] = vector
             while len(self._recent) > RECENT:
                 self._recent.popitem(last=False)
