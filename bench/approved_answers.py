@@ -7,11 +7,13 @@ tests/data/README.md): the standard question of each entry of the set ``--data``
 similar questions too, each approved on its own with another reply), then the other sets' standard questions and
 queries, up to ``--count``. Each is stored as a customer's message with a model reply and approved through
 :func:`models.knowledge.approved.approve` (one transaction each, as ``kefu answers approve`` does). Then: the FAQ
-sync's load of all of them (the index rebuild every process does after a change), and ``decide()`` on the set's
+sync's load of all of them (the index rebuild every process does after a change; jieba's dictionary was loaded by
+the first approval), and ``decide()`` on the set's
 paraphrase queries: p50/p99 per call and right / wrong / abstained (a query expecting entry E is right when it is
 answered with the approved answer of one of E's phrasings; any other answer is wrong, though an approved question of
-another set may mean the same; queries expecting no entry are negatives). ATEC writes amounts and numbers as
-``***``: such questions are refused by ``approve()`` as masked personal data is, and counted. SQLite in a temporary
+another set may mean the same; queries expecting no entry are negatives). Refusals are counted by reason: ATEC
+writes amounts and numbers as ``***``, refused as masked personal data is, and a question an earlier approval
+already answers is refused as it would be for an operator. SQLite in a temporary
 directory; nothing else runs.
 """
 
@@ -21,6 +23,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from bench.faq_eval import DATA, load
@@ -28,7 +31,7 @@ from bench.stats import pct
 from models.dialogue import HandOff, Message, decide
 from models.infra.db import make_engine, make_session_factory, transaction
 from models.infra.migrate import upgrade
-from models.knowledge import approved, faq_cache
+from models.knowledge import approved
 from models.knowledge.faq_sync import FaqSync
 from models.knowledge.tokens import tokens
 from models.settings import Settings
@@ -84,18 +87,18 @@ def main() -> None:
                 session.add(reply)
                 session.flush()
                 reply_of[text] = reply.id
-        approving, refused = [], 0
+        approving, refused = [], Counter[str]()
         for text in texts:
             start = time.perf_counter()
             try:
                 with transaction(sessions) as session:
                     approved.approve(session, reply_of[text])
-            except approved.NotApprovable:  # ATEC stars amounts and numbers ("***"): refused like masked data
-                refused += 1
+            except approved.NotApprovable as exc:  # ATEC stars numbers ("***"), refused like masked data; or the
+                refused[" ".join(str(exc).split()[5:7])] += 1  # question is already answered by an approved one
                 del reply_of[text]
                 continue
             approving.append(time.perf_counter() - start)
-        faq_cache.index_for(settings)  # jieba's dictionary, once per process, not counted below
+        tokens.cache_clear()  # as in a process that did not approve them: every question segmented again
         start = time.perf_counter()
         FaqSync(sessions, settings).poll()
         loaded = time.perf_counter() - start
@@ -116,8 +119,7 @@ def main() -> None:
             else:
                 wrong += 1
         engine.dispose()
-    print(f"{len(approving)} approved answers on SQLite; {refused} questions refused (they hold '***', as masked "
-          f"personal data does)")
+    print(f"{len(approving)} approved answers on SQLite; refused: {dict(refused)}")
     print(f"approve(): p50 {statistics.median(approving) * 1e3:.1f} ms, p99 {pct(approving, 99):.1f} ms per answer "
           f"(one transaction each)")
     print(f"FAQ sync load of all of them (read + index rebuild): {loaded * 1e3:.0f} ms")

@@ -71,6 +71,7 @@ class AdminApi:
         self._token = settings.admin_token.get_secret_value().encode()
         self._max_upload = settings.admin_max_upload_bytes
         self._sessions = sessions
+        self._settings = settings
         self._importing = asyncio.Semaphore(1)
 
     def routes(self) -> list[BaseRoute]:
@@ -167,7 +168,7 @@ class AdminApi:
             require_unicode("question", question)
         try:
             done = await run_in_threadpool(self._write, lambda session: approved.approve(session, reply_id, question,
-                                                                                         by=BY))
+                                                                                         by=BY, settings=self._settings))
         except approved.UnknownReply as exc:
             raise RequestRejected(404, "no_reply", str(exc)) from None
         except approved.NotApprovable as exc:

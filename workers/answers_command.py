@@ -1,8 +1,9 @@
 """``kefu answers approve|list|revoke``: approved answers (models.knowledge.approved) from the command line.
 
 ``approve REPLY_ID [--question TEXT]`` approves a model answer for reuse (matched on the customer's stored message,
-or on TEXT); ``list`` prints every approved answer; ``revoke REPLY_ID`` withdraws one. Every change is audited
-with ``by: cli``; running processes pick it up through their FAQ sync within seconds.
+or on TEXT; refused, with the reason, when that question is already answered by ``KEFU_FAQ``, the knowledge base
+or another approved answer); ``list`` prints every approved answer; ``revoke REPLY_ID`` withdraws one. Every
+change is audited with ``by: cli``; running processes pick it up through their FAQ sync within seconds.
 
 Exit status: 0 when done (approving an approved reply again is done: it changes nothing); 1 when the reply cannot
 be approved (the reason on stderr) or has no approved answer to revoke; 2 when the database cannot be used (not
@@ -24,12 +25,12 @@ from models.settings import Settings
 BY = "cli"
 
 
-def approve(sessions: sessionmaker[Session], reply_id: int, question: str | None, out: TextIO | None = None,
-            err: TextIO | None = None) -> int:
+def approve(sessions: sessionmaker[Session], settings: Settings, reply_id: int, question: str | None,
+            out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
         with transaction(sessions) as session:
-            done = approved.approve(session, reply_id, question, by=BY)
+            done = approved.approve(session, reply_id, question, by=BY, settings=settings)
     except approved.NotApprovable as exc:
         print(f"kefu: cannot approve: {exc}", file=err)
         return 1
@@ -66,7 +67,7 @@ def run(settings: Settings, action: str, reply_id: int | None = None, question: 
         if action == "list":
             return list_answers(sessions)
         assert reply_id is not None
-        return approve(sessions, reply_id, question) if action == "approve" else revoke(sessions, reply_id)
+        return approve(sessions, settings, reply_id, question) if action == "approve" else revoke(sessions, reply_id)
     except SQLAlchemyError as exc:
         print(f"kefu: the knowledge base's database cannot be used ({type(exc).__name__}: "
               f"{str(exc).splitlines()[0][:200]}); has `kefu migrate` been run?", file=sys.stderr)

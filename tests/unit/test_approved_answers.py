@@ -173,3 +173,29 @@ def test_an_approved_answer_found_by_the_worker_s_fused_match_says_so_too() -> N
     decision = faq_decision(approved_entry, WHY_FUSED)
     assert (decision.why, decision.source) == ("approved_answer:7", ReplySource.APPROVED)
     assert faq_decision(FaqEntry("kb:3", QUESTION, ANSWER), WHY_FUSED).why == WHY_FUSED
+
+
+def test_a_question_the_knowledge_base_already_answers_is_not_approved_again(sessions: sessionmaker[Session],
+                                                                             clean_env: Path) -> None:
+    """Two entries for one question would cancel each other out (the index's margin): the second is refused,
+    naming the first, until it is revoked or the question reworded; KEFU_FAQ's entries count too."""
+    first = exchange(sessions, QUESTION, ANSWER)
+    second = exchange(sessions, "退货后退款几天能到账", "一般三到五个工作日到账。")
+    with transaction(sessions) as session:
+        approved.approve(session, first)
+    with transaction(sessions) as session, pytest.raises(
+            approved.NotApprovable, match=f"already answered by the approved answer of reply #{first}"):
+        approved.approve(session, second)
+    with transaction(sessions) as session:
+        assert approved.approve(session, first).status == store.UNCHANGED  # its own entry is no rival
+        assert approved.approve(session, second, question="换货运费谁出").status == store.NEW
+    settings = Settings(faq=[{"question": "几点发货", "similar": ["什么时候发货"], "answer": "24 小时内发货。"}])
+    third = exchange(sessions, "什么时候能发货", "付款后尽快发货。")
+    with transaction(sessions) as session, pytest.raises(approved.NotApprovable, match="KEFU_FAQ entry"):
+        approved.approve(session, third, settings=settings)
+    sheet = clean_env / "faq.csv"
+    sheet.write_text("问题,相似问,答案\n几点发货,什么时候发货,付款后 24 小时内发货。\n")
+    assert main(["kb", "import", str(sheet)]) == 0
+    named = r"FAQ entry kb:\d+ of 'faq' \(document #\d+"
+    with transaction(sessions) as session, pytest.raises(approved.NotApprovable, match=named):
+        approved.approve(session, third)
