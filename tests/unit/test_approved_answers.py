@@ -199,3 +199,9 @@ def test_a_question_the_knowledge_base_already_answers_is_not_approved_again(ses
     named = r"FAQ entry kb:\d+ of 'faq' \(document #\d+"
     with transaction(sessions) as session, pytest.raises(approved.NotApprovable, match=named):
         approved.approve(session, third)
+
+
+def test_kefu_answers_on_a_database_without_the_tables_says_to_migrate(clean_env: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["answers", "list"]) == 2
+    assert "has `kefu migrate` been run?" in capsys.readouterr().err
