@@ -148,8 +148,9 @@ class Ingress:
 
     def _intent_of(self, inbound: Inbound) -> str | None:
         """The message's intent by the rules (pure, in memory: no I/O before the platform's acknowledgement); None
-        for a message without text (a voice gets its intent in the worker, once transcribed)."""
-        if self._intent is None or not inbound.text:
+        for a message without text (a voice gets its intent in the worker, once transcribed) or with only its kind's
+        placeholder ("[image]")."""
+        if self._intent is None or not inbound.text or inbound.text == f"[{inbound.kind}]":
             return None
         try:
             return self._intent(inbound.text)
