@@ -7,7 +7,11 @@ variants of their questions. It then sends signed, AES-encrypted text callbacks 
 queries: the ones the FAQ answers get a passive reply inside the callback (decide() ran in the gateway), the
 others are queued for the model (no worker runs). A few callbacks first warm the gateway up (not counted).
 
-Usage: python -m bench.faq_callbacks [--rate 200] [--seconds 30]
+``--no-faq`` runs the same callbacks against the same gateway without the FAQ (every message queued): the
+acknowledgement's cost without FAQ decisions, for an A/B on one machine. ``--gateway-workers N`` runs N gateway
+processes on the port (``kefu gateway --workers``).
+
+Usage: python -m bench.faq_callbacks [--rate 200] [--seconds 30] [--gateway-workers 1] [--no-faq]
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ def faq_file(path: Path) -> int:
 
 
 async def send(port: int, plan: list[tuple[float, wp.Callback]]) -> dict[str, list[float]]:
-    """Latencies by outcome: ``faq`` (a passive reply), ``queued`` (``success``), or the status/error."""
+    """Latencies by outcome: ``passive`` (a reply inside the callback: an FAQ hit, or another rule such as a
+    hand-off), ``queued`` (``success``), or the status/error."""
     http = RawHTTP("127.0.0.1", port)
     by_outcome: dict[str, list[float]] = {}
     start = time.perf_counter() + 0.5
@@ -54,7 +59,7 @@ async def send(port: int, plan: list[tuple[float, wp.Callback]]) -> dict[str, li
         await asyncio.sleep(max(0.0, start + due - time.perf_counter()))
         try:
             status, payload = await http.post(f"/v1/wechat/shop?{urlencode(cb.params)}", cb.body)
-            outcome = "queued" if payload == b"success" else "faq" if status == 200 and payload else f"{status}"
+            outcome = "queued" if payload == b"success" else "passive" if status == 200 and payload else f"{status}"
         except OSError as exc:
             outcome = type(exc).__name__
         by_outcome.setdefault(outcome, []).append(time.perf_counter() - (start + due))
@@ -68,6 +73,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--gateway-workers", type=int, default=1, help="kefu gateway --workers")
+    parser.add_argument("--no-faq", action="store_true", help="the same callbacks without the FAQ (A/B)")
     args = parser.parse_args()
     services.ensure_postgres()
     services.ensure_redis()
@@ -79,12 +86,14 @@ def main() -> None:
         size = faq_file(data_dir / "faq.json")
         values: dict[str, Any] = {
             "data_dir": str(data_dir), "database_url": db_url, "broker_url": services.redis_db_url(15),
-            "secret_key": "bench", "log_level": "WARNING", "faq_file": str(data_dir / "faq.json"),
+            "secret_key": "bench", "log_level": "WARNING",
             "wechat_accounts": [wp.account()], "wechat_api_base": fake.base_url,
             "wechat_timestamp_window_s": int(args.seconds) + 300,
         }
+        if not args.no_faq:
+            values["faq_file"] = str(data_dir / "faq.json")
         upgrade(Settings(**{k: v for k, v in values.items() if k != "faq_file"}))
-        gateway = GatewayProcess(kefu_env(values), data_dir / "gateway.log").start()
+        gateway = GatewayProcess(kefu_env(values), data_dir / "gateway.log", workers=args.gateway_workers).start()
         try:
             warm = [(n * 0.5, wp.callback(wp.text_xml("o-warm", queries[n][0], msgid=9_000_000 + n), mode="aes"))
                     for n in range(6)]
@@ -94,7 +103,8 @@ def main() -> None:
                                                             msgid=10_000_000 + n), mode="aes")) for n in range(total)]
             started = time.perf_counter()
             by_outcome = asyncio.run(send(gateway.port, plan))
-            print(f"{size}-entry FAQ; sent {total} callbacks at {args.rate:g}/s in {time.perf_counter() - started:.1f}s")
+            print(f"{0 if args.no_faq else size}-entry FAQ, {args.gateway_workers} gateway process(es); "
+                  f"sent {total} callbacks at {args.rate:g}/s in {time.perf_counter() - started:.1f}s")
             everything = [t for times in by_outcome.values() for t in times]
             for name, times in sorted(Counter({k: len(v) for k, v in by_outcome.items()}).items()):
                 t = by_outcome[name]
