@@ -10,8 +10,8 @@ two-character term with the query (a single shared character is chance), and who
 passages rather than the least bad ones.
 
 Built once per knowledge-base revision and then only read: searching is safe from several threads.
-Cost: one dictionary lookup per query term and one ``numpy.bincount`` over their postings
-(:mod:`models.knowledge.bm25`, which the FAQ index scores with too).
+Cost: bm25s's sparse scoring of the query's terms (:mod:`models.knowledge.bm25`, which the FAQ index scores with
+too) and one pass over the passages holding each query term for the coverage.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ class PassageIndex:
         scores = self._bm25.scores(query_terms)
         covered = np.zeros(self.size)
         strong = np.zeros(self.size, dtype=bool)
-        for term in query_terms & self._bm25.postings.keys():
-            positions, _ = self._bm25.postings[term]
+        for term in query_terms & self._bm25.idf.keys():
+            positions = self._bm25.positions(term)
             covered[positions] += self._bm25.idf[term]
             if len(term) > 1 or term.isascii():
                 strong[positions] = True
