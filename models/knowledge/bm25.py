@@ -13,12 +13,17 @@ and allocates its own result).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Sequence
 
 import bm25s
 import numpy as np
 import numpy.typing as npt
+
+# bm25s sets its own logger to DEBUG at import, so every index build would log "Building index from tokens" through
+# the process's handlers; its warnings still pass.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 def idf(size: int, df: int) -> float:

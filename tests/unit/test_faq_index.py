@@ -6,6 +6,8 @@ public ATEC sample in tests/data/faq (see tests/data/README.md).
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -94,3 +96,10 @@ def test_a_long_message_is_not_matched_but_keyword_rules_still_are(shop: FaqInde
     assert shop.search(long_text) == () and shop.lookup(long_text) is None
     found = shop.lookup(long_text + "你们营业时间是几点")
     assert found is not None and found.entry.id == "hours"
+
+
+def test_building_an_index_logs_nothing_below_warning(caplog: pytest.LogCaptureFixture) -> None:
+    # bm25s sets its logger to DEBUG at import: a rebuild on every knowledge-base change would log each time
+    with caplog.at_level(logging.DEBUG):
+        FaqIndex([FaqEntry("a", "怎么退货", "七天无理由退货")]).lookup("怎么退货")
+    assert [r for r in caplog.records if r.name.startswith("bm25s") and r.levelno < logging.WARNING] == []
