@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.stats import pct  # noqa: E402
+from models.evaluation import metrics  # noqa: E402
+from models.evaluation.datasets import read_tsv  # noqa: E402
 from models.intents import IntentResult, classify, intents  # noqa: E402
 from models.settings import Settings  # noqa: E402
 
@@ -48,14 +50,15 @@ class Example:
 
 def read(path: Path, labels: tuple[str, ...]) -> list[Example]:
     examples = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        source, ident, label, text = line.split("\t", 3)
-        if label not in labels:
-            raise ValueError(f"{path}: unknown label {label!r} in {line!r}")
-        examples.append(Example(source, ident, label, text))
+    for line in read_tsv(path):
+        if line.label not in labels:
+            raise ValueError(f"{path}:{line.line}: unknown label {line.label!r}")
+        examples.append(Example(line.source, line.ident, line.label, line.text))
     return examples
+
+
+def _pc(value: float | None) -> str:
+    return "    n/a" if value is None else f"{value:7.2%}"
 
 
 @dataclass
@@ -64,10 +67,7 @@ class Report:
     right: int = 0
     by_source: Counter[str] = field(default_factory=Counter)
     right_by_source: Counter[str] = field(default_factory=Counter)
-    given: Counter[str] = field(default_factory=Counter)
-    expected: Counter[str] = field(default_factory=Counter)
-    hits: Counter[str] = field(default_factory=Counter)
-    confusions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # (expected, given) per message
     errors: list[str] = field(default_factory=list)
     micros: float = 0.0
     p99_micros: float = 0.0
@@ -76,21 +76,15 @@ class Report:
     def accuracy(self) -> float:
         return self.right / self.total if self.total else 1.0
 
-    def precision(self, label: str) -> float:
-        return self.hits[label] / self.given[label] if self.given[label] else float("nan")
-
-    def recall(self, label: str) -> float:
-        return self.hits[label] / self.expected[label] if self.expected[label] else float("nan")
-
     def lines(self) -> list[str]:
         out = [f"  accuracy {self.accuracy:7.2%} ({self.right}/{self.total})  "
                f"{self.micros:.0f} µs/message (p99 {self.p99_micros:.0f})"]
         out.append("  by source: " + ", ".join(f"{s} {self.right_by_source[s]}/{n}" for s, n in
                                                 sorted(self.by_source.items())))
-        for label in sorted(set(self.expected) | set(self.given)):
-            out.append(f"    {label:<15} precision {self.precision(label):7.2%} ({self.hits[label]}/{self.given[label]})"
-                       f"  recall {self.recall(label):7.2%} ({self.hits[label]}/{self.expected[label]})")
-        top = ", ".join(f"{a}->{b} {n}" for (a, b), n in self.confusions.most_common(6))
+        for label in metrics.intent_scores(self.pairs):
+            out.append(f"    {label.label:<15} precision {_pc(label.precision)} ({label.right}/{label.given})"
+                       f"  recall {_pc(label.recall)} ({label.right}/{label.expected})")
+        top = ", ".join(f"{a}->{b} {n}" for a, b, n in metrics.confusions(self.pairs))
         out.append(f"  most frequent confusions (expected->given): {top or 'none'}")
         return out
 
@@ -110,14 +104,11 @@ def score(examples: list[Example], classify_text: Callable[[str], IntentResult])
         took.append(min(timings))
         report.total += 1
         report.by_source[found.source] += 1
-        report.given[found.label] += 1
-        report.expected[example.label] += 1
+        report.pairs.append((example.label, found.label))
         if found.label == example.label:
             report.right += 1
             report.right_by_source[found.source] += 1
-            report.hits[found.label] += 1
         else:
-            report.confusions[(example.label, found.label)] += 1
             report.errors.append(f"    {example.label:>14} -> {found.label:<14} ({found.source}) {example.source} "
                                  f"{example.ident}: {example.text[:70]}")
     report.micros = sum(took) / max(1, len(took)) * 1e6

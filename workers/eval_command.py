@@ -176,8 +176,14 @@ def evaluate_intents(settings: Settings, cases: Sequence[Case], report: Report) 
     for label, case in zip(labels, cases, strict=True):
         if label != case.intent:
             report.wrong("intent", case, case.intent, label)
+    pairs = [(str(case.intent), label) for case, label in zip(cases, labels, strict=True)]
     report.intent = {"available": True, "labelled": len(cases), "right": right,
-                     "accuracy": metrics.rate(right, len(cases))}
+                     "accuracy": metrics.rate(right, len(cases)),
+                     "labels": {s.label: {"expected": s.expected, "given": s.given, "right": s.right,
+                                          "precision": s.precision, "recall": s.recall}
+                                for s in metrics.intent_scores(pairs)},
+                     "confusions": [{"expected": want, "given": got, "count": n}
+                                    for want, got, n in metrics.confusions(pairs)]}
 
 
 def evaluate_handoff(settings: Settings, cases: Sequence[Case], report: Report) -> None:
@@ -222,6 +228,13 @@ def _pc(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
+def _render_intent_labels(intent: dict[str, Any]) -> list[str]:
+    lines = [f"  {label:<15} precision {_pc(x['precision']):>6} ({x['right']}/{x['given']})  "
+             f"recall {_pc(x['recall']):>6} ({x['right']}/{x['expected']})" for label, x in intent["labels"].items()]
+    top = ", ".join(f"{c['expected']}->{c['given']} {c['count']}" for c in intent["confusions"])
+    return [*lines, f"  most frequent confusions (expected->given): {top or 'none'}"]
+
+
 def render(report: Report) -> str:
     lines = [f"kefu eval {report.dataset}: {report.messages} labelled messages"]
     if report.faq is not None:
@@ -230,6 +243,8 @@ def render(report: Report) -> str:
         i = report.intent
         lines.append(f"\nIntents ({i['labelled']} labelled): " + (
             f"accuracy {_pc(i['accuracy'])} ({i['right']}/{i['labelled']})" if i["available"] else i["why"]))
+        if i["available"]:
+            lines += _render_intent_labels(i)
     if report.handoff is not None:
         lines += _render_handoff(report.handoff)
     if report.latency_ms:

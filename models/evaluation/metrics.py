@@ -17,11 +17,16 @@ Hand-off (:func:`handoff_score` over labels ``request``/``unclear``/``not`` and 
   ``unclear`` that is handed off at once counts against it);
 - ``needless_ask_backs``: messages labelled ``not`` that got UNCLEAR (one more turn, no wrong hand-off).
 
+Intents (:func:`intent_scores` over (expected, given) labels): per label, ``precision`` (of the messages given
+the label, the share expected to have it) and ``recall`` (of the messages expected to have it, the share given
+it); :func:`confusions`: the most frequent (expected, given) pairs that differ.
+
 A rate with nothing to count over (no request in the set, no hand-off made) is None, never a division by zero.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -136,3 +141,38 @@ def handoff_score(pairs: Iterable[tuple[str, str]]) -> HandoffScore:
 def handoff_error(label: str, verdict: str) -> bool:
     """A request that reaches nobody, or a hand-off at once of a message not labelled request."""
     return (label == REQUEST and verdict == NOT) or (verdict == REQUEST and label != REQUEST)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelScore:
+    label: str
+    expected: int  # messages labelled with it
+    given: int  # messages classified as it
+    right: int  # both
+
+    @property
+    def precision(self) -> float | None:
+        return rate(self.right, self.given)
+
+    @property
+    def recall(self) -> float | None:
+        return rate(self.right, self.expected)
+
+
+def intent_scores(pairs: Iterable[tuple[str, str]]) -> tuple[LabelScore, ...]:
+    """``pairs``: (expected, given) labels; one score per label seen on either side, by name."""
+    expected: Counter[str] = Counter()
+    given: Counter[str] = Counter()
+    right: Counter[str] = Counter()
+    for want, got in pairs:
+        expected[want] += 1
+        given[got] += 1
+        right[want] += want == got
+    return tuple(LabelScore(label, expected[label], given[label], right[label])
+                 for label in sorted(expected.keys() | given.keys()))
+
+
+def confusions(pairs: Iterable[tuple[str, str]], top: int = 6) -> list[tuple[str, str, int]]:
+    """The ``top`` most frequent (expected, given, count) with expected != given."""
+    counted = Counter((want, got) for want, got in pairs if want != got)
+    return [(want, got, n) for (want, got), n in counted.most_common(top)]

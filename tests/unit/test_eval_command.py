@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine
 
 from models.evaluation.datasets import read_faq, read_handoff_tsv
-from models.evaluation.metrics import FaqOutcome, faq_at, handoff_score, pct, top1
+from models.evaluation.metrics import FaqOutcome, confusions, faq_at, handoff_score, intent_scores, pct, top1
 from models.handoff_detect import detect
 from models.knowledge.faq_index import DEFAULT_THRESHOLD, FaqIndex
 from workers.cli import main
@@ -141,6 +141,35 @@ def test_intents_are_scored_by_models_intents_or_said_to_be_missing(tmp_path: Pa
     settings = Settings()
     right = sum(intents.classify(settings, row["text"]).label == row["intent"] for row in rows)
     assert f"Intents (2 labelled): accuracy {right / 2:.1%} ({right}/2)" in out
+
+
+def test_intent_scores_per_label_and_confusions_are_counted_right() -> None:
+    pairs = [("shipping", "shipping"), ("shipping", "payment"), ("payment", "payment"), ("refund", "payment"),
+             ("refund", "payment"), ("greeting", "greeting")]
+    scores = {s.label: s for s in intent_scores(pairs)}
+    assert sorted(scores) == ["greeting", "payment", "refund", "shipping"]
+    assert (scores["payment"].precision, scores["payment"].recall) == (1 / 4, 1.0)
+    assert (scores["shipping"].precision, scores["shipping"].recall) == (1.0, 0.5)
+    assert (scores["refund"].precision, scores["refund"].recall) == (None, 0.0)  # never given: no precision
+    assert confusions(pairs) == [("refund", "payment", 2), ("shipping", "payment", 1)]
+
+
+def test_the_intent_report_lists_each_label_and_the_confusions(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from models import intents
+    from models.settings import Settings
+
+    rows = [{"text": "我的快递到哪了", "intent": "shipping"}, {"text": "怎么开发票", "intent": "invoice"},
+            {"text": "你好", "intent": "complaint"}]  # the last one mislabelled on purpose: a confusion to report
+    given = [intents.classify(Settings(), row["text"]).label for row in rows]
+    code, out, _ = run_eval(capsys, str(write_jsonl(tmp_path / "intents.jsonl", rows)))
+    assert code == 0
+    for row, label in zip(rows, given, strict=True):
+        right = sum(r["intent"] == g == row["intent"] for r, g in zip(rows, given, strict=True))
+        expected = sum(r["intent"] == row["intent"] for r in rows)
+        assert f"recall {right / expected:>6.1%} ({right}/{expected})" in out.split(f"  {row['intent']:<15}")[1]
+        assert label in out
+    assert f"most frequent confusions (expected->given): complaint->{given[2]} 1" in out
 
 
 # ---- bad input -----------------------------------------------------------------------------------------------------
