@@ -6,12 +6,16 @@ with ``WWW-Authenticate: Bearer``. Routes (errors are ``{"error": {"code", "mess
 
 - ``GET /v1/admin/kb/revision`` → ``{revision}``: the knowledge base's revision (moves with every change).
 - ``GET /v1/admin/kb/documents`` → ``{revision, documents: [...]}``; ``GET …/documents/{id}`` → ``{document,
-  passages, faq}`` (404 unknown id); ``DELETE …/documents/{id}`` → ``{deleted: document}`` (404 unknown id).
+  passages, faq}`` (404 unknown id); ``DELETE …/documents/{id}`` → ``{deleted: document, revoked}`` (404 unknown
+  id): ``revoked`` is the approved answer a document of kind ``approved`` held, revoked with it (audited
+  ``answer_revoked`` as ``DELETE /v1/admin/answers/{reply_id}`` is), else null.
 - ``POST /v1/admin/kb/documents``: import or update a document through the readers ``kefu kb import`` uses
   (:mod:`models.knowledge.readers`). Either a JSON body ``{source, kind, content, title?}`` (``kind``: markdown,
   text, html or faq_csv; ``content`` the file's text) or the file's bytes as the body with ``?source=NAME`` (the
   type from NAME's extension, as for a file: ``.md``, ``.txt``, ``.html``, ``.pdf``, ``.docx``, ``.csv``,
-  ``.xlsx``). → 201 ``{status: "new", document}``, 200 for ``updated`` / ``unchanged``. 413 larger than
+  ``.xlsx``). → 201 ``{status: "new", document, warnings}``, 200 for ``updated`` / ``unchanged``; ``warnings``
+  names each approved answer whose question an FAQ entry of the document also answers (both then go unused for
+  paraphrases: :func:`models.knowledge.approved.overlaps`), the document is imported all the same. 413 larger than
   ``KEFU_ADMIN_MAX_UPLOAD_BYTES``; 415 a type no reader takes (or multipart: send the bytes); 422 a file the reader
   cannot read (its problem named) or a missing/invalid field.
 - ``GET /v1/admin/answers`` → ``{answers: [...]}``; ``POST /v1/admin/answers`` ``{reply_id, question?}`` → 201
@@ -125,11 +129,12 @@ class AdminApi:
 
     async def delete_document(self, request: Request) -> Response:
         document_id: int = request.path_params["id"]
-        removed = await run_in_threadpool(self._write, lambda session: store.delete_document(session, document_id,
-                                                                                               by=BY))
+        removed = await run_in_threadpool(self._write, lambda session: approved.delete_document(session, document_id,
+                                                                                                  by=BY))
         if removed is None:
             raise RequestRejected(404, "no_document", f"no knowledge-base document #{document_id}")
-        return JSONResponse({"deleted": _json(removed)})
+        revoked = None if removed.revoked is None else _json(removed.revoked)
+        return JSONResponse({"deleted": _json(removed.document), "revoked": revoked})
 
     async def import_document(self, request: Request) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -145,10 +150,14 @@ class AdminApi:
             parsed = await run_in_threadpool(_read_document, source, suffix, data)
             if title:
                 parsed = dataclasses.replace(parsed, title=title)
-            outcome = await run_in_threadpool(self._write, lambda session: store.import_document(session, parsed,
-                                                                                                   by=BY))
-        return JSONResponse({"status": outcome.status, "document": _json(outcome.document)},
+            outcome, warnings = await run_in_threadpool(self._write, lambda session: self._import(session, parsed))
+        return JSONResponse({"status": outcome.status, "document": _json(outcome.document), "warnings": warnings},
                             status_code=201 if outcome.status == store.NEW else 200)
+
+    def _import(self, session: Session, parsed: ParsedDocument) -> tuple[store.ImportOutcome, list[str]]:
+        outcome = store.import_document(session, parsed, by=BY)
+        warnings = approved.overlaps(session, outcome.document.id, self._settings) if parsed.faq else []
+        return outcome, warnings
 
     # --- approved answers ------------------------------------------------------------------------------------
 

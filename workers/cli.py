@@ -5,7 +5,7 @@
     kefu downgrade REVISION      downgrade the database; past the first revision (base) only with --drop-audit-log
     kefu audit verify            recompute the audit log's hash chains; exit 1 and where, if anything was tampered with
     kefu kb import PATH…         load knowledge-base files (Markdown, text, HTML, PDF, DOCX, CSV/XLSX FAQ sheets)
-    kefu kb list|show ID|delete ID   the knowledge base's documents
+    kefu kb list [--all]|show ID|delete ID   the knowledge base's documents (--all: approved answers too)
     kefu eval DATASET [--faq FILE|--kb] [--json] [--errors]   FAQ, intent and hand-off figures on a labelled set
     kefu answers approve REPLY_ID [--question TEXT] | list | revoke REPLY_ID   approved answers (answered again)
     kefu gateway                 serve the HTTP/WebSocket gateway
@@ -84,7 +84,8 @@ def cmd_audit_verify(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_kb(settings: Settings, args: argparse.Namespace) -> int:
     from workers import kb_command
 
-    return kb_command.run(settings, args.kb_command, getattr(args, "paths", ()), getattr(args, "id", None))
+    return kb_command.run(settings, args.kb_command, getattr(args, "paths", ()), getattr(args, "id", None),
+                          getattr(args, "all", False))
 
 
 def cmd_answers(settings: Settings, args: argparse.Namespace) -> int:
@@ -262,7 +263,8 @@ def add_kb_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                                                                                               required=True)
     p = kb.add_parser("import", help="import or update files; a directory: every supported file under it")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    kb.add_parser("list", help="the documents, with versions and counts")
+    kb.add_parser("list", help="the documents, with versions and counts").add_argument(
+        "--all", action="store_true", help="also list the approved answers' documents (apart)")
     for name, what in (("show", "a document's passages and FAQ entries"), ("delete", "remove a document")):
         kb.add_parser(name, help=what).add_argument("id", type=int)
     for command in kb.choices.values():

@@ -5,6 +5,10 @@ hidden files and other types skipped) with :mod:`models.knowledge.readers` and s
 :func:`models.knowledge.store.import_document`, one transaction per file, behind a progress bar on
 stderr (shown on a terminal). A file is known by its name, or for a directory's files by their path
 relative to it, so importing the same file again updates it in place, and only when its bytes changed.
+An FAQ sheet whose entry also answers an approved answer's question is imported with a warning on stderr naming
+the approved answer (:func:`models.knowledge.approved.overlaps`). ``list`` keeps approved answers (documents of
+kind ``approved``) out of the documents, counted (``--all``: listed apart); ``delete`` of one revokes it, as
+``kefu answers revoke`` does.
 
 Exit status: 0 when every file was imported or unchanged; 1 when any could not be (each named on stderr
 with its problem, the others are still imported), or ``show``/``delete`` got an unknown id; 2 when the
@@ -24,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.infra.db import make_engine, make_session_factory, transaction
-from models.knowledge import readers, store
+from models.knowledge import approved, readers, store
 from models.knowledge.documents import UnreadableDocument
 from models.settings import Settings
 
@@ -44,9 +48,10 @@ def files_to_import(paths: Sequence[str]) -> Iterator[tuple[Path, str | None]]:
 
 
 def import_paths(sessions: sessionmaker[Session], paths: Sequence[str], out: TextIO | None = None,
-                 err: TextIO | None = None) -> int:
-    """Import every file; 0, or 1 when any file could not be imported. Raises SQLAlchemyError for the database."""
-    out, err = out or sys.stdout, err or sys.stderr
+                 err: TextIO | None = None, settings: Settings | None = None) -> int:
+    """Import every file; 0, or 1 when any file could not be imported. Raises SQLAlchemyError for the database.
+    ``settings``: its ``KEFU_FAQ`` and ``KEFU_FAQ_THRESHOLD`` decide which approved answers an FAQ sheet overlaps."""
+    out, err, settings = out or sys.stdout, err or sys.stderr, settings or Settings()
     from tqdm import tqdm
 
     files = list(files_to_import(paths))
@@ -64,25 +69,41 @@ def import_paths(sessions: sessionmaker[Session], paths: Sequence[str], out: Tex
                 continue
             with transaction(sessions) as session:
                 outcome = store.import_document(session, parsed)
+                warnings = approved.overlaps(session, outcome.document.id, settings) if parsed.faq else []
             d = outcome.document
             bar.write(f"{outcome.status:<9} #{d.id} v{d.version} {d.source}: {d.passages} passages, {d.faq} FAQ "
                       f"entries ({d.title})", file=out)
+            for warning in warnings:
+                bar.write(f"kefu: warning: {d.source}: {warning}", file=err)
     print(f"{len(files) - failed} of {len(files)} files imported" + (f"; {failed} could not be" if failed else ""),
           file=err if failed else out)
     return 1 if failed else 0
 
 
-def list_documents(sessions: sessionmaker[Session], out: TextIO | None = None) -> int:
+def list_documents(sessions: sessionmaker[Session], out: TextIO | None = None, show_approved: bool = False) -> int:
+    """The documents, then (``show_approved``) the approved answers' documents apart, or only their count."""
     out = out or sys.stdout
     with sessions() as session:
         found = store.documents(session)
         revision = store.revision(session)
+    documents = [d for d in found if d.kind != store.APPROVED_KIND]
+    answers = [d for d in found if d.kind == store.APPROVED_KIND]
+    _print_documents(documents, out)
+    if show_approved and answers:
+        print("\napproved answers (withdraw with kefu answers revoke REPLY_ID):", file=out)
+        _print_documents(answers, out)
+    print(f"{len(documents)} documents, knowledge-base revision {revision}", file=out)
+    if answers and not show_approved:
+        print(f"{len(answers)} approved answer{'s' if len(answers) > 1 else ''} not listed (kefu answers list, or "
+              f"kefu kb list --all)", file=out)
+    return 0
+
+
+def _print_documents(found: Sequence[store.DocumentInfo], out: TextIO) -> None:
     print(f"{'id':>5} {'ver':>4} {'kind':<9} {'passages':>8} {'faq':>5}  {'updated (UTC)':<16}  source — title", file=out)
     for d in found:
         print(f"{d.id:>5} {d.version:>4} {d.kind:<9} {d.passages:>8} {d.faq:>5}  "
               f"{d.updated_at:%Y-%m-%d %H:%M}  {d.source} — {d.title}", file=out)
-    print(f"{len(found)} documents, knowledge-base revision {revision}", file=out)
-    return 0
 
 
 def show_document(sessions: sessionmaker[Session], document_id: int, out: TextIO | None = None,
@@ -108,25 +129,29 @@ def delete_document(sessions: sessionmaker[Session], document_id: int, out: Text
                     err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     with transaction(sessions) as session:
-        removed = store.delete_document(session, document_id)
-    if removed is None:
+        deletion = approved.delete_document(session, document_id)
+    if deletion is None:
         print(f"kefu: no knowledge-base document #{document_id}", file=err)
         return 1
+    removed = deletion.document
     print(f"deleted #{removed.id} {removed.source} (v{removed.version}: {removed.passages} passages, "
           f"{removed.faq} FAQ entries)", file=out)
+    if deletion.revoked is not None:
+        print(f"revoked the approved answer of reply #{deletion.revoked.reply_id}", file=out)
     return 0
 
 
-def run(settings: Settings, action: str, paths: Sequence[str] = (), document_id: int | None = None) -> int:
+def run(settings: Settings, action: str, paths: Sequence[str] = (), document_id: int | None = None,
+        show_approved: bool = False) -> int:
     """One ``kefu kb`` action against the configured database; the exit status."""
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # a damaged PDF is reported once, by name, not as log noise
     engine = make_engine(settings)
     sessions = make_session_factory(engine)
     try:
         if action == "import":
-            return import_paths(sessions, paths)
+            return import_paths(sessions, paths, settings=settings)
         if action == "list":
-            return list_documents(sessions)
+            return list_documents(sessions, show_approved=show_approved)
         assert document_id is not None
         return (show_document if action == "show" else delete_document)(sessions, document_id)
     except SQLAlchemyError as exc:

@@ -16,7 +16,12 @@ unique source is what makes approving the same reply twice a no-op.
   answer or an FAQ entry (:func:`answered_by`: two entries for one question cancel each other out in the FAQ
   index's margin, so neither would answer). Approving it again with the same question changes
   nothing (no write, no audit row); with another question it is updated.
-- :func:`revoke` removes it (None when the reply has no approved answer).
+- :func:`revoke` removes it (None when the reply has no approved answer). :func:`delete_document` is the store's
+  delete for ``kefu kb delete`` and the admin API: an approved answer's document deleted there is revoked (audited
+  ``answer_revoked`` too), so the audit log shows every withdrawal of an approved answer the same way.
+- :func:`overlaps` warns, after an FAQ sheet is imported, of the approved answers whose question one of its entries
+  now answers confidently: the check :func:`approve` makes, the other way round (an import is never refused: the
+  sheet may hold the better answer).
 - Both write ``answer_approved`` / ``answer_revoked`` audit rows (reply id, document id, who: never text) beside
   the store's ``kb_imported`` / ``kb_deleted``, in the caller's transaction; nothing here commits.
 """
@@ -118,6 +123,28 @@ def revoke(session: Session, reply_id: int, by: str = "cli") -> ApprovedAnswer |
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    document: store.DocumentInfo
+    revoked: ApprovedAnswer | None  # the approved answer the document held, withdrawn with it
+
+
+def delete_document(session: Session, document_id: int, by: str | None = None) -> Deletion | None:
+    """:func:`models.knowledge.store.delete_document`, except that deleting an approved answer's document revokes
+    it as :func:`revoke` does (``answer_revoked`` beside ``kb_deleted``; ``by`` defaults to ``cli`` there). None
+    when there is no such document."""
+    record = session.get(KbDocumentRecord, document_id)
+    held = None
+    if record is not None and store.approved_reply_id(record.kind, record.source) is not None:
+        held = next(iter(_approved(session, record.source)), None)
+    removed = store.delete_document(session, document_id, by=by)
+    if removed is None:
+        return None
+    if held is not None:
+        audit.record(session, audit.ANSWER_REVOKED, reply_id=held.reply_id, document_id=document_id, by=by or "cli")
+    return Deletion(removed, held)
+
+
 def approved(session: Session) -> list[ApprovedAnswer]:
     """Every approved answer, oldest approval first."""
     return _approved(session, None)
@@ -141,6 +168,31 @@ def answered_by(session: Session, question: str, reply_id: int, settings: Settin
         row = next(row for row in rows if row.entry().id == entry.id)
         return f"FAQ entry {entry.id} of {row.title!r} (document #{row.document_id}: kefu kb show {row.document_id})"
     return f"KEFU_FAQ entry {entry.id.removeprefix('settings:')} ({entry.question or ', '.join(entry.keywords)!r})"
+
+
+def overlaps(session: Session, document_id: int, settings: Settings) -> list[str]:
+    """One warning for an operator per approved answer whose question an FAQ entry of document ``document_id``
+    answers confidently (at ``KEFU_FAQ_THRESHOLD``, among ``KEFU_FAQ`` and every FAQ sheet's entries): two entries
+    for one question lower each other's confidence through the index's margin, so neither answers a paraphrase.
+    Empty when the document has no FAQ entries or nothing is approved."""
+    rows = store.faq_rows(session)
+    mine = {row.entry().id: row for row in rows if row.document_id == document_id and row.approved_reply is None}
+    answers = [row for row in rows if row.approved_reply is not None]
+    if not mine or not answers:
+        return []
+    index = FaqIndex([*faq_cache.from_settings(settings.faq), *(row.entry() for row in rows
+                                                                  if row.approved_reply is None)])
+    warnings = []
+    for answer in answers:
+        found = index.lookup(answer.question, settings.faq_threshold)
+        if found is None or found.entry.id not in mine:
+            continue
+        reply_id = answer.approved_reply
+        warnings.append(f"FAQ entry {found.entry.id} ({mine[found.entry.id].question!r}) also answers the question of "
+                        f"the approved answer of reply #{reply_id} ({answer.question!r}): two answers to one question "
+                        f"leave both unused for its paraphrases; keep one (`kefu answers revoke {reply_id}`, or "
+                        f"remove the row and import the sheet again)")
+    return warnings
 
 
 def has_personal_data(text: str) -> bool:

@@ -158,3 +158,31 @@ def test_answers_are_approved_listed_and_revoked(client: httpx.Client, db: Engin
     assert [(kind, detail.get("by")) for kind, detail in audit(db)] == [
         ("kb_imported", "admin-api"), ("answer_approved", "admin-api"), ("kb_deleted", "admin-api"),
         ("answer_revoked", "admin-api")]
+
+
+def test_deleting_an_approved_answer_s_document_revokes_it(client: httpx.Client, db: Engine) -> None:
+    reply_id = reply(db)
+    document_id = client.post("/v1/admin/answers", json={"reply_id": reply_id}).json()["answer"]["document_id"]
+    deleted = client.delete(f"/v1/admin/kb/documents/{document_id}")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["deleted"]["id"] == document_id
+    assert deleted.json()["revoked"]["reply_id"] == reply_id
+    assert client.get("/v1/admin/answers").json() == {"answers": []}
+    assert [(kind, detail.get("by")) for kind, detail in audit(db)][-2:] == [("kb_deleted", "admin-api"),
+                                                                           ("answer_revoked", "admin-api")]
+    imported = client.post("/v1/admin/kb/documents", json={"source": "a.md", "kind": "markdown", "content": POLICY})
+    plain = client.delete(f"/v1/admin/kb/documents/{imported.json()['document']['id']}").json()
+    assert plain["revoked"] is None and audit(db)[-1][0] == "kb_deleted"
+
+
+def test_an_faq_sheet_covering_an_approved_question_is_imported_with_a_warning(client: httpx.Client,
+                                                                              db: Engine) -> None:
+    reply_id = reply(db)
+    assert client.post("/v1/admin/answers", json={"reply_id": reply_id}).status_code == 201
+    sheet = SHEET + "退款多久到账,退款几天能到,验收后 3-5 个工作日原路退回。\n"
+    response = client.post("/v1/admin/kb/documents", json={"source": "faq.csv", "kind": "faq_csv", "content": sheet})
+    assert response.status_code == 201, response.text
+    [warning] = response.json()["warnings"]
+    assert f"the approved answer of reply #{reply_id}" in warning and f"kefu answers revoke {reply_id}" in warning
+    policy = client.post("/v1/admin/kb/documents", json={"source": "a.md", "kind": "markdown", "content": POLICY})
+    assert policy.json()["warnings"] == []

@@ -205,3 +205,66 @@ def test_kefu_answers_on_a_database_without_the_tables_says_to_migrate(clean_env
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["answers", "list"]) == 2
     assert "has `kefu migrate` been run?" in capsys.readouterr().err
+
+
+def test_kb_delete_of_an_approved_answer_s_document_is_a_revocation(sessions: sessionmaker[Session], db: Engine,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """``kefu kb delete`` of an approved answer's document withdraws it exactly as ``kefu answers revoke`` does:
+    both audit rows, so every withdrawal of an approved answer is an ``answer_revoked`` in the audit log."""
+    reply_id = exchange(sessions, QUESTION, ANSWER)
+    with transaction(sessions) as session:
+        document_id = approved.approve(session, reply_id).answer.document_id
+    assert main(["kb", "delete", str(document_id)]) == 0
+    assert f"revoked the approved answer of reply #{reply_id}" in capsys.readouterr().out
+    with sessions() as session:
+        assert approved.approved(session) == []
+    assert [(kind, rid) for kind, rid, _ in audit_rows(sessions)][-2:] == [("kb_deleted", None),
+                                                                          ("answer_revoked", reply_id)]
+    assert audit_rows(sessions)[-1][2] == {"document_id": document_id, "by": "cli"}
+    assert verify(db).clean
+
+
+def test_kb_list_keeps_approved_answers_apart(sessions: sessionmaker[Session], clean_env: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    sheet = clean_env / "faq.csv"
+    sheet.write_text("问题,相似问,答案\n几点发货,什么时候发货,付款后 24 小时内发货。\n")
+    assert main(["kb", "import", str(sheet)]) == 0
+    reply_id = exchange(sessions, QUESTION, ANSWER)
+    with transaction(sessions) as session:
+        approved.approve(session, reply_id)
+    capsys.readouterr()
+    assert main(["kb", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "faq.csv — faq" in listing and f"reply:{reply_id}" not in listing
+    assert "1 documents" in listing and "1 approved answer not listed (kefu answers list, or kefu kb list --all)" \
+        in listing
+    assert main(["kb", "list", "--all"]) == 0
+    listing = capsys.readouterr().out
+    documents, _, answers = listing.partition("approved answers (withdraw with kefu answers revoke REPLY_ID):")
+    assert "faq.csv — faq" in documents and f"reply:{reply_id}" not in documents
+    assert f"reply:{reply_id} — {approved.TITLE}" in answers
+
+
+def test_importing_an_faq_sheet_that_covers_an_approved_question_warns_naming_it(
+        sessions: sessionmaker[Session], clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The sheet is still imported (it may be the better answer), but the operator is told that the two entries now
+    cancel each other out for paraphrases, and which approved answer to revoke."""
+    reply_id = exchange(sessions, QUESTION, ANSWER)
+    with transaction(sessions) as session:
+        approved.approve(session, reply_id)
+    sheet = clean_env / "faq.csv"
+    sheet.write_text("问题,相似问,答案\n几点发货,什么时候发货,付款后 24 小时内发货。\n"
+                     "退货以后退款多久能到账,退款几天到账,验收后 3-5 个工作日原路退回。\n")
+    capsys.readouterr()
+    assert main(["kb", "import", str(sheet)]) == 0
+    captured = capsys.readouterr()
+    assert "new" in captured.out
+    warning = re.search(r"kefu: warning: faq\.csv: FAQ entry kb:\d+ \('退货以后退款多久能到账'\) also answers the "
+                        rf"question of the approved answer of reply #{reply_id} .*kefu answers revoke {reply_id}",
+                        captured.err)
+    assert warning is not None, captured.err
+    assert "几点发货" not in captured.err
+    unrelated = clean_env / "other.csv"
+    unrelated.write_text("问题,答案\n能开发票吗,可以，下单时填写抬头。\n")
+    assert main(["kb", "import", str(unrelated)]) == 0
+    assert "warning" not in capsys.readouterr().err
