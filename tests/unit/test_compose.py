@@ -315,3 +315,22 @@ def test_the_vendored_schema_says_where_it_comes_from() -> None:
     assert "compose-spec/compose-spec" in readme and "Apache-2.0" in readme
     assert re.search(r"\b[0-9a-f]{40}\b", readme)
     assert os.path.getsize(SCHEMA) > 10_000
+
+
+def test_the_gateway_reads_the_admin_token_from_a_secret_the_script_makes(compose: dict[str, Any], tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin API's bearer token is a compose secret like the others, given only to the gateway (the process that
+    serves the admin API), and the one make-secrets.sh writes is one the gateway accepts (at least 16 characters)."""
+    gateway = compose["services"]["gateway"]
+    assert gateway["environment"]["KEFU_ADMIN_TOKEN_FILE"] == "/run/secrets/kefu_admin_token"
+    assert "kefu_admin_token" in gateway["secrets"] and "kefu_admin_token" in compose["secrets"]
+    others = [name for name, service in kefu_services(compose) if name != "gateway"
+              and ("kefu_admin_token" in service.get("secrets", []) or "KEFU_ADMIN_TOKEN_FILE" in service["environment"])]
+    assert others == []
+    assert "KEFU_ADMIN_TOKEN" not in env_example()
+    token_file = tmp_path / "secrets" / "kefu_admin_token"
+    token = make_secrets(tmp_path)["kefu_admin_token"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KEFU_ADMIN_TOKEN_FILE", str(token_file))
+    admin_token = Settings().admin_token
+    assert admin_token is not None and admin_token.get_secret_value() == token and len(token) >= 32
