@@ -2,9 +2,10 @@
 
 Pure apart from reading the file, and independent of the rest of Kefu's settings, so that
 :meth:`models.settings.Settings.check_reliability` can check the file and ``KEFU_INTENT_ROUTES`` at start-up
-(:mod:`models.intents` classifies with them). :func:`read_intents_file` and :func:`check_routes` raise
-:class:`IntentFileError` (a ``ValueError``) naming the variable, the entry and the field; the settings turn it
-into a ``ConfigError``.
+(:mod:`models.intents` classifies with them). The file is JSON, or YAML when its name ends in ``.yaml`` or
+``.yml`` (PyYAML's safe loader: plain data, no tags). :func:`read_intents_file` and :func:`check_routes` raise
+:class:`IntentFileError` (a ``ValueError``) naming the variable, the entry and the field (for a file that does not
+parse, the line); the settings turn it into a ``ConfigError``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from models.handoff_detect import normalized
 
@@ -32,6 +35,7 @@ OUT_OF_SCOPE = "out_of_scope"
 LABELS: tuple[str, ...] = (COMPLAINT, RETURN_REFUND, EXCHANGE, INVOICE, SHIPPING, ORDER_STATUS, ACCOUNT, PAYMENT,
                            GREETING, ASK_FOR_PERSON, OUT_OF_SCOPE)  # the built-in ones, in the order rules are tried
 NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")  # fits inbound.intent (String(32)) and a GBNF literal as it is
+YAML_SUFFIXES = (".yaml", ".yml")
 
 
 class IntentFileError(ValueError):
@@ -48,20 +52,39 @@ class Intent:
 
 
 def read_intents_file(path: Path) -> tuple[Intent, ...]:
-    """The operator's intents: a JSON list of ``{"name", "description", "examples", "keywords"}`` (examples and
-    keywords normalized like a customer's text)."""
+    """The operator's intents: a JSON (or YAML: ``.yaml``, ``.yml``) list of ``{"name", "description", "examples",
+    "keywords"}`` (examples and keywords normalized like a customer's text)."""
     where = f"KEFU_INTENTS_FILE={path}"
+    kind = "YAML" if path.suffix.lower() in YAML_SUFFIXES else "JSON"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise IntentFileError(f"{where}: cannot read the file ({exc.strerror or type(exc).__name__})") from None
     except UnicodeDecodeError:
         raise IntentFileError(f"{where}: the file is not UTF-8 text") from None
+    data = _parsed_yaml(text, where) if kind == "YAML" else _parsed_json(text, where)
+    if not isinstance(data, list):
+        raise IntentFileError(f'{where}: expected a {kind} list of {{"name", "description", "examples", '
+                              '"keywords"}')
+    return tuple(_intent(entry, f"{where}: entry {n}") for n, entry in enumerate(data))
+
+
+def _parsed_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise IntentFileError(f"{where}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    if not isinstance(data, list):
-        raise IntentFileError(f'{where}: expected a JSON list of {{"name", "description", "examples", "keywords"}}')
-    return tuple(_intent(entry, f"{where}: entry {n}") for n, entry in enumerate(data))
+
+
+def _parsed_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:  # a syntax error: what and where (PyYAML counts lines from 0)
+        mark = exc.problem_mark or exc.context_mark
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        raise IntentFileError(f"{where}: not valid YAML ({exc.problem or exc.context or 'unreadable'}{line})") from None
+    except yaml.YAMLError as exc:
+        raise IntentFileError(f"{where}: not valid YAML ({type(exc).__name__})") from None
 
 
 def _intent(entry: Any, where: str) -> Intent:

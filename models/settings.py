@@ -265,8 +265,8 @@ class Settings(_KefuVariables):
     voice_download_retries: NonNegativeInt = 4
 
     # --- intents (models.intents, docs/intents.md) -------------------------------------------------
-    # The operator's own intents: a JSON list of {"name", "description", "examples", "keywords"}, beside the
-    # built-in ones (order_status, shipping, return_refund, …); checked at start-up (`kefu config`).
+    # The operator's own intents: a JSON list of {"name", "description", "examples", "keywords"} (YAML when the name
+    # ends in .yaml/.yml), beside the built-in ones (order_status, shipping, return_refund, …); checked at start-up.
     intents_file: Path | None = None
     # Nearest-example confidence (0..1) an intent needs when no rule matched; below it the message is out_of_scope
     # (source "none") and, with the model on, the model is asked. Chosen on tests/data/intents (bench/intent_eval.py).

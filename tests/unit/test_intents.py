@@ -5,6 +5,7 @@ labelled public sets (tests/data/intents). Sentences written here are hand-writt
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,56 @@ def test_accuracy_on_the_labelled_sets_does_not_fall(name: str, floor: float) ->
     settings = Settings()
     report = score(read(DATA / name, intents.intents(settings).labels), lambda text: classify(settings, text))
     assert report.accuracy >= floor, "\n".join(report.errors)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".yml"])
+def test_the_intents_file_may_be_yaml(tmp_path: Path, clean_env: Path, suffix: str) -> None:
+    path = tmp_path / f"intents{suffix}"
+    path.write_text("# our own intents\n"
+                    "- name: warranty\n"
+                    "  description: 保修、维修\n"
+                    "  examples: [这个保修多久, 坏了能保修吗]\n"
+                    "  keywords:\n"
+                    "    - 保修\n"
+                    "- name: live_stream\n"
+                    "  keywords: [直播间]\n", encoding="utf-8")
+    settings = load_settings(intents_file=str(path))
+    assert [i.name for i in intent_file.read_intents_file(path)] == ["warranty", "live_stream"]
+    assert classify(settings, "直播间下的订单怎么查") == IntentResult("live_stream", 1.0, "rule")
+    assert classify(settings, "请问保修期多久").label == "warranty"
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    ("- name: warranty\n  examples: [保修多久\n  keywords: [保修]\n", "not valid YAML"),
+    ("- name: warranty\n\texamples: [保修]\n", "not valid YAML"),
+    ("name: warranty\n", "expected a YAML list"),
+    ("- name: warranty\n  examples: 保修\n", "entry 0 (warranty): examples must be a list"),
+    ("- name: warranty\n  examples: [2024]\n", "entry 0 (warranty): examples must be a list"),
+])
+def test_a_bad_yaml_intents_file_is_named_with_its_line(tmp_path: Path, clean_env: Path, content: str,
+                                                        said: str) -> None:
+    path = tmp_path / "intents.yaml"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigError, match="KEFU_INTENTS_FILE") as raised:
+        load_settings(intents_file=str(path))
+    assert said in str(raised.value)
+    if said == "not valid YAML":
+        assert re.search(r"line \d+", str(raised.value)), str(raised.value)
+        assert "Traceback" not in str(raised.value)
+
+
+def test_a_yaml_syntax_error_names_the_line_it_is_on(tmp_path: Path, clean_env: Path) -> None:
+    path = tmp_path / "intents.yml"
+    path.write_text("- name: warranty\n  examples: [保修多久]\n- name: live_stream\n  keywords: 直播间: 活动\n",
+                    encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"KEFU_INTENTS_FILE=.*intents\.yml: not valid YAML \(.*line 4"):
+        load_settings(intents_file=str(path))
+
+
+def test_the_documented_yaml_example_reads_as_the_json_one(tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "intents.md").read_text(encoding="utf-8")
+    for kind, suffix in (("json", ".json"), ("yaml", ".yaml")):
+        (tmp_path / f"intents{suffix}").write_text(re.search(rf"```{kind}\n(.*?)```", doc, re.DOTALL).group(1),
+                                                    encoding="utf-8")
+    yaml_intents = intent_file.read_intents_file(tmp_path / "intents.yaml")
+    assert yaml_intents == intent_file.read_intents_file(tmp_path / "intents.json") and len(yaml_intents) == 2
