@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from models import audit, pii
 from models.knowledge import faq_cache, store
 from models.knowledge.documents import FaqRow, ParsedDocument
+from models.knowledge.faq import FaqEntry
 from models.knowledge.faq_index import FaqIndex
 from models.settings import Settings
 from models.states import ReplySource
@@ -171,28 +172,43 @@ def answered_by(session: Session, question: str, reply_id: int, settings: Settin
 
 
 def overlaps(session: Session, document_id: int, settings: Settings) -> list[str]:
-    """One warning for an operator per approved answer whose question an FAQ entry of document ``document_id``
-    answers confidently (at ``KEFU_FAQ_THRESHOLD``, among ``KEFU_FAQ`` and every FAQ sheet's entries): two entries
-    for one question lower each other's confidence through the index's margin, so neither answers a paraphrase.
-    Empty when the document has no FAQ entries or nothing is approved."""
+    """One warning for an operator per approved answer that an FAQ entry of document ``document_id`` competes with:
+    the entry answers the approved question confidently (at ``KEFU_FAQ_THRESHOLD``, among ``KEFU_FAQ`` and every FAQ
+    sheet's entries: the check :func:`approve` makes), or it is the entry that now keeps the approved answer from
+    answering even its own question. Two entries for one question lower each other's confidence through the
+    index's margin, so neither answers a paraphrase. Empty when the document has no FAQ entries or nothing is
+    approved. Builds two indexes (tens of milliseconds for a few hundred entries once their words are cached)."""
     rows = store.faq_rows(session)
     mine = {row.entry().id: row for row in rows if row.document_id == document_id and row.approved_reply is None}
     answers = [row for row in rows if row.approved_reply is not None]
     if not mine or not answers:
         return []
-    index = FaqIndex([*faq_cache.from_settings(settings.faq), *(row.entry() for row in rows
-                                                                  if row.approved_reply is None)])
+    configured = faq_cache.from_settings(settings.faq)
+    alone = FaqIndex([*configured, *(row.entry() for row in rows if row.approved_reply is None)])  # as approve()
+    together = FaqIndex([*configured, *(row.entry() for row in rows)])  # as every process now matches
     warnings = []
     for answer in answers:
-        found = index.lookup(answer.question, settings.faq_threshold)
-        if found is None or found.entry.id not in mine:
+        rival = _rival(alone, together, answer.entry(), settings.faq_threshold)
+        if rival is None or rival not in mine:
             continue
         reply_id = answer.approved_reply
-        warnings.append(f"FAQ entry {found.entry.id} ({mine[found.entry.id].question!r}) also answers the question of "
+        warnings.append(f"FAQ entry {rival} ({mine[rival].question!r}) also answers the question of "
                         f"the approved answer of reply #{reply_id} ({answer.question!r}): two answers to one question "
                         f"leave both unused for its paraphrases; keep one (`kefu answers revoke {reply_id}`, or "
                         f"remove the row and import the sheet again)")
     return warnings
+
+
+def _rival(alone: FaqIndex, together: FaqIndex, answer: FaqEntry, threshold: float) -> str | None:
+    """The id of the entry that answers ``answer``'s question without it, or else, when ``answer`` no longer answers
+    its own question, of the entry closest to that question; None when neither."""
+    found = alone.lookup(answer.question, threshold)
+    if found is not None:
+        return found.entry.id
+    matches = together.search(answer.question)
+    if any(m.entry.id == answer.id and m.confidence >= threshold for m in matches):
+        return None
+    return next((m.entry.id for m in matches if m.entry.id != answer.id), None)
 
 
 def has_personal_data(text: str) -> bool:

@@ -268,3 +268,25 @@ def test_importing_an_faq_sheet_that_covers_an_approved_question_warns_naming_it
     unrelated.write_text("问题,答案\n能开发票吗,可以，下单时填写抬头。\n")
     assert main(["kb", "import", str(unrelated)]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_an_import_that_silences_an_approved_answer_warns_even_when_the_sheet_itself_is_unsure(
+        sessions: sessionmaker[Session], clean_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two rows of the sheet asking the approved question (near-duplicates): neither answers it confidently, so the
+    check approving makes sees no rival, yet with the sheet installed the approved answer no longer answers even its
+    own question. That is warned too, naming the sheet's closest row."""
+    reply_id = exchange(sessions, QUESTION, ANSWER)
+    with transaction(sessions) as session:
+        approved.approve(session, reply_id)
+    sheet = clean_env / "faq.csv"
+    sheet.write_text("问题,答案\n退货以后退款多久能到账,三到五个工作日。\n退货以后退款多久能到账呢,一周内。\n")
+    settings = Settings()
+    with sessions() as session:
+        assert approved.answered_by(session, QUESTION, reply_id, settings) is None
+    capsys.readouterr()
+    assert main(["kb", "import", str(sheet)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("kefu: warning: faq.csv: FAQ entry kb:") == 1, err
+    assert f"the approved answer of reply #{reply_id}" in err
+    with sessions() as session:  # the sheet's rows still do not answer it confidently themselves
+        assert approved.answered_by(session, QUESTION, reply_id, settings) is None
