@@ -4,7 +4,8 @@
 
 Default files: ``tests/data/intents/real_dev.tsv`` (real public messages; the rules were written while reading its
 errors), ``tests/data/intents/real_heldout.tsv`` (real public messages, labelled at the same time but never used to
-write rules) and ``tests/data/intents/edge_cases.tsv`` (hand-written, reported apart). Each line:
+write rules), ``ecom_dev.tsv`` and ``ecom_heldout.tsv`` (real JD.com shop customers, the same split) and
+``tests/data/intents/edge_cases.tsv`` (hand-written, reported apart). Each line:
 ``source<TAB>id<TAB>label<TAB>text``; ``#`` lines are comments. See tests/data/README.md.
 
 Figures, per file, for :func:`models.intents.classify` with the default settings (rules and examples; no model):
@@ -36,7 +37,8 @@ from models.intents import IntentResult, classify, intents  # noqa: E402
 from models.settings import Settings  # noqa: E402
 
 DATA = ROOT / "tests/data/intents"
-DEFAULT_FILES = (DATA / "real_dev.tsv", DATA / "real_heldout.tsv", DATA / "edge_cases.tsv")
+DEFAULT_FILES = (DATA / "real_dev.tsv", DATA / "real_heldout.tsv", DATA / "ecom_dev.tsv", DATA / "ecom_heldout.tsv",
+                 DATA / "edge_cases.tsv")
 REPEATS = 5
 
 

@@ -83,7 +83,7 @@ BUILT_IN: tuple[Intent, ...] = (
     Intent(RETURN_REFUND, "退货、退款、退钱、退款进度或去向",
            ("我要退货", "怎么申请退款", "退款什么时候到账", "退款退到哪里了", "这个可以退吗", "不想要了能退吗"),
            patterns=r"退款|退货|退钱|退回|(?<!闪)退了|退掉|退不了|退到|退给|保证金.{0,3}退|能退|可以退|"
-                    r"七天无理由|7天无理由"),
+                    r"七天无理由|7天无理由|价保|保价|差价|降价|降了价"),
     Intent(EXCHANGE, "换货、换尺码、换颜色、换新",
            ("我想换货", "尺码不合适能换吗", "可以换个颜色吗", "收到的坏了给我换一个"),
            patterns=r"换货|换尺码|换码|换个?颜色|换大一?号|换小一?号|换一个新的|换新|调换"),
@@ -92,8 +92,11 @@ BUILT_IN: tuple[Intent, ...] = (
            patterns=r"发票|开票|专票|普票|抬头|税号|收据|报销|行程单|凭证|证明"),
     Intent(SHIPPING, "物流、快递、发货、配送、地址与收货",
            ("什么时候发货", "快递到哪了", "物流一直不更新", "能不能发顺丰", "收货地址写错了", "包裹丢了"),
-           patterns=r"发货|物流|快递|运单|单号|包裹|配送|送货|送到|派送|派件|签收|收货|寄出|寄到|到货|顺丰|"
-                    r"中通|圆通|韵达|申通|邮政快递|ems|运费|邮费|包邮"),
+           patterns=r"发货|出库|物流|快递|运单|(?<!订)单号|包裹|配送|送货|送到|派送|派件|签收|收货|寄出|寄到|寄给|"
+                    r"寄过来|邮寄|到货|顺丰|中通|圆通|韵达|申通|邮政快递|ems|运费|邮费|包邮|丢件|取件|及时达|地址|"
+                    r"收件人|联系电话|(?:能|可以|会|才|多久|几天|哪天|什么时候|啥时候|何时)送?到(?![账帐期底])|"
+                    r"(?:没|未)有?收到(?!.{0,4}(?:验证码|短信|钱|款|红包))|只收到|(?:就|才)收到了?[一二两三四五六七八九十几\d]|"
+                    r"少发|漏发|缺件|少件|电话.{0,3}(?:填|写|留)错"),
     Intent(ORDER_STATUS, "订单状态、查询订单、取消或修改订单",
            ("我的订单怎么样了", "帮我查一下订单", "订单怎么取消", "下单后能修改吗", "订单显示已关闭"),
            patterns=r"订单|下单|取消订单|查单|拍下|拍了"),
@@ -101,13 +104,13 @@ BUILT_IN: tuple[Intent, ...] = (
            ("登录不上", "密码忘了怎么办", "怎么修改绑定的手机号", "账号被冻结了", "怎么注销账号",
             "怎么开通", "额度怎么提升", "为什么我没有资格"),
            patterns=r"账号|帐号|账户|帐户|登录|登陆|登不上|密码|实名|认证|身份|绑定|解绑|手机号|验证码|冻结|"
-                    r"封了|注销|销户|开通|关闭|关了|开户|额度|提额|降额|资格|邀请|申请|会员|积分|套餐|条件|找不到|"
+                    r"封了|注销|销户|开通|关闭|关了|开户|额度|提额|降额|资格|邀请|申请(?!售后|退|换|价保)|会员|积分|套餐|条件|找不到|"
                     r"无法正常使用|没法使用|不能用了|不能使用"),
     Intent(PAYMENT, "付款、支付、还款、扣款、充值、分期、利息、优惠",
            ("怎么付款", "支付失败了", "扣了两次钱", "怎么还款", "可以分期吗", "充值没到账", "能用优惠券吗"),
            patterns=r"付款|支付|付不了|付了|代付|还款|还钱|还清|还了|怎么还(?![不没是])|提前还|逾期|分期|扣款|扣费|扣钱|"
                     r"扣了|被扣|自动扣|代扣|扣除|充值|缴费|交费|话费|欠费|到账|到帐|利息|利率|手续费|费用|"
-                    r"收费|账单|帐单|优惠|红包|集分宝|余额|透支|取现|价格|多少钱|滞纳金|还多少|借款|贷款|花呗"),
+                    r"收费|账单|帐单|优惠|券|(?:满|够).{0,8}减|红包|集分宝|余额|透支|取现|价格|多少钱|滞纳金|还多少|借款|贷款|花呗"),
     Intent(GREETING, "问候、感谢、告别、闲聊",
            ("你好", "在吗", "谢谢", "好的谢谢", "再见", "辛苦了", "早上好", "哈哈"),
            patterns=r"^(?:你好|您好|hi|hello|哈喽|嗨|在吗|在不在|在么|在嘛|亲|谢谢|多谢|感谢|谢了|辛苦了|再见|拜拜|"
@@ -118,6 +121,11 @@ BUILT_IN: tuple[Intent, ...] = (
 )
 LABELS: tuple[str, ...] = tuple(intent.name for intent in BUILT_IN)
 _STRIP = re.compile(r"@[^\s@,，。!！?？:：]+|#[^#]{1,30}#|[\s​]+")  # Weibo handles and topics, blanks
+# The order card a shop's chat window pastes ("订单编号:2081234567, 订单金额:59.00, 下单时间:2018-05-02 10:11:12"; an
+# anonymised corpus has "[订单x]" for a value): it says which order, not what the customer wants about it.
+_CARD_VALUE = r"(?:\[[^\[\]]*\]|[^\s,\[\]]+)(?: (?:\[[^\[\]]*\]|\d{1,2}:\d{2}(?::\d{2})?))?"
+_ORDER_CARD = re.compile(rf"(?:咨询|查询)?(?:订单编号|订单号|订单金额|下单时间|商品id|商品编号) ?: ?{_CARD_VALUE}")
+_NO_WORDS = re.compile(r"[\W_]+")
 
 
 def classify(settings: Settings, text: str) -> IntentResult:
@@ -129,6 +137,10 @@ def classify(settings: Settings, text: str) -> IntentResult:
         return IntentResult(ASK_FOR_PERSON, 1.0, "rule")
     known = intents(settings)
     folded = _STRIP.sub(" ", normalized(text)).strip()
+    if _ORDER_CARD.search(folded):
+        folded = _ORDER_CARD.sub(" ", folded).strip()
+        if not _NO_WORDS.sub("", folded):  # the card alone: a question about that order
+            return IntentResult(ORDER_STATUS, 1.0, "rule")
     declined = set()  # intents whose words came only after a negation ("不用开发票")
     for intent in known.ordered:
         said = _rule_matches(intent, folded)

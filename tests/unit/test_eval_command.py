@@ -275,7 +275,7 @@ def test_a_knowledge_base_that_cannot_be_read_exits_2(clean_env: Path, capsys: p
     assert err.startswith("kefu: the knowledge base's FAQ cannot be read (OperationalError") and "kefu migrate" in err
 
 
-@pytest.mark.parametrize("name", ["real_dev.tsv", "real_heldout.tsv"])
+@pytest.mark.parametrize("name", ["real_dev.tsv", "real_heldout.tsv", "ecom_dev.tsv", "ecom_heldout.tsv"])
 def test_the_shipped_intent_sets_run_and_agree_with_classify(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     path = DATA / "intents" / name
     if not path.exists() or importlib.util.find_spec("models.intents") is None:
