@@ -150,14 +150,13 @@ class AdminApi:
             parsed = await run_in_threadpool(_read_document, source, suffix, data)
             if title:
                 parsed = dataclasses.replace(parsed, title=title)
-            outcome, warnings = await run_in_threadpool(self._write, lambda session: self._import(session, parsed))
+            outcome = await run_in_threadpool(self._write, lambda session: store.import_document(session, parsed,
+                                                                                                   by=BY))
+            # after the commit: the check rebuilds the FAQ index, and need not hold the knowledge base's write lock
+            warnings = await run_in_threadpool(self._read, lambda session: approved.overlaps(
+                session, outcome.document.id, self._settings)) if parsed.faq else []
         return JSONResponse({"status": outcome.status, "document": _json(outcome.document), "warnings": warnings},
                             status_code=201 if outcome.status == store.NEW else 200)
-
-    def _import(self, session: Session, parsed: ParsedDocument) -> tuple[store.ImportOutcome, list[str]]:
-        outcome = store.import_document(session, parsed, by=BY)
-        warnings = approved.overlaps(session, outcome.document.id, self._settings) if parsed.faq else []
-        return outcome, warnings
 
     # --- approved answers ------------------------------------------------------------------------------------
 

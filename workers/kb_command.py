@@ -69,8 +69,8 @@ def import_paths(sessions: sessionmaker[Session], paths: Sequence[str], out: Tex
                 continue
             with transaction(sessions) as session:
                 outcome = store.import_document(session, parsed)
-                warnings = approved.overlaps(session, outcome.document.id, settings) if parsed.faq else []
             d = outcome.document
+            warnings = _overlaps(sessions, d.id, settings) if parsed.faq else []
             bar.write(f"{outcome.status:<9} #{d.id} v{d.version} {d.source}: {d.passages} passages, {d.faq} FAQ "
                       f"entries ({d.title})", file=out)
             for warning in warnings:
@@ -78,6 +78,13 @@ def import_paths(sessions: sessionmaker[Session], paths: Sequence[str], out: Tex
     print(f"{len(files) - failed} of {len(files)} files imported" + (f"; {failed} could not be" if failed else ""),
           file=err if failed else out)
     return 1 if failed else 0
+
+
+def _overlaps(sessions: sessionmaker[Session], document_id: int, settings: Settings) -> list[str]:
+    """The approved answers an FAQ sheet competes with, read after its commit (the check rebuilds the FAQ index,
+    and need not hold the knowledge base's write lock meanwhile)."""
+    with sessions() as session:
+        return approved.overlaps(session, document_id, settings)
 
 
 def list_documents(sessions: sessionmaker[Session], out: TextIO | None = None, show_approved: bool = False) -> int:
