@@ -14,9 +14,10 @@ from sqlalchemy import Engine, func, select
 from models.audit_verify import verify
 from models.infra.db import make_engine, make_session_factory, transaction
 from models.infra.migrate import upgrade
-from models.knowledge import readers, store
+from models.knowledge import approved, readers, store
 from models.settings import Settings
-from models.tables import AuditEvent, KbDocumentRecord
+from models.states import ReplySource
+from models.tables import AuditEvent, ConversationRecord, InboundRecord, KbDocumentRecord, ReplyRecord
 from tests import services
 
 
@@ -82,3 +83,40 @@ def test_two_imports_of_one_new_file_at_once_make_one_document(pg: Engine, tmp_p
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(KbDocumentRecord)) == 1
         assert store.revision(session) == 1
+
+
+def test_an_approved_answer_deleted_as_a_document_is_revoked_and_a_sheet_over_it_warns(pg: Engine,
+                                                                                        tmp_path: Path) -> None:
+    """The approved-answer paths of ``kefu kb delete`` / ``import`` on PostgreSQL: the overlap warning is read after
+    the sheet's commit, the deletion audits ``answer_revoked`` beside ``kb_deleted``, and the audit chain verifies."""
+    sessions = make_session_factory(pg)
+    with transaction(sessions) as session:
+        conversation = ConversationRecord(channel="web", account="default", peer="v1")
+        session.add(conversation)
+        session.flush()
+        inbound = InboundRecord(conversation_id=conversation.id, channel="web", account="default", external_id="m1",
+                                text="退货以后退款多久能到账？")
+        session.add(inbound)
+        session.flush()
+        reply = ReplyRecord(inbound_id=inbound.id, conversation_id=conversation.id, text="三到五个工作日。",
+                            source=ReplySource.MODEL)
+        session.add(reply)
+        session.flush()
+        reply_id = reply.id
+    with transaction(sessions) as session:
+        document_id = approved.approve(session, reply_id).answer.document_id
+    sheet = tmp_path / "faq.csv"
+    sheet.write_text("问题,答案\n退货以后退款多久能到账,验收后原路退回。\n几点发货,24 小时内。\n")
+    with transaction(sessions) as session:
+        sheet_id = store.import_document(session, readers.read(sheet)).document.id
+    with sessions() as session:
+        [warning] = approved.overlaps(session, sheet_id, Settings())
+    assert f"approved answer of reply #{reply_id}" in warning
+    with transaction(sessions) as session:
+        deletion = approved.delete_document(session, document_id)
+    assert deletion is not None and deletion.revoked is not None and deletion.revoked.reply_id == reply_id
+    with sessions() as session:
+        kinds = session.scalars(select(AuditEvent.kind).order_by(AuditEvent.id)).all()
+        assert approved.approved(session) == []
+    assert kinds[-2:] == ["kb_deleted", "answer_revoked"]
+    assert verify(pg).clean
