@@ -6,7 +6,8 @@
    with ``KEFU_HANDOFF_KEYWORDS``; never a second reading of the same words), confidence 1, source ``"rule"``;
 2. the operator's intents' ``keywords`` (``KEFU_INTENTS_FILE``: a keyword occurs in the text), then the built-in
    Chinese patterns of :data:`BUILT_IN`, in order — complaints first — each skipped where a negation stands just
-   before it ("不想退货了", "没有投诉"); confidence 1, source ``"rule"``;
+   before it ("不想退货了", "没有投诉"); confidence 1, source ``"rule"``. A pasted order card ("订单编号:…, 订单金额:…")
+   is left out first (it names an order, not a wish): a message that is only a card is ``order_status``;
 3. the nearest examples: every intent's examples (built-in and the operator's) in one FAQ index
    (:class:`models.knowledge.faq_index.FaqIndex`: BM25 over jieba words and Han characters, IDF-weighted overlap
    less the best other intent's), the best intent at or above ``KEFU_INTENT_THRESHOLD``; source ``"examples"``;
