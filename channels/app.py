@@ -1,7 +1,9 @@
 """The ASGI gateway: mounts every registered channel's routes, health checks and the chat page.
 
 The gateway only accepts, persists and publishes; it never generates. With ``KEFU_ADMIN_TOKEN`` set it also
-serves the admin API (:mod:`channels.admin`: the knowledge base and approved answers). It is stateless apart from
+serves the admin API (:mod:`channels.admin`: the knowledge base and approved answers). ``/metrics`` is its
+Prometheus page (:mod:`models.infra.metrics`: every process of ``kefu gateway --workers N`` added up); each
+channel route's acknowledgement is timed (:mod:`channels.ack_metrics`). It is stateless apart from
 open sockets, so any number of gateway processes can run behind a load balancer. This module is the
 gateway's composition root: it builds the shared :class:`Services` once and gives each channel
 adapter a narrow :class:`~channels.base.ChannelContext` (with that channel's own hand-off port).
@@ -28,11 +30,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from channels import registry
+from channels import ack_metrics, registry
 from channels.admin import admin_routes
 from channels.base import ChannelAdapter, ChannelContext
 from channels.ingress import Ingress
 from models import intents, privacy
+from models.infra import metrics
 from models.infra.bus import Listener, make_listener
 from models.infra.db import make_engine, make_session_factory, ping
 from models.infra.kv import KV, make_kv
@@ -73,11 +76,23 @@ def build_services(settings: Settings) -> Services:
                     make_kv(settings, settings.publish_timeout_s))
 
 
+async def metrics_page(_: Request) -> Response:
+    """Prometheus's scrape (multiprocess: every process's files of this gateway, read in a thread)."""
+    body, content_type = await run_in_threadpool(metrics.exposition)
+    return Response(body, media_type=content_type)
+
+
+def channel_adapters(gw: Services) -> list[tuple[str, ChannelAdapter]]:
+    """Every registered channel's adapter, with the channel's name."""
+    return [(found.name, found.adapter(gw.context(found.name))) for found in registry.channels()]
+
+
 def create_app(settings: Settings, services: Services | None = None) -> Starlette:
     privacy.install_log_masking()  # whoever hosts the gateway (uvicorn, kefu demo, tests): no PII in its logs
     registry.check(settings)  # a bad channel setting stops the gateway now, not on its first callback
     gw = services or build_services(settings)
-    adapters: list[ChannelAdapter] = [found.adapter(gw.context(found.name)) for found in registry.channels()]
+    named = channel_adapters(gw)
+    adapters = [adapter for _, adapter in named]
     chat_page = resources.files("channels").joinpath("static/chat.html").read_text(encoding="utf-8")
 
     async def index(_: Request) -> Response:
@@ -147,9 +162,10 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         Route("/", index),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/metrics", metrics_page),
     ]
-    for adapter in adapters:
-        routes += adapter.routes()
+    for name, adapter in named:
+        routes += ack_metrics.timed_routes(adapter.routes(), name)
     routes += admin_routes(settings, gw.sessions)  # none without KEFU_ADMIN_TOKEN
     handlers = {HTTPException: http_error, Exception: server_error}
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

@@ -6,7 +6,8 @@ message's id. With an ``intent`` function (models.intents.classify, rules only) 
 stored in the row and in the ``received`` audit row's detail. Only after the commit is
 ``handle_inbound(id)`` published, so a worker never sees an id that is not in the database. If publishing
 fails the message is still safe: it stays ``received`` and the sweeper publishes it again (a retry of the same
-message also does, at once).
+message also does, at once). Each new message counts in ``kefu_messages_received_total``, and one answered here
+(or left to a person) in ``kefu_messages_total`` (:mod:`models.infra.metrics`), after its commit.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models import audit
 from models.envelope import Inbound, utcnow
+from models.infra import metrics
 from models.infra.db import insert_ignoring_conflict, transaction, upsert_returning_id
 from models.infra.queues import Publisher
 from models.replies import Answer, store_reply
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 REPUBLISH_AFTER_S = 10.0
 StoredText = Callable[[str], tuple[str, tuple[str, ...]]]  # (text to store, moderation rules that masked words)
 IntentOf = Callable[[str], str]  # the customer's text -> its intent label (models.intents.classify, no model)
+HUMAN = "human"  # kefu_messages_total's outcome for a message a person answers (no reply of Kefu's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,8 @@ class Ingress:
                 **({} if duplicate else _intent_detail(intent)),
             )
         assert inbound_id is not None
+        if not duplicate:
+            metrics.received(key.channel)
         if status != InboundStatus.RECEIVED:
             return Accepted(inbound_id, conversation_id, duplicate, True)
         # A retry of a message whose publish failed earlier publishes it now; a retry racing the first
@@ -111,6 +116,8 @@ class Ingress:
             reply_id = store_reply(session, inbound_id=inbound_id, conversation_id=conversation_id, channel=key.channel,
                                    answer=answer, passive=passive)
             assert reply_id is not None  # the inbound is new, so is its reply
+        metrics.received(key.channel)
+        metrics.answered(key.channel, intent, answer.source)
         if not passive:
             self.deliver(reply_id)
         return Accepted(inbound_id, conversation_id, False, True), answer.text
@@ -138,6 +145,9 @@ class Ingress:
                 audit.record(session, audit.RECEIVED, **ids, message_kind=inbound.kind, chars=len(inbound.text),
                              **_intent_detail(intent))
                 audit.record(session, audit.HUMAN_OWNED, **ids, **detail)
+        if not duplicate:
+            metrics.received(inbound.key.channel)
+            metrics.answered(inbound.key.channel, intent, HUMAN)
         return Accepted(inbound_id, conversation_id, duplicate, False)
 
     def note(self, accepted: Accepted, channel: str, kind: str, **detail: Any) -> None:

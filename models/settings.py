@@ -383,6 +383,11 @@ class Settings(_KefuVariables):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # --- observability (docs/observability.md) ----------------------------------------------------
+    # each `kefu worker` serves its Prometheus metrics on this port (the gateway on its own /metrics); 0: off
+    worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    worker_metrics_host: str = "127.0.0.1"  # the address the worker's metrics listen on (0.0.0.0 in a container)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: Any) -> Any:

@@ -25,6 +25,8 @@
   of digits until it ends and sends it masked, so no full ID, card or mobile number is ever streamed.
 - Every answer is written by :func:`models.replies.store_reply` in one transaction with its
   generation audit rows; a second worker that answered first wins and its reply is kept.
+- Metrics (:mod:`models.infra.metrics`): the queue wait when answering begins, the generation's first token,
+  duration, tokens and deadline miss, why a fallback was stored, and each stored answer by channel, intent, source.
 
 Returns the reply id; the task publishes ``deliver`` for it.
 """
@@ -41,6 +43,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from models import audit, moderation, pii, transcript
 from models.dialogue import Action, Decision, HandOff, Message, decide, fallback_reply, faq_decision, prompt_hint
 from models.envelope import ConversationKey, Turn
+from models.infra import metrics
 from models.infra.db import transaction
 from models.knowledge.fused_faq import WHY_FUSED
 from models.replies import MODERATED_OUT, Answer, reply_id_of, store_reply
@@ -61,6 +64,7 @@ MISSED_REASON = "deadline missed: a model step outlasted the generation deadline
 def answer(rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
     """Answer the message; the reply id. Raises voice.TryAgain while a voice download should be retried."""
     begun = time.monotonic()  # the deadline counts from here, as Celery's soft limit does from the task's start
+    metrics.started_after_queue(key.channel, row.queued_at)
     if row.media_id is None:
         return generate(rt, row, key, begun=begun)
     if voice.pending(row):
@@ -122,6 +126,7 @@ def store(rt: Runtime, row: InboundRecord, key: ConversationKey, answer: Answer,
             existing = reply_id_of(session, row.id)
             assert existing is not None
             return existing
+    metrics.answered(key.channel, row.intent, answer.source)
     return reply_id
 
 
@@ -176,6 +181,7 @@ def _generated(rt: Runtime, row: InboundRecord, key: ConversationKey, turns: lis
                      conversation_id=row.conversation_id, inbound_id=row.id)
     run = _run_model(rt, row, key, turns, begun)
     text, source, why = _moderated(rt, *_outcome(rt, row, key, run, handoff), handoff)
+    _count(key.channel, run, source, why)
     if source is ReplySource.MODEL:
         text = pii.mask(text)  # the one place: never a full ID, card or mobile number in the reply or the history
     answer = Answer(text, source, model=run.generation.model if run.generation else None,
@@ -241,6 +247,22 @@ def _moderated(rt: Runtime, text: str, source: ReplySource, handoff: HandOff) ->
     if finding.verdict is moderation.Verdict.MASK:
         return outcome.text, source, why
     return fallback_reply(rt.settings, handoff), ReplySource.FALLBACK, why
+
+
+def _count(channel: str, run: _Run, source: ReplySource, why: str | None) -> None:
+    """The generation's metrics, and why the fallback replaced it if it did (models.infra.metrics)."""
+    generation = run.generation
+    missed = run.failure == "soft time limit exceeded" or (
+        generation is not None and generation.finish_reason == DEADLINE_MISSED)
+    if generation is not None:
+        metrics.generated(channel, first_token_s=generation.first_token_s, total_s=run.latency_ms / 1000,
+                          tokens=generation.completion_tokens, deadline_missed=missed)
+    elif missed:
+        metrics.generated(channel, first_token_s=None, total_s=run.latency_ms / 1000, tokens=0, deadline_missed=True)
+    if source is ReplySource.FALLBACK:
+        reason = ("moderated" if why is not None and why.startswith(MODERATED_OUT) else "deadline" if missed
+                  else "empty" if generation is not None else "error")
+        metrics.fell_back(channel, reason)
 
 
 def _record_generation(session: Any, row: InboundRecord, key: ConversationKey, reply_id: int, run: _Run) -> None:

@@ -15,6 +15,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
 
 from channels import registry
+from models.infra import metrics
 from models.infra.queues import make_celery
 from models.settings import Settings
 from workers import runtime as runtime_module
@@ -64,5 +65,6 @@ def create_app(settings: Settings, *, warm: bool = False) -> Celery:
     @worker_shutdown.connect(weak=False)
     def _stopping(**_: Any) -> None:
         runtime_module.shutdown()  # free the model and connections before the interpreter tears down
+        metrics.process_exited()  # its live gauges (model loaded, slots) stop counting
 
     return app

@@ -1,5 +1,6 @@
 """``kefu``: the command line, and the one place where gateway and workers are composed.
 
+    kefu --version               the installed version
     kefu config                  effective settings, secrets masked, and the chosen backends
     kefu migrate [REVISION]      upgrade the database (default: head)
     kefu downgrade REVISION      downgrade the database; past the first revision (base) only with --drop-audit-log
@@ -119,6 +120,10 @@ def add_eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from models.infra import metrics_dir
+
+    # before the app imports prometheus_client; the --workers processes inherit it and /metrics adds them up
+    metrics_dir.prepare(settings, f"gateway-{args.port or settings.port}")
     from channels.app import create_app
 
     for line in settings.backend_choice():
@@ -150,6 +155,12 @@ def gateway_app() -> object:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from models.infra import metrics_dir
+
+    if settings.worker_metrics_port:  # before anything imports prometheus_client (prefork children inherit it)
+        metrics_dir.prepare(settings, f"worker-{settings.worker_metrics_port}")
+    else:
+        metrics_dir.single_process()
     from workers.celery_app import create_app
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
@@ -165,6 +176,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     concurrency = args.concurrency or (llm_threads if queues == ["llm"] else llm_threads + 3 if "llm" in queues else 4)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # beat's schedule file lives there
     app = create_app(settings, warm=args.warm)
+    serve_worker_metrics(settings)
     argv = [
         "worker",
         f"--queues={','.join(queues)}",
@@ -179,6 +191,21 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         argv.append("--beat")
     app.worker_main(argv)
     return 0
+
+
+def serve_worker_metrics(settings: Settings) -> None:
+    """The worker's Prometheus metrics on KEFU_WORKER_METRICS_HOST:KEFU_WORKER_METRICS_PORT (0: not served)."""
+    if not settings.worker_metrics_port:
+        return
+    from models.infra import metrics
+
+    try:
+        metrics.serve(settings.worker_metrics_host, settings.worker_metrics_port)
+    except OSError as exc:
+        raise ConfigError(f"KEFU_WORKER_METRICS_PORT {settings.worker_metrics_port} on KEFU_WORKER_METRICS_HOST "
+                          f"{settings.worker_metrics_host!r}: cannot listen ({exc.strerror or exc}); give each "
+                          "worker on a host its own port, or 0 for none") from exc
+    log.info("worker metrics on http://%s:%d/metrics", settings.worker_metrics_host, settings.worker_metrics_port)
 
 
 def node_name(queues: list[str], *, beat: bool) -> str:
@@ -284,8 +311,19 @@ def add_answers_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         command.set_defaults(func=cmd_answers)
 
 
+def installed_version() -> str:
+    """The installed distribution's version (importlib.metadata); 'unknown' when run from a tree not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kefu")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kefu", description="Self-hosted AI customer service.")
+    parser.add_argument("--version", action="version", version=f"kefu {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("config", help="print the effective settings").set_defaults(func=cmd_config)
     p = sub.add_parser("migrate", help="upgrade the database")

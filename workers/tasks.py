@@ -9,7 +9,8 @@ conditional status updates decide who wins, so a redelivered or re-published tas
   lock first answers the oldest message still waiting — its own task may be lost, late or queued behind —
   one generation per run, then runs again for its own.
 - ``deliver``: sends through the channel; retries a ``Retryable`` failure with exponential backoff,
-  records a ``Permanent`` one (and exhausted retries) as failed.
+  records a ``Permanent`` one (and exhausted retries) as failed; each send is timed and each failure counted by
+  the platform's error code (``kefu_delivery_seconds``, ``kefu_delivery_failures_total``).
 - ``pull``: pulls a channel's new messages from one source (its ``Puller``: WeChat Customer Service);
   waits its turn while another worker pulls the same source; retries platform failures.
 - ``sweep``: :mod:`workers.sweeper` publishes again any inbound, delivery or pull left unfinished (a lost task, a killed
@@ -19,6 +20,7 @@ conditional status updates decide who wins, so a redelivered or re-published tas
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Celery, Task
@@ -29,6 +31,7 @@ from channels.base import DeliveryProgress, PullBusy
 from models import audit
 from models.envelope import ConversationKey, Reply, utcnow
 from models.errors import Permanent, Retryable
+from models.infra import metrics
 from models.infra.db import transaction
 from models.infra.queues import DELIVER, HANDLE_INBOUND, PULL, SWEEP
 from models.replies import reply_id_of
@@ -162,16 +165,20 @@ def deliver(task: Task, reply_id: int) -> str:
             session.execute(update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id)
                             .values(parts_sent=parts_sent, updated_at=utcnow()))
 
+    started = time.perf_counter()
     try:
         rt.outbound(key.channel).send(reply, DeliveryProgress(delivery.parts_sent, record_parts))
     except Permanent as exc:
+        metrics.send_failed(key.channel, "permanent", exc)
         _fail(rt, reply_id, ids, f"permanent: {exc}")
         return "failed"
     except Retryable as exc:
         retries = task.request.retries
         if retries >= rt.settings.delivery_max_retries:
+            metrics.send_failed(key.channel, "exhausted", exc)
             _fail(rt, reply_id, ids, f"gave up after {retries + 1} attempts: {exc}")
             return "failed"
+        metrics.send_failed(key.channel, "retry", exc)
         with transaction(rt.sessions) as session:
             session.execute(
                 update(DeliveryRecord).where(DeliveryRecord.reply_id == reply_id,
@@ -191,6 +198,7 @@ def deliver(task: Task, reply_id: int) -> str:
         ).rowcount  # type: ignore[attr-defined]
         if moved:  # 0 when the customer's client already confirmed it (a gateway re-sent it first)
             audit.record(session, audit.DISPATCHED, **ids)
+    metrics.sent(key.channel, time.perf_counter() - started)
     return "sent"
 
 

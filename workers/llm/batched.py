@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.envelope import Turn, printable
+from models.infra import metrics
 from models.settings import Settings
 from workers.llm.cpu_buffers import use_extra_buffers
 from workers.llm.engine import (
@@ -239,6 +240,8 @@ class BatchedEngine:
             self._ctx = ctx  # last: a concurrent load() returns early only once everything above is set
             log.info("model %s loaded in %.2fs (architecture %s, %d slots x n_ctx %d, unified KV, gpu layers %d)",
                      self.spec.name, time.monotonic() - started, self.architecture, self.n_slots, s.n_ctx, gpu_layers)
+            metrics.model_loaded(True)
+            metrics.slots(self.n_slots)
 
     def close(self) -> None:
         """Stop the scheduler (failing what is still queued or running) and free the model."""
@@ -260,6 +263,9 @@ class BatchedEngine:
             llama_cpp.llama_free(self._ctx)
             self._model.close()
             self._ctx = self._model = self._mem = self._batch = None
+            metrics.model_loaded(False)
+            metrics.slots(0)
+            metrics.slots_busy(0)
 
     # ---- the caller's side -----------------------------------------------------------------------
 
@@ -365,6 +371,7 @@ class BatchedEngine:
     def _loop(self) -> None:
         try:
             while True:
+                metrics.slots_busy(len(self._active()))  # as the last step left them (idle: 0 before sleeping)
                 if not self._queue and not self._active():
                     self._report_wait(force=True)  # going idle: say so before sleeping
                 with self._cv:

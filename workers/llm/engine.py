@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from models.envelope import Turn, printable
+from models.infra import metrics
 from models.settings import Settings
 from workers.llm.cpu_buffers import model_defaults, use_extra_buffers
 from workers.llm.model_files import ModelSpec
@@ -190,6 +191,7 @@ class LlamaEngine:
                     self.spec.name, time.monotonic() - started, self.architecture, s.n_ctx, gpu_layers,
                 )
                 self._llm = llm
+                metrics.model_loaded(True)
         return self._llm
 
     def close(self) -> None:
@@ -198,6 +200,7 @@ class LlamaEngine:
             if self._llm is not None:
                 self._llm.close()
                 self._llm = None
+                metrics.model_loaded(False)
 
     def prompt_tokens(self, turns: list[Turn], deadline: float | None = None) -> list[int]:
         """The prompt, trimmed to the context window and to what can be read by ``deadline``."""

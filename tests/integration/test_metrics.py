@@ -1,0 +1,94 @@
+"""/metrics scraped from real processes, parsed with prometheus_client's own parser.
+
+- ``kefu gateway --workers 2`` (multiprocess mode): every web message counted once whichever process took it, a
+  platform-style retry not counted again, each acknowledgement timed; the metrics directory is emptied at start.
+- A real ``kefu worker`` with ``KEFU_WORKER_METRICS_PORT``: a web chat message answered by llama.cpp moves the
+  queue-wait, first-token, generation and delivery histograms, the tokens counter, the answered-messages counter
+  (channel, intent, outcome) and the model and slot gauges; the in-thread gateway's /metrics counts its arrival.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import httpx
+
+from models.infra.migrate import upgrade
+from models.settings import Settings
+from tests.conftest import as_env, settings_kwargs
+from tests.integration.conftest import recv_until, start_stack, wait_for
+from tests.metrics_scrape import Scrape, scrape
+from tests.stack import GatewayProcess
+from workers.demo.processes import free_port
+
+ROUTE = "/v1/web/messages"
+
+
+def test_a_multiprocess_gateway_counts_each_message_once(tmp_path: Path, tiny_gguf: Path) -> None:
+    values = settings_kwargs("embedded", tmp_path, tiny_gguf, None, None)
+    upgrade(Settings(**values))
+    port = free_port()
+    stale = tmp_path / "metrics" / f"gateway-{port}" / "counter_999999.db"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left by an earlier run")
+    gateway = GatewayProcess(as_env(values), tmp_path / "gateway.log", port=port, workers=2).start()
+    try:
+        with httpx.Client(base_url=gateway.http_url, timeout=10) as http:
+            visitor = http.post("/v1/web/sessions").json()
+            auth = {"Authorization": f"Bearer {visitor['token']}"}
+            ids = [uuid.uuid4().hex for _ in range(6)]
+            for number, client_msg_id in enumerate([*ids, ids[0]]):  # the last one is a retry of the first
+                r = http.post(ROUTE, headers=auth, json={"visitor_id": visitor["visitor_id"],
+                                                         "text": f"请问第{number}个订单什么时候发货？",
+                                                         "client_msg_id": client_msg_id})
+                assert r.status_code in (200, 202), r.text
+        page = scrape(f"{gateway.http_url}/metrics")
+    finally:
+        gateway.stop()
+    assert not stale.exists(), "the metrics directory was not emptied at start"
+    assert page.types["kefu_messages_received"] == "counter"
+    assert page.types["kefu_ack_seconds"] == "histogram"
+    assert page.value("kefu_messages_received_total", channel="web") == 6
+    assert page.value("kefu_ack_seconds_count", channel="web", route=ROUTE, method="POST") == 7
+    assert page.value("kefu_ack_seconds_bucket", channel="web", route=ROUTE, method="POST", le="+Inf") == 7
+    assert page.value("kefu_ack_seconds_sum", channel="web", route=ROUTE, method="POST") > 0
+    assert page.value("kefu_ack_seconds_count", channel="web", route="/v1/web/sessions", method="POST") == 1
+    files = list((tmp_path / "metrics" / f"gateway-{port}").glob("*.db"))
+    assert files, "no multiprocess files: the gateway did not run in multiprocess mode"
+
+
+def moved(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
+    return after.value(name, **labels) - before.value(name, **labels)
+
+
+def test_a_worker_serves_its_metrics_and_they_move(tmp_path: Path, tiny_gguf: Path) -> None:
+    port = free_port()
+    stack = start_stack("embedded", tmp_path, tiny_gguf, None, None, worker_metrics_port=port)
+    worker_url, gateway_url = f"http://127.0.0.1:{port}/metrics", f"{stack.gateway.http_url}/metrics"
+    try:
+        worker_before, gateway_before = scrape(worker_url), scrape(gateway_url)
+        assert worker_before.value("kefu_model_loaded") == 1  # --warm: loaded before the worker said ready
+        assert worker_before.value("kefu_slots") == stack.settings.n_slots
+        _, token = stack.visitor()
+        with stack.ws(token) as ws:
+            ws.send(json.dumps({"type": "message", "text": "你好，我的订单什么时候发货？", "client_msg_id": "m1"}))
+            reply = recv_until(ws, lambda f: f["type"] == "reply")[-1]
+            ws.send(json.dumps({"type": "ack", "reply_id": reply["reply_id"]}))
+        after = wait_for(lambda: (page := scrape(worker_url)).value("kefu_delivery_seconds_count", channel="web")
+                         > worker_before.value("kefu_delivery_seconds_count", channel="web") and page, timeout=30)
+        gateway_after = scrape(gateway_url)
+    finally:
+        stack.close()
+    assert moved(gateway_before, gateway_after, "kefu_messages_received_total", channel="web") == 1
+    assert moved(worker_before, after, "kefu_messages_total", channel="web", outcome="model") == 1
+    assert moved(worker_before, after, "kefu_queue_wait_seconds_count", channel="web") == 1
+    assert moved(worker_before, after, "kefu_first_token_seconds_count", channel="web") == 1
+    assert moved(worker_before, after, "kefu_generation_seconds_count", channel="web") == 1
+    assert moved(worker_before, after, "kefu_generation_seconds_sum", channel="web") > 0
+    assert moved(worker_before, after, "kefu_tokens_generated_total") > 0
+    assert moved(worker_before, after, "kefu_delivery_failures_total") == 0
+    assert after.types["kefu_slots_busy"] == "gauge" and after.value("kefu_slots_busy") == 0  # idle again
+    intents = {labels["intent"] for name, labels, _ in after.samples if name == "kefu_messages_total"}
+    assert intents and "" not in intents  # an intent label, or "none"; never empty
