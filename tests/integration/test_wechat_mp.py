@@ -16,6 +16,8 @@ from channels.wechat_fake import FakeWeChat
 from models.tables import AuditEvent, DeliveryRecord, InboundRecord, ReplyRecord
 from tests import wechat_platform as wp
 from tests.integration.conftest import BACKENDS, Stack, settled, start_stack, stored_rows, wait_for
+from tests.metrics_scrape import scrape
+from workers.demo.processes import free_port
 
 FAQ = [{"keywords": ["营业时间"], "answer": "我们的营业时间是每天 9:00–21:00。"}]
 
@@ -43,6 +45,11 @@ class WeChatStack:
     def sends_to(self, openid: str) -> list[dict[str, object]]:
         return [m for m in self.fake.sent if m["touser"] == openid]
 
+    def counted(self, name: str, **labels: str) -> float:
+        """A metric's value on the gateway's /metrics and the worker's metrics port together."""
+        worker = f"http://127.0.0.1:{self.stack.settings.worker_metrics_port}/metrics"
+        return sum(scrape(url).value(name, **labels) for url in (f"{self.stack.gateway.http_url}/metrics", worker))
+
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def wx(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[WeChatStack]:
@@ -54,7 +61,7 @@ def wx(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
         stack = start_stack(backend, tmp_path_factory.mktemp(f"wx-{backend}"), tiny_gguf, pg, rds,
                             wechat_accounts=[wp.account(), wp.account("staffed", human_service=True)],
                             wechat_api_base=fake.base_url, faq=FAQ,
-                            delivery_max_retries=2)
+                            delivery_max_retries=2, worker_metrics_port=free_port())
         try:
             yield WeChatStack(stack, fake)
         finally:
@@ -93,6 +100,9 @@ def test_text_is_answered_by_the_model_through_the_customer_service_api(wx: WeCh
 def test_faq_hit_is_answered_passively(wx: WeChatStack, mode: str) -> None:
     openid = f"o-faq-{mode}"
     msgid = {"raw": 2001, "aes": 2002}[mode]
+    faq = {"name": "kefu_messages_total", "channel": "wechat_mp", "outcome": "faq"}
+    acks = {"name": "kefu_ack_seconds_count", "channel": "wechat_mp", "route": "/v1/wechat/{name}", "method": "POST"}
+    faq_before, acks_before = wx.counted(**faq), wx.counted(**acks)
     cb = wp.callback(wp.text_xml(openid, "请问你们的营业时间？", msgid=msgid), mode=mode)
     r = wx.post(cb)
     assert r.status_code == 200
@@ -103,6 +113,8 @@ def test_faq_hit_is_answered_passively(wx: WeChatStack, mode: str) -> None:
     again = wx.post(cb)  # WeChat's retry of the same callback gets the same answer, and nothing new
     assert wp.read_passive_reply(again.text, cb) == FAQ[0]["answer"]
     assert wx.kinds(inbound_id) == ["received", "reply_stored", "dispatched", "duplicate"]
+    assert wx.counted(**faq) == faq_before + 1  # the retry is not a second answer
+    assert wx.counted(**acks) == acks_before + 2  # but each callback was acknowledged, and timed
 
 
 def test_subscribe_gets_the_welcome_and_images_a_polite_fallback(wx: WeChatStack) -> None:
@@ -197,6 +209,8 @@ def test_hostile_xml_and_huge_bodies_are_refused(wx: WeChatStack) -> None:
 
 
 def test_window_closed_45015_is_recorded_as_failed_and_not_retried(wx: WeChatStack) -> None:
+    failed = {"name": "kefu_delivery_failures_total", "channel": "wechat_mp", "kind": "permanent", "code": "45015"}
+    before = wx.counted(**failed)
     wx.fake.fail_next("custom_send", 45015)
     assert wx.post(wp.callback(wp.text_xml("o-gone", "还在吗", msgid=8000))).text == "success"
     inbound_id = wx.inbound_id("8000")
@@ -207,15 +221,19 @@ def test_window_closed_45015_is_recorded_as_failed_and_not_retried(wx: WeChatSta
         assert delivery.status == "failed" and "45015" in (delivery.last_error or "")
     attempts = [c for c in wx.fake.calls if c["endpoint"] == "custom_send" and (c["json"] or {}).get("touser") == "o-gone"]
     assert len(attempts) == 1
+    assert wx.counted(**failed) == before + 1
 
 
 def test_a_rate_limited_send_is_retried_with_backoff(wx: WeChatStack) -> None:
+    retried = {"name": "kefu_delivery_failures_total", "channel": "wechat_mp", "kind": "retry", "code": "45009"}
+    before = wx.counted(**retried)
     wx.fake.fail_next("custom_send", 45009)
     assert wx.post(wp.callback(wp.text_xml("o-busy", "你好", msgid=8100))).text == "success"
     wait_for(lambda: "dispatched" in wx.kinds(wx.inbound_id("8100")), timeout=30)  # written after the fake has it
     kinds = wx.kinds(wx.inbound_id("8100"))
     assert kinds.count("delivery_retry") == 1 and kinds[-1] == "dispatched"
     assert kinds.count("send_refused") == 1 and "possible_duplicate" not in kinds  # 45009: WeChat did not take it
+    assert wx.counted(**retried) == before + 1
 
 
 def test_an_expired_token_is_refreshed_once_and_the_send_goes_through(wx: WeChatStack) -> None:
@@ -243,6 +261,9 @@ def _msg_type(response_text: str, cb: wp.Callback) -> str:
 def test_asking_for_a_person_passes_the_conversation_to_the_accounts_staff_until_they_close_it(
         wx: WeChatStack) -> None:
     openid = "o-staffed"
+    handed, human = ({"name": "kefu_messages_total", "channel": "wechat_mp", "outcome": outcome}
+                     for outcome in ("handoff", "human"))
+    handed_before, human_before = wx.counted(**handed), wx.counted(**human)
     cb = wp.callback(wp.text_xml(openid, "我要转人工", msgid=5101), mode="aes")
     r = wx.post(cb, account="staffed")
     assert _msg_type(r.text, cb) == "transfer_customer_service"  # the platform hands the message to the staff
@@ -252,6 +273,7 @@ def test_asking_for_a_person_passes_the_conversation_to_the_accounts_staff_until
     assert _msg_type(wx.post(cb, account="staffed").text, cb) == "transfer_customer_service"
     later = wx.inbound_id("5102")
     assert wx.kinds(later) == ["received", "human_owned"]  # the model stays out
+    assert (wx.counted(**handed), wx.counted(**human)) == (handed_before + 1, human_before + 1)
     assert wx.post(wp.callback(wp.event_xml(openid, "kf_close_session")), account="staffed").text == "success"
     back = wx.post(wp.callback(wp.text_xml(openid, "快递到哪了？", msgid=5103)), account="staffed")
     assert back.text == "success"  # the conversation is the model's again
