@@ -54,6 +54,7 @@ from channels.http import clean_text, parse_json_object, require_unicode
 from channels.web_sockets import REPLACED, REPLACED_REASON, RESEND_INTERVAL_S, SocketHub
 from models import transcript
 from models.envelope import ConversationKey, Inbound, Reply, utcnow
+from models.infra import metrics
 from models.infra.db import transaction
 from models.transcript import ReplyRow
 
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CHANNEL = "web"
+WS_PATH = "/v1/web/ws"  # the chat socket; its message frames' acknowledgements are timed as method "WS"
 SHOW_ACKED_SINCE_S = 5.0
 _CLIENT_MSG_ID_MAX = 64
 
@@ -97,7 +99,7 @@ class WebAdapter(ChannelAdapter):
             Route("/v1/web/sessions", self.create_session, methods=["POST"]),
             Route("/v1/web/messages", self.post_message, methods=["POST"]),
             Route("/v1/web/conversations/{visitor_id}", self.get_conversation, methods=["GET"]),
-            WebSocketRoute("/v1/web/ws", self.websocket),
+            WebSocketRoute(WS_PATH, self.websocket),
         ]
 
     # --- identity ------------------------------------------------------------------------------
@@ -301,6 +303,7 @@ class _WebSession:
             await self._apply(frame)
 
     async def _apply(self, frame: dict[str, Any]) -> None:
+        started = time.perf_counter()
         try:
             answer = await run_in_threadpool(self.adapter.handle_frame_sync, self.key, frame)
         except RequestRejected as exc:
@@ -318,6 +321,8 @@ class _WebSession:
             return
         if answer is not None:
             await self.send(answer)
+            if answer["type"] == "accepted":  # the socket's acknowledgement, timed like an HTTP route's
+                metrics.acked(CHANNEL, WS_PATH, "WS", time.perf_counter() - started)
 
     # --- replies and tokens --------------------------------------------------------------------------------------
     async def _forward(self, events: asyncio.Queue[dict[str, Any]]) -> None:

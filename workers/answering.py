@@ -252,8 +252,8 @@ def _moderated(rt: Runtime, text: str, source: ReplySource, handoff: HandOff) ->
 def _count(channel: str, run: _Run, source: ReplySource, why: str | None) -> None:
     """The generation's metrics, and why the fallback replaced it if it did (models.infra.metrics)."""
     generation = run.generation
-    missed = run.failure == "soft time limit exceeded" or (
-        generation is not None and generation.finish_reason == DEADLINE_MISSED)
+    missed = run.failure == "soft time limit exceeded" or (  # the engine's own deadline, or the watchdog's
+        generation is not None and generation.finish_reason in ("deadline", DEADLINE_MISSED))
     if generation is not None:
         metrics.generated(channel, first_token_s=generation.first_token_s, total_s=run.latency_ms / 1000,
                           tokens=generation.completion_tokens, deadline_missed=missed)

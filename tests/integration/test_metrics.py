@@ -21,7 +21,7 @@ from tests.conftest import as_env, settings_kwargs
 from tests.integration.conftest import recv_until, start_stack, wait_for
 from tests.metrics_scrape import Scrape, scrape
 from tests.stack import GatewayProcess
-from workers.demo.processes import free_port
+from workers.demo.processes import WorkerProcess, free_port
 
 ROUTE = "/v1/web/messages"
 
@@ -82,6 +82,8 @@ def test_a_worker_serves_its_metrics_and_they_move(tmp_path: Path, tiny_gguf: Pa
     finally:
         stack.close()
     assert moved(gateway_before, gateway_after, "kefu_messages_received_total", channel="web") == 1
+    assert moved(gateway_before, gateway_after, "kefu_ack_seconds_count", channel="web", route="/v1/web/ws",
+                 method="WS") == 1  # the message frame's accepted frame; the ack frame answers nothing
     assert moved(worker_before, after, "kefu_messages_total", channel="web", outcome="model") == 1
     assert moved(worker_before, after, "kefu_queue_wait_seconds_count", channel="web") == 1
     assert moved(worker_before, after, "kefu_first_token_seconds_count", channel="web") == 1
@@ -92,3 +94,25 @@ def test_a_worker_serves_its_metrics_and_they_move(tmp_path: Path, tiny_gguf: Pa
     assert after.types["kefu_slots_busy"] == "gauge" and after.value("kefu_slots_busy") == 0  # idle again
     intents = {labels["intent"] for name, labels, _ in after.samples if name == "kefu_messages_total"}
     assert intents and "" not in intents  # an intent label, or "none"; never empty
+
+
+def test_a_prefork_worker_adds_up_its_children(tmp_path: Path, tiny_gguf: Path) -> None:
+    """Two prefork children with a model each: one page says 2 (livesum over the worker's processes); once they shut
+    down their live gauges are gone."""
+    port = free_port()
+    values = settings_kwargs("embedded", tmp_path, tiny_gguf, None, None) | {"engine": "simple",
+                                                                             "worker_metrics_port": port}
+    upgrade(Settings(**values))
+    directory = tmp_path / "metrics" / f"worker-{port}"
+    worker = WorkerProcess(as_env(values), tmp_path / "worker.log", queues="llm",
+                           extra=["--pool", "prefork", "--concurrency", "2"])
+    try:
+        assert worker.wait(timeout=120), (tmp_path / "worker.log").read_text()[-3000:]
+        page = wait_for(lambda: (got := scrape(f"http://127.0.0.1:{port}/metrics")).value("kefu_model_loaded") == 2
+                        and got, timeout=60)
+        live = list(directory.glob("gauge_livesum_*.db"))
+    finally:
+        worker.stop()
+    assert page.types["kefu_model_loaded"] == "gauge"
+    assert len(live) >= 3, "the main process and both children should each have written their own file"
+    assert not list(directory.glob("gauge_livesum_*.db")), "a process that shut down still counts in the gauges"
