@@ -9,8 +9,9 @@ A group is ``gateway-<port>`` or ``worker-<metrics port>`` under ``KEFU_DATA_DIR
 group at a time, so two groups on one host never share (or clean) a directory. Cleaning at start drops the counts
 of a previous run, as a process restart does in single-process mode.
 
-Raises ``RuntimeError`` when prometheus_client is already imported with another choice (a programming error: the
-values would silently stay per process).
+Raises ``ConfigError`` naming ``KEFU_DATA_DIR`` when the directory cannot be created or emptied, and
+``RuntimeError`` when prometheus_client is already imported with another choice (a programming error: the values
+would silently stay per process).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from models.settings import Settings
+from models.settings import ConfigError, Settings
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -29,9 +30,13 @@ def prepare(settings: Settings, group: str) -> Path:
     directory = (settings.data_dir / "metrics" / group).resolve()
     if "prometheus_client" in sys.modules and os.environ.get(ENV) != str(directory):
         raise RuntimeError("prometheus_client was imported before the metrics directory was prepared")
-    directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):
-        stale.unlink()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+    except OSError as exc:
+        raise ConfigError(f"KEFU_DATA_DIR {str(settings.data_dir)!r}: the metrics directory {directory} cannot be "
+                          f"created or emptied ({exc.strerror or exc}); make KEFU_DATA_DIR a writable directory") from exc
     os.environ[ENV] = str(directory)
     return directory
 

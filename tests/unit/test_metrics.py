@@ -16,6 +16,7 @@ import pytest
 
 from models.infra import metrics, metrics_dir
 from models.settings import ConfigError, Settings, load_settings
+from tests.stack import kefu_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,3 +92,12 @@ def test_a_bad_worker_metrics_port_names_the_variable(monkeypatch: pytest.Monkey
     monkeypatch.setenv("KEFU_WORKER_METRICS_PORT", "70000")
     with pytest.raises(ConfigError, match="KEFU_WORKER_METRICS_PORT"):
         load_settings()
+
+
+def test_a_data_dir_that_is_no_directory_stops_the_gateway_naming_it(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "var"
+    not_a_dir.write_text("a file")
+    done = subprocess.run([sys.executable, "-m", "workers.cli", "gateway", "--port", "1"], cwd=ROOT,
+                          env=kefu_env({"data_dir": str(not_a_dir)}), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "configuration error: KEFU_DATA_DIR" in done.stderr and "Traceback" not in done.stderr
