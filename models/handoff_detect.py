@@ -48,20 +48,27 @@ def _either(*parts: str) -> str:
     return "|".join(parts)
 
 
-# A person the customer could be asking for. 人工 followed by a process word means "manual" (人工审核), not a person.
+# A person the customer could be asking for. 人工 followed by a process word means "manual" (人工审核), not a person,
+# and so does 人工 right before a verb that changes an account or an order (人工关, 人工开, 人工退, 人工解绑): an adverb,
+# unless a verb of asking comes right before it ("我要人工开发票", "找人工退款": a person, who will do it).
+_CHANGE_VERB = "关|开|改|退|扣|调|删|撤|解|绑|冻|激活|注销|取消|恢复|延期|分期|减免|放款|提现|转账|充值"
 _MANUAL = _either("还(?:的|了|款)|提额|审核|审批|申请|审请|还款|扣款|开通|关闭|换卡|邀请|智能|修改|核实",
                   "验证|费|成本|湖|降雨|繁殖|操作|录入|处理")
+_NOT_A_PERSON = f"{_MANUAL}|{_CHANGE_VERB}"
 _PERSON = re.compile(_either(
-    rf"人工(?!(?:{_MANUAL}))(?:客服|服务|坐席|座席|台|客户)?|真人|活人|真的人|(?:在线|专属)?客服(?:人员|小姐姐|mm)?",
-    r"(?<!产品)经理|主管(?!部门)|负责人|领导|小二|工作人员|专员|接线员|话务员|找个?真?人(?![工代帮还带付借修做办])"))
+    rf"(?:人工(?!(?:{_NOT_A_PERSON}))|(?<=[要找转接换叫请])人工(?!(?:{_MANUAL})))(?:客服|服务|坐席|座席|台|客户)?|真人|活人|真的人|(?:在线|专属)?客服(?:人员|小姐姐|mm)?",
+    r"(?<!产品)经理|主管(?!部门)|负责人|领导|小二|工作人员|专员|接线员|话务员|找个?真?人(?![工代替帮还带付借修做办报签拿取寄送])"))
 # Words that ask for a person even alone ("人工", "真人"); 客服, 经理, 工作人员… are also how customers name the bot or
 # the staff in a story, so alone they ask nothing, and they ask for a person only after a verb of asking.
 _STRONG = re.compile(rf"人工(?!(?:{_MANUAL}))|真人|活人|真的人|小二|找个?真?人")
 # A call for attention: "有人吗", "人呢", "有没有人在" (not "有人说…", "没有人打电话").
 _ANYONE = re.compile(r"^(?:你好|您好|请问|亲|喂|在吗)*"
                      r"(?:有人(?:在)?(?:吗|嘛|么|不|没|没有|在|呢|啊)?|有没有人(?:在)?(?:啊|呀)?|人呢|人(?:都)?去哪了?)$")
-# Asking to be put through: these need no person word ("转接一下花呗", "帮我转接借呗逾期还款专线").
-_TRANSFER = re.compile(r"转接|转人|转一下人|换个人|换人")
+# In a long message a call for attention asks only as a question ("…申请价保 人呢"), not as "有人" inside a sentence.
+_QUESTION_END = re.compile(r"(?:吗|么|嘛|呢|没|不)$")
+# Asking to be put through: these need no person word ("转接一下花呗", "帮我转接借呗逾期还款专线"); 转接头, 转接线… are
+# adapters.
+_TRANSFER = re.compile(r"转接(?![头线器口])|转人|转一下人|换个人|换人")
 # The customer addresses the bot with a request for a person.
 _ASK = re.compile(_either(
     "转|接|找|要|换|叫|请|联系|需要|想|让|给我|帮我|麻烦|有没有|有木有|有无|有吗",
@@ -74,10 +81,10 @@ _MENTION = re.compile(_either(
     "回复我|回电|打来|来电|致电|说的|说了|刚才|刚刚|之前|上次|以前|昨天|已经|也打",
     "客服说|人工说|客服告诉|客服让|客服回复|客服态度|态度|不接|没人接|打不通|打不进|占线",
     "排队|全忙|都忙|在忙|没有人工(?=跟|和|给|联系|打|回)|给(?:人工|客服).{0,3}打|已反馈|已联系",
-    "已找|打通|没打|打不了|反馈给|自称|冒充|多亏|感谢|谢谢|投诉.{0,8}(?:经理|客服|工作人员|专员|人工)"))
+    "已找|打通|没打|打不了|反馈给|问完|打完|联系完|咨询完|回答了|回复了|答复了|自称|冒充|多亏|感谢|谢谢|投诉.{0,8}(?:经理|客服|工作人员|专员|人工)"))
 # Information about agents, answerable without one: hours, phone numbers, how to call.
 _INFO = re.compile(_either(
-    "联系方式|联系发|联系我|跟我联系|给我打|通过客服|多久|电话|号码|热线|几点|时间|什么时候",
+    "(?:应该|该)去?(?:找|联系|问)哪|联系方式|联系发|联系我|跟我联系|给我打|通过客服|多久|电话|号码|热线|几点|时间|什么时候",
     "多少|上班|下班|营业|工号是|微信号|邮箱|地址|在哪里|怎么打|工作日|周末|节假日"))
 _DECLINE_BEFORE = re.compile(_either(
     "不用|不要|不需要|无需|不必|没必要|(?<![特区分个级告类])别|不想|没说|没有说|没让|没要|不是要|谁要",
@@ -87,13 +94,22 @@ _DECLINE_AFTER = re.compile(r"^(?:的话)?(?:就|先|暂时|还是)?(?:不用|�
 _NOT_BOT = re.compile(r"(?:不要|不想|不用|别|不需要)(?:跟|和|让|用)?(?:你|机器人|机器|ai|智能客服|自动回复)")
 _IDENTITY = re.compile(r"^(?:你|您)(?:是|就是).{0,6}(?:客服|小二)(?:吗|么|嘛|不|吧)?$"
                        r"|^是.{0,6}客服(?:是)?(?:吗|么|嘛|不)$")
-_ARE_YOU = re.compile(rf"(?<!还)(?<!就)(?:是不是|是)(?:真人|人工(?!{_MANUAL})|机器人|机器|真的人|ai|自动回复)"
+_ARE_YOU = re.compile(rf"(?<!还)(?<!就)(?:是不是|是)(?:真人|人工(?!{_NOT_A_PERSON})|机器人|机器|真的人|ai|自动回复)"
                       r"|机器人(?:吗|么|嘛)")
+# The same yes/no question with words between 是 and the person word ("这是花呗人工服务吗", "现在是到人工了吗"), none of
+# them a verb of asking ("是要转人工吗" asks for one).
+_ARE_YOU_APART = re.compile(rf"^(?:这|这里|这边|你|您|现在)?(?:是|就是)[^转接找要换叫请联让给帮打问说不]{{1,6}}?"
+                            rf"(?:真人|人工(?!{_NOT_A_PERSON})|机器人)(?:客服|服务|坐席|座席)?了?(?:吗|么|嘛)$")
+# A question of its own after the person word that leads the clause ("人工客服支付宝可以贷款吗"): the word names whom
+# the customer writes to, as "客服，我的花呗…" does.
+_OWN_QUESTION = re.compile(r"^.{3,}(?:吗|么|嘛)$")  # a yes/no question with a topic of its own
 # A verb of asking right before the person word ("我想找客服", "麻烦帮我转花呗客服", "叫你们经理来").
 _ASKED_JUST_BEFORE = re.compile(r"(?:转|接|找|要|换|叫|请|联系|需要|让|喊|呼叫|有没有|有木有|有没|(?:^|到底|究竟|请问)有)"
                                 r"(?:你们|我们|个|一下|一个)?.{0,6}$")
 _PRESENT = re.compile(r"^(?:在不在|在吗|在不|在么|在嘛|在爱么|有在|在线吗|在哪|呢|呐|人呢|去哪了?)$")
 _CALL = re.compile(r"联系|联络|找|转|接|在吗|在不在|有人|人呢")
+# A condition in the clause before ("要是明天还不行，我再联系客服吧"): the request is for later, if at all.
+_CONDITION_BEFORE = re.compile(r"如果|要是|万一|假如|假设")
 _CONDITIONAL = re.compile(r"如果|要是|万一|是否|要不要|该不该|用不用|能不能找|可以找.*吗|需要找.*吗")
 _SPLIT = re.compile(r"[，,。.!！?？;；、~～\s…:：()（）\[\]【】\"“”'‘’]+")
 _BREAK_WORDS = re.compile(r"(还是|但是|可是|只是|不过|而是|然后)")
@@ -139,6 +155,9 @@ def detect(text: str, extra_phrases: Sequence[str] = ()) -> Detection:
         found = [_story_clause(part, extra, first=at == 0) for at, part in enumerate(parts)]
     else:
         found = [_clause(part, extra, long, first=at == 0) for at, part in enumerate(parts)]
+    found = [Detection(Verdict.UNCLEAR, "conditional")
+             if d.verdict is Verdict.REQUEST and at > 0 and _CONDITION_BEFORE.search(parts[at - 1]) else d
+             for at, d in enumerate(found)]
     if len(parts) > 1 and not any(d.verdict is Verdict.REQUEST for d in found):
         found = _addressed(parts, found)
     return _strongest(found)
@@ -186,7 +205,8 @@ def _clause(clause: str, extra: tuple[str, ...], long: bool, *, first: bool = Fa
     """The verdict on one clause; ``long``: the message is long (a person only when asked for directly, or named
     first); ``first``: the message's first clause."""
     clause = _NOT_BOT.sub("", clause) or clause  # "不要机器人" rejects the bot, not the person
-    if not long and (_ANYONE.match(clause) or _ANYONE.match(clause.rstrip(_TRIM) or clause)):
+    if (not long or _QUESTION_END.search(clause)) and (
+            _ANYONE.match(clause) or _ANYONE.match(clause.rstrip(_TRIM) or clause)):
         return Detection(Verdict.REQUEST, "anyone_there")
     term = _Term.find(clause, extra)
     if term is None:
@@ -206,7 +226,7 @@ def _ruled_out(term: _Term, long: bool, first: bool) -> Detection | None:
     """A decline, a question about the bot, a mention or a question about agents; None: read on."""
     if _DECLINE_BEFORE.search(term.before[-6:]) or _DECLINE_AFTER.match(term.after):
         return Detection(Verdict.NOT, "declined")
-    if _ARE_YOU.search(term.clause):
+    if _ARE_YOU.search(term.clause) or _ARE_YOU_APART.search(term.clause):
         return Detection(Verdict.UNCLEAR, "about_the_bot")
     if _IDENTITY.search(term.clause):
         return Detection(Verdict.NOT, "who_is_answering")
@@ -246,7 +266,10 @@ def _asked(term: _Term) -> Detection:
 
 
 def _named(term: _Term) -> Detection:
-    """The person word without a verb of asking: it still asks when it leads a short message."""
+    """The person word without a verb of asking: it still asks when it leads a short message, unless a question of its
+    own follows it."""
+    if not term.before and _OWN_QUESTION.match(term.after):
+        return Detection(Verdict.NOT, "addressed")
     if term.strong and len(term.clause) <= 12:  # "花呗分期 人工", "人工服务身份证验证失败"
         return Detection(Verdict.REQUEST, "short")
     if not term.before and (term.strong or len(term.after) <= 2):

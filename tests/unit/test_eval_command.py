@@ -225,7 +225,7 @@ def test_bad_files_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 # ---- the shipped sets and the configured FAQ -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["real.tsv", "heldout.tsv", "edge_cases.tsv"])
+@pytest.mark.parametrize("name", ["real.tsv", "heldout.tsv", "heldout2.tsv", "edge_cases.tsv"])
 def test_the_shipped_handoff_sets_run_and_agree_with_the_detector(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     lines = read_handoff_tsv(DATA / "handoff" / name)
     code, out, _ = run_eval(capsys, str(DATA / "handoff" / name), "--json")

