@@ -195,7 +195,7 @@ def test_the_worker_answers_the_paraphrase_with_the_faq_entry_audited_as_fused(d
     rt: Any = SimpleNamespace(settings=settings, sessions=sessions, kv=make_kv(settings),
                               channel=lambda name: SimpleNamespace(cache_context=False, streams=False),
                               handoff=lambda name: port, dense_faq=DenseFaqMatcher(TopicEncoder(), settings))
-    inbound: Any = SimpleNamespace(id=row_id, conversation_id=conversation_id, text=PARAPHRASE)
+    inbound: Any = SimpleNamespace(id=row_id, conversation_id=conversation_id, text=PARAPHRASE, intent=None)
     reply_id = answering.generate(rt, inbound, ConversationKey("web", "default", "v1"))
     with sessions() as session:
         reply = session.get(ReplyRecord, reply_id)

@@ -105,7 +105,7 @@ def test_the_model_reply_is_masked_where_it_is_made_stored_so_and_moderation_aud
     sessions, ids = two_messages(settings)
     rt = runtime(settings, ScriptedEngine(REPLY), Recorder())
     rt.sessions = sessions
-    row, key = SimpleNamespace(id=ids[0][0], conversation_id=ids[0][1]), ConversationKey("web", "default", "v1")
+    row, key = SimpleNamespace(id=ids[0][0], conversation_id=ids[0][1], intent=None), ConversationKey("web", "default", "v1")
     answer, run = answering._generated(rt, row, key, [], HandOff.NOBODY, None)  # type: ignore[arg-type]
     assert answer.text == MASKED.replace("尽快", "**")  # what is stored, and what the history keeps
     answering.store(rt, row, key, answer, run=run)  # type: ignore[arg-type]
