@@ -155,12 +155,17 @@ def detect(text: str, extra_phrases: Sequence[str] = ()) -> Detection:
         found = [_story_clause(part, extra, first=at == 0) for at, part in enumerate(parts)]
     else:
         found = [_clause(part, extra, long, first=at == 0) for at, part in enumerate(parts)]
-    found = [Detection(Verdict.UNCLEAR, "conditional")
-             if d.verdict is Verdict.REQUEST and at > 0 and _CONDITION_BEFORE.search(parts[at - 1]) else d
-             for at, d in enumerate(found)]
+    found = _conditional(parts, found)
     if len(parts) > 1 and not any(d.verdict is Verdict.REQUEST for d in found):
         found = _addressed(parts, found)
     return _strongest(found)
+
+
+def _conditional(parts: list[str], found: list[Detection]) -> list[Detection]:
+    """A request after a condition in the clause before ("要是明天还不行，我再找人工") is unclear: for later, if at all."""
+    return [Detection(Verdict.UNCLEAR, "conditional")
+            if d.verdict is Verdict.REQUEST and at > 0 and _CONDITION_BEFORE.search(parts[at - 1]) else d
+            for at, d in enumerate(found)]
 
 
 def _strongest(found: list[Detection]) -> Detection:
