@@ -15,12 +15,12 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from models.infra.db import make_engine, make_session_factory, transaction
+from models.infra.db import transaction
 from models.knowledge import approved
 from models.settings import Settings
+from workers.kb_command import on_knowledge_base
 
 BY = "cli"
 
@@ -61,16 +61,10 @@ def revoke(sessions: sessionmaker[Session], reply_id: int, out: TextIO | None = 
 
 def run(settings: Settings, action: str, reply_id: int | None = None, question: str | None = None) -> int:
     """One ``kefu answers`` action against the configured database; the exit status."""
-    engine = make_engine(settings)
-    sessions = make_session_factory(engine)
-    try:
+    def act(sessions: sessionmaker[Session]) -> int:
         if action == "list":
             return list_answers(sessions)
         assert reply_id is not None
         return approve(sessions, settings, reply_id, question) if action == "approve" else revoke(sessions, reply_id)
-    except SQLAlchemyError as exc:
-        print(f"kefu: the knowledge base's database cannot be used ({type(exc).__name__}: "
-              f"{str(exc).splitlines()[0][:200]}); has `kefu migrate` been run?", file=sys.stderr)
-        return 2
-    finally:
-        engine.dispose()
+
+    return on_knowledge_base(settings, act)

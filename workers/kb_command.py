@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -152,15 +152,24 @@ def run(settings: Settings, action: str, paths: Sequence[str] = (), document_id:
         show_approved: bool = False) -> int:
     """One ``kefu kb`` action against the configured database; the exit status."""
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # a damaged PDF is reported once, by name, not as log noise
-    engine = make_engine(settings)
-    sessions = make_session_factory(engine)
-    try:
+
+    def act(sessions: sessionmaker[Session]) -> int:
         if action == "import":
             return import_paths(sessions, paths, settings=settings)
         if action == "list":
             return list_documents(sessions, show_approved=show_approved)
         assert document_id is not None
         return (show_document if action == "show" else delete_document)(sessions, document_id)
+
+    return on_knowledge_base(settings, act)
+
+
+def on_knowledge_base(settings: Settings, act: Callable[[sessionmaker[Session]], int]) -> int:
+    """Run one command's ``act`` against the configured database; exit status 2, with the reason on stderr, when
+    the database cannot be used (unreachable, or not migrated)."""
+    engine = make_engine(settings)
+    try:
+        return act(make_session_factory(engine))
     except SQLAlchemyError as exc:
         print(f"kefu: the knowledge base's database cannot be used ({type(exc).__name__}: "
               f"{str(exc).splitlines()[0][:200]}); has `kefu migrate` been run?", file=sys.stderr)
