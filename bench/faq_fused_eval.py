@@ -1,6 +1,6 @@
 """The worker's second look at the FAQ (dense and lexical confidences fused) on real customer paraphrases.
 
-    .venv/bin/python -m bench.faq_fused_eval [--data FILE.json ...] [--embedding-model PATH.gguf]
+    .venv/bin/python -m bench.faq_fused_eval [--data FILE.json ...] [--embedding-model PATH.gguf] [--force-calibration]
 
 Data: the sets of tests/data/faq/ (source and licence in tests/data/README.md), as bench/faq_eval.py reads them.
 For each query, the gateway answers when the lexical FAQ (models.knowledge.faq_index) reaches KEFU_FAQ_THRESHOLD's
@@ -47,7 +47,7 @@ class TfidfEncoder:
         return self.encode([text])
 
 
-def evaluate(path: Path, encoder: Encoder | None, model: str) -> None:
+def evaluate(path: Path, encoder: Encoder | None, model: str, force: bool = False) -> None:
     entries, queries = load(path)
     encoder = encoder if encoder is not None else TfidfEncoder(entries)
     index, dense = FaqIndex(entries), DenseFaq.build(encoder, entries)
@@ -55,14 +55,19 @@ def evaluate(path: Path, encoder: Encoder | None, model: str) -> None:
     print(f"\n{path.stem}: {len(entries)} entries, {positives} paraphrases, {len(queries) - positives} negatives; "
           f"encoder: {model}")
     if dense.calibration is None:
-        medians = anchors(dense.index.vectors, [at for at, e in enumerate(entries) for _ in e.questions])
+        owners = [at for at, e in enumerate(entries) for _ in e.questions]
+        medians = anchors(dense.index.vectors, owners)
         why = ("too few entries with similar questions" if medians is None else
                f"median cosine to the nearest own similar question {medians.related:.3f}, to another entry's "
                f"{medians.unrelated:.3f} (at least {MIN_SPREAD} apart needed); own entry nearest "
                f"{medians.self_top1:.1%} (at least {MIN_SELF_TOP1:.0%} needed)")
-        print(f"  no calibration ({why}): the worker adds nothing")
-        return
+        if not force or medians is None:
+            print(f"  no calibration ({why}): the worker adds nothing")
+            return
+        print(f"  no calibration ({why}); forced through (--force-calibration), what the refusal prevents:")
+        dense = DenseFaq(entries, dense.index, owners, medians)
     c = dense.calibration
+    assert c is not None  # built calibrated, or forced through above
     print(f"  calibration: related {c.related:.3f}, unrelated {c.unrelated:.3f}, own entry nearest {c.self_top1:.1%}")
     gateway: list[str | None] = []
     worker: list[tuple[str, float] | None] = []
@@ -93,6 +98,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, nargs="*", default=list(SETS))
     parser.add_argument("--embedding-model", type=Path, help="an embedding GGUF (default: the TF-IDF stand-in)")
     parser.add_argument("--query-instruction", default="", help="KEFU_EMBEDDING_QUERY_INSTRUCTION for the model")
+    parser.add_argument("--force-calibration", action="store_true", help="use the measured anchors even where the "
+                        "calibration refuses them (MIN_SPREAD, MIN_SELF_TOP1): what the worker would answer without them")
     args = parser.parse_args()
     encoder, model = None, "character TF-IDF stand-in"
     if args.embedding_model is not None:
@@ -103,7 +110,7 @@ def main() -> None:
                                         embedding_query_instruction=args.query_instruction))
         model = args.embedding_model.name
     for path in args.data:
-        evaluate(path, encoder, model)
+        evaluate(path, encoder, model, args.force_calibration)
 
 
 if __name__ == "__main__":
