@@ -13,17 +13,19 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 from sqlalchemy import Engine, select
 
+from channels.ingress import Ingress
 from models import audit
 from models.dialogue import HandOff
-from models.envelope import ConversationKey
+from models.envelope import ConversationKey, Inbound
 from models.infra.db import make_session_factory, transaction
 from models.infra.kv import make_kv
+from models.infra.queues import Publisher
 from models.knowledge import faq_cache, readers, store
 from models.knowledge.dense import DenseIndex, Vectors, reciprocal_rank_fusion
 from models.knowledge.faq import FaqEntry
@@ -32,7 +34,7 @@ from models.knowledge.fused_faq import WHY_FUSED, Calibration, DenseFaq, DenseMa
 from models.settings import FaqEntry as SettingsFaqEntry
 from models.settings import Settings
 from models.states import ReplySource
-from models.tables import AuditEvent, ConversationRecord, InboundRecord, ReplyRecord
+from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from workers import answering
 from workers.dense_faq import DenseFaqMatcher
 from workers.grounding import Knowledge
@@ -179,24 +181,26 @@ def test_a_failing_encoder_leaves_the_lexical_answers(db: Engine, clean_env: Pat
     assert DenseFaqMatcher(BrokenEncoder(), settings).match(PARAPHRASE) is None
 
 
+class Queued:
+    """The broker's side of ingress, publishing nowhere: the test calls the worker itself."""
+
+    def handle_inbound(self, inbound_id: int) -> None:
+        pass
+
+
 def test_the_worker_answers_the_paraphrase_with_the_faq_entry_audited_as_fused(db: Engine, clean_env: Path) -> None:
     settings = Settings(data_dir=clean_env / "var", faq=FAQ)
     sessions = make_session_factory(db)
-    with transaction(sessions) as session:
-        conversation = ConversationRecord(channel="web", account="default", peer="v1")
-        session.add(conversation)
-        session.flush()
-        row = InboundRecord(conversation_id=conversation.id, channel="web", account="default", external_id="m1",
-                            kind="text", text=PARAPHRASE, status="queued")
-        session.add(row)
-        session.flush()
-        row_id, conversation_id = row.id, conversation.id
+    key = ConversationKey("web", "default", "v1")
+    accepted = Ingress(sessions, cast(Publisher, Queued())).accept(Inbound(key, "m1", PARAPHRASE))
+    with sessions() as session:
+        inbound = session.get(InboundRecord, accepted.inbound_id)  # the row the worker reads
     port = SimpleNamespace(availability=lambda account: HandOff.NOBODY, from_worker=False)
     rt: Any = SimpleNamespace(settings=settings, sessions=sessions, kv=make_kv(settings),
                               channel=lambda name: SimpleNamespace(cache_context=False, streams=False),
                               handoff=lambda name: port, dense_faq=DenseFaqMatcher(TopicEncoder(), settings))
-    inbound: Any = SimpleNamespace(id=row_id, conversation_id=conversation_id, text=PARAPHRASE, intent=None)
-    reply_id = answering.generate(rt, inbound, ConversationKey("web", "default", "v1"))
+    assert inbound is not None
+    reply_id = answering.generate(rt, inbound, key)
     with sessions() as session:
         reply = session.get(ReplyRecord, reply_id)
         trail = {e.kind: e.detail for e in session.scalars(select(AuditEvent).where(AuditEvent.reply_id == reply_id))}
