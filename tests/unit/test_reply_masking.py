@@ -105,10 +105,12 @@ def test_the_model_reply_is_masked_where_it_is_made_stored_so_and_moderation_aud
     sessions, ids = two_messages(settings)
     rt = runtime(settings, ScriptedEngine(REPLY), Recorder())
     rt.sessions = sessions
-    row, key = SimpleNamespace(id=ids[0][0], conversation_id=ids[0][1], intent=None), ConversationKey("web", "default", "v1")
-    answer, run = answering._generated(rt, row, key, [], HandOff.NOBODY, None)  # type: ignore[arg-type]
+    with sessions() as session:
+        row, key = session.get(InboundRecord, ids[0][0]), ConversationKey("web", "default", "v1")  # the worker's row
+    assert row is not None
+    answer, run = answering._generated(rt, row, key, [], HandOff.NOBODY, None)
     assert answer.text == MASKED.replace("尽快", "**")  # what is stored, and what the history keeps
-    answering.store(rt, row, key, answer, run=run)  # type: ignore[arg-type]
+    answering.store(rt, row, key, answer, run=run)
     with transaction(sessions) as session:
         store_reply(session, inbound_id=ids[1][0], conversation_id=ids[1][1], channel="web",
                     answer=Answer(f"客服邮箱 help@example.com，电话{MOBILE}", ReplySource.FAQ))
