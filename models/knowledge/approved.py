@@ -117,10 +117,8 @@ def approve(session: Session, reply_id: int, question: str | None = None, by: st
 def revoke(session: Session, reply_id: int, by: str = "cli") -> ApprovedAnswer | None:
     """Withdraw the approved answer of reply ``reply_id``; what was withdrawn, or None when there was none."""
     found = next(iter(_approved(session, store.approved_source(reply_id))), None)
-    if found is None:
-        return None
-    store.delete_document(session, found.document_id, by=by)
-    audit.record(session, audit.ANSWER_REVOKED, reply_id=reply_id, document_id=found.document_id, by=by)
+    if found is not None:
+        delete_document(session, found.document_id, by=by)
     return found
 
 
