@@ -18,10 +18,10 @@ embedding model, names no pooling type while ``KEFU_EMBEDDING_POOLING=model``, o
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,8 +50,7 @@ class LlamaEncoder:
         stat = path.stat()
         self.fingerprint = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{settings.embedding_pooling}"
         self._lock = threading.Lock()
-        self._recent_lock = threading.Lock()
-        self._recent: OrderedDict[str, Vectors] = OrderedDict()  # the last questions' vectors
+        self._question = functools.lru_cache(maxsize=RECENT)(self._encode_question)  # the last questions' vectors
         self._model: Any = None
         self.dimension = 0
 
@@ -120,16 +119,10 @@ class LlamaEncoder:
         return checked(vectors, len(texts))
 
     def encode_query(self, text: str) -> Vectors:
-        with self._recent_lock:
-            found = self._recent.get(text)
-        if found is not None:  # the FAQ's second look and grounding ask for the same question
-            return found
-        vector = self.encode([f"{self._settings.embedding_query_instruction}{text}"])
-        with self._recent_lock:
-            self._recent[text] = vector
-            while len(self._recent) > RECENT:
-                self._recent.popitem(last=False)
-        return vector
+        return self._question(text)  # the FAQ's second look and grounding ask for the same question
+
+    def _encode_question(self, text: str) -> Vectors:
+        return self.encode([f"{self._settings.embedding_query_instruction}{text}"])
 
     def close(self) -> None:
         with self._lock:
