@@ -59,6 +59,7 @@ from workers.runtime import Runtime
 log = logging.getLogger(__name__)
 
 MISSED_REASON = "deadline missed: a model step outlasted the generation deadline"
+SOFT_LIMIT_FAILURE = "soft time limit exceeded"  # Celery's soft limit struck the generation (a deadline miss)
 
 
 def answer(rt: Runtime, row: InboundRecord, key: ConversationKey) -> int:
@@ -211,7 +212,7 @@ def _run_model(rt: Runtime, row: InboundRecord, key: ConversationKey, turns: lis
         if on_text is not None and tail and run.generation.finish_reason != "cancelled":
             outbound.stream(key, row.id, tail)
     except SoftTimeLimitExceeded:
-        run.failure = "soft time limit exceeded"
+        run.failure = SOFT_LIMIT_FAILURE
     except Exception as exc:  # any model failure still gets the customer an answer
         log.exception("generation failed for inbound %s", row.id)
         run.failure = f"{type(exc).__name__}: {exc}"[:500]
@@ -252,7 +253,7 @@ def _moderated(rt: Runtime, text: str, source: ReplySource, handoff: HandOff) ->
 def _count(channel: str, run: _Run, source: ReplySource, why: str | None) -> None:
     """The generation's metrics, and why the fallback replaced it if it did (models.infra.metrics)."""
     generation = run.generation
-    missed = run.failure == "soft time limit exceeded" or (  # the engine's own deadline, or the watchdog's
+    missed = run.failure == SOFT_LIMIT_FAILURE or (  # the engine's own deadline, or the watchdog's
         generation is not None and generation.finish_reason in ("deadline", DEADLINE_MISSED))
     if generation is not None:
         metrics.generated(channel, first_token_s=generation.first_token_s, total_s=run.latency_ms / 1000,

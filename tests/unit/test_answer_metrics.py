@@ -8,7 +8,7 @@ from prometheus_client import REGISTRY
 
 from models.replies import MODERATED_OUT
 from models.states import ReplySource
-from workers.answering import MISSED_REASON, _count, _Run
+from workers.answering import MISSED_REASON, SOFT_LIMIT_FAILURE, _count, _Run
 from workers.llm.engine import Generation
 from workers.llm.watchdog import DEADLINE_MISSED
 
@@ -39,7 +39,7 @@ def test_a_model_answer_counts_its_generation_and_tokens() -> None:
 @pytest.mark.parametrize(("run", "why", "reason", "missed"), [
     (_Run(generation("", DEADLINE_MISSED, None, 0), MISSED_REASON, 25_000), None, "deadline", True),
     (_Run(generation("", "deadline", None, 0), "empty output (deadline)", 25_000), None, "deadline", True),
-    (_Run(None, "soft time limit exceeded", 30_000), None, "deadline", True),
+    (_Run(None, SOFT_LIMIT_FAILURE, 30_000), None, "deadline", True),
     (_Run(None, "GenerationError: out of memory", 10), None, "error", False),
     (_Run(generation("", "stop", 0.1, 1), "empty output (stop)", 300), None, "empty", False),
     (_Run(generation("违禁的回答", "stop"), None, 900), f"{MODERATED_OUT}refuse:words", "moderated", False),
