@@ -10,7 +10,8 @@ For each label the set has, every message gets the decision the service would ma
   FILE`` (:func:`~models.evaluation.datasets.read_faq`); else an FAQ set's own entries; else, or with ``--kb``,
   the configured one: ``KEFU_FAQ`` and the knowledge base's FAQ sheets (:func:`models.knowledge.store.faq_rows`).
   An expected entry is named by its id or its question.
-- ``intent``: :func:`models.intents.classify`'s label; accuracy. Without that module: "intents not available".
+- ``intent``: :func:`models.intents.classify`'s label; accuracy, precision and recall per label, the most frequent
+  confusions.
 - ``handoff``: :func:`models.handoff_detect.detect` with ``KEFU_HANDOFF_KEYWORDS``; recall (UNCLEAR counts as
   reaching a person: the customer is asked back), strict recall, precision, needless ask-backs.
 - latency: p50/p99 per decision, each message timed once after an untimed warm-up pass over them all
@@ -24,7 +25,6 @@ each wrong decision with where it is in the set (file:line) and the message's te
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 import time
@@ -38,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from models.evaluation import metrics
 from models.evaluation.datasets import Case, DatasetError, LabelledSet, read, read_faq
 from models.handoff_detect import detect
+from models.intents import classify
 from models.knowledge.faq import FaqEntry
 from models.knowledge.faq_index import FaqIndex
 from models.settings import Settings
@@ -154,30 +155,14 @@ def _faq_figures(at: metrics.FaqAt) -> dict[str, Any]:
             "abstained_rate": at.abstained_rate}
 
 
-def intent_classifier(settings: Settings) -> Callable[[str], str] | None:
-    try:
-        intents = importlib.import_module("models.intents")
-    except ModuleNotFoundError as exc:
-        if exc.name != "models.intents":
-            raise
-        return None
-    classify = intents.classify
-    return lambda text: str(classify(settings, text).label)
-
-
 def evaluate_intents(settings: Settings, cases: Sequence[Case], report: Report) -> None:
-    classify = intent_classifier(settings)
-    if classify is None:
-        report.intent = {"available": False, "why": "intents not available (models.intents is not in this build)",
-                         "labelled": len(cases)}
-        return
-    labels, report.latency_ms["intent"] = _timed(classify, cases)
-    right = sum(label == case.intent for label, case in zip(labels, cases, strict=True))
-    for label, case in zip(labels, cases, strict=True):
-        if label != case.intent:
-            report.wrong("intent", case, case.intent, label)
+    labels, report.latency_ms["intent"] = _timed(lambda text: str(classify(settings, text).label), cases)
     pairs = [(str(case.intent), label) for case, label in zip(cases, labels, strict=True)]
-    report.intent = {"available": True, "labelled": len(cases), "right": right,
+    for case, (want, got) in zip(cases, pairs, strict=True):
+        if got != want:
+            report.wrong("intent", case, want, got)
+    right = sum(want == got for want, got in pairs)
+    report.intent = {"labelled": len(cases), "right": right,
                      "accuracy": metrics.rate(right, len(cases)),
                      "labels": {s.label: {"expected": s.expected, "given": s.given, "right": s.right,
                                           "precision": s.precision, "recall": s.recall}
@@ -241,10 +226,8 @@ def render(report: Report) -> str:
         lines += _render_faq(report.faq)
     if report.intent is not None:
         i = report.intent
-        lines.append(f"\nIntents ({i['labelled']} labelled): " + (
-            f"accuracy {_pc(i['accuracy'])} ({i['right']}/{i['labelled']})" if i["available"] else i["why"]))
-        if i["available"]:
-            lines += _render_intent_labels(i)
+        lines.append(f"\nIntents ({i['labelled']} labelled): accuracy {_pc(i['accuracy'])} ({i['right']}/{i['labelled']})")
+        lines += _render_intent_labels(i)
     if report.handoff is not None:
         lines += _render_handoff(report.handoff)
     if report.latency_ms:

@@ -4,7 +4,6 @@ knowledge base) is the default. The shop FAQ and messages below are hand-written
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -98,12 +97,14 @@ def test_errors_lists_each_wrong_decision_where_it_is(tmp_path: Path, capsys: py
     faq.write_text(json.dumps(SHOP, ensure_ascii=False), encoding="utf-8")
     data = write_jsonl(tmp_path / "known.jsonl", [
         {"text": "几点发货", "expected_faq": "ship"}, {"text": "我要退货", "expected_faq": "ship"},
-        {"text": "人工客服就不用了", "handoff": "request"}, {"text": "帮我接个人工", "handoff": "request"}])
+        {"text": "人工客服就不用了", "handoff": "request"}, {"text": "帮我接个人工", "handoff": "request"},
+        {"text": "我要退货", "intent": "return_refund"}, {"text": "我要退货", "intent": "exchange"}])
     code, out, _ = run_eval(capsys, str(data), "--faq", str(faq), "--errors")
     assert code == 0
     confidence = FaqIndex(read_faq(faq)).search("我要退货")[0].confidence
-    assert out.split("Wrong decisions (2):\n")[1].splitlines() == [
+    assert out.split("Wrong decisions (3):\n")[1].splitlines() == [
         f"  faq      {data}:2: expected ship, got return ({confidence:.2f}): 我要退货",
+        f"  intent   {data}:6: expected exchange, got return_refund: 我要退货",
         f"  handoff  {data}:3: expected request, got not: 人工客服就不用了"]
     assert "Wrong decisions" not in run_eval(capsys, str(data), "--faq", str(faq))[1]
 
@@ -127,15 +128,11 @@ def test_the_json_output_carries_the_same_figures(tmp_path: Path, capsys: pytest
     assert report["latency_ms"]["faq"]["decisions"] == 2 and report["latency_ms"]["faq"]["p99"] >= 0
 
 
-def test_intents_are_scored_by_models_intents_or_said_to_be_missing(tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_intents_are_scored_by_models_intents(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rows = [{"text": "我的快递到哪了", "intent": "shipping"}, {"text": "你好", "intent": "greeting"}]
     code, out, _ = run_eval(capsys, str(write_jsonl(tmp_path / "intents.jsonl", rows)))
     assert code == 0
-    if importlib.util.find_spec("models.intents") is None:
-        assert "Intents (2 labelled): intents not available" in out
-        return
-    from models import intents  # type: ignore[attr-defined, unused-ignore]
+    from models import intents
     from models.settings import Settings
 
     settings = Settings()
@@ -278,9 +275,7 @@ def test_a_knowledge_base_that_cannot_be_read_exits_2(clean_env: Path, capsys: p
 @pytest.mark.parametrize("name", ["real_dev.tsv", "real_heldout.tsv", "ecom_dev.tsv", "ecom_heldout.tsv"])
 def test_the_shipped_intent_sets_run_and_agree_with_classify(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     path = DATA / "intents" / name
-    if not path.exists() or importlib.util.find_spec("models.intents") is None:
-        pytest.skip("no intent set or no models.intents in this build")
-    from models import intents  # type: ignore[attr-defined, unused-ignore]
+    from models import intents
     from models.settings import Settings
 
     code, out, _ = run_eval(capsys, str(path), "--json")
