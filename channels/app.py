@@ -82,17 +82,12 @@ async def metrics_page(_: Request) -> Response:
     return Response(body, media_type=content_type)
 
 
-def channel_adapters(gw: Services) -> list[tuple[str, ChannelAdapter]]:
-    """Every registered channel's adapter, with the channel's name."""
-    return [(found.name, found.adapter(gw.context(found.name))) for found in registry.channels()]
-
-
 def create_app(settings: Settings, services: Services | None = None) -> Starlette:
     privacy.install_log_masking()  # whoever hosts the gateway (uvicorn, kefu demo, tests): no PII in its logs
     registry.check(settings)  # a bad channel setting stops the gateway now, not on its first callback
     gw = services or build_services(settings)
-    named = channel_adapters(gw)
-    adapters = [adapter for _, adapter in named]
+    adapters: dict[str, ChannelAdapter] = {found.name: found.adapter(gw.context(found.name))
+                                           for found in registry.channels()}
     chat_page = resources.files("channels").joinpath("static/chat.html").read_text(encoding="utf-8")
 
     async def index(_: Request) -> Response:
@@ -141,7 +136,7 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         await run_in_threadpool(intents.intents, settings)  # built now, not inside the first message's callback
         started: list[ChannelAdapter] = []
         try:
-            for adapter in adapters:  # e.g. the phone's AudioSocket listener
+            for adapter in adapters.values():  # e.g. the phone's AudioSocket listener
                 await adapter.start()
                 started.append(adapter)
             yield
@@ -164,8 +159,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
         Route("/readyz", readyz),
         Route("/metrics", metrics_page),
     ]
-    for name, adapter in named:
-        routes += ack_metrics.timed_routes(adapter.routes(), name)
+    for channel, adapter in adapters.items():
+        routes += ack_metrics.timed_routes(adapter.routes(), channel)
     routes += admin_routes(settings, gw.sessions)  # none without KEFU_ADMIN_TOKEN
     handlers = {HTTPException: http_error, Exception: server_error}
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
