@@ -66,12 +66,12 @@ def calibrate(vectors: Vectors, owners: Sequence[int]) -> Calibration | None:
 
 def anchors(vectors: Vectors, owners: Sequence[int]) -> Calibration | None:
     """The measures of the calibration, whatever they are; None when the FAQ has fewer than
-    ``MIN_CALIBRATION_ENTRIES`` entries with a similar question, or a single entry. Measured on the phrasings of
-    entries that have a similar question (at most ``CALIBRATION_ROWS`` of them, evenly sampled), each compared with
-    every phrasing but itself."""
+    ``MIN_CALIBRATION_ENTRIES`` entries with a similar question (so another entry always exists). Measured on the
+    phrasings of entries that have a similar question (at most ``CALIBRATION_ROWS`` of them, evenly sampled), each
+    compared with every phrasing but itself."""
     owner = np.asarray(owners, dtype=np.int64)
-    counts = np.bincount(owner) if len(owner) else np.zeros(0, dtype=np.int64)
-    if int((counts > 1).sum()) < MIN_CALIBRATION_ENTRIES or int((counts > 0).sum()) < 2:
+    counts = np.bincount(owner)
+    if int((counts > 1).sum()) < MIN_CALIBRATION_ENTRIES:
         return None
     paraphrased = np.flatnonzero(counts[owner] > 1)
     sample = paraphrased[np.unique(np.linspace(0, len(paraphrased) - 1,
