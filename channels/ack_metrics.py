@@ -31,12 +31,9 @@ def timed(route: BaseRoute, channel: str) -> BaseRoute:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        answered = False
 
         async def timed_send(message: Message) -> None:
-            nonlocal answered
-            if message["type"] == "http.response.start" and not answered:
-                answered = True
+            if message["type"] == "http.response.start":  # once per request (ASGI)
                 metrics.acked(channel, template, scope["method"], time.perf_counter() - started)
             await send(message)
 
