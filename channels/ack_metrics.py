@@ -3,9 +3,10 @@
 :func:`timed` wraps one of a channel adapter's HTTP routes so that the time from the request reaching the route to
 the first byte of its response is observed in ``kefu_ack_seconds{channel, route, method}`` (route: the path
 template, never the path with an account or id in it). WebSocket routes are left as they are: a socket's lifetime
-is no acknowledgement (the web chat times each message frame's ``accepted`` frame itself, method ``WS``). A
-request that fails before answering is not observed (the gateway's error handler answers it, and the server's error
-log counts it).
+is no acknowledgement (the web chat times each message frame's ``accepted`` frame itself, method ``WS``). A refusal
+(an ``HTTPException``: a bad signature, a malformed body) is answered through the route and observed like any
+answer; a request that fails with an unexpected error is not (the gateway's server-error handler answers it outside
+the route, and logs it).
 """
 
 from __future__ import annotations
