@@ -219,3 +219,10 @@ def test_the_documented_yaml_example_reads_as_the_json_one(tmp_path: Path) -> No
                                                     encoding="utf-8")
     yaml_intents = intent_file.read_intents_file(tmp_path / "intents.yaml")
     assert yaml_intents == intent_file.read_intents_file(tmp_path / "intents.json") and len(yaml_intents) == 2
+
+
+def test_the_documented_labels_are_listed_in_the_order_the_rules_are_tried() -> None:
+    """docs/intents.md says the built-in patterns are tried "in the order of the table": the table must be that order."""
+    doc = (ROOT / "docs" / "intents.md").read_text(encoding="utf-8")
+    assert "in the order of the table" in doc
+    assert re.findall(r"^\| `([a-z_]+)` \|", doc, re.MULTILINE) == list(intents.LABELS)
