@@ -1,9 +1,11 @@
 """The metrics' contract: each is documented, the multiprocess directory is prepared before prometheus_client is
-imported and emptied, ``kefu --version`` answers, and a worker metrics port that cannot be listened on is a
-configuration error naming KEFU_WORKER_METRICS_PORT."""
+imported and emptied (and an operator's PROMETHEUS_MULTIPROC_DIR dropped when there is no port), ``kefu --version``
+answers, and a worker metrics port that cannot be listened on is a configuration error naming
+KEFU_WORKER_METRICS_PORT."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -68,6 +70,23 @@ def test_a_prepared_process_counts_in_emptied_files(tmp_path: Path) -> None:
     assert not stale.exists()
     assert 'kefu_messages_received_total{channel="web"} 1.0' in out
     assert [p.name for p in stale.parent.glob("counter_*.db")], "the count was not written to the directory"
+
+
+def test_a_worker_without_a_metrics_port_keeps_its_values_in_memory(tmp_path: Path) -> None:
+    """An operator's PROMETHEUS_MULTIPROC_DIR (here a directory that does not exist) is dropped, not written to."""
+    script = (
+        "from models.infra import metrics_dir\n"
+        "metrics_dir.single_process()\n"
+        "from models.infra import metrics\n"
+        "metrics.received('web')\n"
+        "print(metrics.exposition()[0].decode())\n"
+    )
+    missing = tmp_path / "operator-metrics"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, metrics_dir.ENV: str(missing)})
+    assert done.returncode == 0, done.stderr
+    assert 'kefu_messages_received_total{channel="web"} 1.0' in done.stdout
+    assert not missing.exists()
 
 
 def test_kefu_version_prints_the_installed_version() -> None:
