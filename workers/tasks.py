@@ -168,6 +168,7 @@ def deliver(task: Task, reply_id: int) -> str:
     started = time.perf_counter()
     try:
         rt.outbound(key.channel).send(reply, DeliveryProgress(delivery.parts_sent, record_parts))
+        metrics.sent(key.channel, time.perf_counter() - started)  # the send only, not recording it below
     except Permanent as exc:
         metrics.send_failed(key.channel, "permanent", exc)
         _fail(rt, reply_id, ids, f"permanent: {exc}")
@@ -198,7 +199,6 @@ def deliver(task: Task, reply_id: int) -> str:
         ).rowcount  # type: ignore[attr-defined]
         if moved:  # 0 when the customer's client already confirmed it (a gateway re-sent it first)
             audit.record(session, audit.DISPATCHED, **ids)
-    metrics.sent(key.channel, time.perf_counter() - started)
     return "sent"
 
 

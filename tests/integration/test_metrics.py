@@ -5,22 +5,35 @@
 - A real ``kefu worker`` with ``KEFU_WORKER_METRICS_PORT``: a web chat message answered by llama.cpp moves the
   queue-wait, first-token, generation and delivery histograms, the tokens counter, the answered-messages counter
   (channel, intent, outcome) and the model and slot gauges; the in-thread gateway's /metrics counts its arrival.
+- ``deliver`` run in this process: the delivery histogram times the send, not the database work that follows it.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
+import pytest
+from prometheus_client import REGISTRY
 
+from channels.ingress import Ingress
+from models import audit
+from models.envelope import ConversationKey, Inbound
 from models.infra.migrate import upgrade
+from models.replies import Answer, reply_id_of
 from models.settings import Settings
+from models.states import ReplySource
 from tests.conftest import as_env, settings_kwargs
 from tests.integration.conftest import recv_until, start_stack, wait_for
 from tests.metrics_scrape import Scrape, scrape
 from tests.stack import GatewayProcess
+from workers import runtime as worker_runtime
+from workers import tasks
 from workers.demo.processes import WorkerProcess, free_port
 
 ROUTE = "/v1/web/messages"
@@ -116,3 +129,37 @@ def test_a_prefork_worker_adds_up_its_children(tmp_path: Path, tiny_gguf: Path) 
     assert page.types["kefu_model_loaded"] == "gauge"
     assert len(live) >= 3, "the main process and both children should each have written their own file"
     assert not list(directory.glob("gauge_livesum_*.db")), "a process that shut down still counts in the gauges"
+
+
+def test_delivery_seconds_time_the_send_not_the_bookkeeping(tmp_path: Path, tiny_gguf: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """kefu_delivery_seconds is the send through the channel; recording the delivery as sent afterwards (here made
+    slow on purpose) is not part of it."""
+    settings = Settings(**settings_kwargs("embedded", tmp_path, tiny_gguf, None, None))
+    upgrade(settings)
+    worker_runtime.configure(settings)
+    try:
+        rt = worker_runtime.runtime()
+        key = ConversationKey("web", settings.web_account, f"v-{uuid.uuid4().hex[:8]}")
+        accepted, _ = Ingress(rt.sessions, rt.publisher).accept_answered(
+            Inbound(key, uuid.uuid4().hex, "你好"), Answer("您好！", ReplySource.WELCOME), passive=False)
+        with rt.sessions() as session:
+            reply_id = reply_id_of(session, accepted.inbound_id)
+        assert reply_id is not None
+        record = audit.record
+
+        def slow_record(session: Any, kind: str, **detail: Any) -> Any:
+            if kind == audit.DISPATCHED:
+                time.sleep(0.5)
+            return record(session, kind, **detail)
+
+        monkeypatch.setattr(tasks.audit, "record", slow_record)
+        labels = {"channel": "web"}
+        before = [REGISTRY.get_sample_value(f"kefu_delivery_seconds_{part}", labels) or 0.0 for part in ("count", "sum")]
+        assert tasks.deliver(SimpleNamespace(request=SimpleNamespace(retries=0)), reply_id) == "sent"
+        count, total = (REGISTRY.get_sample_value(f"kefu_delivery_seconds_{part}", labels) or 0.0
+                        for part in ("count", "sum"))
+    finally:
+        worker_runtime.shutdown()
+    assert count == before[0] + 1
+    assert total - before[1] < 0.5, "the database work after the send was timed as the send"
