@@ -3,7 +3,10 @@
 The gateway only accepts, persists and publishes; it never generates. With ``KEFU_ADMIN_TOKEN`` set it also
 serves the admin API (:mod:`channels.admin`: the knowledge base and approved answers). ``/metrics`` is its
 Prometheus page (:mod:`models.infra.metrics`: every process of ``kefu gateway --workers N`` added up); each
-channel route's acknowledgement is timed (:mod:`channels.ack_metrics`). It is stateless apart from
+channel route's acknowledgement is timed (:mod:`channels.ack_metrics`). Every request gets an id (the caller's
+``X-Request-ID`` or a new one, echoed; log lines carry it) and one access-log line (:mod:`channels.access_log`).
+``/readyz`` answers 200 only when the database and the broker answer and an LLM worker with its model loaded beats
+its heartbeat (:mod:`models.infra.heartbeat`); otherwise 503 naming what is ``missing``. It is stateless apart from
 open sockets, so any number of gateway processes can run behind a load balancer. This module is the
 gateway's composition root: it builds the shared :class:`Services` once and gives each channel
 adapter a narrow :class:`~channels.base.ChannelContext` (with that channel's own hand-off port).
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from importlib import resources
@@ -30,13 +33,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from channels import ack_metrics, registry
+from channels import access_log, ack_metrics, desk_handoff, registry
 from channels.admin import admin_routes
 from channels.base import ChannelAdapter, ChannelContext
 from channels.ingress import Ingress
 from models import intents, privacy
-from models.infra import metrics
-from models.infra.bus import Listener, make_listener
+from models.infra import heartbeat, metrics
+from models.infra.bus import Bus, Listener, make_bus, make_listener
 from models.infra.db import make_engine, make_session_factory, ping
 from models.infra.kv import KV, make_kv
 from models.infra.queues import Publisher, make_celery
@@ -57,12 +60,15 @@ class Services:
     ingress: Ingress
     listener: Listener
     kv: KV
+    bus: Bus
 
     def context(self, channel: str) -> ChannelContext:
-        """The context one channel's adapter gets: these services and the channel's own hand-off port."""
-        handoff = registry.channel(channel).handoff(self.settings, self.kv)
+        """The context one channel's adapter gets: these services and the channel's own hand-off port (behind the
+        agent console's waiting queue for the channels in KEFU_DESK_CHANNELS)."""
+        own = registry.channel(channel).handoff(self.settings, self.kv)
+        handoff = desk_handoff.port(own, channel, self.settings, self.kv, self.sessions)
         return ChannelContext(self.settings, self.ingress, self.kv, self.listener, self.sessions, self.publisher,
-                              handoff)
+                              handoff, self.bus)
 
 
 def build_services(settings: Settings) -> Services:
@@ -71,15 +77,56 @@ def build_services(settings: Settings) -> Services:
     db = make_engine(settings, pre_ping=False, response_timeout_s=settings.db_response_timeout_s)
     sessions = make_session_factory(db)
     publisher = Publisher(make_celery(settings, "kefu-gateway", gateway=True), settings.publish_retry_after_s)
-    ingress = Ingress(sessions, publisher, partial(privacy.stored_text, settings), partial(intents.label, settings))
+    bus = make_bus(settings)
+    ingress = Ingress(sessions, publisher, partial(privacy.stored_text, settings), partial(intents.label, settings),
+                      notify=bus)
     return Services(settings, db, sessions, publisher, ingress, make_listener(settings),
-                    make_kv(settings, settings.publish_timeout_s))
+                    make_kv(settings, settings.publish_timeout_s), bus)
 
 
 async def metrics_page(_: Request) -> Response:
     """Prometheus's scrape (multiprocess: every process's files of this gateway, read in a thread)."""
     body, content_type = await run_in_threadpool(metrics.exposition)
     return Response(body, media_type=content_type)
+
+
+async def _check(probe: Callable[[], None]) -> str:
+    try:
+        await run_in_threadpool(probe)
+    except Exception as exc:
+        return f"unreachable: {type(exc).__name__}"
+    return "ok"
+
+
+async def _llm_workers(kv: KV) -> tuple[str, list[heartbeat.Heartbeat]]:
+    try:
+        return "ok", await run_in_threadpool(heartbeat.alive, kv)
+    except Exception as exc:
+        return f"unreachable: {type(exc).__name__}", []
+
+
+def readiness(gw: Services) -> Callable[[Request], Awaitable[Response]]:
+    """``/readyz``: 200 when the database and the broker answer and an LLM worker has its model loaded (its
+    heartbeat, read from the KV store); else 503 with ``missing``: ``database``, ``broker``, ``llm_worker`` (none
+    alive, or the KV store does not answer) or ``llm_model`` (alive, none loaded yet)."""
+    settings = gw.settings
+
+    async def readyz(_: Request) -> Response:
+        # all at once: each is bounded (KEFU_DB_RESPONSE_TIMEOUT_S, KEFU_PUBLISH_TIMEOUT_S), so is the answer
+        database, broker, (kv, workers) = await asyncio.gather(
+            _check(lambda: ping(gw.db)), _check(lambda: gw.publisher.ping(settings.publish_timeout_s)),
+            _llm_workers(gw.kv))
+        checks = {"database": database, "broker": broker}
+        missing = [name for name, answer in checks.items() if answer != "ok"]
+        missing += heartbeat.missing(workers) if kv == "ok" else ["llm_worker"]
+        loaded = sum(w.loaded for w in workers)
+        checks["llm_worker"] = kv if kv != "ok" else (
+            f"{loaded} of {len(workers)} with the model loaded" if workers else "none alive")
+        body = {"ready": not missing, "missing": missing, "checks": checks,
+                "llm_workers": [{"node": w.node, "model": w.model, "loaded": w.loaded} for w in workers]}
+        return JSONResponse(body, status_code=503 if missing else 200)
+
+    return readyz
 
 
 def create_app(settings: Settings, services: Services | None = None) -> Starlette:
@@ -95,21 +142,6 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
-
-    async def check(probe: Callable[[], None]) -> str:
-        try:
-            await run_in_threadpool(probe)
-        except Exception as exc:
-            return f"unreachable: {type(exc).__name__}"
-        return "ok"
-
-    async def readyz(_: Request) -> Response:
-        # both at once: each is bounded (KEFU_DB_RESPONSE_TIMEOUT_S, KEFU_PUBLISH_TIMEOUT_S), so is the answer
-        database, broker = await asyncio.gather(check(lambda: ping(gw.db)),
-                                                check(lambda: gw.publisher.ping(settings.publish_timeout_s)))
-        checks = {"database": database, "broker": broker}
-        ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -156,11 +188,13 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     routes: list[Any] = [
         Route("/", index),
         Route("/healthz", healthz),
-        Route("/readyz", readyz),
+        Route("/readyz", readiness(gw)),
         Route("/metrics", metrics_page),
     ]
     for channel, adapter in adapters.items():
         routes += ack_metrics.timed_routes(adapter.routes(), channel)
     routes += admin_routes(settings, gw.sessions)  # none without KEFU_ADMIN_TOKEN
     handlers = {HTTPException: http_error, Exception: server_error}
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    app = access_log.Gateway(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    app.log_requests = settings.access_log  # one line per HTTP request on kefu.access; every request gets an id
+    return app

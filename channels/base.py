@@ -125,6 +125,12 @@ class HandOffPort:
     def release(self, key: ConversationKey) -> None:
         return None
 
+    def desk_owns(self, key: ConversationKey) -> bool:
+        """Whether the agent console (channels.desk_handoff), not the platform's own staff, has the conversation:
+        the channel then carries out no platform hand-off (no transfer XML, no kf service-state change) and an
+        agent's replies go out through its ordinary outbound."""
+        return False
+
     def later_notice(self, account: str, notice: str) -> str:
         """The notice for a hand-off decided after the platform's own reply has gone (in a worker, for a transcribed
         voice message); ``notice`` (``handoff_reply``) unless the channel carries it out differently then."""
@@ -167,6 +173,7 @@ class ChannelContext:
     sessions: sessionmaker[Session]  # reads (history) and channel-owned rows (a pull cursor)
     publisher: Publisher
     handoff: HandOffPort
+    bus: Bus | None = None  # live events to other processes (the console's: models.desk.TOPIC)
 
 
 class ChannelAdapter(ABC):
@@ -183,6 +190,8 @@ class ChannelAdapter(ABC):
         """Carry out the dialogue decision for a customer's text (channels without a platform reply of their own):
         queued for the model, or answered now (FAQ, no person available, a hand-off notice) with a reply that
         is delivered like any other."""
+        if self.ctx.handoff.with_person(inbound.key):  # a person owns the conversation: the model stays out
+            return self.ctx.ingress.accept_for_human(inbound, via="desk")
         decision = decide(self.ctx.settings, Message(inbound.text, inbound.kind, channel=inbound.key.channel),
                           self.ctx.handoff.availability(inbound.key.account))
         if decision.action is Action.GENERATE:

@@ -15,18 +15,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import audit
-from models.envelope import Inbound, utcnow
+from models import audit, desk
+from models.envelope import ConversationKey, Inbound, utcnow
 from models.infra import metrics
-from models.infra.db import insert_ignoring_conflict, transaction, upsert_returning_id
+from models.infra.bus import Bus
+from models.infra.db import insert_ignoring_conflict, transaction
 from models.infra.queues import Publisher
 from models.replies import Answer, store_reply
-from models.states import InboundStatus
+from models.states import WITH_PERSON, Handler, InboundStatus
 from models.tables import ConversationRecord, InboundRecord, ReplyRecord
 
 log = logging.getLogger(__name__)
@@ -47,9 +51,10 @@ class Accepted:
 
 class Ingress:
     def __init__(self, sessions: sessionmaker[Session], publisher: Publisher, stored: StoredText | None = None,
-                 intent: IntentOf | None = None) -> None:
+                 intent: IntentOf | None = None, notify: Bus | None = None) -> None:
         self._sessions = sessions
         self._publisher = publisher
+        self._notify = notify  # the agent console's live events (models.desk.TOPIC); None: nobody listens
         self._stored = stored  # what is stored of a customer's text (models.privacy.stored_text); None: as sent
         self._intent = intent  # the intent stored with a message that has text and audited with it; None: none
 
@@ -57,7 +62,8 @@ class Ingress:
         key = inbound.key
         intent = self._intent_of(inbound)
         with transaction(self._sessions) as session:
-            conversation_id, inbound_id = self._insert(session, inbound, InboundStatus.RECEIVED, intent)
+            conversation_id, inbound_id, handler = self._insert_conversation(session, inbound, InboundStatus.RECEIVED,
+                                                                             intent)
             duplicate = inbound_id is None
             if duplicate:
                 inbound_id, conversation_id, status, received_at = session.execute(
@@ -70,6 +76,9 @@ class Ingress:
                 ).one()
             else:
                 status, received_at = InboundStatus.RECEIVED, inbound.received_at
+                if handler in WITH_PERSON:  # claimed a moment ago (the adapter's check raced it): the person's
+                    status = InboundStatus.HUMAN
+                    session.execute(update(InboundRecord).where(InboundRecord.id == inbound_id).values(status=status))
             audit.record(
                 session,
                 audit.DUPLICATE if duplicate else audit.RECEIVED,
@@ -80,9 +89,15 @@ class Ingress:
                 chars=len(inbound.text),
                 **({} if duplicate else _intent_detail(intent)),
             )
+            if status == InboundStatus.HUMAN and not duplicate:
+                audit.record(session, audit.HUMAN_OWNED, channel=key.channel, conversation_id=conversation_id,
+                             inbound_id=inbound_id, via="desk")
         assert inbound_id is not None
         if not duplicate:
             metrics.received(key.channel)
+            self._tell(conversation_id, key.channel)
+        if status == InboundStatus.HUMAN:
+            return Accepted(inbound_id, conversation_id, duplicate, False)
         if status != InboundStatus.RECEIVED:
             return Accepted(inbound_id, conversation_id, duplicate, True)
         # A retry of a message whose publish failed earlier publishes it now; a retry racing the first
@@ -118,6 +133,7 @@ class Ingress:
             assert reply_id is not None  # the inbound is new, so is its reply
         metrics.received(key.channel)
         metrics.answered(key.channel, intent, answer.source)
+        self._tell(conversation_id, key.channel)
         if not passive:
             self.deliver(reply_id)
         return Accepted(inbound_id, conversation_id, False, True), answer.text
@@ -148,6 +164,7 @@ class Ingress:
         if not duplicate:
             metrics.received(inbound.key.channel)
             metrics.answered(inbound.key.channel, intent, HUMAN)
+            self._tell(conversation_id, inbound.key.channel)
         return Accepted(inbound_id, conversation_id, duplicate, False)
 
     def note(self, accepted: Accepted, channel: str, kind: str, **detail: Any) -> None:
@@ -168,16 +185,23 @@ class Ingress:
             log.exception("intent classification failed")
             return None
 
+    def _tell(self, conversation_id: int, channel: str) -> None:
+        if self._notify is not None:
+            self._notify.publish(desk.TOPIC, desk.event("message", conversation_id, channel=channel))
+
     def _insert(self, session: Session, inbound: Inbound, status: InboundStatus, intent: str | None = None
                 ) -> tuple[int, int | None]:
         """(conversation id, new inbound id or None when the platform sent this message before)."""
+        conversation_id, inbound_id, _ = self._insert_conversation(session, inbound, status, intent)
+        return conversation_id, inbound_id
+
+    def _insert_conversation(self, session: Session, inbound: Inbound, status: InboundStatus,
+                             intent: str | None = None) -> tuple[int, int | None, str]:
+        """(conversation id, new inbound id or None when the platform sent this message before, the conversation's
+        handler). The conversation's inbox keys (last message time, intent) move with every message."""
         key = inbound.key
         text, masked_by = self._stored(inbound.text) if self._stored is not None else (inbound.text, ())
-        conversation_id = upsert_returning_id(
-            session, ConversationRecord,
-            {"channel": key.channel, "account": key.account, "peer": key.peer, "created_at": utcnow()},
-            ["channel", "account", "peer"],
-        )
+        conversation_id, handler = touch_conversation(session, key, utcnow(), intent)
         inbound_id = insert_ignoring_conflict(
             session, InboundRecord,
             {"conversation_id": conversation_id, "channel": key.channel, "account": key.account,
@@ -188,7 +212,7 @@ class Ingress:
         for rule in masked_by if inbound_id is not None else ():
             audit.record(session, audit.MODERATED, channel=key.channel, conversation_id=conversation_id,
                          inbound_id=inbound_id, direction="in", action="mask", rule=rule)
-        return conversation_id, inbound_id
+        return conversation_id, inbound_id, handler
 
     @staticmethod
     def _existing(session: Session, inbound: Inbound) -> tuple[int, int]:
@@ -230,3 +254,24 @@ class Ingress:
 def _intent_detail(intent: str | None) -> dict[str, Any]:
     """The ``received`` audit row's intent (left out when there is none, as for a voice not yet transcribed)."""
     return {} if intent is None else {"intent": intent}
+
+
+@lru_cache(maxsize=4)
+def _touch(dialect: str) -> Any:
+    module: Any = {"postgresql": postgresql, "sqlite": sqlite}[dialect]
+    table = ConversationRecord.__table__
+    stmt = module.insert(table)
+    return stmt.on_conflict_do_update(
+        index_elements=["channel", "account", "peer"],
+        set_={"last_inbound_at": stmt.excluded.last_inbound_at,
+              "last_intent": func.coalesce(stmt.excluded.last_intent, table.c.last_intent)},
+    ).returning(table.c.id, table.c.handler)
+
+
+def touch_conversation(session: Session, key: ConversationKey, at: datetime, intent: str | None
+                       ) -> tuple[int, str]:
+    """Create the conversation or move its inbox keys (one statement); (its id, its handler)."""
+    row = session.execute(_touch(session.get_bind().dialect.name), {
+        "channel": key.channel, "account": key.account, "peer": key.peer, "created_at": at,
+        "last_inbound_at": at, "last_intent": intent, "handler": Handler.BOT, "handoffs": 0}).one()
+    return int(row[0]), str(row[1])

@@ -74,6 +74,8 @@ def outgoing_text(sessions: sessionmaker[Session], reply: Reply) -> str:
     """The text to send for a reply: the answer to a message that was cut gets the note in front, unless it was
     stored with it (answered at once). A worker's answer (the model's, its fallback, the rules' answer to a cut
     transcription) is stored without it."""
+    if reply.inbound_id is None:  # an agent's message answers no one message
+        return reply.text
     kept = kept_chars(sessions, reply.inbound_id)
     if kept is None or reply.text.startswith(NOTE.format(kept=kept)):
         return reply.text

@@ -375,9 +375,11 @@ class WebOutbound(Outbound):
     def send(self, reply: Reply, progress: DeliveryProgress) -> None:
         self.deps.bus.publish(
             reply.key.topic(),
-            {"type": "reply", "reply_id": reply.reply_id, "message_id": reply.inbound_id, "text": reply.text},
+            {"type": "reply", "reply_id": reply.reply_id, "message_id": reply.inbound_id, "text": reply.text,
+             "source": str(reply.source)},
         )
 
 
-# No person can take a web conversation yet (the base hand-off port): 转人工 gets an honest answer.
+# A person takes a web conversation only through the agent console (channels.desk_handoff); without one, 转人工
+# gets an honest answer (the base hand-off port).
 descriptor = Channel(name=CHANNEL, adapter=WebAdapter, outbound=WebOutbound, streams=True)

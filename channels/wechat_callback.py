@@ -156,10 +156,11 @@ class CallbackDialogue:
         read = truncation.cut(m.text, settings.max_text_chars)
         text = read.text
         if handoff.with_person(key):  # a person owns the conversation: the model stays out
+            on_desk = handoff.desk_owns(key)  # the console's agents: no transfer to the platform's own staff
             accepted = ingress.accept_for_human(Inbound(key, m.external_id, text or f"[{m.kind}]", m.kind,
-                                                        m.received_at), via="transfer")
+                                                        m.received_at), via="desk" if on_desk else "transfer")
             truncation.record(ingress, accepted, key.channel, read)
-            return TO_PERSON
+            return None if on_desk else TO_PERSON
         message = Message(text, m.kind, m.media_id is not None, channel=key.channel)
         decision = decide(settings, message, handoff.availability(key.account))
         stored_text = text or ("" if decision.action is Action.GENERATE else f"[{m.kind}]")
@@ -168,7 +169,9 @@ class CallbackDialogue:
             return self._accept(inbound, read)  # the model's reply gets the note when it is sent
         accepted, answer = store_decided(ingress, handoff, inbound, truncation.noted(decision, read), passive=True)
         truncation.record(ingress, accepted, key.channel, read)
-        return TO_PERSON if decision.action is Action.HAND_OFF else answer
+        if decision.action is Action.HAND_OFF:  # the notice goes by deliver; the platform's staff get a transfer
+            return None if handoff.desk_owns(key) else TO_PERSON
+        return answer
 
     def _event(self, key: ConversationKey, m: CallbackMessage, welcome: str,
                welcome_events: frozenset[str]) -> str | None:

@@ -56,6 +56,7 @@ class HandOff(StrEnum):
 
     PERSON = "person"  # pass the conversation to a person (kf servicers, an official account's staff, a phone agent)
     NOBODY = "nobody"  # no person can take it here: say so honestly instead of an empty promise
+    AFTER_HOURS = "after_hours"  # people take conversations here, but not now (KEFU_DESK_HOURS): say so
 
 
 class Action(StrEnum):
@@ -130,6 +131,8 @@ def person_request(settings: Settings, message: Message) -> Verdict:
 def _to_person(settings: Settings, handoff: HandOff, why: str, notice: str) -> Decision:
     if handoff is HandOff.PERSON:
         return Decision(Action.HAND_OFF, why, notice, ReplySource.HANDOFF)
+    if handoff is HandOff.AFTER_HOURS:
+        return Decision(Action.ANSWER, f"{why}_after_hours", settings.desk_after_hours_reply, ReplySource.RULE)
     return Decision(Action.ANSWER, f"{why}_none_available", settings.handoff_unavailable_reply, ReplySource.RULE)
 
 
@@ -196,6 +199,8 @@ def after_failures(settings: Settings, message: Message, handoff: HandOff) -> De
         return None
     if handoff is HandOff.PERSON:
         return Decision(Action.HAND_OFF, "failed_answers", settings.handoff_failures_reply, ReplySource.HANDOFF)
+    if handoff is HandOff.AFTER_HOURS:
+        return Decision(Action.ANSWER, "failed_answers_after_hours", settings.desk_after_hours_reply, ReplySource.RULE)
     return Decision(Action.ANSWER, "failed_answers_none_available", settings.handoff_failures_unavailable_reply,
                     ReplySource.RULE)
 

@@ -74,7 +74,7 @@ class Reply:
     """The answer to one inbound, as a channel sends it."""
 
     reply_id: int
-    inbound_id: int
+    inbound_id: int | None  # None for an agent's message from the console (it answers no one message)
     conversation_id: int
     key: ConversationKey
     text: str

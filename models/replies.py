@@ -24,7 +24,7 @@ from models import audit
 from models.envelope import utcnow
 from models.infra.db import insert_ignoring_conflict
 from models.states import DeliveryStatus, InboundStatus, ReplySource
-from models.tables import DeliveryRecord, InboundRecord, ReplyRecord
+from models.tables import ConversationRecord, DeliveryRecord, InboundRecord, ReplyRecord
 
 # ``Answer.why`` of an answer decided by moderation: "moderated:<action>:<rule id>" for the customer's message,
 # "moderated_out:<action>:<rule id>" for the model's reply; store_reply audits it as ``moderated``.
@@ -68,6 +68,8 @@ def store_reply(session: Session, *, inbound_id: int, conversation_id: int, chan
                                    parts_sent=1))
     else:
         session.add(DeliveryRecord(reply_id=reply_id, channel=channel, status=DeliveryStatus.PENDING))
+    session.execute(update(ConversationRecord).where(ConversationRecord.id == conversation_id)
+                    .values(last_reply_at=utcnow()))
     values: dict[str, Any] = {"status": InboundStatus.ANSWERED}
     if inbound_text is not None:
         values["text"] = inbound_text

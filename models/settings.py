@@ -25,6 +25,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -36,6 +37,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from models import business_hours
 from models.handoff_detect import NEGATIVE_WORDS
 from models.intent_file import IntentFileError, check_routes, read_intents_file
 
@@ -255,6 +257,28 @@ class Settings(_KefuVariables):
     prompt_handoff_hint: str = DEFAULT_PROMPT_HANDOFF_HINT  # "" never mentions a person to the model
     human_session_ttl_s: PositiveSeconds = 1800.0  # official account: a conversation stays with its person this long after
                                          # the customer's last message, unless the platform reports it closed
+
+    # --- the human desk: the agent console's waiting queue (models.desk, docs/console.md) -------------------
+    # Channels whose requests for a person go to the console's waiting queue while the desk is open (within
+    # KEFU_DESK_HOURS and an agent online); outside them, the channel's own hand-off (an official account's staff,
+    # the kf pool), else the after-hours or no-person reply. The phone transfers calls itself (KEFU_PHONE_TRANSFER_TO).
+    desk_channels: list[str] = Field(default_factory=lambda: ["web", "wechat_mp", "wecom", "wecom_kf"])
+    # "mon-fri 09:00-18:00; sat 10:00-16:00" in desk_timezone (models.business_hours); empty: always open
+    desk_hours: str = ""
+    desk_timezone: str = "Asia/Shanghai"
+    # An agent counts as present this long after their console's last sign of life (it sends one every 15 s).
+    desk_presence_s: PositiveSeconds = 45.0
+    desk_after_hours_reply: str = ("您好，现在是非工作时间，人工客服暂时无法接入。您可以继续向我提问，"
+                                   "或在工作时间再联系我们。")
+    # After an agent hands a conversation back, the customer is asked for a score (web: a 1-5 widget; WeChat,
+    # WeCom, kf: a reply with a number). Empty turns the request off.
+    csat_request_reply: str = "本次人工服务已结束。请为我们的服务打分：回复 1-5 的数字（5 分为非常满意）。"
+    csat_thanks_reply: str = "感谢您的评价！如还有其他问题，欢迎随时咨询。"
+    # Console logins: a session lasts this long; this many failed logins per username (and per client address)
+    # within console_login_window_s lock further attempts until the window passes.
+    console_session_s: PositiveSeconds = 12 * 3600.0
+    console_login_attempts: PositiveInt = 5
+    console_login_window_s: PositiveSeconds = 300.0
     # Voice messages without the platform's Recognition: a worker downloads (media/get), decodes and transcribes
     # them with the configured recognizer (KEFU_SPEECH_PROVIDER). When that fails, the customer gets this reply.
     voice_unclear_reply: str = "抱歉，我没有听清您的语音。请您再说一遍，或者直接打字告诉我您的问题。"
@@ -277,6 +301,21 @@ class Settings(_KefuVariables):
     # JSON object label -> action, applied on every channel: "hand_off" (to a person, or the honest answer where
     # none can take over) or "answer:<text>" (that fixed reply), e.g. {"complaint": "hand_off"}.
     intent_routes: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("desk_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone name (e.g. Asia/Shanghai)") from None
+        return value
+
+    @field_validator("desk_hours")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        business_hours.parse(value)  # a ValueError naming the part that does not parse
+        return value
 
     @field_validator("intent_routes")
     @classmethod
@@ -387,6 +426,12 @@ class Settings(_KefuVariables):
     # each `kefu worker` serves its Prometheus metrics on this port (the gateway on its own /metrics); 0: off
     worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
     worker_metrics_host: str = "127.0.0.1"  # the address the worker's metrics listen on (0.0.0.0 in a container)
+    # text: "time level logger: message"; json: one JSON object a line (time, level, logger, message, request_id,
+    # conversation_id), for a log collector (models/infra/logs.py)
+    log_format: Literal["text", "json"] = "text"
+    # the gateway logs one line per HTTP request (method, path, status, duration, request id) on logger
+    # kefu.access; false: none (or set that logger's level)
+    access_log: bool = True
 
     @field_validator("log_level", mode="before")
     @classmethod

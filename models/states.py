@@ -29,6 +29,8 @@ class ReplySource(StrEnum):
     RULE = "rule"  # a fixed answer: unsupported message type, no person available, voice not understood
     WELCOME = "welcome"
     HANDOFF = "handoff"  # the notice that a person takes over
+    AGENT = "agent"  # written by an agent in the console (reply.agent_id; no inbound_id)
+    CSAT = "csat"  # the request for a satisfaction score, or the thanks for one
 
 
 def reply_source(value: str) -> ReplySource | None:
@@ -51,3 +53,29 @@ class DeliveryStatus(StrEnum):
 
 UNFINISHED = (DeliveryStatus.PENDING, DeliveryStatus.SENDING)  # the deliver task has work left
 NOT_CONFIRMED = (*UNFINISHED, DeliveryStatus.SENT)  # the customer's client has not confirmed it (web chat resends)
+
+
+class Handler(StrEnum):
+    """Who answers a conversation now (conversation.handler): bot → waiting (a customer asked for a person and the
+    console has agents) → agent (claimed) → bot again (handed back)."""
+
+    BOT = "bot"
+    WAITING = "waiting"  # in the console's waiting queue; the model stays out
+    AGENT = "agent"  # an agent claimed it (conversation.agent_id); the model stays out
+
+
+WITH_PERSON = (Handler.WAITING, Handler.AGENT)
+
+
+class Role(StrEnum):
+    """What a console account may do: an agent serves conversations; an admin also manages accounts, canned replies
+    and the knowledge base."""
+
+    ADMIN = "admin"
+    AGENT = "agent"
+
+
+class Presence(StrEnum):
+    ONLINE = "online"  # takes conversations
+    AWAY = "away"  # logged in, takes none
+    OFFLINE = "offline"

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -26,9 +27,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 
 from models.envelope import utcnow
-from models.states import DeliveryStatus, InboundStatus
+from models.states import DeliveryStatus, Handler, InboundStatus
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -65,14 +67,31 @@ class Base(DeclarativeBase):
 
 
 class ConversationRecord(Base):
+    """Who talks to whom, and who answers them now (``handler``, models.states.Handler: the bot, the waiting
+    queue of the agent console, or one agent). The ``last_*`` columns are the inbox's sort and filter keys,
+    kept current by ingress (a customer's message) and by every stored reply."""
+
     __tablename__ = "conversation"
-    __table_args__ = (UniqueConstraint("channel", "account", "peer"),)
+    __table_args__ = (
+        UniqueConstraint("channel", "account", "peer"),
+        Index("ix_conversation_recent", "last_inbound_at"),
+        Index("ix_conversation_handler_recent", "handler", "last_inbound_at"),
+        Index("ix_conversation_channel_recent", "channel", "last_inbound_at"),
+        Index("ix_conversation_agent", "agent_id", "last_inbound_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     channel: Mapped[str] = mapped_column(String(32))
     account: Mapped[str] = mapped_column(String(64))
     peer: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    handler: Mapped[str] = mapped_column(String(16), default=Handler.BOT, server_default=Handler.BOT.value)
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agent.id"), nullable=True)
+    handler_since: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    handoffs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # times a person was asked for
+    last_inbound_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    last_reply_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    last_intent: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class InboundRecord(Base):
@@ -107,6 +126,9 @@ class InboundRecord(Base):
 
 
 class ReplyRecord(Base):
+    """An answer: to one customer message (``inbound_id``; the model, the FAQ, a rule), or an agent's message
+    from the console (``agent_id``; ``inbound_id`` NULL, as an agent may write any number of them)."""
+
     __tablename__ = "reply"
     __table_args__ = (
         UniqueConstraint("inbound_id"),
@@ -114,10 +136,11 @@ class ReplyRecord(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound.id"))
+    inbound_id: Mapped[int | None] = mapped_column(ForeignKey("inbound.id"), nullable=True)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"))
     text: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(16))  # models.states.ReplySource
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agent.id"), nullable=True)
     model: Mapped[str | None] = mapped_column(String(128), nullable=True)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
@@ -268,3 +291,94 @@ class KbStateRecord(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     revision: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class AgentRecord(Base):
+    """A person who logs into the agent console: ``role`` admin or agent (models.states.Role); the password as
+    an argon2 hash. ``status`` is what they set (online, away); ``seen_at`` the last sign of life from their
+    console, so an agent whose browser closed stops counting as present (models.desk)."""
+
+    __tablename__ = "agent"
+    __table_args__ = (UniqueConstraint("username"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    display_name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(256))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    status: Mapped[str] = mapped_column(String(16), default="offline", server_default="offline")
+    seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class AgentSessionRecord(Base):
+    """A console login: the cookie's token is stored only as its SHA-256; ``csrf`` is the token every
+    state-changing request must echo."""
+
+    __tablename__ = "agent_session"
+    __table_args__ = (UniqueConstraint("token_hash"), Index("ix_agent_session_agent", "agent_id"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agent.id", ondelete="CASCADE"))
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ConversationNoteRecord(Base):
+    """A private note an agent left on a conversation; never sent to the customer."""
+
+    __tablename__ = "conversation_note"
+    __table_args__ = (Index("ix_conversation_note_conversation", "conversation_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"))
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agent.id"))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class ConversationTagRecord(Base):
+    """A label on a conversation (退款, VIP…), for filtering and reports."""
+
+    __tablename__ = "conversation_tag"
+    __table_args__ = (UniqueConstraint("conversation_id", "tag"), Index("ix_conversation_tag_tag", "tag"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"))
+    tag: Mapped[str] = mapped_column(String(32))
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agent.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class CannedReplyRecord(Base):
+    """A prepared answer an agent inserts by its shortcut (``/refund``)."""
+
+    __tablename__ = "canned_reply"
+    __table_args__ = (UniqueConstraint("shortcut"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    shortcut: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("agent.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class CsatRecord(Base):
+    """A customer's satisfaction score (1-5) for one stretch of a conversation: ``round`` is the conversation's
+    ``handoffs`` count when it was asked (0: the bot alone), ``agent_id`` who served it (NULL: the bot). Rating
+    the same round again replaces the score."""
+
+    __tablename__ = "csat"
+    __table_args__ = (UniqueConstraint("conversation_id", "round"), Index("ix_csat_agent", "agent_id", "created_at"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversation.id"))
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agent.id"), nullable=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    score: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

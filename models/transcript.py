@@ -85,7 +85,7 @@ class ReplyRow:
     """A reply to show on a live socket (web chat)."""
 
     reply_id: int
-    message_id: int
+    message_id: int | None  # None for an agent's message (it answers no one message)
     text: str
     confirmed: bool  # the customer's client acked it (then it is shown once, never resent)
 
@@ -102,12 +102,13 @@ def unconfirmed_replies(session: Session, channel: str, account: str, peers: Seq
         .where(ConversationRecord.channel == channel, ConversationRecord.account == account,
                ConversationRecord.peer.in_(list(peers)),
                shown if since is None else or_(shown, ReplyRecord.created_at >= since))
-        .order_by(ReplyRecord.inbound_id.desc())  # the newest, when there are more
+        .order_by(ReplyRecord.id.desc())  # the newest, when there are more
         .limit(per_peer * len(peers))
     )
     out: dict[str, list[ReplyRow]] = defaultdict(list)
     for peer, reply_id, message_id, text, status in reversed(session.execute(stmt).all()):
-        out[peer].append(ReplyRow(int(reply_id), int(message_id), str(text), status not in NOT_CONFIRMED))
+        out[peer].append(ReplyRow(int(reply_id), None if message_id is None else int(message_id), str(text),
+                                  status not in NOT_CONFIRMED))
     return out
 
 
@@ -119,7 +120,7 @@ def mark_delivered(session: Session, key: ConversationKey, reply_id: int) -> boo
     conv_id = conversation_id(session, key)
     if conv_id is None:
         return False
-    owned = session.scalars(
+    owned = session.execute(
         select(ReplyRecord.inbound_id).where(ReplyRecord.id == reply_id, ReplyRecord.conversation_id == conv_id)
     ).first()
     if owned is None:
@@ -132,6 +133,7 @@ def mark_delivered(session: Session, key: ConversationKey, reply_id: int) -> boo
     if result.rowcount != 1:  # type: ignore[attr-defined]
         return False
     audit.record(
-        session, audit.DELIVERED, channel=key.channel, conversation_id=conv_id, inbound_id=owned, reply_id=reply_id
+        session, audit.DELIVERED, channel=key.channel, conversation_id=conv_id, inbound_id=owned.inbound_id,
+        reply_id=reply_id
     )
     return True

@@ -15,7 +15,7 @@ from typing import TypeVar, cast
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from channels import registry
+from channels import desk_handoff, registry
 from channels.base import Channel, HandOffPort, Outbound, OutboundDeps, PullDeps, Puller
 from channels.ingress import Ingress
 from channels.speech.providers import SpeechProviders
@@ -109,7 +109,7 @@ class Runtime:
     @cached_property
     def ingress(self) -> Ingress:
         return Ingress(self.sessions, self.publisher, partial(privacy.stored_text, self.settings),
-                      partial(intents.label, self.settings))
+                      partial(intents.label, self.settings), notify=self.bus)
 
     @cached_property
     def platform(self) -> PlatformAPI:
@@ -130,7 +130,8 @@ class Runtime:
 
     def handoff(self, channel: str) -> HandOffPort:
         """The channel's hand-off port, built once per process."""
-        return self._once("handoff", channel, lambda: self.channel(channel).handoff(self.settings, self.kv))
+        return self._once("handoff", channel, lambda: desk_handoff.port(
+            self.channel(channel).handoff(self.settings, self.kv), channel, self.settings, self.kv, self.sessions))
 
     def puller(self, channel: str) -> Puller:
         """The channel's puller, built once per process (UnknownChannel for a channel that does not pull)."""

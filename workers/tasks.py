@@ -28,10 +28,10 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from sqlalchemy import select, update
 
 from channels.base import DeliveryProgress, PullBusy
-from models import audit
+from models import audit, desk
 from models.envelope import ConversationKey, Reply, utcnow
 from models.errors import Permanent, Retryable
-from models.infra import metrics
+from models.infra import logs, metrics
 from models.infra.db import transaction
 from models.infra.queues import DELIVER, HANDLE_INBOUND, PULL, SWEEP
 from models.replies import reply_id_of
@@ -73,6 +73,7 @@ def _handle_inbound(task: Task, inbound_id: int) -> str:
             return "missing"
         conv = session.get(ConversationRecord, row.conversation_id)
         assert conv is not None
+    logs.set_conversation(conv.id)  # this task's log lines carry it (cleared after the task: workers/celery_app.py)
     key = ConversationKey(conv.channel, conv.account, conv.peer)
     hard = rt.settings.generation_hard_limit_s
     # The lock outlives the hard limit (after which Celery kills the task) by a little, so a lock left by a
@@ -134,13 +135,16 @@ def deliver(task: Task, reply_id: int) -> str:
             select(ReplyRecord, DeliveryRecord, ConversationRecord, InboundRecord.received_at)
             .join(DeliveryRecord, DeliveryRecord.reply_id == ReplyRecord.id)
             .join(ConversationRecord, ConversationRecord.id == ReplyRecord.conversation_id)
-            .join(InboundRecord, InboundRecord.id == ReplyRecord.inbound_id)
+            .outerjoin(InboundRecord, InboundRecord.id == ReplyRecord.inbound_id)  # none for an agent's message
             .where(ReplyRecord.id == reply_id)
         ).first()
     if found is None:
         log.error("reply %s has no delivery row; dropping the task", reply_id)
         return "missing"
     reply_row, delivery, conv, inbound_at = found
+    logs.set_conversation(conv.id)
+    if inbound_at is None:  # an agent's message: platforms count their reply window from the customer's last message
+        inbound_at = conv.last_inbound_at
     # Claim the delivery: of two deliver tasks for one reply (a re-published task, the sweeper), only
     # the one that moves it from pending to sending sends; a platform cannot take a message back.
     with transaction(rt.sessions) as session:
@@ -199,6 +203,7 @@ def deliver(task: Task, reply_id: int) -> str:
         ).rowcount  # type: ignore[attr-defined]
         if moved:  # 0 when the customer's client already confirmed it (a gateway re-sent it first)
             audit.record(session, audit.DISPATCHED, **ids)
+    rt.bus.publish(desk.TOPIC, desk.event("reply", conv.id, channel=key.channel, reply_id=reply_id))
     return "sent"
 
 

@@ -74,6 +74,8 @@ class WeComKfOutbound(Outbound):
             if reply.source == ReplySource.HANDOFF:  # no notice, no transfer: no person is coming, so the model
                 self.deps.handoff.release(reply.key)  # answers again
             raise
+        if self.deps.handoff.desk_owns(reply.key):  # the console's agents answer through send_msg: the session
+            return                                     # stays with Kefu (state 1), no transfer to a servicer
         if reply.source == ReplySource.HANDOFF or (reply.source == ReplySource.FALLBACK and found.handoff_on_fallback):
             self._hand_off(found, open_kfid, user, reply)
 

@@ -20,7 +20,8 @@ from models.tables import Base
 from tests import services
 
 TABLES = {"conversation", "inbound", "reply", "delivery", "audit_event", "audit_chain", "kf_cursor",
-          "kb_document", "kb_passage", "kb_faq", "kb_state"}
+          "kb_document", "kb_passage", "kb_faq", "kb_state", "agent", "agent_session", "conversation_note",
+          "conversation_tag", "canned_reply", "csat"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
