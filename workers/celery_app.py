@@ -12,20 +12,30 @@ import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready, worker_shutdown
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
 from channels import registry
-from models.infra import metrics
+from models.infra import logs, metrics
 from models.infra.queues import make_celery
 from models.settings import Settings
 from workers import runtime as runtime_module
+from workers.heartbeat import EngineState, HeartbeatThread
 from workers.llm.embedding import load_encoder
 from workers.tasks import register
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, *, warm: bool = False) -> Celery:
+def create_app(settings: Settings, *, warm: bool = False, llm_node: str | None = None) -> Celery:
+    """``llm_node``: this worker serves the llm queue under that Celery node name; the process that runs its tasks
+    then beats a heartbeat (:mod:`workers.heartbeat`) that ``/readyz`` and ``kefu status`` read."""
     settings.check_reliability()
     load_encoder(settings)  # a KEFU_EMBEDDING_MODEL_PATH that is no file stops the worker now (ConfigError)
     registry.check(settings)  # every channel's settings section: a bad one stops the worker now
@@ -43,11 +53,19 @@ def create_app(settings: Settings, *, warm: bool = False) -> Celery:
         except Exception:  # a broken model still lets the worker answer with the fallback reply
             log.exception("model warm-up failed; generations will report the error")
 
+    beating: list[HeartbeatThread] = []  # this process's heartbeat, once it serves the llm queue
+
     def _serve_here() -> None:
-        """Start what the process that runs the tasks needs: the knowledge base's FAQ kept in sync, the warm-up."""
+        """Start what the process that runs the tasks needs: the knowledge base's FAQ kept in sync, the heartbeat,
+        the warm-up."""
         runtime_module.runtime().faq_sync  # noqa: B018  (the property starts the sync thread)
+        if llm_node is not None and not beating:
+            state = EngineState(lambda: runtime_module.runtime().__dict__.get("llm"))  # never builds the engine
+            beating.append(HeartbeatThread(runtime_module.runtime().kv, llm_node, state).start())
         if warm:
             _warm()
+            if beating:
+                beating[0].beat_once()  # loaded: say so now, not at the next beat
 
     @worker_process_init.connect(weak=False)
     def _child_started(**_: Any) -> None:
@@ -61,9 +79,16 @@ def create_app(settings: Settings, *, warm: bool = False) -> Celery:
         if "prefork" not in type(getattr(sender, "pool", None)).__module__:
             _serve_here()  # threads/solo pools run tasks in this process; prefork children start their own
 
+    @task_prerun.connect(weak=False)
+    @task_postrun.connect(weak=False)
+    def _no_conversation(**_: Any) -> None:
+        logs.set_conversation(None)  # a pool thread runs many tasks: one's conversation never labels the next's lines
+
     @worker_process_shutdown.connect(weak=False)
     @worker_shutdown.connect(weak=False)
     def _stopping(**_: Any) -> None:
+        while beating:
+            beating.pop().stop()  # first: readiness drops before the model goes
         runtime_module.shutdown()  # free the model and connections before the interpreter tears down
         metrics.process_exited()  # its live gauges (model loaded, slots) stop counting
 

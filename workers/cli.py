@@ -2,6 +2,8 @@
 
     kefu --version               the installed version
     kefu config                  effective settings, secrets masked, and the chosen backends
+    kefu config --reference      every KEFU_* setting as a Markdown table (docs/settings.md)
+    kefu status [--json]         database, migrations, broker, queue depths, LLM workers; exit 1 if one is missing
     kefu migrate [REVISION]      upgrade the database (default: head)
     kefu downgrade REVISION      downgrade the database; past the first revision (base) only with --drop-audit-log
     kefu audit verify            recompute the audit log's hash chains; exit 1 and where, if anything was tampered with
@@ -26,30 +28,51 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import Literal
 
 from models.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("kefu")
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, log_format: Literal["text", "json"] = "text") -> None:
+    """One handler on the root logger: KEFU_LOG_FORMAT text or json (one object a line, with request_id and
+    conversation_id when known: models.infra.logs); uvicorn's loggers write through it too (log_config=None)."""
+    from models.infra import logs
     from models.privacy import install_log_masking
 
     install_log_masking()  # before anything logs: no ID, card or mobile number in any log line (docs/privacy.md)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(level, log_format)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin chatter is not for operators
     # httpx logs every request's URL at INFO: WeChat's carry access_token and media_id in the query string
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def cmd_config(settings: Settings, _: argparse.Namespace) -> int:
+def settings_reference() -> str:
+    """docs/settings.md: every KEFU_* setting of Settings and of each channel's section."""
+    from channels import registry
+    from models.settings_reference import render
+
+    return render([(found.name, found.section) for found in registry.channels() if found.section is not None])
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     from channels import registry
 
+    if getattr(args, "reference", False):
+        sys.stdout.write(settings_reference())
+        return 0
     registry.check(settings)  # reads every channel's section, so they are shown (and checked) too
     print(json.dumps(settings.masked(), indent=2, ensure_ascii=False, default=str))
     for line in settings.backend_choice():
         print("#", line)
     return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from workers import status_command
+
+    return status_command.run(settings, args.json)
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -132,7 +155,7 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
     if workers > 1:  # each process builds its own app (connections must not cross a fork)
         uvicorn.run("workers.cli:gateway_app", factory=True, workers=workers, host=args.host or settings.host,
                     port=args.port or settings.port, log_level=settings.log_level.lower(),
-                    ws_max_size=settings.max_body_bytes, access_log=False)
+                    ws_max_size=settings.max_body_bytes, access_log=False, log_config=None)
         return 0
     uvicorn.run(
         create_app(settings),
@@ -140,7 +163,8 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
         port=args.port or settings.port,
         log_level=settings.log_level.lower(),
         ws_max_size=settings.max_body_bytes,
-        access_log=False,
+        access_log=False,  # the gateway writes its own (channels/access_log.py: no query strings)
+        log_config=None,  # uvicorn's loggers go through setup_logging's handler (KEFU_LOG_FORMAT)
     )
     return 0
 
@@ -150,7 +174,7 @@ def gateway_app() -> object:
     from channels.app import create_app
 
     settings = load_settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     return create_app(settings)
 
 
@@ -175,7 +199,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     llm_threads = settings.n_slots if batched else 1  # batched: one thread per slot feeds the engine
     concurrency = args.concurrency or (llm_threads if queues == ["llm"] else llm_threads + 3 if "llm" in queues else 4)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # beat's schedule file lives there
-    app = create_app(settings, warm=args.warm)
+    node = args.hostname or node_name(queues, beat=args.beat)
+    app = create_app(settings, warm=args.warm, llm_node=heartbeat_node(queues, node))
     serve_worker_metrics(settings)
     argv = [
         "worker",
@@ -183,7 +208,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         f"--pool={pool}",
         f"--concurrency={concurrency}",
         f"--loglevel={settings.log_level}",
-        f"--hostname={args.hostname or node_name(queues, beat=args.beat)}",
+        f"--hostname={node}",
         "--without-gossip",
         "--without-mingle",
     ]
@@ -206,6 +231,13 @@ def serve_worker_metrics(settings: Settings) -> None:
                           f"{settings.worker_metrics_host!r}: cannot listen ({exc.strerror or exc}); give each "
                           "worker on a host its own port, or 0 for none") from exc
     log.info("worker metrics on http://%s:%d/metrics", settings.worker_metrics_host, settings.worker_metrics_port)
+
+
+def heartbeat_node(queues: list[str], node: str) -> str | None:
+    """The node name an LLM worker's heartbeat carries (``%h`` expanded as Celery does), None for an io worker."""
+    from celery.utils.nodenames import host_format
+
+    return host_format(node) if "llm" in queues else None
 
 
 def node_name(queues: list[str], *, beat: bool) -> str:
@@ -325,7 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kefu", description="Self-hosted AI customer service.")
     parser.add_argument("--version", action="version", version=f"kefu {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("config", help="print the effective settings").set_defaults(func=cmd_config)
+    p = sub.add_parser("config", help="print the effective settings")
+    p.add_argument("--reference", action="store_true", help="print every KEFU_* setting (name, type, default, "
+                   "description) as Markdown instead: docs/settings.md")
+    p.set_defaults(func=cmd_config)
+    p = sub.add_parser("status", help="what is running: database, migrations, broker, queue depths, LLM workers "
+                       "(exit 1 when something required is missing)")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(func=cmd_status)
     p = sub.add_parser("migrate", help="upgrade the database")
     p.add_argument("revision", nargs="?", default="head")
     p.set_defaults(func=cmd_migrate)
@@ -372,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"kefu: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     try:
         code: int = args.func(settings, args)
     except ConfigError as exc:

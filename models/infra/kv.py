@@ -2,13 +2,15 @@
 
 Redis when configured; otherwise a SQLite file under ``data_dir`` (``kv.sqlite``), shared by every
 process on the host. ``add`` is set-if-absent, atomic in both, which is what replay protection and
-single-flight refreshes rely on. Redis errors propagate (callers decide what a failure means); a Redis
+single-flight refreshes rely on. ``items(prefix)`` lists the live keys under a prefix (the LLM workers'
+heartbeats: :mod:`models.infra.heartbeat`). Redis errors propagate (callers decide what a failure means); a Redis
 that does not answer costs one socket timeout (no retry: redis-py's default, relied on). The
 gateway passes its short ``KEFU_PUBLISH_TIMEOUT_S``; workers use ``KEFU_REDIS_TIMEOUT_S``.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
@@ -25,6 +27,7 @@ class KV(Protocol):
     def set(self, key: str, value: str, ttl_s: float) -> None: ...
     def add(self, key: str, value: str, ttl_s: float) -> bool: ...
     def delete(self, key: str) -> None: ...
+    def items(self, prefix: str) -> dict[str, str]: ...
 
 
 class RedisKV:
@@ -43,6 +46,16 @@ class RedisKV:
 
     def delete(self, key: str) -> None:
         self._client.delete(f"kefu:kv:{key}")
+
+    def items(self, prefix: str) -> dict[str, str]:
+        """Every live key starting with ``prefix`` and its value (SCAN, then one MGET: for a few keys, such as the
+        LLM workers' heartbeats; a key that expires in between is left out)."""
+        keys = [bytes(k) for k in self._client.scan_iter(match=f"kefu:kv:{_glob_escape(prefix)}*", count=100)]
+        if not keys:
+            return {}
+        values = self._client.mget(keys)
+        return {k.decode().removeprefix("kefu:kv:"): bytes(v).decode() for k, v in zip(keys, values, strict=True)
+                if v is not None}
 
 
 class SQLiteKV:
@@ -81,9 +94,20 @@ class SQLiteKV:
         with self._lock:
             self._db.execute("DELETE FROM kv WHERE key = ?", (key,))
 
+    def items(self, prefix: str) -> dict[str, str]:
+        """Every live key starting with ``prefix`` and its value."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, value FROM kv WHERE substr(key, 1, ?) = ? AND expires > ?",
+                                    (len(prefix), prefix, time.time())).fetchall()
+        return {str(key): str(value) for key, value in rows}
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def make_kv(settings: Settings, timeout_s: float | None = None) -> KV:

@@ -66,9 +66,15 @@ SLOTS = Gauge("kefu_slots", "Worker: the batched engine's slots (conversations d
 SLOTS_BUSY = Gauge("kefu_slots_busy", "Worker: the batched engine's slots generating or reading a prompt now",
                    multiprocess_mode="livesum")
 
+KV_CELLS = Gauge("kefu_kv_cells", "Worker: the batched engine's KV cache, in token cells (KEFU_N_SLOTS x KEFU_N_CTX)",
+                 multiprocess_mode="livesum")
+KV_CELLS_USED = Gauge(
+    "kefu_kv_cells_used", "Worker: KV cache cells held by the shared system prompt and the conversations being "
+    "generated, at the last scheduler step", multiprocess_mode="livesum")
+
 ALL = (ACK_SECONDS, MESSAGES_RECEIVED, MESSAGES, FALLBACKS, QUEUE_WAIT_SECONDS, FIRST_TOKEN_SECONDS,
        GENERATION_SECONDS, DEADLINE_MISSES, TOKENS_GENERATED, DELIVERY_SECONDS, DELIVERY_FAILURES, MODEL_LOADED, SLOTS,
-       SLOTS_BUSY)
+       SLOTS_BUSY, KV_CELLS, KV_CELLS_USED)
 
 
 # --- the one-line calls --------------------------------------------------------------------------------------------
@@ -124,6 +130,11 @@ def slots(total: int) -> None:
 
 def slots_busy(busy: int) -> None:
     SLOTS_BUSY.set(busy)
+
+
+def kv_cells(total: int, used: int) -> None:
+    KV_CELLS.set(total)
+    KV_CELLS_USED.set(used)
 
 
 # --- exposing them ---------------------------------------------------------------------------------------------------

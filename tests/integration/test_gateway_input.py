@@ -5,6 +5,7 @@ Runs the real gateway on a real socket (embedded backends; no worker is needed t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,9 @@ from sqlalchemy import func, select
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from models.infra import heartbeat
 from models.infra.db import make_engine, make_session_factory
+from models.infra.kv import make_kv
 from models.infra.migrate import upgrade
 from models.settings import Settings
 from models.tables import AuditEvent, InboundRecord
@@ -179,10 +182,24 @@ def test_websocket_requires_token_and_allowed_origin(client: httpx.Client, gatew
         assert json.loads(ws.recv(timeout=5))["type"] == "pong"
 
 
-def test_health_and_unknown_routes(client: httpx.Client) -> None:
+def test_health_and_unknown_routes(client: httpx.Client, gateway: tuple[GatewayThread, Settings]) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+    ready = client.get("/readyz")  # no worker runs here: database and broker answer, nothing could answer a message
+    assert ready.status_code == 503 and ready.json()["missing"] == ["llm_worker"]
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "llm_worker": "none alive"}
+    kv = make_kv(gateway[1])  # what an LLM worker's heartbeat writes (the SQLite KV file every process here shares)
+    cold = heartbeat.Heartbeat(node="llm@test", pid=1, model="tiny", loaded=False)
+    try:
+        heartbeat.beat(kv, cold)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["missing"] == ["llm_model"]
+        heartbeat.beat(kv, dataclasses.replace(cold, loaded=True))
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["missing"] == []
+        assert ready.json()["llm_workers"] == [{"node": "llm@test", "model": "tiny", "loaded": True}]
+    finally:
+        heartbeat.stopped(kv, cold)
+    assert client.get("/readyz").status_code == 503
     r = client.get("/v1/nope")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     assert "<html" in client.get("/").text

@@ -180,6 +180,7 @@ class BatchedEngine:
         # every WAIT_REPORT_S; must be quick and must not raise.
         self.on_wait_estimate: Callable[[float], None] | None = None
         self._reported_at = 0.0
+        self._kv_total = 0  # the context's cells, once loaded (metrics.kv_cells)
         self._reported = -1.0
         self._vocab: Any = None
         self._piece_buffer = ctypes.create_string_buffer(256)
@@ -189,6 +190,11 @@ class BatchedEngine:
     @property
     def model_name(self) -> str:
         return self.spec.name
+
+    @property
+    def loaded(self) -> bool:
+        """The model and its context are in memory (the worker's heartbeat says so: models.infra.heartbeat)."""
+        return self._ctx is not None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -242,6 +248,8 @@ class BatchedEngine:
                      self.spec.name, time.monotonic() - started, self.architecture, self.n_slots, s.n_ctx, gpu_layers)
             metrics.model_loaded(True)
             metrics.slots(self.n_slots)
+            self._kv_total = int(params.n_ctx)
+            metrics.kv_cells(self._kv_total, 0)
 
     def close(self) -> None:
         """Stop the scheduler (failing what is still queued or running) and free the model."""
@@ -266,6 +274,7 @@ class BatchedEngine:
             metrics.model_loaded(False)
             metrics.slots(0)
             metrics.slots_busy(0)
+            metrics.kv_cells(0, 0)
 
     # ---- the caller's side -----------------------------------------------------------------------
 
@@ -372,6 +381,7 @@ class BatchedEngine:
         try:
             while True:
                 metrics.slots_busy(len(self._active()))  # as the last step left them (idle: 0 before sleeping)
+                metrics.kv_cells(self._kv_total, self._kv_used())
                 if not self._queue and not self._active():
                     self._report_wait(force=True)  # going idle: say so before sleeping
                 with self._cv:
@@ -396,6 +406,11 @@ class BatchedEngine:
 
     def _active(self) -> list[_Slot]:
         return [slot for slot in self._slots if slot.request is not None]
+
+    def _kv_used(self) -> int:
+        """Cells held now: the shared prefix once, and each active conversation's own tokens past what it reused of
+        it (copied prefix cells are shared, not duplicated: unified KV)."""
+        return len(self._prefix) + sum(max(0, slot.pos - slot.prompt_reused) for slot in self._active())
 
     def _take_admissions(self) -> list[tuple[_Slot, Request]]:
         taken: list[tuple[_Slot, Request]] = []

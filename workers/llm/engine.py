@@ -162,6 +162,11 @@ class LlamaEngine:
     def model_name(self) -> str:
         return self.spec.name
 
+    @property
+    def loaded(self) -> bool:
+        """The model is in memory (the worker's heartbeat says so: models.infra.heartbeat)."""
+        return self._llm is not None
+
     def load(self) -> Llama:
         if self._llm is not None:
             return self._llm
