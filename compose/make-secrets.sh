@@ -8,6 +8,7 @@
 #   kefu_database_url            postgresql+psycopg://kefu_app:...@postgres:5432/kefu
 #   kefu_secret_key              the HMAC key of web visitor tokens
 #   kefu_admin_token             the admin API's bearer token (the gateway's /v1/admin/, the agent console)
+#   grafana_admin_password       Grafana's admin user (monitoring profile)
 #
 # Random values (hex, so they are safe inside a URL). A file that exists is never changed, so running
 # this again only adds what is missing. The directory is 700 (only you on the host); the files are
@@ -39,6 +40,7 @@ write kefu_owner_password "$(random 24)"
 write kefu_app_password "$(random 24)"
 write kefu_secret_key "$(random 32)"
 write kefu_admin_token "$(random 24)"
+write grafana_admin_password "$(random 16)"
 write kefu_migration_database_url \
     "postgresql+psycopg://kefu_owner:$(cat "$dir/kefu_owner_password")@postgres:5432/kefu"
 write kefu_database_url \
