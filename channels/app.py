@@ -181,9 +181,10 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             await gw.listener.stop()
             await run_in_threadpool(faq_sync.stop)
             gw.db.dispose()
-            close = getattr(gw.kv, "close", None)
-            if close is not None:
-                close()
+            for held in (gw.kv, gw.bus):  # the SQLite KV's connection, the socket bus's socket
+                close = getattr(held, "close", None)
+                if close is not None:
+                    close()
 
     routes: list[Any] = [
         Route("/", index),

@@ -22,6 +22,7 @@ import os
 import secrets
 import socket
 import tempfile
+import weakref
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -186,6 +187,8 @@ class SocketBus:
         self._dir = directory
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.settimeout(self.SEND_WAIT_S)
+        # closed when the bus is collected, if nobody called close(): every process's ingress holds one bus
+        self._close = weakref.finalize(self, self._sock.close)
 
     def publish(self, topic: str, event: Event) -> None:
         raw = _encode(topic, event)
@@ -210,7 +213,7 @@ class SocketBus:
                 log.warning("bus: send failed (%s)", exc.strerror)
 
     def close(self) -> None:
-        self._sock.close()
+        self._close()
 
 
 class SocketListener(_LocalFanout):
