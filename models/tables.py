@@ -183,6 +183,7 @@ class AuditEvent(Base):
     __table_args__ = (
         Index("ix_audit_inbound", "inbound_id"),
         Index("ix_audit_at", "at"),
+        Index("ix_audit_conversation", "conversation_id", "id"),  # the console's timeline of one conversation
         Index("ix_audit_chain_seq", "chain", "seq", unique=True),
     )
 

@@ -1,5 +1,6 @@
 """The agent console: accounts and their sessions, who answers a conversation (handler), agents' replies, notes,
-tags, canned replies and satisfaction scores; the inbox's sort and filter keys on the conversation.
+tags, canned replies and satisfaction scores; the inbox's sort and filter keys on the conversation, and an index
+for one conversation's audit timeline.
 
 ``reply.inbound_id`` becomes nullable: an agent's message answers no one message (``reply.agent_id`` says who
 wrote it). Existing conversations get their ``last_inbound_at`` / ``last_reply_at`` / ``last_intent`` from their
@@ -123,9 +124,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("conversation_id", "round", name="uq_csat_conversation_id_round"),
     )
     op.create_index("ix_csat_agent", "csat", ["agent_id", "created_at"])
+    op.create_index("ix_audit_conversation", "audit_event", ["conversation_id", "id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_audit_conversation", "audit_event")
     op.drop_table("csat")
     op.drop_table("canned_reply")
     op.drop_table("conversation_tag")
