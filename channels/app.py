@@ -36,6 +36,8 @@ from starlette.routing import Route
 from channels import access_log, ack_metrics, desk_handoff, registry
 from channels.admin import admin_routes
 from channels.base import ChannelAdapter, ChannelContext
+from channels.console import ConsoleContext, console_routes
+from channels.console.auth import ConsoleAuth
 from channels.ingress import Ingress
 from models import intents, privacy
 from models.infra import heartbeat, metrics
@@ -195,6 +197,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
     for channel, adapter in adapters.items():
         routes += ack_metrics.timed_routes(adapter.routes(), channel)
     routes += admin_routes(settings, gw.sessions)  # none without KEFU_ADMIN_TOKEN
+    routes += console_routes(ConsoleContext(settings, gw.sessions, gw.kv, gw.bus, gw.listener, gw.ingress,
+                                            ConsoleAuth(settings, gw.sessions, gw.kv)))  # /console
     handlers = {HTTPException: http_error, Exception: server_error}
     app = access_log.Gateway(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     app.log_requests = settings.access_log  # one line per HTTP request on kefu.access; every request gets an id
