@@ -54,8 +54,8 @@ class RedisKV:
         if not keys:
             return {}
         values = self._client.mget(keys)
-        return {k.decode().removeprefix("kefu:kv:"): bytes(v).decode() for k, v in zip(keys, values, strict=True)
-                if v is not None}
+        return {k.decode().removeprefix("kefu:kv:"): v.decode() if isinstance(v, bytes) else str(v)
+                for k, v in zip(keys, values, strict=True) if v is not None}
 
 
 class SQLiteKV:

@@ -19,11 +19,12 @@ import contextlib
 import json
 import logging
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TextIO
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("kefu_request_id", default=None)
 CONVERSATION_ID: ContextVar[str | None] = ContextVar("kefu_conversation_id", default=None)
@@ -112,9 +113,9 @@ class JsonFormatter(logging.Formatter):
 _MARK = "_kefu_log_handler"
 
 
-def handler(log_format: Literal["text", "json"], stream: object = None) -> logging.Handler:
+def handler(log_format: Literal["text", "json"], stream: TextIO | None = None) -> logging.Handler:
     """A stream handler (stderr by default) with the chosen formatter and the ids filter."""
-    made = logging.StreamHandler(stream)  # type: ignore[arg-type]
+    made: logging.StreamHandler[TextIO] = logging.StreamHandler(stream if stream is not None else sys.stderr)
     made.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     made.addFilter(ContextFilter())
     setattr(made, _MARK, True)

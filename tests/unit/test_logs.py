@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from typing import Literal
 
 import httpx
 import pytest
@@ -27,9 +28,9 @@ access = logging.getLogger("kefu.access")
 app_log = logging.getLogger("kefu.test.route")
 
 
-def capture(log_format: str = "json") -> tuple[logging.Handler, io.StringIO]:
+def capture(log_format: Literal["text", "json"] = "json") -> tuple[logging.Handler, io.StringIO]:
     stream = io.StringIO()
-    return logs.handler(log_format, stream), stream  # type: ignore[arg-type]
+    return logs.handler(log_format, stream), stream
 
 
 def test_a_json_line_has_the_fields_and_the_ids_of_its_context() -> None:
