@@ -6,11 +6,23 @@ Routes (all JSON; errors are ``{"error": {"code", "message"}}``):
 - ``POST /v1/web/messages`` ``{visitor_id, text, client_msg_id?}`` with ``Authorization: Bearer
   <token>`` → 202 ``{message_id, duplicate}``. 400 malformed JSON, 401/403 bad token, 413 text or
   body too long, 415 not JSON, 422 missing/empty fields. A rejected request leaves no row.
-- ``GET /v1/web/conversations/{visitor_id}`` with the token → the history.
+- ``GET /v1/web/conversations/{visitor_id}`` with the token → the history (a reply cut short carries
+  ``truncated: true``).
+- ``GET /v1/web/config`` → ``{welcome_message}``: what the chat page shows a visitor first (never stored, never
+  sent to the model; ``KEFU_WEB_WELCOME_MESSAGE``, "" shows none).
+- ``GET /v1/web/widget.js``: the embeddable widget (``channels/static/widget.js``, docs/channels.md).
 - ``WS /v1/web/ws?token=…`` (Origin checked against the allowlist). Client frames: ``message``
   ``{text, client_msg_id?}``, ``ack`` ``{reply_id}``, ``ping``. Server frames: ``accepted``,
-  ``token`` ``{message_id, text}``, ``reply`` ``{reply_id, message_id, text}``, ``error``
-  ``{code, message}`` (the connection stays open), ``pong``, ``status`` ``{state: "degraded" | "ok"}``.
+  ``token`` ``{message_id, text}``, ``reply`` ``{reply_id, message_id, text, truncated}``, ``error``
+  ``{code, message, client_msg_id?}`` (the connection stays open; ``client_msg_id`` names the refused ``message``
+  frame, whose text the page gives back to the visitor), ``pong``, ``status`` ``{state: "degraded" | "ok"}``.
+
+``truncated`` is true when the reply is the model's answer and its generation stopped before it was done (at
+``KEFU_MAX_TOKENS`` or the deadline: ``finish_reason`` of its ``generation_finished`` audit row); the page marks it.
+
+CORS: the HTTP routes above answer cross-origin requests (and preflights) from the origins in
+``KEFU_WEB_CORS_ORIGINS`` only (default none: no CORS headers at all), through Starlette's ``CORSMiddleware`` around
+these routes alone. The WebSocket keeps its own Origin check (``KEFU_ALLOWED_ORIGINS``).
 
 Delivery is at-least-once: a reply is pushed live through the bus, and again from the database on
 (re)connect and every few seconds until the client acks it; clients drop repeated ``reply_id``\\ s.
@@ -40,9 +52,15 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from importlib import resources
+from typing import TYPE_CHECKING, Annotated, Any
 
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -52,10 +70,13 @@ from channels import visitor_token
 from channels.base import Channel, ChannelAdapter, DeliveryProgress, Outbound, RequestRejected
 from channels.http import clean_text, parse_json_object, require_unicode
 from channels.web_sockets import REPLACED, REPLACED_REASON, RESEND_INTERVAL_S, SocketHub
-from models import transcript
+from models import audit, transcript
 from models.envelope import ConversationKey, Inbound, Reply, utcnow
 from models.infra import metrics
 from models.infra.db import transaction
+from models.settings import Section
+from models.states import ReplySource
+from models.tables import AuditEvent, ReplyRecord
 from models.transcript import ReplyRow
 
 if TYPE_CHECKING:
@@ -67,6 +88,51 @@ CHANNEL = "web"
 WS_PATH = "/v1/web/ws"  # the chat socket; its message frames' acknowledgements are timed as method "WS"
 SHOW_ACKED_SINCE_S = 5.0
 _CLIENT_MSG_ID_MAX = 64
+# a generation that stopped before it was done: at max_tokens, or at the deadline (the engine's or the watchdog's)
+CUT_FINISH_REASONS = frozenset({"length", "deadline", "deadline_missed"})
+DEFAULT_WELCOME = "您好，我是智能客服，请问有什么可以帮您？"
+
+
+class WebSettings(Section):
+    # What the chat page shows a visitor who opens it, as the service's first bubble; never stored, never sent to
+    # the model (KEFU_WEB_WELCOME_MESSAGE; "" shows none)
+    web_welcome_message: str = DEFAULT_WELCOME
+    # Origins (scheme://host[:port]) whose pages may call the web chat's HTTP API from their own scripts (CORS);
+    # a comma-separated list or JSON (KEFU_WEB_CORS_ORIGINS). Default none: no CORS headers. The chat page and
+    # the widget's iframe are served by the gateway itself and need none.
+    web_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("web_cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("web_cors_origins")
+    @classmethod
+    def _origins_have_schemes(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and ("://" not in origin or origin.endswith("/")):
+                raise ValueError(f"{origin!r} is not an origin: write scheme://host[:port], e.g. https://shop.example.com")
+        return value
+
+
+def cut_replies(sessions: sessionmaker[Session], message_ids: Sequence[int]) -> set[int]:
+    """The messages among ``message_ids`` whose reply is the model's answer cut short (:data:`CUT_FINISH_REASONS`)."""
+    if not message_ids:
+        return set()
+    with sessions() as session:
+        found = session.execute(
+            select(AuditEvent.inbound_id, AuditEvent.detail)
+            .join(ReplyRecord, ReplyRecord.inbound_id == AuditEvent.inbound_id)
+            .where(AuditEvent.inbound_id.in_(list(message_ids)), AuditEvent.kind == audit.GENERATION_FINISHED,
+                   ReplyRecord.source == ReplySource.MODEL)
+        ).all()
+    return {int(inbound_id) for inbound_id, detail in found
+            if isinstance(detail, dict) and detail.get("finish_reason") in CUT_FINISH_REASONS}
 
 
 def clean_client_msg_id(value: Any, visitor_id: str) -> str:
@@ -88,6 +154,8 @@ class WebAdapter(ChannelAdapter):
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
         self._key = context.settings.signing_key()
+        self.web = context.settings.section(WebSettings)
+        self._widget = resources.files("channels").joinpath("static/widget.js").read_text(encoding="utf-8")
         self.hub = SocketHub(context.sessions, CHANNEL, context.settings.web_account,
                              context.settings.web_max_sockets_per_visitor)
 
@@ -96,11 +164,23 @@ class WebAdapter(ChannelAdapter):
 
     def routes(self) -> list[BaseRoute]:
         return [
-            Route("/v1/web/sessions", self.create_session, methods=["POST"]),
-            Route("/v1/web/messages", self.post_message, methods=["POST"]),
-            Route("/v1/web/conversations/{visitor_id}", self.get_conversation, methods=["GET"]),
+            self._api("/v1/web/sessions", self.create_session, "POST"),
+            self._api("/v1/web/messages", self.post_message, "POST"),
+            self._api("/v1/web/conversations/{visitor_id}", self.get_conversation, "GET"),
+            self._api("/v1/web/config", self.get_config, "GET"),
+            Route("/v1/web/widget.js", self.get_widget, methods=["GET"]),
             WebSocketRoute(WS_PATH, self.websocket),
         ]
+
+    def _api(self, path: str, endpoint: Any, method: str) -> Route:
+        """One HTTP route of the API, answering CORS (preflight included) for ``KEFU_WEB_CORS_ORIGINS`` only."""
+        origins = self.web.web_cors_origins
+        if not origins:
+            return Route(path, endpoint, methods=[method])
+        route = Route(path, endpoint, methods=[method, "OPTIONS"])  # OPTIONS: the preflight reaches the middleware
+        route.app = CORSMiddleware(route.app, allow_origins=origins, allow_methods=[method],
+                                   allow_headers=["Authorization", "Content-Type"], max_age=600)
+        return route
 
     # --- identity ------------------------------------------------------------------------------
 
@@ -140,6 +220,13 @@ class WebAdapter(ChannelAdapter):
         expires_at = int(time.time()) + self.ctx.settings.visitor_token_ttl_s
         token = visitor_token.mint(self._key, visitor_id, expires_at)
         return JSONResponse({"visitor_id": visitor_id, "token": token, "expires_at": expires_at}, status_code=201)
+
+    async def get_config(self, request: Request) -> Response:
+        return JSONResponse({"welcome_message": self.web.web_welcome_message})
+
+    async def get_widget(self, request: Request) -> Response:
+        return Response(self._widget, media_type="text/javascript; charset=utf-8",
+                        headers={"Cache-Control": "public, max-age=300"})
 
     async def post_message(self, request: Request) -> Response:
         settings = self.ctx.settings
@@ -181,15 +268,18 @@ class WebAdapter(ChannelAdapter):
             conv_id = transcript.conversation_id(session, self.key_for(visitor_id))
             if conv_id is None:
                 return []
-            out: list[dict[str, Any]] = []
-            for ex in transcript.exchanges(session, conv_id, limit=limit):
-                out.append({"id": ex.inbound_id, "role": "user", "text": ex.text,
-                            "at": ex.received_at.isoformat(), "status": ex.status})
-                if ex.reply_id is not None:
-                    out.append({"id": ex.reply_id, "role": "assistant", "text": ex.reply_text,
-                                "at": ex.replied_at.isoformat() if ex.replied_at else None,
-                                "reply_to": ex.inbound_id, "delivery": ex.delivery_status})
-            return out
+            exchanges = transcript.exchanges(session, conv_id, limit=limit)
+        cut = cut_replies(self.ctx.sessions, [ex.inbound_id for ex in exchanges if ex.reply_id is not None])
+        out: list[dict[str, Any]] = []
+        for ex in exchanges:
+            out.append({"id": ex.inbound_id, "role": "user", "text": ex.text,
+                        "at": ex.received_at.isoformat(), "status": ex.status})
+            if ex.reply_id is not None:
+                out.append({"id": ex.reply_id, "role": "assistant", "text": ex.reply_text,
+                            "at": ex.replied_at.isoformat() if ex.replied_at else None,
+                            "reply_to": ex.inbound_id, "delivery": ex.delivery_status,
+                            "truncated": ex.inbound_id in cut})
+        return out
 
     # --- WebSocket ---------------------------------------------------------------------------------
 
@@ -307,7 +397,7 @@ class _WebSession:
         try:
             answer = await run_in_threadpool(self.adapter.handle_frame_sync, self.key, frame)
         except RequestRejected as exc:
-            await self.send(_error_frame(exc.code, exc.message))
+            await self.send(_error_frame(exc.code, exc.message, frame))
             return
         except Exception as exc:  # database trouble: nothing was recorded; the socket stays open
             log.error("web frame failed: %s", type(exc).__name__)
@@ -317,7 +407,7 @@ class _WebSession:
                                                                  "degraded); the reply will be sent again"))
             else:
                 await self.send(_error_frame("unavailable", "the message was not accepted (service degraded); "
-                                                            "send it again"))
+                                                            "send it again", frame))
             return
         if answer is not None:
             await self.send(answer)
@@ -353,17 +443,33 @@ class _WebSession:
 
     async def _send_rows(self, rows: Sequence[ReplyRow]) -> None:
         now = time.monotonic()
-        for row in rows:
-            last = self._pushed.get(row.reply_id)
-            if last is None or (not row.confirmed and now - last >= RESEND_INTERVAL_S):
-                self._pushed[row.reply_id] = now
+        due = [row for row in rows if (last := self._pushed.get(row.reply_id)) is None
+               or (not row.confirmed and now - last >= RESEND_INTERVAL_S)]
+        cut = await self._cut([row.message_id for row in due if row.message_id is not None])
+        for row in due:
+            self._pushed[row.reply_id] = now
+            if row.message_id is not None:
                 self._finished.add(row.message_id)
-                await self.send({"type": "reply", "reply_id": row.reply_id, "message_id": row.message_id,
-                                 "text": row.text})
+            await self.send({"type": "reply", "reply_id": row.reply_id, "message_id": row.message_id,
+                             "text": row.text, "truncated": row.message_id in cut})
+
+    async def _cut(self, message_ids: list[int]) -> set[int]:
+        """Which of these replies were cut short; none when the database cannot say (the reply goes out anyway)."""
+        if not message_ids:
+            return set()
+        try:
+            return await run_in_threadpool(cut_replies, self.adapter.ctx.sessions, message_ids)
+        except Exception as exc:
+            log.warning("web: could not read whether replies were cut (%s)", type(exc).__name__)
+            return set()
 
 
-def _error_frame(code: str, message: str) -> dict[str, Any]:
-    return {"type": "error", "code": code, "message": message}
+def _error_frame(code: str, message: str, frame: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An ``error`` frame; one that refuses a ``message`` frame names it by its ``client_msg_id``."""
+    error: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if frame is not None and frame.get("type") == "message" and isinstance(frame.get("client_msg_id"), str):
+        error["client_msg_id"] = frame["client_msg_id"]
+    return error
 
 
 class WebOutbound(Outbound):
@@ -382,4 +488,5 @@ class WebOutbound(Outbound):
 
 # A person takes a web conversation only through the agent console (channels.desk_handoff); without one, 转人工
 # gets an honest answer (the base hand-off port).
-descriptor = Channel(name=CHANNEL, adapter=WebAdapter, outbound=WebOutbound, streams=True)
+descriptor = Channel(name=CHANNEL, adapter=WebAdapter, outbound=WebOutbound, streams=True,
+                     section=WebSettings)
