@@ -147,7 +147,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error")
         return JSONResponse({"error": {"code": code, "message": exc.detail}}, status_code=exc.status_code)
 
     async def server_error(_: Request, exc: Exception) -> Response:

@@ -11,6 +11,7 @@
     kefu kb list [--all]|show ID|delete ID   the knowledge base's documents (--all: approved answers too)
     kefu eval DATASET [--faq FILE|--kb] [--json] [--errors]   FAQ, intent and hand-off figures on a labelled set
     kefu answers approve REPLY_ID [--question TEXT] | list | revoke REPLY_ID   approved answers (answered again)
+    kefu user add|list|disable|passwd   console accounts (docs/console.md)
     kefu gateway                 serve the HTTP/WebSocket gateway
     kefu worker --queues llm,io  run a Celery worker for the given queues
     kefu up                      migrate, then a worker and the gateway together (chat page on /)
@@ -117,6 +118,32 @@ def cmd_answers(settings: Settings, args: argparse.Namespace) -> int:
 
     return answers_command.run(settings, args.answers_command, getattr(args, "reply_id", None),
                                getattr(args, "question", None))
+
+
+def cmd_user(settings: Settings, args: argparse.Namespace) -> int:
+    from workers import user_command
+
+    return user_command.run(settings, args.user_command, getattr(args, "username", None),
+                            getattr(args, "role", None), getattr(args, "display_name", None),
+                            getattr(args, "password_stdin", False))
+
+
+def add_user_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    users = sub.add_parser("user", help="console accounts (docs/console.md)").add_subparsers(
+        dest="user_command", required=True)
+    p = users.add_parser("add", help="a new account; the password from a prompt (twice) or --password-stdin")
+    p.add_argument("username", metavar="USERNAME")
+    p.add_argument("--role", choices=["admin", "agent"], required=True)
+    p.add_argument("--display-name", metavar="NAME", help="the name customers and colleagues see (default: USERNAME)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input's first line")
+    users.add_parser("list", help="every account, with role, status and last sign of life")
+    users.add_parser("disable", help="disable an account and end its sessions").add_argument("username",
+                                                                                            metavar="USERNAME")
+    p = users.add_parser("passwd", help="set a new password (ends the account's sessions)")
+    p.add_argument("username", metavar="USERNAME")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from standard input's first line")
+    for command in users.choices.values():
+        command.set_defaults(func=cmd_user)
 
 
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
@@ -381,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_kb_parser(sub)
     add_eval_parser(sub)
     add_answers_parser(sub)
+    add_user_parser(sub)
     for name, func in (("gateway", cmd_gateway), ("up", cmd_up)):
         p = sub.add_parser(name)
         p.add_argument("--host")

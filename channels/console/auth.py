@@ -27,7 +27,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -40,7 +40,7 @@ from models.envelope import utcnow
 from models.infra.db import transaction
 from models.infra.kv import KV
 from models.settings import Settings
-from models.states import Role
+from models.states import Presence, Role
 from models.tables import AgentRecord, AgentSessionRecord
 
 COOKIE = "kefu_console"
@@ -182,9 +182,12 @@ class ConsoleAuth:
                                          expires_at=now + timedelta(seconds=self._settings.console_session_s))
                 session.add(row)
                 session.flush()
+                # logging in is coming to work: online (the page's 离开 sets away), and a sign of life
+                session.execute(update(AgentRecord).where(AgentRecord.id == record.id)
+                                .values(status=Presence.ONLINE, seen_at=now))
                 audit.record(session, LOGIN, agent_id=record.id, username=record.username, session_id=row.id)
                 signed_in = SignedIn(Agent(record.id, record.username, record.display_name, Role(record.role)),
-                                     record.status, row.csrf, row.id)
+                                     Presence.ONLINE.value, row.csrf, row.id)
         if record is None:
             self._throttle.failed(user_key, address_key)
             raise LoginRefused("wrong username or password")
