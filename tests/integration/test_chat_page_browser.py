@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from channels.web import CUT_FINISH_REASONS
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from tests.integration.conftest import Stack, start_stack, wait_for
 
@@ -119,8 +120,9 @@ def test_a_visitor_on_the_chat_page_gets_the_rules_and_the_model(stack: Stack, t
             with stack.sessions() as session:
                 finished = session.scalars(select(AuditEvent.detail).where(
                     AuditEvent.inbound_id == inbound_id, AuditEvent.kind == "generation_finished")).one()
-            # the page marks the reply exactly when the model stopped early, and here it did (at MAX_TOKENS)
-            assert finished["finish_reason"] == "length", finished
+            # the page marks the reply exactly when the model stopped early, and here it did (at MAX_TOKENS, or at
+            # the deadline on a machine slow enough)
+            assert finished["finish_reason"] in CUT_FINISH_REASONS, finished
             assert turns[rule]["truncated"] is True and turns[rule]["marker"] == "（回复过长，已截断）"
         else:
             assert turns[rule]["truncated"] is False and turns[rule]["marker"] is None
