@@ -437,8 +437,10 @@ class _WebSession:
             if rows is None:  # database down: the live event is all we have
                 rows = []
             if event is not None and all(r.reply_id != event["reply_id"] for r in rows):
-                rows.append(ReplyRow(int(event["reply_id"]), int(event["message_id"]), str(event["text"]), False))
-                rows.sort(key=lambda r: r.message_id)
+                message_id = event.get("message_id")  # None for an agent's message
+                rows.append(ReplyRow(int(event["reply_id"]), None if message_id is None else int(message_id),
+                                     str(event["text"]), False))
+                rows.sort(key=lambda r: r.reply_id)  # stored in conversation order
             await self._send_rows(rows)
 
     async def _send_rows(self, rows: Sequence[ReplyRow]) -> None:
