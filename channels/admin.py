@@ -18,14 +18,17 @@ with ``WWW-Authenticate: Bearer``. Routes (errors are ``{"error": {"code", "mess
   paraphrases: :func:`models.knowledge.approved.overlaps`), the document is imported all the same. 413 larger than
   ``KEFU_ADMIN_MAX_UPLOAD_BYTES``; 415 a type no reader takes (or multipart: send the bytes); 422 a file the reader
   cannot read (its problem named) or a missing/invalid field.
-- ``GET /v1/admin/answers`` → ``{answers: [...]}``; ``POST /v1/admin/answers`` ``{reply_id, question?}`` → 201
-  new, 200 updated/unchanged ``{status, answer}`` (404 no such reply, 422 not approvable, with the reason);
+- ``GET /v1/admin/answers`` → ``{answers: [...]}``; ``POST /v1/admin/answers`` ``{reply_id, question?, answer?}``
+  (``answer``: the operator's text instead of the reply's) → 201 new, 200 updated/unchanged ``{status, answer}``
+  (404 no such reply, 422 not approvable, with the reason);
   ``DELETE /v1/admin/answers/{reply_id}`` → ``{revoked: answer}`` (404 none).
 
 Audit: every change is written by the store with ``by: "admin-api"`` (``kb_imported``, ``kb_deleted``,
 ``answer_approved``, ``answer_revoked``: ids, versions, counts, never text); reads change nothing and are not
-audited. Handlers do their database work and parsing in the gateway's thread pool (``KEFU_GATEWAY_THREADS``), like
-every channel; imports run one at a time per process, so a large PDF holds at most one of those threads.
+audited. The handlers (:class:`KnowledgeApi`) also serve the agent console (channels/console/extras.py), behind its
+session instead of the token, with the console user's name as ``by``. Handlers do their database work and parsing
+in the gateway's thread pool (``KEFU_GATEWAY_THREADS``), like every channel; imports run one at a time per process,
+so a large PDF holds at most one of those threads.
 """
 
 from __future__ import annotations
@@ -68,15 +71,120 @@ def admin_routes(settings: Settings, sessions: sessionmaker[Session]) -> list[Ba
     return [] if settings.admin_token is None else AdminApi(settings, sessions).routes()
 
 
-class AdminApi:
+class KnowledgeApi:
+    """The handlers of the knowledge base and approved answers, behind any gate: the admin API's bearer token here,
+    the console's session and CSRF token in channels/console/extras.py. ``by`` names who asks in the audit rows.
+    They raise RequestRejected; the gate turns it into the error response."""
+
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
-        if settings.admin_token is None:
-            raise ValueError("the admin API needs KEFU_ADMIN_TOKEN")
-        self._token = settings.admin_token.get_secret_value().encode()
         self._max_upload = settings.admin_max_upload_bytes
         self._sessions = sessions
         self._settings = settings
         self._importing = asyncio.Semaphore(1)
+
+    # --- knowledge base --------------------------------------------------------------------------------------
+
+    async def revision(self, _: Request) -> Response:
+        return JSONResponse({"revision": await run_in_threadpool(self._read, store.revision)})
+
+    async def documents(self, _: Request) -> Response:
+        def read(session: Session) -> dict[str, Any]:
+            return {"revision": store.revision(session), "documents": [_json(d) for d in store.documents(session)]}
+        return JSONResponse(await run_in_threadpool(self._read, read))
+
+    async def document(self, request: Request) -> Response:
+        document_id: int = request.path_params["id"]
+        found = await run_in_threadpool(self._read, lambda session: store.document(session, document_id))
+        if found is None:
+            raise RequestRejected(404, "no_document", f"no knowledge-base document #{document_id}")
+        info, passages, faq = found
+        return JSONResponse({"document": _json(info), "passages": [_json(p) for p in passages],
+                             "faq": [_json(f) for f in faq]})
+
+    async def delete_document(self, request: Request, by: str = BY) -> Response:
+        document_id: int = request.path_params["id"]
+        removed = await run_in_threadpool(self._write, lambda session: approved.delete_document(session, document_id,
+                                                                                                  by=by))
+        if removed is None:
+            raise RequestRejected(404, "no_document", f"no knowledge-base document #{document_id}")
+        revoked = None if removed.revoked is None else _json(removed.revoked)
+        return JSONResponse({"deleted": _json(removed.document), "revoked": revoked})
+
+    async def import_document(self, request: Request, by: str = BY) -> Response:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type.startswith("multipart/"):
+            raise RequestRejected(415, "multipart_not_accepted", "send the file's bytes as the body with "
+                                  "?source=NAME (curl --data-binary @FILE), or a JSON body {source, kind, content}")
+        raw = await read_limited(request, self._max_upload)
+        if content_type == "application/json":
+            source, suffix, data, title = _json_document(parse_json_object(raw, self._max_upload))
+        else:
+            source, suffix, data, title = _uploaded(request.query_params.get("source"), raw)
+        async with self._importing:
+            parsed = await run_in_threadpool(_read_document, source, suffix, data)
+            if title:
+                parsed = dataclasses.replace(parsed, title=title)
+            outcome = await run_in_threadpool(self._write, lambda session: store.import_document(session, parsed,
+                                                                                                   by=by))
+            # after the commit: the check rebuilds the FAQ index, and need not hold the knowledge base's write lock
+            warnings = await run_in_threadpool(self._read, lambda session: approved.overlaps(
+                session, outcome.document.id, self._settings)) if parsed.faq else []
+        return JSONResponse({"status": outcome.status, "document": _json(outcome.document), "warnings": warnings},
+                            status_code=201 if outcome.status == store.NEW else 200)
+
+    # --- approved answers ------------------------------------------------------------------------------------
+
+    async def answers(self, _: Request) -> Response:
+        found = await run_in_threadpool(self._read, approved.approved)
+        return JSONResponse({"answers": [_json(a) for a in found]})
+
+    async def approve(self, request: Request, by: str = BY) -> Response:
+        body = parse_json_object(await read_limited(request, 64 * 1024), 64 * 1024)
+        reply_id, question, answer = body.get("reply_id"), body.get("question"), body.get("answer")
+        if not isinstance(reply_id, int) or isinstance(reply_id, bool) or reply_id < 1:
+            raise RequestRejected(422, "invalid_reply_id", "field 'reply_id' must be a reply's id (a positive "
+                                                           "integer)")
+        for field, value in (("question", question), ("answer", answer)):
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                raise RequestRejected(422, f"invalid_{field}", f"field '{field}', when given, must be non-empty text")
+            if value is not None:
+                require_unicode(field, value)
+        try:
+            done = await run_in_threadpool(self._write, lambda session: approved.approve(
+                session, reply_id, question, by=by, settings=self._settings, answer=answer))
+        except approved.UnknownReply as exc:
+            raise RequestRejected(404, "no_reply", str(exc)) from None
+        except approved.NotApprovable as exc:
+            raise RequestRejected(422, "not_approvable", str(exc)) from None
+        return JSONResponse({"status": done.status, "answer": _json(done.answer)},
+                            status_code=201 if done.status == store.NEW else 200)
+
+    async def revoke(self, request: Request, by: str = BY) -> Response:
+        reply_id: int = request.path_params["reply_id"]
+        removed = await run_in_threadpool(self._write, lambda session: approved.revoke(session, reply_id, by=by))
+        if removed is None:
+            raise RequestRejected(404, "no_approved_answer", f"reply #{reply_id} has no approved answer")
+        return JSONResponse({"revoked": _json(removed)})
+
+    # --- database --------------------------------------------------------------------------------------------
+
+    def _read(self, read: Callable[[Session], T]) -> T:
+        with self._sessions() as session:
+            return read(session)
+
+    def _write(self, write: Callable[[Session], T]) -> T:
+        with transaction(self._sessions) as session:
+            return write(session)
+
+
+class AdminApi(KnowledgeApi):
+    """The knowledge API under /v1/admin, behind ``Authorization: Bearer <KEFU_ADMIN_TOKEN>``."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        if settings.admin_token is None:
+            raise ValueError("the admin API needs KEFU_ADMIN_TOKEN")
+        super().__init__(settings, sessions)
+        self._token = settings.admin_token.get_secret_value().encode()
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -107,99 +215,6 @@ class AdminApi:
                                                         "<KEFU_ADMIN_TOKEN>'")
         if not hmac.compare_digest(token.strip().encode(), self._token):
             raise RequestRejected(401, "invalid_token", "the admin token is not KEFU_ADMIN_TOKEN")
-
-    # --- knowledge base --------------------------------------------------------------------------------------
-
-    async def revision(self, _: Request) -> Response:
-        return JSONResponse({"revision": await run_in_threadpool(self._read, store.revision)})
-
-    async def documents(self, _: Request) -> Response:
-        def read(session: Session) -> dict[str, Any]:
-            return {"revision": store.revision(session), "documents": [_json(d) for d in store.documents(session)]}
-        return JSONResponse(await run_in_threadpool(self._read, read))
-
-    async def document(self, request: Request) -> Response:
-        document_id: int = request.path_params["id"]
-        found = await run_in_threadpool(self._read, lambda session: store.document(session, document_id))
-        if found is None:
-            raise RequestRejected(404, "no_document", f"no knowledge-base document #{document_id}")
-        info, passages, faq = found
-        return JSONResponse({"document": _json(info), "passages": [_json(p) for p in passages],
-                             "faq": [_json(f) for f in faq]})
-
-    async def delete_document(self, request: Request) -> Response:
-        document_id: int = request.path_params["id"]
-        removed = await run_in_threadpool(self._write, lambda session: approved.delete_document(session, document_id,
-                                                                                                  by=BY))
-        if removed is None:
-            raise RequestRejected(404, "no_document", f"no knowledge-base document #{document_id}")
-        revoked = None if removed.revoked is None else _json(removed.revoked)
-        return JSONResponse({"deleted": _json(removed.document), "revoked": revoked})
-
-    async def import_document(self, request: Request) -> Response:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type.startswith("multipart/"):
-            raise RequestRejected(415, "multipart_not_accepted", "send the file's bytes as the body with "
-                                  "?source=NAME (curl --data-binary @FILE), or a JSON body {source, kind, content}")
-        raw = await read_limited(request, self._max_upload)
-        if content_type == "application/json":
-            source, suffix, data, title = _json_document(parse_json_object(raw, self._max_upload))
-        else:
-            source, suffix, data, title = _uploaded(request.query_params.get("source"), raw)
-        async with self._importing:
-            parsed = await run_in_threadpool(_read_document, source, suffix, data)
-            if title:
-                parsed = dataclasses.replace(parsed, title=title)
-            outcome = await run_in_threadpool(self._write, lambda session: store.import_document(session, parsed,
-                                                                                                   by=BY))
-            # after the commit: the check rebuilds the FAQ index, and need not hold the knowledge base's write lock
-            warnings = await run_in_threadpool(self._read, lambda session: approved.overlaps(
-                session, outcome.document.id, self._settings)) if parsed.faq else []
-        return JSONResponse({"status": outcome.status, "document": _json(outcome.document), "warnings": warnings},
-                            status_code=201 if outcome.status == store.NEW else 200)
-
-    # --- approved answers ------------------------------------------------------------------------------------
-
-    async def answers(self, _: Request) -> Response:
-        found = await run_in_threadpool(self._read, approved.approved)
-        return JSONResponse({"answers": [_json(a) for a in found]})
-
-    async def approve(self, request: Request) -> Response:
-        body = parse_json_object(await read_limited(request, 64 * 1024), 64 * 1024)
-        reply_id, question = body.get("reply_id"), body.get("question")
-        if not isinstance(reply_id, int) or isinstance(reply_id, bool) or reply_id < 1:
-            raise RequestRejected(422, "invalid_reply_id", "field 'reply_id' must be a reply's id (a positive "
-                                                           "integer)")
-        if question is not None and not (isinstance(question, str) and question.strip()):
-            raise RequestRejected(422, "invalid_question", "field 'question', when given, must be non-empty text")
-        if question is not None:
-            require_unicode("question", question)
-        try:
-            done = await run_in_threadpool(self._write, lambda session: approved.approve(session, reply_id, question,
-                                                                                         by=BY, settings=self._settings))
-        except approved.UnknownReply as exc:
-            raise RequestRejected(404, "no_reply", str(exc)) from None
-        except approved.NotApprovable as exc:
-            raise RequestRejected(422, "not_approvable", str(exc)) from None
-        return JSONResponse({"status": done.status, "answer": _json(done.answer)},
-                            status_code=201 if done.status == store.NEW else 200)
-
-    async def revoke(self, request: Request) -> Response:
-        reply_id: int = request.path_params["reply_id"]
-        removed = await run_in_threadpool(self._write, lambda session: approved.revoke(session, reply_id, by=BY))
-        if removed is None:
-            raise RequestRejected(404, "no_approved_answer", f"reply #{reply_id} has no approved answer")
-        return JSONResponse({"revoked": _json(removed)})
-
-    # --- database --------------------------------------------------------------------------------------------
-
-    def _read(self, read: Callable[[Session], T]) -> T:
-        with self._sessions() as session:
-            return read(session)
-
-    def _write(self, write: Callable[[Session], T]) -> T:
-        with transaction(self._sessions) as session:
-            return write(session)
 
 
 def _json_document(body: dict[str, Any]) -> tuple[str, str, bytes, str | None]:

@@ -10,8 +10,9 @@ as source ``approved`` with ``why`` ``approved_answer:<reply id>``. No migration
 unique source is what makes approving the same reply twice a no-op.
 
 - :func:`approve` refuses (:class:`NotApprovable`, a message an operator can act on) a reply that does not exist
-  (:class:`UnknownReply`), is not the model's answer (a fallback, an FAQ or rule answer, a hand-off notice), or
-  holds personal data, masked (``***``) or not (a customer's number or address is nobody else's answer); and a
+  (:class:`UnknownReply`), is neither the model's nor an agent's answer (a fallback, an FAQ or rule answer, a
+  hand-off notice) unless the operator gives the answer's text, or whose answer holds personal data, masked
+  (``***``) or not (a customer's number or address is nobody else's answer); and a
   question that is empty (``[voice]``), holds personal data, or is already answered confidently by another approved
   answer or an FAQ entry (:func:`answered_by`: two entries for one question cancel each other out in the FAQ
   index's margin, so neither would answer). Approving it again with the same question changes
@@ -47,6 +48,7 @@ from models.tables import InboundRecord, KbDocumentRecord, KbFaqRecord, ReplyRec
 
 TITLE = "已审核回答"  # the documents' title, which a grounded model answer may cite to a customer
 MASKED = "***"  # what models.pii's masks leave of personal data (at least three stars)
+APPROVABLE = (ReplySource.MODEL, ReplySource.AGENT)  # replies approvable with their own text
 
 
 class NotApprovable(ValueError):
@@ -73,24 +75,26 @@ class Approval:
 
 
 def approve(session: Session, reply_id: int, question: str | None = None, by: str = "cli",
-            settings: Settings | None = None) -> Approval:
-    """Approve reply ``reply_id`` for reuse, matched on ``question`` (default: the customer's stored message).
+            settings: Settings | None = None, answer: str | None = None) -> Approval:
+    """Approve reply ``reply_id`` for reuse, matched on ``question`` (default: :func:`question_of`), answering with
+    the reply's text or the operator's ``answer`` (the console's "make this answer an FAQ" lets them edit it).
+    Without ``answer`` only a model's or an agent's reply can be approved; with it, any reply's question.
     ``settings``: its ``KEFU_FAQ`` entries and ``KEFU_FAQ_THRESHOLD`` decide what already answers the question
     (default: the knowledge base alone, at the default threshold). Raises :class:`NotApprovable`."""
     reply = session.get(ReplyRecord, reply_id)
     if reply is None:
         raise UnknownReply(f"no reply #{reply_id}")
-    if reply.source != ReplySource.MODEL:
-        raise NotApprovable(f"reply #{reply_id} is a {reply.source} reply, not a model answer: only the model's "
-                            f"answers can be approved (FAQ answers are edited in the knowledge base)")
-    if has_personal_data(reply.text):
-        raise NotApprovable(f"reply #{reply_id} holds personal data (masked or not); it cannot be given to other "
-                            f"customers")
+    if answer is None and reply.source not in APPROVABLE:
+        raise NotApprovable(f"reply #{reply_id} is a {reply.source} reply, not a model answer or an agent's: only "
+                            f"those can be approved as they are (FAQ answers are edited in the knowledge base)")
+    answer = (reply.text if answer is None else answer).strip()
+    if not answer:
+        raise NotApprovable(f"the answer to approve for reply #{reply_id} is empty")
+    if has_personal_data(answer):
+        raise NotApprovable(f"reply #{reply_id} holds personal data (masked or not) in its answer; it cannot be "
+                            f"given to other customers")
     if question is None:
-        inbound = session.get(InboundRecord, reply.inbound_id)
-        question = inbound.text.strip() if inbound is not None else ""
-        if question.startswith("[") and question.endswith("]"):  # "[voice]": a voice nothing could be made of
-            question = ""
+        question = question_of(session, reply)
     question = question.strip()
     if not question:
         raise NotApprovable(f"reply #{reply_id} answers a message without text; give the question (--question)")
@@ -102,16 +106,29 @@ def approve(session: Session, reply_id: int, question: str | None = None, by: st
         raise NotApprovable(f"the question of reply #{reply_id} is already answered by {rival}: two answers to one "
                             f"question leave both unused; revoke or edit that one first, or reword the question "
                             f"(--question)")
-    content = json.dumps([question, reply.text], ensure_ascii=False)
+    content = json.dumps([question, answer], ensure_ascii=False)
     parsed = ParsedDocument(store.approved_source(reply_id), TITLE, store.APPROVED_KIND,
-                            hashlib.sha256(content.encode()).hexdigest(), faq=(FaqRow(question, (), reply.text),))
+                            hashlib.sha256(content.encode()).hexdigest(), faq=(FaqRow(question, (), answer),))
     outcome = store.import_document(session, parsed, by=by)
     document = outcome.document
     if outcome.status != store.UNCHANGED:
         audit.record(session, audit.ANSWER_APPROVED, conversation_id=reply.conversation_id,
                      inbound_id=reply.inbound_id, reply_id=reply_id, document_id=document.id, status=outcome.status,
                      by=by)
-    return Approval(outcome.status, ApprovedAnswer(reply_id, document.id, question, reply.text, document.updated_at))
+    return Approval(outcome.status, ApprovedAnswer(reply_id, document.id, question, answer, document.updated_at))
+
+
+def question_of(session: Session, reply: ReplyRecord) -> str:
+    """The customer's message a reply answered: its inbound, or for an agent's reply (no inbound) the customer's
+    last message before it; "" when there is none or it has no text (``[voice]``: a voice nothing came of)."""
+    if reply.inbound_id is not None:
+        inbound = session.get(InboundRecord, reply.inbound_id)
+    else:
+        inbound = session.scalars(select(InboundRecord).where(InboundRecord.conversation_id == reply.conversation_id,
+                                                              InboundRecord.received_at <= reply.created_at)
+                                  .order_by(InboundRecord.received_at.desc(), InboundRecord.id.desc()).limit(1)).first()
+    question = inbound.text.strip() if inbound is not None else ""
+    return "" if question.startswith("[") and question.endswith("]") else question
 
 
 def revoke(session: Session, reply_id: int, by: str = "cli") -> ApprovedAnswer | None:

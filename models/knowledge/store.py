@@ -12,12 +12,17 @@
 - A document of kind :data:`APPROVED_KIND` holds one operator-approved model answer
   (:mod:`models.knowledge.approved`) under the source ``reply:<reply id>``; its FAQ entry's id is
   ``approved:<reply id>`` instead of ``kb:<row id>``, so the dialogue decision can say where its answer came from.
+- :func:`edit_faq` and :func:`add_faq` change one FAQ entry in place (the agent console's knowledge-base editor),
+  under the same lock, revision bump and audit (``kb_faq_edited``, ``kb_faq_added``, with ``by``); the document's
+  ``content_hash`` becomes the hash of the entries it holds, so importing its file again replaces the edits.
 
 Functions take the caller's session and never commit: the caller's transaction decides.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,13 +32,19 @@ from sqlalchemy.orm import Session
 
 from models import audit
 from models.envelope import utcnow
-from models.knowledge.documents import ParsedDocument
+from models.knowledge.documents import FaqRow, ParsedDocument
 from models.knowledge.faq import APPROVED, FaqEntry
 from models.tables import KbDocumentRecord, KbFaqRecord, KbPassageRecord, KbStateRecord
 
 NEW, UPDATED, UNCHANGED = "new", "updated", "unchanged"
 APPROVED_KIND = "approved"  # a document holding one approved model answer (models.knowledge.approved)
 _APPROVED_SOURCE = "reply:"
+MANUAL_FAQ_SOURCE = "console:faq"  # the document of FAQ entries written by hand (add_faq without a document)
+MANUAL_FAQ_TITLE = "常见问题"
+MANUAL_FAQ_KIND = "faq_manual"
+MAX_QUESTION_CHARS = 500
+MAX_ANSWER_CHARS = 4000
+MAX_SIMILAR = 50
 
 
 def approved_source(reply_id: int) -> str:
@@ -167,6 +178,98 @@ def delete_document(session: Session, document_id: int, by: str | None = None) -
                               "faq": info.faq, "content_hash": info.content_hash, "kb_revision": new_revision}
     audit.record(session, audit.KB_DELETED, **detail, **_who(by))
     return info
+
+
+class FaqEditError(ValueError):
+    """An FAQ entry that cannot be stored as edited: the message says why (an empty question, a prose document…)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FaqChange:
+    status: str  # NEW, UPDATED or UNCHANGED
+    faq: StoredFaq
+
+
+def edit_faq(session: Session, faq_id: int, row: FaqRow, by: str | None = None) -> FaqChange | None:
+    """Replace FAQ entry ``faq_id``'s question, similar questions and answer (None: no such entry). The document
+    moves to its next version with the hash of what it now holds, so importing its file again replaces the edit.
+    An identical entry changes nothing (no write, no audit row). Audited ``kb_faq_edited``."""
+    row = check_faq_row(row)
+    _lock(session)
+    record = session.get(KbFaqRecord, faq_id)
+    if record is None:
+        return None
+    document = session.get(KbDocumentRecord, record.document_id)
+    assert document is not None  # the foreign key
+    if (record.question, tuple(record.similar or ()), record.answer) == (row.question, row.similar, row.answer):
+        return FaqChange(UNCHANGED, _faq(record, document.title, approved_reply_id(document.kind, document.source)))
+    record.question, record.similar, record.answer = row.question, list(row.similar), row.answer
+    return FaqChange(UPDATED, _changed(session, document, record, audit.KB_FAQ_EDITED, by))
+
+
+def add_faq(session: Session, document_id: int | None, row: FaqRow, by: str | None = None) -> FaqChange:
+    """Add an FAQ entry at the end of FAQ document ``document_id``, or (None) of :data:`MANUAL_FAQ_SOURCE`, the
+    document of entries written by hand, created when it does not exist. FaqEditError: no such document, or one of
+    prose (passages) or an approved answer's. Audited ``kb_faq_added`` (a new manual document's is version 1)."""
+    row = check_faq_row(row)
+    _lock(session)
+    if document_id is None:
+        document = session.scalar(select(KbDocumentRecord).where(KbDocumentRecord.source == MANUAL_FAQ_SOURCE))
+        if document is None:
+            now = utcnow()
+            document = KbDocumentRecord(source=MANUAL_FAQ_SOURCE, title=MANUAL_FAQ_TITLE, kind=MANUAL_FAQ_KIND,
+                                        content_hash=_content_hash(session, None), version=0, created_at=now,
+                                        updated_at=now)
+            session.add(document)
+            session.flush()
+    else:
+        document = session.get(KbDocumentRecord, document_id)
+        if document is None:
+            raise FaqEditError(f"no knowledge-base document #{document_id}")
+        if document.kind == APPROVED_KIND or session.scalar(select(func.count()).where(
+                KbPassageRecord.document_id == document.id)):
+            raise FaqEditError(f"document #{document_id} is not an FAQ sheet: entries are added to FAQ sheets only")
+    last = session.scalar(select(func.max(KbFaqRecord.ordinal)).where(KbFaqRecord.document_id == document.id))
+    record = KbFaqRecord(document_id=document.id, ordinal=0 if last is None else last + 1, question=row.question,
+                         similar=list(row.similar), answer=row.answer)
+    session.add(record)
+    session.flush()
+    return FaqChange(NEW, _changed(session, document, record, audit.KB_FAQ_ADDED, by))
+
+
+def check_faq_row(row: FaqRow) -> FaqRow:
+    """``row`` stripped (similar questions without empties, repeats or the question itself); FaqEditError when the
+    question or the answer is empty or one is too long."""
+    question, answer = row.question.strip(), row.answer.strip()
+    similar = tuple(dict.fromkeys(s.strip() for s in row.similar if s.strip() and s.strip() != question))
+    if not question or len(question) > MAX_QUESTION_CHARS:
+        raise FaqEditError(f"the question must have 1-{MAX_QUESTION_CHARS} characters")
+    if not answer or len(answer) > MAX_ANSWER_CHARS:
+        raise FaqEditError(f"the answer must have 1-{MAX_ANSWER_CHARS} characters")
+    if len(similar) > MAX_SIMILAR or any(len(s) > MAX_QUESTION_CHARS for s in similar):
+        raise FaqEditError(f"at most {MAX_SIMILAR} similar questions of at most {MAX_QUESTION_CHARS} characters")
+    return FaqRow(question, similar, answer)
+
+
+def _changed(session: Session, document: KbDocumentRecord, record: KbFaqRecord, kind: str,
+             by: str | None) -> StoredFaq:
+    """Bump the revision and the document's version after an entry changed; audit it; the entry as stored."""
+    session.flush()
+    new_revision = _bump(session)
+    document.version, document.updated_at = document.version + 1, utcnow()
+    document.content_hash = _content_hash(session, document.id)
+    session.flush()
+    audit.record(session, kind, document_id=document.id, faq_id=record.id, version=document.version,
+                 content_hash=document.content_hash, kb_revision=new_revision, **_who(by))
+    return _faq(record, document.title, approved_reply_id(document.kind, document.source))
+
+
+def _content_hash(session: Session, document_id: int | None) -> str:
+    """SHA-256 of a document's FAQ entries as stored (not of any file: a re-import of the file replaces them)."""
+    entries = [] if document_id is None else [
+        [f.question, list(f.similar or ()), f.answer] for f in session.scalars(
+            select(KbFaqRecord).where(KbFaqRecord.document_id == document_id).order_by(KbFaqRecord.ordinal))]
+    return hashlib.sha256(json.dumps(["edited", entries], ensure_ascii=False).encode()).hexdigest()
 
 
 def _who(by: str | None) -> dict[str, Any]:
