@@ -1,16 +1,16 @@
 """A small shared key-value store with expiry: platform access tokens, replay nonces.
 
-Redis when configured; otherwise a SQLite file under ``data_dir`` (``kv.sqlite``), shared by every
-process on the host. ``add`` is set-if-absent, atomic in both, which is what replay protection and
-single-flight refreshes rely on. ``items(prefix)`` lists the live keys under a prefix (the LLM workers'
-heartbeats: :mod:`models.infra.heartbeat`). Redis errors propagate (callers decide what a failure means); a Redis
-that does not answer costs one socket timeout (no retry: redis-py's default, relied on). The
+Redis when configured; otherwise a SQLite file under ``data_dir`` (``kv.sqlite``), shared by every process on the
+host. ``add`` is set-if-absent, atomic in both, which is what replay protection and single-flight refreshes rely on.
+A *group* is a few expiring members read together (the LLM workers' heartbeats: :mod:`models.infra.heartbeat`):
+``join`` writes one with its own expiry, ``members`` returns the live ones in a few round trips whatever the size of
+the store (Redis: an index set beside the keys, pruned on read). Redis errors propagate (callers decide what a
+failure means); a Redis that does not answer costs one socket timeout (no retry: redis-py's default, relied on). The
 gateway passes its short ``KEFU_PUBLISH_TIMEOUT_S``; workers use ``KEFU_REDIS_TIMEOUT_S``.
 """
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import threading
 import time
@@ -27,7 +27,9 @@ class KV(Protocol):
     def set(self, key: str, value: str, ttl_s: float) -> None: ...
     def add(self, key: str, value: str, ttl_s: float) -> bool: ...
     def delete(self, key: str) -> None: ...
-    def items(self, prefix: str) -> dict[str, str]: ...
+    def join(self, group: str, member: str, value: str, ttl_s: float) -> None: ...
+    def leave(self, group: str, member: str) -> None: ...
+    def members(self, group: str) -> dict[str, str]: ...
 
 
 class RedisKV:
@@ -47,15 +49,28 @@ class RedisKV:
     def delete(self, key: str) -> None:
         self._client.delete(f"kefu:kv:{key}")
 
-    def items(self, prefix: str) -> dict[str, str]:
-        """Every live key starting with ``prefix`` and its value (SCAN, then one MGET: for a few keys, such as the
-        LLM workers' heartbeats; a key that expires in between is left out)."""
-        keys = [bytes(k) for k in self._client.scan_iter(match=f"kefu:kv:{_glob_escape(prefix)}*", count=100)]
-        if not keys:
+    def join(self, group: str, member: str, value: str, ttl_s: float) -> None:
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.set(f"kefu:kv:{group}:{member}", value, px=max(1, int(ttl_s * 1000)))
+            pipe.sadd(f"kefu:kv:{group}", member)
+            pipe.execute()
+
+    def leave(self, group: str, member: str) -> None:
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.delete(f"kefu:kv:{group}:{member}")
+            pipe.srem(f"kefu:kv:{group}", member)
+            pipe.execute()
+
+    def members(self, group: str) -> dict[str, str]:
+        """The group's live members (SMEMBERS, one MGET; the expired ones are dropped from the index)."""
+        names = sorted(_text(m) for m in self._client.smembers(f"kefu:kv:{group}"))
+        if not names:
             return {}
-        values = self._client.mget(keys)
-        return {k.decode().removeprefix("kefu:kv:"): v.decode() if isinstance(v, bytes) else str(v)
-                for k, v in zip(keys, values, strict=True) if v is not None}
+        values = self._client.mget([f"kefu:kv:{group}:{name}" for name in names])
+        expired = [name for name, value in zip(names, values, strict=True) if value is None]
+        if expired:
+            self._client.srem(f"kefu:kv:{group}", *expired)
+        return {name: _text(value) for name, value in zip(names, values, strict=True) if value is not None}
 
 
 class SQLiteKV:
@@ -94,20 +109,26 @@ class SQLiteKV:
         with self._lock:
             self._db.execute("DELETE FROM kv WHERE key = ?", (key,))
 
-    def items(self, prefix: str) -> dict[str, str]:
-        """Every live key starting with ``prefix`` and its value."""
+    def join(self, group: str, member: str, value: str, ttl_s: float) -> None:
+        self.set(f"{group}:{member}", value, ttl_s)
+
+    def leave(self, group: str, member: str) -> None:
+        self.delete(f"{group}:{member}")
+
+    def members(self, group: str) -> dict[str, str]:
+        prefix = f"{group}:"
         with self._lock:
             rows = self._db.execute("SELECT key, value FROM kv WHERE substr(key, 1, ?) = ? AND expires > ?",
                                     (len(prefix), prefix, time.time())).fetchall()
-        return {str(key): str(value) for key, value in rows}
+        return {str(key)[len(prefix):]: str(value) for key, value in rows}
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
 
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def make_kv(settings: Settings, timeout_s: float | None = None) -> KV:

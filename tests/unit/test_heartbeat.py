@@ -26,16 +26,29 @@ def kv(request: pytest.FixtureRequest, tmp_path: Path) -> KV:
     return RedisKV(request.getfixturevalue("redis14"), 5)
 
 
-def test_items_lists_live_keys_under_a_prefix_only(kv: KV) -> None:
-    kv.set("llm_worker:a", "1", 60)
-    kv.set("llm_worker:b", "2", 60)
-    kv.set("llm_workers_not", "3", 60)  # shares the prefix's letters, not the prefix
-    kv.set("other:llm_worker:c", "4", 60)
-    kv.set("llm_worker:gone", "5", 0.001)
-    kv.set("llm_*:x", "6", 60)  # a glob character in a key does not widen a match on the literal prefix "llm_*:"
+def test_a_group_lists_its_live_members_only(kv: KV) -> None:
+    kv.join("workers", "a", "1", 60)
+    kv.join("workers", "b", "2", 60)
+    kv.join("workers", "gone", "3", 0.001)
+    kv.join("workers_not", "c", "4", 60)  # another group sharing the name's letters
+    kv.set("workers:d", "5", 60)  # a plain key is no member (Redis); the SQLite store reads the name's prefix
     time.sleep(0.05)  # well past the 1 ms of "gone"
-    assert kv.items("llm_worker:") == {"llm_worker:a": "1", "llm_worker:b": "2"}
-    assert kv.items("llm_*:") == {"llm_*:x": "6"}
+    found = kv.members("workers")
+    assert {name: found[name] for name in ("a", "b")} == {"a": "1", "b": "2"} and "gone" not in found
+    assert "c" not in found
+    kv.leave("workers", "a")
+    assert "a" not in kv.members("workers") and kv.members("nobody") == {}
+
+
+def test_redis_drops_expired_members_from_its_index(redis14: str) -> None:
+    import redis
+
+    kv = RedisKV(redis14, 5)
+    kv.join("workers", "gone", "1", 0.001)
+    kv.join("workers", "here", "2", 60)
+    time.sleep(0.05)
+    assert kv.members("workers") == {"here": "2"}
+    assert redis.Redis.from_url(redis14).smembers("kefu:kv:workers") == {b"here"}  # pruned as it was read
 
 
 def test_alive_reads_what_was_beaten_and_skips_garbage(kv: KV) -> None:
@@ -45,8 +58,8 @@ def test_alive_reads_what_was_beaten_and_skips_garbage(kv: KV) -> None:
     assert heartbeat.alive(kv) == [cold] and heartbeat.missing([cold]) == ["llm_model"]
     warm = heartbeat.Heartbeat(node="llm@a", pid=1, model="Qwen3-4B-Q4_K_M", loaded=True, slots=8)
     heartbeat.beat(kv, warm)
-    kv.set(f"{heartbeat.PREFIX}broken:1", "{not json", 60)
-    kv.set(f"{heartbeat.PREFIX}other:1", json.dumps({"node": "x"}), 60)
+    kv.join(heartbeat.GROUP, "broken:1", "{not json", 60)
+    kv.join(heartbeat.GROUP, "other:1", json.dumps({"node": "x"}), 60)
     assert heartbeat.alive(kv) == [warm, cold]
     assert heartbeat.missing([warm, cold]) == []
     heartbeat.stopped(kv, warm)
@@ -54,7 +67,7 @@ def test_alive_reads_what_was_beaten_and_skips_garbage(kv: KV) -> None:
 
 
 def test_a_heartbeat_expires(kv: KV) -> None:
-    kv.set(heartbeat.Heartbeat("llm@a", 1, "m", True).key, json.dumps(
+    kv.join(heartbeat.GROUP, heartbeat.Heartbeat("llm@a", 1, "m", True).member, json.dumps(
         {"node": "llm@a", "pid": 1, "model": "m", "loaded": True}), 0.001)
     time.sleep(0.05)  # well past its 1 ms
     assert heartbeat.alive(kv) == []
@@ -87,7 +100,7 @@ def test_the_thread_reports_the_engine_without_building_it(tmp_path: Path) -> No
 
 def test_a_kv_store_that_fails_is_logged_once_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
     class Down:
-        def set(self, key: str, value: str, ttl_s: float) -> None:
+        def join(self, group: str, member: str, value: str, ttl_s: float) -> None:
             raise ConnectionError("down")
 
     beating = HeartbeatThread(Down(), "llm@host", EngineState(lambda: None))  # type: ignore[arg-type]
