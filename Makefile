@@ -22,8 +22,6 @@ install: system $(STAMP)
 # voice messages); the tests encode AMR-NB/AMR-WB with the codec libraries opencore-amrnb and vo-amrwbenc.
 # chromium: the browser tests drive the chat page in Debian's headless Chromium (tests/browser/); fonts-noto-cjk
 # lets it draw the page's Chinese (without a CJK font a screenshot shows empty boxes).
-# Not here: promtool (Debian's `prometheus`, ~96 MB installed); tests/unit/test_monitoring.py runs `promtool check`
-# on compose's alert rules and Prometheus configuration when it is installed, and skips those two checks otherwise.
 SYSTEM_PACKAGES := espeak-ng ffmpeg libopencore-amrnb0 libvo-amrwbenc0 chromium fonts-noto-cjk
 system:
 	@dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES); }
