@@ -22,6 +22,7 @@ from tests.unit.test_compose import COMPOSE, command, compose_raw, env_example, 
 
 MONITORING = COMPOSE / "monitoring"
 ALERTS = MONITORING / "alerts.yml"
+ALERTS_TEST = MONITORING / "alerts_test.yml"
 DASHBOARD = MONITORING / "grafana" / "kefu.json"
 PROMTOOL = shutil.which("promtool")
 NO_PROMTOOL = "promtool is not installed (Debian: apt-get install prometheus); the YAML structure is checked instead"
@@ -35,19 +36,21 @@ PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", 
                 "offset", "inf", "nan"}
 
 
-def exported_series() -> set[str]:
-    """Every series name Kefu's metrics produce, from the metric objects themselves (not a copy of their names)."""
-    names: set[str] = set()
+def exported() -> dict[str, set[str]]:
+    """Every series name Kefu's metrics produce and its labels, from the metric objects themselves (not a copy of
+    their names)."""
+    found: dict[str, set[str]] = {}
     for metric in metrics.ALL:
         assert isinstance(metric, MetricWrapperBase)
         family = next(iter(metric.describe()))
-        if family.type == "counter":
-            names |= {f"{family.name}_total", f"{family.name}_created"}
-        elif family.type == "histogram":
-            names |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count", f"{family.name}_created"}
-        else:
-            names.add(family.name)
-    return names
+        suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created")}
+        for suffix in suffixes.get(family.type, ("",)):
+            found[family.name + suffix] = set(metric._labelnames)
+    return found
+
+
+def exported_series() -> set[str]:
+    return set(exported())
 
 
 def series_names(expr: str) -> set[str]:
@@ -155,6 +158,33 @@ def test_promtool_accepts_the_rules() -> None:
     done = subprocess.run([PROMTOOL, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(alert_rules())} rules found" in done.stdout
+
+
+def test_the_alerts_unit_tests_feed_series_kefu_exports() -> None:
+    """compose/monitoring/alerts_test.yml (promtool's unit tests of the rules) uses the real series names and labels,
+    so an alert that passes them would fire on Kefu's own metrics."""
+    loaded = yaml.safe_load(ALERTS_TEST.read_text())
+    assert loaded["rule_files"] == ["alerts.yml"]
+    labels = exported()
+    known = set(labels) | set(EXTERNAL)
+    tested = set()
+    for case in loaded["tests"]:
+        for series in case["input_series"]:
+            name, _, rest = series["series"].partition("{")
+            assert name in known, name
+            given = set(re.findall(r"(\w+)=", rest)) - {"le", "job", "instance"}
+            if name.startswith("kefu_"):
+                assert given == labels[name], f"{series['series']}: Kefu labels it {sorted(labels[name])}"
+        tested |= {check["alertname"] for check in case["alert_rule_test"] if check["exp_alerts"]}
+    assert {"KefuFallbackRateHigh", "KefuAckOver5s", "KefuNoLlmWorker", "KefuModelNotLoaded", "KefuDeliveryFailures",
+            "KefuQueueWaitHigh"} <= tested
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason=NO_PROMTOOL)
+def test_promtool_unit_tests_of_the_alerts_pass() -> None:
+    assert PROMTOOL is not None
+    done = subprocess.run([PROMTOOL, "test", "rules", str(ALERTS_TEST)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason=NO_PROMTOOL)
