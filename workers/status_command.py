@@ -5,7 +5,7 @@ broker and the KV store) and never raising: the database answers, its schema is 
 answers, the depth of each queue (``llm``, ``io``), and the LLM worker processes alive with their model (their
 heartbeat: :mod:`models.infra.heartbeat`). Required: database, migrations, broker, and at least one LLM worker
 with its model loaded; :func:`run` returns 1 when any of them is missing, 0 otherwise. Queue depths are shown, never
-judged (a deep queue is an alert's business: compose/prometheus/alerts.yml).
+judged (a deep queue is an alert's business: compose/monitoring/alerts.yml).
 """
 
 from __future__ import annotations
@@ -77,15 +77,17 @@ def check_broker(settings: Settings, status: Status) -> None:
         status.queues = dict.fromkeys(QUEUES)
         return
     status.checks["broker"] = "ok"
-    with app.connection_for_read() as conn:
-        channel = conn.default_channel
-        for queue in QUEUES:
-            try:
-                status.queues[queue] = int(channel.queue_declare(queue=queue, passive=True).message_count)
-            except ChannelError:  # never declared, or (Redis) an empty list, which Redis does not keep
-                status.queues[queue] = 0
-            except Exception:
-                status.queues[queue] = None
+    status.queues = dict.fromkeys(QUEUES)
+    try:
+        with app.connection_for_read() as conn:
+            channel = conn.default_channel
+            for queue in QUEUES:
+                try:
+                    status.queues[queue] = int(channel.queue_declare(queue=queue, passive=True).message_count)
+                except ChannelError:  # never declared, or (Redis) an empty list, which Redis does not keep
+                    status.queues[queue] = 0
+    except Exception:  # the broker went away since the ping: the depths left unknown say so
+        return
 
 
 def check_llm_workers(settings: Settings, status: Status) -> None:
