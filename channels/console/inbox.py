@@ -119,18 +119,22 @@ def _row(r: Any) -> Row:
                _iso(r.handler_since) if r.handler == Handler.WAITING else None, r.handoffs)
 
 
-def page(session: Session, filters: Filters, before: str | None = None,
-         limit: int = 50) -> tuple[list[Row], str | None]:
-    """One page of the inbox, and the cursor of the next (None: this was the last)."""
-    limit = max(1, min(limit, MAX_LIMIT))
+def page_query(filters: Filters, before: str | None, limit: int) -> Any:
+    """The statement of one page (``limit`` rows); BadCursor for a malformed ``before``."""
     c = ConversationRecord
     where = _conditions(filters)
     if before:
         at, id_ = parse_cursor(before)
         # the first term is a range the index walks; the second breaks ties of equal times
         where += [c.last_inbound_at <= at, or_(c.last_inbound_at < at, and_(c.last_inbound_at == at, c.id < id_))]
-    rows = session.execute(_rows_query().where(*where)
-                           .order_by(c.last_inbound_at.desc(), c.id.desc()).limit(limit + 1)).all()
+    return _rows_query().where(*where).order_by(c.last_inbound_at.desc(), c.id.desc()).limit(limit)
+
+
+def page(session: Session, filters: Filters, before: str | None = None,
+         limit: int = 50) -> tuple[list[Row], str | None]:
+    """One page of the inbox, and the cursor of the next (None: this was the last)."""
+    limit = max(1, min(limit, MAX_LIMIT))
+    rows = session.execute(page_query(filters, before, limit + 1)).all()
     found = [_row(r) for r in rows[:limit]]
     more = len(rows) > limit
     last = rows[limit - 1] if more else None
