@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -34,7 +35,7 @@ class Line:
     def average(self) -> float | None:
         return round(self.total / self.count, 2) if self.count else None
 
-    def json(self) -> dict[str, object]:
+    def json(self) -> dict[str, Any]:
         return {"agent_id": self.agent_id, "name": self.name, "count": self.count, "average": self.average,
                 "distribution": {str(s): n for s, n in self.distribution.items()}}
 
@@ -46,7 +47,7 @@ class Report:
     lines: list[Line]  # the bot, then each agent with scores
     total: Line
 
-    def json(self) -> dict[str, object]:
+    def json(self) -> dict[str, Any]:
         return {"since": self.since.isoformat(), "days": self.days, "lines": [line.json() for line in self.lines],
                 "total": self.total.json()}
 

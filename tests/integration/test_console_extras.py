@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import canned, csat_report, desk, notes
@@ -75,7 +75,7 @@ def add_conversation(sessions: sessionmaker[Session], peer: str, *messages: str)
             session.add(InboundRecord(conversation_id=conversation_id, channel="web", account="default",
                                       external_id=f"{peer}-{n}", text=text,
                                       received_at=utcnow() - timedelta(seconds=len(messages) - n)))
-        session.execute(ConversationRecord.__table__.update().where(ConversationRecord.id == conversation_id)
+        session.execute(update(ConversationRecord).where(ConversationRecord.id == conversation_id)
                         .values(last_inbound_at=utcnow()))
         return conversation_id
 
