@@ -166,25 +166,25 @@ class Settings(_KefuVariables):
         self._given = given
 
     # --- where things live -------------------------------------------------------------------
-    data_dir: Path = Path("var")
-    database_url: str | None = None
+    data_dir: Path = Path("var")  # the embedded database, broker and KV files, metrics files, generated keys
+    database_url: str | None = None  # SQLAlchemy URL (postgresql+psycopg://…); unset: SQLite under data_dir
     # the owner role's URL, for `kefu migrate`/`kefu downgrade` only (docs/audit.md); unset: KEFU_DATABASE_URL
     migration_database_url: str | None = None
     # the runtime role the migrations GRANT to (INSERT/SELECT only on the audit log); "": single-role mode
     database_app_role: str = ""
-    broker_url: str | None = None
+    broker_url: str | None = None  # Celery broker, e.g. redis://redis:6379/0; unset: SQLite under data_dir
     redis_url: str | None = None  # bus, context cache, locks; defaults to broker_url when that is Redis
     secret_key: SecretStr | None = None  # HMAC key for visitor tokens; generated under data_dir if unset
 
     # --- gateway -----------------------------------------------------------------------------
-    host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    host: str = "127.0.0.1"  # the gateway's listen address (the AudioSocket listener's too)
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000  # the gateway's HTTP port
     # same-origin is always allowed; NoDecode: the env value is "a,b" or JSON, parsed by _split_origins
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     web_account: str = "default"  # the web site this gateway serves (one account per deployment)
-    max_text_chars: int = 2000
-    max_body_bytes: PositiveInt = 64 * 1024
-    visitor_token_ttl_s: PositiveInt = 30 * 24 * 3600
+    max_text_chars: int = 2000  # a longer customer message is refused (413) or, from a platform, cut
+    max_body_bytes: PositiveInt = 64 * 1024  # the largest HTTP body or WebSocket frame the gateway reads
+    visitor_token_ttl_s: PositiveInt = 30 * 24 * 3600  # how long a web visitor token is valid
     # the gateway's longest wait for the broker or Redis in one request (publish, kv, bus); then it goes on without
     publish_timeout_s: PositiveSeconds = 1.0
     gateway_threads: PositiveInt = 4  # threads for blocking database/broker calls in each gateway process
@@ -201,11 +201,11 @@ class Settings(_KefuVariables):
         return value
 
     # --- WeChat / WeCom ----------------------------------------------------------------------------
-    wechat_api_base: str = "https://api.weixin.qq.com"
-    wecom_api_base: str = "https://qyapi.weixin.qq.com"
-    wechat_timestamp_window_s: PositiveInt = 300
-    wechat_max_body_bytes: PositiveInt = 64 * 1024
-    wechat_http_timeout_s: PositiveSeconds = 5.0
+    wechat_api_base: str = "https://api.weixin.qq.com"  # WeChat API base URL (a fake's in tests)
+    wecom_api_base: str = "https://qyapi.weixin.qq.com"  # WeCom API base URL (a fake's in tests)
+    wechat_timestamp_window_s: PositiveInt = 300  # a callback timestamp further off is refused (replay)
+    wechat_max_body_bytes: PositiveInt = 64 * 1024  # the largest WeChat/WeCom callback body read
+    wechat_http_timeout_s: PositiveSeconds = 5.0  # each call to the WeChat/WeCom API
     faq: list[FaqEntry] = Field(default_factory=list)  # JSON list in KEFU_FAQ
     # An FAQ entry answers without the model at or above this confidence (models.knowledge.faq_index; 0..1, chosen
     # on real paraphrases in bench/faq_eval.py); below it Kefu abstains and the model answers.
@@ -372,21 +372,21 @@ class Settings(_KefuVariables):
     nls_voice: str = "xiaoyun"
 
     # --- model ---------------------------------------------------------------------------------
-    model_path: Path | None = None
+    model_path: Path | None = None  # the chat model's GGUF; unset: model_repo/model_file, else the demo model
     model_repo: str | None = None  # e.g. "Qwen/Qwen3-4B-GGUF" (needs network and the `hub` extra)
     model_file: str | None = None  # e.g. "Qwen3-4B-Q4_K_M.gguf"
-    n_ctx: PositiveInt = 4096
-    n_batch: PositiveInt = 512
-    n_threads: int | None = None
+    n_ctx: PositiveInt = 4096  # context window in tokens, per conversation (batched: n_slots times this)
+    n_batch: PositiveInt = 512  # llama.cpp batch: prompt tokens evaluated per decode call
+    n_threads: int | None = None  # CPU threads for llama.cpp; unset: every core this process may use
     n_gpu_layers: int | None = None  # None: all layers when the CUDA build is present, else 0
-    temperature: float = 0.7
-    top_p: float = 0.8
-    top_k: int = 20
-    min_p: float = 0.0
-    presence_penalty: float = 1.5
-    max_tokens: PositiveInt = 512
-    seed: int | None = None
-    enable_thinking: bool = False
+    temperature: float = 0.7  # sampling; the defaults are Qwen3's recommended values without thinking
+    top_p: float = 0.8  # sampling (Qwen3's recommended value)
+    top_k: int = 20  # sampling (Qwen3's recommended value)
+    min_p: float = 0.0  # sampling (Qwen3's recommended value)
+    presence_penalty: float = 1.5  # sampling (Qwen3's recommended value for quantized models)
+    max_tokens: PositiveInt = 512  # the longest answer, in tokens
+    seed: int | None = None  # sampling seed; unset: random
+    enable_thinking: bool = False  # Qwen3's thinking mode (off: an empty think block, the answer starts at once)
     # "batched": every active conversation of a worker process in each decode step (continuous
     # batching, shared system-prompt KV); "simple": one generation at a time (the baseline).
     engine: Literal["batched", "simple"] = "batched"
@@ -395,23 +395,23 @@ class Settings(_KefuVariables):
     llama_extra_buffers: Literal["auto", "on", "off"] = "auto"
     n_slots: int = 4  # conversations decoded together by the batched engine; the llm worker runs this many threads
     prefill_chunk: int = 256  # prompt tokens evaluated per step while other conversations are generating
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    context_turns: int = 5
-    context_ttl_s: PositiveInt = 24 * 3600
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT  # the model's instructions
+    context_turns: int = 5  # earlier turns of the conversation given to the model
+    context_ttl_s: PositiveInt = 24 * 3600  # how long a conversation's cached context is kept
 
     # --- reliability ----------------------------------------------------------------------------
     # A crashed worker's messages are answered about a minute later: Redis hands them back after the
     # visibility timeout and the sweeper re-publishes them after requeue_after_s (+ one sweep interval),
     # both just above the hard limit; the conversation lock and reply UNIQUE(inbound_id) make the two one.
     generation_soft_limit_s: PositiveInt = 30  # the customer gets an answer (partial or fallback) within this
-    generation_hard_limit_s: PositiveInt = 40
-    visibility_timeout_s: PositiveInt = 60
-    delivery_max_retries: NonNegativeInt = 8
+    generation_hard_limit_s: PositiveInt = 40  # Celery's hard limit: an answer's task is killed past it
+    visibility_timeout_s: PositiveInt = 60  # Redis redelivers an unacknowledged task after this (> hard limit)
+    delivery_max_retries: NonNegativeInt = 8  # transient send failures retried with backoff, then "exhausted"
     requeue_after_s: PositiveInt = 60  # an inbound still unanswered after this is published again
     redeliver_after_s: PositiveInt = 60  # a reply still undelivered after this is sent again
-    sweep_interval_s: PositiveInt = 15
-    redis_timeout_s: PositiveSeconds = 5.0
-    sql_statement_timeout_ms: PositiveInt = 10_000
+    sweep_interval_s: PositiveInt = 15  # how often the sweeper looks for unfinished messages and deliveries
+    redis_timeout_s: PositiveSeconds = 5.0  # workers' Redis socket timeout (the gateway: publish_timeout_s)
+    sql_statement_timeout_ms: PositiveInt = 10_000  # statement_timeout of every connection (SQLite: busy timeout)
     db_connect_timeout_s: Annotated[int, Field(ge=2)] = 2  # libpq's connect_timeout (whole seconds, at least 2)
     # the gateway's wait for any one database answer; past it the connection is cut and the request gets 503
     db_response_timeout_s: PositiveSeconds = 2.0
@@ -420,7 +420,7 @@ class Settings(_KefuVariables):
     publish_retry_after_s: PositiveSeconds = 5.0
     web_max_sockets_per_visitor: PositiveInt = 5  # the oldest socket is closed (4008) when a visitor opens one more
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # every Kefu process's log level
 
     # --- observability (docs/observability.md) ----------------------------------------------------
     # each `kefu worker` serves its Prometheus metrics on this port (the gateway on its own /metrics); 0: off
