@@ -144,6 +144,10 @@ class ConsoleAuth:
                 raise HTTPException(403, "请求缺少有效的 CSRF 令牌，请刷新页面后重试")
         return found
 
+    def session_of(self, token: str) -> SignedIn | None:
+        """The live session of a cookie's token, or None (blocking: call it from the thread pool)."""
+        return self._session_of(token)
+
     def _session_of(self, token: str) -> SignedIn | None:
         with self._sessions() as session:
             row = session.execute(

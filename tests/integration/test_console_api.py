@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from channels.console import events
 from channels.console.throttle import LoginThrottle
 from channels.ingress import Accepted, Ingress
 from models import desk
@@ -377,3 +378,25 @@ def test_user_command_refuses_short_passwords_and_disables(console: Console, tmp
         assert stored.startswith("$argon2id$")
     finally:
         sys.stdin = old_stdin
+
+
+def test_the_event_stream_beats_presence_and_ends_with_the_session(console: Console,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(events, "KEEPALIVE_S", 0.2)  # the gateway runs in this process: its stream reads this
+    alice, me = signed_in(console, "alice")
+    with transaction(console.sessions) as session:  # long ago, so a beat shows
+        session.execute(update(AgentRecord).where(AgentRecord.id == me["id"]).values(seen_at=utcnow() - timedelta(
+            hours=1)))
+    with console.client() as watcher:
+        watcher.cookies.set("kefu_console", alice.cookies["kefu_console"], domain="127.0.0.1", path="/console")
+        with watcher.stream("GET", "/console/api/events") as stream:
+            lines = stream.iter_lines()
+            assert [next(lines), next(lines)] == ["retry: 2000", "event: ready"]
+            assert next(lines) == "data: {}" and next(lines) == ""
+            assert next(lines) == ": keepalive"
+            with console.sessions() as session:
+                seen = session.scalars(select(AgentRecord.seen_at).where(AgentRecord.id == me["id"])).one()
+            assert seen is not None and utcnow() - seen < timedelta(minutes=1)
+            assert alice.post("/console/api/logout").status_code == 200
+            rest = list(lines)  # the stream ends by itself once a beat finds the session gone
+            assert "event: expired" in rest

@@ -70,6 +70,7 @@
     const source = new EventSource("/console/api/events");
     state.source = source;
     source.addEventListener("ready", () => { renderLive(true); call(hooks.ready); });
+    source.addEventListener("expired", () => { source.close(); location.href = "/console/login"; });
     source.onmessage = (e) => {
       let event;
       try { event = JSON.parse(e.data); } catch { return; }
