@@ -81,27 +81,37 @@ def _ids(value: Any) -> list[int]:
     return [v for v in value if isinstance(v, int)] if isinstance(value, list) else []
 
 
+def _refs(detail: dict[str, Any]) -> list[tuple[str, int]]:
+    """The knowledge one ``kb_used`` row names: passages, and FAQ entries (the model's ``faq``, the fused match's
+    ``faq_entry``)."""
+    return ([("passage", i) for i in _ids(detail.get("passages"))]
+            + [("faq", i) for key in ("faq", "faq_entry") for i in _ids(detail.get(key))])
+
+
+def _titles(session: Session, refs: set[tuple[str, int]]) -> dict[tuple[str, int], tuple[int, str]]:
+    """(kind, id) → (document id, title) for the passages and entries still stored."""
+    found: dict[tuple[str, int], tuple[int, str]] = {}
+    for kind, table in (("passage", KbPassageRecord), ("faq", KbFaqRecord)):
+        ids = {i for k, i in refs if k == kind}
+        if not ids:
+            continue
+        rows = session.execute(select(table.id, KbDocumentRecord.id.label("document_id"), KbDocumentRecord.title)
+                               .join(KbDocumentRecord, KbDocumentRecord.id == table.document_id)
+                               .where(table.id.in_(ids)))
+        found.update({(kind, r.id): (r.document_id, r.title) for r in rows})
+    return found
+
+
 def sources(session: Session, timeline: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     """reply id → the knowledge it was given: ``{"kind": "passage"|"faq", "id", "document_id", "title"}`` (title
     and document None when the passage or entry is gone)."""
-    used = [e for e in timeline if e["kind"] == audit.KB_USED and e["reply_id"] is not None]
-    passage_ids = {i for e in used for i in _ids(e["detail"].get("passages"))}
-    faq_ids = {i for e in used for key in ("faq", "faq_entry") for i in _ids(e["detail"].get(key))}
-    titles: dict[tuple[str, int], tuple[int, str]] = {}
-    for kind, table, ids in (("passage", KbPassageRecord, passage_ids), ("faq", KbFaqRecord, faq_ids)):
-        if ids:
-            for r in session.execute(select(table.id, KbDocumentRecord.id.label("document_id"), KbDocumentRecord.title)
-                                     .join(KbDocumentRecord, KbDocumentRecord.id == table.document_id)
-                                     .where(table.id.in_(ids))):
-                titles[(kind, r.id)] = (r.document_id, r.title)
-    out: dict[int, list[dict[str, Any]]] = {}
-    for e in used:
-        refs = [("passage", i) for i in _ids(e["detail"].get("passages"))]
-        refs += [("faq", i) for key in ("faq", "faq_entry") for i in _ids(e["detail"].get(key))]
-        out[int(e["reply_id"])] = [
-            {"kind": kind, "id": i, "document_id": titles.get((kind, i), (None, None))[0],
-             "title": titles.get((kind, i), (None, None))[1]} for kind, i in refs]
-    return out
+    used = {int(e["reply_id"]): _refs(e["detail"]) for e in timeline
+            if e["kind"] == audit.KB_USED and e["reply_id"] is not None}
+    titles = _titles(session, {ref for refs in used.values() for ref in refs})
+    gone = (None, None)
+    return {reply_id: [{"kind": kind, "id": i, "document_id": titles.get((kind, i), gone)[0],
+                        "title": titles.get((kind, i), gone)[1]} for kind, i in refs]
+            for reply_id, refs in used.items()}
 
 
 def view(session: Session, conversation_id: int) -> dict[str, Any] | None:

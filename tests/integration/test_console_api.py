@@ -25,14 +25,22 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels.console import events
 from channels.console.throttle import LoginThrottle
 from channels.ingress import Accepted, Ingress
-from models import desk
+from models import audit, desk
 from models.envelope import ConversationKey, Inbound, utcnow
 from models.infra.db import make_engine, make_session_factory, transaction
 from models.infra.kv import make_kv
 from models.infra.migrate import upgrade
 from models.settings import Settings
 from models.states import Handler, ReplySource
-from models.tables import AgentRecord, AgentSessionRecord, AuditEvent, ReplyRecord
+from models.tables import (
+    AgentRecord,
+    AgentSessionRecord,
+    AuditEvent,
+    KbDocumentRecord,
+    KbFaqRecord,
+    KbPassageRecord,
+    ReplyRecord,
+)
 from tests import services
 from workers import user_command
 from workers.demo.processes import GatewayThread
@@ -400,3 +408,35 @@ def test_the_event_stream_beats_presence_and_ends_with_the_session(console: Cons
             assert alice.post("/console/api/logout").status_code == 200
             rest = list(lines)  # the stream ends by itself once a beat finds the session gone
             assert "event: expired" in rest
+
+
+def test_the_conversation_view_names_the_knowledge_a_reply_used(console: Console) -> None:
+    alice, _ = signed_in(console, "alice")
+    accepted = console.conversation("kb-visitor", "退货政策是什么？")
+    with transaction(console.sessions) as session:
+        document = KbDocumentRecord(source="policy.md", title="退换货政策", kind="markdown", content_hash="0" * 64)
+        session.add(document)
+        session.flush()
+        passage = KbPassageRecord(document_id=document.id, ordinal=0, heading="退货", text="七天无理由退货。")
+        faq = KbFaqRecord(document_id=document.id, ordinal=0, question="能退货吗", similar=[], answer="可以。")
+        session.add_all([passage, faq])
+        reply = ReplyRecord(inbound_id=accepted.inbound_id, conversation_id=accepted.conversation_id,
+                            text="支持七天无理由退货。", source=ReplySource.MODEL, model="tiny", created_at=utcnow())
+        session.add(reply)
+        session.flush()
+        audit.record(session, audit.KB_USED, channel="web", conversation_id=accepted.conversation_id,
+                     inbound_id=accepted.inbound_id, reply_id=reply.id, kb_revision=1,
+                     passages=[passage.id, 987654321], faq=[faq.id], dense=False)
+        ids = (passage.id, faq.id, document.id, reply.id)
+
+    view = alice.get(f"/console/api/conversations/{accepted.conversation_id}").json()
+    customer, bot = view["messages"]
+    assert (customer["who"], customer["text"]) == ("customer", "退货政策是什么？")
+    assert (bot["who"], bot["source"], bot["id"]) == ("bot", "model", ids[3])
+    assert bot["sources"] == [
+        {"kind": "passage", "id": ids[0], "document_id": ids[2], "title": "退换货政策"},
+        {"kind": "passage", "id": 987654321, "document_id": None, "title": None},  # deleted since: its id only
+        {"kind": "faq", "id": ids[1], "document_id": ids[2], "title": "退换货政策"},
+    ]
+    assert [e["kind"] for e in view["timeline"]][-1] == "kb_used"
+    assert view["conversation"]["id"] == accepted.conversation_id
