@@ -23,6 +23,11 @@
     return n;
   }
 
+  // replaceChildren without the nulls of optional parts (it would show them as the text "null")
+  function fill(parent, ...children) {
+    parent.replaceChildren(...children.filter(Boolean));
+  }
+
   function say(message, isError) {
     el("kb-message").hidden = true;
     el("kb-error").hidden = true;
@@ -102,7 +107,7 @@
 
   function renderFaq(entry, documentId) {
     const li = node("li", { "data-faq-id": entry.id });
-    const show = () => li.replaceChildren(
+    const show = () => fill(li,
       node("div", { className: "q", text: entry.question }),
       entry.similar.length ? node("div", { className: "similar", text: "相似问法：" + entry.similar.join("、") }) : null,
       node("div", { className: "a", text: entry.answer }),
@@ -139,7 +144,7 @@
   function renderDocument(data) {
     const d = data.document;
     const faqDocument = !data.passages.length && d.kind !== "approved";
-    el("kb-detail").replaceChildren(
+    fill(el("kb-detail"),
       node("h2", { text: `《${d.title}》` }),
       node("p", { className: "muted", text: `${d.source} · ${KINDS[d.kind] || d.kind} · 第 ${d.version} 版 · 更新于 ${K.formatTime(d.updated_at)}` }),
       data.faq.length || faqDocument ? node("h3", { text: `问答（${data.faq.length}）` }) : null,

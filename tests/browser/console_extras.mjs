@@ -1,0 +1,221 @@
+// The console extras as an admin uses them: Debian's headless Chromium, driven by playwright-core.
+//
+//   node tests/browser/console_extras.mjs --url http://127.0.0.1:8000 --username boss --password "…" \
+//        --conversation 1 --note "…" --tag VIP --shortcut refund --canned-text "…" --faq-answer "…" \
+//        --kb-answer "…" --kb-shot docs/console-kb.png [--timeout-ms 60000]
+//
+// 1. Logs into /console and opens conversation --conversation (a customer question the test stored).
+// 2. Adds the note --note in 内部备注 and the tag --tag in 标签; both show in their panels.
+// 3. Claims the conversation (接管会话), types "/" and the first letters of --shortcut in the composer: the canned
+//    replies dropdown offers /--shortcut; Enter inserts its text (--canned-text) in place of "/…"; 发送 sends it.
+// 4. On the agent's reply now in the transcript, 设为常见问题 opens a form prefilled with the customer's question and
+//    the reply; the answer is replaced by --faq-answer and saved: the button says 已设为常见问题.
+// 5. Opens /console/kb, views the FAQ sheet (the first CSV one), edits its first entry's answer to
+//    --kb-answer and saves; the list shows the new answer. Screenshot of that page (--kb-shot).
+// 6. Opens /console/reports: the table has the bot's line.
+// Around it: every text on the three pages is at least 4.5:1 against its background, and no script error.
+//
+// Prints one JSON object ({"ok", "checks", "faq_question", "reply_text", …}) and exits 1 when a check failed, 2 on
+// bad arguments.
+
+import { parseArgs } from "node:util";
+import { chromium } from "playwright-core";
+
+const CHROMIUM = "/usr/bin/chromium";
+const CHROMIUM_ARGS = [
+  "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+  "--disable-component-update", "--disable-sync",
+];
+const MIN_CONTRAST = 4.5;
+const REQUIRED = ["url", "username", "password", "conversation", "note", "tag", "shortcut", "canned-text", "faq-answer",
+                  "kb-answer", "kb-shot"];
+
+function options() {
+  const { values } = parseArgs({
+    options: Object.fromEntries([...REQUIRED.map((n) => [n, { type: "string" }]),
+                                 ["timeout-ms", { type: "string", default: "60000" }]]),
+  });
+  const missing = REQUIRED.filter((name) => !values[name]);
+  if (missing.length) {
+    process.stderr.write(`console_extras.mjs: missing ${missing.map((n) => "--" + n).join(", ")}\n`);
+    process.exit(2);
+  }
+  return { ...values, url: values.url.replace(/\/$/, ""), timeoutMs: Number(values["timeout-ms"]) };
+}
+
+const opts = options();
+const checks = [];
+const extra = {};
+function check(name, ok, detail) {
+  checks.push({ name, ok: Boolean(ok), detail });
+  return Boolean(ok);
+}
+
+// Every visible text against the first opaque background behind it (WCAG 2 contrast ratio), as console_desk.mjs.
+async function contrasts(page) {
+  return page.evaluate(() => {
+    const rgba = (s) => { const m = s.match(/[\d.]+/g).map(Number); return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1]; };
+    const lum = ([r, g, b]) => {
+      const c = [r, g, b].map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+      return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+    };
+    const over = (top, under) => top.slice(0, 3).map((v, i) => v * top[3] + under[i] * (1 - top[3])).concat(1);
+    const background = (el) => {
+      const layers = [];
+      for (let e = el; e; e = e.parentElement) {
+        const c = rgba(getComputedStyle(e).backgroundColor);
+        if (c[3] > 0) layers.push(c);
+        if (c[3] >= 1) break;
+      }
+      return layers.reverse().reduce((under, top) => over(top, under), [255, 255, 255, 1]);
+    };
+    const out = [];
+    for (const el of document.querySelectorAll("body *")) {
+      if (["SCRIPT", "STYLE", "OPTION"].includes(el.tagName) || el.getClientRects().length === 0) continue;
+      const own = [...el.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent).join("").trim();
+      const text = ["TEXTAREA", "INPUT"].includes(el.tagName) ? (el.value || el.placeholder || "").trim() : own;
+      if (!text) continue;
+      const bg = background(el);
+      const fg = over(rgba(getComputedStyle(el).color), bg);
+      const [a, b] = [lum(fg), lum(bg)];
+      const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      out.push({ element: el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") + (el.className ? "." + el.className : ""),
+                 text: text.slice(0, 20), ratio: Math.round(ratio * 100) / 100 });
+    }
+    return out;
+  });
+}
+// A value a render forgot to leave out shows as the words null or undefined
+async function checkNoPlaceholders(page, where) {
+  const text = await page.locator("main").innerText();
+  check(`${where}: no "null" or "undefined" shown`, !/null|undefined|NaN/.test(text), text.slice(0, 200));
+}
+function checkContrast(where, found) {
+  const low = found.filter((f) => f.ratio < MIN_CONTRAST);
+  check(`${where}: every text is at least ${MIN_CONTRAST}:1 against its background`, found.length > 0 && low.length === 0,
+    low.length ? JSON.stringify(low) : `${found.length} texts, lowest ${Math.min(...found.map((f) => f.ratio))}`);
+}
+
+async function login(page) {
+  await page.goto(`${opts.url}/console/login`, { timeout: opts.timeoutMs });
+  await page.locator("#username").fill(opts.username);
+  await page.locator("#password").fill(opts.password);
+  await Promise.all([page.waitForURL(`${opts.url}/console`, { timeout: opts.timeoutMs }),
+                     page.locator("#login-submit").click()]);
+}
+
+async function conversationView(page) {
+  const t = { timeout: opts.timeoutMs };
+  await page.goto(`${opts.url}/console/conversations/${opts.conversation}`, t);
+  await page.locator("#transcript li.msg.customer").first().waitFor(t);
+
+  // a note: shown in the panel (GET …/notes again), never as a message of the transcript
+  await page.locator("#note-text").fill(opts.note);
+  await page.locator("#note-add").click();
+  await page.locator("#notes li", { hasText: opts.note }).waitFor(t);
+  check("the note shows in 内部备注", true, opts.note);
+
+  // a tag
+  await page.locator("#tag-input").fill(opts.tag);
+  await page.locator("#tag-add").click();
+  await page.locator("#tags .tag", { hasText: opts.tag }).waitFor(t);
+  check("the tag shows in 标签", true, opts.tag);
+
+  // take the conversation, then a canned reply by its shortcut
+  await page.locator("#claim").click();
+  await page.waitForFunction(() => !document.getElementById("reply-text").disabled, null, t);
+  const box = page.locator("#reply-text");
+  await box.click();
+  await box.pressSequentially("/" + opts.shortcut.slice(0, 3));
+  const option = page.locator(`#canned-menu li[data-shortcut="${opts.shortcut}"]`);
+  await option.waitFor(t);
+  check("typing / and a shortcut's first letters offers the canned reply", await option.isVisible(), opts.shortcut);
+  await box.press("Enter");
+  const inserted = await box.inputValue();
+  extra.inserted = inserted;
+  check("Enter inserts the canned reply's text in place of /shortcut", inserted === opts["canned-text"], inserted);
+  check("the dropdown closes", (await page.locator("#canned-menu").count()) === 0, "closed");
+  await page.locator("#reply-send").click();
+  const mine = page.locator("#transcript li.msg.agent", { hasText: opts["canned-text"] });
+  await mine.waitFor(t);
+  extra.reply_text = (await mine.locator(".text").textContent()).trim();
+  const notes = await page.locator("#transcript").textContent();
+  check("the note is not in the transcript", !notes.includes(opts.note), "transcript has no note");
+
+  // make the agent's reply an FAQ
+  const make = mine.locator("button.make-faq");
+  await make.waitFor(t);
+  await make.click();
+  await page.locator("#faq-form").waitFor(t);
+  extra.faq_question = await page.locator("#faq-question").inputValue();
+  extra.faq_prefilled_answer = await page.locator("#faq-answer").inputValue();
+  check("the form is prefilled with the reply", extra.faq_prefilled_answer === opts["canned-text"],
+    extra.faq_prefilled_answer);
+  await page.locator("#faq-answer").fill(opts["faq-answer"]);
+  await page.locator("#faq-save").click();
+  await page.locator("#faq-form").waitFor({ state: "detached", timeout: opts.timeoutMs });
+  const label = await page.locator(`#transcript button.make-faq[data-reply-id]`, { hasText: "已设为常见问题" }).count();
+  check("the reply is marked 已设为常见问题", label === 1, `${label} marked`);
+  await checkNoPlaceholders(page, "conversation view");
+  checkContrast("conversation view", await contrasts(page));
+}
+
+async function knowledgeBase(page) {
+  const t = { timeout: opts.timeoutMs };
+  await page.goto(`${opts.url}/console/kb`, t);
+  const sheet = page.locator("#kb-documents tr", { hasText: "问答表 CSV" }).first();
+  await sheet.waitFor(t);
+  await sheet.locator("button.view").click();
+  const first = page.locator("#faq-list > li").first();
+  await first.waitFor(t);
+  extra.kb_question = (await first.locator(".q").textContent()).trim();
+  await first.locator("button.faq-edit").click();
+  await first.locator("textarea.faq-a").fill(opts["kb-answer"]);
+  await first.locator("button.faq-save").click();
+  await page.locator("#faq-list > li .a", { hasText: opts["kb-answer"] }).first().waitFor(t);
+  const message = await page.locator("#kb-message").textContent();
+  check("the edited FAQ entry shows its new answer", message.includes("已保存问答"), message);
+  await checkNoPlaceholders(page, "knowledge base");
+  checkContrast("knowledge base", await contrasts(page));
+  await page.screenshot({ path: opts["kb-shot"] });
+}
+
+async function reports(page) {
+  const t = { timeout: opts.timeoutMs };
+  await page.goto(`${opts.url}/console/reports`, t);
+  const bot = page.locator('#csat-rows tr[data-agent-id="bot"]');
+  await bot.waitFor(t);
+  extra.report_bot = (await bot.textContent()).trim();
+  check("the report has the bot's line", extra.report_bot.startsWith("机器人"), extra.report_bot);
+  await checkNoPlaceholders(page, "satisfaction report");
+  checkContrast("satisfaction report", await contrasts(page));
+}
+
+async function main() {
+  let browser;
+  const errors = [];
+  try {
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "zh-CN" });
+    const page = await context.newPage();
+    page.on("pageerror", (err) => errors.push(String(err)));
+    page.on("console", (m) => { if (m.type() === "error") process.stderr.write(`console: ${m.text()}\n`); });
+    page.on("response", (r) => { if (r.status() >= 400) process.stderr.write(`HTTP ${r.status()} ${r.url()}\n`); });
+    page.on("dialog", (d) => d.accept());
+    await login(page);
+    await conversationView(page);
+    await knowledgeBase(page);
+    await reports(page);
+  } catch (err) {
+    check("the pages could be driven to the end", false, String(err && err.stack ? err.stack : err));
+  } finally {
+    check("no script errors", errors.length === 0, errors.join("; "));
+    if (browser) await browser.close().catch(() => {});
+  }
+  const failed = checks.filter((c) => !c.ok);
+  process.stdout.write(JSON.stringify({ ok: failed.length === 0, checks, ...extra }, null, 2) + "\n");
+  for (const c of failed) process.stderr.write(`FAILED: ${c.name} — ${c.detail}\n`);
+  process.exit(failed.length === 0 ? 0 : 1);
+}
+
+main();
