@@ -41,7 +41,7 @@ from channels.console.auth import ConsoleAuth
 from channels.ingress import Ingress
 from models import intents, privacy
 from models.infra import heartbeat, metrics
-from models.infra.bus import Bus, Listener, make_bus, make_listener
+from models.infra.bus import BackgroundBus, Bus, Listener, make_bus, make_listener
 from models.infra.db import make_engine, make_session_factory, ping
 from models.infra.kv import KV, make_kv
 from models.infra.queues import Publisher, make_celery
@@ -79,7 +79,7 @@ def build_services(settings: Settings) -> Services:
     db = make_engine(settings, pre_ping=False, response_timeout_s=settings.db_response_timeout_s)
     sessions = make_session_factory(db)
     publisher = Publisher(make_celery(settings, "kefu-gateway", gateway=True), settings.publish_retry_after_s)
-    bus = make_bus(settings)
+    bus = BackgroundBus(make_bus(settings))  # a hung Redis never delays an acknowledgement
     ingress = Ingress(sessions, publisher, partial(privacy.stored_text, settings), partial(intents.label, settings),
                       notify=bus)
     return Services(settings, db, sessions, publisher, ingress, make_listener(settings),

@@ -74,10 +74,10 @@ class ConversationRecord(Base):
     __tablename__ = "conversation"
     __table_args__ = (
         UniqueConstraint("channel", "account", "peer"),
-        Index("ix_conversation_recent", "last_inbound_at"),
-        Index("ix_conversation_handler_recent", "handler", "last_inbound_at"),
-        Index("ix_conversation_channel_recent", "channel", "last_inbound_at"),
-        Index("ix_conversation_agent", "agent_id", "last_inbound_at"),
+        Index("ix_conversation_recent", "last_inbound_at", "id"),
+        Index("ix_conversation_handler_recent", "handler", "last_inbound_at", "id"),
+        Index("ix_conversation_channel_recent", "channel", "last_inbound_at", "id"),
+        Index("ix_conversation_agent", "agent_id", "last_inbound_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

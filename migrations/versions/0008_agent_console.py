@@ -66,10 +66,10 @@ def upgrade() -> None:
                " WHERE reply.conversation_id = conversation.id)")
     op.execute("UPDATE conversation SET last_intent = (SELECT intent FROM inbound"
                " WHERE inbound.conversation_id = conversation.id ORDER BY inbound.id DESC LIMIT 1)")
-    op.create_index("ix_conversation_recent", "conversation", ["last_inbound_at"])
-    op.create_index("ix_conversation_handler_recent", "conversation", ["handler", "last_inbound_at"])
-    op.create_index("ix_conversation_channel_recent", "conversation", ["channel", "last_inbound_at"])
-    op.create_index("ix_conversation_agent", "conversation", ["agent_id", "last_inbound_at"])
+    op.create_index("ix_conversation_recent", "conversation", ["last_inbound_at", "id"])
+    op.create_index("ix_conversation_handler_recent", "conversation", ["handler", "last_inbound_at", "id"])
+    op.create_index("ix_conversation_channel_recent", "conversation", ["channel", "last_inbound_at", "id"])
+    op.create_index("ix_conversation_agent", "conversation", ["agent_id", "last_inbound_at", "id"])
     with op.batch_alter_table("reply") as batch:
         batch.alter_column("inbound_id", existing_type=BigId, nullable=True)
         batch.add_column(sa.Column("agent_id", BigId, nullable=True))

@@ -21,7 +21,9 @@ import logging
 import os
 import secrets
 import socket
+import queue
 import tempfile
+import threading
 import weakref
 from collections import defaultdict
 from pathlib import Path
@@ -248,6 +250,40 @@ class SocketListener(_LocalFanout):
             self._sock = None
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
+
+
+class BackgroundBus:
+    """Publishes from a daemon thread, so a caller on a request's path never waits for Redis (a hung Redis would
+    cost every customer message a socket timeout before its acknowledgement). Events beyond :data:`BACKLOG`
+    waiting are dropped, like any lost event: the database holds the truth."""
+
+    BACKLOG = 1000
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self._queue: queue.SimpleQueue[tuple[str, Event] | None] = queue.SimpleQueue()
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="kefu-bus", daemon=True)
+        self._thread.start()
+
+    def publish(self, topic: str, event: Event) -> None:
+        with self._lock:
+            if self._waiting >= self.BACKLOG:
+                return
+            self._waiting += 1
+        self._queue.put((topic, event))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            with self._lock:
+                self._waiting -= 1
+            self._bus.publish(*item)
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+        getattr(self._bus, "close", lambda: None)()
 
 
 def make_bus(settings: Settings) -> Bus:
