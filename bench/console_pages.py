@@ -142,7 +142,8 @@ def live(base: str, http: httpx.Client, samples: int) -> tuple[list[float], list
             session = visitor.post("/v1/web/sessions").json()
             started = time.perf_counter()
             posted = visitor.post("/v1/web/messages", headers={"Authorization": f"Bearer {session['token']}"},
-                                  json={"visitor_id": session["visitor_id"], "text": f"第 {n} 个问题：我的订单什么时候发货？"})
+                                  json={"visitor_id": session["visitor_id"],
+                                        "text": f"第 {n} 个问题：我的订单什么时候发货？"})
             assert posted.status_code == 202, posted.text[:200]
             while True:
                 at, event = stream.events.get(timeout=10)

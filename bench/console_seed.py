@@ -2,8 +2,9 @@
 
 ``seed(url, conversations)`` writes, in a handful of set-based statements (generate_series), ``conversations``
 conversations spread over the five channels and the last 30 days, each with three customer messages, three
-replies with their deliveries and two audit rows per exchange; 2 % of them waiting in the desk's queue, 1 % held by an agent, every fifth one
-unanswered. Intents cycle through the built-in labels. Then ANALYZE, so the planner sees the real sizes.
+replies with their deliveries and two audit rows per exchange; 2 % of them waiting in the desk's queue, 1 % held
+by an agent, every fifth one unanswered. Intents cycle through the built-in labels. Then ANALYZE, so the planner
+sees the real sizes.
 
 The audit rows are written with the log's triggers off (``session_replication_role = replica``, as the superuser
 the benchmark connects as): the hash-chain trigger costs minutes for 600,000 rows, and the console only reads
@@ -87,7 +88,7 @@ def counts(url: str) -> dict[str, int]:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            return {table: int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())  # noqa: S608
+            return {table: int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
                     for table in ("conversation", "inbound", "reply", "delivery", "audit_event")}
     finally:
         engine.dispose()

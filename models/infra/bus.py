@@ -19,9 +19,9 @@ import hashlib
 import json
 import logging
 import os
+import queue as queues
 import secrets
 import socket
-import queue
 import tempfile
 import threading
 import weakref
@@ -261,7 +261,7 @@ class BackgroundBus:
 
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
-        self._queue: queue.SimpleQueue[tuple[str, Event] | None] = queue.SimpleQueue()
+        self._queue: queues.SimpleQueue[tuple[str, Event] | None] = queues.SimpleQueue()
         self._waiting = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="kefu-bus", daemon=True)
