@@ -49,6 +49,9 @@ from models.knowledge.faq_sync import FaqSync
 from models.settings import Settings
 
 log = logging.getLogger(__name__)
+# uvicorn's timeout_graceful_shutdown for the gateway (seconds): a stopping gateway waits this long for open
+# responses, then cancels them (uvicorn logs each); the agent console's event streams never end by themselves
+GRACEFUL_SHUTDOWN_S = 5
 
 
 @dataclass

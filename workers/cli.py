@@ -174,7 +174,7 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
 
     # before the app imports prometheus_client; the --workers processes inherit it and /metrics adds them up
     metrics_dir.prepare(settings, f"gateway-{args.port or settings.port}")
-    from channels.app import create_app
+    from channels.app import GRACEFUL_SHUTDOWN_S, create_app
 
     for line in settings.backend_choice():
         log.info("%s", line)
@@ -182,7 +182,8 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
     if workers > 1:  # each process builds its own app (connections must not cross a fork)
         uvicorn.run("workers.cli:gateway_app", factory=True, workers=workers, host=args.host or settings.host,
                     port=args.port or settings.port, log_level=settings.log_level.lower(),
-                    ws_max_size=settings.max_body_bytes, access_log=False, log_config=None)
+                    ws_max_size=settings.max_body_bytes, access_log=False, log_config=None,
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
         return 0
     uvicorn.run(
         create_app(settings),
@@ -192,6 +193,7 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
         ws_max_size=settings.max_body_bytes,
         access_log=False,  # the gateway writes its own (channels/access_log.py: no query strings)
         log_config=None,  # uvicorn's loggers go through setup_logging's handler (KEFU_LOG_FORMAT)
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,  # open console event streams are cancelled after it
     )
     return 0
 

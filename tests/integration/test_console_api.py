@@ -440,3 +440,17 @@ def test_the_conversation_view_names_the_knowledge_a_reply_used(console: Console
     ]
     assert [e["kind"] for e in view["timeline"]][-1] == "kb_used"
     assert view["conversation"]["id"] == accepted.conversation_id
+
+
+def test_a_gateway_with_an_open_event_stream_still_stops(console: Console) -> None:
+    other = GatewayThread(console.settings).start()
+    try:
+        http = console.client(other)
+        assert login(http, "alice").status_code == 303
+        with http.stream("GET", "/console/api/events") as stream:
+            lines = stream.iter_lines()
+            assert [next(lines), next(lines)] == ["retry: 2000", "event: ready"]
+            other.stop()  # uvicorn cancels the stream after GRACEFUL_SHUTDOWN_S instead of waiting for the browser
+            assert not other.thread.is_alive()
+    finally:
+        other.stop()

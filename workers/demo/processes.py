@@ -19,7 +19,7 @@ from typing import Any
 
 import uvicorn
 
-from channels.app import create_app
+from channels.app import GRACEFUL_SHUTDOWN_S, create_app
 from models.settings import Settings
 
 
@@ -101,7 +101,7 @@ class GatewayThread:
         self.port = port or free_port()
         self.app = create_app(settings)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                ws_max_size=settings.max_body_bytes)
+                                ws_max_size=settings.max_body_bytes, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
