@@ -80,7 +80,9 @@
     tr.appendChild(cell(c.agent_name || ""));
     tr.appendChild(cell(waitedFor(c.waiting_since), "waited"));
     tr.appendChild(cell(K.formatTime(c.last_inbound_at), "time"));
+    tr.tabIndex = 0;  // reachable with Tab; Enter opens it like a click
     tr.addEventListener("click", () => { location.href = `/console/conversations/${c.id}`; });
+    tr.addEventListener("keydown", (e) => { if (e.key === "Enter") location.href = `/console/conversations/${c.id}`; });
     tr._conversation = c;
     return tr;
   }
