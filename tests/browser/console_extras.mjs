@@ -2,7 +2,7 @@
 //
 //   node tests/browser/console_extras.mjs --url http://127.0.0.1:8000 --username boss --password "…" \
 //        --conversation 1 --note "…" --tag VIP --shortcut refund --canned-text "…" --faq-answer "…" \
-//        --kb-answer "…" --kb-shot docs/console-kb.png [--timeout-ms 60000]
+//        --kb-answer "…" --kb-shot docs/console-kb.png [--conversation-shot conversation.png] [--timeout-ms 60000]
 //
 // 1. Logs into /console and opens conversation --conversation (a customer question the test stored).
 // 2. Adds the note --note in 内部备注 and the tag --tag in 标签; both show in their panels.
@@ -33,7 +33,8 @@ const REQUIRED = ["url", "username", "password", "conversation", "note", "tag", 
 function options() {
   const { values } = parseArgs({
     options: Object.fromEntries([...REQUIRED.map((n) => [n, { type: "string" }]),
-                                 ["timeout-ms", { type: "string", default: "60000" }]]),
+                                 ["timeout-ms", { type: "string", default: "60000" }],
+                                 ["conversation-shot", { type: "string" }]]),
   });
   const missing = REQUIRED.filter((name) => !values[name]);
   if (missing.length) {
@@ -157,6 +158,7 @@ async function conversationView(page) {
   const label = await page.locator(`#transcript button.make-faq[data-reply-id]`, { hasText: "已设为常见问题" }).count();
   check("the reply is marked 已设为常见问题", label === 1, `${label} marked`);
   await checkNoPlaceholders(page, "conversation view");
+  if (opts["conversation-shot"]) await page.screenshot({ path: opts["conversation-shot"] });
   checkContrast("conversation view", await contrasts(page));
 }
 
@@ -193,11 +195,12 @@ async function reports(page) {
 
 async function main() {
   let browser;
+  let page;
   const errors = [];
   try {
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, locale: "zh-CN" });
-    const page = await context.newPage();
+    page = await context.newPage();
     page.on("pageerror", (err) => errors.push(String(err)));
     page.on("console", (m) => { if (m.type() === "error") process.stderr.write(`console: ${m.text()}\n`); });
     page.on("response", (r) => { if (r.status() >= 400) process.stderr.write(`HTTP ${r.status()} ${r.url()}\n`); });
@@ -208,6 +211,8 @@ async function main() {
     await reports(page);
   } catch (err) {
     check("the pages could be driven to the end", false, String(err && err.stack ? err.stack : err));
+    // for the diagnosis: whether the live stream (whose "ready" loads the conversation) was connected
+    if (page) extra.live = await page.locator("#live").textContent({ timeout: 1000 }).catch(() => null);
   } finally {
     check("no script errors", errors.length === 0, errors.join("; "));
     if (browser) await browser.close().catch(() => {});

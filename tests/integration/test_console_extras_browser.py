@@ -83,7 +83,7 @@ def run_console(url: str, conversation_id: int, shot: Path) -> dict[str, Any]:
     command = [node, str(SCRIPT), "--url", url, "--username", "boss", "--password", PASSWORD,
                "--conversation", str(conversation_id), "--note", NOTE, "--tag", "VIP", "--shortcut", "refund",
                "--canned-text", CANNED, "--faq-answer", FAQ_ANSWER, "--kb-answer", KB_ANSWER, "--kb-shot", str(shot),
-               "--timeout-ms", "60000"]
+               "--timeout-ms", "60000", "--conversation-shot", str(shot.with_name("console-extras-conversation.png"))]
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
     assert run.returncode == 0, f"the console failed in Chromium (exit {run.returncode}):\n{run.stderr}\n{run.stdout}"
     return dict(json.loads(run.stdout))
