@@ -21,7 +21,8 @@ request, 403 for an agent where the route is for admins).
 - Make an answer an FAQ (admin): ``GET /replies/{id}/faq-draft`` → ``{reply_id, question, answer}`` (the customer's
   message it answered — for an agent's reply the customer's message before it — and the reply's text);
   ``POST /answers`` ``{reply_id, question, answer}`` approves it (models.knowledge.approved.approve) → 201/200
-  ``{status, answer}``, 422 with the reason when it cannot be (personal data, a question already answered…).
+  ``{status, answer}``, 422 with the reason when it cannot be (personal data, a question already answered…);
+  ``GET /answers`` → ``{answers}``: the approved answers (the view marks the replies already made FAQs).
 
 Errors are ``{"error": {"code", "message"}}``. Database work runs in the gateway's thread pool.
 """
@@ -105,6 +106,7 @@ class ConsoleExtras:
             Route(f"{PREFIX}/kb/faq", g(self.faq_add), methods=["POST"]),
             Route(f"{PREFIX}/kb/faq/{{faq_id:int}}", g(self.faq_edit), methods=["PUT"]),
             Route(f"{PREFIX}/replies/{{reply_id:int}}/faq-draft", g(self.faq_draft), methods=["GET"]),
+            Route(f"{PREFIX}/answers", g(self.admin_kb(self._kb.answers)), methods=["GET"]),
             Route(f"{PREFIX}/answers", g(self.admin_kb(self._kb.approve)), methods=["POST"]),
             Route("/console/kb", self.kb_page, methods=["GET"]),
             Route("/console/reports", self.reports_page, methods=["GET"]),

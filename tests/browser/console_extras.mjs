@@ -4,12 +4,13 @@
 //        --conversation 1 --note "…" --tag VIP --shortcut refund --canned-text "…" --faq-answer "…" \
 //        --kb-answer "…" --kb-shot docs/console-kb.png [--conversation-shot conversation.png] [--timeout-ms 60000]
 //
-// 1. Logs into /console and opens conversation --conversation (a customer question the test stored).
+// 1. Logs into /console, saves the canned reply /--shortcut (--canned-text) on /console/kb, and opens conversation
+//    --conversation (a customer question the test stored).
 // 2. Adds the note --note in 内部备注 and the tag --tag in 标签; both show in their panels.
 // 3. Claims the conversation (接管会话), types "/" and the first letters of --shortcut in the composer: the canned
 //    replies dropdown offers /--shortcut; Enter inserts its text (--canned-text) in place of "/…"; 发送 sends it.
 // 4. On the agent's reply now in the transcript, 设为常见问题 opens a form prefilled with the customer's question and
-//    the reply; the answer is replaced by --faq-answer and saved: the button says 已设为常见问题.
+//    the reply; the answer is replaced by --faq-answer and saved: the button says 已设为常见问题, after a reload too.
 // 5. Opens /console/kb, views the FAQ sheet (the first CSV one), edits its first entry's answer to
 //    --kb-answer and saves; the list shows the new answer. Screenshot of that page (--kb-shot).
 // 6. Opens /console/reports: the table has the bot's line.
@@ -105,6 +106,18 @@ async function login(page) {
                      page.locator("#login-submit").click()]);
 }
 
+async function cannedReply(page) {
+  const t = { timeout: opts.timeoutMs };
+  await page.goto(`${opts.url}/console/kb`, t);
+  await page.locator("#canned-shortcut").fill(opts.shortcut);
+  await page.locator("#canned-text").fill(opts["canned-text"]);
+  await page.locator("#canned-save").click();
+  const row = page.locator(`#canned-rows tr[data-shortcut="${opts.shortcut}"]`);
+  await row.waitFor(t);
+  check("the canned reply saved on /console/kb is listed", (await row.textContent()).includes(opts["canned-text"]),
+    opts.shortcut);
+}
+
 async function conversationView(page) {
   const t = { timeout: opts.timeoutMs };
   await page.goto(`${opts.url}/console/conversations/${opts.conversation}`, t);
@@ -157,6 +170,10 @@ async function conversationView(page) {
   await page.locator("#faq-form").waitFor({ state: "detached", timeout: opts.timeoutMs });
   const label = await page.locator(`#transcript button.make-faq[data-reply-id]`, { hasText: "已设为常见问题" }).count();
   check("the reply is marked 已设为常见问题", label === 1, `${label} marked`);
+  await page.reload(t);
+  const kept = page.locator("#transcript li.msg.agent button.make-faq", { hasText: "已设为常见问题" });
+  await kept.waitFor(t);
+  check("after a reload the reply is still marked 已设为常见问题", await kept.isDisabled(), "disabled");
   await checkNoPlaceholders(page, "conversation view");
   if (opts["conversation-shot"]) await page.screenshot({ path: opts["conversation-shot"] });
   checkContrast("conversation view", await contrasts(page));
@@ -206,6 +223,7 @@ async function main() {
     page.on("response", (r) => { if (r.status() >= 400) process.stderr.write(`HTTP ${r.status()} ${r.url()}\n`); });
     page.on("dialog", (d) => d.accept());
     await login(page);
+    await cannedReply(page);
     await conversationView(page);
     await knowledgeBase(page);
     await reports(page);

@@ -285,6 +285,8 @@ def test_make_an_agents_reply_an_faq(console: Console, agent: httpx.Client, admi
     assert made.status_code == 201, made.text
     assert made.json()["answer"]["answer"] == "可以：100 积分抵 1 元，可抵全部运费。"
     assert admin.post("/console/api/answers", json=body).json()["status"] == "unchanged"
+    assert agent.get("/console/api/answers").status_code == 403
+    assert reply_id in [a["reply_id"] for a in admin.get("/console/api/answers").json()["answers"]]
     pii = admin.post("/console/api/answers", json={**body, "answer": "请打 13812345678"})
     assert (pii.status_code, pii.json()["error"]["code"]) == (422, "not_approvable")
     assert audited(console, "answer_approved")[-1]["by"] == "boss"

@@ -1,9 +1,10 @@
-"""The console extras in Debian's headless Chromium (tests/browser/console_extras.mjs) against a real gateway
-(embedded backend): an admin logs in, adds a note and a tag to a conversation, takes it over and inserts a canned
-reply by typing its shortcut, sends it, makes that reply an FAQ with an edited answer, edits an FAQ sheet's entry
-on /console/kb and opens /console/reports. The database confirms each step, and the dialogue decision then answers
-the customer's question with the approved answer and the sheet's question with the edited one (the FAQ data loop).
-Every text on the three pages is at least 4.5:1 against its background. The run saves docs/console-kb.png.
+"""The console extras in Debian's headless Chromium (tests/browser/console_extras.mjs) against a real gateway (embedded
+backend): an admin logs in, saves a canned reply on /console/kb, adds a note and a tag to a conversation, takes it
+over and inserts the canned reply by typing its shortcut, sends it, makes that reply an FAQ with an edited answer,
+edits an FAQ sheet's entry on /console/kb and opens /console/reports. The database confirms each step, and the
+dialogue decision then answers the customer's question with the approved answer and the sheet's question with the
+edited one (the FAQ data loop). Every text on the three pages is at least 4.5:1 against its background. The run
+saves docs/console-kb.png.
 
 Needs `make system` (chromium, a CJK font) and `make tests/browser/node_modules`.
 """
@@ -23,7 +24,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.ingress import Ingress
-from models import canned
 from models.dialogue import HandOff, Message, decide
 from models.envelope import ConversationKey, Inbound
 from models.infra.db import make_engine, make_session_factory, transaction
@@ -103,7 +103,6 @@ def test_an_admin_uses_notes_tags_canned_replies_and_the_knowledge_base(
         session.add(ReplyRecord(inbound_id=inbound.id, conversation_id=conversation_id, source=ReplySource.MODEL,
                                 text="您好，积分的用法请见会员中心。"))
         store.import_document(session, SHEET, by="cli")
-        canned.save(session, "refund", CANNED, None, "cli")
     shot = tmp_path / "console-kb.png"
 
     result = run_console(gw.http_url, conversation_id, shot)
@@ -122,9 +121,9 @@ def test_an_admin_uses_notes_tags_canned_replies_and_the_knowledge_base(
         assert (answer.reply_id, answer.question, answer.answer) == (agent_reply.id, QUESTION, FAQ_ANSWER)
         by = {kind: detail["by"] for kind, detail in session.execute(
             select(AuditEvent.kind, AuditEvent.detail).where(AuditEvent.kind.in_(
-                ["answer_approved", "kb_faq_edited", "console_note_added", "console_tagged"])))}
+                ["answer_approved", "kb_faq_edited", "console_note_added", "console_tagged", "console_canned_saved"])))}
     assert by == {"answer_approved": "boss", "kb_faq_edited": "boss", "console_note_added": "boss",
-                  "console_tagged": "boss"}
+                  "console_tagged": "boss", "console_canned_saved": "boss"}
 
     # the FAQ data loop: a later customer's question gets the approved answer and the edited entry, without the model
     assert FaqSync(sessions, settings).poll()

@@ -4,7 +4,7 @@
 //   #canned-panel  快捷回复: typing "/" and a shortcut in the composer offers the canned replies that match;
 //                  ↑/↓ choose, Enter/Tab or a click inserts the text in place of "/shortcut", Esc closes
 //   transcript     设为常见问题 on each bot/agent reply (admins): a form prefilled with the customer's question and
-//                  the reply, saved as an approved answer (POST /console/api/answers)
+//                  the reply, saved as an approved answer (POST /console/api/answers); 已设为常见问题 on those that are
 // Every render function builds DOM nodes with textContent (no HTML from data). Panels reload on each
 // kefuConsole.onConversation(data): after every load of the conversation (a live event naming it included).
 (function () {
@@ -184,15 +184,23 @@
   }
 
   // --- make this answer an FAQ ---------------------------------------------------------------------------
-  function addFaqButtons(data) {
+  async function addFaqButtons(data) {
     if (!state.me || state.me.role !== "admin") return;
+    const made = new Set((await K.api("/console/api/answers")).answers.map((a) => a.reply_id));
     for (const m of data.messages) {
       if (m.who === "customer" || m.source === "csat") continue;
       const li = document.querySelector(`#transcript li[data-id="${m.who}-${m.id}"]`);
       if (!li || li.querySelector(".make-faq")) continue;
-      li.appendChild(node("button", { type: "button", className: "link make-faq", "data-reply-id": m.id,
-                                      text: "设为常见问题", on: { click: () => openFaqForm(m.id) } }));
+      const button = node("button", { type: "button", className: "link make-faq", "data-reply-id": m.id,
+                                      text: "设为常见问题", on: { click: () => openFaqForm(m.id) } });
+      if (made.has(m.id)) markMade(button);
+      li.appendChild(button);
     }
+  }
+
+  function markMade(button) {
+    button.textContent = "已设为常见问题";
+    button.disabled = true;
   }
 
   async function openFaqForm(replyId) {
@@ -212,7 +220,7 @@
           body: { reply_id: replyId, question: question.value, answer: answer.value } });
         close();
         const done = document.querySelector(`#transcript button.make-faq[data-reply-id="${replyId}"]`);
-        if (done) { done.textContent = "已设为常见问题"; done.disabled = true; }
+        if (done) markMade(done);
       } catch (err) {
         message.textContent = "无法保存：" + err.message;
         message.hidden = false;
@@ -237,7 +245,7 @@
     state.me = me;
     await loadCanned().catch((err) => console.error("canned replies", err));
     K.onConversation((data) => {
-      addFaqButtons(data);
+      addFaqButtons(data).catch((err) => console.error("approved answers", err));
       loadNotes().catch((err) => showPanelError(el("notes-panel"), err.message));
       loadTags().catch((err) => showPanelError(el("tags-panel"), err.message));
     });
