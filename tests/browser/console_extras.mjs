@@ -11,7 +11,7 @@
 //    replies dropdown offers /--shortcut; Enter inserts its text (--canned-text) in place of "/…"; 发送 sends it.
 // 4. On the agent's reply now in the transcript, 设为常见问题 opens a form prefilled with the customer's question and
 //    the reply; the answer is replaced by --faq-answer and saved: the button says 已设为常见问题, after a reload too.
-// 5. Opens /console/kb, views the FAQ sheet (the first CSV one), edits its first entry's answer to
+// 5. Opens /console/kb, uploads a Markdown file (listed, its passage shown) and deletes it; views the FAQ sheet (the first CSV one), edits its first entry's answer to
 //    --kb-answer and saves; the list shows the new answer. Screenshot of that page (--kb-shot).
 // 6. Opens /console/reports: the table has the bot's line.
 // Around it: every text on the three pages is at least 4.5:1 against its background, and no script error.
@@ -19,6 +19,9 @@
 // Prints one JSON object ({"ok", "checks", "faq_question", "reply_text", …}) and exits 1 when a check failed, 2 on
 // bad arguments.
 
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { chromium } from "playwright-core";
 
@@ -182,6 +185,22 @@ async function conversationView(page) {
 async function knowledgeBase(page) {
   const t = { timeout: opts.timeoutMs };
   await page.goto(`${opts.url}/console/kb`, t);
+
+  // upload a Markdown file, see its passage, delete it (the confirm dialog is accepted)
+  const folder = mkdtempSync(join(tmpdir(), "kefu-kb-"));
+  const file = join(folder, "退货政策.md");
+  writeFileSync(file, "# 退货政策\n\n签收后 7 天内可无理由退货，运费由买家承担。\n");
+  await page.locator("#kb-file").setInputFiles(file);
+  await page.locator("#kb-upload button[type=submit]").click();
+  const uploaded = page.locator("#kb-documents tr", { hasText: "退货政策.md" });
+  await uploaded.waitFor(t);
+  await page.locator(".passage-list li", { hasText: "无理由退货" }).waitFor(t);
+  check("an uploaded document is listed with its passage", true, await page.locator("#kb-message").textContent());
+  await uploaded.locator("button.delete").click();
+  await uploaded.waitFor({ state: "detached", timeout: opts.timeoutMs });
+  check("a deleted document leaves the list", true, "退货政策.md");
+  rmSync(folder, { recursive: true, force: true });
+
   const sheet = page.locator("#kb-documents tr", { hasText: "问答表 CSV" }).first();
   await sheet.waitFor(t);
   await sheet.locator("button.view").click();

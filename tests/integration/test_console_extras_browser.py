@@ -1,10 +1,10 @@
 """The console extras in Debian's headless Chromium (tests/browser/console_extras.mjs) against a real gateway (embedded
-backend): an admin logs in, saves a canned reply on /console/kb, adds a note and a tag to a conversation, takes it
-over and inserts the canned reply by typing its shortcut, sends it, makes that reply an FAQ with an edited answer,
-edits an FAQ sheet's entry on /console/kb and opens /console/reports. The database confirms each step, and the
-dialogue decision then answers the customer's question with the approved answer and the sheet's question with the
-edited one (the FAQ data loop). Every text on the three pages is at least 4.5:1 against its background. The run
-saves docs/console-kb.png.
+backend): an admin logs in, saves a canned reply on /console/kb, uploads and deletes a document there, adds a note
+and a tag to a conversation, takes it over and inserts the canned reply by typing its shortcut, sends it, makes that
+reply an FAQ with an edited answer, edits an FAQ sheet's entry on /console/kb and opens /console/reports. The
+database confirms each step, and the dialogue decision then answers the customer's question with the approved answer
+and the sheet's question with the edited one (the FAQ data loop). Every text on the three pages is at least 4.5:1
+against its background. The run saves docs/console-kb.png.
 
 Needs `make system` (chromium, a CJK font) and `make tests/browser/node_modules`.
 """
@@ -124,6 +124,13 @@ def test_an_admin_uses_notes_tags_canned_replies_and_the_knowledge_base(
                 ["answer_approved", "kb_faq_edited", "console_note_added", "console_tagged", "console_canned_saved"])))}
     assert by == {"answer_approved": "boss", "kb_faq_edited": "boss", "console_note_added": "boss",
                   "console_tagged": "boss", "console_canned_saved": "boss"}
+    with sessions() as session:  # the uploaded file, imported and deleted by the admin; gone from the store
+        kb = [(kind, detail["by"]) for kind, detail in session.execute(
+            select(AuditEvent.kind, AuditEvent.detail).where(AuditEvent.kind.in_(["kb_imported", "kb_deleted"]))
+            .order_by(AuditEvent.id))]
+        assert [d.source for d in store.documents(session)] == [SHEET.source, store.approved_source(agent_reply.id)]
+    # the sheet (cli), the approved answer, the upload, its deletion
+    assert kb == [("kb_imported", "cli"), ("kb_imported", "boss"), ("kb_imported", "boss"), ("kb_deleted", "boss")]
 
     # the FAQ data loop: a later customer's question gets the approved answer and the edited entry, without the model
     assert FaqSync(sessions, settings).poll()
