@@ -9,13 +9,13 @@
 // 2. The visitor opens the chat page (/) and sends 转人工; the page shows the desk's promise (--promise).
 // 3. Without any reload (a marker set on the inbox page survives), the inbox shows a waiting conversation and the
 //    queue count goes to 1. Screenshot of the inbox.
-// 4. The agent opens it, claims it (接入会话), types --reply and sends; the visitor's page shows that text (a reply
-//    frame without a message id: an agent's message).
+// 4. The agent opens it, claims it (接入会话) — the customer's typing shows —, types --reply and sends; the
+//    visitor's page shows that text (a reply frame without a message id: an agent's message).
 // 5. The agent hands back (交还机器人); the visitor sends --question and gets an answer to that very message (the
 //    reply frame naming its message id); the open conversation view shows the question and a bot reply live.
 //    Screenshot of the conversation view.
 // Around it: every text on both console pages is at least 4.5:1 against its background, and no script error.
-// Whether the customer's typing showed (对方正在输入…) is reported, not checked (the chat page sends it from issue 13).
+// While the agent holds it the customer's typing (the desk's "typing" events) shows 对方正在输入….
 //
 // Prints one JSON object ({"ok", "checks", "reply", "answer", …}) and exits 1 when a check failed, 2 on bad
 // arguments.
@@ -186,8 +186,9 @@ async function main() {
     await agent.locator("#claim").click();
     await agent.locator("#reply-text:not([disabled])").waitFor({ timeout: opts.timeoutMs });
     await visitor.locator("#text").pressSequentially("在", { delay: 20 });  // the customer types (not sent)
-    result.typing_shown = await agent.locator("#typing:not([hidden])").waitFor({ timeout: 3000 })
-      .then(() => true, () => false);
+    await agent.locator("#typing:not([hidden])").waitFor({ timeout: opts.timeoutMs });
+    check("the customer's typing shows in the conversation view",
+      (await agent.locator("#typing").textContent()) === "对方正在输入…", await agent.locator("#typing").textContent());
     await visitor.locator("#text").fill("");
     await agent.locator("#reply-text").fill(opts.reply);
     await agent.locator("#reply-send").click();

@@ -2,9 +2,11 @@
 gateway, real Celery worker, the tiny model) on both backends: an agent made by ``kefu user add``'s code path logs
 into the console; a visitor on the chat page asks for a person (转人工); the console's inbox shows the conversation
 waiting without a reload; the agent claims it and replies, and the visitor's page shows the reply live; the agent
-hands back, and the model answers the visitor's next message. The database confirms each step: the conversation
-the console took is the visitor's, the agent's reply is stored as the agent's and delivered, the answer after the
-hand-back is the model's. The run saves docs/console-inbox.png and docs/console-conversation.png.
+hands back, and the model answers the visitor's next message. While the agent holds it, the desk's ``typing``
+events (published here on the real bus, as the chat page does while the visitor types) show 对方正在输入…. The
+database confirms each step: the conversation the console took is the visitor's, the agent's reply is stored as the
+agent's and delivered, the answer after the hand-back is the model's. The run saves docs/console-inbox.png and
+docs/console-conversation.png.
 
 Needs `make system` (chromium, a CJK font) and `make tests/browser/node_modules`.
 """
@@ -15,12 +17,16 @@ import io
 import json
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from models import desk
+from models.infra.bus import make_bus
 from models.states import Handler, ReplySource
 from models.tables import AuditEvent, ConversationRecord, DeliveryRecord, InboundRecord, ReplyRecord
 from tests.integration.conftest import Stack, wait_for
@@ -53,7 +59,10 @@ def test_an_agent_takes_over_a_web_conversation_and_hands_it_back(stack: Stack, 
     assert user_command.add(stack.sessions, "xiaoai", "agent", "小爱", lambda: PASSWORD, io.StringIO()) == 0
     inbox_shot, conversation_shot = tmp_path / "console-inbox.png", tmp_path / "console-conversation.png"
 
+    typing = threading.Thread(target=customer_typing, args=(stack,), daemon=True)
+    typing.start()
     result = run_console(stack, inbox_shot, conversation_shot)
+    typing.join(timeout=30)
 
     assert result["ok"] is True and all(c["ok"] for c in result["checks"]), result["checks"]
     conversation_id = int(result["conversation_id"])
@@ -84,6 +93,24 @@ def test_an_agent_takes_over_a_web_conversation_and_hands_it_back(stack: Stack, 
     if stack.backend == "redis-postgres":  # one pair of pictures for the docs
         shutil.copyfile(inbox_shot, REPO / "docs" / "console-inbox.png")
         shutil.copyfile(conversation_shot, REPO / "docs" / "console-conversation.png")
+
+
+def customer_typing(stack: Stack) -> None:
+    """The desk's ``typing`` events, on the real bus, while an agent holds a web conversation: what the chat page
+    publishes as the visitor types (the console side is what this test checks)."""
+    bus = make_bus(stack.settings)
+    try:
+        held = wait_for(lambda: _held(stack), timeout=180, interval=0.1)
+        for _ in range(20):
+            bus.publish(desk.TOPIC, desk.event("typing", held))
+            time.sleep(0.25)
+    finally:
+        getattr(bus, "close", lambda: None)()
+
+
+def _held(stack: Stack) -> int | None:
+    with stack.sessions() as session:
+        return session.scalars(select(ConversationRecord.id).where(ConversationRecord.handler == Handler.AGENT)).first()
 
 
 def _kinds(stack: Stack, conversation_id: int) -> list[str]:
