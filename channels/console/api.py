@@ -12,8 +12,8 @@ for the agent.
 - ``POST /conversations/{id}/claim`` → the row (409 when another agent holds it); ``POST …/reply`` ``{"text"}``
   → 201 ``{reply_id}`` (409 when you do not hold it; 422 empty or longer than ``KEFU_MAX_TEXT_CHARS``), delivered
   after the commit; ``POST …/hand-back`` → the row (409 when you do not hold it; an admin may hand back anyone's),
-  and the customer is asked for a satisfaction score when models.csat is there. Each publishes a live event on
-  ``models.desk.TOPIC`` (``handler``, or ``agent_reply``) after its commit, so every console updates.
+  and the customer is asked for a satisfaction score (models.csat), delivered after the commit. Each publishes a
+  live event on ``models.desk.TOPIC`` (``handler``, or ``agent_reply``) after its commit, so every console updates.
 - ``GET /users`` (admin) → the accounts; ``POST /users`` (admin) ``{username, password, role, display_name?}`` → 201.
 
 Database work and publishing run in the gateway's thread pool; agent actions are audited by models.desk and
@@ -22,14 +22,11 @@ models.agents in the same transaction as the change.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -40,7 +37,7 @@ from channels.console.auth import ConsoleAuth
 from channels.console.context import ConsoleContext
 from channels.errors import RequestRejected
 from channels.http import parse_json_object, read_limited
-from models import agents, desk
+from models import agents, csat, desk
 from models.envelope import utcnow
 from models.infra.db import transaction
 from models.states import Handler, Presence, Role
@@ -248,7 +245,8 @@ class ConsoleApi:
             with transaction(self._ctx.sessions) as session:
                 if not desk.hand_back(session, conversation_id, holder):
                     return None
-                csat_reply = _ask_csat(session, conversation_id, agent.id)
+                # the customer is asked for a score (None: KEFU_CSAT_REQUEST_REPLY is empty)
+                csat_reply = csat.ask(session, conversation_id, agent.id, self._ctx.settings)
             if csat_reply is not None:
                 self._ctx.ingress.deliver(csat_reply)
             self._publish("handler", conversation_id, handler=Handler.BOT.value, agent_id=None, by=agent.id)
@@ -294,11 +292,4 @@ def _account(a: agents.Account) -> dict[str, Any]:
     return out
 
 
-def _ask_csat(session: Session, conversation_id: int, agent_id: int) -> int | None:
-    """The customer's satisfaction request (models.csat, when this Kefu has it): the reply id to deliver."""
-    if importlib.util.find_spec("models.csat") is None:
-        return None
-    csat: Any = importlib.import_module("models.csat")
-    reply_id = csat.ask(session, conversation_id, agent_id)
-    return None if reply_id is None else int(reply_id)
 

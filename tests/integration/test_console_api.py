@@ -36,6 +36,7 @@ from models.tables import (
     AgentRecord,
     AgentSessionRecord,
     AuditEvent,
+    DeliveryRecord,
     KbDocumentRecord,
     KbFaqRecord,
     KbPassageRecord,
@@ -308,6 +309,11 @@ def test_claim_reply_and_hand_back_between_two_agents(console: Console) -> None:
     assert bob.post(f"/console/api/conversations/{c}/hand-back").status_code == 409
     back = alice.post(f"/console/api/conversations/{c}/hand-back")
     assert back.status_code == 200 and back.json()["conversation"]["handler"] == Handler.BOT
+    with console.sessions() as session:  # the customer is asked for a score, to be delivered like any reply
+        asked = session.execute(select(ReplyRecord.text, DeliveryRecord.status)
+                                .join(DeliveryRecord, DeliveryRecord.reply_id == ReplyRecord.id)
+                                .where(ReplyRecord.conversation_id == c, ReplyRecord.source == ReplySource.CSAT)).all()
+    assert [tuple(row) for row in asked] == [(console.settings.csat_request_reply, "pending")]
     assert alice.post(f"/console/api/conversations/{c}/claim", headers={"X-CSRF-Token": ""}).status_code == 403
 
 

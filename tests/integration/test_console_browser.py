@@ -101,7 +101,9 @@ def customer_typing(stack: Stack) -> None:
     bus = make_bus(stack.settings)
     try:
         held = wait_for(lambda: _held(stack), timeout=180, interval=0.1)
-        for _ in range(20):
+        for _ in range(40):  # while the agent holds it (the conversation-view screenshot comes after the hand-back)
+            if _held(stack) != held:
+                break
             bus.publish(desk.TOPIC, desk.event("typing", held))
             time.sleep(0.25)
     finally:
