@@ -18,7 +18,9 @@ answered honestly where nobody can take it; a message that may be one is asked b
 and a yes right after it hands off. So do ``handoff_after_failures`` fallback replies in a row and clearly negative
 wording. What follows from the conversation so far (:attr:`Message.asked_back`, :attr:`Message.failed_answers`)
 is filled in by the worker (workers/follow_up.py); every channel may turn detection off or add words
-(``KEFU_HANDOFF_CHANNELS``).
+(``KEFU_HANDOFF_CHANNELS``). So is :attr:`Message.csat_asked`: a message that is just a number 1-5 right after the
+request for a satisfaction score (models.csat) is decided ``csat_score`` — thanked, the score stored — not
+answered by the model.
 
 What the model is told and what a customer hears when the model fails also follow the channel:
 :func:`system_prompt` and :func:`fallback_reply` mention 转人工 only where a person can take over.
@@ -30,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from models import intents, moderation
+from models import csat, intents, moderation
 from models.handoff_detect import Verdict, detect, is_yes, negative_word
 from models.knowledge import faq_cache
 from models.knowledge.faq import FaqEntry
@@ -48,6 +50,7 @@ UNSUPPORTED = {
     "file": "已收到您的文件。抱歉，我暂时还无法读取文件，请用文字描述您的问题。",
 }
 UNSUPPORTED_DEFAULT = "抱歉，我暂时只能处理文字消息，请用文字描述您的问题。"
+CSAT_SCORE = "csat_score"  # Decision.why of a satisfaction score answered with the thanks
 APPROVED_ANSWER = "approved_answer:"  # Decision.why of an approved answer: "approved_answer:<reply id>"
 
 
@@ -77,6 +80,7 @@ class Message:
     channel: str = ""  # the channel's name, for its own hand-off settings (KEFU_HANDOFF_CHANNELS)
     asked_back: bool = False  # the last reply asked whether the customer wants a person (handoff_ask_back_reply)
     failed_answers: int = 0  # fallback replies in a row just before this message
+    csat_asked: bool = False  # the last reply asked for a satisfaction score (models.csat.ask)
     # a worker decides the next message again knowing this one (a yes to an ask-back hands off); False where only
     # the channel's own loop can hand over (the phone): no ask-back there, it could not be carried out
     follows_up: bool = True
@@ -255,10 +259,18 @@ def faq_decision(entry: FaqEntry, why: str = "faq") -> Decision:
     return Decision(Action.ANSWER, why, entry.answer, ReplySource.FAQ)
 
 
+def csat_score(settings: Settings, message: Message, handoff: HandOff) -> Decision | None:
+    """Just a number 1-5 right after the request for a score: thanked (``csat_thanks_reply``); whoever stores the
+    answer also stores the score (models.csat.record; workers.answering.carry_out). Anything else goes on."""
+    if not message.csat_asked or csat.score_of(message.text) is None:
+        return None
+    return Decision(Action.ANSWER, CSAT_SCORE, settings.csat_thanks_reply, ReplySource.CSAT)
+
+
 RULES: tuple[Rule, ...] = (nothing_to_read, moderated, confirms_person, asks_for_person, after_failures, unhappy,
                           intent_route, faq)
 # What a worker decides again once it knows the conversation (Message.asked_back, failed_answers): workers/follow_up.py
-FOLLOW_UP_RULES: tuple[Rule, ...] = (confirms_person, after_failures)
+FOLLOW_UP_RULES: tuple[Rule, ...] = (csat_score, confirms_person, after_failures)
 MODEL_ANSWERS = Decision(Action.GENERATE, "no_rule")
 
 

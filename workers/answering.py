@@ -23,6 +23,8 @@
 - The model's reply is moderated (:mod:`models.moderation`: mask, or the fallback instead) and masked
   (:mod:`models.pii`) before it is stored or kept in the history; streamed text holds back a trailing run
   of digits until it ends and sends it masked, so no full ID, card or mobile number is ever streamed.
+- A number 1-5 right after the request for a satisfaction score (decision ``csat_score``, workers.follow_up) is
+  answered with the thanks and the score stored (models.csat.record) in the same transaction.
 - Every answer is written by :func:`models.replies.store_reply` in one transaction with its
   generation audit rows; a second worker that answered first wins and its reply is kept.
 - Metrics (:mod:`models.infra.metrics`): the queue wait when answering begins, the generation's first token,
@@ -35,13 +37,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.orm import Session
 
-from models import audit, moderation, pii, transcript
-from models.dialogue import Action, Decision, HandOff, Message, decide, fallback_reply, faq_decision, prompt_hint
+from models import audit, csat, moderation, pii, transcript
+from models.dialogue import CSAT_SCORE, Action, Decision, HandOff, Message, decide, fallback_reply, faq_decision, prompt_hint
 from models.envelope import ConversationKey, Turn
 from models.infra import metrics
 from models.infra.db import transaction
@@ -103,6 +107,11 @@ def carry_out(rt: Runtime, row: InboundRecord, key: ConversationKey, decision: D
         notice = Answer(handoff.later_notice(key.account, decision.text), ReplySource.HANDOFF, why=decision.why)
         with handoff.beginning(key):
             return store(rt, row, key, notice)
+    if decision.why == CSAT_SCORE:  # the thanks, and the score in the same transaction
+        score = csat.score_of(row.text)
+        assert score is not None  # the rule decided on it
+        return store(rt, row, key, decision.answer(),
+                     also=lambda session: csat.record(session, row.conversation_id, score, key.channel))
     return store(rt, row, key, decision.answer())
 
 
@@ -117,8 +126,10 @@ class _Run:
 
 
 def store(rt: Runtime, row: InboundRecord, key: ConversationKey, answer: Answer, *,
-          inbound_text: str | None = None, run: _Run | None = None) -> int:
-    """Store an answer with its pending delivery (and the generation's audit rows); the reply id that won."""
+          inbound_text: str | None = None, run: _Run | None = None,
+          also: Callable[[Session], object] | None = None) -> int:
+    """Store an answer with its pending delivery (and the generation's audit rows); the reply id that won.
+    ``also``: more to write in the same transaction when this answer wins (a satisfaction score)."""
     with transaction(rt.sessions) as session:
         before = (lambda reply_id: _record_generation(session, row, key, reply_id, run)) if run is not None else None
         reply_id = store_reply(session, inbound_id=row.id, conversation_id=row.conversation_id, channel=key.channel,
@@ -127,6 +138,8 @@ def store(rt: Runtime, row: InboundRecord, key: ConversationKey, answer: Answer,
             existing = reply_id_of(session, row.id)
             assert existing is not None
             return existing
+        if also is not None:
+            also(session)
     metrics.answered(key.channel, row.intent, answer.source)
     return reply_id
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 from bench.handoff_eval import read
 from channels.base import HandOffPort
 from models.dialogue import Action, Decision, HandOff, Message, decide, person_request
-from models.envelope import ConversationKey
+from models.envelope import ConversationKey, utcnow
 from models.evaluation.metrics import HandoffScore, handoff_score
 from models.handoff_detect import Verdict, detect, is_yes, negative_word
 from models.infra.db import make_engine, make_session_factory, transaction
@@ -219,13 +220,13 @@ def test_the_worker_reads_the_ask_back_and_failed_answers_from_stored_replies(se
     _exchange(session, 2, fallback, ReplySource.FALLBACK)
     _exchange(session, 3, fallback, ReplySource.FALLBACK)
     _exchange(session, 4, None)
-    assert conversation_state(session, settings, 1, 4, "wecom_kf") == (False, 2)
-    assert conversation_state(session, settings, 1, 3, "wecom_kf") == (False, 1)
+    assert conversation_state(session, settings, 1, 4, "wecom_kf") == (False, 2, False)
+    assert conversation_state(session, settings, 1, 3, "wecom_kf") == (False, 1, False)
     assert decide_again(session, settings, "在吗", 1, 4, "wecom_kf", HandOff.PERSON).why == "failed_answers"
     assert decide_again(session, settings, "在吗", 1, 3, "wecom_kf", HandOff.PERSON).action is Action.GENERATE
     _exchange(session, 5, settings.handoff_ask_back_reply, ReplySource.RULE)
     _exchange(session, 6, None)
-    assert conversation_state(session, settings, 1, 6, "wecom_kf") == (True, 0)
+    assert conversation_state(session, settings, 1, 6, "wecom_kf") == (True, 0, False)
     assert decide_again(session, settings, "对的", 1, 6, "wecom_kf", HandOff.PERSON).why == "asks_for_person_confirmed"
     assert decide_again(session, settings, "退货怎么弄", 1, 6, "wecom_kf", HandOff.PERSON).action is Action.GENERATE
 
@@ -294,3 +295,23 @@ def test_channel_settings_come_from_the_environment(clean_env: Path, monkeypatch
     settings = Settings()
     assert not settings.handoff_channels["web"].detect and settings.handoff_channels["wecom_kf"].phrases == ["掌柜"]
     assert decide(settings, Message("叫店长来", channel="wechat_mp"), HandOff.PERSON).action is Action.HAND_OFF
+
+
+def test_a_number_after_the_score_request_is_a_score(session: Session) -> None:
+    settings = Settings()
+    _exchange(session, 1, "您好", ReplySource.MODEL)
+    session.add(ReplyRecord(inbound_id=None, conversation_id=1, text=settings.csat_request_reply,
+                            source=ReplySource.CSAT, created_at=utcnow() - timedelta(seconds=1)))
+    session.flush()
+    _exchange(session, 2, None)
+    assert conversation_state(session, settings, 1, 2, "wecom_kf").csat_asked
+    decided = decide_again(session, settings, "５分", 1, 2, "wecom_kf", HandOff.PERSON)
+    assert (decided.action, decided.why, decided.text, decided.source) == (
+        Action.ANSWER, "csat_score", settings.csat_thanks_reply, ReplySource.CSAT)
+    assert decide_again(session, settings, "还有个问题", 1, 2, "wecom_kf", HandOff.PERSON).action is Action.GENERATE
+    # once thanked (a reply to message 2), the next "5" is an ordinary question again
+    session.add(ReplyRecord(inbound_id=2, conversation_id=1, text=settings.csat_thanks_reply, source=ReplySource.CSAT))
+    session.flush()
+    _exchange(session, 3, None)
+    assert not conversation_state(session, settings, 1, 3, "wecom_kf").csat_asked
+    assert decide_again(session, settings, "5", 1, 3, "wecom_kf", HandOff.PERSON).action is Action.GENERATE
