@@ -4,7 +4,8 @@
   ``kefu_console_login`` cookie (login CSRF: :func:`channels.console.auth.login_form_ok`).
 - ``POST /console/login`` (``application/x-www-form-urlencoded``: username, password, csrf): 303 to ``/console``
   with the session cookie; the form again with a Chinese message otherwise — 401 wrong credentials, 403 a
-  stale or forged form, 429 (with ``Retry-After``) too many failed logins.
+  stale or forged form, 429 (with ``Retry-After``) too many failed logins, 503 the database or the KV store (which
+  counts failures) does not answer: no login without the rate limit.
 - ``GET /console``: the inbox; ``GET /console/conversations/{id}``: the conversation view. Without a session
   both answer 303 to the login page.
 - ``/console/static/…``: the pages' CSS and vanilla JS (no framework, no CDN: many operators' servers have no
@@ -16,6 +17,7 @@ text.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -30,6 +32,8 @@ from channels.console import auth
 from channels.console.context import ConsoleContext
 from channels.errors import RequestRejected
 from channels.http import read_limited
+
+log = logging.getLogger(__name__)
 
 MAX_FORM_BYTES = 8 * 1024
 
@@ -94,6 +98,9 @@ class ConsolePages:
                                     {"Retry-After": str(exc.retry_after_s)})
         except auth.LoginRefused:
             return self._login_page(request, 401, "用户名或密码错误", username)
+        except Exception as exc:  # the database or the KV store (the rate limit) does not answer: refuse, say so
+            log.error("console login failed: %s", type(exc).__name__)
+            return self._login_page(request, 503, "登录服务暂时不可用，请稍后再试", username)
         response = RedirectResponse("/console", status_code=303)
         self._ctx.auth.set_cookie(response, request, token)
         response.delete_cookie(auth.LOGIN_COOKIE, path=auth.PATH)

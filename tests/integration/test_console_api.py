@@ -460,3 +460,16 @@ def test_a_gateway_with_an_open_event_stream_still_stops(console: Console) -> No
             assert not other.thread.is_alive()
     finally:
         other.stop()
+
+
+def test_no_login_without_the_rate_limit_store(console: Console) -> None:
+    """A KV store that does not answer (Redis down) refuses logins in Chinese rather than skipping the limit."""
+    if console.settings.database_url is None:
+        pytest.skip("the embedded KV store is a local file: it has no outage to simulate")
+    dead = console.settings.model_copy(update={"broker_url": "redis://127.0.0.1:9/0", "publish_timeout_s": 0.5})
+    other = GatewayThread(dead).start()
+    try:
+        refused = login(console.client(other), "alice")
+        assert refused.status_code == 503 and "登录服务暂时不可用" in refused.text
+    finally:
+        other.stop()
