@@ -47,7 +47,7 @@ from workers import user_command
 from workers.demo.processes import GatewayThread
 
 PASSWORD = "correct horse battery"
-USERNAMES = ("alice", "bob", "root", "carol", "dave")
+USERNAMES = ("alice", "bob", "root", "carol", "dave", "erin")
 ATTEMPTS = 3
 
 
@@ -473,3 +473,16 @@ def test_no_login_without_the_rate_limit_store(console: Console) -> None:
         assert refused.status_code == 503 and "登录服务暂时不可用" in refused.text
     finally:
         other.stop()
+
+
+def test_a_hash_with_old_parameters_is_replaced_at_login(console: Console) -> None:
+    from argon2 import PasswordHasher
+
+    weak = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash(PASSWORD)
+    with transaction(console.sessions) as session:
+        session.add(AgentRecord(username="erin", display_name="小艾", role="agent", password_hash=weak))
+    assert login(console.client(), "erin").status_code == 303
+    with console.sessions() as session:
+        stored = session.scalars(select(AgentRecord.password_hash).where(AgentRecord.username == "erin")).one()
+    assert stored != weak and stored.startswith("$argon2id$")
+    assert not PasswordHasher().check_needs_rehash(stored) and PasswordHasher().verify(stored, PASSWORD)
