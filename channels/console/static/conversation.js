@@ -175,5 +175,6 @@
     reload().catch((err) => console.error(err));
   });
   K.onReady(() => { reload().catch((err) => showError(err.message)); });
-  K.ready.then((me) => { state.me = me; });
+  // shown at once, even where the event stream cannot connect (a buffering proxy); every "ready" re-syncs
+  K.ready.then((me) => { state.me = me; return reload(); }).catch((err) => showError(err.message));
 })();

@@ -158,5 +158,6 @@
     for (const tr of state.rows.values()) tr.querySelector(".waited").textContent = waitedFor(tr._conversation.waiting_since);
   }, 15000);
 
-  K.ready.then((me) => { state.me = me; });
+  // shown at once, even where the event stream cannot connect (a buffering proxy); every "ready" re-syncs
+  K.ready.then((me) => { state.me = me; return load(false); }).catch((err) => console.error(err));
 })();
