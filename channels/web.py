@@ -7,13 +7,20 @@ Routes (all JSON; errors are ``{"error": {"code", "message"}}``):
   <token>`` → 202 ``{message_id, duplicate}``. 400 malformed JSON, 401/403 bad token, 413 text or
   body too long, 415 not JSON, 422 missing/empty fields. A rejected request leaves no row.
 - ``GET /v1/web/conversations/{visitor_id}`` with the token → the history (a reply cut short carries
-  ``truncated: true``).
+  ``truncated: true``; each reply has its ``source``, and an agent's message, which answers no one message
+  (``reply_to`` null), its ``agent_name``; agents' messages and the score request are placed by time).
+- ``POST /v1/web/csat`` ``{score: 1-5, comment?}`` with the token → 201 ``{csat_id, thanks}``: the visitor's
+  satisfaction score for the conversation's current round (models.csat; rating again replaces it). 422 a score
+  outside 1-5 or a comment over 500 characters, 404 no conversation yet.
 - ``GET /v1/web/config`` → ``{welcome_message}``: what the chat page shows a visitor first (never stored, never
   sent to the model; ``KEFU_WEB_WELCOME_MESSAGE``, "" shows none).
 - ``GET /v1/web/widget.js``: the embeddable widget (``channels/static/widget.js``, docs/channels.md).
 - ``WS /v1/web/ws?token=…`` (Origin checked against the allowlist). Client frames: ``message``
-  ``{text, client_msg_id?}``, ``ack`` ``{reply_id}``, ``ping``. Server frames: ``accepted``,
-  ``token`` ``{message_id, text}``, ``reply`` ``{reply_id, message_id, text, truncated}``, ``error``
+  ``{text, client_msg_id?}``, ``ack`` ``{reply_id}``, ``ping``, ``typing`` (relayed to the console as
+  ``{"type": "typing", "conversation_id"}`` on the bus topic ``desk``, only while a person holds the conversation,
+  at most once per 2 s per conversation). Server frames: ``accepted``, ``token`` ``{message_id, text}``, ``reply``
+  ``{reply_id, message_id, text, truncated, source, agent_name?}`` (``source`` ``agent`` with the agent's display
+  name for a person's message, ``csat`` for the score request; ``message_id`` null for both), ``error``
   ``{code, message, client_msg_id?}`` (the connection stays open; ``client_msg_id`` names the refused ``message``
   frame, whose text the page gives back to the visitor), ``pong``, ``status`` ``{state: "degraded" | "ok"}``.
 
@@ -38,8 +45,9 @@ accepted, a ``message`` frame gets an ``error`` ``unavailable`` (send it again) 
 
 Every visitor message goes through the same dialogue decision as every channel
 (:meth:`~channels.base.ChannelAdapter.take`): an FAQ hit is answered at once without the model, and
-a request for a person gets ``handoff_unavailable_reply`` (no person can take a web conversation
-yet: its hand-off port is the base one); those replies reach the socket like any other.
+a request for a person goes to the agent console's waiting queue while the desk is open (channels.desk_handoff),
+else gets an honest answer (``handoff_unavailable_reply`` or ``desk_after_hours_reply``); those replies, and the
+agent's messages, reach the socket like any other.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -70,13 +78,13 @@ from channels import visitor_token
 from channels.base import Channel, ChannelAdapter, DeliveryProgress, Outbound, RequestRejected
 from channels.http import clean_text, parse_json_object, require_unicode
 from channels.web_sockets import REPLACED, REPLACED_REASON, RESEND_INTERVAL_S, SocketHub
-from models import audit, transcript
+from models import audit, csat, desk, transcript
 from models.envelope import ConversationKey, Inbound, Reply, utcnow
 from models.infra import metrics
 from models.infra.db import transaction
 from models.settings import Section
-from models.states import ReplySource
-from models.tables import AuditEvent, ReplyRecord
+from models.states import WITH_PERSON, ReplySource
+from models.tables import AuditEvent, ConversationRecord, ReplyRecord
 from models.transcript import ReplyRow
 
 if TYPE_CHECKING:
@@ -91,6 +99,8 @@ _CLIENT_MSG_ID_MAX = 64
 # a generation that stopped before it was done: at max_tokens, or at the deadline (the engine's or the watchdog's)
 CUT_FINISH_REASONS = frozenset({"length", "deadline", "deadline_missed"})
 DEFAULT_WELCOME = "您好，我是智能客服，请问有什么可以帮您？"
+TYPING_INTERVAL_S = 2.0  # at most one typing event per conversation this often (per gateway process)
+TYPING_REMEMBERED = 10_000  # conversations whose last typing event is remembered before stale ones are dropped
 
 
 class WebSettings(Section):
@@ -158,6 +168,7 @@ class WebAdapter(ChannelAdapter):
         self._widget = resources.files("channels").joinpath("static/widget.js").read_text(encoding="utf-8")
         self.hub = SocketHub(context.sessions, CHANNEL, context.settings.web_account,
                              context.settings.web_max_sockets_per_visitor)
+        self._typing_at: dict[str, float] = {}  # peer → when its last typing event went out
 
     async def stop(self) -> None:
         await self.hub.stop()
@@ -168,6 +179,7 @@ class WebAdapter(ChannelAdapter):
             self._api("/v1/web/messages", self.post_message, "POST"),
             self._api("/v1/web/conversations/{visitor_id}", self.get_conversation, "GET"),
             self._api("/v1/web/config", self.get_config, "GET"),
+            self._api("/v1/web/csat", self.post_csat, "POST"),
             Route("/v1/web/widget.js", self.get_widget, methods=["GET"]),
             WebSocketRoute(WS_PATH, self.websocket),
         ]
@@ -269,17 +281,91 @@ class WebAdapter(ChannelAdapter):
             if conv_id is None:
                 return []
             exchanges = transcript.exchanges(session, conv_id, limit=limit)
+            # replies to no one message (an agent's, the score request) since the oldest message shown
+            since = exchanges[0].received_at if len(exchanges) == limit else None
+            loose = transcript.loose_replies(session, conv_id, since=since, limit=limit)
         cut = cut_replies(self.ctx.sessions, [ex.inbound_id for ex in exchanges if ex.reply_id is not None])
         out: list[dict[str, Any]] = []
+        waiting = list(loose)
+
+        def loose_until(at: datetime | None) -> None:
+            while waiting and (at is None or waiting[0].created_at < at):
+                r = waiting.pop(0)
+                out.append({"id": r.reply_id, "role": "assistant", "text": r.text, "at": r.created_at.isoformat(),
+                            "reply_to": None, "delivery": r.delivery_status, "truncated": False,
+                            "source": r.source, "agent_name": r.agent_name})
+
         for ex in exchanges:
+            loose_until(ex.received_at)
             out.append({"id": ex.inbound_id, "role": "user", "text": ex.text,
                         "at": ex.received_at.isoformat(), "status": ex.status})
             if ex.reply_id is not None:
                 out.append({"id": ex.reply_id, "role": "assistant", "text": ex.reply_text,
                             "at": ex.replied_at.isoformat() if ex.replied_at else None,
                             "reply_to": ex.inbound_id, "delivery": ex.delivery_status,
-                            "truncated": ex.inbound_id in cut})
+                            "truncated": ex.inbound_id in cut, "source": ex.reply_source, "agent_name": None})
+        loose_until(None)
         return out
+
+    async def post_csat(self, request: Request) -> Response:
+        """The visitor's satisfaction score for the conversation's current round (models.csat.record)."""
+        settings = self.ctx.settings
+        try:
+            header = request.headers.get("authorization", "")
+            scheme, _, token = header.partition(" ")
+            visitor_id = self._visitor_from_token(token.strip() if scheme.lower() == "bearer" else None)
+            data = parse_json_object(await request.body(), settings.max_body_bytes)
+            if data.get("visitor_id", visitor_id) != visitor_id:
+                raise RequestRejected(403, "wrong_visitor", "the token was not issued for this visitor_id")
+            score = data.get("score")
+            if isinstance(score, bool) or not isinstance(score, int) or score not in csat.SCORES:
+                raise RequestRejected(422, "invalid_score", "score must be an integer from 1 to 5")
+            comment = data.get("comment", "")
+            if not isinstance(comment, str) or len(comment) > csat.MAX_COMMENT:
+                raise RequestRejected(422, "invalid_comment",
+                                      f"comment must be a string of at most {csat.MAX_COMMENT} characters")
+            require_unicode("comment", comment)
+        except RequestRejected as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        found = await run_in_threadpool(self._record_csat, visitor_id, score, comment)
+        if found is None:
+            return JSONResponse(RequestRejected(404, "no_conversation", "this visitor has no conversation yet").body(),
+                                status_code=404)
+        return JSONResponse({"csat_id": found, "thanks": settings.csat_thanks_reply}, status_code=201)
+
+    def _record_csat(self, visitor_id: str, score: int, comment: str) -> int | None:
+        with transaction(self.ctx.sessions) as session:
+            conv_id = transcript.conversation_id(session, self.key_for(visitor_id))
+            if conv_id is None:
+                return None
+            return csat.record(session, conv_id, score, CHANNEL, comment)
+
+    def typing(self, key: ConversationKey) -> bool:
+        """Tell the console the visitor is typing (bus topic ``desk``), only while a person holds the conversation;
+        whether an event went out. Throttled by the caller."""
+        bus = self.ctx.bus
+        if bus is None:
+            return False
+        with self.ctx.sessions() as session:
+            row = session.execute(select(ConversationRecord.id, ConversationRecord.handler).where(
+                ConversationRecord.channel == key.channel, ConversationRecord.account == key.account,
+                ConversationRecord.peer == key.peer)).first()
+        if row is None or row.handler not in WITH_PERSON:
+            return False
+        bus.publish(desk.TOPIC, desk.event("typing", int(row.id)))
+        return True
+
+    def typing_due(self, peer: str, now: float | None = None) -> bool:
+        """At most one typing event per :data:`TYPING_INTERVAL_S` per conversation (this gateway process);
+        ``now``: monotonic seconds (a test's clock)."""
+        now = time.monotonic() if now is None else now
+        last = self._typing_at.get(peer)
+        if last is not None and now - last < TYPING_INTERVAL_S:
+            return False
+        if len(self._typing_at) >= TYPING_REMEMBERED:  # forget the stale ones (bounded memory)
+            self._typing_at = {p: t for p, t in self._typing_at.items() if now - t < TYPING_INTERVAL_S}
+        self._typing_at[peer] = now
+        return True
 
     # --- WebSocket ---------------------------------------------------------------------------------
 
@@ -390,6 +476,9 @@ class _WebSession:
             if frame.get("type") == "ping":
                 await self.send({"type": "pong"})
                 continue
+            if frame.get("type") == "typing":
+                await self._typing()
+                continue
             await self._apply(frame)
 
     async def _apply(self, frame: dict[str, Any]) -> None:
@@ -413,6 +502,14 @@ class _WebSession:
             await self.send(answer)
             if answer["type"] == "accepted":  # the socket's acknowledgement, timed like an HTTP route's
                 metrics.acked(CHANNEL, WS_PATH, "WS", time.perf_counter() - started)
+
+    async def _typing(self) -> None:
+        if not self.adapter.typing_due(self.peer):
+            return
+        try:
+            await run_in_threadpool(self.adapter.typing, self.key)
+        except Exception as exc:  # best effort: the agent just does not see the visitor typing
+            log.warning("web: typing not relayed (%s)", type(exc).__name__)
 
     # --- replies and tokens --------------------------------------------------------------------------------------
     async def _forward(self, events: asyncio.Queue[dict[str, Any]]) -> None:
@@ -439,7 +536,8 @@ class _WebSession:
             if event is not None and all(r.reply_id != event["reply_id"] for r in rows):
                 message_id = event.get("message_id")  # None for an agent's message
                 rows.append(ReplyRow(int(event["reply_id"]), None if message_id is None else int(message_id),
-                                     str(event["text"]), False))
+                                     str(event["text"]), False, str(event.get("source") or ReplySource.MODEL),
+                                     event.get("agent_name")))
                 rows.sort(key=lambda r: r.reply_id)  # stored in conversation order
             await self._send_rows(rows)
 
@@ -452,8 +550,11 @@ class _WebSession:
             self._pushed[row.reply_id] = now
             if row.message_id is not None:
                 self._finished.add(row.message_id)
-            await self.send({"type": "reply", "reply_id": row.reply_id, "message_id": row.message_id,
-                             "text": row.text, "truncated": row.message_id in cut})
+            frame = {"type": "reply", "reply_id": row.reply_id, "message_id": row.message_id, "text": row.text,
+                     "truncated": row.message_id in cut, "source": row.source}
+            if row.agent_name is not None:
+                frame["agent_name"] = row.agent_name
+            await self.send(frame)
 
     async def _cut(self, message_ids: list[int]) -> set[int]:
         """Which of these replies were cut short; none when the database cannot say (the reply goes out anyway)."""

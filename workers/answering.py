@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import audit, csat, moderation, pii, transcript
@@ -52,7 +53,7 @@ from models.infra.db import transaction
 from models.knowledge.fused_faq import WHY_FUSED
 from models.replies import MODERATED_OUT, Answer, reply_id_of, store_reply
 from models.states import ReplySource
-from models.tables import InboundRecord
+from models.tables import ConversationRecord, InboundRecord
 from workers import follow_up, intent_model, kept_answers, voice
 from workers.context import compose, extend_history
 from workers.llm.engine import Generation
@@ -150,10 +151,7 @@ def generate(rt: Runtime, row: InboundRecord, key: ConversationKey, *, begun: fl
     settings = rt.settings
     channel = rt.channel(key.channel)
     handoff = rt.handoff(key.channel).availability(key.account)
-    history = rt.context.load(row.conversation_id, row.id) if channel.cache_context else None
-    if history is None:
-        with rt.sessions() as session:
-            history = transcript.context_turns(session, row.conversation_id, row.id, settings.context_turns)
+    history, round_ = _history(rt, row, channel.cache_context)
     kept = kept_answers.take(rt.kv, row.id)
     if kept is None:
         if (decided := known_only_now(rt, row, key, handoff, begun)) is not None:
@@ -184,8 +182,23 @@ def generate(rt: Runtime, row: InboundRecord, key: ConversationKey, *, begun: fl
     if kept is not None:
         kept_answers.forget(rt.kv, row.id)
     rt.context.save(row.conversation_id, row.id,
-                    extend_history(history, row.text, answer.text, settings.context_turns))
+                    extend_history(history, row.text, answer.text, settings.context_turns), round_)
     return reply_id
+
+
+def _history(rt: Runtime, row: InboundRecord, cached: bool) -> tuple[list[Turn], int]:
+    """The conversation's recent turns (the cache where the channel allows, else the database) and its round (its
+    ``handoffs``: a window cached before a person took the conversation lacks the agent's messages)."""
+    round_ = 0
+    if cached:
+        with rt.sessions() as session:
+            round_ = int(session.scalar(select(ConversationRecord.handoffs)
+                                        .where(ConversationRecord.id == row.conversation_id)) or 0)
+        history = rt.context.load(row.conversation_id, row.id, round_)
+        if history is not None:
+            return history, round_
+    with rt.sessions() as session:
+        return transcript.context_turns(session, row.conversation_id, row.id, rt.settings.context_turns), round_
 
 
 def _generated(rt: Runtime, row: InboundRecord, key: ConversationKey, turns: list[Turn], handoff: HandOff,

@@ -3,7 +3,9 @@ cached with a TTL.
 
 The database is the source of truth (:func:`models.transcript.context_turns`); this cache saves the
 query on the hot path. Redis when configured (shared by every worker), else an in-process cache.
-A cache miss, an expired entry or a Redis error falls back to the database.
+A cache miss, an expired entry or a Redis error falls back to the database. So does an entry saved in an earlier
+*round* of the conversation (its ``handoffs`` count: a person took it since): the agent's messages and what the
+customer told them are only in the database (models.transcript.context_turns).
 """
 
 from __future__ import annotations
@@ -40,19 +42,20 @@ def extend_history(history: list[Turn], text: str, reply: str, max_turns: int) -
 
 
 class ContextStore(Protocol):
-    def load(self, conversation_id: int, upto_inbound_id: int) -> list[Turn] | None: ...
-    def save(self, conversation_id: int, last_inbound_id: int, turns: list[Turn]) -> None: ...
+    def load(self, conversation_id: int, upto_inbound_id: int, round_: int = 0) -> list[Turn] | None: ...
+    def save(self, conversation_id: int, last_inbound_id: int, turns: list[Turn], round_: int = 0) -> None: ...
 
 
-def _dump(last_inbound_id: int, turns: list[Turn]) -> str:
-    return json.dumps({"upto": last_inbound_id, "turns": [[t.role, t.text] for t in turns]}, ensure_ascii=False)
+def _dump(last_inbound_id: int, turns: list[Turn], round_: int = 0) -> str:
+    return json.dumps({"upto": last_inbound_id, "round": round_, "turns": [[t.role, t.text] for t in turns]},
+                      ensure_ascii=False)
 
 
-def _load(raw: str | bytes, upto_inbound_id: int) -> list[Turn] | None:
+def _load(raw: str | bytes, upto_inbound_id: int, round_: int = 0) -> list[Turn] | None:
     try:
         data = json.loads(raw)
-        # A cached window is valid only for messages after the one it was saved for.
-        if int(data["upto"]) >= upto_inbound_id:
+        # A cached window is valid only for messages after the one it was saved for, in the same round.
+        if int(data["upto"]) >= upto_inbound_id or int(data.get("round", 0)) != round_:
             return None
         return [Turn(role, text) for role, text in data["turns"]]
     except (ValueError, KeyError, TypeError):
@@ -65,17 +68,17 @@ class RedisContextStore:
         self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._ttl = ttl_s
 
-    def load(self, conversation_id: int, upto_inbound_id: int) -> list[Turn] | None:
+    def load(self, conversation_id: int, upto_inbound_id: int, round_: int = 0) -> list[Turn] | None:
         try:
             raw = self._client.get(f"kefu:ctx:{conversation_id}")
         except redis.RedisError as exc:
             log.warning("context cache unavailable (%s); reading the database", type(exc).__name__)
             return None
-        return None if raw is None else _load(raw, upto_inbound_id)
+        return None if raw is None else _load(raw, upto_inbound_id, round_)
 
-    def save(self, conversation_id: int, last_inbound_id: int, turns: list[Turn]) -> None:
+    def save(self, conversation_id: int, last_inbound_id: int, turns: list[Turn], round_: int = 0) -> None:
         try:
-            self._client.set(f"kefu:ctx:{conversation_id}", _dump(last_inbound_id, turns), ex=self._ttl)
+            self._client.set(f"kefu:ctx:{conversation_id}", _dump(last_inbound_id, turns, round_), ex=self._ttl)
         except redis.RedisError as exc:
             log.warning("context cache not updated (%s)", type(exc).__name__)
 
@@ -86,16 +89,16 @@ class MemoryContextStore:
         self._items: OrderedDict[int, tuple[float, str]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def load(self, conversation_id: int, upto_inbound_id: int) -> list[Turn] | None:
+    def load(self, conversation_id: int, upto_inbound_id: int, round_: int = 0) -> list[Turn] | None:
         with self._lock:
             item = self._items.get(conversation_id)
             if item is None or item[0] < time.monotonic():
                 return None
-            return _load(item[1], upto_inbound_id)
+            return _load(item[1], upto_inbound_id, round_)
 
-    def save(self, conversation_id: int, last_inbound_id: int, turns: list[Turn]) -> None:
+    def save(self, conversation_id: int, last_inbound_id: int, turns: list[Turn], round_: int = 0) -> None:
         with self._lock:
-            self._items[conversation_id] = (time.monotonic() + self._ttl, _dump(last_inbound_id, turns))
+            self._items[conversation_id] = (time.monotonic() + self._ttl, _dump(last_inbound_id, turns, round_))
             self._items.move_to_end(conversation_id)
             while len(self._items) > self._capacity:
                 self._items.popitem(last=False)

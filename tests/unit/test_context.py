@@ -125,7 +125,8 @@ def test_redis_key_has_ttl_and_readable_value(redis14: str) -> None:
         assert 55 <= ttl <= 60
         raw = client.get("kefu:ctx:3")
         assert raw is not None
-        assert json.loads(raw) == {"upto": 5, "turns": [["user", "订单到哪了？"], ["assistant", "正在配送。"]]}
+        assert json.loads(raw) == {"upto": 5, "round": 0,
+                                   "turns": [["user", "订单到哪了？"], ["assistant", "正在配送。"]]}
     finally:
         client.close()
 
@@ -153,3 +154,12 @@ def test_redis_unreachable_falls_back_quietly(caplog: pytest.LogCaptureFixture) 
     messages = [r.getMessage() for r in caplog.records]
     assert any("context cache unavailable" in m for m in messages)
     assert any("context cache not updated" in m for m in messages)
+
+
+def test_a_window_saved_before_a_person_took_the_conversation_is_not_used() -> None:
+    store = MemoryContextStore(ttl_s=60)
+    store.save(9, 5, TURNS, 0)
+    assert store.load(9, 6, 0) == TURNS
+    assert store.load(9, 6, 1) is None  # handoffs went up since: the agent's messages are only in the database
+    store.save(9, 7, TURNS, 1)
+    assert store.load(9, 8, 1) == TURNS
