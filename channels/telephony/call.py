@@ -16,6 +16,8 @@ The call sees only :mod:`~channels.telephony.events` (any wire codec feeds it) a
    dropped, the generation cancelled (a flag the worker's stream callback checks), and the stored
    answer shortened to what the caller heard (audited as ``barge_in``).
 5. Silence for ``phone_idle_s`` → a prompt; as long again → the goodbye and ``HangupOut``.
+6. An agent claimed the conversation in the console (a ``transfer`` event on the call's topic,
+   :mod:`channels.telephony.takeover`) → the same transfer as key 0, its inbound ``[console claim]``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from channels.telephony.events import (
 )
 from channels.telephony.outbound import CANCEL_KEY, HEARD_KEY, INTERRUPTED_MARK
 from channels.telephony.speaking import PROMPTS, Player, SentenceSplitter
+from channels.telephony.takeover import TRANSFER
 from channels.telephony.vad import Endpointer, SpeechStarted, UtteranceEnded
 from models import audit, pii
 from models.dialogue import Action, Message, decide
@@ -94,6 +97,7 @@ class Call:
         self.ended = False
         self._speech_lock = asyncio.Lock()  # sentences are synthesized and queued in order
         self._stream: Any = None  # the streaming transcription of the utterance in progress
+        self._transferring = False
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -210,6 +214,9 @@ class Call:
         self._splitters[accepted.inbound_id] = SentenceSplitter()
 
     async def _transfer(self, inbound: Inbound, reason: str = "", why: str | None = None) -> None:
+        if self._transferring:  # key 0 and an agent's claim at once: one transfer
+            return
+        self._transferring = True
         target = self.hotline.transfer_to or self.phone.phone_transfer_to
         notice = reason + (self.phone.phone_transfer_notice if target else self.phone.phone_no_agent)
         if self.player.playing or self._waiting_for_answer():  # the notice must not wait behind the answer
@@ -260,6 +267,11 @@ class Call:
     async def _follow_answers(self) -> None:
         while True:
             event = await self._events.get()
+            if event.get("type") == TRANSFER:  # an agent claimed the conversation in the console
+                if not self.ended and not self._transferring:
+                    self._spawn(self._transfer(Inbound(self.key, self._external_id(), "[console claim]", "event"),
+                                               why="console_claim"))
+                continue
             message_id = int(event.get("message_id", 0))
             splitter = self._splitters.get(message_id)
             if splitter is None or message_id in self._answered:

@@ -17,9 +17,15 @@ from sqlalchemy import select
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from channels.speech.espeak import EspeakSynthesizer
+from channels.telephony import takeover
 from channels.telephony.events import ClearAudio, HangupOut, Transfer
 from channels.telephony.fake_pbx import PhoneLine
-from models.tables import AuditEvent, InboundRecord, ReplyRecord
+from models import desk
+from models.envelope import ConversationKey, utcnow
+from models.infra.bus import make_bus
+from models.infra.db import transaction
+from models.states import Presence, Role
+from models.tables import AgentRecord, AuditEvent, InboundRecord, ReplyRecord
 from tests.conftest import as_env
 from tests.integration.conftest import Stack, start_stack, wait_for
 
@@ -221,3 +227,34 @@ def _rest(conn: socket.socket) -> bytes:
     except OSError:
         pass
     return data
+
+
+def test_an_agent_claiming_the_call_in_the_console_transfers_it(phone: Stack, voice: EspeakSynthesizer) -> None:
+    call = PhoneLine.dial(phone.gateway.ws_url, SECRET, call_id="claim-1", caller="+8613900002222")
+    wait_for(lambda: call.audio_ms() >= 500, timeout=30)
+    call.wait_quiet(600)
+    call.send_audio(voice.synthesize("hello, where is my order", 8000))
+    call.silence(1000)
+    asked = wait_for(lambda: inbound_rows(phone, "claim-1"), timeout=60)[0]
+    assert not any(isinstance(a, Transfer) for a in call.actions())
+    bus = make_bus(phone.settings)
+    with transaction(phone.sessions) as session:  # what the console does on claim
+        agent = AgentRecord(username="phone-agent", display_name="话务员", role=Role.AGENT, password_hash="x",
+                            status=Presence.ONLINE, seen_at=utcnow())
+        session.add(agent)
+        session.flush()
+        desk.claim(session, asked.conversation_id, int(agent.id))
+    with phone.sessions() as session:
+        assert takeover.transfer_claimed_call(bus, session, asked.conversation_id, int(agent.id))
+    wait_for(lambda: any(isinstance(a, Transfer) for a in call.actions()), timeout=30)
+    assert [a for a in call.actions() if isinstance(a, Transfer)] == [Transfer("8001")]  # the hotline's agent line
+    claimed = wait_for(lambda: [r for r in inbound_rows(phone, "claim-1") if r.kind == "event"], timeout=30)[0]
+    assert claimed.text == "[console claim]" and kinds(phone, claimed.id) == ["received", "reply_stored", "dispatched"]
+    with phone.sessions() as s:
+        notice = s.scalars(select(ReplyRecord).where(ReplyRecord.inbound_id == claimed.id)).one()
+        assert notice.source == "handoff"
+    with phone.sessions() as session:  # a conversation of another channel is not a call: nothing is published
+        web = desk.ensure_conversation(session, ConversationKey("web", "default", "visitor-x"))
+        session.commit()
+        assert not takeover.transfer_claimed_call(bus, session, web)
+    call.hang_up()
