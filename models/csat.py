@@ -2,7 +2,8 @@
 
 - :func:`ask` (on hand-back, in the same transaction as ``desk.hand_back``): the request ``csat_request_reply`` is
   stored as a reply with source ``csat``, no inbound, and a pending delivery; the caller publishes ``deliver`` for
-  the returned id after the commit. None (nothing stored) when the operator emptied the text. Audited
+  the returned id after the commit. None (nothing stored) when the operator emptied the text, and for a phone
+  conversation (the call was transferred to the agent's line: there is nobody to read a request). Audited
   ``csat_asked`` (round, agent id).
 - :func:`record` stores a score 1-5 (ValueError otherwise) for the conversation's current *round*: its
   ``handoffs`` count (0: the bot alone). Rating the same round again replaces the score and comment (one
@@ -35,6 +36,7 @@ CSAT_ASKED = "csat_asked"  # the customer was asked for a score: round, agent id
 CSAT_RECORDED = "csat_recorded"  # a score was stored: score, round, agent id (never the comment)
 
 SCORES = range(1, 6)
+NOT_ASKED = frozenset({"phone"})  # channels whose customers cannot read the request
 MAX_COMMENT = 500  # characters kept of a comment
 
 _DIGITS = {"一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5}
@@ -63,6 +65,8 @@ def ask(session: Session, conversation_id: int, agent_id: int | None, settings: 
                            .where(ConversationRecord.id == conversation_id)).first()
     if conv is None:
         raise LookupError(f"no conversation {conversation_id}")
+    if conv.channel in NOT_ASKED:
+        return None
     now = utcnow()
     reply = ReplyRecord(inbound_id=None, conversation_id=conversation_id, text=text, source=ReplySource.CSAT,
                         created_at=now)

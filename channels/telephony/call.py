@@ -272,7 +272,7 @@ class Call:
                     self._spawn(self._transfer(Inbound(self.key, self._external_id(), "[console claim]", "event"),
                                                why="console_claim"))
                 continue
-            message_id = int(event.get("message_id", 0))
+            message_id = int(event.get("message_id") or 0)  # None: an agent's message, nothing to speak
             splitter = self._splitters.get(message_id)
             if splitter is None or message_id in self._answered:
                 continue

@@ -109,6 +109,8 @@ def test_bot_round_refusals_and_empty_request(db: tuple[Settings, sessionmaker[S
             csat.record(session, conv + 1000, 4, "web")
         quiet = settings.model_copy(update={"csat_request_reply": "  "})
         assert csat.ask(session, conv, None, quiet) is None
+        call = desk.ensure_conversation(session, ConversationKey("phone", "4008001234", "+8613800138000"))
+        assert csat.ask(session, call, None, settings) is None  # a call has nobody to read the request
     with sessions() as session:
         assert session.execute(select(CsatRecord.round, CsatRecord.agent_id, CsatRecord.score)).all() == [(0, None, 4)]
         assert session.scalars(select(ReplyRecord.id)).all() == []

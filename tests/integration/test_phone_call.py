@@ -233,11 +233,17 @@ def test_an_agent_claiming_the_call_in_the_console_transfers_it(phone: Stack, vo
     call = PhoneLine.dial(phone.gateway.ws_url, SECRET, call_id="claim-1", caller="+8613900002222")
     wait_for(lambda: call.audio_ms() >= 500, timeout=30)
     call.wait_quiet(600)
+    bus = make_bus(phone.settings)
+    key = ConversationKey("phone", "4008001234", "+8613900002222")
+    # a reply to no message (an agent's, a score request) on the call's topic: nothing to speak, the call goes on
+    bus.publish(key.topic(), {"type": "reply", "reply_id": 0, "message_id": None, "text": "人工客服的消息"})
+    question = time.monotonic()
     call.send_audio(voice.synthesize("hello, where is my order", 8000))
     call.silence(1000)
     asked = wait_for(lambda: inbound_rows(phone, "claim-1"), timeout=60)[0]
+    wait_for(lambda: call.audio_ms(since=question + 0.05) >= 300, timeout=60)  # the model's answer is heard
+    call.wait_quiet(600)
     assert not any(isinstance(a, Transfer) for a in call.actions())
-    bus = make_bus(phone.settings)
     with transaction(phone.sessions) as session:  # what the console does on claim
         agent = AgentRecord(username="phone-agent", display_name="话务员", role=Role.AGENT, password_hash="x",
                             status=Presence.ONLINE, seen_at=utcnow())
