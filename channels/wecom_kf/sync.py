@@ -173,8 +173,10 @@ class KfSync(Puller):
         text = read.text
         external_id = str(message["msgid"])
         if state in HUMAN_STATES:  # the person serving the customer hears a voice in their own client
+            # the console's agents (the session never left Kefu) or the platform's servicers
+            held_by: dict[str, Any] = {"via": "desk"} if self._handoff.desk_owns(key) else {"service_state": state}
             accepted = self._ingress.accept_for_human(Inbound(key, external_id, text or f"[{kind}]", kind, received,
-                                                              media_id=media_id), service_state=state)
+                                                              media_id=media_id), **held_by)
             truncation.record(self._ingress, accepted, CHANNEL, read)
             return state
         said = Message(text, kind, media_id is not None, channel=key.channel)

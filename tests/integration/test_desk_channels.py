@@ -172,6 +172,10 @@ def test_take_over_agent_reply_hand_back_and_score(ds: DeskStack, channel: str) 
     with ds.stack.sessions() as s:
         assert s.scalar(select(InboundRecord.status).where(InboundRecord.id == later.id)) == InboundStatus.HUMAN
     assert "generation_started" not in ds.kinds(later.id)
+    with ds.stack.sessions() as s:  # held by the console's desk, not the platform's own staff or servicers
+        held = s.scalar(select(AuditEvent.detail).where(AuditEvent.inbound_id == later.id,
+                                                        AuditEvent.kind == "human_owned"))
+    assert held == {"via": "desk"}
     assert settled(customer.sent) == [settings.handoff_reply]
 
     # the agent claims and answers: exactly that text, through the same API
