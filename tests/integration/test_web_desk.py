@@ -190,6 +190,16 @@ def test_a_person_serves_a_web_visitor_and_hands_back(web: Stack) -> None:
                              .where(CsatRecord.conversation_id == conversation_id)).all()
         assert [tuple(r) for r in rows] == [(5, "很耐心", agent_id, 1)]  # re-rating replaced the score
 
+        with web.ws(token) as ws:  # typed right after the request, a number is a score too
+            ws.send('{"type": "message", "text": "4分", "client_msg_id": "m-score"}')
+            thanks = recv_until(ws, lambda f: f.get("type") == "reply" and f.get("message_id") is not None
+                                and f["source"] == "csat")[-1]
+            assert thanks["text"] == settings.csat_thanks_reply
+            assert "generation_started" not in _kinds(web, thanks["message_id"])
+        with web.sessions() as s:
+            assert s.execute(select(CsatRecord.score, CsatRecord.round).where(
+                CsatRecord.conversation_id == conversation_id)).all() == [(4, 1)]
+
         with web.ws(token) as ws:  # the model answers again, knowing what the person said
             ws.send('{"type": "message", "text": "那退款多久到账？", "client_msg_id": "m3"}')
             answer = recv_until(ws, lambda f: f.get("type") == "reply" and f.get("message_id") is not None
@@ -200,7 +210,8 @@ def test_a_person_serves_a_web_visitor_and_hands_back(web: Stack) -> None:
             turns = transcript.context_turns(s, conversation_id, answer["message_id"], settings.context_turns)
         assert status == InboundStatus.ANSWERED
         assert Turn("assistant", AGENT_TEXT) in turns
-        assert turns[-2:] == [Turn("user", "我要退货，订单 20240501"), Turn("assistant", AGENT_TEXT)]
+        assert turns[-4:] == [Turn("user", "我要退货，订单 20240501"), Turn("assistant", AGENT_TEXT),
+                              Turn("user", "4分"), Turn("assistant", settings.csat_thanks_reply)]
     finally:
         with contextlib.suppress(Exception):
             events.close()
