@@ -1,7 +1,7 @@
 // The agent console and the chat page together: a person takes a conversation over from the bot and gives it back.
 // Debian's headless Chromium, driven by playwright-core; two browser contexts (the agent's, the visitor's).
 //
-//   node tests/browser/console_desk.mjs --url http://127.0.0.1:8000 --username alice --password "…" \
+//   node tests/browser/console_desk.mjs --url http://127.0.0.1:8000 --username alice --password "…" --agent-name 小爱 \
 //        --promise "好的，正在为您转接人工客服，请稍候。" --reply "您好，我是客服小爱" --question "请问几点发货？" \
 //        --inbox-shot docs/console-inbox.png --conversation-shot docs/console-conversation.png [--timeout-ms 60000]
 //
@@ -35,11 +35,13 @@ function options() {
     options: {
       url: { type: "string" }, username: { type: "string" }, password: { type: "string" },
       promise: { type: "string" }, reply: { type: "string" }, question: { type: "string" },
+      "agent-name": { type: "string" },
       "inbox-shot": { type: "string" }, "conversation-shot": { type: "string" },
       "timeout-ms": { type: "string", default: "60000" },
     },
   });
-  const missing = ["url", "username", "password", "promise", "reply", "question", "inbox-shot", "conversation-shot"]
+  const missing = ["url", "username", "password", "agent-name", "promise", "reply", "question", "inbox-shot",
+                   "conversation-shot"]
     .filter((name) => !values[name]);
   if (missing.length) {
     process.stderr.write(`console_desk.mjs: missing ${missing.map((n) => "--" + n).join(", ")}\n`);
@@ -193,7 +195,8 @@ async function main() {
     await agent.locator("#reply-text").fill(opts.reply);
     await agent.locator("#reply-send").click();
     const shown = await waitFrame((f) => f.type === "reply" && f.text === opts.reply, "agent reply");
-    check("the agent's reply reached the visitor as a message of no customer message", shown.message_id == null,
+    check("the agent's reply reached the visitor as the agent's message (no customer message, source agent, the name)",
+      shown.message_id == null && shown.source === "agent" && shown.agent_name === opts["agent-name"],
       JSON.stringify(shown));
     await visitor.waitForFunction((t) => [...document.querySelectorAll("#log .bubble")].some((b) => b.textContent === t),
       opts.reply, { timeout: opts.timeoutMs });

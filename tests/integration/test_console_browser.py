@@ -47,8 +47,9 @@ def run_console(stack: Stack, inbox_shot: Path, conversation_shot: Path) -> dict
     assert (SCRIPT.parent / "node_modules" / "playwright-core").is_dir(), \
         "playwright-core is not installed: run `make tests/browser/node_modules`"
     command = [node, str(SCRIPT), "--url", stack.gateway.http_url, "--username", "xiaoai", "--password", PASSWORD,
-               "--promise", stack.settings.handoff_reply, "--reply", REPLY, "--question", QUESTION,
-               "--inbox-shot", str(inbox_shot), "--conversation-shot", str(conversation_shot), "--timeout-ms", "60000"]
+               "--agent-name", "小爱", "--promise", stack.settings.handoff_reply, "--reply", REPLY,
+               "--question", QUESTION, "--inbox-shot", str(inbox_shot), "--conversation-shot", str(conversation_shot),
+               "--timeout-ms", "60000"]
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, f"the console failed in Chromium (exit {run.returncode}):\n{run.stderr}\n{run.stdout}"
     return dict(json.loads(run.stdout))
