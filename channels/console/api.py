@@ -133,7 +133,7 @@ class ConsoleApi:
             return error(422, "bad_filter", "limit 必须是正整数")
         filters = inbox.Filters(channel=q.get("channel") or None, handler=Handler(handler) if handler else None,
                                 intent=q.get("intent") or None, unanswered=_flag(q.get("unanswered")),
-                                mine=agent.id if _flag(q.get("mine")) else None)
+                                mine=agent.id if _flag(q.get("mine")) else None, tag=q.get("tag") or None)
 
         def read() -> tuple[list[inbox.Row], str | None, int]:
             with self._ctx.sessions() as session:

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from models import pii
+from models import notes, pii
 from models.states import Handler
 from models.tables import AgentRecord, ConversationRecord, InboundRecord
 
@@ -40,6 +40,7 @@ class Filters:
     intent: str | None = None
     unanswered: bool = False
     mine: int | None = None  # this agent's conversations
+    tag: str | None = None  # conversations with this tag (models.notes)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ def _conditions(filters: Filters) -> list[ColumnElement[bool]]:
         where.append(c.last_intent == filters.intent)
     if filters.unanswered:
         where.append(or_(c.last_reply_at.is_(None), c.last_reply_at < c.last_inbound_at))
+    if filters.tag:
+        where.append(notes.tagged(filters.tag))
     return where
 
 

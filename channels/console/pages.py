@@ -18,6 +18,7 @@ text.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -32,6 +33,8 @@ from channels.console import auth
 from channels.console.context import ConsoleContext
 from channels.errors import RequestRejected
 from channels.http import read_limited
+from models import intents
+from models.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,22 @@ SECURITY_HEADERS = {
 def render(name: str, status: int = 200, headers: dict[str, str] | None = None, **values: Any) -> HTMLResponse:
     return HTMLResponse(templates.get_template(name).render(**values), status_code=status,
                         headers=SECURITY_HEADERS | (headers or {}))
+
+
+@dataclass(frozen=True)
+class IntentOption:
+    name: str
+    label: str  # the label and the first words of its description: "return_refund · 退货"
+
+
+def intent_options(settings: Settings) -> list[IntentOption]:
+    """The inbox's intent filter: every label the classifier knows (the operator's too), in its order."""
+    seen: dict[str, IntentOption] = {}
+    for intent in intents.intents(settings).ordered:
+        if intent.name not in seen:
+            short = intent.description.split("、")[0].split("（")[0]
+            seen[intent.name] = IntentOption(intent.name, f"{intent.name} · {short}" if short else intent.name)
+    return list(seen.values())
 
 
 class ConsolePages:
@@ -116,7 +135,8 @@ class ConsolePages:
         signed_in = await self._signed_in(request)
         if signed_in is None:
             return RedirectResponse("/console/login", status_code=303)
-        return render("inbox.html", agent=signed_in.agent, page="inbox")
+        return render("inbox.html", agent=signed_in.agent, page="inbox",
+                      intents=intent_options(self._ctx.settings))
 
     async def conversation(self, request: Request) -> Response:
         signed_in = await self._signed_in(request)

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels.console import events
 from channels.console.throttle import LoginThrottle
 from channels.ingress import Accepted, Ingress
-from models import audit, desk
+from models import audit, desk, notes
 from models.envelope import ConversationKey, Inbound, utcnow
 from models.infra.db import make_engine, make_session_factory, transaction
 from models.infra.kv import make_kv
@@ -354,6 +354,13 @@ def test_inbox_filters_and_pages(console: Console) -> None:
         "conversations"]}
     assert ids[2] not in unanswered and ids[3] in unanswered
     assert alice.get("/console/api/conversations", params={"channel": "wecom"}).json()["conversations"] == []
+    with transaction(console.sessions) as session:
+        notes.tag(session, ids[4], "VIP", alice_me["id"], "alice")
+    tagged = alice.get("/console/api/conversations", params={"tag": "VIP"}).json()["conversations"]
+    assert [r["id"] for r in tagged] == [ids[4]]
+    assert alice.get("/console/api/conversations", params={"tag": "无此标签"}).json()["conversations"] == []
+    page = alice.get("/console")
+    assert '<option value="return_refund">' in page.text and '<option value="phone">' in page.text
     assert alice.get("/console/api/conversations", params={"handler": "nobody"}).status_code == 422
     assert alice.get("/console/api/conversations", params={"before": "garbage"}).status_code == 422
     summary = alice.get(f"/console/api/conversations/{ids[2]}/summary").json()["conversation"]

@@ -30,6 +30,7 @@
     if (f.handler && c.handler !== f.handler) return false;
     if (f.intent && c.last_intent !== f.intent) return false;
     if (f.unanswered && !c.unanswered) return false;
+    if (f.tag && !state.rows.has(c.id)) return false;  // a row does not carry its tags: only the server's page adds
     if (f.mine && c.agent_id !== state.me.id) return false;
     return Boolean(c.last_inbound_at);
   }
