@@ -37,6 +37,7 @@ from channels.console.auth import ConsoleAuth
 from channels.console.context import ConsoleContext
 from channels.errors import RequestRejected
 from channels.http import parse_json_object, read_limited
+from channels.telephony import takeover
 from models import agents, csat, desk
 from models.envelope import utcnow
 from models.infra.db import transaction
@@ -188,6 +189,8 @@ class ConsoleApi:
             self._publish("handler", conversation_id, handler=Handler.AGENT.value, agent_id=agent.id,
                           agent_name=agent.display_name)
             with self._ctx.sessions() as session:
+                # a phone conversation: the call still on the line is transferred to the agents' number
+                takeover.transfer_claimed_call(self._ctx.bus, session, conversation_id, agent.id)
                 row = inbox.one(session, conversation_id)
             assert row is not None
             return row

@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -21,13 +22,12 @@ from channels.telephony import takeover
 from channels.telephony.events import ClearAudio, HangupOut, Transfer
 from channels.telephony.fake_pbx import PhoneLine
 from models import desk
-from models.envelope import ConversationKey, utcnow
+from models.envelope import ConversationKey
 from models.infra.bus import make_bus
-from models.infra.db import transaction
-from models.states import Presence, Role
-from models.tables import AgentRecord, AuditEvent, InboundRecord, ReplyRecord
+from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from tests.conftest import as_env
 from tests.integration.conftest import Stack, start_stack, wait_for
+from workers import user_command
 
 SECRET = "pbx-secret"
 
@@ -244,14 +244,17 @@ def test_an_agent_claiming_the_call_in_the_console_transfers_it(phone: Stack, vo
     wait_for(lambda: call.audio_ms(since=question + 0.05) >= 300, timeout=60)  # the model's answer is heard
     call.wait_quiet(600)
     assert not any(isinstance(a, Transfer) for a in call.actions())
-    with transaction(phone.sessions) as session:  # what the console does on claim
-        agent = AgentRecord(username="phone-agent", display_name="话务员", role=Role.AGENT, password_hash="x",
-                            status=Presence.ONLINE, seen_at=utcnow())
-        session.add(agent)
-        session.flush()
-        desk.claim(session, asked.conversation_id, int(agent.id))
-    with phone.sessions() as session:
-        assert takeover.transfer_claimed_call(bus, session, asked.conversation_id, int(agent.id))
+    user_command.add(phone.sessions, "phone-agent", "agent", "话务员", lambda: "phone-agent-password")
+    with httpx.Client(base_url=phone.gateway.http_url, timeout=10) as console:  # the agent claims it in the console
+        form = re.search(r'name="csrf" value="([^"]+)"', console.get("/console/login").text)
+        assert form is not None
+        signed = console.post("/console/login", data={"username": "phone-agent", "password": "phone-agent-password",
+                                                      "csrf": form.group(1)})
+        assert signed.status_code == 303, signed.text
+        csrf = console.get("/console/api/me").json()["csrf"]
+        claimed_now = console.post(f"/console/api/conversations/{asked.conversation_id}/claim",
+                                   headers={"X-CSRF-Token": csrf})
+        assert claimed_now.status_code == 200, claimed_now.text
     wait_for(lambda: any(isinstance(a, Transfer) for a in call.actions()), timeout=30)
     assert [a for a in call.actions() if isinstance(a, Transfer)] == [Transfer("8001")]  # the hotline's agent line
     claimed = wait_for(lambda: [r for r in inbound_rows(phone, "claim-1") if r.kind == "event"], timeout=30)[0]
