@@ -13,10 +13,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from websockets.sync.client import ClientConnection, connect
 
-from models.infra.db import make_engine, make_session_factory
+from models.envelope import utcnow
+from models.infra.db import make_engine, make_session_factory, transaction
 from models.infra.migrate import upgrade
 from models.settings import Settings
-from models.tables import AuditEvent, InboundRecord
+from models.states import Presence, Role
+from models.tables import AgentRecord, AuditEvent, InboundRecord
+from tests import services
 from tests.conftest import as_env, settings_kwargs
 from workers.demo.processes import GatewayThread, WorkerProcess
 
@@ -93,6 +96,37 @@ def settled(value: Any, quiet_s: float = 2.0, timeout: float = 60) -> Any:
         elif time.monotonic() - since >= quiet_s:
             return now
     raise TimeoutError("the value kept changing")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Settings, sessionmaker[Session]]]:
+    """A migrated, empty database of each kind (SQLite in tmp_path; a fresh PostgreSQL database, dropped after)."""
+    name = None
+    if request.param == "sqlite":
+        settings = Settings(data_dir=tmp_path)
+    else:
+        services.ensure_postgres()
+        name, url = services.create_database()
+        settings = Settings(data_dir=tmp_path, database_url=url)
+    upgrade(settings)
+    engine = make_engine(settings)
+    try:
+        yield settings, make_session_factory(engine)
+    finally:
+        engine.dispose()
+        if name is not None:
+            services.drop_database(name)
+
+
+def add_agent(sessions: sessionmaker[Session], name: str, role: Role = Role.AGENT, *, display_name: str | None = None,
+              online: bool = True) -> int:
+    """A console account (no usable password), online and seen now unless ``online`` is False (away)."""
+    with transaction(sessions) as session:
+        agent = AgentRecord(username=name, display_name=display_name or name, role=role, password_hash="x",
+                            status=Presence.ONLINE if online else Presence.AWAY, seen_at=utcnow())
+        session.add(agent)
+        session.flush()
+        return int(agent.id)
 
 
 def start_stack(backend: str, data_dir: Path, model: Path, pg: str | None, rds: str | None,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,15 +16,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import canned, csat_report, desk, notes
 from models.dialogue import HandOff, Message, decide
 from models.envelope import ConversationKey, utcnow
-from models.infra.db import make_engine, make_session_factory, transaction
-from models.infra.migrate import upgrade
+from models.infra.db import transaction
 from models.knowledge import approved, faq_cache, store
 from models.knowledge.documents import FaqRow, ParsedDocument
 from models.knowledge.faq_sync import FaqSync
 from models.settings import Settings
-from models.states import Presence, ReplySource, Role
+from models.states import ReplySource, Role
 from models.tables import (
-    AgentRecord,
     AuditEvent,
     CannedReplyRecord,
     ConversationRecord,
@@ -35,37 +32,21 @@ from models.tables import (
     KbPassageRecord,
     ReplyRecord,
 )
-from tests import services
+from tests.integration import conftest
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Settings, sessionmaker[Session]]]:
-    if request.param == "sqlite":
-        settings = Settings(data_dir=tmp_path)
-        name = None
-    else:
-        services.ensure_postgres()
-        name, url = services.create_database()
-        settings = Settings(data_dir=tmp_path, database_url=url)
-    upgrade(settings)
-    engine = make_engine(settings)
+@pytest.fixture
+def db(db: tuple[Settings, sessionmaker[Session]]) -> Iterator[tuple[Settings, sessionmaker[Session]]]:
+    """The conftest's database of each kind, with no FAQ left installed by an earlier test (before and after)."""
     faq_cache.install([])
     try:
-        yield settings, make_session_factory(engine)
+        yield db
     finally:
         faq_cache.install([])
-        engine.dispose()
-        if name is not None:
-            services.drop_database(name)
 
 
 def add_agent(sessions: sessionmaker[Session], name: str, role: Role = Role.AGENT) -> int:
-    with transaction(sessions) as session:
-        agent = AgentRecord(username=name, display_name=f"{name} 显示名", role=role, password_hash="x",
-                            status=Presence.ONLINE, seen_at=utcnow())
-        session.add(agent)
-        session.flush()
-        return int(agent.id)
+    return conftest.add_agent(sessions, name, role, display_name=f"{name} 显示名")
 
 
 def add_conversation(sessions: sessionmaker[Session], peer: str, *messages: str) -> int:

@@ -5,7 +5,6 @@ and the customer's number is read in its usual spellings."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,41 +12,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import csat, desk
-from models.envelope import ConversationKey, utcnow
-from models.infra.db import make_engine, make_session_factory, transaction
-from models.infra.migrate import upgrade
+from models.envelope import ConversationKey
+from models.infra.db import transaction
 from models.settings import Settings
-from models.states import DeliveryStatus, Presence, ReplySource, Role
-from models.tables import AgentRecord, AuditEvent, CsatRecord, DeliveryRecord, ReplyRecord
-from tests import services
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Settings, sessionmaker[Session]]]:
-    if request.param == "sqlite":
-        settings = Settings(data_dir=tmp_path)
-        name = None
-    else:
-        services.ensure_postgres()
-        name, url = services.create_database()
-        settings = Settings(data_dir=tmp_path, database_url=url)
-    upgrade(settings)
-    engine = make_engine(settings)
-    try:
-        yield settings, make_session_factory(engine)
-    finally:
-        engine.dispose()
-        if name is not None:
-            services.drop_database(name)
-
-
-def add_agent(sessions: sessionmaker[Session], name: str) -> int:
-    with transaction(sessions) as session:
-        agent = AgentRecord(username=name, display_name=name, role=Role.AGENT, password_hash="x",
-                            status=Presence.ONLINE, seen_at=utcnow())
-        session.add(agent)
-        session.flush()
-        return int(agent.id)
+from models.states import DeliveryStatus, ReplySource
+from models.tables import AuditEvent, CsatRecord, DeliveryRecord, ReplyRecord
+from tests.integration.conftest import add_agent
 
 
 @pytest.mark.parametrize(("text", "score"), [

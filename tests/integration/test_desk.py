@@ -5,9 +5,7 @@ returns it to the bot, and every change is audited."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -20,14 +18,13 @@ from channels.ingress import Ingress
 from models import desk
 from models.dialogue import HandOff
 from models.envelope import ConversationKey, Inbound, utcnow
-from models.infra.db import make_engine, make_session_factory, transaction
+from models.infra.db import transaction
 from models.infra.kv import SQLiteKV
-from models.infra.migrate import upgrade
 from models.infra.queues import Publisher
 from models.settings import Settings
-from models.states import DeliveryStatus, Handler, InboundStatus, Presence, ReplySource, Role
+from models.states import DeliveryStatus, Handler, InboundStatus, Presence, ReplySource
 from models.tables import AgentRecord, AuditEvent, ConversationRecord, DeliveryRecord, InboundRecord, ReplyRecord
-from tests import services
+from tests.integration.conftest import add_agent
 
 
 class Published:
@@ -44,34 +41,6 @@ class Events:
 
     def publish(self, topic: str, event: dict[str, Any]) -> None:
         self.events.append((topic, event))
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Settings, sessionmaker[Session]]]:
-    if request.param == "sqlite":
-        settings = Settings(data_dir=tmp_path)
-        name = None
-    else:
-        services.ensure_postgres()
-        name, url = services.create_database()
-        settings = Settings(data_dir=tmp_path, database_url=url)
-    upgrade(settings)
-    engine = make_engine(settings)
-    try:
-        yield settings, make_session_factory(engine)
-    finally:
-        engine.dispose()
-        if name is not None:
-            services.drop_database(name)
-
-
-def add_agent(sessions: sessionmaker[Session], name: str, *, online: bool = True) -> int:
-    with transaction(sessions) as session:
-        agent = AgentRecord(username=name, display_name=name, role=Role.AGENT, password_hash="x",
-                            status=Presence.ONLINE if online else Presence.AWAY, seen_at=utcnow())
-        session.add(agent)
-        session.flush()
-        return int(agent.id)
 
 
 def kinds(sessions: sessionmaker[Session], conversation_id: int) -> list[str]:
