@@ -145,10 +145,22 @@ def start_stack(backend: str, data_dir: Path, model: Path, pg: str | None, rds: 
     return Stack(backend, settings, gateway, worker, make_session_factory(engine), env)
 
 
+@pytest.fixture(scope="module")
+def module_pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this test module's own (dropped after it): what one module leaves behind — console
+    agents still counting as present, which open the human desk — cannot change what the next module sees."""
+    services.ensure_postgres()
+    name, url = services.create_database()
+    try:
+        yield url
+    finally:
+        services.drop_database(name)
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Stack]:
     backend = request.param
-    pg = request.getfixturevalue("pg_url") if backend == "redis-postgres" else None
+    pg = request.getfixturevalue("module_pg_url") if backend == "redis-postgres" else None
     rds = request.getfixturevalue("redis_url") if backend == "redis-postgres" else None
     data_dir = tmp_path_factory.mktemp(f"stack-{backend}")
     s = start_stack(backend, data_dir, tiny_gguf, pg, rds)

@@ -50,7 +50,7 @@ class DeskStack:
 @pytest.fixture(scope="module", params=BACKENDS)
 def ds(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[DeskStack]:
     backend = request.param
-    pg = request.getfixturevalue("pg_url") if backend == "redis-postgres" else None
+    pg = request.getfixturevalue("module_pg_url") if backend == "redis-postgres" else None
     rds = request.getfixturevalue("redis_url") if backend == "redis-postgres" else None
     with FakeWeChat() as fake:
         fake.add_mp_app(wp.APPID, wp.SECRET)

@@ -69,7 +69,7 @@ class DeskEvents:
 @pytest.fixture(scope="module", params=BACKENDS)
 def web(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[Stack]:
     backend = request.param
-    pg = request.getfixturevalue("pg_url") if backend == "redis-postgres" else None
+    pg = request.getfixturevalue("module_pg_url") if backend == "redis-postgres" else None
     rds = request.getfixturevalue("redis_url") if backend == "redis-postgres" else None
     stack = start_stack(backend, tmp_path_factory.mktemp(f"webdesk-{backend}"), tiny_gguf, pg, rds,
                         desk_presence_s=86400.0)
