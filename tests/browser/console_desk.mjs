@@ -23,12 +23,13 @@
 import { parseArgs } from "node:util";
 import { chromium } from "playwright-core";
 
+import { MIN_CONTRAST, contrastVerdict, contrasts } from "./contrast.mjs";
+
 const CHROMIUM = "/usr/bin/chromium";
 const CHROMIUM_ARGS = [
   "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
   "--disable-component-update", "--disable-sync",
 ];
-const MIN_CONTRAST = 4.5;
 
 function options() {
   const { values } = parseArgs({
@@ -93,43 +94,9 @@ async function bubbles(page) {
   })));
 }
 
-async function contrasts(page) {
-  return page.evaluate(() => {
-    const rgba = (s) => { const m = s.match(/[\d.]+/g).map(Number); return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1]; };
-    const lum = ([r, g, b]) => {
-      const c = [r, g, b].map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
-      return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
-    };
-    const over = (top, under) => top.slice(0, 3).map((v, i) => v * top[3] + under[i] * (1 - top[3])).concat(1);
-    const background = (el) => {
-      const layers = [];
-      for (let e = el; e; e = e.parentElement) {
-        const c = rgba(getComputedStyle(e).backgroundColor);
-        if (c[3] > 0) layers.push(c);
-        if (c[3] >= 1) break;
-      }
-      return layers.reverse().reduce((under, top) => over(top, under), [255, 255, 255, 1]);
-    };
-    const out = [];
-    for (const el of document.querySelectorAll("body *")) {
-      if (["SCRIPT", "STYLE", "OPTION"].includes(el.tagName) || el.getClientRects().length === 0) continue;
-      const own = [...el.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent).join("").trim();
-      const text = ["TEXTAREA", "INPUT"].includes(el.tagName) ? (el.value || el.placeholder || "").trim() : own;
-      if (!text) continue;
-      const bg = background(el);
-      const fg = over(rgba(getComputedStyle(el).color), bg);
-      const [a, b] = [lum(fg), lum(bg)];
-      const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
-      out.push({ element: el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") + (el.className ? "." + el.className : ""),
-                 text: text.slice(0, 20), ratio: Math.round(ratio * 100) / 100 });
-    }
-    return out;
-  });
-}
 function checkContrast(where, found) {
-  const low = found.filter((f) => f.ratio < MIN_CONTRAST);
-  check(`${where}: every text is at least ${MIN_CONTRAST}:1 against its background`, found.length > 0 && low.length === 0,
-    low.length ? JSON.stringify(low) : `${found.length} texts, lowest ${Math.min(...found.map((f) => f.ratio))}`);
+  const { ok, detail } = contrastVerdict(found);
+  check(`${where}: every text is at least ${MIN_CONTRAST}:1 against its background`, ok, detail);
 }
 
 async function login(agent) {
