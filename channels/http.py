@@ -7,9 +7,11 @@ message the sender can act on.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 
 from channels.errors import RequestRejected
 from models.envelope import printable
@@ -70,3 +72,18 @@ def clean_text(value: Any, max_chars: int) -> str:
             413, "text_too_long", f"text is {len(text)} characters; the limit is {max_chars}"
         )
     return text
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def refusals_as_json(handler: Endpoint) -> Endpoint:
+    """``handler`` with its RequestRejected answered as the error's JSON and status (``{"error": {code, message}}``)."""
+
+    async def run(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except RequestRejected as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+
+    return run

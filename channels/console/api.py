@@ -22,7 +22,6 @@ models.agents in the same transaction as the change.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -35,8 +34,7 @@ from starlette.routing import BaseRoute, Route
 from channels.console import inbox, transcript
 from channels.console.auth import ConsoleAuth
 from channels.console.context import ConsoleContext
-from channels.errors import RequestRejected
-from channels.http import parse_json_object, read_limited
+from channels.http import parse_json_object, read_limited, refusals_as_json
 from channels.telephony import takeover
 from models import agents, csat, desk
 from models.envelope import utcnow
@@ -46,7 +44,6 @@ from models.tables import AgentRecord
 
 PREFIX = "/console/api"
 MAX_BODY = 64 * 1024
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def error(status: int, code: str, message: str) -> JSONResponse:
@@ -81,14 +78,7 @@ class ConsoleApi:
             Route(f"{PREFIX}/users", self._guarded(self.users), methods=["GET", "POST"]),
         ]
 
-    @staticmethod
-    def _guarded(handler: Endpoint) -> Endpoint:
-        async def run(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestRejected as exc:
-                return JSONResponse(exc.body(), status_code=exc.status)
-        return run
+    _guarded = staticmethod(refusals_as_json)
 
     async def _body(self, request: Request) -> dict[str, Any]:
         return parse_json_object(await read_limited(request, MAX_BODY), MAX_BODY)

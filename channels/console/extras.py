@@ -46,7 +46,7 @@ from channels.console.auth import Agent
 from channels.console.context import ConsoleContext
 from channels.console.pages import render
 from channels.errors import RequestRejected
-from channels.http import parse_json_object, read_limited, require_unicode
+from channels.http import Endpoint, parse_json_object, read_limited, refusals_as_json, require_unicode
 from models import canned, csat_report, desk, notes
 from models.infra.db import transaction
 from models.knowledge import approved, store
@@ -57,7 +57,6 @@ from models.tables import ReplyRecord
 PREFIX = "/console/api"
 MAX_BODY = 64 * 1024
 T = TypeVar("T")
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def extras_routes(ctx: ConsoleContext) -> list[BaseRoute]:
@@ -112,14 +111,7 @@ class ConsoleExtras:
             Route("/console/reports", self.reports_page, methods=["GET"]),
         ]
 
-    @staticmethod
-    def _guarded(handler: Endpoint) -> Endpoint:
-        async def run(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except RequestRejected as exc:
-                return JSONResponse(exc.body(), status_code=exc.status)
-        return run
+    _guarded = staticmethod(refusals_as_json)
 
     def admin_kb(self, handler: Callable[..., Awaitable[Response]]) -> Endpoint:
         """A knowledge-API handler behind the console's admin gate, audited with the admin's username."""
