@@ -229,21 +229,27 @@ class Settings(_KefuVariables):
     # When the model's queue is this long (seconds, as estimated by the LLM workers), a WeChat callback gets
     # a passive "please wait" at once instead of silence; 0 turns it off.
     busy_notice_after_s: NonNegativeSeconds = 4.0
+    # The passive reply a WeChat callback gets when the model's queue is long (busy_notice_after_s).
     busy_notice: str = "消息已收到，当前咨询的人较多，客服正在为您处理，请稍候。"
     # Requests for a person are detected in the customer's own words (models.handoff_detect); these are the
     # operator's extra words for a person ("找小二"), read the same way (declines and mentions still count).
     handoff_keywords: list[str] = Field(default_factory=list)
+    # The notice a customer gets when their conversation goes to a person.
     handoff_reply: str = "好的，正在为您转接人工客服，请稍候。"
     # Asked when a message may be a request for a person ("你是机器人吗"); a "是的/对/嗯/需要" after it hands off.
     handoff_ask_back_reply: str = "您是需要转接人工客服吗？"
     # After this many fallback replies in a row the customer's next message goes to a person (0: never).
     handoff_after_failures: NonNegativeInt = 2
+    # The notice when a run of failed answers hands the conversation to a person.
     handoff_failures_reply: str = "抱歉，我没能解答您的问题，正在为您转接人工客服，请稍候。"
+    # The answer after a run of failed answers where no person can take over.
     handoff_failures_unavailable_reply: str = ("抱歉，我没能解答您的问题，这里也暂时没有人工客服。"
                                                "您可以换个说法再问一次，或稍后再试。")
     # Clearly negative wording ("垃圾", "气死", "投诉"…) hands the conversation to a person where one can take it.
     handoff_on_negative: bool = True
+    # Words of clear displeasure that hand the conversation to a person (handoff_on_negative).
     handoff_negative_words: list[str] = Field(default_factory=lambda: list(NEGATIVE_WORDS))
+    # The notice when displeasure hands the conversation to a person.
     handoff_negative_reply: str = "非常抱歉给您带来不好的体验，正在为您转接人工客服，请稍候。"
     # Per channel (JSON in KEFU_HANDOFF_CHANNELS): {"web": {"detect": false}, "wecom_kf": {"phrases": ["找小二"],
     # "after_failures": 3, "on_negative": false}}; what a channel leaves out follows the settings above.
@@ -253,6 +259,7 @@ class Settings(_KefuVariables):
     # Sent when the model cannot answer (failure, deadline, empty output): nothing goes unanswered. The hint is
     # added only where a person can take over (models.dialogue.fallback_reply).
     fallback_reply: str = "抱歉，我暂时无法回答这个问题，请换个说法再问一次，或稍后再试。"
+    # Added to fallback_reply where a person can take over.
     fallback_handoff_hint: str = "如需人工服务，请回复“转人工”。"
     prompt_handoff_hint: str = DEFAULT_PROMPT_HANDOFF_HINT  # "" never mentions a person to the model
     human_session_ttl_s: PositiveSeconds = 1800.0  # official account: a conversation stays with its person this long after
@@ -265,25 +272,29 @@ class Settings(_KefuVariables):
     desk_channels: list[str] = Field(default_factory=lambda: ["web", "wechat_mp", "wecom", "wecom_kf"])
     # "mon-fri 09:00-18:00; sat 10:00-16:00" in desk_timezone (models.business_hours); empty: always open
     desk_hours: str = ""
+    # The time zone KEFU_DESK_HOURS is read in (an IANA name).
     desk_timezone: str = "Asia/Shanghai"
     # An agent counts as present this long after their console's last sign of life (it sends one every 15 s).
     desk_presence_s: PositiveSeconds = 45.0
+    # The answer to a request for a person outside KEFU_DESK_HOURS (no other hand-off available).
     desk_after_hours_reply: str = ("您好，现在是非工作时间，人工客服暂时无法接入。您可以继续向我提问，"
                                    "或在工作时间再联系我们。")
     # After an agent hands a conversation back, the customer is asked for a score (web: a 1-5 widget; WeChat,
     # WeCom, kf: a reply with a number). Empty turns the request off.
     csat_request_reply: str = "本次人工服务已结束。请为我们的服务打分：回复 1-5 的数字（5 分为非常满意）。"
+    # The answer to a score (1-5) given after the request.
     csat_thanks_reply: str = "感谢您的评价！如还有其他问题，欢迎随时咨询。"
     # Console logins: a session lasts this long; this many failed logins per username (and per client address)
     # within console_login_window_s lock further attempts until the window passes.
     console_session_s: PositiveSeconds = 12 * 3600.0
-    console_login_attempts: PositiveInt = 5
-    console_login_window_s: PositiveSeconds = 300.0
+    console_login_attempts: PositiveInt = 5  # failed logins per username and per address before a lock
+    console_login_window_s: PositiveSeconds = 300.0  # the window those failures are counted in (and the lock lasts)
     # Voice messages without the platform's Recognition: a worker downloads (media/get), decodes and transcribes
     # them with the configured recognizer (KEFU_SPEECH_PROVIDER). When that fails, the customer gets this reply.
     voice_unclear_reply: str = "抱歉，我没有听清您的语音。请您再说一遍，或者直接打字告诉我您的问题。"
     voice_max_bytes: PositiveInt = 2 * 1024 * 1024  # a 60-second WeChat voice is about 100 KB of AMR
     voice_max_seconds: PositiveSeconds = 120.0  # WeChat voices last at most 60 s; anything longer is cut here
+    # The longest a voice file's decoding may take before the unclear-voice reply.
     voice_decode_timeout_s: PositiveSeconds = 15.0
     # transient media/get failures, retried after 1, 2, 4, 8 s; then the reply above
     voice_download_retries: NonNegativeInt = 4
@@ -333,8 +344,10 @@ class Settings(_KefuVariables):
     # lines "词 action" (action: refuse, mask, hand_off; # comments), read again when the file changes
     moderation_file: Path | None = None
     moderation_url: str | None = None  # an HTTP moderation endpoint (POST {"text"} -> {"action", "rule"})
+    # The moderation HTTP check's timeout (KEFU_MODERATION_URL).
     moderation_timeout_s: PositiveSeconds = 2.0
     moderation_fail_closed: bool = False  # endpoint down or slow: refuse (true) or let the message through
+    # The answer to a message a moderation rule refuses.
     moderation_refuse_reply: str = "抱歉，这个问题我无法回答。如有其他问题，请随时告诉我。"
 
     @field_validator("pii_mask_stored", mode="before")
@@ -361,14 +374,23 @@ class Settings(_KefuVariables):
     # "realtime": the NLS WebSocket protocol (SpeechTranscriber streams while the caller speaks);
     # "rest": one-sentence recognition and REST synthesis, one HTTP request each
     nls_mode: Literal["realtime", "rest"] = "realtime"
+    # Aliyun NLS real-time speech WebSocket endpoint.
     nls_ws_url: str = "wss://nls-gateway-cn-shanghai.aliyuncs.com/ws/v1"
+    # Aliyun AccessKey id that obtains NLS tokens (aliyun-python-sdk-core).
     nls_access_key_id: str | None = None
+    # Aliyun AccessKey secret (KEFU_NLS_ACCESS_KEY_SECRET_FILE for a secret file).
     nls_access_key_secret: SecretStr | None = None
+    # The NLS project's appkey.
     nls_appkey: str | None = None
+    # The NLS region (cn-shanghai…).
     nls_region: str = "cn-shanghai"
+    # Where NLS tokens are created (CreateToken).
     nls_meta_endpoint: str = "nls-meta.cn-shanghai.aliyuncs.com"
+    # The token endpoint's protocol.
     nls_meta_protocol: Literal["https", "http"] = "https"
+    # The NLS REST gateway (one-sentence recognition, synthesis).
     nls_gateway: str = "https://nls-gateway-cn-shanghai.aliyuncs.com"
+    # The NLS voice that speaks answers on the phone.
     nls_voice: str = "xiaoyun"
 
     # --- model ---------------------------------------------------------------------------------

@@ -27,16 +27,22 @@ class Hotline(BaseModel):
 class PhoneSettings(Section):
     voice_gateways: list[VoiceGateway] = Field(default_factory=list)  # JSON list in KEFU_VOICE_GATEWAYS
     hotlines: list[Hotline] = Field(default_factory=list)  # JSON list in KEFU_HOTLINES
+    # What a caller hears first.
     phone_greeting: str = "您好，欢迎致电，我是智能客服，请问有什么可以帮您？"
     phone_transfer_to: str | None = None  # default transfer target when the hotline names none
+    # What a caller hears before a transfer to a person.
     phone_transfer_notice: str = "好的，正在为您转接人工客服，请稍候。"
+    # What a silent caller hears (after the idle time).
     phone_idle_prompt: str = "请问您还在吗？有什么可以帮您？"
+    # What a caller hears before Kefu hangs up.
     phone_goodbye: str = "感谢您的来电，再见。"
+    # What a caller who asks for a person hears where no agent number is configured.
     phone_no_agent: str = "抱歉，现在没有人工客服可以接听，请您稍后再拨。"
     phone_speech_failed: str = "抱歉，语音识别暂时出现故障。"  # said before the transfer when recognition is down
     phone_silence_ms: int = 600  # end of an utterance
     phone_idle_s: float = 10.0  # silence before the prompt, and again before the goodbye
     audiosocket_port: int | None = None  # Asterisk AudioSocket over TCP (off unless set)
+    # The addresses the AudioSocket listener accepts calls from (the PBX's).
     audiosocket_allowed_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
 
     def hotline(self, number: str) -> Hotline:
