@@ -7,11 +7,20 @@ from typing import Any
 
 import pytest
 
+from models.infra import logs
 from tests import services
 from tests.stack import kefu_env
 from tests.synthetic_gguf import write_qwen3_gguf
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _no_conversation_in_the_log_context() -> Iterator[None]:
+    """A task run in-process sets the log's conversation id as it does in a worker's pool thread, where Celery's
+    task_postrun clears it (workers/celery_app.py); here each test ends with the id it started with."""
+    with logs.conversation_scope(None):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -53,8 +53,7 @@ def handle_inbound(task: Task, inbound_id: int, failures: int = 0) -> str:
     """``failures``: unexpected errors so far. Counted apart from Celery's ``retries``, which waiting for an
     earlier message of the conversation also uses up (many short retries behind a long answer)."""
     try:
-        with logs.conversation_scope(None):  # set once the conversation is known; reset after, even in-process
-            return _handle_inbound(task, inbound_id)
+        return _handle_inbound(task, inbound_id)
     except (Retry, SoftTimeLimitExceeded):
         raise
     except Exception as exc:  # a database hiccup, a bug: try again before the sweeper has to
@@ -130,11 +129,6 @@ def _still_alive(rt: Runtime, inbound_id: int) -> None:
 
 
 def deliver(task: Task, reply_id: int) -> str:
-    with logs.conversation_scope(None):  # set once the conversation is known; reset after, even in-process
-        return _deliver(task, reply_id)
-
-
-def _deliver(task: Task, reply_id: int) -> str:
     rt = runtime()
     with rt.sessions() as session:
         found = session.execute(
