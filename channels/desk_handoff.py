@@ -81,7 +81,7 @@ class DeskHandOff(HandOffPort):
         return HandOff.NOBODY if self._hours.is_open(utcnow()) else HandOff.AFTER_HOURS
 
     def begin(self, key: ConversationKey) -> None:
-        if self.in_use() and self.open():
+        if self.open():
             with transaction(self._sessions) as session:
                 conversation_id = desk.ensure_conversation(session, key)
                 desk.queue(session, conversation_id, key.channel, "customer")

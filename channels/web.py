@@ -82,7 +82,7 @@ from models import audit, csat, desk, transcript
 from models.envelope import ConversationKey, Inbound, Reply, utcnow
 from models.infra import metrics
 from models.infra.db import transaction
-from models.settings import Section
+from models.settings import Section, comma_list
 from models.states import WITH_PERSON, ReplySource
 from models.tables import AuditEvent, ConversationRecord, ReplyRecord
 from models.transcript import ReplyRow
@@ -115,11 +115,7 @@ class WebSettings(Section):
     @field_validator("web_cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            if value.lstrip().startswith("["):
-                return json.loads(value)
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
+        return comma_list(value)
 
     @field_validator("web_cors_origins")
     @classmethod

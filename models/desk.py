@@ -70,12 +70,6 @@ def ensure_conversation(session: Session, key: ConversationKey) -> int:
         ["channel", "account", "peer"])
 
 
-def held(session: Session, conversation_id: int) -> Held:
-    row = session.execute(select(ConversationRecord.handler, ConversationRecord.agent_id)
-                          .where(ConversationRecord.id == conversation_id)).one()
-    return Held(conversation_id, Handler(row.handler), row.agent_id)
-
-
 def with_person(session: Session, key: ConversationKey) -> bool:
     """Whether a person (the waiting queue or an agent) owns the conversation: the model stays out."""
     handler = session.scalars(select(ConversationRecord.handler).where(

@@ -121,6 +121,16 @@ class FileValues(EnvSettingsSource):
         return found
 
 
+def comma_list(value: Any) -> Any:
+    """A list variable given as JSON (``["a", "b"]``) or as a comma-separated string (``a, b``); other values as
+    they are (a ``mode="before"`` validator for fields marked ``NoDecode``)."""
+    if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
 def _read_value(variable: str, path: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
@@ -478,11 +488,7 @@ class Settings(_KefuVariables):
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            if value.lstrip().startswith("["):
-                return json.loads(value)
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
+        return comma_list(value)
 
     # --- derived -------------------------------------------------------------------------------
     @property

@@ -261,27 +261,21 @@ class BackgroundBus:
 
     def __init__(self, bus: Bus) -> None:
         self._bus = bus
-        self._queue: queues.SimpleQueue[tuple[str, Event] | None] = queues.SimpleQueue()
-        self._waiting = 0
-        self._lock = threading.Lock()
+        self._queue: queues.Queue[tuple[str, Event] | None] = queues.Queue(maxsize=self.BACKLOG)
         self._thread = threading.Thread(target=self._run, name="kefu-bus", daemon=True)
         self._thread.start()
 
     def publish(self, topic: str, event: Event) -> None:
-        with self._lock:
-            if self._waiting >= self.BACKLOG:
-                return
-            self._waiting += 1
-        self._queue.put((topic, event))
+        with contextlib.suppress(queues.Full):
+            self._queue.put_nowait((topic, event))
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            with self._lock:
-                self._waiting -= 1
             self._bus.publish(*item)
 
     def close(self, timeout_s: float = 1.0) -> None:
-        self._queue.put(None)
+        with contextlib.suppress(queues.Full):
+            self._queue.put(None, timeout=timeout_s)
         self._thread.join(timeout_s)
         getattr(self._bus, "close", lambda: None)()
 
