@@ -147,26 +147,44 @@ def test_audiosocket_round_trip_in_arbitrary_tcp_chunks() -> None:
                       GatewayError(2, "error reported by Asterisk"), HangupIn("caller")]
 
 
-def test_audiosocket_encodes_audio_in_frames_and_hangup() -> None:
-    pcm = tone(50)  # 800 bytes: one 640-byte message and one of 160
+def test_audiosocket_encodes_audio_in_20_ms_messages_and_hangup() -> None:
+    pcm = tone(50)  # 800 bytes at 8 kHz: two 20 ms messages of 320 bytes and one of 160
     wire = asock.encode_action(AudioOut(pcm))
     assert wire is not None
+    headers = [struct.unpack_from(">BH", wire, at) for at in (0, 323, 646)]
+    assert headers == [(asock.KIND_AUDIO, 320), (asock.KIND_AUDIO, 320), (asock.KIND_AUDIO, 160)]
+    assert len(wire) == 3 * 3 + 800
     decoder = asock.AudioSocketDecoder()
     decoder.feed(asock.encode_message(asock.KIND_UUID, uuid.uuid4().bytes))
-    assert [e.pcm for e in decoder.feed(wire) if isinstance(e, AudioIn)] == [pcm[:640], pcm[640:]]
+    assert [e.pcm for e in decoder.feed(wire) if isinstance(e, AudioIn)] == [pcm[:320], pcm[320:640], pcm[640:]]
+    assert asock.encode_action(AudioOut(tone(20))) == asock.encode_message(asock.KIND_AUDIO, tone(20))  # one frame
     assert asock.encode_action(HangupOut()) == b"\x00\x00\x00"
     assert asock.encode_action(ClearAudio()) is None and asock.encode_action(Transfer("1")) is None
 
 
-@pytest.mark.parametrize(("wire", "message"), [
-    (asock.encode_message(asock.KIND_AUDIO, b"\x00\x00"), "first AudioSocket message"),
-    (asock.encode_message(asock.KIND_UUID, b"short"), "16-byte"),
-    (asock.encode_message(asock.KIND_UUID, bytes(16)) + struct.pack(">BH", 0x42, 0), "unknown AudioSocket"),
-    (asock.encode_message(asock.KIND_UUID, bytes(16)) + asock.encode_message(asock.KIND_AUDIO, b"\x00"), "whole"),
+CALL_UUID = asock.encode_message(asock.KIND_UUID, bytes(16))
+
+
+@pytest.mark.parametrize(("wire", "message", "short"), [
+    (asock.encode_message(asock.KIND_AUDIO, b"\x00\x00"), "first AudioSocket message", "no uuid"),
+    (asock.encode_message(asock.KIND_UUID, b"short"), "16-byte", "no uuid"),
+    (CALL_UUID + struct.pack(">BH", 0x42, 0), "unknown AudioSocket message type 0x42", "unknown type 0x42"),
+    (CALL_UUID + asock.encode_message(asock.KIND_AUDIO, b"\x00"), "whole", "odd audio length"),
+    (CALL_UUID + asock.encode_message(asock.KIND_DTMF, b"12"), "one digit", "bad dtmf"),
+    (CALL_UUID + CALL_UUID, "second UUID", "second uuid"),
 ])
-def test_audiosocket_garbage_is_refused(wire: bytes, message: str) -> None:
-    with pytest.raises(asock.AudioSocketError, match=message):
+def test_audiosocket_garbage_is_refused_with_a_short_reason_for_the_outcome(wire: bytes, message: str,
+                                                                           short: str) -> None:
+    with pytest.raises(asock.AudioSocketError, match=message) as refused:
         asock.AudioSocketDecoder().feed(wire)
+    assert refused.value.short == short
+
+
+def test_an_audiosocket_payload_over_64_kib_is_not_encodable() -> None:
+    with pytest.raises(asock.AudioSocketError) as refused:
+        asock.encode_message(asock.KIND_AUDIO, bytes(asock.MAX_PAYLOAD + 1))
+    assert refused.value.short == "payload too long"
+    assert len(asock.encode_message(asock.KIND_AUDIO, bytes(asock.MAX_PAYLOAD))) == 3 + asock.MAX_PAYLOAD
 
 
 # ---- VAD and endpointing ------------------------------------------------------------------------------
