@@ -392,6 +392,9 @@ class Settings(_KefuVariables):
     nls_access_key_secret: SecretStr | None = None
     # The NLS project's appkey.
     nls_appkey: str | None = None
+    # The rate recognition audio is sent at: the appkey's model's (NLS console: 8000 telephone, 16000 general).
+    # Unset: the audio's own rate (a phone call's 8000 goes out as it came in, as Aliyun advises).
+    nls_asr_sample_rate: Literal[8000, 16000] | None = None
     # The NLS region (cn-shanghai…).
     nls_region: str = "cn-shanghai"
     # Where NLS tokens are created (CreateToken).

@@ -2,16 +2,31 @@
 
 After the primary fails, the backup speaks everything for ``cooldown_s`` before the primary is tried
 again: a dead cloud service would otherwise cost every sentence of every call its connect timeout.
+
+Streaming (:meth:`FallbackSynthesizer.synthesize_stream`): the primary's chunks as they come; if it fails
+before its first chunk, the backup speaks the whole sentence instead. If it fails after audio went out,
+the error is raised (the caller already heard part of the sentence in one voice: finishing it in another,
+from the start, would repeat it) and the cooldown starts all the same.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 
-from channels.speech.base import Synthesizer
+from channels.speech.base import SpeechError, Synthesizer
 
 log = logging.getLogger(__name__)
+
+
+def speech_chunks(synthesizer: Synthesizer, text: str, sample_rate: int) -> Iterator[bytes]:
+    """``synthesizer.synthesize_stream`` where it has one, else its ``synthesize`` as one chunk."""
+    stream = getattr(synthesizer, "synthesize_stream", None)
+    if stream is not None:
+        yield from stream(text, sample_rate)
+    else:
+        yield synthesizer.synthesize(text, sample_rate)
 
 
 class FallbackSynthesizer:
@@ -24,7 +39,26 @@ class FallbackSynthesizer:
             try:
                 return self.primary.synthesize(text, sample_rate)
             except Exception as exc:  # NLS refusing, or the KV store under its token failing: the caller still hears
-                self._skip_until = time.monotonic() + self.cooldown_s
-                log.warning("speech synthesis failed (%s: %s); the local voice speaks for the next %.0f s",
-                            type(exc).__name__, exc, self.cooldown_s)
+                self._failed(exc)
         return self.backup.synthesize(text, sample_rate)
+
+    def synthesize_stream(self, text: str, sample_rate: int) -> Iterator[bytes]:
+        if time.monotonic() >= self._skip_until:
+            started = False
+            try:
+                for chunk in speech_chunks(self.primary, text, sample_rate):
+                    started = started or bool(chunk)
+                    yield chunk
+                return
+            except Exception as exc:
+                self._failed(exc)
+                if started and isinstance(exc, SpeechError):
+                    raise
+                if started:
+                    raise SpeechError(f"speech synthesis failed mid-sentence: {type(exc).__name__}: {exc}") from exc
+        yield from speech_chunks(self.backup, text, sample_rate)
+
+    def _failed(self, exc: Exception) -> None:
+        self._skip_until = time.monotonic() + self.cooldown_s
+        log.warning("speech synthesis failed (%s: %s); the local voice speaks for the next %.0f s",
+                    type(exc).__name__, exc, self.cooldown_s)

@@ -16,6 +16,30 @@ protocol; it "recognizes" a fixed text and "speaks" a tone.
 
 Each passes a one-line account of every request it served to ``on_heard`` (``kefu fake nls`` prints
 them). Nothing is raised into a client: every failure is the platform's own error answer.
+
+What the recognition fakes check about audio, and where it comes from:
+
+- An appkey's project is bound to one recognition model in the NLS console, built for 8 kHz (telephone)
+  or 16 kHz (general) audio; recognition accepts 8,000 and 16,000 Hz only ("Speech recognition supports
+  sample rates of 16,000 Hz and 8,000 Hz. Telephone audio typically uses 8,000 Hz ... Do not convert
+  8,000 Hz audio to 16,000 Hz. Instead, select a model that supports an 8,000 Hz sample rate for the
+  project", help.aliyun.com/en/isi/getting-started/concepts; the real-time and REST API references list
+  the same two rates). ``model_rate`` is that binding.
+- A request whose ``sample_rate`` is not the model's is refused with status 41010101
+  ``UNSUPPORTED_SAMPLE_RATE``. That code and name come from Aliyun's error-code table for real-time and
+  one-sentence recognition (help.aliyun.com/document_detail/459864.html), as far as we could read it
+  here: our search tools only returned that page's beginning, so the code is corroborated by a
+  third-party NLS-compatible server's code table (41010101 → UNSUPPORTED_SAMPLE_RATE) and by the file
+  recognition service's sibling 41050008 ``UNSUPPORTED_SAMPLE_RATE`` ("采样率不匹配: 检查调用时设置的采样率
+  和管控台上appkey绑定的ASR模型采样率是否一致", developer.aliyun.com/ask/518646). The exact
+  ``status_text`` wording and the REST answer's HTTP status (400 here) are our assumption.
+- Audio frames: whole 16-bit samples (an odd byte count is refused, 40000002). Aliyun's SDKs send
+  small frames — the Python SDK's ``send_audio`` says "audio size prefer 20ms length" — and its
+  WebSocket docs recommend 100 ms per packet, i.e. 3,200 bytes at 16 kHz and so 1,600 bytes at 8 kHz;
+  the fake accepts any whole-sample frame, as NLS does.
+- Synthesis (``StartSynthesis``, REST ``/tts``): 8,000, 16,000 or 24,000 Hz pcm; the real-time fake
+  sends its first audio after ``first_audio_ms`` and then 100 ms frames at ``speed`` × real time, then
+  ``SynthesisCompleted``, as NLS streams a sentence while it is still synthesizing it.
 """
 
 from __future__ import annotations
@@ -40,6 +64,12 @@ from websockets.sync.server import serve
 from channels.fake_http import Answer, LoopbackFake, Request
 
 Listener = Callable[[str], None]
+UNSUPPORTED_SAMPLE_RATE = 41010101  # NLS: the request's sample rate is not the appkey's model's (see above)
+
+
+def unsupported_rate(rate: object, model_rate: int) -> str:
+    return (f"UNSUPPORTED_SAMPLE_RATE:sample_rate {rate} does not match this appkey's {model_rate} Hz model "
+            "(8000 or 16000, chosen in the NLS console)")
 
 
 def _encode(value: str) -> str:
@@ -137,17 +167,21 @@ class FakeNlsMeta(_HttpFake):
 class FakeNlsGateway(_HttpFake):
     """The REST speech gateway: ``/stream/v1/asr`` and ``/stream/v1/tts``, tokens checked against ``meta``.
 
-    Recognition answers ``recognized`` (what a real engine would hear) when the body is whole 16 kHz
-    PCM; synthesis answers ``tone_ms`` of a 16-bit tone per character at the requested rate.
-    ``down`` makes every request a 503; :meth:`revoke_tokens` makes issued tokens answer 40000001.
+    Recognition answers ``recognized`` (what a real engine would hear) when the body is whole PCM at
+    ``model_rate``, the appkey's model's rate (another rate: 41010101 UNSUPPORTED_SAMPLE_RATE);
+    :attr:`rates` and :attr:`audio_bytes` record each recognition's rate and body length. Synthesis
+    answers 150 ms of a 16-bit tone per character at the requested rate. ``down`` makes every request a
+    503; :meth:`revoke_tokens` makes issued tokens answer 40000001.
     """
 
-    def __init__(self, meta: FakeNlsMeta, appkey: str, recognized: str = "我要转人工", *, host: str = "127.0.0.1",
-                 port: int = 0, on_heard: Listener | None = None) -> None:
-        self.meta, self.appkey, self.recognized = meta, appkey, recognized
+    def __init__(self, meta: FakeNlsMeta, appkey: str, recognized: str = "我要转人工", *, model_rate: int = 16000,
+                 host: str = "127.0.0.1", port: int = 0, on_heard: Listener | None = None) -> None:
+        self.meta, self.appkey, self.recognized, self.model_rate = meta, appkey, recognized, model_rate
         self.down = False
         self.revoked: set[str] = set()
         self.requests: list[str] = []
+        self.rates: list[int] = []  # the sample_rate of each recognition request
+        self.audio_bytes: list[int] = []  # the audio length of each recognition that was accepted
         super().__init__(host, port, on_heard)
 
     @property
@@ -172,7 +206,7 @@ class FakeNlsGateway(_HttpFake):
             return Answer(503, b"<html>503 Service Unavailable</html>", "text/html")
         if path == "/stream/v1/asr":
             token = headers.get("x-nls-token", "")
-            appkey, rate = query.get("appkey"), query.get("sample_rate")
+            appkey, rate = query.get("appkey"), query.get("sample_rate", "16000")  # NLS defaults to 16000
         elif path == "/stream/v1/tts":
             request = json.loads(body or b"{}")
             token, appkey, rate = request.get("token", ""), request.get("appkey"), str(request.get("sample_rate"))
@@ -183,8 +217,12 @@ class FakeNlsGateway(_HttpFake):
         if appkey != self.appkey:
             return self._error(400, 40000003, "The appkey is invalid!")
         if path == "/stream/v1/asr":
-            if rate != "16000" or len(body) % 2:
+            self.rates.append(int(rate) if (rate or "").isdigit() else 0)
+            if rate != str(self.model_rate):
+                return self._error(400, UNSUPPORTED_SAMPLE_RATE, unsupported_rate(rate, self.model_rate))
+            if len(body) % 2:
                 return self._error(400, 40000002, "Invalid audio")
+            self.audio_bytes.append(len(body))
             return Answer.json(200, {"task_id": "t", "result": self.recognized, "status": 20000000, "message": "SUCCESS"})
         text = str(request.get("text", ""))
         return Answer(200, tone(int(rate or 0), 150 * max(1, len(text))), "audio/pcm")
@@ -206,18 +244,24 @@ class FakeNlsRealtime(_Fake):
     sample rate other than 16 kHz for recognition, 40000000 for :meth:`fail_next`). Recognition sends
     ``SentenceBegin`` on the first audio, a ``TranscriptionResultChanged`` per 200 ms when
     intermediate results were asked for, and one ``SentenceEnd`` with ``recognized`` at
-    ``StopTranscription``. Synthesis streams 150 ms of tone per character in 100 ms frames.
-    ``down`` refuses the handshake with HTTP 503; :attr:`audio_bytes` records each recognition
-    task's audio length (16 kHz: 32,000 bytes a second).
+    ``StopTranscription``. Recognition needs ``sample_rate`` = ``model_rate`` (the appkey's model's:
+    8000 telephone or 16000 general); any other is a TaskFailed 41010101 UNSUPPORTED_SAMPLE_RATE.
+    Synthesis streams 150 ms of tone per character in 100 ms frames, the first after ``first_audio_ms``
+    and the rest at ``speed`` × real time. ``down`` refuses the handshake with HTTP 503;
+    :attr:`audio_bytes` records each recognition task's audio length and :attr:`rates` its sample rate
+    (8 kHz: 16,000 bytes a second; 16 kHz: 32,000).
     """
 
-    def __init__(self, meta: FakeNlsMeta, appkey: str, recognized: str = "我要转人工", *, host: str = "127.0.0.1",
-                 port: int = 0, on_heard: Listener | None = None) -> None:
+    def __init__(self, meta: FakeNlsMeta, appkey: str, recognized: str = "我要转人工", *, model_rate: int = 16000,
+                 first_audio_ms: float = 60, speed: float = 4.0, host: str = "127.0.0.1", port: int = 0,
+                 on_heard: Listener | None = None) -> None:
         self.meta, self.appkey, self.recognized, self.on_heard = meta, appkey, recognized, on_heard
+        self.model_rate, self.first_audio_ms, self.speed = model_rate, first_audio_ms, speed
         self.down = False
         self.revoked: set[str] = set()
         self.tasks: list[str] = []  # "SpeechTranscriber" / "SpeechSynthesizer", one per started task
         self.audio_bytes: list[int] = []
+        self.rates: list[int] = []  # the sample_rate of each recognition task that started
         self._failures: list[str] = []
         self._lock = threading.Lock()
         self._server = serve(self._session, host, port, process_request=self._handshake, compression=None)
@@ -274,25 +318,30 @@ class FakeNlsRealtime(_Fake):
                 else:
                     replies, done = self._on_command(task, token, json.loads(frame))
                 for reply in replies:
-                    ws.send(reply)
+                    if isinstance(reply, _Pause):
+                        time.sleep(reply.seconds)
+                    else:
+                        ws.send(reply)
                 if done:
                     return
         except ConnectionClosed:
             return
 
-    def _on_audio(self, task: _RealtimeTask, frame: bytes) -> tuple[list[str | bytes], bool]:
+    def _on_audio(self, task: _RealtimeTask, frame: bytes) -> tuple[list[str | bytes | _Pause], bool]:
         if task.namespace != "SpeechTranscriber" or not task.started:
             return [self._failed(task.task_id, 40000002, "Gateway:CLIENT_ERROR:audio before start")], True
         if len(frame) % 2:
             return [self._failed(task.task_id, 40000002, "Gateway:CLIENT_ERROR:odd number of PCM bytes")], True
         before, task.audio = task.audio, task.audio + len(frame)
-        replies: list[str | bytes] = []
+        replies: list[str | bytes | _Pause] = []
         if before == 0:
             replies.append(self._answer(task.namespace, "SentenceBegin", task.task_id, {"index": 1, "time": 0}))
-        if task.intermediate and task.audio // 6400 > before // 6400:
-            partial = self.recognized[: max(1, len(self.recognized) * task.audio // 64000)]
+        per_200ms = task.bytes_per_second // 5
+        if task.intermediate and task.audio // per_200ms > before // per_200ms:
+            partial = self.recognized[: max(1, len(self.recognized) * task.audio // (2 * task.bytes_per_second))]
             replies.append(self._answer(task.namespace, "TranscriptionResultChanged", task.task_id,
-                                        {"index": 1, "time": task.audio // 32, "result": partial}))
+                                        {"index": 1, "time": task.audio * 1000 // task.bytes_per_second,
+                                         "result": partial}))
         return replies, False
 
     def _refusal(self, header: dict[str, Any], token: str | None) -> str | None:
@@ -313,7 +362,7 @@ class FakeNlsRealtime(_Fake):
         return None
 
     def _on_command(self, task: _RealtimeTask, token: str | None, message: dict[str, Any]
-                    ) -> tuple[list[str | bytes], bool]:
+                    ) -> tuple[list[str | bytes | _Pause], bool]:
         header, payload = message.get("header", {}), message.get("payload") or {}
         refused = self._refusal(header, token)
         if refused is not None:
@@ -328,26 +377,32 @@ class FakeNlsRealtime(_Fake):
         return [self._failed(header["task_id"], 40000002, f"Gateway:CLIENT_ERROR:unexpected {name}")], True
 
     def _start_transcription(self, task: _RealtimeTask, header: dict[str, Any], payload: dict[str, Any]
-                             ) -> tuple[list[str | bytes], bool]:
+                             ) -> tuple[list[str | bytes | _Pause], bool]:
         task.task_id, task.namespace = header["task_id"], "SpeechTranscriber"
-        if payload.get("format") != "pcm" or int(payload.get("sample_rate", 0)) != 16000:
-            return [self._failed(task.task_id, 40000002, "Gateway:CLIENT_ERROR:this appkey's model needs 16000 Hz pcm")
-                    ], True
+        if payload.get("format") != "pcm":
+            return [self._failed(task.task_id, 40000002, "Gateway:CLIENT_ERROR:this fake hears pcm only")], True
+        rate = payload.get("sample_rate", 16000)  # NLS's default when none is given
+        if rate != self.model_rate:
+            return [self._failed(task.task_id, UNSUPPORTED_SAMPLE_RATE, unsupported_rate(rate, self.model_rate))], True
         task.started, task.intermediate = True, bool(payload.get("enable_intermediate_result"))
+        task.bytes_per_second = 2 * self.model_rate
         self.tasks.append(task.namespace)
+        self.rates.append(self.model_rate)
         return [self._answer(task.namespace, "TranscriptionStarted", task.task_id, {"session_id": uuid4_hex()})], False
 
-    def _stop_transcription(self, task: _RealtimeTask) -> list[str | bytes]:
+    def _stop_transcription(self, task: _RealtimeTask) -> list[str | bytes | _Pause]:
         self.audio_bytes.append(task.audio)
-        self._heard(f"nls-realtime SpeechTranscriber: {task.audio} bytes of 16 kHz audio, heard {self.recognized!r}")
-        replies: list[str | bytes] = []
+        self._heard(f"nls-realtime SpeechTranscriber: {task.audio} bytes of {self.model_rate // 1000} kHz audio, "
+                    f"heard {self.recognized!r}")
+        replies: list[str | bytes | _Pause] = []
         if task.audio:
             replies.append(self._answer(task.namespace, "SentenceEnd", task.task_id, {
-                "index": 1, "time": task.audio // 32, "begin_time": 0, "result": self.recognized, "confidence": 0.9}))
+                "index": 1, "time": task.audio * 1000 // task.bytes_per_second, "begin_time": 0,
+                "result": self.recognized, "confidence": 0.9}))
         replies.append(self._answer(task.namespace, "TranscriptionCompleted", task.task_id))
         return replies
 
-    def _synthesize(self, task_id: str, payload: dict[str, Any]) -> list[str | bytes]:
+    def _synthesize(self, task_id: str, payload: dict[str, Any]) -> list[str | bytes | _Pause]:
         text = str(payload.get("text", ""))
         sample_rate = int(payload.get("sample_rate", 16000))
         if not text or sample_rate not in (8000, 16000, 24000) or payload.get("format") != "pcm":
@@ -355,10 +410,21 @@ class FakeNlsRealtime(_Fake):
         self.tasks.append("SpeechSynthesizer")
         self._heard(f"nls-realtime SpeechSynthesizer: {len(text)} characters, {150 * len(text)} ms of tone")
         audio_out = tone(sample_rate, 150 * len(text))
-        step = sample_rate * 2 // 10
-        replies: list[str | bytes] = [audio_out[i:i + step] for i in range(0, len(audio_out), step)]
+        step = sample_rate * 2 // 10  # 100 ms frames
+        replies: list[str | bytes | _Pause] = [_Pause(self.first_audio_ms / 1000)]
+        for i in range(0, len(audio_out), step):
+            if i:
+                replies.append(_Pause(0.1 / self.speed))
+            replies.append(audio_out[i:i + step])
         replies.append(self._answer("SpeechSynthesizer", "SynthesisCompleted", task_id))
         return replies
+
+
+@dataclass(frozen=True)
+class _Pause:
+    """In a list of replies: wait this long before sending the next (the fake's pacing of synthesis)."""
+
+    seconds: float
 
 
 @dataclass
@@ -368,6 +434,7 @@ class _RealtimeTask:
     task_id: str = ""
     namespace: str = ""
     audio: int = 0  # PCM bytes received
+    bytes_per_second: int = 32000  # at the task's sample rate
     started: bool = False
     intermediate: bool = False
 

@@ -5,15 +5,21 @@ The wire (``wss://nls-gateway-cn-shanghai.aliyuncs.com/ws/v1``, token in the ``X
 every command is a JSON text frame ``{"header": {message_id, task_id, namespace, name, appkey},
 "payload": {…}}`` with 32-hex ids; audio travels as binary frames.
 
-- Recognition: ``StartTranscription`` (pcm, 16 kHz) → ``TranscriptionStarted``; binary audio as it
+- Recognition: ``StartTranscription`` (pcm, sample rate) → ``TranscriptionStarted``; binary audio as it
   arrives, while NLS answers ``SentenceBegin`` / ``TranscriptionResultChanged`` / ``SentenceEnd``;
   ``StopTranscription`` → ``TranscriptionCompleted``. The text is the ``SentenceEnd`` results in order.
+  The sample rate must be the one of the appkey's model (chosen in the NLS console: 8 kHz telephone or
+  16 kHz general); NLS refuses any other. It is ``sample_rate`` when given (``KEFU_NLS_ASR_SAMPLE_RATE``),
+  else the call's own (:func:`~channels.speech.audio.recognition_rate`): 8 kHz telephone audio goes out
+  as it came in, not upsampled, as Aliyun advises for an 8 kHz model.
 - Synthesis: ``StartSynthesis`` (text, pcm, sample rate, voice) → binary audio frames →
-  ``SynthesisCompleted``.
+  ``SynthesisCompleted``. :meth:`NlsRealtimeSynthesizer.synthesize_stream` yields each frame as it
+  arrives (whole samples), so a caller hears the start of a sentence before NLS has finished it.
 - Any failure is a ``TaskFailed`` frame whose header carries ``status`` and ``status_text``.
 
 A rejected token (status 40000001, or HTTP 401/403 at the handshake) is refreshed once and the task
-repeated — for a transcription the audio already sent is replayed, so the caller loses nothing.
+repeated — for a transcription the audio already sent is replayed, so the caller loses nothing; for a
+synthesis only before its first audio was handed out (afterwards the failure is a SpeechError).
 Everything else raises :class:`~channels.speech.base.SpeechError`. The client is websockets' sync
 API on a thread per transcription, so ``feed`` never blocks the call's event loop.
 """
@@ -22,17 +28,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from functools import partial
+from collections.abc import Iterator
 from typing import Any
 
 from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from channels.speech.audio import resample
+from channels.speech.audio import recognition_rate, resample
 from channels.speech.base import SpeechError, Transcription
 from channels.speech.nls_token import TOKEN_INVALID, NlsTokens, TokenRejected
 
-ASR_RATE = 16000
 TRANSCRIBER, SYNTHESIZER = "SpeechTranscriber", "SpeechSynthesizer"
 MAX_TTS_CHARS = 300  # SpeechSynthesizer's limit for one task; longer text goes in several tasks
 
@@ -94,6 +99,13 @@ class _NlsSocket:
 
 
 class NlsRealtimeRecognizer(_NlsSocket):
+    """SpeechTranscriber at ``sample_rate`` (the appkey's model's), or at the audio's own rate when None."""
+
+    def __init__(self, tokens: NlsTokens, *, url: str, appkey: str, sample_rate: int | None = None,
+                 timeout_s: float = 10.0) -> None:
+        super().__init__(tokens, url=url, appkey=appkey, timeout_s=timeout_s)
+        self.sample_rate = sample_rate
+
     def begin(self, sample_rate: int) -> NlsTranscription:
         """Recognize while the caller is still speaking: ``feed`` frames as they come, ``finish()`` at the end."""
         return NlsTranscription(self, sample_rate)
@@ -109,7 +121,8 @@ class NlsTranscription(Transcription):
 
     def __init__(self, recognizer: NlsRealtimeRecognizer, sample_rate: int) -> None:
         self._nls = recognizer
-        self._sent: list[bytes] = []  # 16 kHz audio already sent: replayed on a new connection after a refresh
+        self._rate = recognition_rate(sample_rate, recognizer.sample_rate)  # what NLS is sent
+        self._sent: list[bytes] = []  # audio already sent: replayed on a new connection after a refresh
         self._sentences: dict[int, str] = {}
         super().__init__(sample_rate)
 
@@ -122,13 +135,13 @@ class NlsTranscription(Transcription):
         self._sentences.clear()
         with nls._connect(token) as ws:
             nls._send(ws, _command(TRANSCRIBER, "StartTranscription", task_id, nls._appkey, {
-                "format": "pcm", "sample_rate": ASR_RATE, "enable_intermediate_result": False,
+                "format": "pcm", "sample_rate": self._rate, "enable_intermediate_result": False,
                 "enable_punctuation_prediction": True, "enable_inverse_text_normalization": True}))
             self._until(ws, "TranscriptionStarted")
             for audio in self._sent:
                 nls._send(ws, audio)
             while (pcm := self._next_frame()) is not None:
-                audio = resample(pcm, self.sample_rate, ASR_RATE)
+                audio = resample(pcm, self.sample_rate, self._rate)
                 self._sent.append(audio)
                 nls._send(ws, audio)
                 self._drain(ws)  # a TaskFailed mid-utterance surfaces now, not at the end
@@ -163,13 +176,33 @@ class NlsRealtimeSynthesizer(_NlsSocket):
         self._voice = voice
 
     def synthesize(self, text: str, sample_rate: int) -> bytes:
-        text = text.strip()
-        pieces = [text[i:i + MAX_TTS_CHARS] for i in range(0, len(text), MAX_TTS_CHARS)]
-        return b"".join(self._tokens.use(partial(self._task, text=piece, sample_rate=sample_rate))
-                        for piece in pieces)
+        return b"".join(self.synthesize_stream(text, sample_rate))
 
-    def _task(self, token: str, text: str, sample_rate: int) -> bytes:
-        audio = bytearray()
+    def synthesize_stream(self, text: str, sample_rate: int) -> Iterator[bytes]:
+        """16-bit PCM at ``sample_rate`` in chunks of whole samples, each as soon as NLS sends it."""
+        text = text.strip()
+        for piece in (text[i:i + MAX_TTS_CHARS] for i in range(0, len(text), MAX_TTS_CHARS)):
+            yield from self._task(piece, sample_rate)
+
+    def _task(self, text: str, sample_rate: int) -> Iterator[bytes]:
+        """One SpeechSynthesizer task; a rejected token is refreshed and the task repeated only while no audio
+        has been handed out (a repeat would say the start of the sentence twice)."""
+        token, yielded = self._tokens.get(), False
+        for attempt in (1, 2):
+            try:
+                for chunk in self._frames(token, text, sample_rate):
+                    yielded = True
+                    yield chunk
+                return
+            except TokenRejected as exc:
+                if yielded:
+                    raise SpeechError(f"NLS rejected the token in the middle of a sentence: {exc}") from None
+                if attempt == 2:
+                    raise SpeechError(f"NLS rejected a freshly issued token: {exc}") from None
+            token = self._tokens.refresh(stale=token)
+
+    def _frames(self, token: str, text: str, sample_rate: int) -> Iterator[bytes]:
+        odd = b""  # a frame that ends inside a sample: its last byte waits for the next frame
         with self._connect(token) as ws:
             self._send(ws, _command(SYNTHESIZER, "StartSynthesis", uuid.uuid4().hex, self._appkey, {
                 "text": text, "format": "pcm", "sample_rate": sample_rate, "voice": self._voice,
@@ -177,7 +210,10 @@ class NlsRealtimeSynthesizer(_NlsSocket):
             while True:
                 frame = self._receive(ws)
                 if isinstance(frame, bytes):
-                    audio += frame
+                    audio = odd + frame
+                    whole = len(audio) - len(audio) % 2
+                    odd = audio[whole:]
+                    if whole:
+                        yield audio[:whole]
                 elif _event(frame)[0] == "SynthesisCompleted":
-                    break
-        return bytes(audio[: len(audio) - len(audio) % 2])
+                    return

@@ -3,9 +3,11 @@
 ``KEFU_SPEECH_PROVIDER=local`` → espeak-ng, and a sherpa-onnx recognizer when
 ``KEFU_LOCAL_ASR_MODEL_DIR`` is set, else pocketsphinx (English only).
 ``KEFU_SPEECH_PROVIDER=nls`` → Aliyun NLS over the real-time WebSocket protocol (``KEFU_NLS_MODE=realtime``)
-or the REST gateway (``rest``), with espeak-ng as the fallback voice. Building a local recognizer
-loads a model, so callers keep one :class:`SpeechProviders` per process; the recognizer and the
-voice are built separately, on first use (a worker transcribing WeChat voice messages needs no voice).
+or the REST gateway (``rest``), with espeak-ng as the fallback voice; recognition audio goes at
+``KEFU_NLS_ASR_SAMPLE_RATE`` (the appkey's model's rate), else at the audio's own rate.
+Building a local recognizer loads a model, so callers keep one :class:`SpeechProviders` per process; the
+recognizer and the voice are built separately, on first use (a worker transcribing WeChat voice messages
+needs no voice).
 """
 
 from __future__ import annotations
@@ -70,10 +72,12 @@ class SpeechProviders:
         if s.nls_mode == "realtime":
             from channels.speech.nls_realtime import NlsRealtimeRecognizer
 
-            return NlsRealtimeRecognizer(self._tokens, url=s.nls_ws_url, appkey=s.nls_appkey)
+            return NlsRealtimeRecognizer(self._tokens, url=s.nls_ws_url, appkey=s.nls_appkey,
+                                         sample_rate=s.nls_asr_sample_rate)
         from channels.speech.nls_rest import NlsRestRecognizer
 
-        return NlsRestRecognizer(self._tokens, gateway=s.nls_gateway, appkey=s.nls_appkey)
+        return NlsRestRecognizer(self._tokens, gateway=s.nls_gateway, appkey=s.nls_appkey,
+                                 sample_rate=s.nls_asr_sample_rate)
 
     @cached_property
     def _synthesizer(self) -> Synthesizer:
