@@ -24,6 +24,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from channels.base import ChannelAdapter, HandOffPort
 from channels.speech.base import Recognizer, Synthesizer
 from channels.speech.providers import SpeechProviders
+from channels.telephony import asr_language
 from channels.telephony.call import CHANNEL, Act, Call
 from channels.telephony.config import PhoneSettings
 from channels.telephony.events import CallAction, CallEvent, CallStarted, HangupOut
@@ -43,6 +44,7 @@ class TelephonyAdapter(ChannelAdapter):
 
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
+        asr_language.check(context.settings)  # Chinese greetings, an English-only recognizer: refused
         self._speech = SpeechProviders(context.settings, context.kv, make_locks(context.settings))
         self._audiosocket: AudioSocketServer | None = None
 

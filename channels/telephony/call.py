@@ -49,6 +49,7 @@ from channels.telephony.events import (
     Transfer,
     mask_number,
 )
+from channels.telephony.keypad import MenuChoice
 from channels.telephony.outbound import CANCEL_KEY, HEARD_KEY, INTERRUPTED_MARK
 from channels.telephony.speaking import PROMPTS, Player, SentenceSplitter
 from channels.telephony.takeover import TRANSFER
@@ -109,6 +110,7 @@ class Call:
         self._spawn(self._follow_answers())
         self._spawn(self._watch_silence())
         await self.say(self.hotline.greeting or self.phone.phone_greeting)
+        await self.say(self.hotline.keypad().prompt)  # the keypad menu's, if any (nothing is said for "")
 
     async def end(self) -> None:
         self.ended = True
@@ -167,8 +169,9 @@ class Call:
                     task.add_done_callback(self._task_done)
         elif isinstance(event, DtmfIn):
             self._last_activity = time.monotonic()
-            if event.digit == "0":  # on its own task: the frame reader must keep reading (hang-up, audio)
-                self._spawn(self._transfer(Inbound(self.key, self._external_id(), "[dtmf 0]", "dtmf")))
+            choice = self.hotline.keypad().on_digit(event.digit)  # without a menu: key 0 transfers
+            if choice is not None:  # on its own task: the frame reader must keep reading (hang-up, audio)
+                self._spawn(self._pressed(event.digit, choice, self._external_id()))
         elif isinstance(event, HangupIn):
             self.ended = True
         elif isinstance(event, GatewayError):  # the PBX's side of the call broke (AudioSocket 0xff)
@@ -182,6 +185,10 @@ class Call:
 
     async def _utterance(self, pcm: bytes, stream: Any, external_id: str,
                          previous: asyncio.Task[Any] | None) -> None:
+        if self.hotline.keypad().keys_only:  # a keypad-only hotline: what the caller says is not recognized
+            if stream is not None:
+                getattr(stream, "cancel", stream.close)()
+            return
         try:
             if stream is not None:  # every frame was fed while the caller spoke: only the end is left
                 recognized = await run_in_threadpool(stream.finish)
@@ -197,7 +204,24 @@ class Call:
             await asyncio.wait([previous])
         if not text:
             return
-        inbound = Inbound(self.key, external_id, text[: self.ctx.settings.max_text_chars], "voice")
+        await self._said(Inbound(self.key, external_id, text[: self.ctx.settings.max_text_chars], "voice"))
+
+    async def _pressed(self, digit: str, choice: MenuChoice, external_id: str) -> None:
+        """A key of the hotline's keypad menu: a transfer, a fixed text said, or a fixed question asked."""
+        if choice.action == "transfer":
+            await self._transfer(Inbound(self.key, external_id, f"[dtmf {digit}]", "dtmf"))
+            return
+        if self.player.playing:  # a key pressed over the prompt (or an answer) skips the rest of it
+            await self._barge_in("keypad")
+        if choice.action == "ask":  # as if the caller had said it
+            await self._said(Inbound(self.key, external_id, choice.text, "dtmf"))
+            return
+        await run_in_threadpool(self.ctx.ingress.accept_answered, Inbound(self.key, external_id, f"[dtmf {digit}]",
+                                "dtmf"), Answer(choice.text, ReplySource.RULE, why="keypad"))
+        await self.say(choice.text)
+
+    async def _said(self, inbound: Inbound) -> None:
+        """What the caller said (or a keypad ``ask`` stands for): a hand-off, an answer at once, or the model."""
         message = Message(inbound.text, "voice", channel=self.key.channel, follows_up=self.ctx.handoff.from_worker)
         # off the event loop: moderation may read its file or call its endpoint (KEFU_MODERATION_TIMEOUT_S)
         decision = await run_in_threadpool(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hmac
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
+from channels.telephony.keypad import NO_MENU, KeypadMenu
 from models.settings import Section
 
 
@@ -17,11 +19,15 @@ class VoiceGateway(BaseModel):
 
 
 class Hotline(BaseModel):
-    """A called number: its greeting and where 转人工 / key 0 transfers the caller."""
+    """A called number: its greeting, its keypad menu, and where 转人工 / key 0 transfers the caller."""
 
     number: str
     greeting: str | None = None
     transfer_to: str | None = None
+    menu: KeypadMenu | None = None  # a prompt after the greeting and what each key does (channels/telephony/keypad.py)
+
+    def keypad(self) -> KeypadMenu:
+        return self.menu or NO_MENU
 
 
 class PhoneSettings(Section):
@@ -41,6 +47,9 @@ class PhoneSettings(Section):
     phone_speech_failed: str = "抱歉，语音识别暂时出现故障。"  # said before the transfer when recognition is down
     phone_silence_ms: int = 600  # end of an utterance
     phone_idle_s: float = 10.0  # silence before the prompt, and again before the goodbye
+    # A hotline greeting in Chinese with a recognizer that cannot understand Chinese (pocketsphinx): "refuse" stops
+    # the gateway at start-up, "warn" starts it with an ERROR line (channels/telephony/asr_language.py)
+    phone_asr_language_check: Literal["refuse", "warn"] = "refuse"
     audiosocket_port: int | None = None  # Asterisk AudioSocket over TCP (off unless set)
     # The addresses the AudioSocket listener accepts calls from (the PBX's).
     audiosocket_allowed_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])

@@ -204,3 +204,111 @@ def test_a_moderation_hand_off_on_the_phone_transfers_and_is_audited(tmp_path: P
     with make_session_factory(make_engine(settings))() as s:
         moderated = [e.detail for e in s.scalars(select(AuditEvent).where(AuditEvent.kind == "moderated"))]
     assert moderated == [{"direction": "in", "action": "hand_off", "rule": "keyword:1"}]
+
+
+# ---- the keypad menu (channels/telephony/keypad.py) ------------------------------------------------------------
+
+MENU = {"prompt": "查询订单请按1，营业时间请按2，人工服务请按0。",
+        "keys": {"1": {"action": "ask", "text": "我要查询订单"},
+                 "2": {"action": "say", "text": "我们每天早上九点到晚上九点营业。"}}}
+MENU_LINE = {"number": "4008001234", "greeting": "您好。", "transfer_to": "8001", "menu": MENU}
+
+
+class RecordingVoice:
+    """espeak-ng, remembering each text it was asked to synthesize (a prompt said twice is synthesized once)."""
+
+    def __init__(self) -> None:
+        self.voice = EspeakSynthesizer()
+        self.said: list[str] = []
+
+    def synthesize(self, text: str, sample_rate: int) -> bytes:
+        self.said.append(text)
+        return self.voice.synthesize(text, sample_rate)
+
+
+def press(*digits: str) -> Script:
+    async def script(call: Call, actions: list[CallAction]) -> None:
+        from channels.telephony.events import DtmfIn
+
+        for digit in digits:
+            await call.on_event(DtmfIn(digit))
+            await asyncio.sleep(0.3)
+
+    return script
+
+
+def stored(settings: Settings) -> list[tuple[str, str, str, str, str]]:
+    """(inbound kind, inbound text, inbound status, reply source, reply text) of each stored message, in order."""
+    from models.infra.db import make_engine, make_session_factory
+
+    engine = make_engine(settings)
+    with make_session_factory(engine)() as s:
+        rows = s.execute(select(InboundRecord, ReplyRecord).join(ReplyRecord, ReplyRecord.inbound_id == InboundRecord.id)
+                         .order_by(InboundRecord.id)).all()
+        found = [(i.kind, i.text, i.status, r.source, r.text) for i, r in rows]
+    engine.dispose()
+    return found
+
+
+def test_the_menu_prompt_follows_the_greeting_and_key_1_asks_its_question_answered_like_a_spoken_one(
+        tmp_path: Path) -> None:
+    from channels.telephony.events import ClearAudio
+    from models.settings import FaqEntry
+
+    faq = FaqEntry(keywords=["查询订单"], answer="请告诉我您的订单号，我来帮您查询。")
+    settings = Settings(data_dir=tmp_path, faq=[faq], phone_idle_s=1.0, hotlines=[MENU_LINE])
+    voice = RecordingVoice()
+    actions = in_process_call(settings, press("1"), tts=voice, call_id="menu-ask")
+    assert voice.said[:2] == ["您好。", MENU["prompt"]]  # the greeting, then the menu
+    assert ClearAudio() in actions  # key 1 pressed over the prompt cut it
+    assert faq.answer in voice.said
+    assert stored(settings) == [("dtmf", "我要查询订单", "answered", "faq", faq.answer)]  # decided like speech
+    assert HangupOut("silence") in actions and not any(isinstance(a, Transfer) for a in actions)
+
+
+def test_key_2_says_its_text_and_an_unknown_key_repeats_the_menu(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, phone_idle_s=1.0, hotlines=[MENU_LINE])
+    voice = RecordingVoice()
+    actions = in_process_call(settings, press("2", "7"), tts=voice, call_id="menu-say")
+    say = MENU["keys"]["2"]["text"]  # type: ignore[index]
+    assert say in voice.said
+    assert stored(settings) == [("dtmf", "[dtmf 2]", "answered", "rule", say),
+                                ("dtmf", "[dtmf 7]", "answered", "rule", MENU["prompt"])]
+    assert not any(isinstance(a, Transfer) for a in actions)
+
+
+def test_a_keys_only_hotline_works_without_a_recognizer_for_its_language(tmp_path: Path) -> None:
+    from channels.telephony import asr_language
+    from channels.telephony.events import DtmfIn
+    from models.settings import FaqEntry
+
+    faq = FaqEntry(keywords=["查询订单"], answer="请告诉我您的订单号，我来帮您查询。")
+    line = {**MENU_LINE, "menu": {**MENU, "keys_only": True}}
+    settings = Settings(data_dir=tmp_path, faq=[faq], phone_idle_s=1.0, hotlines=[line])
+    # the default recognizer (pocketsphinx, English) is no obstacle to this line at start-up
+    asr_language.check(settings.model_copy(update={"voice_gateways": [{"name": "pbx", "secret": "s"}]}))
+    english_only = ScriptedRecognizer("what a sorry day")  # what pocketsphinx makes of Mandarin
+
+    async def speak_then_press_1(call: Call, actions: list[CallAction]) -> None:
+        size = frame_bytes(8000)
+        audio = bytes(size * 10) + speech_like(800) + bytes(size * 50)
+        for i in range(0, len(audio), size):
+            await call.on_event(AudioIn(audio[i : i + size]))
+        await call.on_event(DtmfIn("1"))
+
+    in_process_call(settings, speak_then_press_1, asr=english_only, call_id="menu-keys-only")
+    assert english_only.heard == []  # speech is not even recognized on this line
+    assert stored(settings) == [("dtmf", "我要查询订单", "answered", "faq", faq.answer)]
+
+
+def test_on_a_menu_line_saying_zhuan_rengong_transfers(tmp_path: Path) -> None:
+    actions, settings = run_call(tmp_path, "我要转人工", hotlines=[MENU_LINE])
+    assert Transfer("8001") in actions
+    assert [(kind, text) for kind, text, *_ in stored(settings)] == [("voice", "我要转人工")]
+
+
+def test_on_a_menu_line_key_0_transfers(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, hotlines=[MENU_LINE])
+    actions = in_process_call(settings, press("0"), call_id="menu-0")
+    assert Transfer("8001") in actions
+    assert [(kind, text, source) for kind, text, _, source, _ in stored(settings)] == [("dtmf", "[dtmf 0]", "handoff")]

@@ -25,6 +25,7 @@ import httpx
 from pydantic import SecretStr
 from sqlalchemy import select
 
+from channels.telephony import asr_language
 from channels.telephony.config import PhoneSettings, VoiceGateway
 from models.infra.db import make_engine, make_session_factory
 from models.infra.migrate import upgrade
@@ -178,6 +179,11 @@ def run_demo(settings: Settings, *, keep: bool = False) -> int:
     return 0 if answered == len(QUESTIONS) and answer_s > 0 else 1
 
 
+# The demo calls in English; with no Mandarin recognizer configured, its line greets in English too (a Chinese
+# greeting would stop the gateway: channels/telephony/asr_language.py)
+DEMO_ENGLISH_GREETING = "Hello, this is the Kefu demo line. How can I help you?"
+
+
 def _demo_settings(settings: Settings, embedded: bool) -> tuple[Settings, str]:
     """The demo's settings (a fresh data directory on the embedded backends, short answers, its own voice
     gateway) and that gateway's secret."""
@@ -188,6 +194,8 @@ def _demo_settings(settings: Settings, embedded: bool) -> tuple[Settings, str]:
     call_secret = secrets.token_urlsafe(16)
     update["voice_gateways"] = [*settings.section(PhoneSettings).voice_gateways,
                                 VoiceGateway(name="demo", secret=SecretStr(call_secret))]
+    if asr_language.deaf_to_chinese(settings) is not None:  # pocketsphinx: the demo's line is an English one
+        update |= {"hotlines": [], "phone_greeting": DEMO_ENGLISH_GREETING}
     settings = settings.model_copy(update=update)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return settings, call_secret
