@@ -12,6 +12,7 @@
     kefu eval DATASET [--faq FILE|--kb] [--json] [--errors]   FAQ, intent and hand-off figures on a labelled set
     kefu answers approve REPLY_ID [--question TEXT] | list | revoke REPLY_ID   approved answers (answered again)
     kefu user add|list|disable|passwd   console accounts (docs/console.md)
+    kefu speech list | pull NAME [--url URL] [--dir DIR]   Mandarin recognition models for the phone (sherpa-onnx)
     kefu gateway                 serve the HTTP/WebSocket gateway
     kefu worker --queues llm,io  run a Celery worker for the given queues
     kefu up                      migrate, then a worker and the gateway together (chat page on /)
@@ -144,6 +145,28 @@ def add_user_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--password-stdin", action="store_true", help="read the password from standard input's first line")
     for command in users.choices.values():
         command.set_defaults(func=cmd_user)
+
+
+def cmd_speech(settings: Settings, args: argparse.Namespace) -> int:
+    from workers import speech_command
+
+    if args.speech_command == "list":
+        return speech_command.run_list(settings)
+    return speech_command.run_pull(settings, args.name, args.url, args.dir, args.force)
+
+
+def add_speech_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    speech = sub.add_parser("speech", help="speech-recognition models for Mandarin callers (docs/telephony.md)"
+                            ).add_subparsers(dest="speech_command", required=True)
+    speech.add_parser("list", help="the catalogue of Mandarin models, and which are installed")
+    p = speech.add_parser("pull", help="download a model into KEFU_DATA_DIR/speech/NAME and print the "
+                          "KEFU_LOCAL_ASR_MODEL_DIR line to set")
+    p.add_argument("name", metavar="NAME", help="a name from `kefu speech list` (any name with --url)")
+    p.add_argument("--url", help="the archive (.tar.bz2) from a mirror, or a local file, instead of GitHub")
+    p.add_argument("--dir", metavar="DIR", help="install the model as this directory instead")
+    p.add_argument("--force", action="store_true", help="replace a model already installed there")
+    for command in speech.choices.values():
+        command.set_defaults(func=cmd_speech)
 
 
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
@@ -411,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_answers_parser(sub)
     add_user_parser(sub)
+    add_speech_parser(sub)
     for name, func in (("gateway", cmd_gateway), ("up", cmd_up)):
         p = sub.add_parser(name)
         p.add_argument("--host")
