@@ -26,20 +26,23 @@ What the recognition fakes check about audio, and where it comes from:
   project", help.aliyun.com/en/isi/getting-started/concepts; the real-time and REST API references list
   the same two rates). ``model_rate`` is that binding.
 - A request whose ``sample_rate`` is not the model's is refused with status 41010101
-  ``UNSUPPORTED_SAMPLE_RATE``. That code and name come from Aliyun's error-code table for real-time and
-  one-sentence recognition (help.aliyun.com/document_detail/459864.html), as far as we could read it
-  here: our search tools only returned that page's beginning, so the code is corroborated by a
-  third-party NLS-compatible server's code table (41010101 → UNSUPPORTED_SAMPLE_RATE) and by the file
-  recognition service's sibling 41050008 ``UNSUPPORTED_SAMPLE_RATE`` ("采样率不匹配: 检查调用时设置的采样率
-  和管控台上appkey绑定的ASR模型采样率是否一致", developer.aliyun.com/ask/518646). The exact
-  ``status_text`` wording and the REST answer's HTTP status (400 here) are our assumption.
-- Audio frames: whole 16-bit samples (an odd byte count is refused, 40000002). Aliyun's SDKs send
-  small frames — the Python SDK's ``send_audio`` says "audio size prefer 20ms length" — and its
-  WebSocket docs recommend 100 ms per packet, i.e. 3,200 bytes at 16 kHz and so 1,600 bytes at 8 kHz;
-  the fake accepts any whole-sample frame, as NLS does.
-- Synthesis (``StartSynthesis``, REST ``/tts``): 8,000, 16,000 or 24,000 Hz pcm; the real-time fake
-  sends its first audio after ``first_audio_ms`` and then 100 ms frames at ``speed`` × real time, then
-  ``SynthesisCompleted``, as NLS streams a sentence while it is still synthesizing it.
+  ``UNSUPPORTED_SAMPLE_RATE``: the entry for real-time and one-sentence recognition in Aliyun's
+  error-code table (help.aliyun.com/document_detail/459864.html) as we recall it; our search tools only
+  returned that page's beginning, so it is corroborated by a third-party NLS-compatible server's code
+  table (41010101 → UNSUPPORTED_SAMPLE_RATE) and by the file recognition service's sibling, 41050008
+  ``UNSUPPORTED_SAMPLE_RATE`` (developer.aliyun.com/ask/518646: "采样率不匹配"; a community FAQ adds
+  "检查调用时设置的采样率和管控台上appkey绑定的ASR模型采样率是否一致"). The exact ``status_text`` wording and
+  the REST answer's HTTP status (400 here) are our assumption.
+- Audio frames: whole 16-bit samples (an odd byte count is refused, 40000002 — the fake's rule). No
+  NLS page we could read gives a frame size: the Python SDK's ``send_audio`` (alibabacloud-nls-python-sdk,
+  ``nls/speech_transcriber.py``) says "audio size prefer 20ms length", and a sibling Aliyun WebSocket
+  API (Model Studio's multimodal interaction protocol) recommends 3,200 bytes per 100 ms at 16 kHz,
+  which at 8 kHz would be 1,600 bytes (our arithmetic). Kefu sends each 20 ms call frame as it comes
+  (320 bytes at 8 kHz); the fake accepts any whole-sample frame.
+- Synthesis (``StartSynthesis``, REST ``/tts``): the fake accepts 8,000, 16,000 or 24,000 Hz pcm; the
+  real-time fake sends its first audio after ``first_audio_ms``, then 100 ms frames at ``speed`` × real
+  time, then ``SynthesisCompleted``, as NLS streams a sentence while it is still synthesizing it. The
+  REST fake answers the whole body at once.
 """
 
 from __future__ import annotations
