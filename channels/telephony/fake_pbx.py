@@ -12,6 +12,9 @@ thread records every action Kefu sends back (audio included) with the time it ar
 opens a live line (:meth:`~PhoneLine.open_line`): 20 ms frames paced in real time, silence unless
 :meth:`~PhoneLine.say` queued speech, like a real call. Everything sent on a live line is kept with
 its time (:attr:`PhoneLine.sent`), so :meth:`~PhoneLine.recording` can mix both sides into one WAV.
+When the line closes, :attr:`~PhoneLine.close_code` and :attr:`~PhoneLine.close_reason` keep Kefu's close
+frame (1006: none came) and :attr:`~PhoneLine.sent_close` ours (e.g. websockets' 1011 "keepalive ping
+timeout" when Kefu stopped answering pings).
 
 Raises: ``websockets``' ``InvalidStatus`` from :meth:`~PhoneLine.dial` when Kefu refuses the call (a
 wrong secret: 403), ``TimeoutError`` from the waits. A frame from Kefu that breaks the protocol ends
@@ -68,6 +71,11 @@ class PhoneLine:
     speech_ended: threading.Event = field(default_factory=threading.Event)
     ended_at: float = 0.0  # when the last frame of the latest say() went out
     error: ProtocolError | None = None  # a frame from Kefu that broke the protocol (the line was closed)
+    # once :attr:`closed` is set: Kefu's close frame (code 1006 when none came: the socket just dropped) and ours,
+    # if we sent one (1000 from hang_up(); 1011 "keepalive ping timeout" when Kefu stopped answering pings)
+    close_code: int | None = None
+    close_reason: str = ""
+    sent_close: tuple[int, str] | None = None
     _speech: queue.SimpleQueue[bytes] = field(default_factory=queue.SimpleQueue)
     _hung_up: threading.Event = field(default_factory=threading.Event)
     _send_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -100,7 +108,14 @@ class PhoneLine:
         except (ConnectionClosed, OSError):  # the call is over, however it ended
             pass
         finally:
+            self._record_close()
             self.closed.set()
+
+    def _record_close(self) -> None:
+        protocol = self.ws.protocol
+        received, sent = protocol.close_rcvd, protocol.close_sent
+        self.close_code, self.close_reason = (int(received.code), received.reason) if received else (1006, "")
+        self.sent_close = (int(sent.code), sent.reason) if sent else None
 
     def audio_ms(self, since: float = 0.0) -> int:
         return sum(len(h.audio) for h in list(self.heard) if h.audio and h.at >= since) * 1000 // (2 * self.sample_rate)
