@@ -116,11 +116,24 @@ def check_llm_workers(settings: Settings, status: Status) -> None:
         status.checks["llm_worker"] = "alive, but no model loaded yet (start it with --warm, or send a message)"
 
 
+def check_phone_speech(settings: Settings, status: Status) -> None:
+    """Shown, not required: whether Mandarin callers would be understood (channels/telephony/asr_language.py)."""
+    from channels.telephony import asr_language
+    from models.settings import ConfigError
+
+    try:
+        found = asr_language.problem(settings)
+    except ConfigError as exc:  # a phone setting that does not even parse
+        found = str(exc)
+    status.checks["phone_speech"] = "ok" if found is None else found
+
+
 def collect(settings: Settings) -> Status:
     status = Status()
     check_database(settings, status)
     check_broker(settings, status)
     check_llm_workers(settings, status)
+    check_phone_speech(settings, status)
     return status
 
 
@@ -129,6 +142,9 @@ def render(status: Status) -> str:
     for name in REQUIRED:
         answer = status.checks.get(name, "unknown")
         lines.append(f"{'ok  ' if answer == 'ok' else 'FAIL'}  {name:<11} {answer}")
+    if "phone_speech" in status.checks:
+        answer = status.checks["phone_speech"]
+        lines.append(f"{'ok  ' if answer == 'ok' else 'WARN'}  phone_speech {answer}")
     for queue, depth in status.queues.items():
         lines.append(f"      queue {queue:<5} {'unknown' if depth is None else f'{depth} waiting'}")
     for worker in status.llm_workers:

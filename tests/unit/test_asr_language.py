@@ -110,3 +110,14 @@ def test_kefu_demo_calls_an_english_line_when_only_pocketsphinx_listens(tmp_path
     asr_language.check(demo)  # its gateway starts
     phone = demo.section(PhoneSettings)
     assert phone.voice_gateways and phone.hotlines == [] and phone.phone_greeting == DEMO_ENGLISH_GREETING
+
+
+def test_kefu_status_shows_it_without_failing_on_it(tmp_path: Path) -> None:
+    from workers.status_command import Status, check_phone_speech, render
+
+    status = Status()
+    check_phone_speech(settings(tmp_path, voice_gateways=GATEWAY, hotlines=CHINESE), status)
+    assert "pocketsphinx" in status.checks["phone_speech"] and "phone_speech" not in status.missing
+    assert "WARN  phone_speech hotline 4008001234 greets callers in Chinese" in render(status)
+    check_phone_speech(settings(tmp_path, voice_gateways=GATEWAY, hotlines=ENGLISH), status)
+    assert "ok    phone_speech ok" in render(status)
