@@ -19,7 +19,7 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from channels.base import ChannelAdapter, HandOffPort
 from channels.speech.base import Recognizer, Synthesizer
@@ -27,8 +27,8 @@ from channels.speech.providers import SpeechProviders
 from channels.telephony import asr_language
 from channels.telephony.call import CHANNEL, Act, Call
 from channels.telephony.config import PhoneSettings
-from channels.telephony.events import CallAction, CallEvent, CallStarted, HangupOut
-from channels.telephony.gateway_ws import GatewayDecoder, ProtocolError, encode
+from channels.telephony.events import CallEvent, CallStarted
+from channels.telephony.gateway_socket import GatewaySocket
 from models.dialogue import HandOff
 from models.infra.locks import make_locks
 
@@ -91,35 +91,7 @@ class TelephonyAdapter(ChannelAdapter):
             await ws.close(code=1008, reason="a valid voice-gateway secret is required")
             return
         await ws.accept()
-        decoder = GatewayDecoder()
-        send_lock = asyncio.Lock()
-
-        async def act(action: CallAction) -> None:
-            frame = encode(action)
-            async with send_lock:
-                if isinstance(frame, bytes):
-                    await ws.send_bytes(frame)
-                else:
-                    await ws.send_text(frame)
-                if isinstance(action, HangupOut):
-                    await ws.close(code=1000, reason=action.reason)
-
-        async def frames() -> AsyncGenerator[CallEvent, None]:
-            while True:
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                if message.get("bytes") is not None:
-                    yield decoder.binary(message["bytes"])
-                else:
-                    yield decoder.text(message.get("text") or "")
-
-        try:
-            await self.drive(frames(), act)
-        except ProtocolError as exc:
-            await ws.close(code=1003, reason=str(exc)[:120])
-        except WebSocketDisconnect:
-            pass
+        await GatewaySocket(ws).serve(self.drive)  # closes with a code however the call ends
 
     async def drive(self, events: AsyncGenerator[CallEvent, None], act: Act) -> None:
         """One call from any wire's events: ``CallStarted`` begins it; it runs until the caller or Kefu hangs

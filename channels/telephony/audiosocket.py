@@ -76,7 +76,7 @@ class AudioSocketDecoder:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        self._started = False
+        self.call_id = ""  # the UUID, once read: known even when the same chunk then breaks the protocol
 
     def feed(self, data: bytes) -> list[CallEvent]:
         self._buffer += data
@@ -91,11 +91,11 @@ class AudioSocketDecoder:
         return events
 
     def _event(self, kind: int, payload: bytes) -> CallEvent:
-        if not self._started:
+        if not self.call_id:
             if kind != KIND_UUID or len(payload) != 16:
                 raise AudioSocketError("the first AudioSocket message must be the 16-byte call UUID", "no uuid")
-            self._started = True
-            return CallStarted(str(uuid.UUID(bytes=payload)), caller="", callee="", sample_rate=SAMPLE_RATE)
+            self.call_id = str(uuid.UUID(bytes=payload))
+            return CallStarted(self.call_id, caller="", callee="", sample_rate=SAMPLE_RATE)
         if kind == KIND_AUDIO:
             if len(payload) % 2:
                 raise AudioSocketError("audio payload is not whole 16-bit samples", "odd audio length")

@@ -217,6 +217,11 @@ class PhoneLine:
     def press(self, digit: str) -> None:
         self._send(encode_event(DtmfIn(digit)))
 
+    def send_frame(self, frame: bytes | str) -> None:
+        """One frame exactly as given: a gateway's ``{"type": "hangup"}`` that waits for Kefu to close the socket
+        (``encode_event(HangupIn())``), or a malformed frame (how Kefu refuses it)."""
+        self._send(frame)
+
     def hang_up(self) -> None:
         self._hung_up.set()
         try:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +20,11 @@ from sqlalchemy import select
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from channels.speech.espeak import EspeakSynthesizer
+from channels.telephony import audiosocket as asock
 from channels.telephony import takeover
-from channels.telephony.events import ClearAudio, HangupOut, Transfer
+from channels.telephony.events import AudioIn, ClearAudio, HangupIn, HangupOut, Transfer
 from channels.telephony.fake_pbx import PhoneLine
+from channels.telephony.gateway_ws import encode_event
 from models import desk
 from models.envelope import ConversationKey
 from models.infra.bus import make_bus
@@ -28,6 +32,7 @@ from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from tests.conftest import as_env
 from tests.integration.conftest import Stack, start_stack, wait_for
 from workers import user_command
+from workers.demo.processes import free_port
 
 SECRET = "pbx-secret"
 
@@ -100,6 +105,30 @@ def test_key_zero_transfers_to_the_hotline_agent(phone: Stack) -> None:
     assert kinds(phone, row.id) == ["received", "reply_stored", "dispatched"]
 
 
+def test_a_transfer_ends_with_a_close_frame_1000(phone: Stack) -> None:
+    call = PhoneLine.dial(phone.gateway.ws_url, SECRET, call_id="close-transfer", caller="+8613900003333")
+    wait_for(lambda: call.audio_ms() >= 300, timeout=30)
+    call.press("0")
+    assert call.closed.wait(30)
+    assert [a for a in call.actions() if isinstance(a, Transfer)] == [Transfer("8001")]
+    assert (call.close_code, call.close_reason) == (1000, "transfer")  # not dropped (1006): the gateway can bridge
+
+
+def test_a_hangup_frame_from_the_caller_is_answered_with_a_close_frame_1000(phone: Stack) -> None:
+    call = PhoneLine.dial(phone.gateway.ws_url, SECRET, call_id="close-hangup", caller="+8613900004444")
+    wait_for(lambda: call.audio_ms() >= 300, timeout=30)
+    call.send_frame(encode_event(HangupIn("caller")))  # a gateway that waits for Kefu to close the socket
+    assert call.closed.wait(10)
+    assert (call.close_code, call.close_reason) == (1000, "call ended")
+
+
+def test_a_malformed_frame_closes_the_socket_with_1003_and_what_was_wrong(phone: Stack) -> None:
+    call = PhoneLine.dial(phone.gateway.ws_url, SECRET, call_id="close-bad", caller="+8613900005555")
+    call.send_frame('{"type": "play"}')
+    assert call.closed.wait(10)
+    assert call.close_code == 1003 and "unknown frame type 'play'" in call.close_reason
+
+
 def test_silence_gets_a_prompt_then_a_goodbye_and_a_hang_up(phone: Stack) -> None:
     call = PhoneLine.dial(phone.gateway.ws_url, SECRET, call_id="quiet-1", caller="+8613700002222")
     deadline = time.monotonic() + 60
@@ -110,6 +139,8 @@ def test_silence_gets_a_prompt_then_a_goodbye_and_a_hang_up(phone: Stack) -> Non
             break
     assert HangupOut("silence") in call.actions()
     assert call.audio_ms() >= 3000  # greeting, prompt and goodbye were spoken
+    assert call.closed.wait(10)
+    assert (call.close_code, call.close_reason) == (1000, "silence")  # a close frame, not a dropped socket (1006)
 
 
 def ask_until_answer_starts(phone: Stack, voice: EspeakSynthesizer, call_id: str, question: str) -> PhoneLine:
@@ -175,48 +206,102 @@ def test_kefu_fake_pbx_dials_asks_and_hangs_up(phone: Stack, tmp_path: Path) -> 
     assert rows and all(row.channel == "phone" and row.kind == "voice" and row.text for row in rows)
 
 
-def test_asterisk_audiosocket_gets_the_same_call(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> None:
-    import uuid
-
-    from channels.telephony import audiosocket as asock
-    from workers.demo.processes import free_port
-
+@pytest.fixture(scope="module")
+def asterisk(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Iterator[tuple[Stack, int]]:
+    """A stack with the AudioSocket listener (its port) and one voice gateway, whose secret reads the outcome."""
     port = free_port()
     stack = start_stack("embedded", tmp_path_factory.mktemp("audiosocket"), tiny_gguf, None, None,
                         audiosocket_port=port, hotlines=[{"number": "", "greeting": "Hello."}], phone_idle_s=1.0,
                         voice_gateways=[{"name": "asterisk", "secret": "s"}])
-    call_id = uuid.uuid4()
     try:
-        with stack.http() as http:
-            assert http.get(f"/v1/voice/outcome/{call_id}", params={"token": "s"}).status_code == 404  # not yet
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-            conn.sendall(asock.encode_message(asock.KIND_UUID, call_id.bytes))
-            decoder = asock.AudioSocketDecoder()
-            decoder.feed(asock.encode_message(asock.KIND_UUID, bytes(16)))  # our side of the parse: Kefu sends no UUID
-            deadline = time.monotonic() + 60
-            events = []
-            while time.monotonic() < deadline:
-                conn.settimeout(0.02)
-                try:
-                    conn.sendall(asock.encode_message(asock.KIND_AUDIO, bytes(320)))  # the line's silence
-                    chunk = conn.recv(65536)
-                except TimeoutError:
-                    continue
-                except (ConnectionResetError, BrokenPipeError):  # Kefu hung up and closed the socket: read
-                    events += decoder.feed(_rest(conn))          # what it sent before (its hangup frame)
-                    break
-                if not chunk:
-                    break
-                events += decoder.feed(chunk)
-        audio = [e for e in events if type(e).__name__ == "AudioIn"]
-        assert len(audio) > 20  # greeting, idle prompt and goodbye came back as slin frames
-        assert type(events[-1]).__name__ == "HangupIn"  # then Kefu hung up (silence)
-        with stack.http() as http:  # what the dialplan asks before deciding whether to dial an agent
-            outcome = http.get(f"/v1/voice/outcome/{call_id}", params={"token": "s"})
-            assert (outcome.status_code, outcome.text) == (200, "hangup:silence")
-            assert http.get(f"/v1/voice/outcome/{call_id}").status_code == 401
+        yield stack, port
     finally:
         stack.close()
+
+
+def outcome(stack: Stack, call_id: uuid.UUID) -> tuple[int, str]:
+    """What the dialplan reads after ``AudioSocket()`` returns."""
+    with stack.http() as http:
+        answer = http.get(f"/v1/voice/outcome/{call_id}", params={"token": "s"})
+    return answer.status_code, answer.text
+
+
+def test_asterisk_audiosocket_gets_the_same_call(asterisk: tuple[Stack, int]) -> None:
+    stack, port = asterisk
+    call_id = uuid.uuid4()
+    assert outcome(stack, call_id)[0] == 404  # not yet
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(asock.encode_message(asock.KIND_UUID, call_id.bytes))
+        decoder = asock.AudioSocketDecoder()
+        decoder.feed(asock.encode_message(asock.KIND_UUID, bytes(16)))  # our side of the parse: Kefu sends no UUID
+        deadline = time.monotonic() + 60
+        events = []
+        while time.monotonic() < deadline:
+            conn.settimeout(0.02)
+            try:
+                conn.sendall(asock.encode_message(asock.KIND_AUDIO, bytes(320)))  # the line's silence
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                continue
+            except (ConnectionResetError, BrokenPipeError):  # Kefu hung up and closed the socket: read
+                events += decoder.feed(_rest(conn))          # what it sent before (its hangup frame)
+                break
+            if not chunk:
+                break
+            events += decoder.feed(chunk)
+    audio = [e for e in events if type(e).__name__ == "AudioIn"]
+    assert len(audio) > 20  # greeting, idle prompt and goodbye came back as slin frames
+    assert max(len(e.pcm) for e in audio) == 320  # 20 ms messages (the last of an utterance may be shorter)
+    assert type(events[-1]).__name__ == "HangupIn"  # then Kefu hung up (silence)
+    assert outcome(stack, call_id) == (200, "hangup:silence")
+    with stack.http() as http:
+        assert http.get(f"/v1/voice/outcome/{call_id}").status_code == 401
+
+
+def _kefu_says(wire: bytes) -> list[object]:
+    """Kefu's messages in ``wire`` (everything it sent on one connection)."""
+    decoder = asock.AudioSocketDecoder()
+    decoder.feed(asock.encode_message(asock.KIND_UUID, bytes(16)))  # Kefu sends no UUID: prime the parser
+    return list(decoder.feed(wire))
+
+
+def _read_to_eof(conn: socket.socket, timeout: float = 20) -> bytes:
+    conn.settimeout(timeout)
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize(("bad", "expected"), [
+    (struct.pack(">BH", 0x42, 0), "error:unknown type 0x42"),  # not an AudioSocket message type
+    (asock.encode_message(asock.KIND_AUDIO, b"\x00\x00\x00"), "error:odd audio length"),
+    (asock.encode_message(asock.KIND_ERROR, b"\x02"), "error:asterisk 2"),  # Asterisk's own error message
+])
+def test_a_broken_audiosocket_call_gets_a_hangup_then_eof_and_an_error_outcome(
+        asterisk: tuple[Stack, int], bad: bytes, expected: str) -> None:
+    stack, port = asterisk
+    call_id = uuid.uuid4()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(asock.encode_message(asock.KIND_UUID, call_id.bytes))
+        heard = conn.recv(65536)  # the greeting has started: the call is up
+        assert heard
+        conn.sendall(bad)
+        heard += _read_to_eof(conn)
+    said = _kefu_says(heard)
+    assert heard.endswith(b"\x00\x00\x00") and said[-1] == HangupIn("caller")  # 0x00, then the socket closed
+    assert all(isinstance(e, AudioIn) for e in said[:-1])
+    assert outcome(stack, call_id) == (200, expected)
+
+
+def test_audiosocket_garbage_in_the_same_segment_as_the_uuid_still_gets_its_outcome(
+        asterisk: tuple[Stack, int]) -> None:
+    stack, port = asterisk
+    call_id = uuid.uuid4()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(asock.encode_message(asock.KIND_UUID, call_id.bytes) + asock.encode_message(0x02, b"x"))
+        assert _read_to_eof(conn) == b"\x00\x00\x00"  # no call began: only the hangup, then EOF
+    assert outcome(stack, call_id) == (200, "error:unknown type 0x02")
 
 
 def _rest(conn: socket.socket) -> bytes:
