@@ -173,6 +173,8 @@ class Caller:
     asked: list[tuple[str, float]] = field(default_factory=list)  # (call id, wall-clock end) of answered ones
     dropped: str | None = None
     hung_up: bool = False
+    last_audio: float = 0.0  # time.monotonic() of the latest audio frame from Kefu (PhoneLine.last_audio_at
+    # scans every frame heard: for 20 lines, 10 times a second, that would take a CPU from the gateway)
     _audio: threading.Event = field(default_factory=threading.Event)  # set by the reader on each audio frame
 
     def dial(self, ws_url: str) -> None:
@@ -186,7 +188,11 @@ class Caller:
 
     def _heard(self, heard: Heard) -> None:
         if heard.audio:
+            self.last_audio = heard.at
             self._audio.set()
+
+    def quiet_for(self, seconds: float) -> bool:
+        return time.monotonic() - self.last_audio >= seconds
 
     @property
     def active(self) -> bool:
@@ -199,10 +205,11 @@ class Caller:
             self.dropped = why_closed(self.line)
         return self.dropped is None
 
-    def greeted(self) -> None:
+    def greeted(self, deadline: float) -> None:
+        """Until the greeting is over; a drop if it is not by ``deadline`` (``time.monotonic()``)."""
         assert self.line is not None
-        if not wait_greeting(self.line) and self.check_line():
-            self.give_up("no greeting within 60 s")
+        if not wait_greeting(self.line, timeout=max(0.0, deadline - time.monotonic())) and self.check_line():
+            self.give_up("no greeting in time")
 
     def await_answer(self, clip_s: float) -> None:
         """After :meth:`PhoneLine.say`: the end of the speech, then the first answer frame (or a drop)."""
@@ -271,9 +278,10 @@ def phase(ws_url: str, http_url: str, callers: list[Caller], rounds: int, answer
     with HttpProbe(f"{http_url}/healthz") as probe:
         for caller in callers:
             caller.dial(ws_url)
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S  # for every greeting: they play at the same time
         for caller in callers:
             if caller.active:
-                caller.greeted()
+                caller.greeted(deadline)
         for r in range(rounds):
             asking = [c for c in callers if c.active and c.check_line()]
             if not asking:
@@ -308,7 +316,7 @@ def answers_over(callers: list[Caller], quiet_ms: int, timeout: float = 90) -> N
     """Until every open line has heard no audio for ``quiet_ms`` (Kefu finished answering), at most ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(c.line.quiet_for(quiet_ms / 1000) or c.line.closed.is_set() for c in callers
+        if all(c.quiet_for(quiet_ms / 1000) or c.line.closed.is_set() for c in callers
                if c.active and c.line is not None):
             return
         time.sleep(0.1)
