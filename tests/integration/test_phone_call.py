@@ -249,7 +249,7 @@ def test_asterisk_audiosocket_gets_the_same_call(asterisk: tuple[Stack, int]) ->
             if not chunk:
                 break
             events += decoder.feed(chunk)
-    audio = [e for e in events if type(e).__name__ == "AudioIn"]
+    audio = [e for e in events if isinstance(e, AudioIn)]
     assert len(audio) > 20  # greeting, idle prompt and goodbye came back as slin frames
     assert max(len(e.pcm) for e in audio) == 320  # 20 ms messages (the last of an utterance may be shorter)
     assert type(events[-1]).__name__ == "HangupIn"  # then Kefu hung up (silence)
