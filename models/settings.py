@@ -468,6 +468,12 @@ class Settings(_KefuVariables):
     # kefu.access; false: none (or set that logger's level)
     access_log: bool = True
 
+    @field_validator("nls_asr_sample_rate", mode="before")
+    @classmethod
+    def _rate_from_text(cls, value: Any) -> Any:
+        """KEFU_NLS_ASR_SAMPLE_RATE=16000 arrives as text; the Literal would not take it as a number."""
+        return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: Any) -> Any:

@@ -345,6 +345,8 @@ def add_fake_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--access-key-secret", default="fake-access-key-secret")
     p.add_argument("--appkey", default="fake-appkey")
     p.add_argument("--recognized", default="请问你们几点营业？", help="what the fake hears in any speech")
+    p.add_argument("--model-rate", type=int, choices=[8000, 16000], default=8000,
+                   help="the sample rate of the appkey's recognition model (8000: telephone; calls are 8 kHz)")
     p = kinds.add_parser("pbx", help="call Kefu's voice gateway, say something, hang up")
     p.add_argument("--url", required=True, help="Kefu's gateway, ws://HOST:PORT")
     p.add_argument("--secret", required=True, help="a KEFU_VOICE_GATEWAYS secret")

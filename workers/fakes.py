@@ -134,8 +134,10 @@ def run_nls(args: argparse.Namespace) -> int:
         return args.port + offset if args.port else 0
 
     meta = FakeNlsMeta(args.access_key_id, args.access_key_secret, host=args.host, port=port(0), on_heard=say)
-    rest = FakeNlsGateway(meta, args.appkey, args.recognized, host=args.host, port=port(1), on_heard=say)
-    realtime = FakeNlsRealtime(meta, args.appkey, args.recognized, host=args.host, port=port(2), on_heard=say)
+    rest = FakeNlsGateway(meta, args.appkey, args.recognized, host=args.host, port=port(1), on_heard=say,
+                          model_rate=args.model_rate)
+    realtime = FakeNlsRealtime(meta, args.appkey, args.recognized, host=args.host, port=port(2), on_heard=say,
+                               model_rate=args.model_rate)
     with _until_interrupted(), meta, rest, realtime:
         say(f"fake Aliyun NLS: token service on {meta.endpoint}, REST gateway on {rest.url}, real-time gateway on "
             f"{realtime.url} (Ctrl-C to stop); it hears {args.recognized!r} and speaks a tone. Point Kefu at it with")

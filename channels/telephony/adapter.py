@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 
 from channels.base import ChannelAdapter, HandOffPort
 from channels.speech.base import Recognizer, Synthesizer
+from channels.speech.pool import SpeechPool
 from channels.speech.providers import SpeechProviders
 from channels.telephony import asr_language
 from channels.telephony.call import CHANNEL, Act, Call
@@ -45,12 +46,21 @@ class TelephonyAdapter(ChannelAdapter):
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
         asr_language.check(context.settings)  # Chinese greetings, an English-only recognizer: refused
-        self._speech = SpeechProviders(context.settings, context.kv, make_locks(context.settings))
+        phone = context.settings.section(PhoneSettings)
+        self._speech: SpeechProviders | SpeechPool
+        if phone.speech_processes() > 0:
+            self._speech = SpeechPool(context.settings, phone.speech_processes())
+        else:
+            self._speech = SpeechProviders(context.settings, context.kv, make_locks(context.settings))
         self._audiosocket: AudioSocketServer | None = None
 
     async def start(self) -> None:
-        """The Asterisk AudioSocket listener, when ``KEFU_AUDIOSOCKET_PORT`` is set."""
-        port = self.ctx.settings.section(PhoneSettings).audiosocket_port
+        """The speech processes, when calls can arrive (a voice gateway or AudioSocket is configured), and the
+        Asterisk AudioSocket listener, when ``KEFU_AUDIOSOCKET_PORT`` is set."""
+        phone = self.ctx.settings.section(PhoneSettings)
+        port = phone.audiosocket_port
+        if isinstance(self._speech, SpeechPool) and (phone.voice_gateways or port is not None):
+            await asyncio.to_thread(self._speech.start)
         if port is not None:
             from channels.telephony.audiosocket_server import AudioSocketServer
 
@@ -60,6 +70,8 @@ class TelephonyAdapter(ChannelAdapter):
     async def stop(self) -> None:
         if self._audiosocket is not None:
             await self._audiosocket.stop()
+        if isinstance(self._speech, SpeechPool):
+            await asyncio.to_thread(self._speech.stop)
 
     def routes(self) -> list[BaseRoute]:
         return [WebSocketRoute("/v1/voice/ws", self.connect),
@@ -82,7 +94,7 @@ class TelephonyAdapter(ChannelAdapter):
         return PlainTextResponse(value)
 
     def speech(self) -> tuple[Recognizer, Synthesizer]:
-        """The configured providers, built on the first call (a local recognizer loads a model)."""
+        """The configured providers (in the speech processes, or built here on the first call)."""
         return self._speech.get()
 
     async def connect(self, ws: WebSocket) -> None:

@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from channels.ingress import Accepted
 from channels.speech.base import Recognizer, SpeechError, Synthesizer
+from channels.speech.live import synthesis_chunks, transcript
 from channels.telephony.config import PhoneSettings
 from channels.telephony.events import (
     AudioIn,
@@ -115,7 +116,7 @@ class Call:
     async def end(self) -> None:
         self.ended = True
         if self._stream is not None:  # an utterance cut off by the hang-up: its recognizer is told, not awaited
-            self._stream.close()
+            getattr(self._stream, "cancel", self._stream.close)()
             self._stream = None
         try:
             unfinished = [m for m in self._splitters if m not in self._answered or self._unheard(m)]
@@ -191,7 +192,7 @@ class Call:
             return
         try:
             if stream is not None:  # every frame was fed while the caller spoke: only the end is left
-                recognized = await run_in_threadpool(stream.finish)
+                recognized = await transcript(stream)
             else:
                 recognized = await run_in_threadpool(self._asr.transcribe, pcm, self.rate)
             text = printable(recognized).strip()
@@ -314,35 +315,58 @@ class Call:
     # ---- speaking -----------------------------------------------------------------------------------
 
     async def say(self, text: str, tag: int = 0) -> None:
+        """Speak ``text``: its audio plays as it is synthesized (the first chunk goes out at once), after what
+        is already queued. Sentences are synthesized one at a time, in order."""
         text = text.strip()
         if not text or tag in self._interrupted:
             return
         async with self._speech_lock:
-            pcm = PROMPTS.get(self._tts, text, self.rate) if tag == 0 else None  # a fixed prompt said before
-            try:
-                if pcm is None:
-                    pcm = await run_in_threadpool(self._tts.synthesize, text, self.rate)
-                    if tag == 0:
-                        PROMPTS.put(self._tts, text, self.rate, pcm)
-            except Exception as exc:  # nothing to say this time; the call itself goes on
-                log.error("speech synthesis failed on call %s: %s: %s", self.started.call_id, type(exc).__name__, exc)
-                return
-            if tag in self._interrupted:  # the caller spoke over it while it was being synthesized
-                return
-            self.player.say(text, pcm, tag)
+            cached = PROMPTS.get(self._tts, text, self.rate) if tag == 0 else None  # a fixed prompt said before
+            if cached is not None:
+                self.player.say(text, cached, tag)
+            else:
+                await self._synthesize(text, tag)
         self._last_activity = time.monotonic()
+
+    async def _synthesize(self, text: str, tag: int) -> None:
+        utterance = None
+        audio = bytearray()
+        whole = False
+        clears = self.player.clears  # a barge-in before its first audio drops this sentence too
+        chunks = synthesis_chunks(self._tts, text, self.rate)
+        try:
+            async for chunk in chunks:
+                if tag in self._interrupted or self.player.clears != clears:
+                    return  # the caller spoke over it while it was being synthesized: stop synthesizing
+                if utterance is None:
+                    utterance = self.player.open(text, tag)
+                self.player.extend(utterance, chunk)
+                audio += chunk
+            whole = True
+        except Exception as exc:  # nothing (more) to say this time; the call itself goes on
+            log.error("speech synthesis failed on call %s: %s: %s", self.started.call_id, type(exc).__name__, exc)
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+            if utterance is not None:
+                self.player.complete(utterance)
+        if whole and tag == 0 and audio:
+            PROMPTS.put(self._tts, text, self.rate, bytes(audio))
 
     async def _send_audio(self, frame: bytes) -> None:
         await self._act(AudioOut(frame))
 
     async def _watch_silence(self) -> None:
+        """``phone_idle_s`` after the caller last spoke or pressed a key and Kefu last finished speaking (the
+        player's last frame, not when this loop happened to look): a prompt, then as long again the goodbye."""
         idle = self.phone.phone_idle_s
         while True:
-            await asyncio.sleep(min(1.0, idle / 4))
             if self.player.playing or self.endpointer.in_speech or self._waiting_for_answer():
-                self._last_activity = time.monotonic()
+                self._last_activity = time.monotonic()  # within 50 ms; the player's idle_since is exact
+                await asyncio.sleep(0.05)
                 continue
-            if time.monotonic() - self._last_activity < idle:
+            remaining = max(self._last_activity, self.player.idle_since) + idle - time.monotonic()
+            if remaining > 0:
+                await asyncio.sleep(min(remaining, 0.25))
                 continue
             if not self._prompted:
                 self._prompted = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import os
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
@@ -47,12 +48,20 @@ class PhoneSettings(Section):
     phone_speech_failed: str = "抱歉，语音识别暂时出现故障。"  # said before the transfer when recognition is down
     phone_silence_ms: int = 600  # end of an utterance
     phone_idle_s: float = 10.0  # silence before the prompt, and again before the goodbye
+    # Speech processes beside the gateway that run recognition and synthesis for its calls (None: one per CPU
+    # core, at most 8; 0: in the gateway's own process, which cannot hold more than a few simultaneous callers).
+    phone_speech_processes: int | None = Field(default=None, ge=0, le=64)
     # A hotline greeting in Chinese with a recognizer that cannot understand Chinese (pocketsphinx): "refuse" stops
     # the gateway at start-up, "warn" starts it with an ERROR line (channels/telephony/asr_language.py)
     phone_asr_language_check: Literal["refuse", "warn"] = "refuse"
     audiosocket_port: int | None = None  # Asterisk AudioSocket over TCP (off unless set)
     # The addresses the AudioSocket listener accepts calls from (the PBX's).
     audiosocket_allowed_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+
+    def speech_processes(self) -> int:
+        if self.phone_speech_processes is not None:
+            return self.phone_speech_processes
+        return min(8, os.cpu_count() or 1)
 
     def hotline(self, number: str) -> Hotline:
         configured = next((h for h in self.hotlines if h.number == number), None)

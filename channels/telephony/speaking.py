@@ -6,7 +6,10 @@
   jitter buffer is small; sending faster than real time would make a barge-in ``clear`` throw away
   audio the caller was never going to hear anyway, but lets the buffer overflow on some gateways),
   and can be cleared at once. It knows which sentences were played to the end: after a barge-in,
-  only those go into the conversation's history — what the caller actually heard.
+  only those go into the conversation's history — what the caller actually heard. A sentence can be
+  played while it is still being synthesized (:meth:`Player.open` / :meth:`Player.extend` /
+  :meth:`Player.complete`): its first audio goes out as soon as it arrives. ``idle_since`` is when the
+  last frame went out, so silence is timed from the end of what the caller heard.
 """
 
 from __future__ import annotations
@@ -70,9 +73,10 @@ class SentenceSplitter:
 @dataclass
 class _Utterance:
     text: str
-    pcm: bytes
+    pcm: bytearray
     tag: int = 0  # whose sentence (the inbound message it answers; 0 for Kefu's own prompts)
     sent: int = 0  # bytes already sent
+    complete: bool = True  # False while its audio is still being synthesized
 
 
 class Player:
@@ -88,6 +92,8 @@ class Player:
         self.heard: list[str] = []  # sentences played to the end, in order
         self._heard_tags: list[tuple[int, str]] = []
         self._task: asyncio.Task[None] | None = None
+        self.idle_since = time.monotonic()  # when the last queued frame went out (or the queue was cleared)
+        self.clears = 0  # how many times the queue was cleared (barge-in)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -105,16 +111,38 @@ class Player:
         return not self._idle.is_set()
 
     def say(self, text: str, pcm: bytes, tag: int = 0) -> None:
-        self._queue.append(_Utterance(text, pcm, tag))
+        self._queue.append(_Utterance(text, bytearray(pcm), tag))
         self._idle.clear()
+        self._wake.set()
+
+    def open(self, text: str, tag: int = 0) -> _Utterance:
+        """A sentence whose audio follows (:meth:`extend`, then :meth:`complete`); it plays as it arrives."""
+        utterance = _Utterance(text, bytearray(), tag, complete=False)
+        self._queue.append(utterance)
+        self._idle.clear()
+        self._wake.set()
+        return utterance
+
+    def extend(self, utterance: _Utterance, pcm: bytes) -> None:
+        utterance.pcm += pcm
+        self._wake.set()
+
+    def complete(self, utterance: _Utterance) -> None:
+        utterance.complete = True
         self._wake.set()
 
     def clear(self) -> list[tuple[int, str]]:
         """Drop everything not yet sent (barge-in); returns (tag, sentence) cut off or never started."""
         dropped = [(u.tag, u.text) for u in self._queue]
         self._queue.clear()
-        self._idle.set()
+        self.clears += 1
+        self._went_idle()
         return dropped
+
+    def _went_idle(self) -> None:
+        if not self._idle.is_set():
+            self.idle_since = time.monotonic()
+        self._idle.set()
 
     def queued_tags(self) -> set[int]:
         """Whose sentences are still waiting or playing."""
@@ -131,19 +159,24 @@ class Player:
         next_at = time.monotonic()
         while True:
             if not self._queue:
-                self._idle.set()
+                self._went_idle()
                 self._wake.clear()
                 await self._wake.wait()
                 next_at = time.monotonic()
                 continue
             current = self._queue[0]
-            chunk = current.pcm[current.sent : current.sent + self._frame]
+            chunk = bytes(current.pcm[current.sent : current.sent + self._frame])
+            if len(chunk) < self._frame and not current.complete:  # played all that was synthesized so far
+                self._wake.clear()
+                await self._wake.wait()
+                next_at = max(next_at, time.monotonic())
+                continue
             if chunk:
                 try:
                     await self._send(chunk)
                 except Exception:  # the line is gone (hang-up, closed socket): stop playing, stay idle
                     self._queue.clear()
-                    self._idle.set()
+                    self._went_idle()
                     return
                 current.sent += len(chunk)
                 next_at += FRAME_MS / 1000
@@ -152,7 +185,7 @@ class Player:
                     await asyncio.sleep(delay)
                 else:
                     next_at = time.monotonic()  # fell behind (a slow socket): do not burst to catch up
-            if self._queue and self._queue[0] is current and current.sent >= len(current.pcm):
+            if self._queue and self._queue[0] is current and current.complete and current.sent >= len(current.pcm):
                 self._queue.popleft()
                 self.heard.append(current.text)
                 self._heard_tags.append((current.tag, current.text))

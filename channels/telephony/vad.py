@@ -1,4 +1,4 @@
-"""Voice-activity detection and endpointing on 16-bit PCM frames. Pure, no dependencies.
+"""Voice-activity detection and endpointing on 16-bit PCM frames. Pure (numpy only).
 
 An energy detector with an adaptive noise floor: a 20 ms frame is speech when its level is at
 least ``margin_db`` above the floor (and above ``min_level_dbfs``). The floor starts at the first
@@ -18,9 +18,10 @@ opened on digital silence and then picked up hiss does not stay "in speech" for 
 from __future__ import annotations
 
 import math
-from array import array
 from collections import deque
 from dataclasses import dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +37,14 @@ class UtteranceEnded:
 
 
 def level_dbfs(pcm: bytes) -> float:
-    """RMS level of 16-bit little-endian PCM in dB relative to full scale (-100 for silence)."""
-    samples = array("h")
-    samples.frombytes(pcm[: len(pcm) - len(pcm) % 2])
-    if not samples:
+    """RMS level of 16-bit little-endian PCM in dB relative to full scale (-100 for silence).
+
+    numpy, not a Python loop: the gateway measures every 20 ms frame of every call (50 a second each).
+    """
+    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2").astype(np.float64)
+    if not samples.size:
         return -100.0
-    mean_square = sum(s * s for s in samples) / len(samples)
+    mean_square = float(np.dot(samples, samples)) / samples.size
     return -100.0 if mean_square <= 0 else 10 * math.log10(mean_square / (32768.0 * 32768.0))
 
 
