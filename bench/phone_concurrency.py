@@ -21,7 +21,8 @@ each drop is listed with its reason, and every line's close is counted by code. 
 gateway's cheapest endpoint (``GET /healthz``) every 50 ms with httpx: a gateway whose event loop is
 starved answers it late or not at all.
 
-``KEFU_PHONE_*`` variables in this environment (e.g. ``KEFU_PHONE_SPEECH_PROCESSES``) are passed to the
+``KEFU_*`` variables in this environment (e.g. ``KEFU_PHONE_SPEECH_PROCESSES``, ``KEFU_N_SLOTS``, the backends'
+``KEFU_DATABASE_URL`` / ``KEFU_BROKER_URL``) are passed to the
 gateway and worker and reported; the benchmark's own settings (``--silence-ms``…) win over them.
 
 Prints one JSON line. Usage:
@@ -306,6 +307,10 @@ def phase(ws_url: str, http_url: str, callers: list[Caller], rounds: int, answer
         "p50_ms": round(pct(latencies, 50)) if latencies else None,
         "p95_ms": round(pct(latencies, 95)) if latencies else None,
         "max_ms": round(max(latencies) * 1000) if latencies else None,
+        # each round's p50 (when every caller was answered every round): the first round also builds the
+        # recognizers' decoders, later ones reuse them
+        "rounds_p50_ms": [round(pct([c.latencies[r] for c in callers], 50)) for r in range(rounds)]
+        if all(len(c.latencies) == rounds for c in callers) else None,
         **probe.figures(),
         "closes": dict(closes),
         "keepalive_timeouts": sum(1 for c in callers if c.line is not None and timed_out(c.line)),
@@ -325,8 +330,10 @@ def answers_over(callers: list[Caller], quiet_ms: int, timeout: float = 90) -> N
 # ---- the run -----------------------------------------------------------------------------------------
 
 def passed_env() -> dict[str, str]:
-    """The ``KEFU_PHONE_*`` variables of this environment, given to the gateway and the worker."""
-    return {name: value for name, value in os.environ.items() if name.startswith("KEFU_PHONE_")}
+    """The ``KEFU_*`` variables of this environment (e.g. ``KEFU_PHONE_SPEECH_PROCESSES``, ``KEFU_N_SLOTS``, or
+    ``KEFU_DATABASE_URL`` and ``KEFU_BROKER_URL`` for PostgreSQL and Redis as in production instead of the
+    embedded backends), given to the gateway and the worker."""
+    return {name: value for name, value in os.environ.items() if name.startswith("KEFU_")}
 
 
 def main() -> None:

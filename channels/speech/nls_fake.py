@@ -51,7 +51,6 @@ import base64
 import hashlib
 import hmac
 import json
-import math
 import re
 import threading
 import time
@@ -61,6 +60,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 from urllib.parse import parse_qsl, quote, urlsplit
 
+import numpy as np
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import serve
 
@@ -233,9 +233,8 @@ class FakeNlsGateway(_HttpFake):
 
 def tone(sample_rate: int, ms: int) -> bytes:
     """A 300 Hz 16-bit tone: what the fakes 'speak'."""
-    samples = sample_rate * ms // 1000
-    return b"".join(int(6000 * math.sin(2 * math.pi * 300 * i / sample_rate)).to_bytes(2, "little", signed=True)
-                    for i in range(samples))
+    positions = np.arange(sample_rate * ms // 1000)  # numpy: twenty calls' answers at once stay cheap
+    return (6000 * np.sin(2 * np.pi * 300 * positions / sample_rate)).astype("<i2").tobytes()
 
 
 class FakeNlsRealtime(_Fake):

@@ -18,7 +18,11 @@ from channels.speech.audio import resample
 from channels.speech.base import SpeechError, Transcription
 
 MODEL_RATE = 16000
-DECODER_OPTIONS: dict[str, Any] = {"samprate": MODEL_RATE, "loglevel": "FATAL", "fwdflat": False}
+# maxhmmpf/maxwpf cap the active HMMs and word exits per frame: half the CPU (real-time factor 0.30 → 0.14 on six
+# espeak-ng phone questions, the same or better text; docs/BENCHMARKS.md), which is what lets one core hold
+# several callers speaking at once.
+DECODER_OPTIONS: dict[str, Any] = {"samprate": MODEL_RATE, "loglevel": "FATAL", "fwdflat": False,
+                                   "maxhmmpf": 5000, "maxwpf": 10}
 
 
 class PocketSphinxRecognizer:
