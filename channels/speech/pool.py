@@ -110,6 +110,22 @@ def _text_of(message: tuple[Any, ...]) -> str:
     return str(message[2])
 
 
+def _audio_of(message: tuple[Any, ...]) -> bytes | None:
+    """A sentence's next chunk of audio, None at its end; the child's error raises."""
+    if message[0] == "audio":
+        return bytes(message[2])
+    if message[0] == "done":
+        return None
+    _text_of(message)  # an error raises here
+    raise SpeechError(f"the speech process sent {message[0]!r} where audio was expected")
+
+
+def _close_sentence(session: _Session, ended: bool) -> None:
+    if not ended:  # left early (barge-in) or failed: the child stops synthesizing
+        session.send("cancel")
+    session.end()
+
+
 class PooledTranscription:
     """One utterance recognized in a speech process while the caller speaks."""
 
@@ -172,42 +188,27 @@ class PooledSynthesizer:
 
     async def astream(self, text: str, sample_rate: int) -> AsyncIterator[bytes]:
         """PCM chunks of ``text`` as the speech process produces them; leaving early cancels the rest."""
-        session = self._pool.session()
-        session.send("say", text, sample_rate)
-        done = False
+        session, ended = self._say(text, sample_rate), False
         try:
-            while True:
-                message = await session.next(RESULT_TIMEOUT_S)
-                if message[0] == "audio":
-                    yield message[2]
-                elif message[0] == "done":
-                    done = True
-                    return
-                else:
-                    _text_of(message)  # raises the child's error
+            while (chunk := _audio_of(await session.next(RESULT_TIMEOUT_S))) is not None:
+                yield chunk
+            ended = True
         finally:
-            if not done:
-                session.send("cancel")
-            session.end()
+            _close_sentence(session, ended)
 
     def synthesize_stream(self, text: str, sample_rate: int) -> Iterator[bytes]:
+        session, ended = self._say(text, sample_rate), False
+        try:
+            while (chunk := _audio_of(session.next_blocking(RESULT_TIMEOUT_S))) is not None:
+                yield chunk
+            ended = True
+        finally:
+            _close_sentence(session, ended)
+
+    def _say(self, text: str, sample_rate: int) -> _Session:
         session = self._pool.session()
         session.send("say", text, sample_rate)
-        done = False
-        try:
-            while True:
-                message = session.next_blocking(RESULT_TIMEOUT_S)
-                if message[0] == "audio":
-                    yield message[2]
-                elif message[0] == "done":
-                    done = True
-                    return
-                else:
-                    _text_of(message)
-        finally:
-            if not done:
-                session.send("cancel")
-            session.end()
+        return session
 
     def synthesize(self, text: str, sample_rate: int) -> bytes:
         return b"".join(self.synthesize_stream(text, sample_rate))
