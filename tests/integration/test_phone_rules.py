@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from array import array
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from channels.speech.espeak import EspeakSynthesizer
 from channels.speech.fallback import FallbackSynthesizer
 from channels.telephony.call import Call
 from channels.telephony.config import Hotline, PhoneSettings
-from channels.telephony.events import AudioIn, CallAction, CallStarted, HangupOut, Transfer, frame_bytes
+from channels.telephony.events import AudioIn, AudioOut, CallAction, CallStarted, HangupOut, Transfer, frame_bytes
 from models.infra.migrate import upgrade
 from models.settings import Settings
 from models.tables import InboundRecord, ReplyRecord
@@ -56,8 +57,9 @@ Script = Callable[[Call, list[CallAction]], Awaitable[None]]  # the call, and th
 
 
 def in_process_call(settings: Settings, script: Script, asr: Any = None, tts: Any = None,
-                    call_id: str = "rules-1") -> list[CallAction]:
-    """A call on a real in-process gateway: ``script`` plays the caller, then the call runs until it ends."""
+                    call_id: str = "rules-1", timeline: list[float] | None = None) -> list[CallAction]:
+    """A call on a real in-process gateway: ``script`` plays the caller, then the call runs until it ends.
+    ``timeline``: when each action was taken (time.monotonic), in step with the returned actions."""
     upgrade(settings)
 
     async def scenario() -> list[CallAction]:
@@ -67,6 +69,8 @@ def in_process_call(settings: Settings, script: Script, asr: Any = None, tts: An
 
         async def act(action: CallAction) -> None:
             actions.append(action)
+            if timeline is not None:
+                timeline.append(time.monotonic())
 
         call = Call(gw.context("phone"), CallStarted(call_id, "+8613600003333", "4008001234", 8000), act,
                     asr or ScriptedRecognizer(), tts or EspeakSynthesizer())
@@ -312,3 +316,26 @@ def test_on_a_menu_line_key_0_transfers(tmp_path: Path) -> None:
     actions = in_process_call(settings, press("0"), call_id="menu-0")
     assert Transfer("8001") in actions
     assert [(kind, text, source) for kind, text, _, source, _ in stored(settings)] == [("dtmf", "[dtmf 0]", "handoff")]
+
+
+def test_the_silence_prompt_comes_the_idle_time_after_the_greeting_ended_not_earlier(tmp_path: Path) -> None:
+    """The idle clock starts when the last frame of the greeting went out (it used to start whenever a 1 s check
+    happened to see the player idle, so the prompt came up to a check interval early)."""
+    settings = Settings(data_dir=tmp_path, phone_idle_s=2.0)  # type: ignore[call-arg]
+    timeline: list[float] = []
+
+    async def stay_silent(call: Call, actions: list[CallAction]) -> None:
+        size = frame_bytes(8000)
+        for _ in range(300):  # 6 s of line silence, in real time: the prompt and then the goodbye come meanwhile
+            await call.on_event(AudioIn(bytes(size)))
+            await asyncio.sleep(0.02)
+            if call.ended:
+                return
+
+    actions = in_process_call(settings, stay_silent, timeline=timeline)
+    audio = [at for action, at in zip(actions, timeline, strict=True) if isinstance(action, AudioOut)]
+    gaps = [(later - earlier, earlier) for earlier, later in zip(audio, audio[1:], strict=False) if later - earlier > 0.5]
+    assert len(gaps) == 2, gaps  # greeting ··· prompt ··· goodbye
+    for gap, _ in gaps:  # from the last frame sent to the next sentence's first: the idle time, not less
+        assert 2.0 - 0.05 <= gap <= 2.0 + 0.6, gaps
+    assert isinstance(actions[-1], HangupOut) and actions[-1].reason == "silence"
