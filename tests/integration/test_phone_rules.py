@@ -11,6 +11,7 @@ import math
 import time
 from array import array
 from collections.abc import Awaitable, Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -334,7 +335,7 @@ def test_the_silence_prompt_comes_the_idle_time_after_the_greeting_ended_not_ear
 
     actions = in_process_call(settings, stay_silent, timeline=timeline)
     audio = [at for action, at in zip(actions, timeline, strict=True) if isinstance(action, AudioOut)]
-    gaps = [(later - earlier, earlier) for earlier, later in zip(audio, audio[1:], strict=False) if later - earlier > 0.5]
+    gaps = [(later - earlier, earlier) for earlier, later in pairwise(audio) if later - earlier > 0.5]
     assert len(gaps) == 2, gaps  # greeting ··· prompt ··· goodbye
     for gap, _ in gaps:  # from the last frame sent to the next sentence's first: the idle time, not less
         assert 2.0 - 0.05 <= gap <= 2.0 + 0.6, gaps
