@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Protocol
 
 
@@ -22,6 +23,16 @@ class Synthesizer(Protocol):
     def synthesize(self, text: str, sample_rate: int) -> bytes:
         """16-bit mono PCM at ``sample_rate`` speaking ``text``."""
         ...
+
+
+def speech_chunks(synthesizer: Synthesizer, text: str, sample_rate: int) -> Iterator[bytes]:
+    """``synthesizer.synthesize_stream`` where it has one (audio as it is produced), else its ``synthesize`` as one
+    chunk. Blocking."""
+    stream = getattr(synthesizer, "synthesize_stream", None)
+    if stream is not None:
+        yield from stream(text, sample_rate)
+    else:
+        yield synthesizer.synthesize(text, sample_rate)
 
 
 class Transcription(ABC):

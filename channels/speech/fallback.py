@@ -15,18 +15,9 @@ import logging
 import time
 from collections.abc import Iterator
 
-from channels.speech.base import SpeechError, Synthesizer
+from channels.speech.base import SpeechError, Synthesizer, speech_chunks
 
 log = logging.getLogger(__name__)
-
-
-def speech_chunks(synthesizer: Synthesizer, text: str, sample_rate: int) -> Iterator[bytes]:
-    """``synthesizer.synthesize_stream`` where it has one, else its ``synthesize`` as one chunk."""
-    stream = getattr(synthesizer, "synthesize_stream", None)
-    if stream is not None:
-        yield from stream(text, sample_rate)
-    else:
-        yield synthesizer.synthesize(text, sample_rate)
 
 
 class FallbackSynthesizer:

@@ -5,9 +5,9 @@ whatever the configured providers offer, best first:
 
 - :func:`transcript`: an ``await result()`` (a speech process's transcription), else ``finish()`` on a
   worker thread (an in-process recognizer's).
-- :func:`synthesis_chunks`: ``astream`` (a speech process streams audio back), else ``synthesize_stream``
-  (a provider that streams, e.g. NLS real-time or espeak-ng) iterated on a thread, else one chunk of
-  ``synthesize``. Leaving the iteration early (barge-in) stops the synthesis.
+- :func:`synthesis_chunks`: ``astream`` (a speech process streams audio back), else
+  :func:`~channels.speech.base.speech_chunks` (``synthesize_stream`` or ``synthesize``) iterated on a thread.
+  Leaving the iteration early (barge-in) stops the synthesis.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
+
+from channels.speech.base import speech_chunks
 
 _END = object()
 
@@ -35,11 +37,7 @@ async def synthesis_chunks(tts: Any, text: str, sample_rate: int) -> AsyncIterat
         async for chunk in astream(text, sample_rate):
             yield chunk
         return
-    stream = getattr(tts, "synthesize_stream", None)
-    if stream is None:
-        yield await run_in_threadpool(tts.synthesize, text, sample_rate)
-        return
-    async for chunk in _threaded(stream(text, sample_rate)):
+    async for chunk in _threaded(speech_chunks(tts, text, sample_rate)):
         yield chunk
 
 

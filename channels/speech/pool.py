@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Iterator
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from channels.speech.base import SpeechError
+from channels.speech.base import SpeechError, speech_chunks
 
 if TYPE_CHECKING:
     from models.settings import Settings
@@ -447,10 +447,7 @@ class _Server:
 
     def _say(self, sid: int, text: str, rate: int) -> None:
         try:
-            synthesizer = self._providers.synthesizer()
-            stream = getattr(synthesizer, "synthesize_stream", None)
-            chunks = stream(text, rate) if stream is not None else iter([synthesizer.synthesize(text, rate)])
-            for chunk in chunks:
+            for chunk in speech_chunks(self._providers.synthesizer(), text, rate):
                 if sid in self._cancelled:
                     break
                 if chunk:

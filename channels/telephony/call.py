@@ -100,6 +100,7 @@ class Call:
         self._speech_lock = asyncio.Lock()  # sentences are synthesized and queued in order
         self._stream: Any = None  # the streaming transcription of the utterance in progress
         self._transferring = False
+        self._listening = not self.hotline.keypad().keys_only  # a keypad-only hotline recognizes no speech
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -153,12 +154,12 @@ class Call:
                 self._last_activity = time.monotonic()
                 if isinstance(found, SpeechStarted):
                     begin = getattr(self._asr, "begin", None)
-                    if begin is not None:
+                    if begin is not None and self._listening:
                         self._stream = begin(self.rate)
                         self._stream.feed(self.endpointer.utterance_so_far())
                     if self.player.playing:
                         await self._barge_in()
-                elif isinstance(found, UtteranceEnded):
+                elif isinstance(found, UtteranceEnded) and self._listening:
                     self._prompted = False
                     stream, self._stream = self._stream, None
                     if stream is not None:
@@ -186,10 +187,6 @@ class Call:
 
     async def _utterance(self, pcm: bytes, stream: Any, external_id: str,
                          previous: asyncio.Task[Any] | None) -> None:
-        if self.hotline.keypad().keys_only:  # a keypad-only hotline: what the caller says is not recognized
-            if stream is not None:
-                getattr(stream, "cancel", stream.close)()
-            return
         try:
             if stream is not None:  # every frame was fed while the caller spoke: only the end is left
                 recognized = await transcript(stream)
