@@ -146,29 +146,7 @@ class Call:
 
     async def on_event(self, event: CallEvent) -> None:
         if isinstance(event, AudioIn):
-            was_in_speech = self.endpointer.in_speech
-            found_events = self.endpointer.feed(event.pcm)
-            if was_in_speech and self.endpointer.in_speech and self._stream is not None:
-                self._stream.feed(event.pcm)  # recognized while the caller speaks
-            for found in found_events:
-                self._last_activity = time.monotonic()
-                if isinstance(found, SpeechStarted):
-                    begin = getattr(self._asr, "begin", None)
-                    if begin is not None and self._listening:
-                        self._stream = begin(self.rate)
-                        self._stream.feed(self.endpointer.utterance_so_far())
-                    if self.player.playing:
-                        await self._barge_in()
-                elif isinstance(found, UtteranceEnded) and self._listening:
-                    self._prompted = False
-                    stream, self._stream = self._stream, None
-                    if stream is not None:
-                        stream.close()  # ended now, even if its task is cancelled before it runs
-                    task = asyncio.ensure_future(self._utterance(found.pcm, stream, self._external_id(),
-                                                                 self._previous_utterance))
-                    self._previous_utterance = task
-                    self._tasks.add(task)
-                    task.add_done_callback(self._task_done)
+            await self._audio_in(event.pcm)
         elif isinstance(event, DtmfIn):
             self._last_activity = time.monotonic()
             choice = self.hotline.keypad().on_digit(event.digit)  # without a menu: key 0 transfers
@@ -179,6 +157,32 @@ class Call:
         elif isinstance(event, GatewayError):  # the PBX's side of the call broke (AudioSocket 0xff)
             log.warning("call %s: the gateway reported error %s: %s", self.started.call_id, event.code, event.message)
             self.ended = True
+
+    async def _audio_in(self, pcm: bytes) -> None:
+        """A frame of the caller's audio: endpointing, streaming recognition, barge-in, a finished utterance."""
+        was_in_speech = self.endpointer.in_speech
+        found_events = self.endpointer.feed(pcm)
+        if was_in_speech and self.endpointer.in_speech and self._stream is not None:
+            self._stream.feed(pcm)  # recognized while the caller speaks
+        for found in found_events:
+            self._last_activity = time.monotonic()
+            if isinstance(found, SpeechStarted):
+                begin = getattr(self._asr, "begin", None)
+                if begin is not None and self._listening:
+                    self._stream = begin(self.rate)
+                    self._stream.feed(self.endpointer.utterance_so_far())
+                if self.player.playing:
+                    await self._barge_in()
+            elif isinstance(found, UtteranceEnded) and self._listening:
+                self._prompted = False
+                stream, self._stream = self._stream, None
+                if stream is not None:
+                    stream.close()  # ended now, even if its task is cancelled before it runs
+                task = asyncio.ensure_future(self._utterance(found.pcm, stream, self._external_id(),
+                                                             self._previous_utterance))
+                self._previous_utterance = task
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
 
     def _external_id(self) -> str:
         """Numbered when the caller stops speaking, so the ids follow the order things were said."""
