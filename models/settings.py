@@ -434,6 +434,17 @@ class Settings(_KefuVariables):
     context_turns: int = 5  # earlier turns of the conversation given to the model
     context_ttl_s: PositiveInt = 24 * 3600  # how long a conversation's cached context is kept
 
+    # --- gray release: a second model on part of the traffic (workers/gray_release.py, docs/gray-release.md) ---
+    # The canary: a GGUF path, or a backend as JSON ({"kind": "openai", "urls": [...], "model": "..."}); unset: none
+    canary_backend: str | None = None
+    canary_api_key: SecretStr | None = None  # the canary's API key (openai kind), sent as Bearer; never in the JSON
+    # The share of conversations (0..1) the canary answers, chosen by a stable hash of the conversation id (sticky)
+    canary_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.10
+    # The canary is taken out automatically when more than this share of its answers fell back within the window
+    canary_max_error_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    canary_window_s: PositiveInt = 300  # the sliding window the error rate is counted over (all workers together)
+    canary_min_requests: PositiveInt = 20  # the canary is judged only with at least this many answers in the window
+
     # --- reliability ----------------------------------------------------------------------------
     # A crashed worker's messages are answered about a minute later: Redis hands them back after the
     # visibility timeout and the sweeper re-publishes them after requeue_after_s (+ one sweep interval),
@@ -493,6 +504,20 @@ class Settings(_KefuVariables):
             raise ValueError("must be a URL with a scheme, e.g. postgresql+psycopg://kefu@db/kefu, "
                              "redis://redis:6379/0")
         return value
+
+    @field_validator("canary_backend")
+    @classmethod
+    def _canary_shape(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if value.lstrip().startswith("{"):
+            try:
+                found = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not valid JSON ({exc}): give a GGUF path or a backend object") from None
+            if not isinstance(found, dict) or "api_key" in found:
+                raise ValueError("must be a JSON object without api_key (put the key in KEFU_CANARY_API_KEY)")
+        return value.strip()
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

@@ -2,6 +2,8 @@
 
 Redis when configured; otherwise a SQLite file under ``data_dir`` (``kv.sqlite``), shared by every process on the
 host. ``add`` is set-if-absent, atomic in both, which is what replay protection and single-flight refreshes rely on.
+``incr`` adds one to a counter that expires ``ttl_s`` after its first count, atomic in both (no count is lost between
+processes): the gray release's sliding window (:mod:`workers.gray_release`).
 A *group* is a few expiring members read together (the LLM workers' heartbeats: :mod:`models.infra.heartbeat`):
 ``join`` writes one with its own expiry, ``members`` returns the live ones in a few round trips whatever the size of
 the store (Redis: an index set beside the keys, pruned on read). Redis errors propagate (callers decide what a
@@ -26,6 +28,7 @@ class KV(Protocol):
     def get(self, key: str) -> str | None: ...
     def set(self, key: str, value: str, ttl_s: float) -> None: ...
     def add(self, key: str, value: str, ttl_s: float) -> bool: ...
+    def incr(self, key: str, ttl_s: float) -> int: ...
     def delete(self, key: str) -> None: ...
     def join(self, group: str, member: str, value: str, ttl_s: float) -> None: ...
     def leave(self, group: str, member: str) -> None: ...
@@ -45,6 +48,12 @@ class RedisKV:
 
     def add(self, key: str, value: str, ttl_s: float) -> bool:
         return bool(self._client.set(f"kefu:kv:{key}", value, px=max(1, int(ttl_s * 1000)), nx=True))
+
+    def incr(self, key: str, ttl_s: float) -> int:
+        with self._client.pipeline(transaction=True) as pipe:  # MULTI: the expiry is set with the first count
+            pipe.set(f"kefu:kv:{key}", 0, px=max(1, int(ttl_s * 1000)), nx=True)
+            pipe.incr(f"kefu:kv:{key}")
+            return int(pipe.execute()[1])
 
     def delete(self, key: str) -> None:
         self._client.delete(f"kefu:kv:{key}")
@@ -104,6 +113,21 @@ class SQLiteKV:
                 self._db.execute("ROLLBACK")
                 raise
         return inserted
+
+    def incr(self, key: str, ttl_s: float) -> int:
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM kv WHERE key = ? AND expires <= ?", (key, now))
+                count = self._db.execute(
+                    "INSERT INTO kv (key, value, expires) VALUES (?, '1', ?) ON CONFLICT (key) DO UPDATE "
+                    "SET value = CAST(value AS INTEGER) + 1 RETURNING value", (key, now + ttl_s)).fetchone()[0]
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return int(count)
 
     def delete(self, key: str) -> None:
         with self._lock:
