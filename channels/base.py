@@ -25,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, field_validator
 
 from channels.errors import ChannelError, DeliveryError, DeliveryPermanent, DeliveryRetryable, RequestRejected
 from models.dialogue import Action, Decision, HandOff, Message, decide
-from models.envelope import ConversationKey, Inbound, Reply
+from models.envelope import ConversationKey, Inbound, Reply, Turn
 from models.settings import Section, Settings
 
 if TYPE_CHECKING:
@@ -254,6 +254,11 @@ class Outbound(ABC):
         The phone keeps only what the caller heard when they spoke over the answer.
         """
         return generated
+
+    def client_history(self, account: str, external_id: str) -> list[Turn] | None:
+        """The conversation as the customer's client sent it with this message (an API client keeps its own), which
+        the model reads instead of the stored history; None (every other channel): the stored history."""
+        return None
 
     @abstractmethod
     def send(self, reply: Reply, progress: DeliveryProgress) -> None:

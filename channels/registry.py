@@ -20,6 +20,7 @@ CHANNELS: dict[str, str] = {
     "wecom_kf": "channels.wecom_kf:descriptor",
     "phone": "channels.telephony:descriptor",
     "webhook": "channels.webhook:descriptor",
+    "api": "channels.api:descriptor",
 }
 
 

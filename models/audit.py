@@ -57,6 +57,15 @@ SEND_ATTEMPTED = "send_attempted"  # a part of a reply is about to be sent (part
 SEND_REFUSED = "send_refused"  # the platform answered a part's send with an errcode: it does not have that part
 POSSIBLE_DUPLICATE = "possible_duplicate"  # a part attempted before is sent again through an API without a key
 RESEND_REFUSED = "resend_refused"  # kf: the platform refused a resent part's msgid: it has that part already
+API_KEY_ADDED = "api_key_added"  # kefu apikey add: the key's name and prefix (never the key)
+API_KEY_REVOKED = "api_key_revoked"  # kefu apikey revoke: the key's name and prefix
+# a request or message refused by admission control (channels.admission): scope, limit, retry_after_s and a keyed
+# hash of the subject (never the IP, openid or key), or the wait estimate for backpressure
+ADMISSION_REFUSED = "admission_refused"
+
+MODEL_ROLLED_BACK = "model_rolled_back"  # a canary model taken out (by auto or a person): model, rate, window, counts
+MODEL_PROMOTED = "model_promoted"  # a canary model given every conversation by hand (kefu model promote): model, by
+MODEL_RESUMED = "model_resumed"  # a canary model back on its share by hand (kefu model resume): model, by
 
 
 _INSERT = insert(cast(Table, AuditEvent.__table__))

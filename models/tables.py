@@ -383,3 +383,37 @@ class CsatRecord(Base):
     score: Mapped[int] = mapped_column(Integer)
     comment: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class ApiKeyRecord(Base):
+    """A key for the OpenAI/Ollama-compatible API (channels/api): only the SHA-256 of the key is kept; ``prefix``
+    (its first characters) lets an operator tell keys apart. ``name`` is the API channel's account: the
+    conversations, audit rows and rate limits of the key's requests go by it. A revoked key stays for the audit."""
+
+    __tablename__ = "api_key"
+    __table_args__ = (UniqueConstraint("name"), UniqueConstraint("key_hash"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class ApiRequestRecord(Base):
+    """The conversation an API client sent with one request (its ``messages`` before the last user message, as
+    ``[[role, text], …]``, text stored as inbound text is), read by the worker instead of the stored history:
+    an OpenAI/Ollama client keeps the conversation itself. Keyed like the inbound row (account, external_id), and
+    written before it, so a worker never finds the inbound without its context."""
+
+    __tablename__ = "api_request"
+    __table_args__ = (UniqueConstraint("account", "external_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account: Mapped[str] = mapped_column(String(64))
+    external_id: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(128), default="")
+    messages: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -190,6 +190,9 @@ def _history(rt: Runtime, row: InboundRecord, cached: bool) -> tuple[list[Turn],
     """The conversation's recent turns (the cache where the channel allows, else the database) and its round (its
     ``handoffs``: a window cached before a person took the conversation lacks the agent's messages)."""
     round_ = 0
+    supplied = rt.outbound(row.channel).client_history(row.account, row.external_id)
+    if supplied is not None:  # the client keeps the conversation (the API channel): its messages are the history
+        return supplied, round_
     if cached:
         with rt.sessions() as session:
             round_ = int(session.scalar(select(ConversationRecord.handoffs)

@@ -121,6 +121,22 @@ def cmd_answers(settings: Settings, args: argparse.Namespace) -> int:
                                getattr(args, "question", None))
 
 
+def cmd_apikey(settings: Settings, args: argparse.Namespace) -> int:
+    from workers import apikey_command
+
+    return apikey_command.run(settings, args.apikey_command, getattr(args, "name", None))
+
+
+def add_apikey_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("apikey", help="keys for the OpenAI/Ollama-compatible API (docs/api.md)").add_subparsers(
+        dest="apikey_command", required=True)
+    keys.add_parser("add", help="make a key; printed once, on stdout's last line").add_argument("name", metavar="NAME")
+    keys.add_parser("list", help="every key: name, prefix, dates, state")
+    keys.add_parser("revoke", help="refuse a key from now on").add_argument("name", metavar="NAME")
+    for command in keys.choices.values():
+        command.set_defaults(func=cmd_apikey)
+
+
 def cmd_user(settings: Settings, args: argparse.Namespace) -> int:
     from workers import user_command
 
@@ -436,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_answers_parser(sub)
     add_user_parser(sub)
+    add_apikey_parser(sub)
     add_speech_parser(sub)
     for name, func in (("gateway", cmd_gateway), ("up", cmd_up)):
         p = sub.add_parser(name)

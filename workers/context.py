@@ -30,7 +30,9 @@ def compose(system_prompt: str, history: list[Turn], text: str, max_turns: int, 
     """System prompt, the channel's hint (a second system block, so the first is the same for every channel and
     its KV is shared), the knowledge-base block of a grounded answer (a leading system block, so trimming the
     prompt to fit never drops it), the last ``max_turns`` exchanges, then the customer's message."""
-    recent = history[-2 * max_turns :] if max_turns > 0 else []
+    pinned = [t for t in history if t.role == "system"]  # an API client's own system messages stay
+    dialogue = [t for t in history if t.role != "system"]
+    recent = [*pinned, *(dialogue[-2 * max_turns :] if max_turns > 0 else [])]
     head = [Turn("system", system_prompt), *([Turn("system", hint)] if hint else []),
             *([Turn("system", knowledge)] if knowledge else [])]
     return [*head, *recent, Turn("user", text)]
