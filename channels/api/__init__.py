@@ -92,6 +92,8 @@ def _with_retry(response: Response, exc: RequestRejected) -> Response:
 
 
 class ApiAdapter(ChannelAdapter):
+    peer_scope = None  # each request is limited per key (429) before it is accepted
+
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
         self.api = context.settings.section(ApiSettings)
@@ -153,7 +155,7 @@ class ApiAdapter(ChannelAdapter):
         try:
             name = await self._key(request)
             chat, include_usage = openai_wire.parse(await self._body(request), self.api.api_max_text_chars)
-            self._admit(name)
+            await run_in_threadpool(self._admit, name)
             ticket = await self.exchange.open(name, chat)
         except RequestRejected as exc:
             return _openai_error(exc)
@@ -215,7 +217,7 @@ class ApiAdapter(ChannelAdapter):
             if parsed is None:  # an empty prompt: Ollama's "load the model"
                 return JSONResponse(ollama_wire.final(str(data.get("model")), "", chat=False, done_reason="load",
                                                       total_ns=0, prompt_tokens=0, completion_tokens=0))
-            self._admit(name)
+            await run_in_threadpool(self._admit, name)
             ticket = await self.exchange.open(name, parsed)
         except RequestRejected as exc:
             return _ollama_error(exc)

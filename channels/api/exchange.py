@@ -94,7 +94,7 @@ class Exchange:
     async def answer(self, ticket: Ticket) -> AsyncIterator[str | Answer]:
         """The answer's text as it comes, then the :class:`Answer`; stops listening when done or abandoned."""
         try:
-            streamed = ""
+            streamed, held = "", ""  # what the client has; whitespace held back (the stored reply is stripped)
             async for item in self._follow(ticket.events, ticket.inbound_id):
                 if isinstance(item, Answer):
                     if item.text.startswith(streamed):
@@ -104,8 +104,12 @@ class Exchange:
                         log.warning("api: reply %s replaced the streamed text (outbound moderation)", item.reply_id)
                     yield item
                     return
-                streamed += item
-                yield item
+                text = held + item if streamed else (held + item).lstrip()
+                body = text.rstrip()
+                held = text[len(body):]
+                if body:
+                    streamed += body
+                    yield body
         finally:
             self.listener.unsubscribe(ticket.key.topic(), ticket.events)
 

@@ -37,8 +37,10 @@ def oa(stack: Stack, key: str) -> Iterator[openai.OpenAI]:
 
 
 @pytest.fixture
-def ol(stack: Stack, key: str) -> ollama.Client:
-    return ollama.Client(host=stack.gateway.http_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+def ol(stack: Stack, key: str) -> Iterator[ollama.Client]:
+    client = ollama.Client(host=stack.gateway.http_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    yield client
+    client._client.close()  # the library leaves its httpx client open
 
 
 def latest_reply(stack: Stack) -> tuple[InboundRecord, ReplyRecord]:
@@ -111,6 +113,7 @@ def test_openai_models_and_error_shapes(stack: Stack, oa: openai.OpenAI) -> None
     bad = openai.OpenAI(base_url=f"{stack.gateway.http_url}/v1", api_key="kefu-not-a-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as refused:
         bad.chat.completions.create(model="kefu", messages=[{"role": "user", "content": "hi"}])
+    bad.close()
     assert refused.value.status_code == 401 and refused.value.code == "invalid_api_key"
     with pytest.raises(openai.BadRequestError) as last:
         oa.chat.completions.create(model="kefu", messages=[{"role": "assistant", "content": "hi"}])
@@ -141,7 +144,7 @@ def test_ollama_chat_plain_and_streaming(stack: Stack, ol: ollama.Client) -> Non
     assert done.eval_count == reply.completion_tokens and done.prompt_eval_count == reply.prompt_tokens
     assert "delivered" in settled_trail(stack, inbound.id)
 
-    parts = list(ol.chat(model="kefu", messages=[{"role": "user", "content": "怎么联系客服？"}], stream=True))
+    parts = list(ol.chat(model="kefu", messages=[{"role": "user", "content": "这件衣服有别的颜色吗？"}], stream=True))
     inbound, reply = latest_reply(stack)
     assert parts[-1].done and parts[-1].done_reason in ("stop", "length")
     assert sum(1 for p in parts[:-1] if p.message.content) >= 2
@@ -153,13 +156,14 @@ def test_ollama_generate_tags_and_errors(stack: Stack, ol: ollama.Client) -> Non
     done = ol.generate(model="kefu", prompt="会员有什么权益？", system="你是客服。", stream=False)
     inbound, reply = latest_reply(stack)
     assert inbound.text == "会员有什么权益？" and done.response == reply.text and done.done
-    streamed = list(ol.generate(model="kefu", prompt="运费多少钱？"))
+    streamed = list(ol.generate(model="kefu", prompt="运费多少钱？", stream=True))
     _, reply = latest_reply(stack)
     assert "".join(p.response for p in streamed) == reply.text and streamed[-1].done
     assert {"kefu", "tiny-qwen3"} <= {m.model for m in ol.list().models}
+    keyless = ollama.Client(host=stack.gateway.http_url)
     with pytest.raises(ollama.ResponseError) as refused:
-        ollama.Client(host=stack.gateway.http_url).chat(model="kefu", messages=[{"role": "user", "content": "hi"}],
-                                                        stream=False)
+        keyless.chat(model="kefu", messages=[{"role": "user", "content": "hi"}], stream=False)
+    keyless._client.close()
     assert refused.value.status_code == 401 and "API key" in refused.value.error
     with pytest.raises(ollama.ResponseError) as bad:
         ol.chat(model="kefu", messages=[{"role": "assistant", "content": "hi"}], stream=False)
