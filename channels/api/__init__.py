@@ -127,12 +127,14 @@ class ApiAdapter(ChannelAdapter):
             raise RequestRejected(401, "invalid_api_key", "the API key is unknown or revoked")
         return name
 
-    def _admit(self, name: str) -> None:
+    def _admit(self, name: str, ip: str) -> None:
+        """The client's IP limit, the key's, then backpressure (429 with Retry-After)."""
         admission = self.ctx.admission
-        refusal = admission.limit("api_key", name, channel=CHANNEL) or admission.backpressure(channel=CHANNEL)
+        refusal = (admission.limit("ip", ip, channel=CHANNEL) or admission.limit("api_key", name, channel=CHANNEL)
+                   or admission.backpressure(channel=CHANNEL))
         if refusal is not None:
-            what = ("the model's queue is long" if refusal.scope == "backpressure"
-                    else f"this key's rate limit ({refusal.limit}) is reached")
+            what = {"backpressure": "the model's queue is long", "ip": f"this address's rate limit ({refusal.limit}) "
+                    "is reached"}.get(refusal.scope, f"this key's rate limit ({refusal.limit}) is reached")
             raise Limited(f"{what}; retry after {refusal.retry_after_s} s", refusal.retry_after_s)
 
     async def _body(self, request: Request) -> dict[str, Any]:
@@ -155,7 +157,7 @@ class ApiAdapter(ChannelAdapter):
         try:
             name = await self._key(request)
             chat, include_usage = openai_wire.parse(await self._body(request), self.api.api_max_text_chars)
-            await run_in_threadpool(self._admit, name)
+            await run_in_threadpool(self._admit, name, _ip(request))
             ticket = await self.exchange.open(name, chat)
         except RequestRejected as exc:
             return _openai_error(exc)
@@ -217,7 +219,7 @@ class ApiAdapter(ChannelAdapter):
             if parsed is None:  # an empty prompt: Ollama's "load the model"
                 return JSONResponse(ollama_wire.final(str(data.get("model")), "", chat=False, done_reason="load",
                                                       total_ns=0, prompt_tokens=0, completion_tokens=0))
-            await run_in_threadpool(self._admit, name)
+            await run_in_threadpool(self._admit, name, _ip(request))
             ticket = await self.exchange.open(name, parsed)
         except RequestRejected as exc:
             return _ollama_error(exc)
@@ -258,6 +260,11 @@ def _ollama_final(parsed: ChatRequest, answer: Answer, text: str, chat: bool, st
     return ollama_wire.final(parsed.model, text, chat=chat, done_reason="length" if answer.finish_reason == "length"
                              else "stop", total_ns=time.monotonic_ns() - started, prompt_tokens=answer.prompt_tokens,
                              completion_tokens=answer.completion_tokens)
+
+
+def _ip(request: Request) -> str:
+    """The client's address (uvicorn takes it from X-Forwarded-For only from FORWARDED_ALLOW_IPS's proxies)."""
+    return request.client.host if request.client else "unknown"
 
 
 async def _whole(answer: AsyncIterator[str | Answer]) -> Answer:

@@ -13,7 +13,7 @@
   "use strict";
 
   const LABELS = {
-    channel: { web: "网页", wechat_mp: "公众号", wecom: "企业微信", wecom_kf: "微信客服", telephony: "电话", webhook: "Webhook" },
+    channel: { web: "网页", wechat_mp: "公众号", wecom: "企业微信", wecom_kf: "微信客服", telephony: "电话", phone: "电话", webhook: "Webhook", api: "API" },
     handler: { waiting: "排队中", agent: "人工接待", bot: "机器人" },
     source: { model: "模型", fallback: "兜底回复", faq: "常见问题", approved: "已审核答案", rule: "规则", welcome: "欢迎语",
               handoff: "转人工", agent: "人工", csat: "满意度" },
