@@ -35,6 +35,7 @@ from starlette.routing import Route
 
 from channels import access_log, ack_metrics, desk_handoff, registry
 from channels.admin import admin_routes
+from channels.admission import Admission
 from channels.base import ChannelAdapter, ChannelContext
 from channels.console import ConsoleContext, console_routes
 from channels.console.auth import ConsoleAuth
@@ -66,6 +67,7 @@ class Services:
     listener: Listener
     kv: KV
     bus: Bus
+    admission: Admission  # rate limits and backpressure (channels.admission), shared by every channel
 
     def context(self, channel: str) -> ChannelContext:
         """The context one channel's adapter gets: these services and the channel's own hand-off port (behind the
@@ -73,7 +75,7 @@ class Services:
         own = registry.channel(channel).handoff(self.settings, self.kv)
         handoff = desk_handoff.port(own, channel, self.settings, self.kv, self.sessions)
         return ChannelContext(self.settings, self.ingress, self.kv, self.listener, self.sessions, self.publisher,
-                              handoff, self.bus)
+                              handoff, self.bus, self.admission)
 
 
 def build_services(settings: Settings) -> Services:
@@ -85,8 +87,10 @@ def build_services(settings: Settings) -> Services:
     bus = BackgroundBus(make_bus(settings))  # a hung Redis never delays an acknowledgement
     ingress = Ingress(sessions, publisher, partial(privacy.stored_text, settings), partial(intents.label, settings),
                       notify=bus)
-    return Services(settings, db, sessions, publisher, ingress, make_listener(settings),
-                    make_kv(settings, settings.publish_timeout_s), bus)
+    kv = make_kv(settings, settings.publish_timeout_s)
+    # the limiter's Redis calls are bounded like the KV store's (a failure lets the request through: fail open)
+    admission = Admission.build(settings, kv, sessions, settings.publish_timeout_s)
+    return Services(settings, db, sessions, publisher, ingress, make_listener(settings), kv, bus, admission)
 
 
 async def metrics_page(_: Request) -> Response:

@@ -17,12 +17,13 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 from pydantic import AfterValidator, BaseModel, field_validator
 
+from channels.admission import Admission, Refusal, Unlimited, admit, refused_answer
 from channels.errors import ChannelError, DeliveryError, DeliveryPermanent, DeliveryRetryable, RequestRejected
 from models.dialogue import Action, Decision, HandOff, Message, decide
 from models.envelope import ConversationKey, Inbound, Reply, Turn
@@ -174,10 +175,16 @@ class ChannelContext:
     publisher: Publisher
     handoff: HandOffPort
     bus: Bus | None = None  # live events to other processes (the console's: models.desk.TOPIC)
+    # who may add work now (rate limits, backpressure: channels.admission); built once per gateway process
+    admission: Admission = field(default_factory=Unlimited)
 
 
 class ChannelAdapter(ABC):
     """Gateway side of a channel."""
+
+    # the rate-limit scope a customer's message is counted in by take() (KEFU_RATE_LIMIT_PEER, per conversation);
+    # None where the channel limits its requests itself before accepting them (the web chat: visitor and IP, 429)
+    peer_scope: str | None = "peer"
 
     def __init__(self, context: ChannelContext) -> None:
         self.ctx = context
@@ -189,14 +196,24 @@ class ChannelAdapter(ABC):
     def take(self, inbound: Inbound) -> Accepted:
         """Carry out the dialogue decision for a customer's text (channels without a platform reply of their own):
         queued for the model, or answered now (FAQ, no person available, a hand-off notice) with a reply that
-        is delivered like any other."""
+        is delivered like any other. A message for the model that admission control refuses (:meth:`admit`) is
+        stored and answered at once with a polite "please wait" (never dropped, not queued for the model)."""
         if self.ctx.handoff.with_person(inbound.key):  # a person owns the conversation: the model stays out
             return self.ctx.ingress.accept_for_human(inbound, via="desk")
         decision = decide(self.ctx.settings, Message(inbound.text, inbound.kind, channel=inbound.key.channel),
                           self.ctx.handoff.availability(inbound.key.account))
         if decision.action is Action.GENERATE:
+            refusal = self.admit(inbound.key)
+            if refusal is not None:
+                return self.ctx.ingress.accept_answered(inbound, refused_answer(self.ctx.admission, refusal),
+                                                        passive=False)[0]
             return self.ctx.ingress.accept(inbound)
         return store_decided(self.ctx.ingress, self.ctx.handoff, inbound, decision)[0]
+
+    def admit(self, key: ConversationKey) -> Refusal | None:
+        """Whether the model may take one more message of this conversation (channels.admission): the
+        :attr:`peer_scope` limit, then backpressure; None: yes."""
+        return admit(self.ctx.admission, key, self.peer_scope)
 
     async def start(self) -> None:
         """Start what the channel serves besides its routes (a TCP listener); the gateway's lifespan calls it."""
@@ -276,6 +293,7 @@ class PullDeps:
     locks: Locks
     handoff: HandOffPort
     platform: PlatformAPI | None = None
+    admission: Admission = field(default_factory=Unlimited)  # the peer limit and backpressure for pulled messages
 
 
 class PullBusy(Exception):

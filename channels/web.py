@@ -5,7 +5,8 @@ Routes (all JSON; errors are ``{"error": {"code", "message"}}``):
 - ``POST /v1/web/sessions`` → 201 ``{visitor_id, token, expires_at}``: a new anonymous visitor.
 - ``POST /v1/web/messages`` ``{visitor_id, text, client_msg_id?}`` with ``Authorization: Bearer
   <token>`` → 202 ``{message_id, duplicate}``. 400 malformed JSON, 401/403 bad token, 413 text or
-  body too long, 415 not JSON, 422 missing/empty fields. A rejected request leaves no row.
+  body too long, 415 not JSON, 422 missing/empty fields, 429 ``rate_limited`` (with ``Retry-After``). A rejected
+  request leaves no row.
 - ``GET /v1/web/conversations/{visitor_id}`` with the token → the history (a reply cut short carries
   ``truncated: true``; each reply has its ``source``, and an agent's message, which answers no one message
   (``reply_to`` null), its ``agent_name``; agents' messages and the score request are placed by time).
@@ -22,7 +23,8 @@ Routes (all JSON; errors are ``{"error": {"code", "message"}}``):
   ``{reply_id, message_id, text, truncated, source, agent_name?}`` (``source`` ``agent`` with the agent's display
   name for a person's message, ``csat`` for the score request; ``message_id`` null for both), ``error``
   ``{code, message, client_msg_id?}`` (the connection stays open; ``client_msg_id`` names the refused ``message``
-  frame, whose text the page gives back to the visitor), ``pong``, ``status`` ``{state: "degraded" | "ok"}``.
+  frame, whose text the page gives back to the visitor; code ``rate_limited`` adds ``retry_after_s``), ``pong``,
+  ``status`` ``{state: "degraded" | "ok"}``.
 
 ``truncated`` is true when the reply is the model's answer and its generation stopped before it was done (at
 ``KEFU_MAX_TOKENS`` or the deadline: ``finish_reason`` of its ``generation_finished`` audit row); the page marks it.
@@ -42,6 +44,12 @@ accepted, a ``message`` frame gets an ``error`` ``unavailable`` (send it again) 
 ``error`` ``ack_not_recorded`` (the reply is sent again). A visitor holds at most
 ``KEFU_WEB_MAX_SOCKETS_PER_VISITOR`` sockets per gateway process: one more closes the oldest with code
 4008; idle sockets cost no database work of their own (:mod:`channels.web_sockets`).
+
+Admission control (:mod:`channels.admission`, docs/admission.md): a new session counts against its client address's
+limit (``KEFU_RATE_LIMIT_IP``), a message against its visitor's (``KEFU_RATE_LIMIT_VISITOR``) and then its address's;
+over one, the request is refused with 429 (or the ``rate_limited`` error frame) before anything is stored. A message
+for the model while the model's estimated wait is over ``KEFU_BACKPRESSURE_WAIT_S`` is stored and answered at once
+with ``backpressure_reply`` (:meth:`~channels.base.ChannelAdapter.take`).
 
 Every visitor message goes through the same dialogue decision as every channel
 (:meth:`~channels.base.ChannelAdapter.take`): an FAQ hit is answered at once without the model, and
@@ -75,6 +83,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from channels import visitor_token
+from channels.admission import IP, VISITOR, RateLimited
 from channels.base import Channel, ChannelAdapter, DeliveryProgress, Outbound, RequestRejected
 from channels.http import clean_text, parse_json_object, require_unicode
 from channels.web_sockets import REPLACED, REPLACED_REASON, RESEND_INTERVAL_S, SocketHub
@@ -89,6 +98,7 @@ from models.transcript import ReplyRow
 
 if TYPE_CHECKING:
     from channels.base import ChannelContext
+    from channels.ingress import Accepted
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +109,8 @@ _CLIENT_MSG_ID_MAX = 64
 # a generation that stopped before it was done: at max_tokens, or at the deadline (the engine's or the watchdog's)
 CUT_FINISH_REASONS = frozenset({"length", "deadline", "deadline_missed"})
 DEFAULT_WELCOME = "您好，我是智能客服，请问有什么可以帮您？"
+# the WebSocket's error frame for a refused message (the page gives the visitor their text back)
+RATE_LIMITED_FRAME = "您发送消息太快了，请{seconds}秒后再发送这条消息。"
 TYPING_INTERVAL_S = 2.0  # at most one typing event per conversation this often (per gateway process)
 TYPING_REMEMBERED = 10_000  # conversations whose last typing event is remembered before stale ones are dropped
 
@@ -156,6 +168,7 @@ def clean_client_msg_id(value: Any, visitor_id: str) -> str:
 
 
 class WebAdapter(ChannelAdapter):
+    peer_scope = None  # a visitor's messages are limited before they are accepted (accept_message), with 429
 
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
@@ -224,6 +237,12 @@ class WebAdapter(ChannelAdapter):
     # --- HTTP ------------------------------------------------------------------------------------
 
     async def create_session(self, request: Request) -> Response:
+        refusal = await run_in_threadpool(self.ctx.admission.limit, IP, client_ip(request) or "unknown",
+                                         channel=CHANNEL)
+        if refusal is not None:
+            exc = RateLimited(refusal, f"too many new sessions from this address ({refusal.limit}); "
+                                       f"retry after {refusal.retry_after_s} s")
+            return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
         visitor_id = visitor_token.new_visitor_id()
         expires_at = int(time.time()) + self.ctx.settings.visitor_token_ttl_s
         token = visitor_token.mint(self._key, visitor_id, expires_at)
@@ -251,9 +270,12 @@ class WebAdapter(ChannelAdapter):
             visitor_id = self._authorize(request, data.get("visitor_id"))
             text = clean_text(data.get("text"), settings.max_text_chars)
             external_id = clean_client_msg_id(data.get("client_msg_id"), visitor_id)
+            accepted = await run_in_threadpool(self.accept_message, Inbound(self.key_for(visitor_id), external_id, text),
+                                               client_ip(request))
+        except RateLimited as exc:
+            return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
         except RequestRejected as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
-        accepted = await run_in_threadpool(self.take, Inbound(self.key_for(visitor_id), external_id, text))
         return JSONResponse(
             {"message_id": accepted.inbound_id, "duplicate": accepted.duplicate}, status_code=202
         )
@@ -377,13 +399,28 @@ class WebAdapter(ChannelAdapter):
         await ws.accept()
         await _WebSession(self, ws, self.key_for(visitor_id)).run()
 
-    def handle_frame_sync(self, key: ConversationKey, frame: dict[str, Any]) -> dict[str, Any] | None:
-        """Apply one client frame (in a worker thread); return the frame to answer with, if any."""
+    def accept_message(self, inbound: Inbound, ip: str | None) -> Accepted:
+        """:meth:`take` once the visitor's and then the address's rate limits (channels.admission) allow the message;
+        RateLimited (429) otherwise, and nothing is stored: the visitor keeps their text (the page gives it back)."""
+        admission = self.ctx.admission
+        refusal = admission.limit(VISITOR, inbound.key.peer, channel=CHANNEL)
+        what = "messages from this visitor"
+        if refusal is None and ip is not None:
+            refusal = admission.limit(IP, ip, channel=CHANNEL)
+            what = "requests from this address"
+        if refusal is not None:
+            raise RateLimited(refusal, f"too many {what} ({refusal.limit}); retry after {refusal.retry_after_s} s")
+        return self.take(inbound)
+
+    def handle_frame_sync(self, key: ConversationKey, frame: dict[str, Any], ip: str | None = None
+                          ) -> dict[str, Any] | None:
+        """Apply one client frame (in a worker thread); return the frame to answer with, if any. ``ip``: the
+        socket's client address (its messages count against it)."""
         kind = frame.get("type")
         if kind == "message":
             text = clean_text(frame.get("text"), self.ctx.settings.max_text_chars)
             external_id = clean_client_msg_id(frame.get("client_msg_id"), key.peer)
-            accepted = self.take(Inbound(key, external_id, text))
+            accepted = self.accept_message(Inbound(key, external_id, text), ip)
             return {"type": "accepted", "message_id": accepted.inbound_id,
                     "client_msg_id": frame.get("client_msg_id"), "duplicate": accepted.duplicate}
         if kind == "ack":
@@ -480,7 +517,12 @@ class _WebSession:
     async def _apply(self, frame: dict[str, Any]) -> None:
         started = time.perf_counter()
         try:
-            answer = await run_in_threadpool(self.adapter.handle_frame_sync, self.key, frame)
+            answer = await run_in_threadpool(self.adapter.handle_frame_sync, self.key, frame,
+                                             self.ws.client.host if self.ws.client else None)
+        except RateLimited as exc:  # a polite word for the visitor; the page gives their text back
+            error = _error_frame(exc.code, RATE_LIMITED_FRAME.format(seconds=exc.retry_after_s), frame)
+            await self.send({**error, "retry_after_s": exc.retry_after_s})
+            return
         except RequestRejected as exc:
             await self.send(_error_frame(exc.code, exc.message, frame))
             return
@@ -561,6 +603,11 @@ class _WebSession:
         except Exception as exc:
             log.warning("web: could not read whether replies were cut (%s)", type(exc).__name__)
             return set()
+
+
+def client_ip(request: Request) -> str | None:
+    """The client's address (uvicorn takes it from X-Forwarded-For only from FORWARDED_ALLOW_IPS's proxies)."""
+    return request.client.host if request.client else None
 
 
 def _error_frame(code: str, message: str, frame: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -9,6 +9,9 @@ message inside the platform's 5 seconds:
 
 - text (and voice with the platform's ``Recognition``) goes to the model unless a rule answers it;
   when the LLM workers report a long queue the customer is told at once to hold on;
+- a message for the model over the customer's rate limit (``KEFU_RATE_LIMIT_PEER``) or refused by backpressure
+  (:mod:`channels.admission`) is stored and answered at once, passively, with ``rate_limited_reply`` or
+  ``backpressure_reply``: never dropped, never queued for the model;
 - a voice message without ``Recognition`` is stored with its ``MediaId`` for a worker to download
   and transcribe (nothing slow happens inside the 5 seconds);
 - other message types get a polite answer, welcome events the account's welcome, other events nothing;
@@ -25,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, Generic, TypeVar
@@ -37,6 +40,7 @@ from starlette.routing import BaseRoute, Route
 
 from channels import truncation
 from channels import wechat_protocol as wx
+from channels.admission import admit, refused_answer
 from channels.base import ChannelAdapter, ChannelContext, store_decided
 from channels.errors import RequestRejected
 from channels.http import read_limited
@@ -184,7 +188,14 @@ class CallbackDialogue:
         return self.ctx.ingress.accept_answered(inbound, Answer(welcome, ReplySource.WELCOME, why="welcome"))[1]
 
     def _accept(self, inbound: Inbound, read: truncation.Cut) -> str | None:
-        """Queue the message for the model; the busy notice when the model's queue is long."""
+        """Queue the message for the model; the busy notice when the model's queue is long. A message admission
+        control refuses is stored with the wait reply instead (the passive answer; a platform retry gets it again)."""
+        refusal = admit(self.ctx.admission, inbound.key)
+        if refusal is not None:
+            stored = inbound if inbound.text else replace(inbound, text=f"[{inbound.kind}]")  # an untranscribed voice
+            accepted, answer = self.ctx.ingress.accept_answered(stored, refused_answer(self.ctx.admission, refusal))
+            truncation.record(self.ctx.ingress, accepted, inbound.key.channel, read)
+            return answer
         accepted = self.ctx.ingress.accept(inbound)
         truncation.record(self.ctx.ingress, accepted, inbound.key.channel, read)
         threshold = self.ctx.settings.busy_notice_after_s

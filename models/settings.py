@@ -468,6 +468,37 @@ class Settings(_KefuVariables):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # every Kefu process's log level
 
+    # --- admission control: rate limits and backpressure (channels/admission.py, docs/admission.md) ------------
+    # Limits in the `limits` notation, several separated by ";" ("5 per 2 seconds;60 per minute"); "" turns one off.
+    # Counted in Redis when Kefu has one (shared by every process), else in each process's memory.
+    # per client IP, across the web chat's new sessions and messages and the API's requests (behind a load balancer,
+    # let uvicorn trust its X-Forwarded-For: FORWARDED_ALLOW_IPS, or every visitor counts as the balancer)
+    rate_limit_ip: str = "20 per 2 seconds;300 per minute"
+    rate_limit_visitor: str = "5 per 5 seconds;30 per minute"  # per web chat visitor: messages (HTTP and WebSocket)
+    # per customer of the WeChat official account (openid), WeCom app (userid), WeChat kf (external userid), webhook
+    # user and phone caller: messages that would go to the model (over it: stored and answered with rate_limited_reply)
+    rate_limit_peer: str = "5 per 5 seconds;30 per minute"
+    rate_limit_api_key: str = "20 per 1 second;600 per 1 minute"  # per API key of the OpenAI/Ollama-compatible API
+    # new model work is refused while the LLM workers' estimated wait is above this (seconds); 0: never
+    backpressure_wait_s: NonNegativeSeconds = 60.0
+    # the reply a chat customer gets for a message over a rate limit (stored, not sent to the model)
+    rate_limited_reply: str = "您发送消息太频繁了，这条消息客服暂时无法处理，请稍等片刻再发送您的问题。"
+    # the reply a chat customer gets for a message refused by backpressure (stored, not sent to the model)
+    backpressure_reply: str = "当前咨询的人太多，客服暂时无法处理您的这条消息，请稍后再发送您的问题，给您带来不便敬请谅解。"
+
+    @field_validator("rate_limit_ip", "rate_limit_visitor", "rate_limit_peer", "rate_limit_api_key")
+    @classmethod
+    def _rate_limits(cls, value: str) -> str:
+        from limits import parse_many  # the admission's own library (channels/admission.py)
+
+        if value.strip():
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a rate limit: write e.g. '5 per 2 seconds;60 per minute' "
+                                 "(several separated by ';'; '' turns it off)") from None
+        return value
+
     # --- observability (docs/observability.md) ----------------------------------------------------
     # each `kefu worker` serves its Prometheus metrics on this port (the gateway on its own /metrics); 0: off
     worker_metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels import desk_handoff, registry
+from channels.admission import Admission
 from channels.base import Channel, HandOffPort, Outbound, OutboundDeps, PullDeps, Puller
 from channels.ingress import Ingress
 from channels.speech.providers import SpeechProviders
@@ -141,7 +142,12 @@ class Runtime:
             raise registry.UnknownChannel(f"channel {channel!r} does not pull its messages")
         return self._once("puller", channel, lambda: make(PullDeps(
             self.settings, self.sessions, self.ingress, self.kv, self.locks, self.handoff(channel),
-            self._platform_for(found))))
+            self._platform_for(found), self.admission)))
+
+    @cached_property
+    def admission(self) -> Admission:
+        """Rate limits and backpressure for the messages a puller stores (channels.admission)."""
+        return Admission.build(self.settings, self.kv, self.sessions, self.settings.redis_timeout_s)
 
     def outbound(self, channel: str) -> Outbound:
         """The channel's sender, built once per process."""

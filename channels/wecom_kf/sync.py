@@ -9,6 +9,8 @@ one keeps the mark, and clears it once it holds the lease, before it reads what 
 Every page: all customer messages are persisted (their ``msgid`` is the dedup key), *then* ``next_cursor``
 is stored; ``has_more`` is followed to the end. A crash between the two re-reads one page and the messages
 already stored are skipped without an API call.
+A message for the model over the customer's rate limit (``KEFU_RATE_LIMIT_PEER``) or refused by backpressure
+(:mod:`channels.admission`) is stored with the wait reply (delivered like any other), not queued for the model.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from channels import truncation
 from channels import wechat_protocol as wx
+from channels.admission import admit, refused_answer
 from channels.base import PullBusy, PullDeps, Puller, store_decided
 from channels.wechat_api import PlatformPermanent
 from channels.wecom_kf import queued
@@ -50,6 +53,7 @@ class KfSync(Puller):
             raise ValueError("the kf pull needs the platform API client (the channel's platform_api)")
         self._settings, self._sessions, self._ingress = deps.settings, deps.sessions, deps.ingress
         self._platform, self._kv, self._locks, self._handoff = deps.platform, deps.kv, deps.locks, deps.handoff
+        self._admission = deps.admission
 
     def unfinished(self, session: Session, requested_before: datetime, limit: int) -> list[tuple[str, str]]:
         """Sources with unread news and no pull on its way; each one returned is marked queued (the sweeper
@@ -185,7 +189,14 @@ class KfSync(Puller):
         stored = text or ("" if decision.action is Action.GENERATE else f"[{kind}]")
         inbound = Inbound(key, external_id, stored, kind, received, media_id=media_id)
         if decision.action is Action.GENERATE:
-            truncation.record(self._ingress, self._ingress.accept(inbound), CHANNEL, read)  # the note: when sent
+            refusal = admit(self._admission, key)  # over the customer's limit, or backpressure: told to wait
+            if refusal is not None:
+                refused = Inbound(key, external_id, text or f"[{kind}]", kind, received, media_id=media_id)
+                accepted, _ = self._ingress.accept_answered(refused, refused_answer(self._admission, refusal),
+                                                            passive=False)
+            else:
+                accepted = self._ingress.accept(inbound)
+            truncation.record(self._ingress, accepted, CHANNEL, read)  # the model's note: when sent
             return state
         accepted, _ = store_decided(self._ingress, self._handoff, inbound, truncation.noted(decision, read))
         truncation.record(self._ingress, accepted, CHANNEL, read)

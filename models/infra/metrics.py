@@ -72,9 +72,16 @@ KV_CELLS_USED = Gauge(
     "kefu_kv_cells_used", "Worker: KV cache cells held by the shared system prompt and the conversations being "
     "generated, at the last scheduler step", multiprocess_mode="livesum")
 
+ADMISSION_REFUSED = Counter(
+    "kefu_admission_refused_total", "Requests and messages refused by admission control (scope: ip, visitor, peer, "
+    "api_key, backpressure)", ["channel", "scope"])
+ADMISSION_ERRORS = Counter(
+    "kefu_admission_errors_total", "Rate-limit checks skipped because the limiter's storage failed (the request went "
+    "through: fail open)", ["scope"])
+
 ALL = (ACK_SECONDS, MESSAGES_RECEIVED, MESSAGES, FALLBACKS, QUEUE_WAIT_SECONDS, FIRST_TOKEN_SECONDS,
        GENERATION_SECONDS, DEADLINE_MISSES, TOKENS_GENERATED, DELIVERY_SECONDS, DELIVERY_FAILURES, MODEL_LOADED, SLOTS,
-       SLOTS_BUSY, KV_CELLS, KV_CELLS_USED)
+       SLOTS_BUSY, KV_CELLS, KV_CELLS_USED, ADMISSION_REFUSED, ADMISSION_ERRORS)
 
 
 # --- the one-line calls --------------------------------------------------------------------------------------------
@@ -135,6 +142,14 @@ def slots_busy(busy: int) -> None:
 def kv_cells(total: int, used: int) -> None:
     KV_CELLS.set(total)
     KV_CELLS_USED.set(used)
+
+
+def admission_refused(channel: str, scope: str) -> None:
+    ADMISSION_REFUSED.labels(channel, scope).inc()
+
+
+def admission_failed(scope: str) -> None:
+    ADMISSION_ERRORS.labels(scope).inc()
 
 
 # --- exposing them ---------------------------------------------------------------------------------------------------
