@@ -58,6 +58,11 @@ def settings_kwargs(backend: str, data_dir: Path, model: Path, pg: str | None, r
         # the model's intent step (workers.intent_model) has tests of its own (tests/integration/test_intents.py);
         # here it would add an engine call and an `intent` audit row to the sequences these tests check
         "intent_model": "off",
+        # every stack's requests come from 127.0.0.1 and, on Redis, share one address's counts across the session:
+        # admission control has tests of its own (tests/integration/test_admission.py, each with its own limits)
+        "rate_limit_ip": "",
+        "rate_limit_visitor": "",
+        "rate_limit_peer": "",
     }
     if backend == "redis-postgres":
         values.update(database_url=pg, broker_url=rds)
