@@ -46,6 +46,7 @@ from typing import Any
 
 import httpx
 import psutil
+from websockets.sync.client import connect
 
 from bench.load_stages import Stage, parse_stages, stage_at, total_s
 from bench.phone_common import git_commit, machine
@@ -124,6 +125,24 @@ def model_name(stack: Stack, key: str) -> str | None:
         print(f"GET /v1/models answered {answer.status_code}: web chat only", file=sys.stderr)
         return None
     return str(answer.json()["data"][0]["id"])
+
+
+def warm_up(stack: Stack, key: str | None, model: str | None) -> None:
+    """One unmeasured question through each path: the first task after start-up pays for the worker's first
+    generation and the gateways' first connections (seconds), which would land in the first stage's tail."""
+    base = stack.gateway.http_url
+    session = httpx.post(f"{base}/v1/web/sessions", timeout=30).json()
+    with connect(f"{stack.gateway.ws_url}/v1/web/ws?token={session['token']}", open_timeout=30) as ws:
+        ws.send(json.dumps({"type": "message", "text": "你好，什么时候发货？", "client_msg_id": "warm-up"}))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            frame = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            if frame.get("type") == "reply" and frame.get("message_id") is not None:
+                ws.send(json.dumps({"type": "ack", "reply_id": frame["reply_id"]}))
+                break
+    if key and model:
+        httpx.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                   json={"model": model, "messages": [{"role": "user", "content": "你好"}]}).raise_for_status()
 
 
 # ---- CPU -----------------------------------------------------------------------------------------------
@@ -315,6 +334,7 @@ def main() -> None:
         with kefu_stack(args, Path(tmp)) as stack:
             key = None if args.web_only else api_key(stack)
             model = model_name(stack, key) if key else None
+            warm_up(stack, key, model)
             groups = {"gateway": [stack.gateway.proc.pid], "llm worker": [stack.llm.proc.pid],
                       "io worker": [stack.io.proc.pid], "load_test": [os.getpid()]}
             names = {"postgres": "postgres", "redis-server": "redis"}
