@@ -54,9 +54,9 @@ from models.knowledge.fused_faq import WHY_FUSED
 from models.replies import MODERATED_OUT, Answer, reply_id_of, store_reply
 from models.states import ReplySource
 from models.tables import ConversationRecord, InboundRecord
-from workers import follow_up, intent_model, kept_answers, voice
+from workers import follow_up, gray_release, intent_model, kept_answers, voice
 from workers.context import compose, extend_history
-from workers.llm.engine import Generation
+from workers.llm.engine import Generation, TextEngine
 from workers.llm.prompts import knowledge_block, knowledge_chars
 from workers.llm.watchdog import DEADLINE_MISSED, generate_by
 from workers.runtime import Runtime
@@ -124,6 +124,7 @@ class _Run:
     failure: str | None = None
     latency_ms: int = 0
     kb_used: dict[str, Any] | None = None  # the knowledge-base sources the model was given (the audit detail)
+    model: str | None = None  # the model asked (generation_failed names it)
 
 
 def store(rt: Runtime, row: InboundRecord, key: ConversationKey, answer: Answer, *,
@@ -209,19 +210,27 @@ def _generated(rt: Runtime, row: InboundRecord, key: ConversationKey, turns: lis
     with transaction(rt.sessions) as session:
         audit.record(session, audit.GENERATION_STARTED, channel=key.channel,
                      conversation_id=row.conversation_id, inbound_id=row.id)
-    run = _run_model(rt, row, key, turns, begun)
+    gray = rt.gray  # a canary model on part of the conversations (workers.gray_release), or None
+    arm = gray_release.PRIMARY if gray is None else gray.arm(row.conversation_id)
+    engine = gray.engine if gray is not None and arm == gray_release.CANARY else rt.llm
+    run = _run_model(rt, row, key, turns, begun, engine)
+    run.model = run.generation.model if run.generation else engine.model_name  # a fallback names the model that failed
     text, source, why = _moderated(rt, *_outcome(rt, row, key, run, handoff), handoff)
     _count(key.channel, run, source, why)
+    if gray is not None:
+        gray.record(arm, gray_release.outcome_of(source, why), row.conversation_id)
     if source is ReplySource.MODEL:
         text = pii.mask(text)  # the one place: never a full ID, card or mobile number in the reply or the history
-    answer = Answer(text, source, model=run.generation.model if run.generation else None,
+    answer = Answer(text, source, model=run.model,
                     prompt_tokens=run.generation.prompt_tokens if run.generation else 0,
                     completion_tokens=run.generation.completion_tokens if run.generation else 0,
                     latency_ms=run.latency_ms, why=why)
     return answer, run
 
 
-def _run_model(rt: Runtime, row: InboundRecord, key: ConversationKey, turns: list[Turn], begun: float | None) -> _Run:
+def _run_model(rt: Runtime, row: InboundRecord, key: ConversationKey, turns: list[Turn], begun: float | None,
+               engine: TextEngine | None = None) -> _Run:
+    """``engine``: the one that answers (default the primary, ``rt.llm``)."""
     outbound = rt.outbound(key.channel)
     masker = pii.StreamMasker()  # holds back a run of digits until it ends, then sends it masked
 
@@ -236,7 +245,7 @@ def _run_model(rt: Runtime, row: InboundRecord, key: ConversationKey, turns: lis
     run = _Run()
     try:
         # the deadline holds even when one model step outlasts it (a pool where Celery cannot stop a thread)
-        run.generation = generate_by(rt.llm, turns, on_text=on_text, deadline=deadline)
+        run.generation = generate_by(engine or rt.llm, turns, on_text=on_text, deadline=deadline)
         tail = masker.flush()
         if on_text is not None and tail and run.generation.finish_reason != "cancelled":
             outbound.stream(key, row.id, tail)
@@ -305,7 +314,8 @@ def _record_generation(session: Any, row: InboundRecord, key: ConversationKey, r
                      latency_ms=run.latency_ms, first_token_ms=_ms(generation.first_token_s),
                      finish_reason=generation.finish_reason)
     if run.failure is not None:
-        audit.record(session, audit.GENERATION_FAILED, **ids, reason=run.failure)
+        named: dict[str, Any] = {} if run.model is None else {"model": run.model}
+        audit.record(session, audit.GENERATION_FAILED, **ids, reason=run.failure, **named)
     if run.kb_used is not None:
         audit.record(session, audit.KB_USED, **ids, **run.kb_used)
 

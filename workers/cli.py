@@ -12,6 +12,7 @@
     kefu eval DATASET [--faq FILE|--kb] [--json] [--errors]   FAQ, intent and hand-off figures on a labelled set
     kefu answers approve REPLY_ID [--question TEXT] | list | revoke REPLY_ID   approved answers (answered again)
     kefu user add|list|disable|passwd   console accounts (docs/console.md)
+    kefu model status|promote|rollback|resume|compare   the gray release of a canary model (docs/gray-release.md)
     kefu speech list | pull NAME [--url URL] [--dir DIR]   Mandarin recognition models for the phone (sherpa-onnx)
     kefu gateway                 serve the HTTP/WebSocket gateway
     kefu worker --queues llm,io  run a Celery worker for the given queues
@@ -163,6 +164,31 @@ def add_user_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         command.set_defaults(func=cmd_user)
 
 
+def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
+    from workers import model_command
+
+    return model_command.run(settings, args.model_command, as_json=getattr(args, "json", False),
+                             by=getattr(args, "by", None), reason=getattr(args, "reason", ""),
+                             days=getattr(args, "days", 7))
+
+
+def add_model_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    model = sub.add_parser("model", help="the gray release of a canary model (docs/gray-release.md)").add_subparsers(
+        dest="model_command", required=True)
+    model.add_parser("status", help="primary and canary, the canary's state and share, the window's answers and "
+                     "errors").add_argument("--json", action="store_true")
+    for name, what in (("promote", "every conversation to the canary"), ("rollback", "every conversation back to "
+                       "the primary"), ("resume", "the canary back on its share, with an empty window")):
+        p = model.add_parser(name, help=what)
+        p.add_argument("--by", help="who decided (audited; default cli:<login name>)")
+        p.add_argument("--reason", default="", help="why (audited)")
+    p = model.add_parser("compare", help="each model's answers, latency, fallback and hand-off rates, CSAT")
+    p.add_argument("--days", type=int, default=7, help="the last N days (1-366; default 7)")
+    p.add_argument("--json", action="store_true")
+    for command in model.choices.values():
+        command.set_defaults(func=cmd_model)
+
+
 def cmd_speech(settings: Settings, args: argparse.Namespace) -> int:
     from workers import speech_command
 
@@ -259,6 +285,10 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     unknown = set(queues) - {"llm", "io"}
     if unknown:
         raise ConfigError(f"unknown queue(s) {sorted(unknown)}: use llm, io or llm,io")
+    if "llm" in queues:
+        from workers.gray_release import canary_of
+
+        canary_of(settings)  # a canary that cannot be used stops the worker here (ConfigError naming it)
     pool = args.pool or "threads"
     batched = settings.engine == "batched" and "llm" in queues
     if batched and pool == "prefork":
@@ -452,6 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_answers_parser(sub)
     add_user_parser(sub)
+    add_model_parser(sub)
     add_apikey_parser(sub)
     add_speech_parser(sub)
     for name, func in (("gateway", cmd_gateway), ("up", cmd_up)):

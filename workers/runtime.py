@@ -30,6 +30,7 @@ from models.infra.locks import Locks, make_locks
 from models.infra.queues import Publisher, make_celery
 from models.knowledge.faq_sync import FaqSync
 from models.settings import Settings
+from workers import gray_release
 from workers.context import ContextStore, make_context_store
 from workers.dense_faq import DenseFaqMatcher
 from workers.grounding import Knowledge
@@ -80,6 +81,13 @@ class Runtime:
             engine.on_wait_estimate = lambda seconds: publish_wait(kv, seconds)
             return engine
         return LlamaEngine(spec, self.settings)
+
+    @property
+    def gray(self) -> gray_release.GrayRelease | None:
+        """The gray release of KEFU_CANARY_BACKEND (workers.gray_release); None without a canary. Built once per
+        process under the lock: two threads must not each load a canary model."""
+        return self._once("gray", "", lambda: gray_release.make(self.settings, self.kv, self.sessions,
+                                                                self.llm.model_name))
 
     @cached_property
     def faq_sync(self) -> FaqSync:
@@ -170,6 +178,9 @@ class Runtime:
             self.faq_sync.stop()
         if "llm" in self.__dict__:
             self.llm.close()
+        gray = self._built.get(("gray", ""))
+        if isinstance(gray, gray_release.GrayRelease):
+            gray.close()
         encoder = self.__dict__.get("encoder")
         if encoder is not None:
             encoder.close()

@@ -71,6 +71,15 @@ KV_CELLS = Gauge("kefu_kv_cells", "Worker: the batched engine's KV cache, in tok
 KV_CELLS_USED = Gauge(
     "kefu_kv_cells_used", "Worker: KV cache cells held by the shared system prompt and the conversations being "
     "generated, at the last scheduler step", multiprocess_mode="livesum")
+MODEL_OUTCOMES = Counter(
+    "kefu_model_outcomes_total", "Worker: model answers by model and gray-release arm (primary, canary); outcome ok, "
+    "error (the fallback replaced it: failure, empty, deadline) or moderated", ["model", "arm", "outcome"])
+MODEL_SHARE = Gauge(
+    "kefu_model_share", "Worker: the share of conversations each model answers, as the worker last saw the gray "
+    "release (a canary taken out: 0)", ["model", "arm"], multiprocess_mode="mostrecent")
+CANARY_ROLLBACKS = Counter(
+    "kefu_canary_rollbacks_total", "Worker: canaries taken out automatically (error rate over the threshold)",
+    ["model"])
 
 ADMISSION_REFUSED = Counter(
     "kefu_admission_refused_total", "Requests and messages refused by admission control (scope: ip, visitor, peer, "
@@ -81,7 +90,8 @@ ADMISSION_ERRORS = Counter(
 
 ALL = (ACK_SECONDS, MESSAGES_RECEIVED, MESSAGES, FALLBACKS, QUEUE_WAIT_SECONDS, FIRST_TOKEN_SECONDS,
        GENERATION_SECONDS, DEADLINE_MISSES, TOKENS_GENERATED, DELIVERY_SECONDS, DELIVERY_FAILURES, MODEL_LOADED, SLOTS,
-       SLOTS_BUSY, KV_CELLS, KV_CELLS_USED, ADMISSION_REFUSED, ADMISSION_ERRORS)
+       SLOTS_BUSY, KV_CELLS, KV_CELLS_USED, ADMISSION_REFUSED, ADMISSION_ERRORS,
+       MODEL_OUTCOMES, MODEL_SHARE, CANARY_ROLLBACKS)
 
 
 # --- the one-line calls --------------------------------------------------------------------------------------------
@@ -142,6 +152,18 @@ def slots_busy(busy: int) -> None:
 def kv_cells(total: int, used: int) -> None:
     KV_CELLS.set(total)
     KV_CELLS_USED.set(used)
+
+
+def model_outcome(model: str, arm: str, outcome: str) -> None:
+    MODEL_OUTCOMES.labels(model, arm, outcome).inc()
+
+
+def model_share(model: str, arm: str, share: float) -> None:
+    MODEL_SHARE.labels(model, arm).set(share)
+
+
+def canary_rolled_back(model: str) -> None:
+    CANARY_ROLLBACKS.labels(model).inc()
 
 
 def admission_refused(channel: str, scope: str) -> None:

@@ -54,7 +54,7 @@ class Recorder:
 
 
 def runtime(settings: Settings, engine: ScriptedEngine, outbound: Recorder) -> Any:
-    return SimpleNamespace(settings=settings, llm=engine, outbound=lambda channel: outbound,
+    return SimpleNamespace(settings=settings, llm=engine, gray=None, outbound=lambda channel: outbound,
                            channel=lambda channel: SimpleNamespace(streams=True))
 
 
