@@ -434,6 +434,33 @@ class Settings(_KefuVariables):
     context_turns: int = 5  # earlier turns of the conversation given to the model
     context_ttl_s: PositiveInt = 24 * 3600  # how long a conversation's cached context is kept
 
+    # --- model backend (workers/llm/backends.py, docs/models.md) -------------------------------------
+    # "local": the GGUF above through llama-cpp-python; "openai": an OpenAI-compatible /v1/chat/completions upstream
+    # (vLLM, llama-server, a cloud endpoint) at KEFU_UPSTREAM_URLS, streamed, with the same deadline and fallback
+    llm_backend: Literal["local", "openai"] = "local"
+    # The upstream's base URLs, each ending in /v1 (comma list or JSON); several: a fleet, taken round-robin, a dead
+    # one or a 5xx skipped before any text came.
+    upstream_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    upstream_model: str | None = None  # the model id to ask the upstream for (its GET /v1/models lists them)
+    upstream_api_key: SecretStr | None = None  # sent as "Authorization: Bearer …"; unset: no Authorization header
+    # The upstream's longest wait for a connection and for each streamed chunk; the generation deadline cuts it shorter.
+    upstream_timeout_s: PositiveSeconds = 30.0
+
+    @field_validator("upstream_urls", mode="before")
+    @classmethod
+    def _split_upstream_urls(cls, value: Any) -> Any:
+        return comma_list(value)
+
+    @field_validator("upstream_urls")
+    @classmethod
+    def _upstream_url_shape(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} must be an http:// or https:// base URL ending in /v1, "
+                                 "e.g. http://vllm:8000/v1")
+        return [url.rstrip("/") for url in value]
+
+
     # --- gray release: a second model on part of the traffic (workers/gray_release.py, docs/gray-release.md) ---
     # The canary: a GGUF path, or a backend as JSON ({"kind": "openai", "urls": [...], "model": "..."}); unset: none
     canary_backend: str | None = None
@@ -613,6 +640,7 @@ class Settings(_KefuVariables):
         """Raise ConfigError for a combination that could lose or double-run work, or cannot start."""
         self._check_time_limits()
         self._check_model_and_speech()
+        self._check_backend()
         try:
             custom = read_intents_file(self.intents_file) if self.intents_file is not None else ()
             check_routes(self.intent_routes, custom)
@@ -639,6 +667,11 @@ class Settings(_KefuVariables):
                 "KEFU_REQUEUE_AFTER_S must be longer than KEFU_GENERATION_HARD_LIMIT_S "
                 f"(got {self.requeue_after_s} <= {self.generation_hard_limit_s})"
             )
+
+    def _check_backend(self) -> None:
+        if self.llm_backend == "openai" and not (self.upstream_urls and self.upstream_model):
+            raise ConfigError("KEFU_LLM_BACKEND=openai needs KEFU_UPSTREAM_URLS (the server's base URL ending in /v1, "
+                              "e.g. http://vllm:8000/v1) and KEFU_UPSTREAM_MODEL (the model id it serves)")
 
     def _check_model_and_speech(self) -> None:
         if self.model_repo and not self.model_file and not self.model_path:

@@ -39,6 +39,12 @@ Guarantees of :func:`write_qwen3_gguf`:
   vocabulary. The file appears atomically at ``path`` (written under a
   temporary name in the same directory, then renamed).
 
+:func:`write_llama_gguf` writes the same kind of tiny model with ``general.architecture`` ``llama`` (no q/k
+norms), Llama-3 special tokens (``<|begin_of_text|>``, ``<|end_of_text|>``, ``<|start_header_id|>``,
+``<|end_header_id|>``, ``<|eot_id|>``: CONTROL tokens; BOS ``<|begin_of_text|>``, EOS ``<|end_of_text|>``, EOT
+``<|eot_id|>``) and Llama 3's own chat template (:data:`LLAMA3_CHAT_TEMPLATE`), or another template or none: a
+model that is not a Qwen3, for the code that prompts with a GGUF's own template.
+
 Importing this module performs no I/O.
 """
 
@@ -64,12 +70,15 @@ import numpy.typing as npt
 
 __all__ = [
     "CHAT_TEMPLATE",
+    "LLAMA3_CHAT_TEMPLATE",
+    "LLAMA3_SPECIAL_TOKENS",
     "QWEN3_0_6B",
     "QWEN3_4B",
     "QWEN3_REAL_VOCAB_SIZE",
     "SPECIAL_TOKENS",
     "Qwen3Shape",
     "minimal_vocab_size",
+    "write_llama_gguf",
     "write_qwen3_gguf",
 ]
 
@@ -157,6 +166,23 @@ CHAT_TEMPLATE: Final[str] = r"""{%- for message in messages -%}
         {{- '<think>\n\n</think>\n\n' -}}
     {%- endif -%}
 {%- endif -%}"""
+
+# Llama 3's special tokens (their ids follow the BPE vocabulary, in this order).
+LLAMA3_SPECIAL_TOKENS: Final[tuple[tuple[str, gguf.TokenType], ...]] = (
+    ("<|begin_of_text|>", gguf.TokenType.CONTROL),
+    ("<|end_of_text|>", gguf.TokenType.CONTROL),
+    ("<|start_header_id|>", gguf.TokenType.CONTROL),
+    ("<|end_header_id|>", gguf.TokenType.CONTROL),
+    ("<|eot_id|>", gguf.TokenType.CONTROL),
+)
+
+# Meta-Llama-3-8B-Instruct's tokenizer_config.json chat_template, as published (content trimmed, BOS first).
+LLAMA3_CHAT_TEMPLATE: Final[str] = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
 
 # Small corpus the BPE merges are learned from: customer-service style
 # English and Chinese, plus a little code and JSON punctuation.
@@ -366,7 +392,7 @@ class _TensorSpec:
         return self.n_elems * self.dtype.itemsize
 
 
-def _tensor_specs(shape: Qwen3Shape, n_vocab: int) -> list[_TensorSpec]:
+def _tensor_specs(shape: Qwen3Shape, n_vocab: int, arch: gguf.MODEL_ARCH = gguf.MODEL_ARCH.QWEN3) -> list[_TensorSpec]:
     names = gguf.TENSOR_NAMES
     t = gguf.MODEL_TENSOR
     q_dim = shape.n_head * shape.head_dim
@@ -393,8 +419,8 @@ def _tensor_specs(shape: Qwen3Shape, n_vocab: int) -> list[_TensorSpec]:
             matrix(t.ATTN_K, kv_dim, e, bid),
             matrix(t.ATTN_V, kv_dim, e, bid),
             matrix(t.ATTN_OUT, e, q_dim, bid),
-            norm(t.ATTN_Q_NORM, shape.head_dim, bid),
-            norm(t.ATTN_K_NORM, shape.head_dim, bid),
+            *([norm(t.ATTN_Q_NORM, shape.head_dim, bid), norm(t.ATTN_K_NORM, shape.head_dim, bid)]
+              if arch == gguf.MODEL_ARCH.QWEN3 else []),
             norm(t.FFN_NORM, e, bid),
             matrix(t.FFN_GATE, ff, e, bid),
             matrix(t.FFN_UP, ff, e, bid),
@@ -404,8 +430,8 @@ def _tensor_specs(shape: Qwen3Shape, n_vocab: int) -> list[_TensorSpec]:
     if not shape.tie_embeddings:
         specs.append(matrix(t.OUTPUT, n_vocab, e))
 
-    allowed = {names[k] for k in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.QWEN3]}
-    for spec in specs:  # guard against typos: every name must belong to qwen3
+    allowed = {names[k] for k in gguf.MODEL_TENSORS[arch]}
+    for spec in specs:  # guard against typos: every name must belong to the architecture
         assert re.sub(r"\.\d+\.", ".{bid}.", spec.name).removesuffix(".weight") in allowed, spec.name
     return specs
 
@@ -485,6 +511,49 @@ def write_qwen3_gguf(
     ``pooling_type`` (a ``gguf.PoolingType`` value, e.g. 3 for last-token) writes ``qwen3.pooling_type``, as the
     GGUFs converted from Qwen3-Embedding carry it; None writes none, as a chat model's.
     """
+    return _write_gguf(path, shape, gguf.MODEL_ARCH.QWEN3, SPECIAL_TOKENS, vocab_size=vocab_size, seed=seed, name=name,
+                       pooling_type=pooling_type, pre="qwen2", bos="<|endoftext|>", eos="<|im_end|>", eot="<|im_end|>",
+                       pad="<|endoftext|>", chat_template=CHAT_TEMPLATE)
+
+
+def write_llama_gguf(
+    path: Path,
+    shape: Qwen3Shape = Qwen3Shape(),
+    *,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    name: str = "kefu-tiny-llama",
+    chat_template: str | None = LLAMA3_CHAT_TEMPLATE,
+    add_bos: bool = False,
+) -> Path:
+    """Write a random-weight ``llama`` GGUF with Llama 3's special tokens and ``chat_template`` (None: no template
+    in the file) to ``path``; ``add_bos`` writes ``tokenizer.ggml.add_bos_token`` true. Deterministic like
+    :func:`write_qwen3_gguf`; the shape's ``head_dim`` must be ``n_embd / n_head`` (llama.cpp derives it)."""
+    if shape.head_dim * shape.n_head != shape.n_embd:
+        raise ValueError("a llama model's head_dim must be n_embd / n_head")
+    return _write_gguf(path, shape, gguf.MODEL_ARCH.LLAMA, LLAMA3_SPECIAL_TOKENS, vocab_size=vocab_size, seed=seed,
+                       name=name, pooling_type=None, pre="llama-bpe", bos="<|begin_of_text|>", eos="<|end_of_text|>",
+                       eot="<|eot_id|>", pad="<|end_of_text|>", chat_template=chat_template, add_bos=add_bos)
+
+
+def _write_gguf(
+    path: Path,
+    shape: Qwen3Shape,
+    arch_id: gguf.MODEL_ARCH,
+    special_tokens: Sequence[tuple[str, gguf.TokenType]],
+    *,
+    vocab_size: int | None,
+    seed: int,
+    name: str,
+    pooling_type: int | None,
+    pre: str,
+    bos: str,
+    eos: str,
+    eot: str,
+    pad: str,
+    chat_template: str | None,
+    add_bos: bool = False,
+) -> Path:
     path = Path(path)
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
@@ -492,7 +561,7 @@ def write_qwen3_gguf(
     tokens = list(base_tokens)
     token_types = [int(gguf.TokenType.NORMAL)] * len(tokens)
     special_ids: dict[str, int] = {}
-    for text, token_type in SPECIAL_TOKENS:
+    for text, token_type in special_tokens:
         special_ids[text] = len(tokens)
         tokens.append(text)
         token_types.append(int(token_type))
@@ -504,8 +573,8 @@ def write_qwen3_gguf(
         token_types += [int(gguf.TokenType.NORMAL)] * len(fillers)
     n_vocab = len(tokens)
 
-    specs = _tensor_specs(shape, n_vocab)
-    arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN3]
+    specs = _tensor_specs(shape, n_vocab, arch_id)
+    arch = gguf.MODEL_ARCH_NAMES[arch_id]
     tmp_path = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     writer = gguf.GGUFWriter(tmp_path, arch=arch)
     try:
@@ -526,16 +595,17 @@ def write_qwen3_gguf(
             writer.add_pooling_type(gguf.PoolingType(pooling_type))
 
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("qwen2")
+        writer.add_tokenizer_pre(pre)
         writer.add_token_list(tokens)
         writer.add_token_types(token_types)
         writer.add_token_merges(list(merges))
-        writer.add_bos_token_id(special_ids["<|endoftext|>"])
-        writer.add_eos_token_id(special_ids["<|im_end|>"])
-        writer.add_eot_token_id(special_ids["<|im_end|>"])
-        writer.add_pad_token_id(special_ids["<|endoftext|>"])
-        writer.add_add_bos_token(False)
-        writer.add_chat_template(CHAT_TEMPLATE)
+        writer.add_bos_token_id(special_ids[bos])
+        writer.add_eos_token_id(special_ids[eos])
+        writer.add_eot_token_id(special_ids[eot])
+        writer.add_pad_token_id(special_ids[pad])
+        writer.add_add_bos_token(add_bos)
+        if chat_template is not None:
+            writer.add_chat_template(chat_template)
 
         for spec in specs:
             writer.add_tensor_info(spec.name, spec.shape, spec.dtype, spec.nbytes)

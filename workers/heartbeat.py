@@ -32,7 +32,9 @@ class EngineState:
             return "", False, 0
         loaded = bool(getattr(engine, "loaded", True))  # a test's scripted engine has nothing to load
         slots = int(getattr(engine, "n_slots", 0) or 0)
-        return str(getattr(engine, "model_name", "")), loaded, slots if loaded else 0
+        # an upstream engine names its model and where it is served (label); a local one its GGUF (model_name)
+        name = getattr(engine, "label", None) or getattr(engine, "model_name", "")
+        return str(name), loaded, slots if loaded else 0
 
 
 class HeartbeatThread:

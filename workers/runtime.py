@@ -25,7 +25,6 @@ from models import intents, privacy
 from models.infra.bus import Bus, make_bus
 from models.infra.db import make_engine, make_session_factory
 from models.infra.kv import KV, make_kv
-from models.infra.load import publish_wait
 from models.infra.locks import Locks, make_locks
 from models.infra.queues import Publisher, make_celery
 from models.knowledge.faq_sync import FaqSync
@@ -34,10 +33,9 @@ from workers import gray_release
 from workers.context import ContextStore, make_context_store
 from workers.dense_faq import DenseFaqMatcher
 from workers.grounding import Knowledge
-from workers.llm.batched import BatchedEngine
+from workers.llm.backends import build_engine, primary_backend
 from workers.llm.embedding import LlamaEncoder, load_encoder
-from workers.llm.engine import LlamaEngine, TextEngine
-from workers.llm.model_files import resolve_model
+from workers.llm.engine import TextEngine
 
 T = TypeVar("T")
 
@@ -74,13 +72,8 @@ class Runtime:
 
     @cached_property
     def llm(self) -> TextEngine:
-        spec = resolve_model(self.settings)
-        if self.settings.engine == "batched":
-            engine = BatchedEngine(spec, self.settings)
-            kv = self.kv
-            engine.on_wait_estimate = lambda seconds: publish_wait(kv, seconds)
-            return engine
-        return LlamaEngine(spec, self.settings)
+        """The engine of KEFU_LLM_BACKEND (workers.llm.backends): the local GGUF, or an OpenAI-compatible upstream."""
+        return build_engine(self.settings, primary_backend(self.settings), self.kv)
 
     @property
     def gray(self) -> gray_release.GrayRelease | None:

@@ -46,20 +46,22 @@ from typing import Any
 from models.envelope import Turn, printable
 from models.infra import metrics
 from models.settings import Settings
+from workers.llm.chat_template import ChatTemplate
 from workers.llm.cpu_buffers import use_extra_buffers
 from workers.llm.engine import (
     Generation,
     GenerationError,
     PromptTooLong,
     TextCallback,
-    build_prompt,
     default_gpu_layers,
+    fitted_prompt,
+    model_template,
     readable_tokens,
     stop_token_ids,
 )
 from workers.llm.model_files import ModelSpec
 from workers.llm.prefill import PrefillRate
-from workers.llm.prompts import IM_END, ThinkFilter, strip_think
+from workers.llm.prompts import IM_END, Prompt, ThinkFilter, strip_think
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +176,7 @@ class BatchedEngine:
         self._mem: Any = None
         self._batch: Any = None
         self._stop_ids: frozenset[int] = frozenset()
+        self.template: ChatTemplate | None = None  # the GGUF's own chat template, once loaded; None: ChatML
         self._service_ema_s = 0.0
         self.prefill = PrefillRate()  # measured on steps that read prompt tokens; trims prompts to the deadline
         # Told the wait estimate (seconds) from the scheduler thread when the queue changes, at most
@@ -237,7 +240,8 @@ class BatchedEngine:
             self.architecture = str(model.metadata().get("general.architecture", "unknown"))
             self._vocab = model.vocab
             self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(model.vocab))
-            self._stop_ids = stop_token_ids(self._tokenize, model.token_eos())
+            self._stop_ids = stop_token_ids(self._tokenize, model.token_eos(), model.token_eot())
+            self.template = model_template(model, self.architecture, self.spec.name)
             self._im_end = self._tokenize(IM_END, True)
             self._stopping = False
             self._prefix = []
@@ -284,9 +288,14 @@ class BatchedEngine:
     def prompt_tokens(self, turns: list[Turn], deadline: float | None = None) -> list[int]:
         """The prompt, trimmed to a sequence's context and to what can be read by ``deadline`` (after the wait for
         a slot; the shared system block is already in the cache)."""
+        return self.prompt(turns, deadline).tokens
+
+    def prompt(self, turns: list[Turn], deadline: float | None = None) -> Prompt:
+        """:meth:`prompt_tokens`, with the length of its system block when the model's own template made it."""
         self.load()
         readable = readable_tokens(self.prefill, deadline, waiting_s=self.wait_estimate_s(), cached=len(self._prefix))
-        return build_prompt(self._tokenize, turns, self.settings, self.architecture, readable=readable)
+        return fitted_prompt(self._tokenize, turns, self.settings, self.architecture, readable=readable,
+                             template=self.template)
 
     def shared_prefix_len(self, tokens: list[int]) -> int:
         """Length of the system block (up to and including its ``<|im_end|>\\n``), 0 if there is none."""
@@ -324,8 +333,8 @@ class BatchedEngine:
                  deadline: float | None = None) -> Generation:
         """Answer the last user turn (blocking); the interface of the simple engine."""
         try:
-            tokens = self.prompt_tokens(turns, deadline)
-            request = self.submit(tokens, deadline=deadline, on_text=on_text)
+            tokens, shared = self.prompt(turns, deadline)
+            request = self.submit(tokens, deadline=deadline, on_text=on_text, shared_prefix=shared)
         except GenerationError:
             raise
         except Exception as exc:

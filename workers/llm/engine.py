@@ -8,6 +8,8 @@ Guarantees:
   with the previous prompt (the system prompt) is not evaluated again.
 - Qwen3 semantics: ChatML, thinking off unless configured, stop on ``<|im_end|>`` /
   ``<|endoftext|>``, Qwen3's recommended non-thinking sampling by default, think blocks stripped.
+- Any other architecture is prompted with its GGUF's own chat template (:mod:`workers.llm.chat_template`; ChatML when
+  the file has none) and also stops on the model's EOS and EOT tokens.
 - Every generation ends by itself: on a stop token, at ``max_tokens`` or at its deadline (checked between
   tokens; :mod:`workers.llm.watchdog` covers a step that outlasts it). A request that got the engine only
   after its deadline returns at once, empty, with ``finish_reason`` ``deadline``.
@@ -33,10 +35,11 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from models.envelope import Turn, printable
 from models.infra import metrics
 from models.settings import Settings
+from workers.llm.chat_template import ChatTemplate, for_model
 from workers.llm.cpu_buffers import model_defaults, use_extra_buffers
 from workers.llm.model_files import ModelSpec
 from workers.llm.prefill import PrefillRate
-from workers.llm.prompts import STOP_TEXTS, ThinkFilter, Tokenize, chatml_tokens, fit_turns, strip_think
+from workers.llm.prompts import STOP_TEXTS, Prompt, ThinkFilter, Tokenize, chatml_tokens, fit_turns, strip_think
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -93,16 +96,25 @@ class ChoosingEngine(Protocol):
 
 
 def build_prompt(tokenize: Tokenize, turns: list[Turn], settings: Settings, architecture: str, *,
-                 readable: int | None = None) -> list[int]:
-    """The ChatML prompt as token ids, oldest history dropped until it leaves room for the answer and, with
-    ``readable`` (the prompt tokens the engine can read before the deadline), until it is that short — never
-    dropping the system turns or the question."""
+                 readable: int | None = None, template: ChatTemplate | None = None) -> list[int]:
+    """The prompt as token ids (:func:`fitted_prompt`)."""
+    return fitted_prompt(tokenize, turns, settings, architecture, readable=readable, template=template).tokens
 
-    def build(candidate: list[Turn]) -> list[int]:
-        return chatml_tokens(tokenize, candidate, architecture=architecture, enable_thinking=settings.enable_thinking)
+
+def fitted_prompt(tokenize: Tokenize, turns: list[Turn], settings: Settings, architecture: str, *,
+                  readable: int | None = None, template: ChatTemplate | None = None) -> Prompt:
+    """The prompt (ChatML, or ``template``: the model's own), oldest history dropped until it leaves room for the
+    answer and, with ``readable`` (the prompt tokens the engine can read before the deadline), until it is that
+    short — never dropping the system turns or the question."""
+
+    def build(candidate: list[Turn]) -> Prompt:
+        if template is not None:
+            return template.tokens(tokenize, candidate, enable_thinking=settings.enable_thinking)
+        return Prompt(chatml_tokens(tokenize, candidate, architecture=architecture,
+                                    enable_thinking=settings.enable_thinking))
 
     def measure(candidate: list[Turn]) -> int:
-        return len(build(candidate))
+        return len(build(candidate).tokens)
 
     budget = settings.n_ctx - min(settings.max_tokens, max(REPLY_ROOM_MIN, settings.n_ctx // 4))
     try:
@@ -123,14 +135,25 @@ def readable_tokens(rate: PrefillRate, deadline: float | None, *, waiting_s: flo
     return None if within is None else within + cached
 
 
-def stop_token_ids(tokenize: Tokenize, eos: int) -> frozenset[int]:
-    """End-of-generation ids: the model's EOS and ChatML's ``<|im_end|>`` / ``<|endoftext|>``."""
-    ids = {eos}
+def stop_token_ids(tokenize: Tokenize, eos: int, *also: int) -> frozenset[int]:
+    """End-of-generation ids: the model's EOS (and ``also``: its EOT), and ChatML's ``<|im_end|>`` / ``<|endoftext|>``."""
+    ids = {eos, *(token for token in also if token >= 0)}
     for text in STOP_TEXTS:
         tokens = tokenize(text, True)
         if len(tokens) == 1:
             ids.add(tokens[0])
     return frozenset(ids)
+
+
+def model_template(model: Any, architecture: str, name: str) -> ChatTemplate | None:
+    """The chat template to prompt a loaded llama.cpp model (``llama_cpp._internals.LlamaModel``) with; None: ChatML."""
+
+    def text(token: int) -> str:
+        return str(model.token_get_text(token)) if token >= 0 else ""
+
+    bos = int(model.token_bos())
+    return for_model(model.metadata(), architecture, bos_token=text(bos), eos_token=text(int(model.token_eos())),
+                     bos_id=bos, name=name)
 
 
 def _cached_prefix(llm: Llama, tokens: list[int]) -> int:
@@ -156,6 +179,7 @@ class LlamaEngine:
         self._run_lock = threading.Lock()
         self.architecture = "unknown"
         self._stop_ids: frozenset[int] = frozenset()
+        self.template: ChatTemplate | None = None  # the GGUF's own chat template, once loaded; None: ChatML
         self.prefill = PrefillRate()
 
     @property
@@ -190,7 +214,8 @@ class LlamaEngine:
                 self.architecture = str(llm.metadata.get("general.architecture", "unknown"))
                 self._stop_ids = stop_token_ids(
                     lambda text, special: list(llm.tokenize(text.encode(), add_bos=False, special=special)),
-                    llm.token_eos())
+                    llm.token_eos(), llm._model.token_eot())
+                self.template = model_template(llm._model, self.architecture, self.spec.name)
                 log.info(
                     "model %s loaded in %.2fs (architecture %s, n_ctx %d, gpu layers %d)",
                     self.spec.name, time.monotonic() - started, self.architecture, s.n_ctx, gpu_layers,
@@ -211,7 +236,8 @@ class LlamaEngine:
         """The prompt, trimmed to the context window and to what can be read by ``deadline``."""
         llm = self.load()
         return build_prompt(lambda text, special: list(llm.tokenize(text.encode(), add_bos=False, special=special)),
-                            turns, self.settings, self.architecture, readable=readable_tokens(self.prefill, deadline))
+                            turns, self.settings, self.architecture, readable=readable_tokens(self.prefill, deadline),
+                            template=self.template)
 
     def generate(
         self,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from models.envelope import Turn
 
@@ -24,6 +25,14 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 EMPTY_THINK = f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n"
 
 Tokenize = Callable[[str, bool], list[int]]  # (text, parse_special) -> ids
+
+
+class Prompt(NamedTuple):
+    """A prompt as token ids, and how many leading ones are the system block (shared by every conversation with that
+    system prompt; the batched engine keeps their KV once). ``shared`` None: find it by ChatML's ``<|im_end|>``."""
+
+    tokens: list[int]
+    shared: int | None = None
 
 
 def uses_think_block(architecture: str) -> bool:
