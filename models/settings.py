@@ -460,7 +460,6 @@ class Settings(_KefuVariables):
                                  "e.g. http://vllm:8000/v1")
         return [url.rstrip("/") for url in value]
 
-
     # --- gray release: a second model on part of the traffic (workers/gray_release.py, docs/gray-release.md) ---
     # The canary: a GGUF path, or a backend as JSON ({"kind": "openai", "urls": [...], "model": "..."}); unset: none
     canary_backend: str | None = None
