@@ -16,6 +16,7 @@ A message for the model over the customer's rate limit (``KEFU_RATE_LIMIT_PEER``
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -189,15 +190,19 @@ class KfSync(Puller):
         stored = text or ("" if decision.action is Action.GENERATE else f"[{kind}]")
         inbound = Inbound(key, external_id, stored, kind, received, media_id=media_id)
         if decision.action is Action.GENERATE:
-            refusal = admit(self._admission, key)  # over the customer's limit, or backpressure: told to wait
-            if refusal is not None:
-                refused = Inbound(key, external_id, text or f"[{kind}]", kind, received, media_id=media_id)
-                accepted, _ = self._ingress.accept_answered(refused, refused_answer(self._admission, refusal),
-                                                            passive=False)
-            else:
-                accepted = self._ingress.accept(inbound)
-            truncation.record(self._ingress, accepted, CHANNEL, read)  # the model's note: when sent
+            self._for_model(inbound, read)
             return state
         accepted, _ = store_decided(self._ingress, self._handoff, inbound, truncation.noted(decision, read))
         truncation.record(self._ingress, accepted, CHANNEL, read)
         return POOL if decision.action is Action.HAND_OFF else state  # after a hand-off: for the person taking over
+
+    def _for_model(self, inbound: Inbound, read: truncation.Cut) -> None:
+        """Queue a message for the model; one admission control refuses (the customer's limit, backpressure) is
+        stored with the wait reply instead, delivered like any other."""
+        refusal = admit(self._admission, inbound.key)
+        if refusal is None:
+            accepted = self._ingress.accept(inbound)  # the model's truncation note: when its answer is sent
+        else:
+            stored = inbound if inbound.text else replace(inbound, text=f"[{inbound.kind}]")  # an untranscribed voice
+            accepted, _ = self._ingress.accept_answered(stored, refused_answer(self._admission, refusal), passive=False)
+        truncation.record(self._ingress, accepted, CHANNEL, read)
