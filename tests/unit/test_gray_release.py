@@ -110,11 +110,11 @@ def test_no_canary_means_no_gray_release(clean_env: Path, sessions: sessionmaker
 
 
 def test_a_canary_that_cannot_be_used_is_a_configuration_error_naming_it(clean_env: Path) -> None:
-    with pytest.raises(ConfigError, match="KEFU_CANARY_BACKEND.*is not a file"):
+    with pytest.raises(ConfigError, match=r"KEFU_CANARY_BACKEND.*is not a file"):
         gray_release.canary_of(Settings(canary_backend=str(clean_env / "missing.gguf")))
-    with pytest.raises(ConfigError, match="KEFU_CANARY_BACKEND.*urls"):
+    with pytest.raises(ConfigError, match=r"KEFU_CANARY_BACKEND.*urls"):
         gray_release.canary_of(Settings(canary_backend='{"kind": "openai", "model": "m"}'))
-    with pytest.raises(ConfigError, match="KEFU_CANARY_BACKEND.*kind"):
+    with pytest.raises(ConfigError, match=r"KEFU_CANARY_BACKEND.*kind"):
         gray_release.canary_of(Settings(canary_backend='{"kind": "ollama"}'))
     with pytest.raises(ConfigError, match="KEFU_CANARY_API_KEY"):
         load_settings(canary_backend='{"kind": "openai", "urls": ["http://x/v1"], "model": "m", "api_key": "k"}')
@@ -294,6 +294,6 @@ def test_the_model_command(clean_env: Path, db: Engine, sessions: sessionmaker[S
     assert kefu("compare", days=0)[0] == 2
 
     none = Settings(data_dir=clean_env / "var")
-    out = io.StringIO()
-    assert model_command.run(none, "status", out=out) == 0 and "canary:  none" in out.getvalue()
+    printed = io.StringIO()
+    assert model_command.run(none, "status", out=printed) == 0 and "canary:  none" in printed.getvalue()
     assert model_command.run(none, "promote", out=io.StringIO(), err=io.StringIO()) == 1
