@@ -285,10 +285,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     unknown = set(queues) - {"llm", "io"}
     if unknown:
         raise ConfigError(f"unknown queue(s) {sorted(unknown)}: use llm, io or llm,io")
-    if "llm" in queues:
-        from workers.gray_release import canary_of
-
-        canary_of(settings)  # a canary that cannot be used stops the worker here (ConfigError naming it)
+    check_canary(settings, queues)
     pool = args.pool or "threads"
     batched = settings.engine == "batched" and "llm" in queues
     if batched and pool == "prefork":
@@ -314,6 +311,14 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         argv.append("--beat")
     app.worker_main(argv)
     return 0
+
+
+def check_canary(settings: Settings, queues: list[str]) -> None:
+    """A canary model (KEFU_CANARY_BACKEND) that cannot be used stops an LLM worker at start (ConfigError naming it)."""
+    if "llm" in queues:
+        from workers.gray_release import canary_of
+
+        canary_of(settings)
 
 
 def serve_worker_metrics(settings: Settings) -> None:

@@ -297,3 +297,20 @@ def test_the_model_command(clean_env: Path, db: Engine, sessions: sessionmaker[S
     printed = io.StringIO()
     assert model_command.run(none, "status", out=printed) == 0 and "canary:  none" in printed.getvalue()
     assert model_command.run(none, "promote", out=io.StringIO(), err=io.StringIO()) == 1
+
+
+def test_the_kefu_model_command_line(clean_env: Path, db: Engine, sessions: sessionmaker[Session],
+                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from workers import cli
+
+    monkeypatch.setenv("KEFU_DATA_DIR", str(clean_env / "var"))
+    monkeypatch.setenv("KEFU_CANARY_BACKEND", str(canary_file(clean_env)))
+    assert cli.main(["model", "rollback", "--by", "ops", "--reason", "CSAT fell"]) == 0
+    assert "active -> rolled_back (by ops)" in capsys.readouterr().out
+    assert [(d["by"], d["reason"]) for d in audited(sessions, "model_rolled_back")] == [("ops", "CSAT fell")]
+    assert cli.main(["model", "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "rolled_back"
+    assert cli.main(["model", "compare", "--days", "3"]) == 0 and "(3 days)" in capsys.readouterr().out
+    cli.check_canary(Settings(canary_backend=str(clean_env / "gone.gguf")), ["io"])  # not an LLM worker: not its job
+    with pytest.raises(ConfigError, match="KEFU_CANARY_BACKEND"):
+        cli.check_canary(Settings(canary_backend=str(clean_env / "gone.gguf")), ["llm"])
