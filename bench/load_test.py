@@ -175,14 +175,21 @@ class CpuSampler:
         self.groups.setdefault(group, []).append(pid)
 
     def _members(self) -> dict[str, list[psutil.Process]]:
+        """Each group's processes: its roots and their descendants; a process in several trees (this script is
+        every process's parent) counts in the group whose own root it is, else in the first that holds it."""
         found: dict[str, list[psutil.Process]] = defaultdict(list)
-        for group, pids in self.groups.items():
+        groups = list(self.groups.items())  # the sampler thread reads while add() may run
+        roots = {pid for _, pids in groups for pid in pids}
+        claimed: set[int] = set()
+        for group, pids in groups:
             for pid in pids:
                 try:
                     root = psutil.Process(pid)
-                    found[group] += [root, *root.children(recursive=True)]
+                    tree = [root, *(p for p in root.children(recursive=True) if p.pid not in roots)]
                 except psutil.Error:
                     continue
+                found[group] += [p for p in tree if p.pid not in claimed]
+                claimed.update(p.pid for p in tree)
         for proc in psutil.process_iter(["name"]):
             named = self.by_name.get(proc.info["name"] or "")
             if named:
