@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import update
 from starlette.concurrency import run_in_threadpool
 
+from channels.admission import admit, refused_answer
 from channels.ingress import Accepted
 from channels.speech.base import Recognizer, SpeechError, Synthesizer
 from channels.speech.live import synthesis_chunks, transcript
@@ -234,6 +235,12 @@ class Call:
         if decision.action is Action.ANSWER:  # e.g. an FAQ answer: spoken at once, no model (stored as delivered)
             await run_in_threadpool(self.ctx.ingress.accept_answered, inbound, decision.answer())
             await self.say(decision.text)
+            return
+        refusal = await run_in_threadpool(admit, self.ctx.admission, self.key)  # the caller's limit, backpressure
+        if refusal is not None:  # stored and told to wait (spoken, so stored as delivered), not sent to the model
+            answer = refused_answer(self.ctx.admission, refusal)
+            await run_in_threadpool(self.ctx.ingress.accept_answered, inbound, answer)
+            await self.say(answer.text)
             return
         accepted = await run_in_threadpool(self.ctx.ingress.accept, inbound)
         self._accepted[accepted.inbound_id] = accepted
