@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from websockets.sync.client import connect
 
+from channels import webhook_fake
 from models.infra.db import make_engine, make_session_factory
 from models.infra.kv import make_kv
 from models.infra.load import publish_wait
@@ -220,3 +221,18 @@ def test_backpressure_answers_new_model_work_with_a_wait(start: Any) -> None:
     assert [(r.channel, r.detail["wait_estimate_s"]) for r in rows] == [("wechat_mp", 95.0), ("web", 95.0)]
     assert rows[0].detail["retry_after_s"] == 65 and rows[0].detail["limit"] == "estimated wait 95 s > 30 s"
     assert gw.refused_count("web", "backpressure") >= 1
+
+
+def test_a_webhook_users_messages_over_the_limit_are_stored_and_told_to_wait(start: Any) -> None:
+    gw = start(rate_limit_peer="2 per 1 minute",
+               webhooks=[webhook_fake.sample_endpoint("http://127.0.0.1:9/kefu/replies")])
+    sent = [webhook_fake.post_message(gw.url, webhook_fake.NAME, webhook_fake.SECRET, f"m{n}", "u-hasty", "快递到哪了")
+            for n in range(3)]
+    assert [r.status_code for r in sent] == [202] * 3  # take(): accepted and stored, the third told to wait
+    with gw.sessions() as s:
+        statuses = [s.scalars(select(InboundRecord.status).where(InboundRecord.id == r.json()["message_id"])).one()
+                    for r in sent]
+        reply = s.scalars(select(ReplyRecord).where(ReplyRecord.inbound_id == sent[2].json()["message_id"])).one()
+    assert statuses == [InboundStatus.QUEUED, InboundStatus.QUEUED, InboundStatus.ANSWERED]
+    assert (reply.source, reply.text) == ("rule", gw.settings.rate_limited_reply)  # delivered by deliver, as any
+    assert [r.channel for r in gw.refusals("peer")] == ["webhook"]
