@@ -495,10 +495,10 @@ class Settings(_KefuVariables):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # every Kefu process's log level
 
     # --- admission control: rate limits and backpressure (channels/admission.py, docs/admission.md) ------------
-    # Limits in the `limits` notation, several separated by ";" ("5 per 2 seconds;60 per minute"); "" turns one off.
-    # Counted in Redis when Kefu has one (shared by every process), else in each process's memory.
-    # per client IP, across the web chat's new sessions and messages and the API's requests (behind a load balancer,
-    # let uvicorn trust its X-Forwarded-For: FORWARDED_ALLOW_IPS, or every visitor counts as the balancer)
+    # per client address, across the web chat's new sessions and messages and the API's requests. Every limit here is
+    # in the `limits` notation, several separated by ";" ("5 per 2 seconds;60 per minute"), "" turns it off, and is
+    # counted in Redis when Kefu has one, else in each process's memory. Behind a load balancer let uvicorn trust its
+    # X-Forwarded-For (FORWARDED_ALLOW_IPS), or every visitor counts as the balancer.
     rate_limit_ip: str = "20 per 2 seconds;300 per minute"
     rate_limit_visitor: str = "5 per 5 seconds;30 per minute"  # per web chat visitor: messages (HTTP and WebSocket)
     # per customer of the WeChat official account (openid), WeCom app (userid), WeChat kf (external userid), webhook
