@@ -124,10 +124,12 @@ def test_the_servers_answer_streams_and_equals_its_plain_completion(server: Open
 
 def test_a_listener_that_goes_away_cancels_and_the_server_serves_on(server: OpenAIServer, settings: Settings) -> None:
     up = engine(settings, server.url, key=server.api_key)
+    assert not up.loaded
     seen: list[str] = []
     cancelled = up.generate(TURNS, on_text=lambda piece: seen.append(piece) or False)
     assert cancelled.finish_reason == "cancelled"
     assert len(seen) == 1 and cancelled.text == seen[0].strip()
+    assert up.loaded  # it answered: the heartbeat says so even without load() (a worker started without --warm)
     after = up.generate(TURNS)
     assert after.finish_reason in ("stop", "length") and after.text.startswith(cancelled.text)
 

@@ -101,6 +101,17 @@ class _Stream:
             except Exception:  # streaming is best effort; the reply row is what counts
                 log.exception("streaming callback failed")
 
+    def take(self, choice: dict[str, Any]) -> None:
+        """One streamed choice: its text (``delta.content``) and, on the last one, why it finished."""
+        content = (choice.get("delta") or {}).get("content")
+        if content:
+            self.chunks += 1
+            if self.first_token_s is None:
+                self.first_token_s = time.monotonic() - self.started
+            self.emit(self.think.feed(content))
+        if choice.get("finish_reason"):
+            self.finish = "stop" if choice["finish_reason"] == "stop" else "length"
+
     @property
     def got_text(self) -> bool:
         return self.chunks > 0
@@ -131,7 +142,7 @@ class UpstreamEngine:
 
     @property
     def loaded(self) -> bool:
-        """The upstream answered ``load()``'s check (the worker's heartbeat says so)."""
+        """The upstream answered ``load()``'s check or a generation (the worker's heartbeat says so)."""
         return self._loaded
 
     @property
@@ -203,6 +214,9 @@ class UpstreamEngine:
                 break
         else:
             raise UpstreamError("every upstream URL failed: " + "; ".join(failures))
+        if not self._loaded and stream.got_text:  # it answers: the heartbeat says so (load() may have failed at start)
+            self._loaded = True
+            metrics.model_loaded(True)
         return self._result(turns, stream)
 
     def _body(self, turns: list[Turn]) -> dict[str, Any]:
@@ -263,14 +277,7 @@ class UpstreamEngine:
             if event.get("usage"):
                 stream.usage = event["usage"]
             for choice in event.get("choices") or ():
-                content = (choice.get("delta") or {}).get("content")
-                if content:
-                    stream.chunks += 1
-                    if stream.first_token_s is None:
-                        stream.first_token_s = time.monotonic() - stream.started
-                    stream.emit(stream.think.feed(content))
-                if choice.get("finish_reason"):
-                    stream.finish = "stop" if choice["finish_reason"] == "stop" else "length"
+                stream.take(choice)
             if not stream.wants_more:  # the listener went away: closing the response stops the upstream too
                 stream.finish = "cancelled"
                 return
