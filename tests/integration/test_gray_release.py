@@ -1,4 +1,5 @@
-"""A canary that fails, on real parts: taken out automatically within its window and the conversations moved back.
+"""The gray release on real parts: a canary that fails is taken out automatically within its window and its
+conversations moved back; a canary that works keeps its share, each conversation its model.
 
 A real stack (gateway, broker, a `kefu worker` process, llama.cpp with the random-weight Qwen3 as the primary), on
 both backends (the embedded SQLite stores; Redis and PostgreSQL). The canary is a GGUF that cannot be loaded, on half
@@ -6,7 +7,8 @@ of the conversations, judged after 4 answers. Web visitors each send one message
 onto the canary get the fallback (the canary named in the reply), until the fourth such failure takes the canary out
 — audited ``model_rolled_back`` once, ``kefu_canary_rollbacks_total`` and ``kefu_model_share`` on the worker's
 /metrics, state ``rolled_back`` for ``kefu model status``. Then every conversation that was on the canary is answered
-by the primary; no message went unanswered.
+by the primary; no message went unanswered. The working canary is an OpenAI-compatible upstream (llama-cpp-python's
+own server) reached with KEFU_CANARY_API_KEY.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy import select
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from tests.integration.conftest import BACKENDS, Stack, start_stack, wait_for
 from tests.metrics_scrape import scrape
+from tests.openai_server import OpenAIServer
 from workers import gray_release, model_command
 from workers.demo.processes import free_port
 
@@ -79,7 +82,7 @@ def test_a_failing_canary_is_taken_out_and_its_conversations_move_back(canary_st
     canary = gray_release.canary_of(stack.settings)
     assert canary is not None and canary.name == "broken-canary"
     assert status(stack)["state"] == "active"
-    visitors = [stack.visitor() for _ in range(24)]
+    visitors = [stack.visitor() for _ in range(30)]  # more than 4 of them hash onto the canary: P(not) < 1e-4
     first: dict[int, tuple[str, str, str | None]] = {}  # conversation -> (visitor, source, model) of its first reply
     for visitor_id, token in visitors:  # one at a time: the order of the canary's answers is the order asked
         conversation, source, model = reply_of(stack, ask(stack, token, visitor_id, "你好，请问怎么退货？"))
@@ -127,3 +130,57 @@ def test_a_failing_canary_is_taken_out_and_its_conversations_move_back(canary_st
     assert lines["broken-canary"]["answers"] == MIN_REQUESTS and lines["broken-canary"]["fallback_rate"] == 1.0
     assert lines["tiny-qwen3"]["fallback_rate"] == 0.0
     assert lines["tiny-qwen3"]["conversations"] == len(first)  # the moved-back ones count for both
+
+
+@pytest.fixture(scope="module")
+def healthy_canary(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, OpenAIServer]]:
+    """The canary is an OpenAI-compatible upstream that works (llama-cpp-python's own server on the tiny GGUF), its
+    key given in KEFU_CANARY_API_KEY; embedded stores."""
+    data_dir = tmp_path_factory.mktemp("canary-upstream")
+    server = OpenAIServer(tiny_gguf, data_dir / "server.log", alias="canary-upstream").start()
+    try:
+        backend = json.dumps({"kind": "openai", "urls": [server.url], "model": server.alias})
+        stack = start_stack("embedded", data_dir, tiny_gguf, None, None, canary_backend=backend, canary_share=0.5,
+                            canary_api_key=server.api_key, canary_min_requests=MIN_REQUESTS,
+                            worker_metrics_port=free_port(), rate_limit_ip="", rate_limit_visitor="")
+        try:
+            yield stack, server
+        finally:
+            stack.close()
+    finally:
+        server.stop()
+
+
+def test_a_working_canary_keeps_its_share_and_each_conversation_its_model(
+        healthy_canary: tuple[Stack, OpenAIServer]) -> None:
+    stack, server = healthy_canary
+    canary = gray_release.canary_of(stack.settings)
+    assert canary is not None and canary.name == "canary-upstream"
+    visitors = [stack.visitor() for _ in range(16)]  # both models get some: P(not) = 2^-15
+    models: dict[int, list[tuple[str, str | None]]] = {}
+    for text in ("你好，请问怎么退货？", "运费谁出？"):
+        for visitor_id, token in visitors:
+            conversation, source, model = reply_of(stack, ask(stack, token, visitor_id, text))
+            models.setdefault(conversation, []).append((source, model))
+    expected = {c: "canary-upstream" if gray_release.on_canary(canary.id, c, 0.5) else "tiny-qwen3" for c in models}
+    assert set(expected.values()) == {"canary-upstream", "tiny-qwen3"}, "both models should have conversations"
+    assert models == {c: [("model", expected[c])] * 2 for c in models}  # the same model for both messages
+    answered_by_canary = 2 * sum(1 for m in expected.values() if m == "canary-upstream")
+
+    seen = status(stack)
+    assert (seen["state"], seen["share"]["canary"]) == ("active", 0.5)
+    assert seen["window"]["canary"] == {"answers": answered_by_canary, "errors": 0, "error_rate": 0.0}
+    assert "api_key" not in json.dumps(seen) and server.api_key not in json.dumps(seen)
+    with stack.sessions() as session:
+        assert session.scalars(select(AuditEvent).where(AuditEvent.kind == "model_rolled_back")).all() == []
+    page = scrape(f"http://127.0.0.1:{stack.settings.worker_metrics_port}/metrics")
+    assert page.value("kefu_model_outcomes_total", model="canary-upstream", arm="canary",
+                      outcome="ok") == answered_by_canary
+    assert page.value("kefu_model_share", model="canary-upstream", arm="canary") == 0.5
+
+    out = io.StringIO()
+    assert model_command.run(stack.settings, "compare", as_json=True, out=out) == 0
+    lines = {line["model"]: line for line in json.loads(out.getvalue())["models"]}
+    assert lines["canary-upstream"]["answers"] == answered_by_canary
+    assert lines["tiny-qwen3"]["answers"] == 2 * len(models) - answered_by_canary
+    assert lines["canary-upstream"]["latency_p50_ms"] is not None
