@@ -22,7 +22,8 @@ when it fails.
   errors / answers exceeds ``KEFU_CANARY_MAX_ERROR_RATE``, the canary is rolled back (active or promoted alike):
   one worker wins (``KV.add``), stores the state, audits ``model_rolled_back`` (model, rate, counts, window, by
   ``auto``) and counts ``kefu_canary_rollbacks_total``. The answer that tripped it already has its fallback reply:
-  no message is lost. ``kefu model resume`` puts the canary back on its share with an empty window (a new *epoch*).
+  no message is lost. ``kefu model resume`` (back on its share) and ``promote`` (every conversation) start a new
+  window *epoch*: the errors of an earlier stretch do not count again.
 - The canary's engine is built on the first canary conversation a process answers and closed (in the background:
   its running answers end first) once that process sees the canary out, giving a second local model's memory back.
 - Counting and the state never cost a customer the answer: a KV store that fails is logged, and the conversation
@@ -217,7 +218,9 @@ class GrayRelease:
         """Store a new state and audit it (``model_rolled_back``, ``model_promoted``, ``model_resumed``)."""
         kind = {ROLLED_BACK: audit.MODEL_ROLLED_BACK, PROMOTED: audit.MODEL_PROMOTED, ACTIVE: audit.MODEL_RESUMED}[state]
         before = self.phase()
-        epoch = before.epoch + 1 if state == ACTIVE else before.epoch  # resumed: an empty window
+        # resumed or promoted: a new window, so the errors of an earlier stretch neither take it out at once nor
+        # stop a second automatic rollback (one per epoch)
+        epoch = before.epoch if state == ROLLED_BACK else before.epoch + 1
         now = Phase(state, by, reason[:200], utcnow().isoformat(timespec="seconds"), epoch)
         self.kv.set(self._key("state"), json.dumps(asdict(now)), STATE_TTL_S)
         with transaction(self.sessions) as session:
@@ -304,4 +307,7 @@ def make(settings: Settings, kv: KV, sessions: sessionmaker[Session], primary: s
     canary = canary_of(settings)
     if canary is None:
         return None
+    if canary.name == primary:
+        log.warning("the canary's model name %r is the primary's: replies, metrics and `kefu model compare` cannot "
+                    "tell them apart (give the canary's GGUF another file name)", primary)
     return GrayRelease(settings, kv, sessions, canary, lambda: build_canary(settings, canary), primary)

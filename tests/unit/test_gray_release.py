@@ -199,14 +199,17 @@ def test_promote_rollback_and_resume_by_hand(clean_env: Path, kv: KV, sessions: 
         g.record(CANARY, ERROR)  # a promoted canary that fails is taken out as well
     assert g.phase().state == ROLLED_BACK and all(g.arm(cid) == PRIMARY for cid in range(100))
     resumed = g.change(ACTIVE, by="cli:ops", reason="fixed the template")
-    assert resumed.state == ACTIVE and resumed.epoch == 1
+    assert resumed.state == ACTIVE and resumed.epoch == 2
     assert g.window(CANARY).answers == 0  # a new window: the old errors do not take it out again at once
     g.record(CANARY, ERROR)
     assert g.phase().state == ACTIVE
+    for _ in range(4):
+        g.record(CANARY, ERROR)  # and it can be taken out again automatically
+    assert g.phase().state == ROLLED_BACK
     kinds = [(k, d["by"], d["previous"]) for k in ("model_promoted", "model_rolled_back", "model_resumed")
              for d in audited(sessions, k)]
     assert kinds == [("model_promoted", "cli:ops", "active"), ("model_rolled_back", "auto", "promoted"),
-                     ("model_resumed", "cli:ops", "rolled_back")]
+                     ("model_rolled_back", "auto", "active"), ("model_resumed", "cli:ops", "rolled_back")]
 
 
 def test_a_failing_kv_store_sends_the_conversation_to_the_primary(clean_env: Path,
