@@ -207,8 +207,9 @@ def test_load_checks_the_server_and_the_model(server: OpenAIServer, settings: Se
     with pytest.raises(UpstreamError, match="401") as refused:
         engine(settings, server.url, key="sk-not-the-key-000000").load()
     assert "sk-not-the-key-000000" not in str(refused.value) and "KEFU_UPSTREAM_API_KEY" in str(refused.value)
-    with pytest.raises(UpstreamError, match="cannot connect"):
-        engine(settings, refused_url()).load()
+    with pytest.raises(UpstreamError, match="cannot connect") as unreachable:
+        engine(settings, refused_url().replace("http://", "http://kefu:hunter2@")).load()
+    assert "hunter2" not in str(unreachable.value) and "kefu:****@" in str(unreachable.value)
 
 
 def test_think_blocks_are_removed_and_the_servers_usage_is_used(settings: Settings) -> None:

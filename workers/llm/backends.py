@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
 from models.infra.kv import KV
 from models.infra.load import publish_wait
-from models.settings import ConfigError, Settings
+from models.settings import ConfigError, Settings, mask_url
 from workers.llm.batched import BatchedEngine
 from workers.llm.engine import LlamaEngine, TextEngine
 from workers.llm.model_files import ModelUnavailable, resolve_model
@@ -49,7 +49,7 @@ class Backend(BaseModel):
     def describe(self) -> str:
         """What the backend is, for logs and the audit (no key)."""
         if self.kind == "openai":
-            return f"openai upstream {self.model} at {', '.join(self.urls)}"
+            return f"openai upstream {self.model} at {', '.join(mask_url(url) for url in self.urls)}"
         return f"local GGUF {self.model_path}" if self.model_path is not None else "local GGUF (the settings' model)"
 
 

@@ -19,7 +19,8 @@ Guarantees:
 - ``prompt_tokens``/``completion_tokens`` are the server's ``usage`` when it sends one; else estimated: one token per
   streamed content chunk, and about one token per three UTF-8 bytes of the prompt (:func:`estimate_tokens`).
 - ``Generation.model`` is the model id the request asked for (``KEFU_UPSTREAM_MODEL``), what the audit names.
-- The API key is sent only as ``Authorization: Bearer`` and never appears in an error or a log line.
+- The API key is sent only as ``Authorization: Bearer`` and never appears in an error or a log line; nor does the
+  password of a URL that carries one (``https://user:pass@host/v1``).
 
 Not a :class:`~workers.llm.engine.ChoosingEngine`: an upstream has no grammar sampler, so the model's intent step
 (:mod:`workers.intent_model`) leaves the rules' intent in place.
@@ -44,7 +45,7 @@ import httpx
 
 from models.envelope import Turn, printable
 from models.infra import metrics
-from models.settings import Settings
+from models.settings import Settings, mask_url
 from workers.llm.engine import Generation, GenerationError, TextCallback
 from workers.llm.prompts import ThinkFilter, strip_think
 
@@ -173,22 +174,22 @@ class UpstreamEngine:
         try:
             response = self._http.get(f"{url}/models", timeout=self.timeout_s)
         except httpx.HTTPError as exc:
-            return f"{url}: {self._failure(exc)}"
+            return f"{mask_url(url)}: {self._failure(exc)}"
         if response.status_code != 200:
-            return f"{url}: GET /models answered {self._status(response)}{self._hint(response.status_code)}"
+            return f"{mask_url(url)}: GET /models answered {self._status(response)}{self._hint(response.status_code)}"
         try:
             served = [str(item.get("id")) for item in response.json().get("data", [])]
         except (ValueError, AttributeError):
-            return f"{url}: GET /models did not answer an OpenAI model list (is the URL's path /v1?)"
+            return f"{mask_url(url)}: GET /models did not answer an OpenAI model list (is the URL's path /v1?)"
         if served and self.model not in served:
-            return (f"{url} does not serve model {self.model!r} (it serves {', '.join(served[:10])}): "
+            return (f"{mask_url(url)} does not serve model {self.model!r} (it serves {', '.join(served[:10])}): "
                     "check KEFU_UPSTREAM_MODEL")
         return None
 
     def close(self) -> None:
+        """Close the connections. The model-loaded gauge is left alone: another engine of this process (the primary,
+        when this is a canary taken out) may still answer; at exit the process's gauges stop counting anyway."""
         self._http.close()
-        if self._loaded:
-            metrics.model_loaded(False)
         self._loaded = False
 
     # ---- one generation -----------------------------------------------------------------------------
@@ -256,26 +257,26 @@ class UpstreamEngine:
                     response.read()
                     said = f"POST /chat/completions answered {self._status(response)}"
                     if response.status_code >= 500:
-                        raise _TryNext(f"{url}: {said}")
-                    raise UpstreamError(f"{url}: {said}{self._hint(response.status_code)}")
+                        raise _TryNext(f"{mask_url(url)}: {said}")
+                    raise UpstreamError(f"{mask_url(url)}: {said}{self._hint(response.status_code)}")
                 self._read(url, response, stream, deadline)
         except httpx.TimeoutException as exc:
             if deadline is not None and time.monotonic() >= deadline - 0.01:
                 raise _Deadline from None
             if stream.got_text:
-                raise UpstreamError(f"{url}: the stream stalled ({self._failure(exc)})") from None
-            raise _TryNext(f"{url}: {self._failure(exc)}") from None
+                raise UpstreamError(f"{mask_url(url)}: the stream stalled ({self._failure(exc)})") from None
+            raise _TryNext(f"{mask_url(url)}: {self._failure(exc)}") from None
         except httpx.TransportError as exc:  # refused, reset, DNS, a stream cut short
             if stream.got_text:
-                raise UpstreamError(f"{url}: the stream broke off ({self._failure(exc)})") from None
-            raise _TryNext(f"{url}: {self._failure(exc)}") from None
+                raise UpstreamError(f"{mask_url(url)}: the stream broke off ({self._failure(exc)})") from None
+            raise _TryNext(f"{mask_url(url)}: {self._failure(exc)}") from None
         except httpx.HTTPError as exc:  # a body that does not decode, a malformed URL
-            raise UpstreamError(f"{url}: {self._failure(exc)}") from None
+            raise UpstreamError(f"{mask_url(url)}: {self._failure(exc)}") from None
 
     def _read(self, url: str, response: httpx.Response, stream: _Stream, deadline: float | None) -> None:
         for event in _events(response.iter_lines()):
             if "error" in event:
-                raise UpstreamError(f"{url}: the stream reported an error: {_message_of(event)}")
+                raise UpstreamError(f"{mask_url(url)}: the stream reported an error: {_message_of(event)}")
             if event.get("usage"):
                 stream.usage = event["usage"]
             for choice in event.get("choices") or ():
