@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from models.model_report import compare, percentile
 from models.settings import ConfigError, Settings, load_settings
 from models.states import ReplySource
 from models.tables import AuditEvent, ConversationRecord, CsatRecord, ReplyRecord
+from tests.unit.conftest import REDIS_UNIT_URL
 from workers import gray_release, model_command
 from workers.gray_release import ACTIVE, CANARY, ERROR, MODERATED, OK, PRIMARY, PROMOTED, ROLLED_BACK, GrayRelease
 from workers.llm.engine import Generation
@@ -81,6 +83,11 @@ def kv(request: pytest.FixtureRequest, clean_env: Path) -> KV:
     return SQLiteKV(clean_env / "var" / "kv.sqlite")
 
 
+def another(kv: KV, clean_env: Path) -> KV:
+    """A second connection to the same store, as another worker process has."""
+    return RedisKV(REDIS_UNIT_URL, 5) if isinstance(kv, RedisKV) else SQLiteKV(clean_env / "var" / "kv.sqlite")
+
+
 def settings_for(clean_env: Path, **values: Any) -> Settings:
     return Settings(data_dir=clean_env / "var", canary_backend=str(canary_file(clean_env)), **values)
 
@@ -131,7 +138,7 @@ def test_a_canary_that_cannot_be_used_is_a_configuration_error_naming_it(clean_e
 def test_counts_from_many_threads_and_two_workers_are_all_kept(clean_env: Path, kv: KV,
                                                                sessions: sessionmaker[Session]) -> None:
     settings = settings_for(clean_env, canary_min_requests=10_000)  # never judged here
-    workers = [gray(settings, kv, sessions), gray(settings, kv, sessions)]
+    workers = [gray(settings, kv, sessions), gray(settings, another(kv, clean_env), sessions)]
 
     def count(worker: GrayRelease) -> None:
         for n in range(50):
@@ -147,11 +154,17 @@ def test_counts_from_many_threads_and_two_workers_are_all_kept(clean_env: Path, 
     assert workers[1].window(CANARY).answers == 0
 
 
+def test_a_counter_counts_from_one_again_once_it_expired(kv: KV) -> None:
+    assert [kv.incr("t:counter", 0.3) for _ in range(3)] == [1, 2, 3] and kv.get("t:counter") == "3"
+    time.sleep(0.4)  # the expiry was set by the first count, not moved by the others
+    assert kv.incr("t:counter", 0.3) == 1
+
+
 def test_the_canary_is_taken_out_once_past_the_threshold_with_enough_answers(
         clean_env: Path, kv: KV, sessions: sessionmaker[Session]) -> None:
     settings = settings_for(clean_env, canary_share=0.5, canary_min_requests=20, canary_max_error_rate=0.05)
     built = Built()
-    one, two = gray(settings, kv, sessions, built), gray(settings, kv, sessions, built)
+    one, two = gray(settings, kv, sessions, built), gray(settings, another(kv, clean_env), sessions, built)
     conversations = [cid for cid in range(200) if one.arm(cid) == CANARY]
     assert conversations and all(two.arm(cid) == CANARY for cid in conversations)
     one.engine.load()  # the canary's engine is built (a conversation was answered by it)
