@@ -156,7 +156,7 @@ def test_counts_from_many_threads_and_two_workers_are_all_kept(clean_env: Path, 
 
 def test_a_counter_counts_from_one_again_once_it_expired(kv: KV) -> None:
     assert [kv.incr("t:counter", 0.3) for _ in range(3)] == [1, 2, 3] and kv.get("t:counter") == "3"
-    time.sleep(0.4)  # the expiry was set by the first count, not moved by the others
+    time.sleep(0.4)  # past the expiry
     assert kv.incr("t:counter", 0.3) == 1
 
 
