@@ -86,7 +86,8 @@ def kefu_stack(args: argparse.Namespace, workdir: Path) -> Iterator[Stack]:
     data_dir = workdir / "data"
     values: dict[str, Any] = {
         "data_dir": str(data_dir), "model_path": str(write_qwen3_gguf(workdir / "tiny-qwen3.gguf")),
-        "max_tokens": args.max_tokens, "n_ctx": 1024, "n_slots": args.slots, "temperature": 0.0,
+        "max_tokens": args.max_tokens, "n_ctx": 1024, "n_slots": args.slots, "n_threads": args.threads,
+        "temperature": 0.0,
         "secret_key": "load-test", "log_level": "INFO", "database_url": db_url,
         "broker_url": services.redis_db_url(args.redis_db),
     }
@@ -327,6 +328,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gateways", type=int, default=2, help="gateway processes (kefu gateway --workers)")
     parser.add_argument("--slots", type=int, default=4, help="KEFU_N_SLOTS of the LLM worker")
+    parser.add_argument("--threads", type=int, help="KEFU_N_THREADS of the LLM worker (default: every core)")
     parser.add_argument("--max-tokens", type=int, default=16, help="KEFU_MAX_TOKENS: answer length in tokens")
     parser.add_argument("--stages", default="100:90,250:90,500:120,1000:180", help="USERS:HOLD_S,… ramped in turn")
     parser.add_argument("--spawn-rate", type=float, default=25.0, help="users started per second")
