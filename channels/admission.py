@@ -162,6 +162,15 @@ class Admission:
         self._refused(refusal, channel, wait_estimate_s=round(wait, 1))
         return refusal
 
+    def close(self) -> None:
+        """Release the storage's connections (Redis) or its expiry timer (memory)."""
+        client = getattr(self.storage, "storage", None)  # RedisStorage's redis client
+        if isinstance(self.storage, RedisStorage) and client is not None:
+            client.close()
+        timer = getattr(self.storage, "timer", None)
+        if timer is not None:
+            timer.cancel()
+
     def wait_text(self, refusal: Refusal) -> str:
         """The polite Chinese reply a customer gets for a refused message on a chat channel."""
         return self.settings.backpressure_reply if refusal.scope == BACKPRESSURE else self.settings.rate_limited_reply
@@ -199,6 +208,9 @@ class Unlimited(Admission):
 
     def wait_text(self, refusal: Refusal) -> str:
         return ""
+
+    def close(self) -> None:
+        return None
 
 
 class RateLimited(RequestRejected):

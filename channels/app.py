@@ -191,7 +191,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Starlett
             await gw.listener.stop()
             await run_in_threadpool(faq_sync.stop)
             gw.db.dispose()
-            for held in (gw.kv, gw.bus):  # the SQLite KV's connection, the socket bus's socket
+            for held in (gw.kv, gw.bus, gw.admission):  # the SQLite KV's connection, the socket bus's socket, the
+                # limiter's Redis connections
                 close = getattr(held, "close", None)
                 if close is not None:
                     close()

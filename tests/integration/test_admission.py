@@ -24,14 +24,16 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from websockets.sync.client import connect
 
 from channels import webhook_fake
+from channels.admission import subject_hash
 from models.infra.db import make_engine, make_session_factory
 from models.infra.kv import make_kv
-from models.infra.load import publish_wait
+from models.infra.load import WAIT_KEY, publish_wait
 from models.infra.migrate import upgrade
 from models.settings import Settings
 from models.states import InboundStatus
@@ -80,7 +82,8 @@ def start(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     def run(**overrides: Any) -> Gateway:
         values: dict[str, Any] = {
             "data_dir": tmp_path, "secret_key": secrets.token_hex(16), "wechat_accounts": [wp.account()],
-            "busy_notice_after_s": 0, "rate_limit_ip": "", "rate_limit_visitor": "", "rate_limit_peer": "", "faq": FAQ}
+            "busy_notice_after_s": 0, "rate_limit_ip": "", "rate_limit_visitor": "", "rate_limit_peer": "", "faq": FAQ,
+            "backpressure_wait_s": 0}
         if request.param == "redis-postgres":
             values.update(database_url=url, redis_url=request.getfixturevalue("redis_url"))
         settings = Settings(**(values | overrides))
@@ -204,7 +207,15 @@ def test_backpressure_answers_new_model_work_with_a_wait(start: Any) -> None:
     gw = start(backpressure_wait_s=30)
     kv = make_kv(gw.settings)
     publish_wait(kv, 95.0)  # what the LLM workers publish (models.infra.load)
-    getattr(kv, "close", lambda: None)()
+    try:
+        backpressured(gw)
+    finally:  # Redis: the next test (and its wait estimate) must not see this one
+        kv.delete(WAIT_KEY)
+        getattr(kv, "close", lambda: None)()
+
+
+def backpressured(gw: Gateway) -> None:
+    """The WeChat and web checks under a published wait of 95 s (KEFU_BACKPRESSURE_WAIT_S 30)."""
     assert wechat_ask(gw, "o-busy", 9300) == gw.settings.backpressure_reply
     status, kinds, reply = trail(gw, 9300)
     assert status == InboundStatus.ANSWERED and "queued" not in kinds and reply is not None
@@ -236,3 +247,23 @@ def test_a_webhook_users_messages_over_the_limit_are_stored_and_told_to_wait(sta
     assert statuses == [InboundStatus.QUEUED, InboundStatus.QUEUED, InboundStatus.ANSWERED]
     assert (reply.source, reply.text) == ("rule", gw.settings.rate_limited_reply)  # delivered by deliver, as any
     assert [r.channel for r in gw.refusals("peer")] == ["webhook"]
+
+
+def test_gateways_share_the_counts_on_redis_and_count_alone_embedded(start: Any,
+                                                                      request: pytest.FixtureRequest) -> None:
+    shared = {"rate_limit_ip": "3 per 1 minute", "secret_key": secrets.token_hex(16)}
+    first, second = start(**shared), start(**shared)  # two gateway processes' worth, one deployment
+    with httpx.Client(timeout=10) as http:
+        codes = [http.post(f"{gw.url}/v1/web/sessions").status_code for gw in (first, first, second, second)]
+    on_redis = "redis" in request.node.callspec.id
+    # Redis: one count for the deployment (the fourth session is over 3); embedded: each process counts alone
+    assert codes == ([201, 201, 201, 429] if on_redis else [201, 201, 201, 201])
+    if on_redis:
+        client = redis.Redis.from_url(first.settings.effective_redis_url or "")
+        try:
+            keys = [key.decode() for key in client.scan_iter("kefu:limits*")]
+        finally:
+            client.close()
+        mine = subject_hash(str(shared["secret_key"]).encode(), "ip", "127.0.0.1")
+        assert [key for key in keys if mine in key]  # this deployment's count, under the address's keyed hash
+        assert all("127.0.0.1" not in key for key in keys)  # never the address itself
