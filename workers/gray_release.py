@@ -141,6 +141,18 @@ def on_canary(canary_id: str, conversation_id: int, share: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
+def phase_of(kv: KV, canary: Canary) -> Phase:
+    """The canary's state in the shared KV store (raises what the store raises)."""
+    raw = kv.get(f"gray:{canary.id}:state")
+    if raw is None:
+        return Phase()
+    try:
+        return Phase(**json.loads(raw))
+    except (ValueError, TypeError):
+        log.warning("the gray release's state does not parse; the canary counts as active")
+        return Phase()
+
+
 def outcome_of(source: ReplySource, why: str | None) -> str:
     """``ok``, ``error`` (the fallback replaced the answer) or ``moderated`` (outbound moderation refused it)."""
     if source is not ReplySource.FALLBACK:
@@ -204,14 +216,7 @@ class GrayRelease:
         return ":".join(["gray", self.canary.id, *map(str, parts)])
 
     def phase(self) -> Phase:
-        raw = self.kv.get(self._key("state"))
-        if raw is None:
-            return Phase()
-        try:
-            return Phase(**json.loads(raw))
-        except (ValueError, TypeError):
-            log.warning("the gray release's state does not parse; the canary counts as active")
-            return Phase()
+        return phase_of(self.kv, self.canary)
 
     def change(self, state: str, *, by: str, reason: str = "", conversation_id: int | None = None,
                detail: dict[str, Any] | None = None) -> Phase:

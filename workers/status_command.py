@@ -5,7 +5,8 @@ broker and the KV store) and never raising: the database answers, its schema is 
 answers, the depth of each queue (``llm``, ``io``), and the LLM worker processes alive with their model (their
 heartbeat: :mod:`models.infra.heartbeat`). Required: database, migrations, broker, and at least one LLM worker
 with its model loaded; :func:`run` returns 1 when any of them is missing, 0 otherwise. Queue depths are shown, never
-judged (a deep queue is an alert's business: compose/monitoring/alerts.yml).
+judged (a deep queue is an alert's business: compose/monitoring/alerts.yml). With a canary model
+(``KEFU_CANARY_BACKEND``), its state is shown too (WARN once taken out), never required.
 """
 
 from __future__ import annotations
@@ -128,12 +129,37 @@ def check_phone_speech(settings: Settings, status: Status) -> None:
     status.checks["phone_speech"] = "ok" if found is None else found
 
 
+def check_canary(settings: Settings, status: Status) -> None:
+    """Shown, not required: the gray release's canary model and its state (workers.gray_release; details in
+    ``kefu model status``). Nothing without KEFU_CANARY_BACKEND."""
+    if not settings.canary_backend:
+        return
+    from models.infra.kv import make_kv
+    from workers.gray_release import canary_of, phase_of
+
+    try:
+        canary = canary_of(settings)
+        assert canary is not None
+        kv = make_kv(settings, settings.publish_timeout_s)
+        try:
+            phase = phase_of(kv, canary)
+        finally:
+            getattr(kv, "close", lambda: None)()
+    except Exception as exc:
+        status.checks["canary"] = _failure(exc)
+        return
+    share = phase.shares(settings.canary_share)[1]
+    changed = f" by {phase.by} at {phase.at}" + (f": {phase.reason}" if phase.reason else "") if phase.by else ""
+    status.checks["canary"] = f"{canary.name} {phase.state}{changed} ({share:.0%} of conversations)"
+
+
 def collect(settings: Settings) -> Status:
     status = Status()
     check_database(settings, status)
     check_broker(settings, status)
     check_llm_workers(settings, status)
     check_phone_speech(settings, status)
+    check_canary(settings, status)
     return status
 
 
@@ -145,6 +171,10 @@ def render(status: Status) -> str:
     if "phone_speech" in status.checks:
         answer = status.checks["phone_speech"]
         lines.append(f"{'ok  ' if answer == 'ok' else 'WARN'}  phone_speech {answer}")
+    if "canary" in status.checks:  # a canary taken out (or unreadable) is worth a look, never a failure
+        answer = status.checks["canary"]
+        warn = " rolled_back" in answer or answer.startswith("unreachable")
+        lines.append(f"{'WARN' if warn else 'ok  '}  canary      {answer}")
     for queue, depth in status.queues.items():
         lines.append(f"      queue {queue:<5} {'unknown' if depth is None else f'{depth} waiting'}")
     for worker in status.llm_workers:

@@ -330,3 +330,23 @@ def test_the_kefu_model_command_line(clean_env: Path, db: Engine, sessions: sess
     cli.check_canary(Settings(canary_backend=str(clean_env / "gone.gguf")), ["io"])  # not an LLM worker: not its job
     with pytest.raises(ConfigError, match="KEFU_CANARY_BACKEND"):
         cli.check_canary(Settings(canary_backend=str(clean_env / "gone.gguf")), ["llm"])
+
+
+def test_kefu_status_shows_the_canary(clean_env: Path, kv: KV, sessions: sessionmaker[Session]) -> None:
+    from workers import status_command
+
+    url = REDIS_UNIT_URL if isinstance(kv, RedisKV) else None
+    settings = settings_for(clean_env, canary_share=0.2, redis_url=url)
+    found = status_command.Status()
+    status_command.check_canary(settings, found)
+    assert found.checks["canary"] == "canary-model active (20% of conversations)"
+    assert "ok    canary      canary-model active" in status_command.render(found)
+    gray(settings, kv, sessions).change(ROLLED_BACK, by="ops", reason="slow")
+    status_command.check_canary(settings, found)
+    assert found.checks["canary"].startswith("canary-model rolled_back by ops at ") and "slow (0% of" in found.checks[
+        "canary"]
+    assert "WARN  canary      canary-model rolled_back" in status_command.render(found)
+    assert found.missing == ["database", "migrations", "broker", "llm_worker"]  # not required: not in the list
+    nothing = status_command.Status()
+    status_command.check_canary(Settings(data_dir=clean_env / "var"), nothing)
+    assert "canary" not in nothing.checks
