@@ -179,6 +179,8 @@ class Runtime:
             encoder.close()
         if "platform" in self.__dict__:
             self.platform.close()
+        if "admission" in self.__dict__:
+            self.admission.close()
         if "db" in self.__dict__:
             self.db.dispose()
         if "bus" in self.__dict__:
