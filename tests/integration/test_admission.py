@@ -31,6 +31,8 @@ from websockets.sync.client import connect
 
 from channels import webhook_fake
 from channels.admission import subject_hash
+from channels.wechat_fake import FakeWeChat
+from channels.wecom_kf.adapter import request_sync
 from models.infra.db import make_engine, make_session_factory
 from models.infra.kv import make_kv
 from models.infra.load import WAIT_KEY, publish_wait
@@ -43,6 +45,7 @@ from tests import wechat_platform as wp
 from tests.integration.conftest import recv_until
 from tests.metrics_scrape import scrape
 from workers.demo.processes import GatewayThread
+from workers.runtime import Runtime
 
 FAQ = [{"keywords": ["发票"], "answer": "电子发票会在发货后24小时内发送到您的邮箱。"}]
 
@@ -267,3 +270,47 @@ def test_gateways_share_the_counts_on_redis_and_count_alone_embedded(start: Any,
         mine = subject_hash(str(shared["secret_key"]).encode(), "ip", "127.0.0.1")
         assert [key for key in keys if mine in key]  # this deployment's count, under the address's keyed hash
         assert all("127.0.0.1" not in key for key in keys)  # never the address itself
+
+
+class _Pulls:
+    """The gateway's publisher as request_sync sees it: the pull itself is run by hand here."""
+
+    def pull(self, channel: str, account: str, source: str, countdown: float | None = None) -> None:
+        return None
+
+
+@pytest.mark.parametrize("backend", ["embedded", "redis-postgres"])
+def test_kf_messages_pulled_over_a_customers_limit_are_stored_and_told_to_wait(backend: str, tmp_path: Path,
+                                                                               request: pytest.FixtureRequest) -> None:
+    values: dict[str, Any] = {"data_dir": tmp_path, "secret_key": secrets.token_hex(16), "backpressure_wait_s": 0,
+                              "wecom_kf_accounts": [wp.kf_account()], "rate_limit_peer": "2 per 1 minute"}
+    database = None
+    if backend == "redis-postgres":
+        services.ensure_postgres()
+        database, url = services.create_database()
+        values.update(database_url=url, redis_url=request.getfixturevalue("redis_url"))
+    try:
+        with FakeWeChat() as fake:
+            fake.add_corp_app(wp.CORPID, wp.KF_SECRET)
+            settings = Settings(**values, wecom_api_base=fake.base_url)
+            upgrade(settings)
+            rt = Runtime(settings)  # the io worker's: its puller gets the worker's admission
+            try:
+                kfid = "wkLimited01"
+                fake.queue_kf_messages(kfid, [{"external_userid": "wm-hasty", "content": f"快递到哪了{n}"}
+                                              for n in range(4)])
+                request_sync(rt.sessions, _Pulls(), rt.kv, "kf", kfid, None)  # type: ignore[arg-type]
+                assert rt.puller("wecom_kf").run("kf", kfid) == 4  # every message stored
+                with rt.sessions() as s:
+                    rows = list(s.scalars(select(InboundRecord).order_by(InboundRecord.id)))
+                    replies = {r.inbound_id: r for r in s.scalars(select(ReplyRecord))}
+                    refused = list(s.scalars(select(AuditEvent).where(AuditEvent.kind == "admission_refused")))
+            finally:
+                rt.close()
+    finally:
+        if database is not None:
+            services.drop_database(database)
+    assert [row.status for row in rows] == ["queued", "queued", "answered", "answered"]
+    assert [(replies[row.id].source, replies[row.id].text) for row in rows[2:]] == [
+        ("rule", settings.rate_limited_reply)] * 2  # sent by deliver as a kf message, like any reply
+    assert [(e.channel, e.detail["scope"]) for e in refused] == [("wecom_kf", "peer")] * 2
