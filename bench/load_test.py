@@ -221,7 +221,7 @@ class CpuSampler:
         if len(inside) < 2:
             return {}
         (t0, first), (t1, last) = inside[0], inside[-1]
-        return {group: round((last.get(group, 0.0) - first.get(group, 0.0)) / (t1 - t0), 2) for group in last}
+        return {group: round((last.get(group, 0.0) - first.get(group, 0.0)) / (t1 - t0), 3) for group in last}
 
 
 # ---- Locust --------------------------------------------------------------------------------------------
@@ -304,11 +304,16 @@ def table(result: dict[str, Any]) -> str:
             reply = names.get("reply")
             lines.append(f"| {stage['users']} | {kind} | {fmt(names.get('accept'))} | {fmt(reply)} "
                          f"| {reply['per_s'] if reply else '—'} |")
-    lines += ["", "| users | " + " | ".join(result["cpu_groups"]) + " |",
+    lines += ["", "CPU in cores:", "", "| users | " + " | ".join(result["cpu_groups"]) + " |",
               "|---|" + "---|" * len(result["cpu_groups"])]
     for stage in result["stages"]:
         cpu = stage.get("cpu_cores", {})
         lines.append(f"| {stage['users']} | " + " | ".join(str(cpu.get(g, "—")) for g in result["cpu_groups"]) + " |")
+    lines += ["", "CPU ms per reply:", "", "| users | " + " | ".join(result["cpu_groups"]) + " |",
+              "|---|" + "---|" * len(result["cpu_groups"])]
+    for stage in result["stages"]:
+        per = stage.get("cpu_ms_per_reply", {})
+        lines.append(f"| {stage['users']} | " + " | ".join(str(per.get(g, "—")) for g in result["cpu_groups"]) + " |")
     return "\n".join(lines)
 
 
@@ -320,6 +325,30 @@ def first_miss(result: dict[str, Any]) -> int | None:
             if reply and reply["n"] and (reply["within_2s"] < 0.95 or reply["errors"] > 0.01 * reply["n"]):
                 return int(stage["users"])
     return None
+
+
+def cpu_per_reply(stage: dict[str, Any]) -> dict[str, float]:
+    """CPU milliseconds each process group spent per reply in a stage's steady part."""
+    replies = sum(names["reply"]["per_s"] or 0 for names in stage["kinds"].values() if "reply" in names)
+    cpu = stage.get("cpu_cores", {})
+    return {group: round(cores / replies * 1000, 1) for group, cores in cpu.items() if replies} if replies else {}
+
+
+def production_shape(result: dict[str, Any], users: int, think_mean_s: float) -> dict[str, Any] | None:
+    """What ``users`` would need, from the last stage that met the target (else the first stage): the rate
+    they ask at (users / (mean think time + that stage's reply p50)) × each group's CPU per reply = cores."""
+    stages = result["stages"]
+    met = [s for s in stages if s["users"] < (result["first_stage_missing_target"] or 10**9)]
+    base = met[-1] if met else (stages[0] if stages else None)
+    if base is None or not base.get("cpu_ms_per_reply"):
+        return None
+    p50s = [names["reply"]["p50_ms"] for names in base["kinds"].values() if names.get("reply", {}).get("p50_ms")]
+    reply_s = (sum(p50s) / len(p50s) / 1000) if p50s else 0.0
+    rate = users / (think_mean_s + reply_s)
+    cores = {g: round(ms / 1000 * rate, 2) for g, ms in base["cpu_ms_per_reply"].items()
+             if g not in ("machine", "load_test", "locust")}
+    return {"users": users, "from_stage_users": base["users"], "replies_per_s": round(rate, 1),
+            "cores": cores, "cores_total": round(sum(cores.values()), 1)}
 
 
 # ---- the run ---------------------------------------------------------------------------------------------
@@ -336,6 +365,7 @@ def main() -> None:
     parser.add_argument("--redis-db", type=int, default=15, help="Redis database for the broker and bus (flushed)")
     parser.add_argument("--keep-limits", action="store_true", help="leave admission control's defaults on")
     parser.add_argument("--web-only", action="store_true", help="no OpenAI-API users")
+    parser.add_argument("--target-users", type=int, default=1000, help="users the production-shape sum is for")
     parser.add_argument("--out", type=Path, help="folder for Locust's CSV, the samples, logs, summary.json")
     args = parser.parse_args()
     stages = parse_stages(args.stages, args.spawn_rate)
@@ -368,7 +398,10 @@ def main() -> None:
         }
         for stage, entry in zip(stages, result["stages"], strict=True):
             entry["cpu_cores"] = sampler.cores(t0 + stage.steady_s, t0 + stage.end_s)
+            entry["cpu_ms_per_reply"] = cpu_per_reply(entry)
         result["first_stage_missing_target"] = first_miss(result)
+        low, high = (float(x) for x in args.think.split(","))
+        result["production_shape"] = production_shape(result, args.target_users, (low + high) / 2)
         (out / "summary.json").write_text(json.dumps(result, ensure_ascii=False, indent=1))
         print(json.dumps(result, ensure_ascii=False))
         print(f"\nmachine: {result['machine']}, commit {result['commit']}, out: {out}")
@@ -376,6 +409,11 @@ def main() -> None:
         miss = result["first_stage_missing_target"]
         print(f"\nfirst stage where a kind's replies were not 95 % within 2 s (or >1 % errors): "
               f"{miss if miss is not None else 'none'} users")
+        shape = result["production_shape"]
+        if shape:
+            print(f"{shape['users']} users at this think time ask ~{shape['replies_per_s']} questions/s; at the CPU "
+                  f"per reply of the {shape['from_stage_users']}-user stage that takes {shape['cores_total']} "
+                  f"cores: {shape['cores']}")
 
 
 if __name__ == "__main__":
