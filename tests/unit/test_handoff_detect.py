@@ -246,6 +246,8 @@ class _PersonPort(HandOffPort):
 
 
 class _NoModel:
+    model_name = "no-model"
+
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("no model here")  # stored as the fallback reply
 
@@ -275,7 +277,8 @@ def test_the_worker_hands_off_after_the_ask_back_without_the_model(clean_env: Pa
     port.begun, port.from_worker = [], from_worker
     rt = SimpleNamespace(settings=settings, sessions=sessions, llm=_NoModel(), kv=SimpleNamespace(get=lambda k: None),
                          channel=lambda name: SimpleNamespace(cache_context=False, streams=False),
-                         handoff=lambda name: port, outbound=lambda name: None,
+                         handoff=lambda name: port, gray=None,
+                         outbound=lambda name: SimpleNamespace(client_history=lambda *key: None),
                          knowledge=SimpleNamespace(lookup=lambda *texts: None), dense_faq=None,
                          context=SimpleNamespace(save=lambda *args: None))
     reply_id = answering.generate(rt, second, key)  # type: ignore[arg-type]

@@ -73,7 +73,8 @@ def runtime(settings: Settings, llm: Any) -> Any:
     port = Port()
     return SimpleNamespace(settings=settings, sessions=sessions, llm=llm, kv=SimpleNamespace(get=lambda k: None),
                            channel=lambda name: SimpleNamespace(cache_context=False, streams=False),
-                           handoff=lambda name: port, outbound=lambda name: None, port=port,
+                           handoff=lambda name: port, port=port,
+                           outbound=lambda name: SimpleNamespace(client_history=lambda *key: None),
                            knowledge=SimpleNamespace(lookup=lambda *texts: None), dense_faq=None,
                            context=SimpleNamespace(save=lambda *args: None))
 
