@@ -171,10 +171,7 @@ def render(status: Status) -> str:
     if "phone_speech" in status.checks:
         answer = status.checks["phone_speech"]
         lines.append(f"{'ok  ' if answer == 'ok' else 'WARN'}  phone_speech {answer}")
-    if "canary" in status.checks:  # a canary taken out (or unreadable) is worth a look, never a failure
-        answer = status.checks["canary"]
-        warn = " rolled_back" in answer or answer.startswith("unreachable")
-        lines.append(f"{'WARN' if warn else 'ok  '}  canary      {answer}")
+    lines += _canary_line(status)
     for queue, depth in status.queues.items():
         lines.append(f"      queue {queue:<5} {'unknown' if depth is None else f'{depth} waiting'}")
     for worker in status.llm_workers:
@@ -184,6 +181,15 @@ def render(status: Status) -> str:
         lines.append(f"      llm   {worker['node']} pid {worker['pid']}: {model} ({state})")
     lines.append("ready" if not status.missing else f"not ready: missing {', '.join(status.missing)}")
     return "\n".join(lines)
+
+
+def _canary_line(status: Status) -> list[str]:
+    """The canary's line, if there is a canary: WARN once taken out (or unreadable), worth a look, never a failure."""
+    if "canary" not in status.checks:
+        return []
+    answer = status.checks["canary"]
+    warn = " rolled_back" in answer or answer.startswith("unreachable")
+    return [f"{'WARN' if warn else 'ok  '}  canary      {answer}"]
 
 
 def run(settings: Settings, as_json: bool) -> int:
