@@ -391,7 +391,8 @@ def main() -> None:
             "api": bool(key and model), "stages": by_stage(stages, rows),
             "all": {kind: {name: figures([r for r in rows if r["kind"] == kind and r["name"] == name],
                                          total_s(stages))
-                           for name in ("session", "connect", "accept", "reply")}
+                           for name in ("session", "connect", "accept", "reply")
+                           if any(r["kind"] == kind and r["name"] == name for r in rows)}
                     for kind in sorted({r["kind"] for r in rows})},
             "cpu_groups": ["gateway", "llm worker", "io worker", "postgres", "redis", "locust", "load_test",
                            "machine"],

@@ -8,7 +8,8 @@ Run by ``bench/load_test.py``, which starts the stack and reads the results; by 
 - :class:`WebChatUser` (weight 3): ``POST /v1/web/sessions``, then one WebSocket (``/v1/web/ws?token=…``) for
   the visit; each question is a ``message`` frame. **accept** = frame sent → its ``accepted`` frame (the gateway
   stored it and queued it); **reply** = frame sent → the ``reply`` frame for that message (the whole answer,
-  after its ``token`` frames), which is then acked. A person's pause between questions: ``--kefu-think`` (5-15 s).
+  after its ``token`` frames), which is then acked. A person's pause before each question, the first included:
+  ``--kefu-think`` (5-15 s).
 - :class:`OpenAIUser` (weight 1): ``POST /v1/chat/completions`` with its own ``user`` (one conversation per
   simulated client). Streaming (``--kefu-stream-share``, 80 %): **accept** = request sent → response headers
   (status 200); **reply** = → ``data: [DONE]``. Non-streaming: **reply** only (the headers come with the answer).
@@ -128,6 +129,7 @@ class WebChatUser(User):
         self.ws: websocket.WebSocket | None = None
         self.token = ""
         self._pending = "accept"  # what a failure of the current question counts against
+        time.sleep(think(self))  # a visitor reads the page and types before the first question (gevent: yields)
 
     def on_stop(self) -> None:
         self._close()
@@ -222,6 +224,7 @@ class OpenAIUser(User):
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {options.kefu_api_key}"
         self.conversation = f"load-{uuid.uuid4().hex[:12]}"
+        time.sleep(think(self))  # arrivals spread like the web visitors' (a ramp is not one burst)
 
     def on_stop(self) -> None:
         self.http.close()
