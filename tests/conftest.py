@@ -23,6 +23,23 @@ def _no_conversation_in_the_log_context() -> Iterator[None]:
         yield
 
 
+# every test's requests come from 127.0.0.1 (and, on Redis, share that address's counts across the session): the
+# address, visitor and customer rate limits are off unless a test sets them (tests/integration/test_admission.py)
+_RATE_LIMITS_OFF = ("KEFU_RATE_LIMIT_IP", "KEFU_RATE_LIMIT_VISITOR", "KEFU_RATE_LIMIT_PEER")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_rate_limits_unless_asked() -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in _RATE_LIMITS_OFF}
+    os.environ.update(dict.fromkeys(_RATE_LIMITS_OFF, ""))
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_qwen3_gguf(tmp_path_factory.mktemp("model") / "tiny-qwen3.gguf")
