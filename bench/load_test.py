@@ -1,11 +1,18 @@
 """Load test: Locust's simulated users (web chat on the WebSocket + the OpenAI API) against a whole Kefu stack.
 
-The 1,000-user run (about 9 minutes: 45 s of ramps, 8 min 30 s of holds, plus ~30 s to start and stop)::
+The 1,000-user run (about 9 minutes: 40 s of ramps and 6 min 45 s of holds, ~1 min to start, warm up and stop;
+run it on a quiet machine)::
 
-    .venv/bin/python -m bench.load_test --gateways 2 --slots 4 --stages 100:90,250:90,500:120,1000:180 \\
-        --out /tmp/kefu-load
+    .venv/bin/python -m bench.load_test --gateways 2 --slots 4 --threads 1 \
+        --stages 100:60,250:75,500:90,1000:180 --out /tmp/kefu-load
 
-Smoke (about 2 minutes): ``.venv/bin/python -m bench.load_test --stages 25:30,50:45``.
+``--threads 1``: on the 2-core VM the LLM worker shares the cores with two gateways, the io worker, PostgreSQL,
+Redis and Locust; llama.cpp's default (a thread per core) then waits on its own busy threads (smoke, 60 users:
+reply p95 17-18 s and 0.76 cores with 2 threads, 0.4-0.5 s and 0.27 cores with 1; docs/BENCHMARKS.md). Leave it
+out to measure the product's default.
+
+Smoke (about 3 minutes, at most 100 users): ``.venv/bin/python -m bench.load_test --threads 1 --stages
+50:45,100:60``.
 
 What it starts: PostgreSQL and Redis (``tests/services.py``: a fresh database, Redis database ``--redis-db``),
 ``kefu gateway --workers K`` (``--gateways``), one LLM worker (``--queues llm``, ``KEFU_N_SLOTS`` = ``--slots``,
@@ -359,7 +366,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=4, help="KEFU_N_SLOTS of the LLM worker")
     parser.add_argument("--threads", type=int, help="KEFU_N_THREADS of the LLM worker (default: every core)")
     parser.add_argument("--max-tokens", type=int, default=16, help="KEFU_MAX_TOKENS: answer length in tokens")
-    parser.add_argument("--stages", default="100:90,250:90,500:120,1000:180", help="USERS:HOLD_S,… ramped in turn")
+    parser.add_argument("--stages", default="100:60,250:75,500:90,1000:180", help="USERS:HOLD_S,… ramped in turn")
     parser.add_argument("--spawn-rate", type=float, default=25.0, help="users started per second")
     parser.add_argument("--think", default="5,15", help="MIN,MAX seconds a user waits between questions")
     parser.add_argument("--redis-db", type=int, default=15, help="Redis database for the broker and bus (flushed)")

@@ -67,7 +67,7 @@ QUESTIONS = load_questions()
 
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
-    parser.add_argument("--kefu-stages", default="100:60,250:60,500:90,1000:120", help="USERS:HOLD_S,… (ramped)")
+    parser.add_argument("--kefu-stages", default="100:60,250:75,500:90,1000:180", help="USERS:HOLD_S,… (ramped)")
     parser.add_argument("--kefu-spawn-rate", type=float, default=25.0, help="users started per second")
     parser.add_argument("--kefu-think", default="5,15", help="MIN,MAX seconds between a user's questions")
     parser.add_argument("--kefu-timeout", type=float, default=60.0, help="seconds before a missing answer fails")
