@@ -18,7 +18,8 @@ when it fails.
   to 1.1 windows. A reply that outbound moderation refused counts ``moderated`` in the metrics but not in the
   window: the model did answer, the policy refused the text, and customers who provoke it must not be able to take
   a model out.
-- Rollback: after each canary outcome, when the window holds at least ``KEFU_CANARY_MIN_REQUESTS`` answers and
+- Rollback: after each canary error (only an error raises the rate: answers that went well cost no window read),
+  when the window holds at least ``KEFU_CANARY_MIN_REQUESTS`` answers and
   errors / answers exceeds ``KEFU_CANARY_MAX_ERROR_RATE``, the canary is rolled back (active or promoted alike):
   one worker wins (``KV.add``), stores the state, audits ``model_rolled_back`` (model, rate, counts, window, by
   ``auto``) and counts ``kefu_canary_rollbacks_total``. The answer that tripped it already has its fallback reply:
@@ -264,7 +265,7 @@ class GrayRelease:
             bucket_s = self.settings.canary_window_s / BUCKETS
             bucket = int(time.time() // bucket_s)
             self.kv.incr(self._key(phase.epoch, arm, outcome, bucket), self.settings.canary_window_s + 2 * bucket_s)
-            if arm == CANARY and phase.state != ROLLED_BACK:
+            if arm == CANARY and outcome == ERROR and phase.state != ROLLED_BACK:  # only an error raises the rate
                 self._judge(phase, conversation_id)
         except Exception:
             log.exception("gray release outcome not counted")
