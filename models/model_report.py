@@ -9,7 +9,8 @@ since the gray release (workers/gray_release.py), the fallback stored when that 
   rank; None without any);
 - ``conversations``: the conversations it answered in; ``handoff_rate``: the share of them a person was asked for
   (``conversation.handoffs`` > 0), whenever in the conversation that was;
-- ``csat_mean`` / ``csat_count``: the satisfaction scores given in those conversations in the period.
+- ``csat_mean`` / ``csat_count``: the satisfaction scores given in those conversations in the period (any round: a
+  score is asked for when a person hands the conversation back, so it rates the whole conversation).
 
 A conversation answered by two models (moved back to the primary after a rollback) counts for both. Models are
 sorted by answers, most first. Raises what the session raises (a database error).
