@@ -82,7 +82,7 @@ class Canary:
 @dataclass(frozen=True)
 class Phase:
     """The canary's state: ``active`` (its share), ``rolled_back`` (none) or ``promoted`` (all); who changed it,
-    why and when; ``epoch`` numbers the windows (``kefu model resume`` starts a new one)."""
+    why and when; ``epoch`` numbers the windows (``kefu model resume`` and ``promote`` start a new one)."""
 
     state: str = ACTIVE
     by: str = ""
@@ -125,7 +125,7 @@ def canary_of(settings: Settings) -> Canary | None:
         raise ConfigError("KEFU_CANARY_BACKEND: " + "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())) from None
     if backend.kind == "local":
-        if backend.model_path is None or not backend.model_path.is_file():
+        if backend.model_path is None or not backend.model_path.expanduser().is_file():
             raise ConfigError(f"KEFU_CANARY_BACKEND: the canary's GGUF {backend.model_path} is not a file")
         name = backend.model_path.stem
     else:
@@ -148,10 +148,13 @@ def phase_of(kv: KV, canary: Canary) -> Phase:
     if raw is None:
         return Phase()
     try:
-        return Phase(**json.loads(raw))
+        found = Phase(**json.loads(raw))
     except (ValueError, TypeError):
+        found = None
+    if found is None or found.state not in (ACTIVE, ROLLED_BACK, PROMOTED):
         log.warning("the gray release's state does not parse; the canary counts as active")
         return Phase()
+    return found
 
 
 def outcome_of(source: ReplySource, why: str | None) -> str:

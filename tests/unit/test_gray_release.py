@@ -234,6 +234,13 @@ def test_a_failing_kv_store_sends_the_conversation_to_the_primary(clean_env: Pat
     g.record(CANARY, ERROR)  # logged, never raised into the answer
 
 
+def test_a_state_that_does_not_parse_counts_as_active(clean_env: Path, kv: KV, sessions: sessionmaker[Session]) -> None:
+    g = gray(settings_for(clean_env, canary_share=0.0), kv, sessions)
+    for garbage in ("not json", '{"state": "paused"}', '{"state": "promoted", "extra": 1}'):
+        kv.set(f"gray:{g.canary.id}:state", garbage, 60)
+        assert g.phase().state == ACTIVE and g.arm(1) == PRIMARY
+
+
 def test_the_outcome_of_an_answer() -> None:
     assert gray_release.outcome_of(ReplySource.MODEL, None) == OK
     assert gray_release.outcome_of(ReplySource.MODEL, "moderated_out:mask:keyword:1") == OK
