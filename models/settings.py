@@ -198,6 +198,10 @@ class Settings(_KefuVariables):
     # the gateway's longest wait for the broker or Redis in one request (publish, kv, bus); then it goes on without
     publish_timeout_s: PositiveSeconds = 1.0
     gateway_threads: PositiveInt = 4  # threads for blocking database/broker calls in each gateway process
+    # addresses whose X-Forwarded-For the gateway believes, comma-separated, "*" for any (uvicorn's
+    # forwarded_allow_ips): behind a reverse proxy, the proxy's address, so the per-address rate limit and the
+    # console's login throttle count the client and not the proxy; unset: uvicorn's FORWARDED_ALLOW_IPS or 127.0.0.1
+    forwarded_allow_ips: str | None = None
     # The admin API (channels/admin.py: knowledge base, approved answers) takes this bearer token; unset: it is off
     admin_token: SecretStr | None = None
     admin_max_upload_bytes: PositiveInt = 20 * 1024 * 1024  # a document imported through the admin API; larger: 413
@@ -497,8 +501,8 @@ class Settings(_KefuVariables):
     # --- admission control: rate limits and backpressure (channels/admission.py, docs/admission.md) ------------
     # per client address, across the web chat's new sessions and messages and the API's requests. Every limit here is
     # in the `limits` notation, several separated by ";" ("5 per 2 seconds;60 per minute"), "" turns it off, and is
-    # counted in Redis when Kefu has one, else in each process's memory. Behind a load balancer let uvicorn trust its
-    # X-Forwarded-For (FORWARDED_ALLOW_IPS), or every visitor counts as the balancer.
+    # counted in Redis when Kefu has one, else in each process's memory. Behind a load balancer set
+    # KEFU_FORWARDED_ALLOW_IPS to its address, or every visitor counts as the balancer.
     rate_limit_ip: str = "20 per 2 seconds;300 per minute"
     rate_limit_visitor: str = "5 per 5 seconds;30 per minute"  # per web chat visitor: messages (HTTP and WebSocket)
     # per customer of the WeChat official account (openid), WeCom app (userid), WeChat kf (external userid), webhook

@@ -248,7 +248,7 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
         uvicorn.run("workers.cli:gateway_app", factory=True, workers=workers, host=args.host or settings.host,
                     port=args.port or settings.port, log_level=settings.log_level.lower(),
                     ws_max_size=settings.max_body_bytes, access_log=False, log_config=None,
-                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, forwarded_allow_ips=settings.forwarded_allow_ips)
         return 0
     uvicorn.run(
         create_app(settings),
@@ -259,6 +259,7 @@ def cmd_gateway(settings: Settings, args: argparse.Namespace) -> int:
         access_log=False,  # the gateway writes its own (channels/access_log.py: no query strings)
         log_config=None,  # uvicorn's loggers go through setup_logging's handler (KEFU_LOG_FORMAT)
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,  # open console event streams are cancelled after it
+        forwarded_allow_ips=settings.forwarded_allow_ips,  # whose X-Forwarded-For is believed; None: uvicorn's
     )
     return 0
 

@@ -100,3 +100,23 @@ def test_backpressure_reads_the_published_wait(clean_env: Path, db: Engine) -> N
     refused = admit(gate, key)
     assert refused is not None and (refused.scope, refused.retry_after_s) == ("backpressure", 5)
     assert admit(Unlimited(), key) is None
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_the_gateway_believes_forwarded_addresses_only_from_the_configured_proxies(
+        clean_env: Path, monkeypatch: pytest.MonkeyPatch, processes: str) -> None:
+    import uvicorn
+
+    from channels import app
+    from models.infra import metrics_dir
+    from workers import cli
+
+    runs: list[dict[str, object]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *_, **kwargs: runs.append(kwargs))
+    monkeypatch.setattr(metrics_dir, "prepare", lambda *_: None)  # prometheus_client is imported in this process
+    monkeypatch.setattr(app, "create_app", lambda settings: object())
+    args = cli.build_parser().parse_args(["gateway", "--workers", processes])
+    cli.cmd_gateway(Settings(data_dir=clean_env, forwarded_allow_ips="10.0.0.5"), args)
+    cli.cmd_gateway(Settings(data_dir=clean_env), args)
+    assert runs[0]["forwarded_allow_ips"] == "10.0.0.5"  # the client address the per-address limit counts
+    assert runs[1]["forwarded_allow_ips"] is None  # unset: uvicorn's own (its FORWARDED_ALLOW_IPS, or 127.0.0.1)
