@@ -29,11 +29,14 @@ which would flatter the reply times: the run measures what the stack can answer.
 defaults on; a refusal that remains is an error (HTTP 429, a ``rate_limited`` error frame).
 
 Prints, per stage (its steady part: all its users running) and per kind (``web``, ``openai-stream``, ``openai``):
-p50/p95/p99 of accept and of full reply, replies per second, errors, and the share of requests answered within
-2 s (failures count as not within); then the CPU each process group used per stage, in cores (psutil:
-gateway processes, LLM worker, io worker, Locust, PostgreSQL's and Redis's server processes, this script, and
-the whole machine). One JSON object with everything goes to ``--out``/summary.json. PostgreSQL and Redis are the
-machine's shared servers: their CPU includes whatever else uses them during the run.
+p50/p95/p99 of accept and of full reply, replies per second, errors, the share of requests answered within
+2 s (failures count as not within) and how many web replies were not the model's (``fallback``: the model
+failed or missed its deadline; ``rule``: e.g. a refusal by admission control with ``--keep-limits``); then the
+CPU each process group used per stage, in cores and in milliseconds per reply (psutil: gateway processes, LLM
+worker, io worker, Locust, PostgreSQL's and Redis's server processes, this script, the whole machine), and the
+production-shape sum for ``--target-users`` (docs/BENCHMARKS.md). One JSON object with everything goes to
+``--out``/summary.json. PostgreSQL and Redis are the machine's shared servers: their CPU includes whatever else
+uses them during the run.
 """
 
 from __future__ import annotations
@@ -274,7 +277,11 @@ def figures(rows: list[Row], seconds: float) -> dict[str, Any]:
     """p50/p95/p99 (ms) of the successful ones, failures, share within 2 s (of all), per second."""
     good = [r["ms"] / 1000 for r in rows if r["ok"]]
     fast = sum(1 for r in rows if r["ok"] and r["ms"] <= TARGET_S * 1000)
-    return {"n": len(rows), "errors": len(rows) - len(good),
+    sources: dict[str, int] = defaultdict(int)
+    for r in rows:
+        if r.get("source"):
+            sources[r["source"]] += 1
+    return {"n": len(rows), "errors": len(rows) - len(good), **({"sources": dict(sources)} if sources else {}),
             **{f"p{p}_ms": round(pct(good, p)) if good else None for p in (50, 95, 99)},
             "within_2s": round(fast / len(rows), 3) if rows else None,
             "per_s": round(len(good) / seconds, 1) if seconds > 0 else None}
@@ -300,7 +307,10 @@ def fmt(f: dict[str, Any] | None) -> str:
     if not f:
         return "—"
     share = f"{f['within_2s'] * 100:.1f} %" if f["within_2s"] is not None else "—"
-    return f"{f['p50_ms']} / {f['p95_ms']} / {f['p99_ms']} ({share}, {f['errors']} err)"
+    sources = f.get("sources", {})
+    other = sum(n for source, n in sources.items() if source != "model")  # fallback, rule…: not the model's answer
+    tail = f", {other} not from the model {dict(sorted(sources.items()))}" if other else ""
+    return f"{f['p50_ms']} / {f['p95_ms']} / {f['p99_ms']} ({share}, {f['errors']} err{tail})"
 
 
 def table(result: dict[str, Any]) -> str:

@@ -20,7 +20,8 @@ Every measurement is a Locust request event (so ``--csv`` carries it): request t
 or ``openai``, name ``session``, ``connect``, ``accept`` or ``reply``; a refusal (any HTTP status but 200/201,
 429 included, an ``error`` frame) or a timeout (``--kefu-timeout``, 60 s) is a failure. With
 ``--kefu-samples FILE`` each event is also written as one JSON line (seconds since the shape started, kind, name,
-milliseconds, ok), the first line holding the wall-clock start, for per-stage figures.
+milliseconds, ok, and a web reply's ``source``: ``model``, or ``fallback`` when the model failed or missed its
+deadline), the first line holding the wall-clock start, for per-stage figures.
 
 Questions: real JD.com customer messages (JDDC 2019), ``tests/data/intents/ecom_dev.tsv`` and
 ``ecom_heldout.tsv`` (source and licence: ``tests/data/README.md``, section intents; released by JD.com for
@@ -85,24 +86,25 @@ def think(user: User) -> float:
 
 # ---- measurements ------------------------------------------------------------------------------------
 
-_rows: list[tuple[float, str, str, float, bool]] = []
+_rows: list[tuple[float, str, str, float, bool, str | None]] = []
 
 
 def measure(env: Environment, kind: str, name: str, started: float, error: str | None = None,
-            length: int = 0) -> None:
-    """One Locust request event: ``kind``/``name`` took from ``started`` (``time.perf_counter()``) to now."""
+            length: int = 0, source: str | None = None) -> None:
+    """One Locust request event: ``kind``/``name`` took from ``started`` (``time.perf_counter()``) to now;
+    ``source``: a web reply's (model, fallback, faq, rule…), kept in the samples."""
     ms = (time.perf_counter() - started) * 1000
     env.events.request.fire(request_type=kind, name=name, response_time=ms, response_length=length,
-                            exception=RuntimeError(error) if error else None, context={})
+                            exception=RuntimeError(error) if error else None, context={"source": source})
 
 
 @events.request.add_listener
 def _keep(request_type: str, name: str, response_time: float, exception: BaseException | None,
-          **_: Any) -> None:
+          context: dict[str, Any] | None = None, **_: Any) -> None:
     shape = _shape
     if shape is not None:
         _rows.append((shape.get_run_time() - response_time / 1000, request_type, name, response_time,
-                      exception is None))
+                      exception is None, (context or {}).get("source")))
 
 
 @events.quitting.add_listener
@@ -112,8 +114,9 @@ def _write_samples(environment: Environment, **_: Any) -> None:
         return
     with open(path, "w", encoding="utf-8") as out:
         out.write(json.dumps({"t0_wall": time.time() - _shape.get_run_time()}) + "\n")
-        for t, kind, name, ms, ok in _rows:
-            out.write(json.dumps({"t": round(t, 3), "kind": kind, "name": name, "ms": round(ms, 1), "ok": ok}) + "\n")
+        for t, kind, name, ms, ok, source in _rows:
+            row = {"t": round(t, 3), "kind": kind, "name": name, "ms": round(ms, 1), "ok": ok}
+            out.write(json.dumps({**row, "source": source} if source else row) + "\n")
 
 
 # ---- users -------------------------------------------------------------------------------------------
@@ -207,7 +210,8 @@ class WebChatUser(User):
                 if frame.get("reply_id") is not None:
                     self.ws.send(json.dumps({"type": "ack", "reply_id": frame["reply_id"]}))
                 if message_id is not None and frame.get("message_id") == message_id:
-                    measure(self.environment, "web", "reply", started, length=len(frame.get("text") or ""))
+                    measure(self.environment, "web", "reply", started, length=len(frame.get("text") or ""),
+                            source=frame.get("source"))
                     return
                 if message_id is None and frame.get("message_id") is not None:
                     early.add(frame["message_id"])
