@@ -192,7 +192,8 @@ class WebChatUser(User):
         deadline = started + self.environment.parsed_options.kefu_timeout
         self._pending = "accept"
         message_id = None
-        early: set[int] = set()  # replies whose message was not yet accepted (an FAQ answer can race its ack)
+        early: dict[int, str | None] = {}  # replies (→ source) to a message not yet accepted: an FAQ answer can
+        # race its acknowledgement; the reply then counts when the acknowledgement comes
         while True:
             self.ws.settimeout(max(0.01, deadline - time.perf_counter()))
             frame = json.loads(self.ws.recv())
@@ -201,7 +202,7 @@ class WebChatUser(User):
                 measure(self.environment, "web", "accept", started)
                 message_id, self._pending = frame.get("message_id"), "reply"
                 if message_id in early:
-                    measure(self.environment, "web", "reply", started)
+                    measure(self.environment, "web", "reply", started, source=early[message_id])
                     return
             elif kind == "error" and frame.get("client_msg_id") == client_msg_id:
                 measure(self.environment, "web", "accept", started, f"error frame {frame.get('code')}")
@@ -214,7 +215,7 @@ class WebChatUser(User):
                             source=frame.get("source"))
                     return
                 if message_id is None and frame.get("message_id") is not None:
-                    early.add(frame["message_id"])
+                    early[frame["message_id"]] = frame.get("source")
 
 
 class OpenAIUser(User):
