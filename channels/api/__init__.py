@@ -92,8 +92,6 @@ def _with_retry(response: Response, exc: RequestRejected) -> Response:
 
 
 class ApiAdapter(ChannelAdapter):
-    peer_scope = None  # each request is limited per key (429) before it is accepted
-
     def __init__(self, context: ChannelContext) -> None:
         super().__init__(context)
         self.api = context.settings.section(ApiSettings)
@@ -101,6 +99,10 @@ class ApiAdapter(ChannelAdapter):
         self.exchange = Exchange(context.sessions, context.listener, self.take,
                                  lambda text: privacy.stored_text(context.settings, text)[0],
                                  float(self.api.api_reply_timeout_s))
+
+    def admit(self, key: ConversationKey) -> None:
+        """Nothing more at acceptance: the request passed :meth:`_admit` (its 429) just before."""
+        return None
 
     def routes(self) -> list[BaseRoute]:
         return [
