@@ -23,9 +23,10 @@ from celery.signals import (
 
 from channels import registry
 from models.infra import logs, metrics
-from models.infra.queues import make_celery
+from models.infra.queues import LLM_QUEUE, make_celery, queue_depth
 from models.settings import Settings
 from workers import runtime as runtime_module
+from workers.backlog import BacklogThread
 from workers.heartbeat import EngineState, HeartbeatThread
 from workers.llm.embedding import load_encoder
 from workers.tasks import register
@@ -62,6 +63,10 @@ def create_app(settings: Settings, *, warm: bool = False, llm_node: str | None =
         if llm_node is not None and not beating:
             state = EngineState(lambda: runtime_module.runtime().__dict__.get("llm"))  # never builds the engine
             beating.append(HeartbeatThread(runtime_module.runtime().kv, llm_node, state).start())
+            # the wait a new message has, the broker's backlog included (workers.backlog); the engine alone sees
+            # only what this process's pool threads gave it
+            BacklogThread(runtime_module.runtime().kv, lambda: runtime_module.runtime().__dict__.get("llm"),
+                          lambda: queue_depth(app, LLM_QUEUE)).start()
         if warm:
             _warm()
             if beating:

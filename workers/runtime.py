@@ -73,7 +73,8 @@ class Runtime:
     @cached_property
     def llm(self) -> TextEngine:
         """The engine of KEFU_LLM_BACKEND (workers.llm.backends): the local GGUF, or an OpenAI-compatible upstream."""
-        return build_engine(self.settings, primary_backend(self.settings), self.kv)
+        # no kv: the engine's own wait estimate misses the broker's backlog; workers.backlog publishes the whole wait
+        return build_engine(self.settings, primary_backend(self.settings))
 
     @property
     def gray(self) -> gray_release.GrayRelease | None:

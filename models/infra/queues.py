@@ -21,6 +21,7 @@ from typing import Any
 
 from celery import Celery
 from kombu import Queue
+from kombu.exceptions import ChannelError
 
 from models.infra.breaker import Breaker
 from models.settings import Settings
@@ -104,6 +105,16 @@ def make_celery(settings: Settings, main: str = "kefu", *, gateway: bool = False
     app = Celery(main)
     app.conf.update(celery_config(settings, gateway=gateway))
     return app
+
+
+def queue_depth(celery: Celery, queue: str) -> int:
+    """Messages waiting in ``queue`` (not those a worker has reserved): a passive declare on a pooled connection.
+    0 for a queue never declared or (Redis) empty, which Redis does not keep. Raises what the broker raises."""
+    with celery.connection_for_read() as conn:
+        try:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except ChannelError:
+            return 0
 
 
 class Publisher:

@@ -356,6 +356,12 @@ class BatchedEngine:
             raise GenerationError(f"{type(exc).__name__}: {exc}") from exc
         return request.wait()
 
+    @property
+    def service_s(self) -> float:
+        """How long a request has spent in a slot, on average lately (0.0 before the first): the time one more
+        request waiting for the engine adds, divided by the slots."""
+        return self._service_ema_s
+
     def wait_estimate_s(self) -> float:
         """How long a request submitted now would wait for a slot (0 when one is free)."""
         with self._cv:
