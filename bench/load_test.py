@@ -25,7 +25,8 @@ Admission control (``docs/admission.md``) is switched off for the run: ``KEFU_RA
 ``KEFU_RATE_LIMIT_VISITOR``, ``KEFU_RATE_LIMIT_PEER``, ``KEFU_RATE_LIMIT_API_KEY`` = "" and
 ``KEFU_BACKPRESSURE_WAIT_S`` = 0 in the Kefu processes' environment. Every simulated user comes from 127.0.0.1,
 which the per-IP limit would refuse, and backpressure would answer the overflow at once with its polite refusal,
-which would flatter the reply times: the run measures what the stack can answer. ``--keep-limits`` leaves the
+which would flatter the reply times: the run measures what the stack can answer (``--backpressure-wait-s S``
+turns backpressure alone back on, to see what customers get past saturation). ``--keep-limits`` leaves the
 defaults on; a refusal that remains is an error (HTTP 429, a ``rate_limited`` error frame).
 
 Prints, per stage (its steady part: all its users running) and per kind (``web``, ``openai-stream``, ``openai``):
@@ -105,6 +106,8 @@ def kefu_stack(args: argparse.Namespace, workdir: Path) -> Iterator[Stack]:
     env = kefu_env(values)
     if not args.keep_limits:
         env.update(LIMITS_OFF)
+    if args.backpressure_wait_s is not None:  # the rate limits off, the model's backlog refused past this wait
+        env["KEFU_BACKPRESSURE_WAIT_S"] = str(args.backpressure_wait_s)
     llm = WorkerProcess(env, workdir / "llm-worker.log", queues="llm")
     io = WorkerProcess(env, workdir / "io-worker.log", queues="io", warm=False)
     gateway = GatewayProcess(env, workdir / "gateway.log", workers=args.gateways)
@@ -249,7 +252,8 @@ def run_locust(args: argparse.Namespace, stack: Stack, key: str | None, model: s
         env["LOADTEST_API_KEY"] = key
     else:
         argv += ["WebChatUser"]
-    budget = total_s(parse_stages(args.stages, args.spawn_rate)) + 120
+    # past saturation Locust's own stop (users blocked in 60 s reads, a starved process) can take minutes
+    budget = total_s(parse_stages(args.stages, args.spawn_rate)) + 300
     with (out / "locust.log").open("w") as log:
         proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         sampler.add("locust", proc.pid)
@@ -381,6 +385,9 @@ def main() -> None:
     parser.add_argument("--think", default="5,15", help="MIN,MAX seconds a user waits between questions")
     parser.add_argument("--redis-db", type=int, default=15, help="Redis database for the broker and bus (flushed)")
     parser.add_argument("--keep-limits", action="store_true", help="leave admission control's defaults on")
+    parser.add_argument("--backpressure-wait-s", type=float, metavar="S",
+                        help="keep only backpressure on: new model work is refused while the workers' estimated wait "
+                        "is over S seconds (web: the stored polite reply, source rule; API: 429, an error here)")
     parser.add_argument("--web-only", action="store_true", help="no OpenAI-API users")
     parser.add_argument("--target-users", type=int, default=1000, help="users the production-shape sum is for")
     parser.add_argument("--out", type=Path, help="folder for Locust's CSV, the samples, logs, summary.json")
