@@ -21,7 +21,7 @@ from tests import services
 
 TABLES = {"conversation", "inbound", "reply", "delivery", "audit_event", "audit_chain", "kf_cursor",
           "kb_document", "kb_passage", "kb_faq", "kb_state", "agent", "agent_session", "conversation_note",
-          "conversation_tag", "canned_reply", "csat"}
+          "conversation_tag", "canned_reply", "csat", "api_key", "api_request"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -58,6 +58,7 @@ def test_upgrade_to_head_and_back_to_base(empty_db: Settings) -> None:
         assert ("channel", "account", "external_id") in uniques
         assert ("inbound_id",) in {tuple(u["column_names"]) for u in inspector.get_unique_constraints("reply")}
         assert ("account", "open_kfid") in {tuple(u["column_names"]) for u in inspector.get_unique_constraints("kf_cursor")}
+        assert {("name",), ("key_hash",)} <= {tuple(u["column_names"]) for u in inspector.get_unique_constraints("api_key")}
     finally:
         engine.dispose()
     downgrade(empty_db, "base", drop_audit_log=True)
