@@ -198,7 +198,8 @@ def test_the_worker_answers_the_paraphrase_with_the_faq_entry_audited_as_fused(d
     port = SimpleNamespace(availability=lambda account: HandOff.NOBODY, from_worker=False)
     rt: Any = SimpleNamespace(settings=settings, sessions=sessions, kv=make_kv(settings),
                               channel=lambda name: SimpleNamespace(cache_context=False, streams=False),
-                              handoff=lambda name: port, dense_faq=DenseFaqMatcher(TopicEncoder(), settings))
+                              handoff=lambda name: port, dense_faq=DenseFaqMatcher(TopicEncoder(), settings),
+                              outbound=lambda name: SimpleNamespace(client_history=lambda *key: None))
     assert inbound is not None
     reply_id = answering.generate(rt, inbound, key)
     with sessions() as session:
