@@ -168,8 +168,9 @@ class LazyEngine:
     """The canary's engine, built on its first answer and closed when the canary is out (built again on resume).
     A build that fails fails that answer (the fallback is stored, the error counted), like a model that fails."""
 
-    def __init__(self, name: str, build: Callable[[], TextEngine]) -> None:
-        self._name, self._build = name, build
+    def __init__(self, name: str, build: Callable[[], TextEngine], primary_loaded: Callable[[], bool] = lambda: True
+                 ) -> None:
+        self._name, self._build, self._primary_loaded = name, build, primary_loaded
         self._engine: TextEngine | None = None
         self._lock = threading.Lock()
 
@@ -199,6 +200,9 @@ class LazyEngine:
             engine, self._engine = self._engine, None
         if engine is not None:
             engine.close()
+            # a local engine's close() reports the process's model unloaded (kefu_model_loaded, which the
+            # "no model loaded" alert reads); the gauge is the primary's, which is still there
+            metrics.model_loaded(self._primary_loaded())
 
     def release(self) -> None:
         """Close the engine in the background, if it was built (its running answers end, or fail, first)."""
@@ -210,9 +214,10 @@ class GrayRelease:
     """The gray release as one worker process sees it (one per process: :attr:`workers.runtime.Runtime.gray`)."""
 
     def __init__(self, settings: Settings, kv: KV, sessions: sessionmaker[Session], canary: Canary,
-                 build: Callable[[], TextEngine], primary: str) -> None:
+                 build: Callable[[], TextEngine], primary: str, primary_loaded: Callable[[], bool] = lambda: True
+                 ) -> None:
         self.settings, self.kv, self.sessions, self.canary, self.primary = settings, kv, sessions, canary, primary
-        self.engine = LazyEngine(canary.name, build)
+        self.engine = LazyEngine(canary.name, build, primary_loaded)
 
     # --- the state -------------------------------------------------------------------------------------------------
 
@@ -311,12 +316,15 @@ def build_canary(settings: Settings, canary: Canary) -> TextEngine:
     return build_engine(settings, canary.backend)
 
 
-def make(settings: Settings, kv: KV, sessions: sessionmaker[Session], primary: str) -> GrayRelease | None:
-    """This process's gray release, or None without a canary (ConfigError when it cannot be used)."""
+def make(settings: Settings, kv: KV, sessions: sessionmaker[Session], primary: str,
+         primary_loaded: Callable[[], bool] = lambda: True) -> GrayRelease | None:
+    """This process's gray release, or None without a canary (ConfigError when it cannot be used).
+    ``primary_loaded``: whether the primary engine is loaded (what ``kefu_model_loaded`` says again once a local
+    canary is closed)."""
     canary = canary_of(settings)
     if canary is None:
         return None
     if canary.name == primary:
         log.warning("the canary's model name %r is the primary's: replies, metrics and `kefu model compare` cannot "
                     "tell them apart (give the canary's GGUF another file name)", primary)
-    return GrayRelease(settings, kv, sessions, canary, lambda: build_canary(settings, canary), primary)
+    return GrayRelease(settings, kv, sessions, canary, lambda: build_canary(settings, canary), primary, primary_loaded)

@@ -80,8 +80,9 @@ class Runtime:
     def gray(self) -> gray_release.GrayRelease | None:
         """The gray release of KEFU_CANARY_BACKEND (workers.gray_release); None without a canary. Built once per
         process under the lock: two threads must not each load a canary model."""
-        return self._once("gray", "", lambda: gray_release.make(self.settings, self.kv, self.sessions,
-                                                                self.llm.model_name))
+        return self._once("gray", "", lambda: gray_release.make(
+            self.settings, self.kv, self.sessions, self.llm.model_name,
+            lambda: bool(getattr(self.llm, "loaded", True))))
 
     @cached_property
     def faq_sync(self) -> FaqSync:

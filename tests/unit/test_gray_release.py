@@ -357,3 +357,20 @@ def test_kefu_status_shows_the_canary(clean_env: Path, kv: KV, sessions: session
     nothing = status_command.Status()
     status_command.check_canary(Settings(data_dir=clean_env / "var"), nothing)
     assert "canary" not in nothing.checks
+
+
+@pytest.mark.parametrize("primary_loaded", [True, False])
+def test_closing_a_local_canary_leaves_the_model_loaded_gauge_to_the_primary(tiny_gguf: Path, tmp_path: Path,
+                                                                             primary_loaded: bool) -> None:
+    """A local engine's close() reports the process's model unloaded; the "no model loaded" alert
+    (compose/monitoring/alerts.yml) must not fire because a rolled-back canary was freed."""
+    from workers.llm.backends import Backend, build_engine
+
+    settings = Settings(data_dir=tmp_path, n_ctx=256, engine="simple")
+    lazy = gray_release.LazyEngine("tiny-canary", lambda: build_engine(settings, Backend(model_path=tiny_gguf)),
+                                   lambda: primary_loaded)
+    lazy.load()
+    assert lazy.loaded and metrics.MODEL_LOADED._value.get() == 1
+    lazy.close()
+    assert not lazy.loaded
+    assert metrics.MODEL_LOADED._value.get() == (1 if primary_loaded else 0)
