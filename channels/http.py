@@ -74,6 +74,11 @@ def clean_text(value: Any, max_chars: int) -> str:
     return text
 
 
+def client_ip(request: Request) -> str | None:
+    """The client's address (uvicorn takes it from X-Forwarded-For only from FORWARDED_ALLOW_IPS's proxies)."""
+    return request.client.host if request.client else None
+
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 

@@ -85,15 +85,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from channels import visitor_token
 from channels.admission import IP, VISITOR, RateLimited
 from channels.base import Channel, ChannelAdapter, DeliveryProgress, Outbound, RequestRejected
-from channels.http import clean_text, parse_json_object, require_unicode
+from channels.http import clean_text, client_ip, parse_json_object, require_unicode
 from channels.web_sockets import REPLACED, REPLACED_REASON, RESEND_INTERVAL_S, SocketHub
-from models import audit, csat, desk, transcript
+from models import csat, desk, transcript
 from models.envelope import ConversationKey, Inbound, Reply, utcnow
 from models.infra import metrics
 from models.infra.db import transaction
 from models.settings import Section, comma_list
 from models.states import WITH_PERSON, ReplySource
-from models.tables import AuditEvent, ConversationRecord, ReplyRecord
+from models.tables import ConversationRecord
 from models.transcript import ReplyRow
 
 if TYPE_CHECKING:
@@ -106,8 +106,6 @@ CHANNEL = "web"
 WS_PATH = "/v1/web/ws"  # the chat socket; its message frames' acknowledgements are timed as method "WS"
 SHOW_ACKED_SINCE_S = 5.0
 _CLIENT_MSG_ID_MAX = 64
-# a generation that stopped before it was done: at max_tokens, or at the deadline (the engine's or the watchdog's)
-CUT_FINISH_REASONS = frozenset({"length", "deadline", "deadline_missed"})
 DEFAULT_WELCOME = "您好，我是智能客服，请问有什么可以帮您？"
 # the WebSocket's error frame for a refused message (the page gives the visitor their text back)
 RATE_LIMITED_FRAME = "您发送消息太快了，请{seconds}秒后再发送这条消息。"
@@ -139,18 +137,11 @@ class WebSettings(Section):
 
 
 def cut_replies(sessions: sessionmaker[Session], message_ids: Sequence[int]) -> set[int]:
-    """The messages among ``message_ids`` whose reply is the model's answer cut short (:data:`CUT_FINISH_REASONS`)."""
+    """The messages among ``message_ids`` whose reply is the model's answer cut short (:func:`models.transcript.cut`)."""
     if not message_ids:
         return set()
     with sessions() as session:
-        found = session.execute(
-            select(AuditEvent.inbound_id, AuditEvent.detail)
-            .join(ReplyRecord, ReplyRecord.inbound_id == AuditEvent.inbound_id)
-            .where(AuditEvent.inbound_id.in_(list(message_ids)), AuditEvent.kind == audit.GENERATION_FINISHED,
-                   ReplyRecord.source == ReplySource.MODEL)
-        ).all()
-    return {int(inbound_id) for inbound_id, detail in found
-            if isinstance(detail, dict) and detail.get("finish_reason") in CUT_FINISH_REASONS}
+        return transcript.cut(session, message_ids)
 
 
 def clean_client_msg_id(value: Any, visitor_id: str) -> str:
@@ -603,11 +594,6 @@ class _WebSession:
         except Exception as exc:
             log.warning("web: could not read whether replies were cut (%s)", type(exc).__name__)
             return set()
-
-
-def client_ip(request: Request) -> str | None:
-    """The client's address (uvicorn takes it from X-Forwarded-For only from FORWARDED_ALLOW_IPS's proxies)."""
-    return request.client.host if request.client else None
 
 
 def _error_frame(code: str, message: str, frame: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from models import audit
 from models.envelope import ConversationKey, Turn, utcnow
 from models.states import NOT_CONFIRMED, DeliveryStatus, InboundStatus, ReplySource
-from models.tables import AgentRecord, ConversationRecord, DeliveryRecord, InboundRecord, ReplyRecord
+from models.tables import AgentRecord, AuditEvent, ConversationRecord, DeliveryRecord, InboundRecord, ReplyRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +177,23 @@ def unconfirmed_replies(session: Session, channel: str, account: str, peers: Seq
         out[peer].append(ReplyRow(int(reply_id), None if message_id is None else int(message_id), str(text),
                                   status not in NOT_CONFIRMED, str(source), agent_name))
     return out
+
+
+# a generation that stopped before it was done: at max_tokens, or at the deadline (the engine's or the watchdog's)
+CUT_FINISH_REASONS = frozenset({"length", "deadline", "deadline_missed"})
+
+
+def cut(session: Session, message_ids: Sequence[int]) -> set[int]:
+    """The messages among ``message_ids`` whose reply is the model's answer cut short (:data:`CUT_FINISH_REASONS`:
+    the ``finish_reason`` of its ``generation_finished`` audit row)."""
+    found = session.execute(
+        select(AuditEvent.inbound_id, AuditEvent.detail)
+        .join(ReplyRecord, ReplyRecord.inbound_id == AuditEvent.inbound_id)
+        .where(AuditEvent.inbound_id.in_(list(message_ids)), AuditEvent.kind == audit.GENERATION_FINISHED,
+               ReplyRecord.source == ReplySource.MODEL)
+    ).all()
+    return {int(inbound_id) for inbound_id, detail in found
+            if isinstance(detail, dict) and detail.get("finish_reason") in CUT_FINISH_REASONS}
 
 
 def mark_delivered(session: Session, key: ConversationKey, reply_id: int) -> bool:

@@ -66,9 +66,7 @@ def check_database(settings: Settings, status: Status) -> None:
 
 
 def check_broker(settings: Settings, status: Status) -> None:
-    from kombu.exceptions import ChannelError
-
-    from models.infra.queues import QUEUES, Publisher, make_celery
+    from models.infra.queues import QUEUES, Publisher, make_celery, queue_depth
 
     app = make_celery(settings, "kefu-status", gateway=True)
     try:
@@ -80,13 +78,8 @@ def check_broker(settings: Settings, status: Status) -> None:
     status.checks["broker"] = "ok"
     status.queues = dict.fromkeys(QUEUES)
     try:
-        with app.connection_for_read() as conn:
-            channel = conn.default_channel
-            for queue in QUEUES:
-                try:
-                    status.queues[queue] = int(channel.queue_declare(queue=queue, passive=True).message_count)
-                except ChannelError:  # never declared, or (Redis) an empty list, which Redis does not keep
-                    status.queues[queue] = 0
+        for queue in QUEUES:
+            status.queues[queue] = queue_depth(app, queue)
     except Exception:  # the broker went away since the ping: the depths left unknown say so
         return
 

@@ -36,12 +36,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from channels.admission import API_KEY, BACKPRESSURE, IP, RateLimited
 from channels.api import ollama_wire, openai_wire
 from channels.api.exchange import CHANNEL, Answer, Exchange, ReplyTimeout, Ticket
 from channels.api.request import ChatRequest
 from channels.base import Channel, ChannelAdapter, DeliveryProgress, Outbound
 from channels.errors import RequestRejected
-from channels.http import parse_json_object, read_limited
+from channels.http import client_ip, parse_json_object, read_limited
 from models import api_keys, privacy
 from models.envelope import ConversationKey, Reply, Turn
 from models.infra import heartbeat
@@ -77,17 +78,9 @@ def _ollama_error(exc: RequestRejected) -> Response:
     return _with_retry(JSONResponse(ollama_wire.error(exc.message), status_code=exc.status), exc)
 
 
-class Limited(RequestRejected):
-    """429: a rate limit or the model's backlog; ``retry_after_s`` goes in ``Retry-After``."""
-
-    def __init__(self, message: str, retry_after_s: int) -> None:
-        super().__init__(429, "rate_limited", message)
-        self.retry_after_s = retry_after_s
-
-
 def _with_retry(response: Response, exc: RequestRejected) -> Response:
-    if isinstance(exc, Limited):
-        response.headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, RateLimited):
+        response.headers.update(exc.headers())
     return response
 
 
@@ -132,12 +125,12 @@ class ApiAdapter(ChannelAdapter):
     def _admit(self, name: str, ip: str) -> None:
         """The client's IP limit, the key's, then backpressure (429 with Retry-After)."""
         admission = self.ctx.admission
-        refusal = (admission.limit("ip", ip, channel=CHANNEL) or admission.limit("api_key", name, channel=CHANNEL)
+        refusal = (admission.limit(IP, ip, channel=CHANNEL) or admission.limit(API_KEY, name, channel=CHANNEL)
                    or admission.backpressure(channel=CHANNEL))
         if refusal is not None:
-            what = {"backpressure": "the model's queue is long", "ip": f"this address's rate limit ({refusal.limit}) "
+            what = {BACKPRESSURE: "the model's queue is long", IP: f"this address's rate limit ({refusal.limit}) "
                     "is reached"}.get(refusal.scope, f"this key's rate limit ({refusal.limit}) is reached")
-            raise Limited(f"{what}; retry after {refusal.retry_after_s} s", refusal.retry_after_s)
+            raise RateLimited(refusal, f"{what}; retry after {refusal.retry_after_s} s")
 
     async def _body(self, request: Request) -> dict[str, Any]:
         ctype = request.headers.get("content-type", "")
@@ -159,7 +152,7 @@ class ApiAdapter(ChannelAdapter):
         try:
             name = await self._key(request)
             chat, include_usage = openai_wire.parse(await self._body(request), self.api.api_max_text_chars)
-            await run_in_threadpool(self._admit, name, _ip(request))
+            await run_in_threadpool(self._admit, name, client_ip(request) or "unknown")
             ticket = await self.exchange.open(name, chat)
         except RequestRejected as exc:
             return _openai_error(exc)
@@ -221,7 +214,7 @@ class ApiAdapter(ChannelAdapter):
             if parsed is None:  # an empty prompt: Ollama's "load the model"
                 return JSONResponse(ollama_wire.final(str(data.get("model")), "", chat=False, done_reason="load",
                                                       total_ns=0, prompt_tokens=0, completion_tokens=0))
-            await run_in_threadpool(self._admit, name, _ip(request))
+            await run_in_threadpool(self._admit, name, client_ip(request) or "unknown")
             ticket = await self.exchange.open(name, parsed)
         except RequestRejected as exc:
             return _ollama_error(exc)
@@ -262,11 +255,6 @@ def _ollama_final(parsed: ChatRequest, answer: Answer, text: str, chat: bool, st
     return ollama_wire.final(parsed.model, text, chat=chat, done_reason="length" if answer.finish_reason == "length"
                              else "stop", total_ns=time.monotonic_ns() - started, prompt_tokens=answer.prompt_tokens,
                              completion_tokens=answer.completion_tokens)
-
-
-def _ip(request: Request) -> str:
-    """The client's address (uvicorn takes it from X-Forwarded-For only from FORWARDED_ALLOW_IPS's proxies)."""
-    return request.client.host if request.client else "unknown"
 
 
 async def _whole(answer: AsyncIterator[str | Answer]) -> Answer:

@@ -32,18 +32,16 @@ from starlette.concurrency import run_in_threadpool
 
 from channels.api.request import ChatRequest
 from channels.ingress import Accepted
-from models import audit, transcript
+from models import transcript
 from models.envelope import ConversationKey, Inbound
 from models.infra.bus import Event, Listener
 from models.infra.db import transaction
-from models.states import ReplySource
-from models.tables import ApiRequestRecord, AuditEvent, ReplyRecord
+from models.tables import ApiRequestRecord, ReplyRecord
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "api"
 CHECK_EVERY_S = 2.0
-CUT = frozenset({"length", "deadline", "deadline_missed"})  # a generation that stopped before it was done
 
 
 class ReplyTimeout(Exception):
@@ -145,12 +143,7 @@ class Exchange:
             row = session.execute(select(ReplyRecord).where(ReplyRecord.inbound_id == inbound_id)).scalar_one_or_none()
             if row is None:
                 return None
-            finish = "stop"
-            if row.source == ReplySource.MODEL:
-                detail = session.scalar(select(AuditEvent.detail).where(
-                    AuditEvent.inbound_id == inbound_id, AuditEvent.kind == audit.GENERATION_FINISHED).limit(1))
-                if isinstance(detail, dict) and detail.get("finish_reason") in CUT:
-                    finish = "length"
+            finish = "length" if transcript.cut(session, [inbound_id]) else "stop"
             return Answer(row.text, row.source, row.model, finish, row.prompt_tokens, row.completion_tokens, row.id)
 
     async def delivered(self, ticket: Ticket, reply_id: int) -> None:
