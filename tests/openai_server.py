@@ -56,6 +56,12 @@ class OpenAIServer:
         self.stop()
         raise RuntimeError(f"llama_cpp.server did not start; log:\n{self.log_path.read_text()[-3000:]}")
 
+    def __enter__(self) -> OpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

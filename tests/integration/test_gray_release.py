@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -137,18 +138,12 @@ def healthy_canary(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """The canary is an OpenAI-compatible upstream that works (llama-cpp-python's own server on the tiny GGUF), its
     key given in KEFU_CANARY_API_KEY; embedded stores."""
     data_dir = tmp_path_factory.mktemp("canary-upstream")
-    server = OpenAIServer(tiny_gguf, data_dir / "server.log", alias="canary-upstream").start()
-    try:
+    with OpenAIServer(tiny_gguf, data_dir / "server.log", alias="canary-upstream") as server:
         backend = json.dumps({"kind": "openai", "urls": [server.url], "model": server.alias})
-        stack = start_stack("embedded", data_dir, tiny_gguf, None, None, canary_backend=backend, canary_share=0.5,
-                            canary_api_key=server.api_key, canary_min_requests=MIN_REQUESTS,
-                            worker_metrics_port=free_port(), rate_limit_ip="", rate_limit_visitor="")
-        try:
+        with closing(start_stack("embedded", data_dir, tiny_gguf, None, None, canary_backend=backend,
+                                 canary_share=0.5, canary_api_key=server.api_key, canary_min_requests=MIN_REQUESTS,
+                                 worker_metrics_port=free_port(), rate_limit_ip="", rate_limit_visitor="")) as stack:
             yield stack, server
-        finally:
-            stack.close()
-    finally:
-        server.stop()
 
 
 def test_a_working_canary_keeps_its_share_and_each_conversation_its_model(

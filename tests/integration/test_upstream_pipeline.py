@@ -5,6 +5,7 @@ row → audit, which names the upstream model; the worker's heartbeat names the 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -22,17 +23,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def upstream_stack(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, OpenAIServer]]:
     data_dir = tmp_path_factory.mktemp("upstream-stack")
-    server = OpenAIServer(tiny_gguf, data_dir / "server.log").start()
-    try:
+    with OpenAIServer(tiny_gguf, data_dir / "server.log") as server:
         # model_path stays the tiny GGUF's: with the openai backend the worker must not load it (nor need it)
-        stack = start_stack("embedded", data_dir, tiny_gguf, None, None, llm_backend="openai",
-                            upstream_urls=[server.url], upstream_model=server.alias, upstream_api_key=server.api_key)
-        try:
+        with closing(start_stack("embedded", data_dir, tiny_gguf, None, None, llm_backend="openai",
+                                 upstream_urls=[server.url], upstream_model=server.alias,
+                                 upstream_api_key=server.api_key)) as stack:
             yield stack, server
-        finally:
-            stack.close()
-    finally:
-        server.stop()
 
 
 def test_a_web_message_is_answered_by_the_upstream_and_audited(upstream_stack: tuple[Stack, OpenAIServer]) -> None:
