@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from channels.web import CUT_FINISH_REASONS
+from models.transcript import CUT_FINISH_REASONS
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
 from tests.integration.conftest import Stack, start_stack, wait_for
 
