@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from models.transcript import CUT_FINISH_REASONS
 from models.tables import AuditEvent, InboundRecord, ReplyRecord
+from models.transcript import CUT_FINISH_REASONS
 from tests.integration.conftest import Stack, start_stack, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
